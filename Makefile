@@ -1,0 +1,37 @@
+# The two commands of the README's Quick start: `make demo` and `make test`.
+# Both create .venv on first use and install what they need into it.
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint typecheck pytest venv clean
+
+venv: $(STAMP)
+
+# torch is pinned to the CPU build first, so the worker extra's `torch>=2.2`
+# is already satisfied and pip never downloads a multi-GB CUDA wheel.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --disable-pip-version-check torch==2.13.0
+	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[all,test]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/docl train --task mnist1d --method docl --out out/demo
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+pytest: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+test: lint typecheck pytest
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info

@@ -1,0 +1,97 @@
+"""The one error hierarchy of the docl SDK.
+
+    DoclError
+    ├── TransportError          the server could not be reached (after retries)
+    ├── WireError               a binary body does not follow its layout (docl.client.wire)
+    └── APIError                the server answered with an RFC 9457 problem
+        ├── BadRequestError         400
+        ├── AuthenticationError     401 (missing or wrong token)
+        ├── NotFoundError           404 (unknown run or epoch)
+        ├── ConflictError           409 (re-create with a different config, epoch out of order)
+        ├── PayloadTooLargeError    413
+        ├── ValidationError         422 (malformed body, wrong shapes, NaN, index out of range)
+        └── ServerError             5xx (after retries)
+"""
+
+from __future__ import annotations
+
+from docl.client.wire import WireError
+
+__all__ = [
+    "APIError",
+    "AuthenticationError",
+    "BadRequestError",
+    "ConflictError",
+    "DoclError",
+    "NotFoundError",
+    "PayloadTooLargeError",
+    "ServerError",
+    "TransportError",
+    "ValidationError",
+    "WireError",
+    "error_for_status",
+]
+
+
+class DoclError(Exception):
+    """Base of every error the SDK raises."""
+
+
+class TransportError(DoclError):
+    """The server could not be reached, or the connection broke, after all retries."""
+
+
+class APIError(DoclError):
+    """The server answered with an error status and a problem document."""
+
+    def __init__(self, status: int, detail: str, *, title: str = "", type: str = "about:blank") -> None:
+        self.status = status
+        self.detail = detail
+        self.title = title
+        self.type = type
+        super().__init__(f"{status} {title}: {detail}" if title else f"{status}: {detail}")
+
+
+class BadRequestError(APIError):
+    pass
+
+
+class AuthenticationError(APIError):
+    pass
+
+
+class NotFoundError(APIError):
+    pass
+
+
+class ConflictError(APIError):
+    pass
+
+
+class PayloadTooLargeError(APIError):
+    pass
+
+
+class ValidationError(APIError):
+    pass
+
+
+class ServerError(APIError):
+    pass
+
+
+_BY_STATUS: dict[int, type[APIError]] = {
+    400: BadRequestError,
+    401: AuthenticationError,
+    403: AuthenticationError,
+    404: NotFoundError,
+    409: ConflictError,
+    413: PayloadTooLargeError,
+    422: ValidationError,
+}
+
+
+def error_for_status(status: int, detail: str, *, title: str = "", type: str = "about:blank") -> APIError:
+    """The exception class for an HTTP status (5xx -> ServerError, other 4xx -> APIError)."""
+    cls = _BY_STATUS.get(status) or (ServerError if status >= 500 else APIError)
+    return cls(status, detail, title=title, type=type)
