@@ -1,21 +1,20 @@
 """The one error hierarchy of the docl SDK.
 
-    DoclError
-    ├── TransportError          the server could not be reached (after retries)
-    ├── WireError               a binary body does not follow its layout (docl.client.wire)
-    └── APIError                the server answered with an RFC 9457 problem
-        ├── BadRequestError         400
-        ├── AuthenticationError     401 (missing or wrong token)
-        ├── NotFoundError           404 (unknown run or epoch)
-        ├── ConflictError           409 (re-create with a different config, epoch out of order)
-        ├── PayloadTooLargeError    413
-        ├── ValidationError         422 (malformed body, wrong shapes, NaN, index out of range)
-        └── ServerError             5xx (after retries)
+DoclError
+├── TransportError          the server could not be reached (after retries)
+├── WireError               a binary body does not follow its layout, or arrays
+│                           that cannot be encoded (also a ValueError; docl.client.wire)
+└── APIError                the server answered with an RFC 9457 problem
+    ├── BadRequestError         400
+    ├── AuthenticationError     401 (missing or wrong token)
+    ├── NotFoundError           404 (unknown run or epoch)
+    ├── ConflictError           409 (re-create with a different config, epoch out of order)
+    ├── PayloadTooLargeError    413
+    ├── ValidationError         422 (malformed body, wrong shapes, NaN, index out of range)
+    └── ServerError             5xx (after retries)
 """
 
 from __future__ import annotations
-
-from docl.client.wire import WireError
 
 __all__ = [
     "APIError",
@@ -41,10 +40,24 @@ class TransportError(DoclError):
     """The server could not be reached, or the connection broke, after all retries."""
 
 
-class APIError(DoclError):
-    """The server answered with an error status and a problem document."""
+class WireError(DoclError, ValueError):
+    """A binary body does not follow its documented layout (see docl.client.wire),
+    or arrays given to the SDK cannot be encoded (wrong shapes or dtypes)."""
 
-    def __init__(self, status: int, detail: str, *, title: str = "", type: str = "about:blank") -> None:
+
+class APIError(DoclError):
+    """The server answered with an error status and a problem document.
+
+    ``status``, ``detail``, ``title`` and ``type`` come from the problem document;
+    ``method`` and ``url`` name the request (set by the SDK's clients).
+    """
+
+    method: str | None = None
+    url: str | None = None
+
+    def __init__(
+        self, status: int, detail: str, *, title: str = "", type: str = "about:blank"
+    ) -> None:
         self.status = status
         self.detail = detail
         self.title = title
@@ -91,7 +104,9 @@ _BY_STATUS: dict[int, type[APIError]] = {
 }
 
 
-def error_for_status(status: int, detail: str, *, title: str = "", type: str = "about:blank") -> APIError:
+def error_for_status(
+    status: int, detail: str, *, title: str = "", type: str = "about:blank"
+) -> APIError:
     """The exception class for an HTTP status (5xx -> ServerError, other 4xx -> APIError)."""
     cls = _BY_STATUS.get(status) or (ServerError if status >= 500 else APIError)
     return cls(status, detail, title=title, type=type)

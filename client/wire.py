@@ -46,6 +46,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+# Defined in errors.py (a DoclError and a ValueError), re-exported here for the codec's users.
+from docl.client.errors import WireError
+
 __all__ = [
     "REPORT_CONTENT_TYPE",
     "SCORES_CONTENT_TYPE",
@@ -71,10 +74,6 @@ _SCORES_HEADER = struct.Struct("<4sIQQ")  # 24 bytes
 _FLAG_REGRESSION = 1
 _FLAG_FEATURES = 2
 MAX_REPORT_ID = 128
-
-
-class WireError(ValueError):
-    """A binary body does not follow its documented layout."""
 
 
 @dataclass(frozen=True)
@@ -147,7 +146,9 @@ def decode_report(body: bytes | bytearray | memoryview) -> ReportArrays:
     """Decode a report; raise :class:`WireError` with a precise message when malformed."""
     buf = memoryview(body)
     if len(buf) < _HEADER.size:
-        raise WireError(f"report body is {len(buf)} bytes, shorter than the {_HEADER.size}-byte header")
+        raise WireError(
+            f"report body is {len(buf)} bytes, shorter than the {_HEADER.size}-byte header"
+        )
     magic, version, flags, rid_len, b, c, d, epoch, lr_sum = _HEADER.unpack_from(buf)
     if magic != _REPORT_MAGIC:
         raise WireError(f"bad magic {bytes(magic)!r}, expected {_REPORT_MAGIC!r}")
@@ -186,7 +187,9 @@ def decode_report(body: bytes | bytearray | memoryview) -> ReportArrays:
         targets = np.frombuffer(buf, dtype="<i8", count=b, offset=pos)
     pos += tgt_bytes
     features = (
-        np.frombuffer(buf, dtype="<f4", count=b * d, offset=pos).reshape(b, d) if has_features else None
+        np.frombuffer(buf, dtype="<f4", count=b * d, offset=pos).reshape(b, d)
+        if has_features
+        else None
     )
     return ReportArrays(
         report_id=rid,
@@ -223,7 +226,9 @@ def decode_scores(body: bytes) -> tuple[int, np.ndarray, np.ndarray, np.ndarray]
     if magic != _SCORES_MAGIC or version != 1:
         raise WireError("not a docl scores body (bad magic or version)")
     if len(body) != _SCORES_HEADER.size + 16 * n:
-        raise WireError(f"scores body is {len(body)} bytes, expected {_SCORES_HEADER.size + 16 * n}")
+        raise WireError(
+            f"scores body is {len(body)} bytes, expected {_SCORES_HEADER.size + 16 * n}"
+        )
     p = _SCORES_HEADER.size
     scores = np.frombuffer(body, dtype="<f4", count=n, offset=p)
     visits = np.frombuffer(body, dtype="<u4", count=n, offset=p + 4 * n)
