@@ -1,1 +1,85 @@
-"""docl client SDK: typed clients for the score server, a curriculum Sampler and a Reporter."""
+"""docl client SDK: typed clients for the score server, a curriculum Sampler and a Reporter.
+
+    from docl.client import ScoreClient, Reporter, track_lr, CurriculumSampler
+
+``import docl.client`` needs only the base install (httpx, numpy, pydantic);
+the samplers need torch and are imported on first use. See docs/client.md.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from docl.client._client import DEFAULT_SERVER, AsyncScoreClient, ScoreArrays, ScoreClient, to_numpy
+from docl.client.errors import (
+    APIError,
+    AuthenticationError,
+    BadRequestError,
+    ConflictError,
+    DoclError,
+    NotFoundError,
+    PayloadTooLargeError,
+    ServerError,
+    TransportError,
+    ValidationError,
+    WireError,
+)
+from docl.client.models import (
+    Epoch,
+    Plan,
+    PlanEpoch,
+    ReportAck,
+    Run,
+    RunCreate,
+    RunParams,
+    Stats,
+)
+from docl.client.reporter import LrSum, Reporter, ReporterCounters, track_lr
+
+if TYPE_CHECKING:
+    from docl.client.sampler import CurriculumBatchSampler, CurriculumSampler, WithIndices
+
+__all__ = [
+    "DEFAULT_SERVER",
+    "APIError",
+    "AsyncScoreClient",
+    "AuthenticationError",
+    "BadRequestError",
+    "ConflictError",
+    "CurriculumBatchSampler",
+    "CurriculumSampler",
+    "DoclError",
+    "Epoch",
+    "LrSum",
+    "NotFoundError",
+    "PayloadTooLargeError",
+    "Plan",
+    "PlanEpoch",
+    "ReportAck",
+    "Reporter",
+    "ReporterCounters",
+    "Run",
+    "RunCreate",
+    "RunParams",
+    "ScoreArrays",
+    "ScoreClient",
+    "ServerError",
+    "Stats",
+    "TransportError",
+    "ValidationError",
+    "WireError",
+    "WithIndices",
+    "to_numpy",
+    "track_lr",
+]
+
+_TORCH_NAMES = ("CurriculumBatchSampler", "CurriculumSampler", "WithIndices")
+
+
+def __getattr__(name: str) -> Any:
+    # The samplers subclass torch classes: import torch only when they are asked for.
+    if name in _TORCH_NAMES:
+        from docl.client import sampler
+
+        return getattr(sampler, name)
+    raise AttributeError(f"module 'docl.client' has no attribute {name!r}")

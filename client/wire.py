@@ -50,17 +50,17 @@ import numpy as np
 from docl.client.errors import WireError
 
 __all__ = [
+    "INDICES_CONTENT_TYPE",
     "REPORT_CONTENT_TYPE",
     "SCORES_CONTENT_TYPE",
-    "INDICES_CONTENT_TYPE",
-    "WireError",
     "ReportArrays",
-    "encode_report",
+    "WireError",
+    "decode_indices",
     "decode_report",
-    "encode_scores",
     "decode_scores",
     "encode_indices",
-    "decode_indices",
+    "encode_report",
+    "encode_scores",
 ]
 
 REPORT_CONTENT_TYPE = "application/vnd.docl.report.v1"

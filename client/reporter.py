@@ -1,0 +1,445 @@
+"""Report mini-batches without waiting on the network: :class:`Reporter`, and the
+learning-rate sum a report needs: :class:`LrSum` / :func:`track_lr`.
+
+A training step hands its batch to :meth:`Reporter.report`, which copies the
+arrays (detached, on the caller's thread), puts them in a bounded queue and
+returns. Sender threads post the queued reports to the score server.
+
+Delivery. A report is sent until the server acknowledges it. Connection
+errors, timeouts, 5xx and 429 answers are retried forever with exponential
+backoff (while the server is down the queue simply fills up); each retry keeps
+the report's ``report_id``, so a report that reached the server before a
+connection broke is recognised as a duplicate and applied once. A 4xx answer
+(e.g. 422, a malformed report) is final: the report is counted in
+``rejected``, logged, and not sent again.
+
+Overflow. When ``max_queue`` reports are waiting, a new report pushes out the
+OLDEST waiting one (counted in ``dropped``, with a warning). Why the oldest: the
+queue only overflows when the server is down or slower than training, and
+then the freshest outputs are the ones that matter to the next draw; an old
+report of a sample is superseded by a newer one anyway, and one with a
+smaller ``lr_sum`` than the stored one would be skipped by the server.
+``report`` therefore never blocks the training step.
+
+At the end of an epoch, :meth:`Reporter.flush` waits until every queued report
+has been acknowledged (or rejected), so the next draw sees them all.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import math
+import random
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from docl.client._client import ScoreClient, _check_report_arrays
+from docl.client.errors import APIError, ServerError, TransportError
+
+__all__ = ["LrSum", "Reporter", "ReporterCounters", "track_lr"]
+
+log = logging.getLogger("docl.reporter")
+
+
+@dataclass(frozen=True)
+class ReporterCounters:
+    """A snapshot of a :class:`Reporter`'s counters (reports, not samples, unless named)."""
+
+    queued: int  # reports accepted by report()
+    sent: int  # acknowledged by the server (duplicates included)
+    scored: int  # samples whose score the server updated (sum of ReportAck.scored)
+    duplicates: int  # acknowledged as already applied (a retry that had got through)
+    retried: int  # send attempts repeated after a connection error, timeout, 5xx or 429
+    dropped: int  # pushed out of a full queue, or abandoned at close()
+    rejected: int  # answered with a 4xx: not retried
+    pending: int  # waiting or in flight
+
+    def as_dict(self) -> dict[str, int]:
+        return {k: int(v) for k, v in self.__dict__.items()}
+
+
+@dataclass
+class _Item:
+    report_id: str
+    epoch: int
+    lr_sum: float
+    indices: np.ndarray
+    outputs: np.ndarray
+    targets: np.ndarray
+    features: np.ndarray | None
+
+
+class Reporter:
+    """Send reports of one run from background threads; ``report`` never blocks.
+
+    ``client`` is a :class:`ScoreClient` (the reporter sends with a copy of it
+    that does not retry by itself: the reporter's own loop retries forever and
+    counts every retry). ``max_queue`` bounds the reports waiting to be sent
+    (overflow drops the oldest, see the module docs). ``senders`` threads post
+    concurrently, which hides the round-trip time when steps are faster than
+    it; reports of different samples are independent, and the epoch-end
+    :meth:`flush` keeps epochs in order. ``backoff``/``max_backoff`` shape the
+    waits while the server is unreachable.
+
+    Use it as a context manager, or call :meth:`close`.
+    """
+
+    def __init__(
+        self,
+        client: ScoreClient,
+        run_id: str,
+        *,
+        max_queue: int = 1024,
+        senders: int = 2,
+        backoff: float = 0.2,
+        max_backoff: float = 5.0,
+        warn_interval: float = 30.0,
+    ) -> None:
+        if max_queue < 1:
+            raise ValueError("max_queue must be >= 1")
+        if senders < 1:
+            raise ValueError("senders must be >= 1")
+        self.run_id = run_id
+        self.max_queue = max_queue
+        self.backoff = backoff
+        self.max_backoff = max_backoff
+        self.warn_interval = warn_interval
+        self._client = client.with_options(retries=0)
+        self._queue: collections.deque[_Item] = collections.deque()
+        self._cond = threading.Condition()
+        self._inflight = 0
+        self._closed = False
+        self._c = dict.fromkeys(
+            ("queued", "sent", "scored", "duplicates", "retried", "dropped", "rejected"), 0
+        )
+        self._failing_since: float | None = None
+        self._last_drop_warning = -math.inf
+        self._drops_since_warning = 0
+        #: The last error a send ended with (a rejection, or the latest failure of an outage).
+        self.last_error: BaseException | None = None
+        self._threads = [
+            threading.Thread(target=self._run, name=f"docl-reporter-{run_id}-{i}", daemon=True)
+            for i in range(senders)
+        ]
+        for t in self._threads:
+            t.start()
+
+    # -- the caller's side ------------------------------------------------------------
+
+    def report(
+        self,
+        *,
+        epoch: int,
+        indices: Any,
+        outputs: Any,
+        targets: Any,
+        lr_sum: float,
+        features: Any = None,
+        report_id: str | None = None,
+    ) -> str:
+        """Queue one mini-batch's report and return its ``report_id`` at once.
+
+        Arrays (numpy, torch tensors on any device, lists) are copied here, so
+        the caller may reuse its buffers. Shapes are checked here too (a
+        :class:`~docl.client.errors.WireError` names the argument); values are
+        the server's to judge. Pass a deterministic ``report_id`` when a
+        restarted worker may report the same batch again.
+        """
+        idx, out, tgt, feat = _check_report_arrays(
+            epoch, indices, outputs, targets, lr_sum, features, copy=True
+        )
+        item = _Item(
+            report_id=report_id or uuid.uuid4().hex,
+            epoch=int(epoch),
+            lr_sum=float(lr_sum),
+            indices=idx,
+            outputs=out,
+            targets=tgt,
+            features=feat,
+        )
+        dropped = None
+        with self._cond:
+            if self._closed:
+                raise RuntimeError("this Reporter is closed")
+            if len(self._queue) >= self.max_queue:
+                dropped = self._queue.popleft()
+                self._c["dropped"] += 1
+            self._queue.append(item)
+            self._c["queued"] += 1
+            self._cond.notify()
+        if dropped is not None:
+            self._warn_drop()
+        return item.report_id
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until every queued report was acknowledged (or rejected).
+
+        Returns True when nothing is pending, False when ``timeout`` seconds
+        passed first (the reports stay queued and keep being retried).
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            while self._queue or self._inflight:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    log.warning(
+                        "docl reporter: flush timed out after %.1f s with %d report(s) pending",
+                        timeout,
+                        len(self._queue) + self._inflight,
+                    )
+                    return False
+                self._cond.wait(remaining)
+        return True
+
+    def close(self, timeout: float | None = 30.0) -> bool:
+        """Flush (up to ``timeout`` s), then stop the sender threads.
+
+        Reports still pending after the timeout are abandoned, counted in
+        ``dropped`` and warned about. Returns True when everything was delivered.
+        """
+        with self._cond:
+            if self._closed:
+                return not self._queue
+        delivered = self.flush(timeout)
+        with self._cond:
+            self._closed = True
+            abandoned = len(self._queue)
+            self._queue.clear()
+            self._c["dropped"] += abandoned
+            self._cond.notify_all()
+        if abandoned:
+            log.warning(
+                "docl reporter: closed with %d report(s) undelivered (counted as dropped)",
+                abandoned,
+            )
+        for t in self._threads:
+            t.join(timeout=max(1.0, self._client_timeout()))
+        return delivered
+
+    def __enter__(self) -> Reporter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- counters ----------------------------------------------------------------------
+
+    def counters(self) -> ReporterCounters:
+        with self._cond:
+            return ReporterCounters(**self._c, pending=len(self._queue) + self._inflight)
+
+    @property
+    def sent(self) -> int:
+        return self._c["sent"]
+
+    @property
+    def scored(self) -> int:
+        return self._c["scored"]
+
+    @property
+    def duplicates(self) -> int:
+        return self._c["duplicates"]
+
+    @property
+    def retried(self) -> int:
+        return self._c["retried"]
+
+    @property
+    def dropped(self) -> int:
+        return self._c["dropped"]
+
+    @property
+    def rejected(self) -> int:
+        return self._c["rejected"]
+
+    @property
+    def pending(self) -> int:
+        with self._cond:
+            return len(self._queue) + self._inflight
+
+    # -- the sender threads ------------------------------------------------------------
+
+    def _client_timeout(self) -> float:
+        t = self._client.timeout
+        if isinstance(t, int | float):
+            return float(t)
+        return float(t.read or 30.0)
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._queue and not self._closed:
+                    self._cond.wait()
+                if not self._queue:  # closed and drained
+                    return
+                item = self._queue.popleft()
+                self._inflight += 1
+            try:
+                self._deliver(item)
+            finally:
+                with self._cond:
+                    self._inflight -= 1
+                    self._cond.notify_all()
+
+    def _deliver(self, item: _Item) -> None:
+        attempt = 0
+        while True:
+            try:
+                ack = self._client.report(
+                    self.run_id,
+                    epoch=item.epoch,
+                    indices=item.indices,
+                    outputs=item.outputs,
+                    targets=item.targets,
+                    lr_sum=item.lr_sum,
+                    features=item.features,
+                    report_id=item.report_id,
+                )
+            except (TransportError, ServerError) as e:
+                failure: BaseException = e
+            except APIError as e:
+                if e.status != 429:
+                    with self._cond:
+                        self._c["rejected"] += 1
+                    self.last_error = e
+                    log.error(
+                        "docl reporter: report %s (epoch %d, %d samples) rejected: %s",
+                        item.report_id,
+                        item.epoch,
+                        item.indices.shape[0],
+                        e,
+                    )
+                    return
+                failure = e
+            except Exception as e:  # a bug must not kill the sender thread silently
+                with self._cond:
+                    self._c["rejected"] += 1
+                self.last_error = e
+                log.exception("docl reporter: report %s failed unexpectedly", item.report_id)
+                return
+            else:
+                with self._cond:
+                    self._c["sent"] += 1
+                    self._c["scored"] += ack.scored
+                    self._c["duplicates"] += int(ack.duplicate)
+                    outage = self._failing_since
+                    self._failing_since = None
+                if outage is not None:
+                    log.warning(
+                        "docl reporter: score server reachable again after %.1f s; "
+                        "delivering %d buffered report(s)",
+                        time.monotonic() - outage,
+                        self.pending,
+                    )
+                return
+            # Retryable: the server is down, overloaded or restarting. Keep the
+            # report (and its report_id) and try again after a backoff.
+            self.last_error = failure
+            with self._cond:
+                self._c["retried"] += 1
+                first = self._failing_since is None
+                if first:
+                    self._failing_since = time.monotonic()
+                closed = self._closed
+            if first:
+                log.warning(
+                    "docl reporter: cannot deliver reports to %s (%s); buffering up to %d and retrying",
+                    self._client.base_url,
+                    failure,
+                    self.max_queue,
+                )
+            if closed:
+                # close() gave up waiting: count this one as abandoned.
+                with self._cond:
+                    self._c["dropped"] += 1
+                return
+            delay = min(self.max_backoff, self.backoff * 2.0**attempt)
+            attempt += 1
+            with self._cond:
+                # Wake early only when close() is called.
+                self._cond.wait_for(lambda: self._closed, timeout=delay * (0.5 + 0.5 * _jitter()))
+
+    def _warn_drop(self) -> None:
+        now = time.monotonic()
+        with self._cond:
+            self._drops_since_warning += 1
+            if now - self._last_drop_warning < self.warn_interval:
+                return
+            n = self._drops_since_warning
+            self._drops_since_warning = 0
+            self._last_drop_warning = now
+            total = self._c["dropped"]
+        log.warning(
+            "docl reporter: queue full (max_queue=%d): dropped %d oldest report(s) (%d in total); "
+            "the score server is down or slower than training",
+            self.max_queue,
+            n,
+            total,
+        )
+
+
+def _jitter() -> float:
+    return random.random()
+
+
+# ---------------------------------------------------------------------------
+# The learning-rate sum
+# ---------------------------------------------------------------------------
+
+
+class LrSum:
+    """The sum of every learning rate a torch optimizer has applied, in float64.
+
+    A post-step hook adds ``optimizer.param_groups[group]['lr']`` after each
+    ``optimizer.step()`` — the rate that step used, whatever a scheduler or
+    the user does to it afterwards. Read :attr:`value` BEFORE ``step()`` to get
+    the ``lr_sum`` of the outputs computed by the current parameters::
+
+        lrs = track_lr(optimizer)
+        out = model(x); loss = ...; loss.backward()
+        reporter.report(..., outputs=out, lr_sum=lrs.value)
+        optimizer.step()
+
+    ``start`` resumes a sum (e.g. from a checkpoint, see :meth:`state_dict`).
+    torch is not imported: any object with ``param_groups`` and
+    ``register_step_post_hook`` (torch >= 2.0 optimizers) works.
+    """
+
+    def __init__(self, optimizer: Any, *, start: float = 0.0, group: int = 0) -> None:
+        self.optimizer = optimizer
+        self.group = group
+        self.value = float(start)
+        self.steps = 0
+        self._handle = optimizer.register_step_post_hook(self._hook)
+
+    def _hook(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        self.value += float(optimizer.param_groups[self.group]["lr"])
+        self.steps += 1
+
+    def __float__(self) -> float:
+        return self.value
+
+    def __repr__(self) -> str:
+        return f"LrSum(value={self.value!r}, steps={self.steps})"
+
+    def remove(self) -> None:
+        """Stop tracking (remove the optimizer hook)."""
+        self._handle.remove()
+
+    def state_dict(self) -> dict[str, float | int]:
+        return {"value": self.value, "steps": self.steps}
+
+    def load_state_dict(self, state: dict[str, float | int]) -> None:
+        self.value = float(state["value"])
+        self.steps = int(state["steps"])
+
+
+def track_lr(optimizer: Any, *, start: float = 0.0, group: int = 0) -> LrSum:
+    """Start summing the learning rates ``optimizer`` applies; see :class:`LrSum`."""
+    return LrSum(optimizer, start=start, group=group)
