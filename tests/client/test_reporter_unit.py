@@ -1,0 +1,184 @@
+"""Reporter and LrSum without a server: the queue policy made deterministic with a
+MockTransport that holds answers back, and ``track_lr`` against torch's own
+schedulers. The Reporter against a real server (outage, restart, dedup) is in
+tests/client/test_sdk_server.py.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+import httpx
+import numpy as np
+import pytest
+
+from docl.client import Reporter, ScoreClient, WireError, track_lr, wire
+
+ACK = {"accepted": 1, "scored": 1, "duplicate": False}
+
+
+class Gate:
+    """A server that records report ids and answers only when the gate is open."""
+
+    def __init__(self, status: int = 200) -> None:
+        self.open = threading.Event()
+        self.seen: list[str] = []
+        self.first = threading.Event()
+        self.status = status
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.seen.append(wire.decode_report(request.content).report_id)
+        self.first.set()
+        assert self.open.wait(10), "test gate never opened"
+        if self.status != 200:
+            return httpx.Response(
+                self.status, json={"title": "Unprocessable", "detail": "index 99 out of range"}
+            )
+        return httpx.Response(200, json=ACK)
+
+
+def send(rep: Reporter, rid: str) -> str:
+    return rep.report(
+        epoch=0,
+        indices=np.array([1]),
+        outputs=np.zeros((1, 2)),
+        targets=np.array([0]),
+        lr_sum=0.1,
+        report_id=rid,
+    )
+
+
+def test_full_queue_drops_the_oldest_counts_and_warns(caplog: pytest.LogCaptureFixture) -> None:
+    gate = Gate()
+    client = ScoreClient("http://docl.test", transport=httpx.MockTransport(gate))
+    rep = Reporter(client, "r1", max_queue=3, senders=1)
+    try:
+        send(rep, "r0")
+        assert gate.first.wait(5)  # r0 is in flight, the queue is empty
+        with caplog.at_level(logging.WARNING, logger="docl.reporter"):
+            for i in range(1, 6):
+                send(rep, f"r{i}")  # returns at once although nothing is acknowledged
+        c = rep.counters()
+        assert (c.queued, c.dropped, c.pending, c.sent) == (6, 2, 4, 0)
+        assert any("queue full" in r.message and "dropped" in r.message for r in caplog.records)
+        assert rep.flush(timeout=0.2) is False  # still held at the gate
+        gate.open.set()
+        assert rep.flush(timeout=10) is True
+        assert gate.seen == ["r0", "r3", "r4", "r5"]  # r1, r2 were the oldest waiting
+        c = rep.counters()
+        assert (c.sent, c.scored, c.dropped, c.pending, c.rejected) == (4, 4, 2, 0, 0)
+    finally:
+        gate.open.set()
+        rep.close()
+        client.close()
+
+
+def test_a_4xx_is_rejected_once_and_not_retried(caplog: pytest.LogCaptureFixture) -> None:
+    gate = Gate(status=422)
+    gate.open.set()
+    client = ScoreClient("http://docl.test", transport=httpx.MockTransport(gate))
+    with caplog.at_level(logging.ERROR, logger="docl.reporter"), Reporter(client, "r1") as rep:
+        send(rep, "bad")
+        assert rep.flush(timeout=10)
+        assert (rep.rejected, rep.sent, rep.retried) == (1, 0, 0)
+        assert "index 99 out of range" in str(rep.last_error)
+    assert gate.seen == ["bad"]
+    assert any("rejected" in r.message for r in caplog.records)
+    client.close()
+
+
+def test_report_copies_its_arrays_and_checks_shapes_on_the_callers_side() -> None:
+    gate = Gate()
+    bodies: list[bytes] = []
+
+    def capture(request: httpx.Request) -> httpx.Response:
+        bodies.append(request.content)
+        return gate(request)
+
+    client = ScoreClient("http://docl.test", transport=httpx.MockTransport(capture))
+    rep = Reporter(client, "r1", senders=1)
+    try:
+        out = np.ones((2, 3), dtype=np.float32)
+        send(rep, "r0")
+        assert gate.first.wait(5)
+        rep.report(
+            epoch=1, indices=np.array([3, 4]), outputs=out, targets=np.array([0, 2]), lr_sum=0.5
+        )
+        out[:] = 7.0  # the caller reuses its buffer before the report is sent
+        with pytest.raises(WireError, match="outputs must be"):
+            rep.report(
+                epoch=1, indices=np.array([3]), outputs=out, targets=np.array([0]), lr_sum=0.5
+            )
+        gate.open.set()
+        assert rep.flush(timeout=10)
+        assert np.all(wire.decode_report(bodies[1]).outputs == 1.0)
+        assert rep.counters().queued == 2
+    finally:
+        gate.open.set()
+        rep.close()
+        client.close()
+
+
+def test_close_abandons_what_it_cannot_deliver_and_counts_it() -> None:
+    def down(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("refused")
+
+    client = ScoreClient("http://docl.test", transport=httpx.MockTransport(down))
+    rep = Reporter(client, "r1", senders=1, backoff=0.01, max_backoff=0.05)
+    for i in range(3):
+        send(rep, f"r{i}")
+    assert rep.close(timeout=0.3) is False
+    c = rep.counters()
+    assert c.dropped == 3 and c.pending == 0 and c.sent == 0 and c.retried >= 1
+    with pytest.raises(RuntimeError, match="closed"):
+        send(rep, "late")
+
+
+# ---------------------------------------------------------------------------
+# track_lr against torch's schedulers
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("schedule", ["step", "cosine", "manual"])
+def test_track_lr_sums_the_rate_each_step_applied(schedule: str) -> None:
+    torch = pytest.importorskip("torch")
+    model = torch.nn.Linear(3, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.9)
+    steps = 23
+    if schedule == "step":
+        sched = torch.optim.lr_scheduler.StepLR(opt, step_size=5, gamma=0.3)
+        expected_lrs = [0.5 * 0.3 ** (k // 5) for k in range(steps)]
+    elif schedule == "cosine":
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps, eta_min=0.01)
+        expected_lrs = [
+            0.01 + 0.5 * (0.5 - 0.01) * (1 + np.cos(np.pi * k / steps)) for k in range(steps)
+        ]
+    else:
+        sched = None
+        expected_lrs = [0.1 / (k + 1) for k in range(steps)]
+    lrs = track_lr(opt, start=2.0)
+    before = []
+    x = torch.randn(4, 3)
+    for k in range(steps):
+        if sched is None:
+            for g in opt.param_groups:
+                g["lr"] = expected_lrs[k]
+        before.append(lrs.value)
+        opt.zero_grad()
+        model(x).pow(2).mean().backward()
+        opt.step()
+        if sched is not None:
+            sched.step()
+    # value before step k == start + the rates of steps 0..k-1 (an independent sum)
+    expected_before = 2.0 + np.concatenate([[0.0], np.cumsum(expected_lrs)[:-1]])
+    np.testing.assert_allclose(before, expected_before, rtol=1e-12)
+    assert lrs.steps == steps
+    assert lrs.value == pytest.approx(2.0 + sum(expected_lrs), rel=1e-12)
+    state = lrs.state_dict()
+    lrs.remove()
+    opt.step()  # no longer tracked
+    assert lrs.value == state["value"]
+    again = track_lr(opt)
+    again.load_state_dict(state)
+    assert float(again) == state["value"] and again.steps == steps
