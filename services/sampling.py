@@ -1,7 +1,14 @@
 """Drawing an epoch's subset: pure numpy functions with a seeded Generator. No I/O.
 
 The method registry maps each method name (docl.client.models.METHODS) to how
-it sizes and draws its subsets.
+it sizes and draws its subsets. Every draw is a pure function of its inputs and
+the Generator: same seed + same inputs -> same indices, in the same order.
+
+Conventions shared by every function here:
+* indices are int64 positions into the n samples; a draw returns them in
+  training order (shuffled), distinct;
+* NaN in `scores` / `losses` means "not known yet" (never scored / never
+  visited) and is treated optimistically, so unknown samples get explored.
 """
 
 from __future__ import annotations
@@ -14,27 +21,225 @@ import numpy as np
 
 SizeSchedule = Literal["full", "shrink", "grow"]
 
+_TINY32 = float(np.finfo(np.float32).tiny)
+
+
+def epoch_rng(seed: int, epoch: int) -> np.random.Generator:
+    """The Generator of one epoch's draw: independent streams per (run seed, epoch),
+    so drawing epoch e again (idempotent re-draw, another replica) gives the same subset."""
+    return np.random.default_rng([int(seed), int(epoch)])
+
+
+def uniform_epoch(n: int, rng: np.random.Generator, size: int | None = None) -> np.ndarray:
+    """Warmup / refresh epochs ("uniform, full data"): a uniform permutation of all n
+    samples, or a uniform `size`-of-n subset in random order (an epoch the budget cut short)."""
+    if n < 0:
+        raise ValueError(f"n must be >= 0, got {n}")
+    size = n if size is None else int(size)
+    if not 0 <= size <= n:
+        raise ValueError(f"size must lie in [0, {n}], got {size}")
+    if size == n:
+        return rng.permutation(n).astype(np.int64, copy=False)
+    return rng.choice(n, size=size, replace=False, shuffle=True).astype(np.int64, copy=False)
+
 
 def standardize(scores: np.ndarray, normalize: str) -> np.ndarray:
     """ŝ: scores standardized over scored (non-NaN) samples ('std') or as they are ('none');
-    unscored samples (NaN) get the largest current value (optimism). All-NaN -> zeros."""
-    raise NotImplementedError
+    unscored samples (NaN) get the largest current value (optimism). All-NaN -> zeros.
+
+    'std': (s - mean) / std over the scored samples, mean and std accumulated in
+    float64; a constant table (std 0) standardizes to all zeros. Any non-finite
+    entry counts as unscored (the score table never holds ±inf; this only makes
+    the function total). Returns float32 (n,).
+    """
+    if normalize not in ("std", "none"):
+        raise ValueError(f"normalize must be 'std' or 'none', got {normalize!r}")
+    s = np.asarray(scores)
+    if s.ndim != 1:
+        raise ValueError(f"scores must be a vector, got shape {s.shape}")
+    out = s.astype(np.float32)  # always a fresh copy
+    finite = np.isfinite(out)
+    n_scored = int(np.count_nonzero(finite))
+    if n_scored == 0:
+        return np.zeros(out.shape, np.float32)
+    all_scored = n_scored == out.size
+    vals = out if all_scored else out[finite]
+    if normalize == "std":
+        mean = float(vals.mean(dtype=np.float64))
+        std = float(vals.std(dtype=np.float64))
+        if not std > 0 or not np.isfinite(std):
+            out[finite] = 0.0
+            top = 0.0
+        else:
+            np.subtract(out, mean, out=out)
+            np.multiply(out, 1.0 / std, out=out)
+            top = float(out.max()) if all_scored else float(out[finite].max())
+    else:
+        top = float(vals.max())
+    if not all_scored:
+        out[~finite] = top
+    return out
 
 
-def gumbel_topk(logits: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
-    """k distinct indices drawn without replacement with P ∝ exp(logits) (Gumbel-top-k), O(n)."""
-    raise NotImplementedError
+def _as_logits(logits: np.ndarray) -> np.ndarray:
+    z = np.asarray(logits)
+    if z.ndim != 1:
+        raise ValueError(f"logits must be a vector, got shape {z.shape}")
+    if not np.issubdtype(z.dtype, np.floating):
+        z = z.astype(np.float64)
+    if np.isnan(z).any():
+        raise ValueError("logits must not be NaN")
+    if np.isposinf(z).any():
+        raise ValueError("logits must be < +inf (use a large finite value)")
+    return z
 
 
-def inclusion_probabilities(logits: np.ndarray, k: int) -> np.ndarray:
-    """Approximate P(i in S) for a k-of-n draw without replacement ∝ exp(logits)."""
-    raise NotImplementedError
+def _check_k(k: int, n: int) -> int:
+    k = int(k)
+    if k < 0:
+        raise ValueError(f"k must be >= 0, got {k}")
+    return min(k, n)
+
+
+def gumbel_topk(
+    logits: np.ndarray, k: int, rng: np.random.Generator, *, ordered: bool = False
+) -> np.ndarray:
+    """k distinct indices drawn without replacement with P ∝ exp(logits) (Gumbel-top-k), O(n).
+
+    Exact: the k largest keys z_i - log(E_i), E_i ~ Exp(1) i.i.d. (the exponential
+    race: sample i "arrives" at E_i / w_i with w_i = exp(z_i)) are distributed as
+    k successive draws without replacement ∝ w. Work stays in log space (the max
+    logit is subtracted first, keys never exponentiate), so any finite logits are
+    safe; keys are float32 for speed (n = 10M in ~0.2 s), which is exact for
+    logit gaps below ~1e38. An E_i that underflows to 0 is clipped to the smallest
+    normal float32 (a ~2^-24-probability event per sample at most).
+
+    -inf logits (weight 0) are never drawn unless k exceeds the number of finite
+    logits; then all finite ones are taken and the rest are drawn uniformly from
+    the -inf ones. k >= n returns every index. `ordered=True` returns the indices
+    in draw order (first draw first) at an O(k log k) sort; otherwise the order
+    is unspecified (callers shuffle).
+    """
+    z = _as_logits(logits)
+    n = z.size
+    k = _check_k(k, n)
+    if k == 0:
+        return np.empty(0, np.int64)
+    finite = z > -np.inf
+    n_finite = int(np.count_nonzero(finite))
+    if n_finite < n and k >= n_finite:
+        # every sample with positive weight, then uniformly among the weight-0 ones
+        fin_idx = np.flatnonzero(finite)
+        head = gumbel_topk(z[fin_idx], n_finite, rng, ordered=ordered)
+        zero_idx = np.flatnonzero(~finite)
+        tail = rng.choice(zero_idx, size=k - n_finite, replace=False, shuffle=True)
+        return np.concatenate([fin_idx[head], tail]).astype(np.int64, copy=False)
+    if k == n and not ordered:
+        return np.arange(n, dtype=np.int64)
+
+    keys = np.empty(n, np.float32)
+    np.subtract(z, z.max(), out=keys, casting="unsafe")  # <= 0; hugely negative -> -inf
+    e = rng.standard_exponential(n, dtype=np.float32)
+    np.maximum(e, _TINY32, out=e)
+    np.log(e, out=e)
+    np.subtract(keys, e, out=keys)
+    idx = np.arange(n) if k == n else np.argpartition(keys, n - k)[n - k :]
+    if ordered:
+        idx = idx[np.argsort(-keys[idx], kind="stable")]
+    return idx.astype(np.int64, copy=False)
+
+
+_COARSE = 1 << 18
+
+
+def _race_time(w: np.ndarray, k: float, t: float, tol: float, max_iter: int) -> float:
+    """Solve Σ_i (1 - exp(-w_i·t)) = k for t by Newton's method.
+
+    The left side is increasing and concave in t, so from a start left of the
+    root Newton climbs monotonically, and from the right its first step lands on
+    the left: it converges from any t > 0 without bracketing.
+    """
+    buf = np.empty_like(w)
+    n = w.size
+    for _ in range(max_iter):
+        np.multiply(w, -t, out=buf)
+        np.exp(buf, out=buf)
+        h = float(n - buf.sum()) - k  # Σ (1 - e^{-wt}) - k
+        if abs(h) <= tol * k:
+            break
+        slope = float(np.dot(w, buf))
+        if not slope > 0:  # every term saturated: far right of the root
+            t *= 0.5
+            continue
+        step = -h / slope
+        t = max(t + step, 0.5 * t)  # the clamp only guards round-off far right of the root
+        if abs(step) <= 1e-15 * t:
+            break
+    return t
+
+
+def inclusion_probabilities(
+    logits: np.ndarray,
+    k: int,
+    *,
+    indices: np.ndarray | None = None,
+    tol: float = 1e-9,
+    max_iter: int = 200,
+) -> np.ndarray:
+    """Approximate P(i in S) for a k-of-n draw without replacement ∝ exp(logits).
+
+    The draw is an exponential race: sample i arrives at T_i = E_i / w_i
+    (E_i ~ Exp(1), w_i = exp(logit_i)) and S holds the first k arrivals, so
+    P(i in S) = P(T_i < T_(k)). Replacing the random k-th arrival time T_(k) by
+    the deterministic t at which k arrivals are expected gives
+
+        π_i ≈ 1 - exp(-w_i·t),   t solving  Σ_i (1 - exp(-w_i·t)) = k
+
+    (Rosén's approximation for order/successive sampling). It is exact for
+    uniform weights (π = k/n), for k = n (π = 1) and k = 0, sums to k by
+    construction, keeps the order of the weights, and its error vanishes as n
+    grows with k/n fixed; on tiny instances it is off by up to a few 0.01
+    (tests/services/test_sampling.py measures it against the exact value).
+
+    t is found by Newton's method (`_race_time`; the left side is increasing and
+    concave in t, so Newton converges from any start), started from the solution
+    on an evenly strided ~262k subsample when n is large: 2-4 passes over n. Weights are exp(logit - max),
+    so large logits cannot overflow. -inf logits (weight 0) get 0 unless k
+    exceeds the number of positive weights; then positive weights get 1 and the
+    rest share the remaining k - m uniformly. Returns float64 (n,), or only the
+    entries at `indices` when given (saves the last pass over n). `tol` bounds
+    |Σπ - k| / k.
+    """
+    z = _as_logits(logits).astype(np.float64, copy=False)
+    n = z.size
+    k = _check_k(k, n)
+    at = np.arange(n) if indices is None else np.asarray(indices, dtype=np.int64)
+    if k == n:
+        return np.ones(at.size)
+    if k == 0:
+        return np.zeros(at.size)
+    w = np.exp(z - z.max())
+    pos = w > 0
+    m = int(np.count_nonzero(pos))
+    if k >= m:
+        return np.where(pos[at], 1.0, (k - m) / (n - m))
+    t0 = k / float(w.sum(dtype=np.float64))
+    if n > 4 * _COARSE:
+        # a good start from an evenly strided subsample (~262k weights, same
+        # fraction k/n): the full-size Newton then needs 2-3 passes instead of ~15
+        sub = w[:: n // _COARSE]
+        t0 = _race_time(sub, k * sub.size / n, t0, 1e-6, max_iter)
+    t = _race_time(w, k, t0, tol, max_iter)
+    return -np.expm1(-w[at] * t)
 
 
 @dataclass(frozen=True)
 class Draw:
     indices: np.ndarray  # (k,) int64, in training order (shuffled)
     inclusion: np.ndarray | None  # (k,) float32 inclusion probabilities when Exp3 is on
+
+
+SelectFn = Callable[..., Draw]
 
 
 @dataclass(frozen=True)
@@ -44,10 +249,131 @@ class MethodSpec:
     l2_phases: bool  # warmup/refresh epochs use the L2 loss by default
     diversity: bool  # prune drawn subsets by facility location by default
     score: Literal["docl", "docl-nr"]  # which score the reports maintain
-    select: Callable[..., Draw]
+    select: SelectFn
 
 
-METHODS: dict[str, MethodSpec] = {}
+def _shuffled(idx: np.ndarray, rng: np.random.Generator, incl: np.ndarray | None = None) -> Draw:
+    order = rng.permutation(idx.size)
+    return Draw(
+        indices=idx[order].astype(np.int64, copy=False),
+        inclusion=None if incl is None else incl[order].astype(np.float32),
+    )
+
+
+def extreme_k(
+    values: np.ndarray, k: int, rng: np.random.Generator, *, largest: bool, nan_as: float
+) -> np.ndarray:
+    """The k largest (or smallest) values' indices, ties at the boundary broken
+    uniformly at random by `rng`; NaN counts as `nan_as` (±inf). O(n). Unordered."""
+    v = np.asarray(values, dtype=np.float64)
+    n = v.size
+    k = _check_k(k, n)
+    if k == 0:
+        return np.empty(0, np.int64)
+    if k == n:
+        return np.arange(n, dtype=np.int64)
+    v = np.where(np.isnan(v), nan_as, v)
+    if largest:
+        v = -v
+    thr = np.partition(v, k - 1)[k - 1]  # the k-th smallest
+    below = np.flatnonzero(v < thr)
+    ties = np.flatnonzero(v == thr)
+    pick = rng.choice(ties, size=k - below.size, replace=False)
+    return np.concatenate([below, pick]).astype(np.int64, copy=False)
+
+
+def _uniform(
+    *, k: int, scores: np.ndarray, rng: np.random.Generator, exp3: bool = False, **_: object
+) -> Draw:
+    n = scores.size
+    idx = uniform_epoch(n, rng, size=k)
+    return Draw(idx, np.full(k, k / n, np.float32) if exp3 and n else None)
+
+
+def _boltzmann(
+    *,
+    k: int,
+    scores: np.ndarray,
+    rng: np.random.Generator,
+    tau: float,
+    normalize: str,
+    exp3: bool = False,
+    **_: object,
+) -> Draw:
+    logits = standardize(scores, normalize)
+    logits /= np.float32(tau)
+    if not np.isfinite(logits).all():  # ŝ/τ beyond float32: redo in float64
+        logits = standardize(scores, normalize).astype(np.float64) / tau
+    idx = gumbel_topk(logits, k, rng)
+    incl = inclusion_probabilities(logits, k, indices=idx) if exp3 else None
+    return _shuffled(idx, rng, incl)
+
+
+def _deterministic(
+    idx: np.ndarray, rng: np.random.Generator, exp3: bool
+) -> Draw:  # inclusion 1: a deterministic pick
+    return _shuffled(idx, rng, np.ones(idx.size) if exp3 else None)
+
+
+def _spl(
+    *, k: int, losses: np.ndarray, rng: np.random.Generator, exp3: bool = False, **_: object
+) -> Draw:
+    # easiest first; a never-visited sample (NaN loss) is taken first (exploration)
+    return _deterministic(extreme_k(losses, k, rng, largest=False, nan_as=-np.inf), rng, exp3)
+
+
+def _mcl(
+    *, k: int, losses: np.ndarray, rng: np.random.Generator, exp3: bool = False, **_: object
+) -> Draw:
+    # hardest first; a never-visited sample (NaN loss) is taken first (exploration)
+    return _deterministic(extreme_k(losses, k, rng, largest=True, nan_as=np.inf), rng, exp3)
+
+
+def _top(
+    *, k: int, scores: np.ndarray, rng: np.random.Generator, exp3: bool = False, **_: object
+) -> Draw:
+    return _deterministic(extreme_k(scores, k, rng, largest=True, nan_as=np.inf), rng, exp3)
+
+
+def _bottom(
+    *, k: int, scores: np.ndarray, rng: np.random.Generator, exp3: bool = False, **_: object
+) -> Draw:
+    # unscored count as the largest, so bottom-k takes them last
+    return _deterministic(extreme_k(scores, k, rng, largest=False, nan_as=np.inf), rng, exp3)
+
+
+def _alternate(
+    *, k: int, scores: np.ndarray, rng: np.random.Generator, episode: int = 1, exp3: bool = False,
+    **_: object,
+) -> Draw:  # fmt: skip
+    # paper §3 Baseline1: top-k in odd episodes, bottom-k in even ones
+    if episode % 2 == 1:
+        return _top(k=k, scores=scores, rng=rng, exp3=exp3)
+    return _bottom(k=k, scores=scores, rng=rng, exp3=exp3)
+
+
+METHODS: dict[str, MethodSpec] = {
+    spec.name: spec
+    for spec in (
+        MethodSpec("random", "full", False, False, "docl", _uniform),
+        MethodSpec("random-subset", "shrink", True, False, "docl", _uniform),
+        MethodSpec("spl", "grow", False, False, "docl", _spl),
+        MethodSpec("mcl", "grow", False, True, "docl", _mcl),
+        MethodSpec("docl-nr", "grow", True, False, "docl-nr", _boltzmann),
+        MethodSpec("docl", "shrink", True, False, "docl", _boltzmann),
+        MethodSpec("top", "shrink", True, False, "docl", _top),
+        MethodSpec("bottom", "shrink", True, False, "docl", _bottom),
+        MethodSpec("alternate", "shrink", True, False, "docl", _alternate),
+    )
+}
+
+
+def method_spec(method: str) -> MethodSpec:
+    """The registry entry of `method`, or a ValueError naming the known methods."""
+    try:
+        return METHODS[method]
+    except KeyError:
+        raise ValueError(f"unknown method {method!r}; known: {', '.join(METHODS)}") from None
 
 
 def draw(
@@ -55,12 +381,43 @@ def draw(
     *,
     k: int,
     scores: np.ndarray,
-    losses: np.ndarray,
+    losses: np.ndarray | None = None,
     rng: np.random.Generator,
     tau: float = 0.1,
     normalize: str = "std",
     exp3: bool = False,
     episode: int = 1,
 ) -> Draw:
-    """Draw k of n samples for a selection epoch with the named method."""
-    raise NotImplementedError
+    """Draw k of n samples for a selection epoch with the named method.
+
+    n = len(scores). `losses` (n,) is the last task loss per sample (NaN = never
+    visited; only spl/mcl read it; None = all unknown). `episode` is the plan's
+    episode (alternate: top-k in odd, bottom-k in even episodes). With `exp3` the
+    Draw carries each drawn sample's inclusion probability (approximate for the
+    Boltzmann draws, k/n for uniform ones, 1 for deterministic ones).
+    """
+    spec = method_spec(method)
+    s = np.asarray(scores)
+    if s.ndim != 1:
+        raise ValueError(f"scores must be a vector, got shape {s.shape}")
+    n = s.size
+    ls = np.full(n, np.nan) if losses is None else np.asarray(losses)
+    if ls.shape != (n,):
+        raise ValueError(f"losses must have shape ({n},), got {ls.shape}")
+    k = int(k)
+    if not 0 <= k <= n:
+        raise ValueError(f"k must lie in [0, {n}], got {k}")
+    if not tau > 0:
+        raise ValueError(f"tau must be > 0, got {tau}")
+    if normalize not in ("std", "none"):
+        raise ValueError(f"normalize must be 'std' or 'none', got {normalize!r}")
+    return spec.select(
+        k=k,
+        scores=s,
+        losses=ls,
+        rng=rng,
+        tau=float(tau),
+        normalize=normalize,
+        exp3=bool(exp3),
+        episode=int(episode),
+    )
