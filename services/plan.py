@@ -1,15 +1,40 @@
-"""The epoch plan: a pure function of the run config. No I/O."""
+"""The epoch plan: a pure function of the run config. No I/O.
+
+Rules (docs/architecture.md "The plan", docs/algorithm.md for a worked example):
+
+* episode 0 is the warmup: `warmup_epochs` uniform full-data epochs;
+* episode j >= 1: L_j selection epochs, then (if `refresh`) one uniform
+  full-data refresh epoch; L_1 = episode_epochs,
+  L_{j+1} = max(L_j + 1, round_half_up(L_j · episode_growth));
+* the learning rate of episode j is one cosine annealing over all S of the
+  episode's steps: lr(s) = floor + ½(peak - floor)(1 + cos(π s / S)), s = 0..S-1,
+  peak = lr_peak·lr_decay^j, floor = lr_min·lr_decay^j;
+* warmup/refresh train with the L2 loss when the method's l2_phases (or
+  params.l2_phases) says so, else the task loss; selection epochs use the task loss;
+* subset size k of a selection epoch after m decays (m = j with k_decay
+  "episode": k shrinks at the end of every episode, the warmup included, as in
+  Algorithm 1; m = t + 1 with k_decay "epoch", t = selection epochs before it):
+  shrink ceil(max(k_min·n, n·γ_k^m)), grow min(n, ceil(k_min·n / γ_k^m)), full n,
+  where k_min·n is rounded up and at least 1;
+* diversity pruning trains on ceil(gamma_k_prime · k) of the k drawn samples;
+* steps = ceil(size / batch_size); `epochs` caps the number of epochs and
+  `budget_batches` the total steps (the last epoch is cut: steps = what is left,
+  size = min(size, steps · batch_size)); the learning-rate schedule is that of
+  the uncut plan, so a budget only truncates it.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, fields
 
 import numpy as np
 
-from docl.client.models import RunCreate
+from docl.client.models import PlanEpoch, RunCreate, RunParams
+from docl.services.sampling import method_spec
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class EpochSpec:
     epoch: int
     episode: int
@@ -19,13 +44,206 @@ class EpochSpec:
     steps: int
     lr: np.ndarray  # (steps,) float64 learning rate of each step
     lr_sum_start: float  # Σ of every learning rate before this epoch (float64, exact order)
+    draw_size: int = 0  # samples drawn before diversity pruning (== size unless `prune`)
+    prune: bool = False  # prune the drawn subset to `size` by facility location (Eq. 15)
+    lam: float = 0.0  # λ_t, weight of the facility-location term (selection epochs)
+    select_index: int = -1  # t: selection epochs before this one (-1: not a selection epoch)
+
+    @property
+    def lr_start(self) -> float:
+        return float(self.lr[0])
+
+    @property
+    def lr_end(self) -> float:
+        return float(self.lr[-1])
+
+    @property
+    def lr_sum_end(self) -> float:
+        """Σ of every learning rate up to and including this epoch's last step
+        (== the next epoch's lr_sum_start, bit for bit)."""
+        return _sequential_sum(self.lr_sum_start, self.lr)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, EpochSpec):
+            return NotImplemented
+        return all(
+            np.array_equal(getattr(self, f.name), getattr(other, f.name))
+            if f.name == "lr"
+            else getattr(self, f.name) == getattr(other, f.name)
+            for f in fields(self)
+        )
+
+    __hash__ = object.__hash__
+
+
+def _sequential_sum(start: float, values: np.ndarray) -> float:
+    """start + v0 + v1 + … added one at a time in float64, in step order: the
+    same rounding as a worker that adds each step's learning rate to a running
+    float (np.add.accumulate is sequential, unlike np.sum's pairwise sum)."""
+    if values.size == 0:
+        return float(start)
+    acc = np.add.accumulate(np.concatenate(([float(start)], values.astype(np.float64))))
+    return float(acc[-1])
+
+
+def _ceil(x: float) -> int:
+    """ceil that ignores float noise: 0.2·10 = 2.0000000000000004 -> 2, not 3."""
+    return math.ceil(round(x, 9))
+
+
+def min_subset(params: RunParams, n: int) -> int:
+    """k_min as a sample count: k_min·n rounded up, at least 1, at most n."""
+    return min(n, max(1, _ceil(params.k_min * n)))
+
+
+def subset_size(size_schedule: str, n: int, params: RunParams, decays: int) -> int:
+    """k of a selection epoch after `decays` applications of γ_k."""
+    if size_schedule == "full":
+        return n
+    kmin = min_subset(params, n)
+    if size_schedule == "shrink":
+        return min(n, max(kmin, _ceil(n * params.gamma_k**decays)))
+    if size_schedule == "grow":
+        return min(n, max(kmin, _ceil(kmin / params.gamma_k**decays)))
+    raise ValueError(f"unknown size schedule {size_schedule!r}")
+
+
+def lambda_at(params: RunParams, select_index: int) -> float:
+    """λ_t = lambda0 · gamma_lambda^t for the t-th selection epoch (t from 0)."""
+    return float(params.lambda0 * params.gamma_lambda**select_index)
+
+
+def episode_length(params: RunParams, j: int) -> int:
+    """L_j, the selection epochs of episode j >= 1 (round half up)."""
+    length = params.episode_epochs
+    for _ in range(j - 1):
+        length = max(length + 1, math.floor(length * params.episode_growth + 0.5))
+    return length
+
+
+def cosine_lr(peak: float, floor: float, steps: int) -> np.ndarray:
+    """lr(s) = floor + ½(peak - floor)(1 + cos(π s / S)) for s = 0..S-1 (float64)."""
+    s = np.arange(steps, dtype=np.float64)
+    return floor + 0.5 * (peak - floor) * (1.0 + np.cos(np.pi * s / steps))
+
+
+@dataclass(frozen=True)
+class _Row:
+    phase: str
+    loss: str
+    size: int
+    draw_size: int
+    prune: bool
+    lam: float
+    select_index: int
 
 
 def build_plan(run: RunCreate) -> list[EpochSpec]:
-    """Every epoch of the run."""
-    raise NotImplementedError
+    """Every epoch of the run (see the module docstring for the rules)."""
+    p = run.params
+    n = run.num_samples
+    bs = p.batch_size
+    spec = method_spec(run.method)
+    l2 = spec.l2_phases if p.l2_phases is None else p.l2_phases
+    phase_loss = "l2" if l2 else "task"
+    prune = spec.diversity if p.diversity is None else p.diversity
+    max_epochs = run.epochs if run.epochs is not None else math.inf
+    budget = p.budget_batches if p.budget_batches is not None else math.inf
+
+    plan: list[EpochSpec] = []
+    lr_sum = 0.0
+    used_steps = 0
+    select_index = 0
+    episode = 0
+    while len(plan) < max_epochs and used_steps < budget:
+        rows: list[_Row] = []
+        if episode == 0:
+            rows = [_Row("warmup", phase_loss, n, n, False, 0.0, -1)] * p.warmup_epochs
+        else:
+            for _ in range(episode_length(p, episode)):
+                decays = episode if p.k_decay == "episode" else select_index + 1
+                k = subset_size(spec.size, n, p, decays)
+                size = min(k, _ceil(p.gamma_k_prime * k)) if prune else k
+                lam = lambda_at(p, select_index)
+                rows.append(_Row("select", "task", max(1, size), k, prune, lam, select_index))
+                select_index += 1
+            if p.refresh:
+                rows.append(_Row("refresh", phase_loss, n, n, False, 0.0, -1))
+        decay = p.lr_decay**episode
+        lr = cosine_lr(p.lr_peak * decay, p.lr_min * decay, sum(_steps(r.size, bs) for r in rows))
+        offset = 0
+        for r in rows:
+            if len(plan) >= max_epochs or used_steps >= budget:
+                break
+            steps = _steps(r.size, bs)
+            epoch_lr = lr[offset : offset + steps]
+            offset += steps
+            size, draw_size = r.size, r.draw_size
+            if used_steps + steps > budget:  # the budget cuts this epoch short
+                steps = int(budget - used_steps)
+                epoch_lr = epoch_lr[:steps]
+                size = min(size, steps * bs)
+                draw_size = draw_size if r.prune else size
+            plan.append(
+                EpochSpec(
+                    epoch=len(plan),
+                    episode=episode,
+                    phase=r.phase,
+                    loss=r.loss,
+                    size=size,
+                    steps=steps,
+                    lr=epoch_lr.copy(),
+                    lr_sum_start=lr_sum,
+                    draw_size=draw_size,
+                    prune=r.prune,
+                    lam=r.lam,
+                    select_index=r.select_index,
+                )
+            )
+            lr_sum = _sequential_sum(lr_sum, epoch_lr)
+            used_steps += steps
+        episode += 1
+    return plan
+
+
+def _steps(size: int, batch_size: int) -> int:
+    return -(-size // batch_size)
 
 
 def lr_sum_at(plan: list[EpochSpec], epoch: int, step: int) -> float:
-    """Σ of the learning rates applied before step `step` of epoch `epoch`."""
-    raise NotImplementedError
+    """Σ of the learning rates applied before step `step` of epoch `epoch`.
+
+    step ranges over 0..steps (step == steps: after the epoch's last step, equal
+    to the next epoch's lr_sum_start). Summed one step at a time in float64 from
+    the epoch's lr_sum_start, exactly as a worker accumulating a running float.
+    """
+    if not 0 <= epoch < len(plan):
+        raise ValueError(f"epoch must lie in [0, {len(plan)}), got {epoch}")
+    spec = plan[epoch]
+    if not 0 <= step <= spec.steps:
+        raise ValueError(f"step must lie in [0, {spec.steps}] for epoch {epoch}, got {step}")
+    return _sequential_sum(spec.lr_sum_start, spec.lr[:step])
+
+
+def total_steps(plan: list[EpochSpec]) -> int:
+    return sum(e.steps for e in plan)
+
+
+def plan_epoch(spec: EpochSpec) -> PlanEpoch:
+    """The wire row (GET /v1/runs/{run}/plan) of one epoch."""
+    return PlanEpoch(
+        epoch=spec.epoch,
+        episode=spec.episode,
+        phase=spec.phase,
+        loss=spec.loss,
+        size=spec.size,
+        steps=spec.steps,
+        lr_start=spec.lr_start,
+        lr_end=spec.lr_end,
+        lr_sum_start=spec.lr_sum_start,
+    )
+
+
+def plan_rows(plan: list[EpochSpec]) -> list[PlanEpoch]:
+    """Every epoch as its wire row, so the route layer stays a one-liner."""
+    return [plan_epoch(e) for e in plan]
