@@ -27,13 +27,16 @@ has been acknowledged (or rejected), so the next draw sees them all.
 
 from __future__ import annotations
 
+import atexit
 import collections
+import functools
 import logging
 import math
 import random
 import threading
 import time
 import uuid
+import weakref
 from dataclasses import dataclass
 from typing import Any
 
@@ -87,7 +90,9 @@ class Reporter:
     :meth:`flush` keeps epochs in order. ``backoff``/``max_backoff`` shape the
     waits while the server is unreachable.
 
-    Use it as a context manager, or call :meth:`close`.
+    Use it as a context manager, or call :meth:`close`. A reporter still open
+    when the program exits is closed then (flushing for up to ``exit_timeout``
+    seconds), so the last epoch's reports are not lost.
     """
 
     def __init__(
@@ -100,6 +105,7 @@ class Reporter:
         backoff: float = 0.2,
         max_backoff: float = 5.0,
         warn_interval: float = 30.0,
+        exit_timeout: float = 30.0,
     ) -> None:
         if max_queue < 1:
             raise ValueError("max_queue must be >= 1")
@@ -110,6 +116,7 @@ class Reporter:
         self.backoff = backoff
         self.max_backoff = max_backoff
         self.warn_interval = warn_interval
+        self.exit_timeout = exit_timeout
         self._client = client.with_options(retries=0)
         self._queue: collections.deque[_Item] = collections.deque()
         self._cond = threading.Condition()
@@ -129,6 +136,10 @@ class Reporter:
         ]
         for t in self._threads:
             t.start()
+        # Sender threads are daemons: without this, reports still queued when the
+        # program ends (the last epoch's) would vanish silently.
+        self._atexit = functools.partial(_close_at_exit, weakref.ref(self))
+        atexit.register(self._atexit)
 
     # -- the caller's side ------------------------------------------------------------
 
@@ -206,6 +217,7 @@ class Reporter:
         with self._cond:
             if self._closed:
                 return not self._queue
+        atexit.unregister(self._atexit)
         delivered = self.flush(timeout)
         with self._cond:
             self._closed = True
@@ -382,6 +394,12 @@ class Reporter:
             n,
             total,
         )
+
+
+def _close_at_exit(ref: weakref.ReferenceType[Reporter]) -> None:
+    rep = ref()
+    if rep is not None:
+        rep.close(timeout=rep.exit_timeout)
 
 
 def _jitter() -> float:
