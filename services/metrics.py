@@ -1,0 +1,89 @@
+"""Prometheus metrics of the score server (``GET /metrics``).
+
+With ``docl serve --workers N`` every worker is its own process; the parent sets
+``PROMETHEUS_MULTIPROC_DIR`` to a fresh directory before the workers start, so
+prometheus-client keeps each metric in a memory-mapped file per process and
+:func:`render` sums them (prometheus-client's multiprocess mode). Without the
+variable the default in-process registry is used.
+
+Names (all prefixed ``docl_``):
+
+- ``http_requests_total{method, route, status}`` and ``http_request_seconds{method, route}``
+- ``reports_total{result}`` (applied | duplicate | rejected), ``samples_reported_total``,
+  ``samples_scored_total``, ``report_conflicts_total`` (compare-and-set retries)
+- ``draw_seconds{phase}``: time to draw and store an epoch
+- ``redis_errors_total{kind}``: Redis unreachable or timing out
+"""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+
+__all__ = [
+    "CONTENT_TYPE_LATEST",
+    "DRAW_SECONDS",
+    "HTTP_REQUESTS",
+    "HTTP_SECONDS",
+    "REDIS_ERRORS",
+    "REPORTS",
+    "REPORT_CONFLICTS",
+    "SAMPLES_REPORTED",
+    "SAMPLES_SCORED",
+    "render",
+]
+
+_LATENCY_BUCKETS = (
+    0.0005,
+    0.001,
+    0.002,
+    0.005,
+    0.01,
+    0.02,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+)
+
+HTTP_REQUESTS = Counter(
+    "docl_http_requests_total", "HTTP requests by route and status.", ["method", "route", "status"]
+)
+HTTP_SECONDS = Histogram(
+    "docl_http_request_seconds",
+    "Time from request start to the end of the response body.",
+    ["method", "route"],
+    buckets=_LATENCY_BUCKETS,
+)
+REPORTS = Counter("docl_reports_total", "Reports by result.", ["result"])
+SAMPLES_REPORTED = Counter("docl_samples_reported_total", "Samples in applied reports.")
+SAMPLES_SCORED = Counter("docl_samples_scored_total", "Samples whose score was updated.")
+REPORT_CONFLICTS = Counter(
+    "docl_report_conflicts_total",
+    "Reports re-gathered because another report changed one of their samples meanwhile.",
+)
+DRAW_SECONDS = Histogram(
+    "docl_draw_seconds", "Time to draw and store one epoch.", ["phase"], buckets=_LATENCY_BUCKETS
+)
+REDIS_ERRORS = Counter("docl_redis_errors_total", "Redis connection errors and timeouts.", ["kind"])
+
+
+def render() -> tuple[bytes, str]:
+    """The exposition text of every metric (summed over worker processes in multiprocess mode)."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+    return generate_latest(), CONTENT_TYPE_LATEST

@@ -1,0 +1,660 @@
+"""The one module that talks to Redis.
+
+Layout of a run (every key shares the hash tag ``{run:<id>}``, so a Redis
+Cluster keeps a run on one slot; see docs/architecture.md "The store"):
+
+    {run:<id>}:meta          hash    config (canonical JSON), uid, created_at, layout, last_epoch
+    {run:<id>}:counters      hash    reports, duplicates, samples_reported, samples_scored,
+                                     samples_skipped, visited
+    {run:<id>}:reports       zset    applied report_ids -> time applied (the dedup markers)
+    {run:<id>}:epochs        hash    e -> JSON of the drawn epoch (seed, size, ...)
+    {run:<id>}:epoch:<e>:<k> string  chunk k of epoch e's indices, int64 LE, training order
+    {run:<id>}:rec:<k>       string  chunk k of the per-sample records (fixed width, below)
+    {run:<id>}:score:<k>     string  chunk k of the score column, float32 LE (NaN = unset)
+    {run:<id>}:loss:<k>      string  chunk k of the last-loss column, float32 (spl/mcl only)
+    {run:<id>}:drawn:<k>     string  chunk k of the selection counts, uint16 (saturating)
+    {run:<id>}:incl:<k>      string  chunk k of Exp3 inclusion probabilities, float32 (exp3 only)
+    docl:runs                set     every run id (for GET /v1/runs)
+
+A record is ``RECORD_HEAD`` bytes of state followed by the stored output g_i:
+
+    offset  size  field
+    0       8     lr_sum of the last visit, float64 (meaningless while visits = 0)
+    8       4     visits, uint32 (0 = never seen)
+    12      4     score, float32 (NaN = unset; the score column holds the same value)
+    16      4     loss of the last visit, float32
+    20      4     zero padding
+    24      c·w   g_i, float32 (w = 4) or float16 (w = 2) per ``params.output_dtype``
+    ...           zero padding up to a multiple of 8
+
+Records are created lazily: a chunk grows as samples are first written, and a
+record that was never written reads as zeros (visits = 0: never seen). The
+score and loss columns are NaN-filled when the run is created.
+
+Every write of a report happens in one Lua script (``lua/scatter.lua``) that
+checks the report's dedup marker and compares each sample's stored (lr_sum,
+visits) with what was read at gather time — a compare-and-set — before writing
+anything; see docs/architecture.md for why this and not MULTI/EXEC.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any, cast
+
+import numpy as np
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+__all__ = [
+    "LOSS_METHODS",
+    "RECORD_HEAD",
+    "RUNS_INDEX",
+    "Applied",
+    "DrawInputs",
+    "Gathered",
+    "RunLayout",
+    "Store",
+]
+
+#: Bytes of per-sample state before g_i in a record.
+RECORD_HEAD = 24
+#: Bytes of the record head that the compare-and-set compares (lr_sum + visits).
+CAS_BYTES = 12
+#: The global set of run ids.
+RUNS_INDEX = "docl:runs"
+#: Methods whose draws read the last-loss column (the others skip writing it).
+LOSS_METHODS = frozenset({"spl", "mcl"})
+#: Selection counts saturate here (uint16).
+DRAWN_MAX = 65535
+_NAN32 = np.array([np.nan], dtype="<f4").tobytes()
+
+
+def _script(name: str) -> str:
+    return resources.files("docl.services").joinpath("lua", f"{name}.lua").read_text()
+
+
+def run_prefix(run_id: str) -> str:
+    """The hash-tagged prefix of every key of run ``run_id``."""
+    return f"{{run:{run_id}}}"
+
+
+def _s(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _chunk_keys(prefix: str, name: str, total: int, per_chunk: int) -> tuple[str, ...]:
+    count = max(1, math.ceil(total / per_chunk))
+    return tuple(f"{prefix}:{name}:{k}" for k in range(count))
+
+
+@dataclass(frozen=True)
+class RunLayout:
+    """Where and how a run's state is laid out in Redis: a pure function of its config.
+
+    Stored in the run's meta at creation, so a later change of ``chunk_bytes``
+    does not move an existing run's data.
+    """
+
+    run_id: str
+    num_samples: int
+    num_outputs: int
+    output_dtype: str  # "float32" | "float16"
+    chunk_bytes: int
+    loss_column: bool
+    exp3: bool
+
+    # -- sizes ----------------------------------------------------------------------------
+    @property
+    def out_width(self) -> int:
+        return 2 if self.output_dtype == "float16" else 4
+
+    @property
+    def rec_size(self) -> int:
+        raw = RECORD_HEAD + self.num_outputs * self.out_width
+        return raw + (-raw) % 8
+
+    def per_chunk(self, itemsize: int) -> int:
+        return max(1, self.chunk_bytes // itemsize)
+
+    @property
+    def rec_per_chunk(self) -> int:
+        return self.per_chunk(self.rec_size)
+
+    @property
+    def col_per_chunk(self) -> int:
+        return self.per_chunk(4)
+
+    @property
+    def drawn_per_chunk(self) -> int:
+        return self.per_chunk(2)
+
+    @property
+    def idx_per_chunk(self) -> int:
+        return self.per_chunk(8)
+
+    def memory_bytes(self, keep_epochs: int) -> int:
+        """Redis bytes of the run's per-sample state when every sample has been reported."""
+        n = self.num_samples
+        per_sample = self.rec_size + 4 + 2 + 8 * keep_epochs
+        per_sample += 4 if self.loss_column else 0
+        per_sample += 4 if self.exp3 else 0
+        return n * per_sample
+
+    # -- numpy views ----------------------------------------------------------------------
+    @property
+    def rec_dtype(self) -> np.dtype[Any]:
+        out = "<f2" if self.output_dtype == "float16" else "<f4"
+        return np.dtype(
+            {
+                "names": ["lr_sum", "visits", "score", "loss", "g"],
+                "formats": ["<f8", "<u4", "<f4", "<f4", (out, (self.num_outputs,))],
+                "offsets": [0, 8, 12, 16, RECORD_HEAD],
+                "itemsize": self.rec_size,
+            }
+        )
+
+    # -- keys -----------------------------------------------------------------------------
+    @property
+    def prefix(self) -> str:
+        return run_prefix(self.run_id)
+
+    @property
+    def meta_key(self) -> str:
+        return f"{self.prefix}:meta"
+
+    @property
+    def counters_key(self) -> str:
+        return f"{self.prefix}:counters"
+
+    @property
+    def reports_key(self) -> str:
+        return f"{self.prefix}:reports"
+
+    @property
+    def epochs_key(self) -> str:
+        return f"{self.prefix}:epochs"
+
+    @property
+    def rec_keys(self) -> tuple[str, ...]:
+        return _chunk_keys(self.prefix, "rec", self.num_samples, self.rec_per_chunk)
+
+    @property
+    def score_keys(self) -> tuple[str, ...]:
+        return _chunk_keys(self.prefix, "score", self.num_samples, self.col_per_chunk)
+
+    @property
+    def loss_keys(self) -> tuple[str, ...]:
+        if not self.loss_column:
+            return ()
+        return _chunk_keys(self.prefix, "loss", self.num_samples, self.col_per_chunk)
+
+    @property
+    def drawn_keys(self) -> tuple[str, ...]:
+        return _chunk_keys(self.prefix, "drawn", self.num_samples, self.drawn_per_chunk)
+
+    @property
+    def incl_keys(self) -> tuple[str, ...]:
+        if not self.exp3:
+            return ()
+        return _chunk_keys(self.prefix, "incl", self.num_samples, self.col_per_chunk)
+
+    def epoch_keys(self, epoch: int, size: int) -> tuple[str, ...]:
+        return _chunk_keys(self.prefix, f"epoch:{epoch}", size, self.idx_per_chunk)
+
+    def static_keys(self) -> tuple[str, ...]:
+        """Every key of the run except the per-epoch index chunks."""
+        return (
+            self.meta_key,
+            self.counters_key,
+            self.reports_key,
+            self.epochs_key,
+            *self.rec_keys,
+            *self.score_keys,
+            *self.loss_keys,
+            *self.drawn_keys,
+            *self.incl_keys,
+        )
+
+    # -- (de)serialisation -----------------------------------------------------------------
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "num_samples": self.num_samples,
+                "num_outputs": self.num_outputs,
+                "output_dtype": self.output_dtype,
+                "chunk_bytes": self.chunk_bytes,
+                "loss_column": self.loss_column,
+                "exp3": self.exp3,
+                "rec_size": self.rec_size,
+                "record_head": RECORD_HEAD,
+            },
+            sort_keys=True,
+        )
+
+    @classmethod
+    def from_json(cls, run_id: str, text: str | bytes) -> RunLayout:
+        d = json.loads(text)
+        return cls(
+            run_id=run_id,
+            num_samples=int(d["num_samples"]),
+            num_outputs=int(d["num_outputs"]),
+            output_dtype=str(d["output_dtype"]),
+            chunk_bytes=int(d["chunk_bytes"]),
+            loss_column=bool(d["loss_column"]),
+            exp3=bool(d["exp3"]),
+        )
+
+
+def _ranges(start: int, stop: int, per_chunk: int) -> list[tuple[int, int, int]]:
+    """Split the item range [start, stop) into (chunk, first, last_exclusive) pieces."""
+    out: list[tuple[int, int, int]] = []
+    i = start
+    while i < stop:
+        k = i // per_chunk
+        end = min(stop, (k + 1) * per_chunk)
+        out.append((k, i - k * per_chunk, end - k * per_chunk))
+        i = end
+    return out
+
+
+def _chunks_of(data: bytes, itemsize: int, per_chunk: int) -> list[bytes]:
+    step = itemsize * per_chunk
+    if not data:
+        return [b""]
+    return [data[i : i + step] for i in range(0, len(data), step)]
+
+
+@dataclass(frozen=True)
+class Gathered:
+    """What ``gather`` read for one report."""
+
+    status: int  # -1 gone/re-created, 0 duplicate, 1 ok
+    last_epoch: int
+    records: np.ndarray | None  # (B,) rec_dtype, a writable copy
+    raw_heads: np.ndarray | None  # (B, CAS_BYTES) uint8: the compare-and-set's expectation
+    inclusion: np.ndarray | None  # (B,) float32 or None
+
+
+@dataclass(frozen=True)
+class Applied:
+    """Result of ``scatter``: -1 gone, 0 duplicate, 1 applied, 2 conflict (positions listed)."""
+
+    status: int
+    conflicts: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class DrawInputs:
+    """A consistent snapshot of what an epoch draw reads."""
+
+    uid: str | None
+    last_epoch: int
+    scores: np.ndarray | None  # (n,) float32
+    losses: np.ndarray | None  # (n,) float32
+    drawn: np.ndarray  # (n,) uint16
+    inclusion: np.ndarray | None  # (n,) float32
+
+
+def _f64_indices(indices: np.ndarray) -> bytes:
+    # Lua numbers are doubles; struct.unpack('<d') is the cheapest way to read them there.
+    return np.ascontiguousarray(indices, dtype="<f8").tobytes()
+
+
+class Store:
+    """Async access to the state of every run. Stateless itself: safe to share per process."""
+
+    def __init__(self, redis: aioredis.Redis, *, dedup_ttl_s: float = 7 * 86400.0) -> None:
+        self.redis = redis
+        self.dedup_ttl_s = dedup_ttl_s
+        self._create = redis.register_script(_script("create"))
+        self._gather = redis.register_script(_script("gather"))
+        self._scatter = redis.register_script(_script("scatter"))
+        self._commit = redis.register_script(_script("commit_epoch"))
+
+    @classmethod
+    def from_url(
+        cls,
+        url: str,
+        *,
+        timeout_s: float = 30.0,
+        max_connections: int = 64,
+        dedup_ttl_s: float = 7 * 86400.0,
+    ) -> Store:
+        # redis-py re-sends a command after a connection error or timeout; every
+        # script here is safe to re-run (dedup marker, compare-and-set, first-wins).
+        client = aioredis.Redis.from_url(
+            url,
+            socket_timeout=timeout_s,
+            socket_connect_timeout=min(timeout_s, 5.0),
+            max_connections=max_connections,
+            health_check_interval=30,
+            retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=3),
+            retry_on_error=[RedisConnectionError, RedisTimeoutError],
+        )
+        return cls(client, dedup_ttl_s=dedup_ttl_s)
+
+    async def load_scripts(self) -> None:
+        """Load every Lua script (EVALSHA later; redis-py reloads after a Redis restart)."""
+        for s in (self._create, self._gather, self._scatter, self._commit):
+            s.sha = await self.redis.script_load(s.script)
+
+    async def ping(self) -> bool:
+        return bool(await self.redis.ping())
+
+    async def close(self) -> None:
+        await self.redis.aclose()
+
+    # -- runs -----------------------------------------------------------------------------
+    async def create_run(
+        self, layout: RunLayout, config_json: str, uid: str, created_at: float
+    ) -> tuple[int, str, str | None]:
+        """Create the run once. Returns (0 created | 1 same config | 2 other config, uid, stored config)."""
+        n = layout.num_samples
+        per = layout.col_per_chunk
+        col_keys = (*layout.score_keys, *layout.loss_keys)
+        sizes = [hi - lo for _, lo, hi in _ranges(0, n, per)]
+        counts = sizes * (len(col_keys) // len(sizes))
+        res = await self._create(
+            keys=[layout.meta_key, *col_keys],
+            args=[config_json, uid, repr(created_at), layout.to_json(), _NAN32, *counts],
+        )
+        status = int(res[0])
+        stored_uid = _s(res[1])
+        stored = _s(res[2]) if len(res) > 2 else None
+        if status == 0:
+            await self.redis.sadd(RUNS_INDEX, layout.run_id)
+        return status, stored_uid, stored
+
+    async def run_meta(self, run_id: str) -> dict[str, str] | None:
+        """The run's meta hash (decoded), or None when the run does not exist."""
+        raw = await self.redis.hgetall(f"{run_prefix(run_id)}:meta")
+        if not raw or b"config" not in raw:
+            return None
+        return {_s(k): _s(v) for k, v in raw.items()}
+
+    async def run_metas(
+        self, run_ids: list[str]
+    ) -> list[tuple[dict[str, str] | None, dict[str, int]]]:
+        """Meta and counters of several runs in one round trip."""
+        pipe = self.redis.pipeline(transaction=False)
+        for rid in run_ids:
+            pipe.hgetall(f"{run_prefix(rid)}:meta")
+            pipe.hgetall(f"{run_prefix(rid)}:counters")
+        raw = await pipe.execute()
+        out: list[tuple[dict[str, str] | None, dict[str, int]]] = []
+        for j in range(len(run_ids)):
+            meta, counters = raw[2 * j], raw[2 * j + 1]
+            m = {_s(k): _s(v) for k, v in meta.items()} if meta and b"config" in meta else None
+            out.append((m, {_s(k): int(v) for k, v in counters.items()}))
+        return out
+
+    async def count_duplicate(self, layout: RunLayout) -> None:
+        await self.redis.hincrby(layout.counters_key, "duplicates", 1)
+
+    async def counters(self, layout: RunLayout) -> dict[str, int]:
+        raw = await self.redis.hgetall(layout.counters_key)
+        return {_s(k): int(v) for k, v in raw.items()}
+
+    async def list_run_ids(self) -> list[str]:
+        return sorted(_s(m) for m in await self.redis.smembers(RUNS_INDEX))
+
+    async def forget_run_id(self, run_id: str) -> None:
+        await self.redis.srem(RUNS_INDEX, run_id)
+
+    async def delete_run(self, layout: RunLayout) -> int:
+        """Drop every key of the run (known keys, then a SCAN sweep of its hash tag)."""
+        deleted = int(await self.redis.unlink(*layout.static_keys()))
+        # Epoch index chunks and anything a future layout adds: sweep the prefix.
+        # The run id alphabet [A-Za-z0-9_.-] has no glob characters.
+        batch: list[bytes] = []
+        async for key in self.redis.scan_iter(match=f"{layout.prefix}:*", count=1000):
+            batch.append(key)
+            if len(batch) >= 1000:
+                deleted += int(await self.redis.unlink(*batch))
+                batch = []
+        if batch:
+            deleted += int(await self.redis.unlink(*batch))
+        await self.redis.srem(RUNS_INDEX, layout.run_id)
+        return deleted
+
+    async def run_keys(self, layout: RunLayout) -> list[str]:
+        """Every key of the run that exists (tests and tools use this)."""
+        return sorted(
+            [_s(k) async for k in self.redis.scan_iter(match=f"{layout.prefix}:*", count=1000)]
+        )
+
+    # -- epochs ---------------------------------------------------------------------------
+    async def draw_inputs(self, layout: RunLayout, *, scores: bool, losses: bool) -> DrawInputs:
+        """One MULTI/EXEC snapshot of last_epoch and the columns a draw reads."""
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.hmget(layout.meta_key, ["uid", "last_epoch"])
+        for k in layout.score_keys if scores else ():
+            pipe.get(k)
+        for k in layout.loss_keys if losses else ():
+            pipe.get(k)
+        for k in layout.drawn_keys:
+            pipe.get(k)
+        for k in layout.incl_keys:
+            pipe.get(k)
+        raw = await pipe.execute()
+        uid_b, last_b = raw[0]
+        pos = 1
+        n = layout.num_samples
+
+        def column(keys: tuple[str, ...], dtype: str, fill: float) -> np.ndarray:
+            nonlocal pos
+            parts = raw[pos : pos + len(keys)]
+            pos += len(keys)
+            data = b"".join(p or b"" for p in parts)
+            arr = np.frombuffer(data, dtype=dtype)
+            if arr.shape[0] < n:  # a column chunk never written (drawn/incl are lazy)
+                arr = np.concatenate([arr, np.full(n - arr.shape[0], fill, dtype=dtype)])
+            return arr[:n]
+
+        sc = column(layout.score_keys, "<f4", np.nan) if scores else None
+        ls = column(layout.loss_keys, "<f4", np.nan) if losses and layout.loss_column else None
+        dr = column(layout.drawn_keys, "<u2", 0)
+        inc = column(layout.incl_keys, "<f4", 0.0) if layout.exp3 else None
+        return DrawInputs(
+            uid=_s(uid_b) if uid_b is not None else None,
+            last_epoch=int(last_b) if last_b is not None else -1,
+            scores=sc,
+            losses=ls,
+            drawn=dr,
+            inclusion=inc,
+        )
+
+    async def commit_epoch(
+        self,
+        layout: RunLayout,
+        uid: str,
+        epoch: int,
+        epoch_json: str,
+        indices: np.ndarray,
+        drawn: np.ndarray,
+        inclusion: np.ndarray | None,
+        drop_epoch: tuple[int, int] | None,
+    ) -> int:
+        """Store epoch ``epoch`` if nobody did yet. Returns the script's status (see commit_epoch.lua)."""
+        idx_b = np.ascontiguousarray(indices, dtype="<i8").tobytes()
+        idx_parts = _chunks_of(idx_b, 8, layout.idx_per_chunk)
+        idx_keys = layout.epoch_keys(epoch, int(indices.shape[0]))
+        drawn_parts = _chunks_of(
+            np.ascontiguousarray(drawn, dtype="<u2").tobytes(), 2, layout.drawn_per_chunk
+        )
+        incl_parts: list[bytes] = []
+        if layout.exp3 and inclusion is not None:
+            incl_parts = _chunks_of(
+                np.ascontiguousarray(inclusion, dtype="<f4").tobytes(), 4, layout.col_per_chunk
+            )
+        incl_keys = layout.incl_keys[: len(incl_parts)]
+        drop = layout.epoch_keys(*drop_epoch) if drop_epoch is not None else ()
+        keys = [
+            layout.meta_key,
+            layout.epochs_key,
+            *idx_keys,
+            *layout.drawn_keys,
+            *incl_keys,
+            *drop,
+        ]
+        args: list[Any] = [
+            uid,
+            epoch,
+            epoch_json,
+            len(idx_keys),
+            len(layout.drawn_keys),
+            len(incl_keys),
+            *idx_parts,
+            *drawn_parts,
+            *incl_parts,
+        ]
+        return int(await self._commit(keys=keys, args=args))
+
+    async def epoch_json(self, layout: RunLayout, epoch: int) -> str | None:
+        raw = await self.redis.hget(layout.epochs_key, str(epoch))
+        return _s(raw) if raw is not None else None
+
+    async def epochs_json(self, layout: RunLayout) -> dict[int, str]:
+        raw = await self.redis.hgetall(layout.epochs_key)
+        return {int(k): _s(v) for k, v in raw.items()}
+
+    async def read_indices(
+        self, layout: RunLayout, epoch: int, size: int, start: int, stop: int
+    ) -> bytes | None:
+        """int64 bytes of epoch ``epoch``'s indices [start, stop); None when they were dropped."""
+        keys = layout.epoch_keys(epoch, size)
+        if stop <= start:
+            return b"" if await self.redis.exists(keys[0]) else None
+        pipe = self.redis.pipeline(transaction=False)
+        pieces = _ranges(start, stop, layout.idx_per_chunk)
+        for k, lo, hi in pieces:
+            pipe.getrange(keys[k], 8 * lo, 8 * hi - 1)
+        raw = await pipe.execute()
+        data = b"".join(raw)
+        if len(data) != 8 * (stop - start):
+            return None
+        return data
+
+    async def read_records(self, layout: RunLayout, start: int, stop: int) -> np.ndarray:
+        """Records [start, stop) as a structured array (never-written ones are zeros)."""
+        rs = layout.rec_size
+        pipe = self.redis.pipeline(transaction=False)
+        pieces = _ranges(start, stop, layout.rec_per_chunk)
+        keys = layout.rec_keys
+        for k, lo, hi in pieces:
+            pipe.getrange(keys[k], rs * lo, rs * hi - 1)
+        raw = await pipe.execute()
+        parts = []
+        for (_, lo, hi), data in zip(pieces, raw, strict=True):
+            want = rs * (hi - lo)
+            parts.append(data + b"\0" * (want - len(data)) if len(data) < want else data)
+        return np.frombuffer(b"".join(parts), dtype=layout.rec_dtype)
+
+    async def read_column(self, layout: RunLayout, name: str, start: int, stop: int) -> np.ndarray:
+        """Values [start, stop) of a column: 'score', 'loss' (float32) or 'drawn' (uint16)."""
+        if name == "drawn":
+            keys, dtype, per, fill = layout.drawn_keys, "<u2", layout.drawn_per_chunk, 0.0
+        elif name == "score":
+            keys, dtype, per, fill = layout.score_keys, "<f4", layout.col_per_chunk, np.nan
+        elif name == "loss" and layout.loss_column:
+            keys, dtype, per, fill = layout.loss_keys, "<f4", layout.col_per_chunk, np.nan
+        else:
+            raise KeyError(f"no column {name!r} in this run")
+        w = np.dtype(dtype).itemsize
+        pipe = self.redis.pipeline(transaction=False)
+        pieces = _ranges(start, stop, per)
+        for k, lo, hi in pieces:
+            pipe.getrange(keys[k], w * lo, w * hi - 1)
+        raw = await pipe.execute()
+        parts = []
+        for (_, lo, hi), data in zip(pieces, raw, strict=True):
+            got = np.frombuffer(data, dtype=dtype)
+            if got.shape[0] < hi - lo:
+                got = np.concatenate([got, np.full(hi - lo - got.shape[0], fill, dtype=dtype)])
+            parts.append(got)
+        return np.concatenate(parts) if parts else np.empty(0, dtype=dtype)
+
+    # -- reports --------------------------------------------------------------------------
+    async def gather(
+        self, layout: RunLayout, uid: str, report_id: str, indices: np.ndarray
+    ) -> Gathered:
+        """Read the records (and Exp3 inclusion) of a report's samples; see lua/gather.lua."""
+        incl_keys = layout.incl_keys
+        res = await self._gather(
+            keys=[layout.meta_key, layout.reports_key, *layout.rec_keys, *incl_keys],
+            args=[
+                uid,
+                report_id,
+                _f64_indices(indices),
+                layout.rec_size,
+                layout.rec_per_chunk,
+                len(layout.rec_keys),
+                len(incl_keys),
+                layout.col_per_chunk,
+            ],
+        )
+        status = int(res[0])
+        if status != 1:
+            last = int(res[1]) if len(res) > 1 else -1
+            return Gathered(status, last, None, None, None)
+        buf = cast(bytes, res[2])
+        raw = np.frombuffer(buf, dtype=np.uint8).reshape(-1, layout.rec_size)
+        records = np.frombuffer(bytearray(buf), dtype=layout.rec_dtype)
+        incl = np.frombuffer(res[3], dtype="<f4") if incl_keys else None
+        return Gathered(status, int(res[1]), records, raw[:, :CAS_BYTES], incl)
+
+    async def scatter(
+        self,
+        layout: RunLayout,
+        uid: str,
+        report_id: str,
+        *,
+        now: float,
+        indices: np.ndarray,
+        expected_heads: np.ndarray,
+        records: np.ndarray,
+        scores: np.ndarray,
+        losses: np.ndarray,
+        counters: tuple[int, int, int, int, int],
+    ) -> Applied:
+        """Apply a report's writes atomically; see lua/scatter.lua for the contract."""
+        loss_keys = layout.loss_keys
+        res = await self._scatter(
+            keys=[
+                layout.meta_key,
+                layout.reports_key,
+                layout.counters_key,
+                *layout.rec_keys,
+                *layout.score_keys,
+                *loss_keys,
+            ],
+            args=[
+                uid,
+                report_id,
+                repr(now),
+                repr(now - self.dedup_ttl_s),
+                _f64_indices(indices),
+                layout.rec_size,
+                layout.rec_per_chunk,
+                layout.col_per_chunk,
+                len(layout.rec_keys),
+                len(layout.score_keys),
+                len(loss_keys),
+                np.ascontiguousarray(expected_heads, dtype=np.uint8).tobytes(),
+                CAS_BYTES,
+                records.tobytes(),
+                np.ascontiguousarray(scores, dtype="<f4").tobytes(),
+                np.ascontiguousarray(losses, dtype="<f4").tobytes(),
+                ",".join(str(int(v)) for v in counters),
+            ],
+        )
+        if isinstance(res, list):
+            return Applied(2, tuple(int(j) - 1 for j in res[1:]))
+        return Applied(int(res))
