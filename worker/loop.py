@@ -1,0 +1,445 @@
+"""The per-worker training loop: follow the score server's plan, train, report.
+
+One function, :func:`train_loop`, serves every path: Ray Train workers (each
+rank of a ``TorchTrainer``), the in-process single worker (``docl train
+--workers 0``) and the plain local baseline (no server, no reports: the same
+loop fed by :class:`LocalEpochs`). What differs between the paths — rank and
+world size, DDP, barriers, checkpoints, progress — lives behind the small
+:class:`Session` interface (``worker/session.py``); the loop reads top to bottom
+like nanoGPT's, with the flow's stages as numbered banners:
+
+    0. set up            model, optimizer, resume from the last checkpoint
+    1. fetch the epoch   draw epoch e (idempotent: every rank asks for e by number)
+                         and this rank's indices
+    2. train             exactly ``epoch.steps`` mini-batches, step s at lr[s]
+    3. report            indices, outputs of the forward pass, targets, lr_sum
+                         (background thread: never blocks the step)
+    4. end of epoch      flush the reporter, barrier, evaluate
+    5. checkpoint        model, optimizer, position; metrics to the session
+
+See docs/training.md for the semantics (lr_sum, resume, outputs).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from docl.client.models import Epoch, RunCreate
+from docl.worker.session import Session
+from docl.worker.tasks import TaskData
+
+__all__ = [
+    "EpochSource",
+    "LocalEpochs",
+    "LoopConfig",
+    "ServerEpochs",
+    "evaluate",
+    "l2_loss",
+    "report_id",
+    "task_loss",
+    "train_loop",
+]
+
+
+@dataclass
+class LoopConfig:
+    """Everything a worker needs besides the task's data. Plain values: Ray pickles it.
+
+    ``server`` None means no score server: the loop follows ``local_run``'s plan
+    with uniform draws and sends no reports (the plain local baseline).
+    ``fault`` is a test hook: ``{"epoch": e, "step": s, "rank": r, "marker": path}``
+    SIGKILLs that rank's process once, mid-epoch (the marker file makes it once).
+    """
+
+    run_id: str
+    server: str | None = None
+    token: str | None = None
+    local_run: dict[str, Any] | None = None  # RunCreate as JSON, for the local baseline
+    seed: int = 0
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    threads: int = 1
+    eval_every: int = 1
+    progress: bool = False
+    metrics_path: str | None = None
+    checkpoint: bool = True
+    max_queue: int = 4096
+    senders: int = 2
+    flush_timeout: float = 300.0
+    fault: dict[str, Any] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# ---------------------------------------------------------------------------
+# Where epochs come from: the score server, or a local plan (baseline)
+# ---------------------------------------------------------------------------
+
+
+class EpochSource(Protocol):
+    num_epochs: int
+    total_steps: int
+
+    def epoch(self, e: int) -> Epoch: ...
+
+    def indices(self, e: int, rank: int, world: int) -> np.ndarray: ...
+
+
+class ServerEpochs:
+    """Epochs as the score server draws them (``POST …/epochs {epoch: e}`` is idempotent)."""
+
+    def __init__(self, client: Any, run_id: str) -> None:
+        self.client = client
+        self.run_id = run_id
+        plan = client.plan(run_id)
+        self.num_epochs = int(plan.num_epochs)
+        self.total_steps = int(plan.total_steps)
+
+    def epoch(self, e: int) -> Epoch:
+        return self.client.draw_epoch(self.run_id, e)
+
+    def indices(self, e: int, rank: int, world: int) -> np.ndarray:
+        return np.asarray(self.client.indices(self.run_id, e, rank=rank, world=world))
+
+
+class LocalEpochs:
+    """The same plan computed locally (``services.plan.build_plan``), drawn uniformly.
+
+    Only for methods whose draws are uniform (``random``, ``random-subset``):
+    this is the baseline that measures what the service costs, not a curriculum.
+    """
+
+    def __init__(self, run: RunCreate) -> None:
+        from docl.services.plan import build_plan
+
+        if run.method not in ("random", "random-subset"):
+            raise ValueError(
+                f"a local (server-less) run draws uniformly; method {run.method!r} needs the score server"
+            )
+        self.run = run
+        self.plan = build_plan(run)
+        self.num_epochs = len(self.plan)
+        self.total_steps = int(sum(p.steps for p in self.plan))
+
+    def epoch(self, e: int) -> Epoch:
+        p = self.plan[e]
+        return Epoch(
+            epoch=p.epoch,
+            episode=p.episode,
+            phase=p.phase,
+            loss=p.loss,
+            size=p.size,
+            steps=p.steps,
+            lr_start=float(p.lr[0]) if p.steps else 0.0,
+            lr_end=float(p.lr[-1]) if p.steps else 0.0,
+            lr_sum_start=p.lr_sum_start,
+            batch_size=self.run.params.batch_size,
+            lr=[float(v) for v in p.lr],
+            seed=self.run.params.seed,
+        )
+
+    def indices(self, e: int, rank: int, world: int) -> np.ndarray:
+        size = self.plan[e].size
+        rng = np.random.default_rng([self.run.params.seed, e])
+        chosen = rng.permutation(self.run.num_samples)[:size]
+        return chosen[rank * size // world : (rank + 1) * size // world]
+
+
+# ---------------------------------------------------------------------------
+# Losses and evaluation
+# ---------------------------------------------------------------------------
+
+
+def l2_loss(out: torch.Tensor, y: torch.Tensor, task: str) -> torch.Tensor:
+    """½‖onehot(y) − softmax(f)‖² (classification) or ½‖y − f‖² (regression), batch mean."""
+    if task == "classification":
+        resid = torch.softmax(out, dim=1)  # (B, c)
+        resid = resid - F.one_hot(y, out.shape[1]).to(out.dtype)  # (B, c)
+    else:
+        resid = out - y  # (B, c)
+    return 0.5 * resid.pow(2).sum(dim=1).mean()
+
+
+def task_loss(out: torch.Tensor, y: torch.Tensor, task: str) -> torch.Tensor:
+    """Cross-entropy (classification) or MSE over every output (regression)."""
+    if task == "classification":
+        return F.cross_entropy(out, y)
+    return F.mse_loss(out, y)
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    task: str,
+    session: Session,
+    *,
+    chunk: int = 8192,
+) -> dict[str, float]:
+    """Accuracy (and MSE for regression) on a split; ranks share it and all-reduce.
+
+    Classification: ``accuracy`` and mean cross-entropy ``loss``. Regression:
+    ``mse`` (mean over samples and outputs), ``loss`` = ½‖y − f‖² per sample,
+    and ``accuracy`` = agreement of argmaxes (the teacher's class).
+    """
+    was_training = model.training
+    model.eval()
+    rank, world = session.rank, session.world
+    xs, ys = x[rank::world], y[rank::world]  # this rank's share (n/world, ...)
+    sums = torch.zeros(4, dtype=torch.float64)  # correct, count, loss_sum, sq_err_sum
+    for i in range(0, xs.shape[0], chunk):
+        xb = xs[i : i + chunk].to(session.device)
+        yb = ys[i : i + chunk].to(session.device)
+        out = model(xb).float()  # (b, c)
+        if task == "classification":
+            sums[0] += (out.argmax(1) == yb).sum().item()
+            sums[2] += F.cross_entropy(out, yb, reduction="sum").item()
+        else:
+            sums[0] += (out.argmax(1) == yb.argmax(1)).sum().item()
+            sq = (out - yb).pow(2).sum().item()
+            sums[2] += 0.5 * sq
+            sums[3] += sq
+        sums[1] += xb.shape[0]
+    sums = session.all_reduce_sum(sums)
+    model.train(was_training)
+    count = max(1.0, float(sums[1]))
+    res = {"accuracy": float(sums[0]) / count, "loss": float(sums[2]) / count}
+    if task == "regression":
+        res["mse"] = float(sums[3]) / (count * y.shape[1])
+    return res
+
+
+def report_id(run_id: str, epoch: int, rank: int, step: int) -> str:
+    """Deterministic per (run, epoch, rank, step): a replayed step after a restart
+    sends the same id, so the server recognises it as a duplicate."""
+    return f"{run_id}-e{epoch}-r{rank}-s{step}"[-128:]
+
+
+def _maybe_fault(cfg: LoopConfig, epoch: int, step: int, rank: int) -> None:
+    f = cfg.fault
+    if not f or (epoch, step, rank) != (f["epoch"], f["step"], f["rank"]):
+        return
+    marker = Path(f["marker"])
+    if marker.exists():
+        return  # already fired once: the restarted worker group runs through
+    marker.write_text(str(os.getpid()))
+    # Give Ray's controller time to register the last reported checkpoint (it
+    # polls workers every RAY_TRAIN_HEALTH_CHECK_INTERVAL_S) before dying.
+    time.sleep(float(f.get("delay", 1.0)))
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+# ---------------------------------------------------------------------------
+# The loop
+# ---------------------------------------------------------------------------
+
+
+def train_loop(
+    cfg: LoopConfig,
+    data: TaskData,
+    session: Session,
+    source: EpochSource | None = None,
+) -> dict[str, Any]:
+    """Train one worker (rank ``session.rank`` of ``session.world``) through the plan.
+
+    Returns rank 0's last metrics (every rank returns its view). The same code
+    runs inside a Ray Train worker and in-process.
+    """
+    # ---- 0. set up: threads, the plan, model, optimizer, resume ----------------
+    torch.set_num_threads(max(1, cfg.threads))
+    rank, world, device = session.rank, session.world, session.device
+    client = None
+    if source is None:
+        if cfg.server is not None:
+            from docl.client import ScoreClient
+
+            client = ScoreClient(cfg.server, token=cfg.token)
+            source = ServerEpochs(client, cfg.run_id)
+        elif cfg.local_run is not None:
+            source = LocalEpochs(RunCreate.model_validate(cfg.local_run))
+        else:
+            raise ValueError("LoopConfig needs a server URL or a local_run")
+    reporter = None
+    if client is not None:
+        from docl.client import Reporter
+
+        reporter = Reporter(client, cfg.run_id, max_queue=cfg.max_queue, senders=cfg.senders)
+
+    model = data.make_model(cfg.seed).to(device)  # the same seed: the same init on every rank
+    net = session.wrap(model)  # DDP when world > 1
+    opt = torch.optim.SGD(
+        model.parameters(), lr=0.0, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+    )
+    start_epoch, batches, history, wall_offset, attempt = 0, 0, [], 0.0, 1
+    state = session.load_checkpoint()
+    if state is not None:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        start_epoch = int(state["epoch"]) + 1
+        batches = int(state["batches"])
+        history = list(state["history"])
+        wall_offset = float(state["wall_time"])
+        attempt = int(state.get("attempt", 1)) + 1
+        session.log(f"resumed from the checkpoint of epoch {state['epoch']} ({batches} batches)")
+
+    x_train = data.x_train.to(device)  # (n, *in)
+    y_train = data.y_train.to(device)  # (n,) int64 or (n, c) float32
+    y_report = data.y_train.numpy()  # targets as reported, indexed on the host
+    task = data.task
+    bar = session.progress(total=source.total_steps, initial=batches, desc=cfg.run_id)
+    t0 = time.perf_counter() - wall_offset
+    metrics: dict[str, Any] = history[-1] if history else {}
+
+    try:
+        for e in range(start_epoch, source.num_epochs):
+            # ---- 1. fetch the epoch and this rank's indices --------------------
+            epoch = source.epoch(e)  # phase, loss, size, steps, lr[steps], lr_sum_start
+            shard = source.indices(e, rank, world)  # (m,) int64, m ≈ size / world
+            steps = epoch.steps
+            parts = np.array_split(shard, steps)  # steps × (≈ m / steps,): equal step counts
+            shard_t = torch.from_numpy(shard).to(device)
+            parts_t = torch.tensor_split(shard_t, steps)  # the same split, as index tensors
+            loss_fn = l2_loss if epoch.loss == "l2" else task_loss
+            lr_sum = float(epoch.lr_sum_start)  # Σ lr applied before the current step (float64)
+            loss_sum = torch.zeros((), dtype=torch.float64)
+
+            # ---- 2. train: step s at the plan's learning rate lr[s] -------------
+            net.train()
+            for s in range(steps):
+                _maybe_fault(cfg, e, s, rank)
+                idx_t = parts_t[s]  # (b,)
+                xb = x_train[idx_t]  # (b, *in)
+                yb = y_train[idx_t]  # (b,) or (b, c)
+                out = net(xb)  # (b, c) logits / predictions
+                # A rank with fewer samples than steps still joins DDP's all-reduce.
+                loss = loss_fn(out, yb, task) if idx_t.numel() > 0 else out.sum() * 0.0
+
+                # ---- 3. report: the forward pass's outputs, before this update --
+                if reporter is not None and idx_t.numel() > 0:
+                    idx = parts[s]
+                    reporter.report(
+                        epoch=e,
+                        indices=idx,
+                        outputs=out.detach(),
+                        targets=y_report[idx],
+                        lr_sum=lr_sum,
+                        report_id=report_id(cfg.run_id, e, rank, s),
+                    )
+
+                lr = float(epoch.lr[s])
+                for group in opt.param_groups:
+                    group["lr"] = lr
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                lr_sum += lr
+                loss_sum += loss.detach()
+                batches += 1
+                if bar is not None:
+                    bar.update(1)
+
+            # ---- 4. end of epoch: flush, barrier, evaluate ----------------------
+            if reporter is not None:
+                reporter.flush(cfg.flush_timeout)
+            session.barrier()  # every rank's reports are in before anyone draws e + 1
+            last = e == source.num_epochs - 1
+            metrics = {
+                "epoch": e,
+                "episode": epoch.episode,
+                "phase": epoch.phase,
+                "loss": epoch.loss,
+                "size": epoch.size,
+                "steps": steps,
+                "batches": batches,
+                "lr_sum": lr_sum,
+                "attempt": attempt,  # 1 + worker-group restarts before this epoch
+                "train_loss": float(session.all_reduce_sum(loss_sum.reshape(1))[0])
+                / max(1, steps * world),
+            }
+            if last or (cfg.eval_every > 0 and (e + 1) % cfg.eval_every == 0):
+                ev = evaluate(model, data.x_test, data.y_test, task, session)
+                metrics["test_accuracy"] = ev["accuracy"]
+                metrics["test_loss"] = ev["loss"]
+                if "mse" in ev:
+                    metrics["test_mse"] = ev["mse"]
+                if data.x_val is not None and data.y_val is not None:
+                    ev = evaluate(model, data.x_val, data.y_val, task, session)
+                    metrics["val_accuracy"] = ev["accuracy"]
+                    if "mse" in ev:
+                        metrics["val_mse"] = ev["mse"]
+            if reporter is not None:
+                metrics["reporter"] = _sum_counters(reporter, session)
+            metrics["wall_time"] = time.perf_counter() - t0
+            history.append(metrics)
+            if rank == 0:
+                session.log(_epoch_line(metrics))
+                if cfg.metrics_path:
+                    _append_line(cfg.metrics_path, metrics)
+
+            # ---- 5. checkpoint: model, optimizer, position ----------------------
+            ckpt = None
+            if cfg.checkpoint and rank == 0:
+                ckpt = {
+                    "model": model.state_dict(),
+                    "optimizer": opt.state_dict(),
+                    "epoch": e,
+                    "lr_sum": lr_sum,
+                    "batches": batches,
+                    "history": history,
+                    "wall_time": metrics["wall_time"],
+                    "attempt": attempt,
+                }
+            session.save(metrics, ckpt)
+    finally:
+        if bar is not None:
+            bar.close()
+        if reporter is not None:
+            reporter.close(timeout=cfg.flush_timeout)
+        if client is not None:
+            client.close()
+    return {**metrics, "history": history}
+
+
+def _sum_counters(reporter: Any, session: Session) -> dict[str, int]:
+    """Every rank's reporter counters, summed (one small all-reduce)."""
+    c = reporter.counters().as_dict()
+    keys = sorted(c)
+    total = session.all_reduce_sum(torch.tensor([c[k] for k in keys], dtype=torch.float64))
+    return {k: int(v) for k, v in zip(keys, total.tolist(), strict=True)}
+
+
+def _append_line(path: str, metrics: dict[str, Any]) -> None:
+    # Live progress for whoever tails the file. On a multi-node cluster rank 0
+    # may not see the driver's disk: the driver rewrites the file at the end.
+    try:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a") as f:
+            f.write(json.dumps(metrics) + "\n")
+    except OSError:
+        pass
+
+
+def _epoch_line(m: dict[str, Any]) -> str:
+    acc = m.get("test_accuracy")
+    acc_s = f"{acc:.4f}" if acc is not None and not math.isnan(acc) else "-"
+    mse = f" test_mse {m['test_mse']:.4f}" if "test_mse" in m else ""
+    return (
+        f"epoch {m['epoch']:>3} {m['phase']:<7} loss={m['loss']:<4} size {m['size']:>6} "
+        f"train_loss {m['train_loss']:.4f} test_acc {acc_s}{mse} "
+        f"batches {m['batches']:>6} {m['wall_time']:.1f}s"
+    )

@@ -1,0 +1,270 @@
+"""``docl train``: one training job from the command line or from Python.
+
+    from docl.worker.train import TrainSpec, train
+    result = train(TrainSpec(task="mnist1d", method="docl", epochs=20, workers=0))
+    print(result["test_accuracy"])
+
+What it does, in order:
+
+1. build the task (``worker/tasks``) and validate the run's config
+   (``RunCreate`` / ``RunParams``: a bad ``--param`` is a clear error before
+   anything starts);
+2. start a score server (``docl serve`` with an embedded Redis, on a free port)
+   unless ``server`` is given — or none at all for ``local=True``, the plain
+   baseline without service;
+3. create the run on the server;
+4. train: ``workers=0`` runs :func:`~docl.worker.loop.train_loop` in this
+   process; ``workers>=1`` runs it on a Ray Train ``TorchTrainer`` (a local Ray
+   is started unless ``ray_address`` joins an existing cluster);
+5. write ``OUT/metrics.jsonl`` (one line per epoch) and ``OUT/result.json``,
+   stop what it started, and return the result.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from docl.client.models import RunCreate, RunParams
+from docl.worker.loop import LoopConfig, train_loop
+from docl.worker.session import LocalSession
+from docl.worker.tasks import TaskData, get_task
+
+__all__ = ["TrainError", "TrainSpec", "build_run", "train"]
+
+
+class TrainError(ValueError):
+    """The job cannot start as specified; the message says what to change."""
+
+
+@dataclass
+class TrainSpec:
+    """One training job. ``None`` means: the task's default (see ``TaskData.defaults``)."""
+
+    task: str = "mnist1d"
+    method: str = "docl"
+    epochs: int | None = None
+    budget_batches: int | None = None
+    seed: int = 0
+    workers: int = 0  # 0: in-process (no Ray); >= 1: Ray Train workers
+    server: str | None = None  # None: start one for this job
+    token: str | None = None
+    ray_address: str | None = None  # None: start a local Ray (when workers >= 1)
+    out: str | None = None  # None: out/<run_id>
+    run_id: str | None = None
+    params: dict[str, Any] = field(default_factory=dict)  # RunParams fields
+    task_params: dict[str, Any] = field(default_factory=dict)
+    weight_decay: float | None = None
+    momentum: float = 0.9
+    threads: int | None = None  # torch threads per worker (default 1)
+    use_gpu: bool = False
+    max_failures: int = 3
+    local: bool = False  # no server, no reports: the plain local baseline
+    eval_every: int = 1
+    progress: bool = True
+    checkpoint: bool = True
+    fault: dict[str, Any] | None = None  # test hook, see LoopConfig
+
+
+def _pydantic_message(e: ValidationError) -> str:
+    parts = []
+    for err in e.errors():
+        loc = ".".join(str(p) for p in err["loc"] if p != "params") or "config"
+        parts.append(f"{loc}: {err['msg']}")
+    return "; ".join(parts)
+
+
+def _safe_id(text: str) -> str:
+    s = re.sub(r"[^A-Za-z0-9_.\-]+", "-", text).strip("-.") or "run"
+    return s[:40]
+
+
+def build_run(spec: TrainSpec, data: TaskData) -> RunCreate:
+    """The run's config: the user's settings over the task's defaults, validated."""
+    params = dict(spec.params)
+    params.setdefault("seed", spec.seed)
+    for key in ("batch_size", "lr_peak"):
+        if key in data.defaults and key not in params:
+            params[key] = data.defaults[key]
+    if spec.budget_batches is not None:
+        params["budget_batches"] = spec.budget_batches
+    epochs = spec.epochs
+    if epochs is None and params.get("budget_batches") is None:
+        epochs = int(data.defaults.get("epochs", 30))
+    unknown = sorted(set(params) - set(RunParams.model_fields))
+    if unknown:
+        raise TrainError(
+            f"unknown --param {', '.join(unknown)}; run parameters are: "
+            f"{', '.join(RunParams.model_fields)}"
+        )
+    run_id = spec.run_id or (
+        f"{_safe_id(spec.task)}-{spec.method}-s{spec.seed}-{uuid.uuid4().hex[:8]}"
+    )
+    try:
+        return RunCreate(
+            run_id=run_id,
+            num_samples=data.num_samples,
+            num_outputs=data.num_outputs,
+            task=data.task,
+            method=spec.method,
+            epochs=epochs,
+            params=RunParams(**params),
+        )
+    except ValidationError as e:
+        raise TrainError(f"invalid run config: {_pydantic_message(e)}") from e
+
+
+def train(spec: TrainSpec) -> dict[str, Any]:
+    """Run one training job (see the module docs); return what ``result.json`` holds."""
+    t_start = time.perf_counter()
+    if spec.workers < 0:
+        raise TrainError("workers must be >= 0 (0 = in-process)")
+    data = get_task(spec.task, **spec.task_params)
+    run = build_run(spec, data)
+    assert run.run_id is not None
+    if spec.local and run.method not in ("random", "random-subset"):
+        raise TrainError(
+            f"--local trains without the score server, so it can only draw uniformly "
+            f"(methods random, random-subset), not {run.method!r}"
+        )
+    out = Path(spec.out or Path("out") / run.run_id)
+    out.mkdir(parents=True, exist_ok=True)
+    metrics_path = out / "metrics.jsonl"
+    metrics_path.write_text("")  # a fresh job: start the file empty
+    weight_decay = (
+        spec.weight_decay
+        if spec.weight_decay is not None
+        else float(data.defaults.get("weight_decay", 5e-4))
+    )
+
+    server_proc = None
+    server = spec.server
+    ray_started = False
+    try:
+        if not spec.local and server is None:
+            from docl.worker.scoreserver import ScoreServerProcess
+
+            server_proc = ScoreServerProcess(
+                host="0.0.0.0" if spec.ray_address else "127.0.0.1",
+                token=spec.token,
+                log_path=out / "server.log",
+            ).start()
+            server = server_proc.url
+        if server is not None:
+            from docl.client import ScoreClient
+
+            with ScoreClient(server, token=spec.token) as client:
+                client.create_run(run)
+
+        cfg = LoopConfig(
+            run_id=run.run_id,
+            server=server,
+            token=spec.token,
+            local_run=run.model_dump(mode="json") if spec.local else None,
+            seed=spec.seed,
+            momentum=spec.momentum,
+            weight_decay=weight_decay,
+            threads=spec.threads or 1,
+            eval_every=spec.eval_every,
+            progress=spec.progress,
+            metrics_path=str(metrics_path.resolve()),
+            checkpoint=spec.checkpoint,
+            fault=spec.fault,
+        )
+        t_train = time.perf_counter()
+        attempts = 1
+        if spec.workers == 0:
+            final = train_loop(
+                cfg,
+                data,
+                LocalSession(
+                    checkpoint_dir=out / "checkpoint" if spec.checkpoint else None,
+                    progress=spec.progress,
+                ),
+            )
+            history = final.pop("history")
+        else:
+            ray_started = _connect_ray(spec)
+            from docl.worker.launcher import RayLaunch, launch
+
+            outcome = launch(
+                cfg,
+                data,
+                RayLaunch(
+                    num_workers=spec.workers,
+                    use_gpu=spec.use_gpu,
+                    cpus_per_worker=float(spec.threads or 1),
+                    max_failures=spec.max_failures,
+                    storage_path=str(out / "ray"),
+                    name=run.run_id,
+                ),
+            )
+            history = outcome.history
+            final = history[-1] if history else outcome.metrics
+            attempts = outcome.attempts
+            # Authoritative copy: one line per epoch, whatever restarts replayed.
+            metrics_path.write_text("".join(json.dumps(m) + "\n" for m in history))
+        train_time = time.perf_counter() - t_train
+    finally:
+        if ray_started:
+            import ray
+
+            ray.shutdown()
+        if server_proc is not None:
+            server_proc.stop()
+
+    result: dict[str, Any] = {
+        "task": spec.task,
+        "method": run.method,
+        "seed": spec.seed,
+        "run_id": run.run_id,
+        "workers": spec.workers,
+        "local": spec.local,
+        "test_accuracy": final.get("test_accuracy"),
+        "batches": final.get("batches", 0),
+        "epochs": len(history),
+        "train_time": train_time,
+        "wall_time": time.perf_counter() - t_start,
+        "attempts": attempts,
+        "reporter": final.get("reporter", {}),
+        "num_samples": run.num_samples,
+        "params": run.params.model_dump(mode="json"),
+        "run_epochs": run.epochs,
+        "weight_decay": weight_decay,
+        "momentum": spec.momentum,
+        "task_params": spec.task_params,
+        "server": None if server_proc is not None else server,
+        "out": str(out),
+    }
+    if "test_mse" in final:
+        result["test_mse"] = final["test_mse"]
+    if "val_accuracy" in final:
+        result["val_accuracy"] = final["val_accuracy"]
+    (out / "result.json").write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def _connect_ray(spec: TrainSpec) -> bool:
+    """Join ``spec.ray_address`` or start a local Ray; True when this call started it."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    if spec.ray_address:
+        ray.init(address=spec.ray_address, log_to_driver=True)
+    else:
+        cpus = max(os.cpu_count() or 1, spec.workers * int(spec.threads or 1))
+        ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=True)
+    return True
+
+
+def spec_dict(spec: TrainSpec) -> dict[str, Any]:
+    return asdict(spec)
