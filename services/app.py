@@ -12,7 +12,6 @@ metrics.
 
 from __future__ import annotations
 
-import asyncio
 import hmac
 import logging
 import time
@@ -152,7 +151,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 appendonly=settings.data_dir is not None,
                 appendfsync=settings.embedded_appendfsync,
             )
-            await asyncio.to_thread(embedded.start)
+            # Started from this (the main) thread on purpose: the child's parent-death
+            # signal is tied to the thread that forked it, and executor threads come and go.
+            embedded.start()
             url = embedded.url
             log.info("embedded redis-server at %s (data dir %s)", url, embedded.data_dir)
         store = Store.from_url(
@@ -173,7 +174,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             await store.close()
             if embedded is not None:
-                await asyncio.to_thread(embedded.stop)
+                embedded.stop()
 
     from importlib.metadata import PackageNotFoundError, version
 

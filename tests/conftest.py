@@ -1,0 +1,128 @@
+"""Shared fixtures: REAL redis-server processes and REAL score servers over HTTP.
+
+Nothing here is a mock. Every process is started on a free port (never 6379 or
+8000: other people run tests on this machine at the same time) and stopped by
+its PID at teardown; children also get a parent-death signal, so a killed test
+run leaves nothing behind.
+
+Session-scoped (shared by every test of the run; use a unique ``run_id``):
+
+``redis_server``   a :class:`docl.services.embedded.RedisProcess` (no persistence).
+                   Do NOT kill it: use ``redis_factory`` for a Redis you may kill.
+``redis_url``      its ``redis://127.0.0.1:<port>/0``.
+``score_server``   base URL (``http://127.0.0.1:<port>``) of a ``docl serve`` child
+                   process (one uvicorn worker) using ``redis_server``. Do not
+                   restart it: use ``server_factory``.
+
+Function-scoped:
+
+``run_id``         a fresh run id for this test (``t-<test name>-<8 hex>``, ≤ 64 chars).
+``http``           an ``httpx.Client`` on ``score_server`` (30 s timeout).
+``redis_factory``  ``redis_factory(appendonly=True, appendfsync="always", data_dir=...)``
+                   -> a started RedisProcess you own (kill/restart it freely).
+``server_factory`` ``server_factory(redis_url=..., env={"DOCL_API_TOKEN": "t"}, workers=1)``
+                   -> a started ServerProcess (``.url``, ``.stop()``, ``.restart()``, ``.kill()``).
+``run_snapshot``   ``run_snapshot(redis_url, run_id)`` -> {key: DUMP bytes} of every key of
+                   the run (plus whether it is in the run index): compare two snapshots
+                   to prove that a request changed nothing.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from docl.services.embedded import RedisProcess, ServerProcess
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisProcess]:
+    proc = RedisProcess()
+    proc.start()
+    try:
+        yield proc
+    finally:
+        proc.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_url(redis_server: RedisProcess) -> str:
+    return redis_server.url
+
+
+@pytest.fixture(scope="session")
+def score_server(redis_server: RedisProcess) -> Iterator[str]:
+    server = ServerProcess(redis_url=redis_server.url)
+    server.start()
+    try:
+        yield server.url
+    finally:
+        server.close()
+
+
+@pytest.fixture
+def run_id(request: pytest.FixtureRequest) -> str:
+    name = re.sub(r"[^A-Za-z0-9_.\-]", "-", request.node.name)[:40].strip("-") or "test"
+    return f"t-{name}-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+def http(score_server: str) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=score_server, timeout=30.0) as client:
+        yield client
+
+
+@pytest.fixture
+def redis_factory() -> Iterator[Callable[..., RedisProcess]]:
+    started: list[RedisProcess] = []
+
+    def make(**kwargs: Any) -> RedisProcess:
+        proc = RedisProcess(**kwargs)
+        started.append(proc)
+        return proc.start()
+
+    try:
+        yield make
+    finally:
+        for proc in started:
+            proc.stop()
+
+
+@pytest.fixture
+def server_factory() -> Iterator[Callable[..., ServerProcess]]:
+    started: list[ServerProcess] = []
+
+    def make(**kwargs: Any) -> ServerProcess:
+        server = ServerProcess(**kwargs)
+        started.append(server)
+        return server.start()
+
+    try:
+        yield make
+    finally:
+        for server in started:
+            server.close()
+
+
+def _snapshot(url: str, run_id: str) -> dict[str, Any]:
+    import redis
+
+    client = redis.Redis.from_url(url)
+    try:
+        out: dict[str, Any] = {}
+        for key in sorted(client.scan_iter(match=f"{{run:{run_id}}}:*", count=1000)):
+            out[key.decode()] = client.dump(key)
+        out["<in docl:runs>"] = bool(client.sismember("docl:runs", run_id))
+        return out
+    finally:
+        client.close()
+
+
+@pytest.fixture
+def run_snapshot() -> Callable[[str, str], dict[str, Any]]:
+    return _snapshot

@@ -1,0 +1,788 @@
+"""The score server end to end, over real HTTP, against real redis-server processes.
+
+Every test talks to a ``docl serve`` child process (uvicorn) with httpx and the
+binary encodings of ``docl.client.wire``; nothing is mocked. Scores are checked
+against the pure core (``scoring.score_report`` applied to the same inputs by an
+independent reference table kept in the test) and, for samples seen exactly
+twice, against the DESIGN §1 formula written out by hand.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import httpx
+import numpy as np
+
+from docl.client import wire
+from docl.services.embedded import RedisProcess, ServerProcess
+from docl.services.scoring import score_report
+
+BIN = {"Content-Type": wire.REPORT_CONTENT_TYPE}
+
+
+# -- helpers ----------------------------------------------------------------------------------
+def create(http: httpx.Client, run_id: str, **over: Any) -> dict[str, Any]:
+    params = {"warmup_epochs": 1, "batch_size": 8, "episode_epochs": 2, **over.pop("params", {})}
+    body = {
+        "run_id": run_id,
+        "num_samples": 48,
+        "num_outputs": 4,
+        "epochs": 5,
+        "params": params,
+        **over,
+    }
+    r = http.post("/v1/runs", json=body)
+    assert r.status_code == 201, r.text
+    return dict(r.json())
+
+
+def draw(http: httpx.Client, run_id: str, epoch: int | None = None) -> dict[str, Any]:
+    r = http.post(f"/v1/runs/{run_id}/epochs", json={} if epoch is None else {"epoch": epoch})
+    assert r.status_code == 200, r.text
+    return dict(r.json())
+
+
+def shard(http: httpx.Client, run_id: str, epoch: int, rank: int = 0, world: int = 1) -> np.ndarray:
+    r = http.get(
+        f"/v1/runs/{run_id}/epochs/{epoch}/indices",
+        params={"rank": rank, "world": world},
+        headers={"Accept": wire.INDICES_CONTENT_TYPE},
+    )
+    assert r.status_code == 200, r.text
+    return wire.decode_indices(r.content).copy()
+
+
+def report(
+    http: httpx.Client,
+    run_id: str,
+    *,
+    rid: str,
+    epoch: int,
+    lr_sum: float,
+    idx: np.ndarray,
+    out: np.ndarray,
+    tgt: np.ndarray,
+    as_json: bool = False,
+) -> httpx.Response:
+    if as_json:
+        doc = {
+            "report_id": rid,
+            "epoch": epoch,
+            "lr_sum": lr_sum,
+            "indices": idx.tolist(),
+            "outputs": out.tolist(),
+            "targets": tgt.tolist(),
+        }
+        return http.post(f"/v1/runs/{run_id}/reports", json=doc)
+    body = wire.encode_report(
+        report_id=rid, epoch=epoch, lr_sum=lr_sum, indices=idx, outputs=out, targets=tgt
+    )
+    return http.post(f"/v1/runs/{run_id}/reports", content=body, headers=BIN)
+
+
+def get_scores(http: httpx.Client, run_id: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    r = http.get(f"/v1/runs/{run_id}/scores", headers={"Accept": wire.SCORES_CONTENT_TYPE})
+    assert r.status_code == 200, r.text
+    _, s, v, lr = wire.decode_scores(r.content)
+    return s.copy(), v.astype(np.int64), lr.copy()
+
+
+class Reference:
+    """The per-sample table of DESIGN §1 kept by the test, updated by the pure core."""
+
+    def __init__(self, n: int, c: int, *, gamma: float = 0.9, task: str = "classification") -> None:
+        self.g = np.zeros((n, c), np.float32)
+        self.lrs = np.full(n, np.nan)
+        self.score = np.full(n, np.nan, np.float32)
+        self.visits = np.zeros(n, np.int64)
+        self.by_hand = np.full(n, np.nan)  # the EMA score written out by hand in float64
+        self.gamma = gamma
+        self.task = task
+
+    def apply(self, idx: np.ndarray, out: np.ndarray, tgt: np.ndarray, lr: float) -> int:
+        upd = score_report(
+            out,
+            tgt,
+            lr,
+            self.g[idx],
+            self.lrs[idx],
+            self.score[idx],
+            task=self.task,
+            gamma=self.gamma,
+        )
+        w = ~upd.stale
+        # DESIGN §1 written out by hand (float64, explicit one-hot): an independent check.
+        for j in np.flatnonzero(upd.scored):
+            i = idx[j]
+            f = out[j].astype(np.float64)
+            p = np.exp(f - f.max())
+            p /= p.sum()
+            resid = -p
+            resid[int(tgt[j])] += 1.0
+            a = float(resid @ ((f - self.g[i].astype(np.float64)) / (lr - self.lrs[i])))
+            prev = self.by_hand[i]
+            self.by_hand[i] = a if np.isnan(prev) else self.gamma * prev + (1 - self.gamma) * a
+        self.g[idx[w]] = out[w]
+        self.lrs[idx[w]] = lr
+        self.score[idx[w]] = upd.scores[w]
+        self.visits[idx[w]] += 1
+        return int(upd.scored.sum())
+
+
+# -- the flow --------------------------------------------------------------------------------
+def test_full_flow_matches_the_pure_core(http: httpx.Client, run_id: str) -> None:
+    n, c, world = 48, 4, 2
+    run = create(http, run_id, num_samples=n, num_outputs=c)
+    plan = http.get(f"/v1/runs/{run_id}/plan").json()
+    assert plan["num_epochs"] == run["epochs"] == 5
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(n, c)).astype(np.float32)
+    targets = rng.integers(0, c, size=n)
+    ref = Reference(n, c)
+    scored_acks = 0
+    for e in range(plan["num_epochs"]):
+        ep = draw(http, run_id)
+        assert ep["epoch"] == e
+        assert ep["size"] == plan["epochs"][e]["size"] and ep["phase"] == plan["epochs"][e]["phase"]
+        assert len(ep["lr"]) == ep["steps"]
+        shards = [shard(http, run_id, e, r, world) for r in range(world)]
+        whole = np.concatenate(shards)
+        assert whole.shape[0] == ep["size"] and np.unique(whole).shape[0] == ep["size"]
+        assert ((whole >= 0) & (whole < n)).all()
+        # JSON and binary shards agree
+        js = http.get(
+            f"/v1/runs/{run_id}/epochs/{e}/indices", params={"rank": 1, "world": world}
+        ).json()
+        assert js["indices"] == shards[1].tolist() and js["shard_size"] == shards[1].shape[0]
+        for r, mine in enumerate(shards):
+            lr = ep["lr_sum_start"]
+            for s, batch in enumerate(np.array_split(mine, ep["steps"])):
+                if batch.size:
+                    logits[batch] += rng.normal(scale=0.3, size=(batch.size, c)).astype(np.float32)
+                    out, tgt = logits[batch].copy(), targets[batch]
+                    resp = report(
+                        http, run_id, rid=f"e{e}-r{r}-s{s}", epoch=e, lr_sum=lr, idx=batch, out=out,
+                        tgt=tgt, as_json=(s % 3 == 1),
+                    )  # fmt: skip
+                    assert resp.status_code == 200, resp.text
+                    ack = resp.json()
+                    expect = ref.apply(batch, out, tgt, lr)
+                    assert ack == {"accepted": batch.size, "scored": expect, "duplicate": False}
+                    scored_acks += ack["scored"]
+                lr += ep["lr"][s]
+    s, v, lrs = get_scores(http, run_id)
+    np.testing.assert_array_equal(v, ref.visits)
+    np.testing.assert_array_equal(lrs, ref.lrs)
+    np.testing.assert_array_equal(s, ref.score)
+    assert (~np.isnan(s)).sum() > n // 2
+    np.testing.assert_allclose(s, ref.by_hand, rtol=1e-4, atol=1e-5)
+    # JSON scores say the same (null for unset)
+    js = http.get(f"/v1/runs/{run_id}/scores").json()
+    assert js["visits"] == v.tolist()
+    assert [x is None for x in js["scores"]] == np.isnan(s).tolist()
+    # counters and stats agree with the table
+    got = http.get(f"/v1/runs/{run_id}").json()
+    assert got["epochs_drawn"] == 5 and got["last_epoch"] == 4
+    assert got["counters"]["samples_scored"] == scored_acks
+    stats = http.get(f"/v1/runs/{run_id}/stats").json()
+    assert stats["visits_total"] == int(ref.visits.sum())
+    assert stats["visited"] == int((ref.visits > 0).sum())
+    assert stats["scored"] == int((~np.isnan(ref.score)).sum())
+    sel = np.asarray(stats["selection"]["counts"])
+    assert sel.sum() == n  # every sample counted once by how often it was drawn
+    assert (sel * np.arange(sel.size)).sum() == sum(ep["size"] for ep in plan["epochs"])
+
+
+def test_replayed_report_is_a_duplicate_and_changes_nothing(
+    http: httpx.Client, run_id: str, redis_url: str, run_snapshot: Callable[..., dict[str, Any]]
+) -> None:
+    create(http, run_id)
+    draw(http, run_id)
+    idx = shard(http, run_id, 0)[:8]
+    out = np.arange(32, dtype=np.float32).reshape(8, 4)
+    first = report(http, run_id, rid="once", epoch=0, lr_sum=0.0, idx=idx, out=out, tgt=idx % 4)
+    assert first.json() == {"accepted": 8, "scored": 0, "duplicate": False}
+    before = run_snapshot(redis_url, run_id)
+    for as_json in (False, True):  # the same report_id in either encoding, other contents even
+        again = report(
+            http,
+            run_id,
+            rid="once",
+            epoch=0,
+            lr_sum=5.0,
+            idx=idx,
+            out=out + 1,
+            tgt=idx % 4,
+            as_json=as_json,
+        )
+        assert again.status_code == 200 and again.json() == {
+            "accepted": 8,
+            "scored": 0,
+            "duplicate": True,
+        }
+    after = run_snapshot(redis_url, run_id)
+    counters_key = f"{{run:{run_id}}}:counters"
+    assert {k: v for k, v in after.items() if k != counters_key} == {
+        k: v for k, v in before.items() if k != counters_key
+    }
+    assert http.get(f"/v1/runs/{run_id}").json()["counters"]["duplicates"] == 2
+
+
+def test_stale_lr_sum_leaves_samples_untouched(http: httpx.Client, run_id: str) -> None:
+    create(http, run_id)
+    draw(http, run_id)
+    idx = shard(http, run_id, 0)[:6]
+    out = np.ones((6, 4), np.float32)
+    assert (
+        report(
+            http, run_id, rid="a", epoch=0, lr_sum=1.0, idx=idx, out=out, tgt=idx % 4
+        ).status_code
+        == 200
+    )
+    assert (
+        report(
+            http, run_id, rid="b", epoch=0, lr_sum=2.0, idx=idx, out=out * 2, tgt=idx % 4
+        ).json()["scored"]
+        == 6
+    )
+    before = get_scores(http, run_id)
+    for rid, lr in (("c", 2.0), ("d", 0.5)):  # equal and older lr-sums are both stale
+        ack = report(
+            http, run_id, rid=rid, epoch=0, lr_sum=lr, idx=idx, out=out * 9, tgt=idx % 4
+        ).json()
+        assert ack == {"accepted": 6, "scored": 0, "duplicate": False}
+    after = get_scores(http, run_id)
+    for a, b in zip(before, after, strict=True):
+        np.testing.assert_array_equal(a, b)
+    counters = http.get(f"/v1/runs/{run_id}").json()["counters"]
+    assert counters["samples_skipped"] == 12 and counters["samples_scored"] == 6
+
+
+# -- epochs ----------------------------------------------------------------------------------
+def test_draws_are_idempotent_ordered_and_agree_under_concurrency(
+    http: httpx.Client, run_id: str
+) -> None:
+    create(http, run_id)
+    with ThreadPoolExecutor(8) as pool:
+        eps = list(pool.map(lambda _: draw(http, run_id, 0), range(8)))
+    assert all(ep == eps[0] for ep in eps)
+    with ThreadPoolExecutor(4) as pool:
+        shards = list(pool.map(lambda _: shard(http, run_id, 0).tolist(), range(4)))
+    assert all(s == shards[0] for s in shards)
+    assert draw(http, run_id, 0) == eps[0]
+    assert http.get(f"/v1/runs/{run_id}/epochs/0").json() == eps[0]
+    r = http.post(f"/v1/runs/{run_id}/epochs", json={"epoch": 3})
+    assert r.status_code == 409 and "in order" in r.json()["detail"]
+    assert draw(http, run_id)["epoch"] == 1  # {} = the next one
+    assert http.post(f"/v1/runs/{run_id}/epochs").json()["epoch"] == 2  # no body at all
+    r = http.post(f"/v1/runs/{run_id}/epochs", json={"epoch": 99})
+    assert r.status_code == 422 and "beyond the plan" in r.json()["detail"]
+    assert http.get(f"/v1/runs/{run_id}/epochs/4").status_code == 404
+    draw(http, run_id)
+    draw(http, run_id)
+    r = http.post(f"/v1/runs/{run_id}/epochs", json={})
+    assert r.status_code == 409 and "every epoch" in r.json()["detail"]
+
+
+def _train_epochs(http: httpx.Client, run_id: str, epochs: int, seed: int) -> list[list[int]]:
+    """Draw and report `epochs` epochs with outputs that depend on the sample only."""
+    drawn = []
+    rng = np.random.default_rng(seed)
+    table = rng.normal(size=(48, 4)).astype(np.float32)
+    for e in range(epochs):
+        ep = draw(http, run_id)
+        idx = shard(http, run_id, e)
+        drawn.append(idx.tolist())
+        lr = ep["lr_sum_start"]
+        for s, batch in enumerate(np.array_split(idx, ep["steps"])):
+            out = table[batch] * (1 + 0.1 * e) + 0.01 * s
+            assert (
+                report(
+                    http,
+                    run_id,
+                    rid=f"{e}-{s}",
+                    epoch=e,
+                    lr_sum=lr,
+                    idx=batch,
+                    out=out,
+                    tgt=batch % 4,
+                ).status_code
+                == 200
+            )
+            lr += ep["lr"][s]
+    return drawn
+
+
+def test_seeded_draws_are_reproducible(http: httpx.Client, run_id: str) -> None:
+    for suffix in ("a", "b"):
+        create(http, run_id + suffix, params={"seed": 7})
+    create(http, run_id + "c", params={"seed": 8})
+    a = _train_epochs(http, run_id + "a", 4, 0)
+    b = _train_epochs(http, run_id + "b", 4, 0)
+    c = _train_epochs(http, run_id + "c", 4, 0)
+    assert a == b  # same seed, same scores: the same draws, select epochs included
+    assert a[2] != c[2]
+    assert (
+        http.get(f"/v1/runs/{run_id}a/epochs/2").json()["seed"]
+        == http.get(f"/v1/runs/{run_id}b/epochs/2").json()["seed"]
+    )
+
+
+def test_runs_list_get_delete(
+    http: httpx.Client, run_id: str, redis_url: str, run_snapshot: Callable[..., dict[str, Any]]
+) -> None:
+    create(http, run_id)
+    draw(http, run_id)
+    idx = shard(http, run_id, 0)[:4]
+    report(
+        http,
+        run_id,
+        rid="x",
+        epoch=0,
+        lr_sum=0.0,
+        idx=idx,
+        out=np.zeros((4, 4), np.float32),
+        tgt=idx % 4,
+    )
+    ids = [r["run_id"] for r in http.get("/v1/runs").json()["runs"]]
+    assert run_id in ids
+    assert len(run_snapshot(redis_url, run_id)) > 5
+    assert http.delete(f"/v1/runs/{run_id}").status_code == 204
+    assert run_snapshot(redis_url, run_id) == {"<in docl:runs>": False}  # every key dropped
+    assert http.get(f"/v1/runs/{run_id}").status_code == 404
+    assert http.delete(f"/v1/runs/{run_id}").status_code == 404
+    assert run_id not in [r["run_id"] for r in http.get("/v1/runs").json()["runs"]]
+    # the id is free again, with another config
+    create(http, run_id, num_samples=10)
+    assert http.get(f"/v1/runs/{run_id}").json()["num_samples"] == 10
+
+
+# -- bad input: a 4xx and nothing changed ----------------------------------------------------
+def _bad_requests(run_id: str, n: int, c: int) -> list[tuple[str, int, str, dict[str, Any]]]:
+    idx = np.array([0, 1, 2], np.int64)
+    good = {
+        "report_id": "bad",
+        "epoch": 0,
+        "lr_sum": 1.0,
+        "indices": idx,
+        "outputs": np.ones((3, c), np.float32),
+        "targets": idx % c,
+    }
+
+    def binary(**over: Any) -> dict[str, Any]:
+        fields = {**good, **over}
+        return {"content": wire.encode_report(**fields), "headers": BIN}
+
+    nan_out = np.ones((3, c), np.float32)
+    nan_out[1, 2] = np.nan
+    inf_out = np.ones((3, c), np.float32)
+    inf_out[2, 0] = np.inf
+    truncated = binary()["content"][:-5]
+    bad_magic = b"XXXX" + binary()["content"][4:]
+    path = f"/v1/runs/{run_id}/reports"
+    js = {
+        "report_id": "j",
+        "epoch": 0,
+        "lr_sum": 1.0,
+        "indices": [0, 1],
+        "outputs": [[1.0] * c] * 2,
+        "targets": [0, 1],
+    }
+    return [
+        ("wrong output width", 422, path, binary(outputs=np.ones((3, c + 1), np.float32))),
+        ("target out of range", 422, path, binary(targets=np.array([0, c, 1]))),
+        (
+            "regression targets on a classification run",
+            422,
+            path,
+            binary(targets=np.ones((3, c), np.float32)),
+        ),
+        ("index out of range", 422, path, binary(indices=np.array([0, 1, n]))),
+        ("negative index", 422, path, binary(indices=np.array([0, -1, 2]))),
+        ("same index twice", 422, path, binary(indices=np.array([0, 1, 0]))),
+        ("NaN output", 422, path, binary(outputs=nan_out)),
+        ("Inf output", 422, path, binary(outputs=inf_out)),
+        ("NaN lr_sum", 422, path, binary(lr_sum=float("nan"))),
+        ("negative lr_sum", 422, path, binary(lr_sum=-1.0)),
+        ("epoch beyond the plan", 422, path, binary(epoch=99)),
+        ("epoch not drawn yet", 409, path, binary(epoch=1)),
+        ("truncated binary", 422, path, {"content": truncated, "headers": BIN}),
+        ("bad magic", 422, path, {"content": bad_magic, "headers": BIN}),
+        (
+            "JSON missing field",
+            422,
+            path,
+            {"json": {k: v for k, v in js.items() if k != "outputs"}},
+        ),
+        ("JSON ragged outputs", 422, path, {"json": {**js, "outputs": [[1.0] * c, [1.0]]}}),
+        (
+            "JSON NaN token",
+            422,
+            path,
+            {
+                "content": b'{"report_id":"j","epoch":0,"lr_sum":NaN,"indices":[0],"outputs":[[1,2,3,4]],"targets":[0]}',
+                "headers": {"Content-Type": "application/json"},
+            },
+        ),
+        (
+            "JSON not JSON",
+            422,
+            path,
+            {"content": b"{nope", "headers": {"Content-Type": "application/json"}},
+        ),
+        (
+            "unsupported media type",
+            415,
+            path,
+            {"content": b"hi", "headers": {"Content-Type": "text/plain"}},
+        ),
+        (
+            "re-create with another config",
+            409,
+            "/v1/runs",
+            {"json": {"run_id": run_id, "num_samples": n + 1, "num_outputs": c, "epochs": 5}},
+        ),
+        (
+            "unknown method",
+            422,
+            "/v1/runs",
+            {
+                "json": {
+                    "run_id": run_id,
+                    "num_samples": n,
+                    "num_outputs": c,
+                    "epochs": 5,
+                    "method": "magic",
+                }
+            },
+        ),
+        (
+            "negative size",
+            422,
+            "/v1/runs",
+            {"json": {"run_id": run_id, "num_samples": -n, "num_outputs": c, "epochs": 5}},
+        ),
+        (
+            "unknown task",
+            422,
+            "/v1/runs",
+            {
+                "json": {
+                    "run_id": run_id,
+                    "num_samples": n,
+                    "num_outputs": c,
+                    "epochs": 5,
+                    "task": "ranking",
+                }
+            },
+        ),
+        ("draw beyond the plan", 422, f"/v1/runs/{run_id}/epochs", {"json": {"epoch": 1000}}),
+        ("draw out of order", 409, f"/v1/runs/{run_id}/epochs", {"json": {"epoch": 3}}),
+        ("draw with a negative epoch", 422, f"/v1/runs/{run_id}/epochs", {"json": {"epoch": -1}}),
+    ]
+
+
+def test_every_bad_request_gets_a_4xx_problem_and_changes_nothing(
+    http: httpx.Client, run_id: str, redis_url: str, run_snapshot: Callable[..., dict[str, Any]]
+) -> None:
+    n, c = 48, 4
+    create(http, run_id, num_samples=n, num_outputs=c)
+    draw(http, run_id)
+    idx = shard(http, run_id, 0)[:8]
+    report(
+        http,
+        run_id,
+        rid="seed",
+        epoch=0,
+        lr_sum=0.5,
+        idx=idx,
+        out=np.ones((8, c), np.float32),
+        tgt=idx % c,
+    )
+    for what, status, path, kwargs in _bad_requests(run_id, n, c):
+        before = run_snapshot(redis_url, run_id)
+        r = http.post(path, **kwargs)
+        assert r.status_code == status, f"{what}: {r.status_code} {r.text}"
+        assert r.headers["content-type"].startswith("application/problem+json"), what
+        problem = r.json()
+        assert problem["status"] == status and len(problem["detail"]) > 10, what
+        assert run_snapshot(redis_url, run_id) == before, f"{what} changed Redis"
+    # GETs with bad parameters
+    for path, params in (
+        (f"/v1/runs/{run_id}/epochs/0/indices", {"rank": 2, "world": 2}),
+        (f"/v1/runs/{run_id}/epochs/0/indices", {"world": 0}),
+        (f"/v1/runs/{run_id}/epochs/0/indices", {"offset": -1}),
+        (f"/v1/runs/{run_id}/scores", {"offset": n + 1}),
+        (f"/v1/runs/{run_id}/scores", {"limit": -2}),
+        (f"/v1/runs/{run_id}/epochs/-1", {}),
+    ):
+        r = http.get(path, params=params)
+        assert r.status_code == 422, (path, params, r.text)
+
+
+def test_unknown_run_is_404_and_creates_nothing(
+    http: httpx.Client, run_id: str, redis_url: str, run_snapshot: Callable[..., dict[str, Any]]
+) -> None:
+    ghost = run_id + "-ghost"
+    body = wire.encode_report(
+        report_id="r",
+        epoch=0,
+        lr_sum=0.0,
+        indices=np.array([0]),
+        outputs=np.ones((1, 2), np.float32),
+        targets=np.array([0]),
+    )
+    for method, path, kwargs in (
+        ("GET", f"/v1/runs/{ghost}", {}),
+        ("GET", f"/v1/runs/{ghost}/plan", {}),
+        ("POST", f"/v1/runs/{ghost}/epochs", {"json": {}}),
+        ("GET", f"/v1/runs/{ghost}/epochs/0", {}),
+        ("GET", f"/v1/runs/{ghost}/epochs/0/indices", {}),
+        ("POST", f"/v1/runs/{ghost}/reports", {"content": body, "headers": BIN}),
+        ("GET", f"/v1/runs/{ghost}/scores", {}),
+        ("GET", f"/v1/runs/{ghost}/stats", {}),
+        ("DELETE", f"/v1/runs/{ghost}", {}),
+    ):
+        r = http.request(method, path, **kwargs)
+        assert r.status_code == 404, (method, path, r.text)
+        assert "ghost" in r.json()["detail"]
+    assert run_snapshot(redis_url, ghost) == {"<in docl:runs>": False}
+    assert http.get("/v1/nothing-here").json()["status"] == 404
+
+
+def test_body_limit_413_by_header_and_by_stream(
+    server_factory: Callable[..., ServerProcess], redis_url: str, run_id: str,
+    run_snapshot: Callable[..., dict[str, Any]],
+) -> None:  # fmt: skip
+    server = server_factory(redis_url=redis_url, env={"DOCL_MAX_BODY_BYTES": "4096"})
+    with httpx.Client(base_url=server.url, timeout=30) as http:
+        create(http, run_id, num_outputs=100)
+        draw(http, run_id)
+        before = run_snapshot(redis_url, run_id)
+        idx = np.arange(20)
+        big = wire.encode_report(
+            report_id="big",
+            epoch=0,
+            lr_sum=0.0,
+            indices=idx,
+            outputs=np.ones((20, 100), np.float32),
+            targets=idx % 100,
+        )
+        assert len(big) > 4096
+        r = http.post(f"/v1/runs/{run_id}/reports", content=big, headers=BIN)
+        assert r.status_code == 413 and "4096" in r.json()["detail"]
+
+        def chunks() -> Any:  # no Content-Length: the server must count what streams in
+            for i in range(0, len(big), 1000):
+                yield big[i : i + 1000]
+
+        r = http.post(f"/v1/runs/{run_id}/reports", content=chunks(), headers=BIN)
+        assert r.status_code == 413, r.text
+        assert r.headers["content-type"].startswith("application/problem+json")
+        assert run_snapshot(redis_url, run_id) == before
+        small = wire.encode_report(
+            report_id="small",
+            epoch=0,
+            lr_sum=0.0,
+            indices=idx[:2],
+            outputs=np.ones((2, 100), np.float32),
+            targets=idx[:2],
+        )
+        assert (
+            http.post(f"/v1/runs/{run_id}/reports", content=small, headers=BIN).status_code == 200
+        )
+
+
+def test_token_auth(
+    server_factory: Callable[..., ServerProcess], redis_url: str, run_id: str
+) -> None:
+    server = server_factory(redis_url=redis_url, env={"DOCL_API_TOKEN": "s3cret"})
+    with httpx.Client(base_url=server.url, timeout=30) as http:
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "s3cret"}):
+            r = http.get("/v1/runs", headers=headers)
+            assert r.status_code == 401, headers
+            assert r.headers["www-authenticate"].startswith("Bearer")
+            assert r.json()["status"] == 401
+        r = http.post("/v1/runs", json={"bad": "body"})  # 401 before the body is even looked at
+        assert r.status_code == 401
+        ok = {"Authorization": "Bearer s3cret"}
+        assert (
+            http.post(
+                "/v1/runs",
+                json={"run_id": run_id, "num_samples": 5, "num_outputs": 2, "epochs": 1},
+                headers=ok,
+            ).status_code
+            == 201
+        )
+        assert http.get(f"/v1/runs/{run_id}", headers=ok).status_code == 200
+        for open_path in ("/healthz", "/readyz", "/metrics"):
+            assert http.get(open_path).status_code == 200, open_path
+
+
+# -- durability ------------------------------------------------------------------------------
+def _report_epoch(http: httpx.Client, run_id: str, e: int, prefix: str) -> int:
+    ep = draw(http, run_id, e)
+    idx = shard(http, run_id, e)
+    lr = ep["lr_sum_start"]
+    acked = 0
+    for s, batch in enumerate(np.array_split(idx, ep["steps"])):
+        out = (
+            np.full((batch.size, 4), 0.1 * (e + 1) + 0.01 * s, np.float32)
+            + batch[:, None].astype(np.float32) / 100
+        )
+        r = report(
+            http,
+            run_id,
+            rid=f"{prefix}-{e}-{s}",
+            epoch=e,
+            lr_sum=lr,
+            idx=batch,
+            out=out,
+            tgt=batch % 4,
+        )
+        assert r.status_code == 200, r.text
+        acked += 1
+        lr += ep["lr"][s]
+    return acked
+
+
+def test_server_restart_loses_nothing(
+    server_factory: Callable[..., ServerProcess], redis_url: str, run_id: str
+) -> None:
+    server = server_factory(redis_url=redis_url)
+    with httpx.Client(base_url=server.url, timeout=30) as http:
+        create(http, run_id)
+        _report_epoch(http, run_id, 0, "p")
+        _report_epoch(http, run_id, 1, "p")
+        before = get_scores(http, run_id)
+        run_before = http.get(f"/v1/runs/{run_id}").json()
+    server.restart(kill=True)  # a crash, not a goodbye
+    with httpx.Client(base_url=server.url, timeout=30) as http:
+        after = get_scores(http, run_id)
+        for a, b in zip(before, after, strict=True):
+            np.testing.assert_array_equal(a, b)
+        assert http.get(f"/v1/runs/{run_id}").json() == run_before
+        # a report acknowledged before the restart is still known
+        idx = shard(http, run_id, 1)
+        ep = http.get(f"/v1/runs/{run_id}/epochs/1").json()
+        first = np.array_split(idx, ep["steps"])[0]
+        r = report(http, run_id, rid="p-1-0", epoch=1, lr_sum=ep["lr_sum_start"], idx=first,
+                   out=np.zeros((first.size, 4), np.float32), tgt=first % 4)  # fmt: skip
+        assert r.json()["duplicate"] is True
+        assert _report_epoch(http, run_id, 2, "p") > 0
+
+
+def test_redis_killed_with_aof_loses_no_acknowledged_report(
+    redis_factory: Callable[..., RedisProcess],
+    server_factory: Callable[..., ServerProcess],
+    run_id: str,
+) -> None:
+    redis = redis_factory(appendonly=True, appendfsync="always")
+    server = server_factory(redis_url=redis.url)
+    with httpx.Client(base_url=server.url, timeout=30) as http:
+        create(http, run_id)
+        _report_epoch(http, run_id, 0, "k")
+        _report_epoch(http, run_id, 1, "k")
+        before = get_scores(http, run_id)
+        counters = http.get(f"/v1/runs/{run_id}").json()["counters"]
+        redis.kill()  # SIGKILL: no shutdown save, only what appendfsync=always put on disk
+        r = http.get(f"/v1/runs/{run_id}")
+        assert r.status_code == 503 and r.json()["status"] == 503  # a problem, not a hang or a 500
+        assert http.get("/readyz").status_code == 503
+        redis.start()
+        after = get_scores(http, run_id)
+        for a, b in zip(before, after, strict=True):
+            np.testing.assert_array_equal(a, b)
+        assert http.get(f"/v1/runs/{run_id}").json()["counters"] == counters
+        assert http.get("/readyz").status_code == 200
+        assert _report_epoch(http, run_id, 2, "k") > 0  # scripts reloaded, the run goes on
+
+
+# -- concurrency -----------------------------------------------------------------------------
+def test_concurrent_clients_each_sample_scored_exactly_once_per_report(
+    score_server: str, run_id: str
+) -> None:
+    n, c, clients, rounds = 600, 4, 6, 4
+    with httpx.Client(base_url=score_server, timeout=30) as http:
+        create(http, run_id, num_samples=n, num_outputs=c)
+        draw(http, run_id)
+    parts = np.array_split(np.random.default_rng(1).permutation(n), clients)
+    errors: list[str] = []
+
+    def client(k: int) -> None:
+        with httpx.Client(base_url=score_server, timeout=30) as http:
+            mine = parts[k]
+            for rnd in range(rounds):
+                for b, batch in enumerate(np.array_split(mine, 5)):
+                    out = np.full((batch.size, c), rnd + 0.1 * k, np.float32)
+                    r = report(
+                        http,
+                        run_id,
+                        rid=f"c{k}-{rnd}-{b}",
+                        epoch=0,
+                        lr_sum=float(rnd),
+                        idx=batch,
+                        out=out,
+                        tgt=batch % c,
+                    )
+                    if r.status_code != 200 or r.json()["duplicate"]:
+                        errors.append(r.text)
+
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    with httpx.Client(base_url=score_server, timeout=30) as http:
+        _, visits, lrs = get_scores(http, run_id)
+        assert (visits == rounds).all()
+        assert (lrs == rounds - 1).all()
+        counters = http.get(f"/v1/runs/{run_id}").json()["counters"]
+    assert counters["reports"] == clients * rounds * 5
+    assert counters["samples_reported"] == n * rounds
+    assert counters["samples_scored"] == n * (rounds - 1)
+
+
+def test_racing_reports_of_the_same_samples_lose_no_update(score_server: str, run_id: str) -> None:
+    """Reports that touch the SAME samples concurrently: the compare-and-set keeps the
+    visit counts exact (a lost update would leave Σ visits below the applied count)."""
+    n, c, clients, per = 64, 4, 6, 10
+    with httpx.Client(base_url=score_server, timeout=30) as http:
+        create(http, run_id, num_samples=n, num_outputs=c)
+        draw(http, run_id)
+    idx = np.arange(n)
+
+    def client(k: int) -> list[dict[str, Any]]:
+        acks = []
+        with httpx.Client(base_url=score_server, timeout=30) as http:
+            for j in range(per):
+                lr = float(1 + j * clients + k)  # distinct lr-sums, interleaved across clients
+                out = np.full((n, c), lr, np.float32)
+                r = report(
+                    http,
+                    run_id,
+                    rid=f"race-{k}-{j}",
+                    epoch=0,
+                    lr_sum=lr,
+                    idx=idx,
+                    out=out,
+                    tgt=idx % c,
+                )
+                assert r.status_code == 200, r.text
+                acks.append(r.json())
+        return acks
+
+    with ThreadPoolExecutor(clients) as pool:
+        acks = [a for part in pool.map(client, range(clients)) for a in part]
+    with httpx.Client(base_url=score_server, timeout=30) as http:
+        _, visits, lrs = get_scores(http, run_id)
+        counters = http.get(f"/v1/runs/{run_id}").json()["counters"]
+    applied = counters["samples_reported"] - counters["samples_skipped"]
+    assert int(visits.sum()) == applied
+    assert (lrs == clients * per).all()  # the largest lr-sum always wins in the end
+    assert counters["samples_scored"] == sum(a["scored"] for a in acks)
