@@ -21,7 +21,8 @@ import numpy as np
 
 SizeSchedule = Literal["full", "shrink", "grow"]
 
-_TINY32 = float(np.finfo(np.float32).tiny)
+#: gumbel_topk keys are float32 (fast) when the finite logits span at most this.
+FLOAT32_KEY_SPAN = 1e4
 
 
 def epoch_rng(seed: int, epoch: int) -> np.random.Generator:
@@ -110,9 +111,10 @@ def gumbel_topk(
     race: sample i "arrives" at E_i / w_i with w_i = exp(z_i)) are distributed as
     k successive draws without replacement ∝ w. Work stays in log space (the max
     logit is subtracted first, keys never exponentiate), so any finite logits are
-    safe; keys are float32 for speed (n = 10M in ~0.2 s), which is exact for
-    logit gaps below ~1e38. An E_i that underflows to 0 is clipped to the smallest
-    normal float32 (a ~2^-24-probability event per sample at most).
+    safe. Keys are float32 for speed (n = 10M in ~0.2 s) when the finite logits
+    span at most FLOAT32_KEY_SPAN (rounding of a key <= ~1e-3, negligible next to
+    the unit-scale Gumbel noise), else float64. An E_i that underflows to 0 is
+    clipped to the smallest normal float (a ~2^-24-probability event at most).
 
     -inf logits (weight 0) are never drawn unless k exceeds the number of finite
     logits; then all finite ones are taken and the rest are drawn uniformly from
@@ -137,15 +139,21 @@ def gumbel_topk(
     if k == n and not ordered:
         return np.arange(n, dtype=np.int64)
 
-    keys = np.empty(n, np.float32)
-    np.subtract(z, z.max(), out=keys, casting="unsafe")  # <= 0; hugely negative -> -inf
-    e = rng.standard_exponential(n, dtype=np.float32)
-    np.maximum(e, _TINY32, out=e)
+    top = z.max()
+    # float32 keys when the finite logits span <= FLOAT32_KEY_SPAN (key rounding
+    # <= ~1e-3, far below the Gumbel noise's unit scale), float64 otherwise
+    low = z[finite].min() if n_finite < n else z.min()
+    dtype = np.float32 if float(top) - float(low) <= FLOAT32_KEY_SPAN else np.float64
+    keys: np.ndarray = np.empty(n, dtype)
+    with np.errstate(over="ignore"):  # hugely negative -> -inf: weight 0 anyway
+        np.subtract(z, top, out=keys, casting="unsafe")  # <= 0
+    e = rng.standard_exponential(n, dtype=dtype)
+    np.maximum(e, np.finfo(dtype).tiny, out=e)
     np.log(e, out=e)
     np.subtract(keys, e, out=keys)
     idx = np.arange(n) if k == n else np.argpartition(keys, n - k)[n - k :]
     if ordered:
-        idx = idx[np.argsort(-keys[idx], kind="stable")]
+        idx = idx[np.argsort(keys[idx], kind="stable")[::-1]]  # largest key = first draw
     return idx.astype(np.int64, copy=False)
 
 
@@ -223,6 +231,8 @@ def inclusion_probabilities(
     m = int(np.count_nonzero(pos))
     if k >= m:
         return np.where(pos[at], 1.0, (k - m) / (n - m))
+    if m == n and float(z.min()) == float(z.max()):
+        return np.full(at.size, k / n)  # uniform weights: the exact k/n
     t0 = k / float(w.sum(dtype=np.float64))
     if n > 4 * _COARSE:
         # a good start from an evenly strided subsample (~262k weights, same
