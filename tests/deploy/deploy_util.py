@@ -265,18 +265,15 @@ def host_port(url: str) -> tuple[str, int]:
 
 @cache
 def app_routes() -> frozenset[tuple[str, str]]:
-    """``(method, path)`` of every route of the score server's app."""
-    from fastapi.routing import APIRoute
-
+    """``(method, path)`` of every route of the score server's app, from its OpenAPI
+    document (FastAPI's public view of the routes; no server is started)."""
     from docl.services.app import create_app
     from docl.services.config import Settings
 
-    app = create_app(Settings())
-    out: set[tuple[str, str]] = set()
-    for r in app.routes:
-        if isinstance(r, APIRoute):
-            out.update((m, r.path) for m in r.methods or ())
-    return frozenset(out)
+    schema = create_app(Settings()).openapi()
+    return frozenset(
+        (method.upper(), path) for path, ops in schema["paths"].items() for method in ops
+    )
 
 
 def settings_env_names() -> set[str]:
