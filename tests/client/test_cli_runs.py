@@ -1,0 +1,141 @@
+"""`docl runs` and `docl plot` against a REAL score server (typer's CliRunner invokes;
+the server is the shared ``docl serve`` child process)."""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from docl.client import ScoreClient
+from docl.client.cli import _register, app
+
+_register()
+runner = CliRunner()
+
+
+@pytest.fixture
+def populated(score_server: str, run_id: str) -> Iterator[tuple[str, str]]:
+    """A run with two epochs reported, so it has visits, lr-sums and some scores."""
+    with ScoreClient(score_server) as c:
+        c.create_run(
+            run_id=run_id, num_samples=25, num_outputs=3, epochs=5,
+            params={"batch_size": 5, "warmup_epochs": 2},
+        )  # fmt: skip
+        rng = np.random.default_rng(0)
+        for e in range(2):
+            ep = c.draw_epoch(run_id, e)
+            idx = c.indices(run_id, e)
+            for s, b in enumerate(np.array_split(idx, ep.steps)):
+                c.report(run_id, epoch=e, indices=b, outputs=rng.normal(size=(len(b), 3)), targets=b % 3,
+                         lr_sum=ep.lr_sum_start + sum(ep.lr[:s]))  # fmt: skip
+    yield score_server, run_id
+    with ScoreClient(score_server) as c:
+        c.delete_run(run_id, missing_ok=True)
+
+
+def invoke(*args: str) -> str:
+    result = runner.invoke(app, list(args), catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def test_runs_list_shows_the_run(populated: tuple[str, str]) -> None:
+    server, run_id = populated
+    table = invoke("runs", "list", "--server", server)
+    assert run_id in table and "docl" in table and "2/5" in table  # epochs drawn / planned
+    runs = json.loads(invoke("runs", "list", "--server", server, "--json"))
+    mine = [r for r in runs if r["run_id"] == run_id]
+    assert len(mine) == 1 and mine[0]["counters"]["reports"] == 10
+
+
+def test_runs_show_prints_config_counters_stats_and_plan(populated: tuple[str, str]) -> None:
+    server, run_id = populated
+    text = invoke("runs", "show", run_id, "--server", server, "--plan")
+    assert run_id in text and "reports 10" in text and "score quantiles" in text
+    assert "plan: 5 epochs" in text and "warmup" in text and "select" in text
+    doc = json.loads(invoke("runs", "show", run_id, "--server", server, "--json", "--plan"))
+    with ScoreClient(server) as c:
+        stats = c.stats(run_id)
+    assert doc["stats"]["scored"] == stats.scored == 25  # every sample seen in both warmup epochs
+    assert doc["run"]["epochs_drawn"] == 2 and len(doc["plan"]["epochs"]) == 5
+
+
+def test_runs_export_npz_and_csv_match_the_server(
+    populated: tuple[str, str], tmp_path: Path
+) -> None:
+    server, run_id = populated
+    npz, csv_path = tmp_path / "out" / "s.npz", tmp_path / "s.csv"
+    out = invoke(
+        "runs",
+        "export",
+        run_id,
+        "--server",
+        server,
+        "-o",
+        str(npz),
+        "--csv",
+        str(csv_path),
+        "--page-size",
+        "7",
+    )  # fmt: skip  (several pages)
+    assert "25 samples" in out
+    with ScoreClient(server) as c:
+        ref = c.scores(run_id)
+    data = np.load(npz)  # no pickle needed
+    assert data["sample"].tolist() == list(range(25))
+    np.testing.assert_array_equal(data["scores"], ref.scores)
+    np.testing.assert_array_equal(data["visits"], ref.visits)
+    np.testing.assert_array_equal(data["lr_sums"], ref.lr_sums)
+    assert json.loads(str(data["run"]))["run_id"] == run_id
+    with csv_path.open() as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["sample"]) for r in rows] == list(range(25))
+    assert [int(r["visits"]) for r in rows] == ref.visits.tolist()
+    for r, s, lr in zip(rows, ref.scores.tolist(), ref.lr_sums.tolist(), strict=True):
+        assert (r["score"] == "") == np.isnan(s)
+        if r["score"]:
+            assert float(r["score"]) == s
+        assert float(r["lr_sum"]) == lr
+
+
+def test_runs_delete_and_errors_exit_1_with_the_servers_detail(populated: tuple[str, str]) -> None:
+    server, run_id = populated
+    assert "deleted" in invoke("runs", "delete", run_id, "--server", server, "--yes")
+    res = runner.invoke(app, ["runs", "show", run_id, "--server", server])
+    assert res.exit_code == 1 and "404" in res.output and run_id in res.output
+    assert "did not exist" in invoke(
+        "runs", "delete", run_id, "--server", server, "-y", "--missing-ok"
+    )
+    res = runner.invoke(
+        app, ["runs", "list", "--server", "http://127.0.0.1:9"]
+    )  # nothing listens on 9
+    assert res.exit_code == 1 and "cannot reach" in res.output
+
+
+def test_plot_scores_and_metrics_write_pngs(populated: tuple[str, str], tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    server, run_id = populated
+    png = tmp_path / "scores.png"
+    invoke("plot", "scores", run_id, "--server", server, "-o", str(png))
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # two seeds of one method (mean ± std) and one of another, as `docl train --out` leaves them
+    for name, method, acc in (("a", "docl", 0.5), ("b", "docl", 0.6), ("c", "random", 0.4)):
+        d = tmp_path / name
+        d.mkdir()
+        rows = [{"epoch": e, "batches": 10 * e, "test_accuracy": acc + 0.05 * e} for e in range(4)]
+        (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        (d / "result.json").write_text(json.dumps({"method": method, "test_accuracy": acc}))
+    curves = tmp_path / "acc.png"
+    out = invoke("plot", "metrics", str(tmp_path / "a"), str(tmp_path / "b"), str(tmp_path / "c" / "metrics.jsonl"),
+                 "-o", str(curves))  # fmt: skip
+    assert "3 run(s), 2 line(s)" in out and curves.read_bytes()[:4] == b"\x89PNG"
+    res = runner.invoke(
+        app, ["plot", "metrics", str(tmp_path / "a"), "--y", "nope", "-o", str(curves)]
+    )
+    assert res.exit_code != 0 and "test_accuracy" in res.output  # names the keys it has
