@@ -42,6 +42,7 @@ from docl.worker.tasks import TaskData
 
 __all__ = [
     "EpochSource",
+    "InjectedFault",
     "LocalEpochs",
     "LoopConfig",
     "ServerEpochs",
@@ -60,7 +61,8 @@ class LoopConfig:
     ``server`` None means no score server: the loop follows ``local_run``'s plan
     with uniform draws and sends no reports (the plain local baseline).
     ``fault`` is a test hook: ``{"epoch": e, "step": s, "rank": r, "marker": path}``
-    SIGKILLs that rank's process once, mid-epoch (the marker file makes it once).
+    SIGKILLs that rank's process once, mid-epoch, before step s (the marker file
+    makes it once); with ``"action": "raise"`` it raises :class:`InjectedFault`.
     """
 
     run_id: str
@@ -230,6 +232,10 @@ def report_id(run_id: str, epoch: int, rank: int, step: int) -> str:
     return f"{run_id}-e{epoch}-r{rank}-s{step}"[-128:]
 
 
+class InjectedFault(RuntimeError):
+    """Raised by the ``fault`` test hook with ``action: "raise"``."""
+
+
 def _maybe_fault(cfg: LoopConfig, epoch: int, step: int, rank: int) -> None:
     f = cfg.fault
     if not f or (epoch, step, rank) != (f["epoch"], f["step"], f["rank"]):
@@ -238,6 +244,8 @@ def _maybe_fault(cfg: LoopConfig, epoch: int, step: int, rank: int) -> None:
     if marker.exists():
         return  # already fired once: the restarted worker group runs through
     marker.write_text(str(os.getpid()))
+    if f.get("action", "kill") == "raise":
+        raise InjectedFault(f"injected fault at epoch {epoch}, step {step}, rank {rank}")
     # Give Ray's controller time to register the last reported checkpoint (it
     # polls workers every RAY_TRAIN_HEALTH_CHECK_INTERVAL_S) before dying.
     time.sleep(float(f.get("delay", 1.0)))

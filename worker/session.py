@@ -15,6 +15,7 @@ progress output. Three implementations:
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import tempfile
@@ -166,7 +167,9 @@ class DistSession:
         return bar
 
     def log(self, line: str) -> None:
-        print(line, file=sys.stdout, flush=True)
+        # Not print(): Ray Train patches print to also log it, which doubles each line.
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
 
 
 class RaySession(DistSession):
@@ -176,6 +179,10 @@ class RaySession(DistSession):
         import ray.train
         import ray.train.torch
 
+        # Per-epoch INFO lines of Ray Train ("Reporting training result …") and one
+        # line per HTTP request from httpx would bury the training's own output.
+        for name in ("ray.train", "httpx"):
+            logging.getLogger(name).setLevel(logging.WARNING)
         ctx = ray.train.get_context()
         device = ray.train.torch.get_device()
         if dist.is_available() and dist.is_initialized():

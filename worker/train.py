@@ -150,14 +150,7 @@ def train(spec: TrainSpec) -> dict[str, Any]:
     ray_started = False
     try:
         if not spec.local and server is None:
-            from docl.worker.scoreserver import ScoreServerProcess
-
-            server_proc = ScoreServerProcess(
-                host="0.0.0.0" if spec.ray_address else "127.0.0.1",
-                token=spec.token,
-                log_path=out / "server.log",
-            ).start()
-            server = server_proc.url
+            server_proc, server = _start_server(spec)
         if server is not None:
             from docl.client import ScoreClient
 
@@ -220,6 +213,8 @@ def train(spec: TrainSpec) -> dict[str, Any]:
             ray.shutdown()
         if server_proc is not None:
             server_proc.stop()
+            (out / "server.log").write_text(server_proc.log_text())
+            server_proc.close()
 
     result: dict[str, Any] = {
         "task": spec.task,
@@ -250,6 +245,24 @@ def train(spec: TrainSpec) -> dict[str, Any]:
         result["val_accuracy"] = final["val_accuracy"]
     (out / "result.json").write_text(json.dumps(result, indent=2) + "\n")
     return result
+
+
+def _start_server(spec: TrainSpec) -> tuple[Any, str]:
+    """``docl serve`` (embedded Redis) in a child process on a free port.
+
+    Joining a cluster, it listens on every interface and workers get this
+    machine's IP; on a laptop it stays on 127.0.0.1.
+    """
+    from docl.services.embedded import ServerProcess
+
+    env = {"DOCL_API_TOKEN": spec.token} if spec.token else {}
+    if not spec.ray_address:
+        proc = ServerProcess(env=env).start()
+        return proc, proc.url
+    from ray.util import get_node_ip_address
+
+    proc = ServerProcess(host="0.0.0.0", env=env).start()
+    return proc, f"http://{get_node_ip_address()}:{proc.port}"
 
 
 def _connect_ray(spec: TrainSpec) -> bool:

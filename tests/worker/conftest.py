@@ -1,0 +1,47 @@
+"""Fixtures of the worker tests.
+
+``ray_cluster``  ONE real local Ray for the whole session (``ray.init(num_cpus=2)``;
+                 start-up costs 5–20 s here), its GCS address as the value.
+                 Ray Train's controller is told to poll workers every 0.2 s
+                 (the launcher's default too) so epochs do not wait on it.
+``task_cache``   (autouse) MNIST-1D's generated arrays go to a session temp dir,
+                 not the user's ~/.cache.
+
+The score server is the shared ``score_server`` fixture of tests/conftest.py
+(a real ``docl serve`` process over HTTP); each test uses its own run id.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+
+
+@pytest.fixture(scope="session", autouse=True)
+def task_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    path = str(tmp_path_factory.mktemp("docl-cache"))
+    old = os.environ.get("DOCL_CACHE_DIR")
+    os.environ["DOCL_CACHE_DIR"] = path
+    try:
+        yield path
+    finally:
+        if old is None:
+            os.environ.pop("DOCL_CACHE_DIR", None)
+        else:
+            os.environ["DOCL_CACHE_DIR"] = old
+
+
+@pytest.fixture(scope="session")
+def ray_cluster() -> Iterator[str]:
+    ray = pytest.importorskip("ray")
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
+    started = not ray.is_initialized()
+    if started:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=True)
+    try:
+        yield ray.get_runtime_context().gcs_address
+    finally:
+        if started:
+            ray.shutdown()
