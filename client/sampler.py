@@ -143,9 +143,12 @@ class CurriculumSampler(_Curriculum, Sampler[int]):
     share of epoch ``e`` in the drawn (shuffled) order.
 
     ``pad=True`` (default) makes every rank's share the same length,
-    ``ceil(size / world_size)``, by repeating the first indices of shorter
-    shares — as ``DistributedSampler`` does — so every DDP rank runs the same
-    number of batches. ``pad=False`` yields the shards exactly (disjoint, their
+    ``ceil(size / world_size)``, so every DDP rank runs the same number of
+    batches: a share one shorter borrows the first index of the next rank's
+    share (``DistributedSampler`` pads alike, from the epoch's start). That
+    sample is trained twice in the epoch; its second report is either a
+    regular visit (a later step, a larger lr-sum) or skipped by the server as
+    stale. ``pad=False`` yields the shards exactly (disjoint, their
     union is the epoch). Pass ``reporter`` so each draw happens after the
     previous epoch's reports were delivered (see the module docs).
     """
@@ -174,20 +177,26 @@ class CurriculumSampler(_Curriculum, Sampler[int]):
             barrier=barrier,
         )
         self.pad = pad
+        self._padding: tuple[int, np.ndarray] | None = None
 
     def _indices(self) -> np.ndarray:
         shard = self.shard
         if not self.pad:
             return shard
-        want = math.ceil(self.current.size / self.world_size)
-        if shard.shape[0] >= want:
+        need = math.ceil(self.current.size / self.world_size) - shard.shape[0]
+        if need <= 0:
             return shard
-        source = shard
-        if source.shape[0] == 0:  # fewer samples than ranks: borrow from the epoch's start
-            source = self.client.indices(self.run_id, self.epoch, rank=0, world=1, limit=want)
-        reps = math.ceil((want - shard.shape[0]) / source.shape[0])
-        filler = np.tile(source, reps)[: want - shard.shape[0]]
-        return np.concatenate([shard, filler])
+        if self._padding is None or self._padding[0] != self.epoch:
+            # Borrow from the NEXT rank's share, never our own: a sample repeated
+            # inside one batch would make the server reject that batch's report.
+            nxt = (self.rank + 1) % self.world_size
+            filler = self.client.indices(
+                self.run_id, self.epoch, rank=nxt, world=self.world_size, limit=need
+            )
+            if filler.shape[0] < need:  # fewer samples than ranks: take the epoch's first
+                filler = self.client.indices(self.run_id, self.epoch, rank=0, world=1, limit=need)
+            self._padding = (self.epoch, filler)
+        return np.concatenate([shard, self._padding[1]])
 
     def __iter__(self) -> Iterator[int]:
         return iter(self._indices().tolist())
