@@ -7,8 +7,11 @@
 ``task_cache``   (autouse) MNIST-1D's generated arrays go to a session temp dir,
                  not the user's ~/.cache.
 
-The score server is the shared ``score_server`` fixture of tests/conftest.py
-(a real ``docl serve`` process over HTTP); each test uses its own run id.
+``worker_server`` a real ``docl serve`` process (over HTTP, on the shared session
+                 ``redis_server``) that keeps every epoch's indices
+                 (``DOCL_KEEP_EPOCHS=1000``; the default keeps the last 4), so a
+                 test can recompute after training what each sample's visits and
+                 lr-sum must be. Each test uses its own run id.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ import os
 from collections.abc import Iterator
 
 import pytest
+
+from docl.services.embedded import RedisProcess, ServerProcess
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -45,3 +50,13 @@ def ray_cluster() -> Iterator[str]:
     finally:
         if started:
             ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def worker_server(redis_server: RedisProcess) -> Iterator[str]:
+    server = ServerProcess(redis_url=redis_server.url, env={"DOCL_KEEP_EPOCHS": "1000"})
+    server.start()
+    try:
+        yield server.url
+    finally:
+        server.close()
