@@ -11,8 +11,9 @@ visit, rho_i the learning-rate sum in between and r_i the residual: y_i - f_i fo
 regression (Eq. 7), onehot(y_i) - softmax(f_i) for classification (Eq. 12).
 DoCL-NR (paper §5) uses a_t(i) = ||(f_i - g_i) / rho_i**rho_power||_2 instead.
 
-Everything is computed in float64 (the inputs are cast once): the difference
-f - g is small next to |f| and float32 would lose most of its digits.
+Precision: with c < 64 outputs the math runs in float64; from 64 on in
+float32 (see score_report), where the inputs themselves carry float32 precision
+at best. raw a_t(i) is returned as float64, scores and losses as float32.
 """
 
 from __future__ import annotations
@@ -135,6 +136,13 @@ def l2_loss(outputs: np.ndarray, targets: np.ndarray, task: str) -> np.ndarray:
     return 0.5 * np.einsum("ij,ij->i", r, r)
 
 
+def _rowdot(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Σ_j x_ij·y_ij per row, accumulated in float64."""
+    if x.flags.f_contiguous and not x.flags.c_contiguous:
+        return (x * y).sum(axis=1)  # short rows, column-major: element-wise + column adds
+    return np.einsum("ij,ij->i", x, y, dtype=np.float64)  # long rows: no temporary
+
+
 @dataclass(frozen=True)
 class ScoreUpdate:
     """Result of scoring one report against the stored state of its samples.
@@ -201,16 +209,21 @@ def score_report(
     if not np.isfinite(lr_sum):
         raise ValueError("lr_sum must be finite")
 
-    # float64 copies in the layout that makes the row-wise reductions (max, sum,
-    # dot over the c outputs of a sample) fast: for short rows a column-major
-    # matrix turns them into element-wise ops over contiguous columns (~10x
-    # faster at c = 10); for long rows the transposing copy costs more than it
-    # saves, so they stay row-major.
+    # Small c: float64, column-major copies. Row-wise reductions (max, sum, dot
+    # over a sample's c outputs) on short rows are ~10x faster over a
+    # Fortran-ordered matrix, where they become element-wise ops over
+    # contiguous columns; the copies are cheap at this size.
+    # Large c: float32, row-major, no copies of float32 inputs. The inputs carry
+    # float32 precision at best (the stored g_i is float32 or float16) and f - g
+    # of two float32 values is exact when they are within 2x of each other;
+    # float64 temporaries there cost ~4x in memory traffic for nothing.
     f = _as_outputs(outputs)
     b, c = f.shape
-    order: Literal["C", "F"] = "F" if c < _COLUMN_MAJOR_BELOW else "C"
-    f = np.asarray(f, dtype=np.float64, order=order)
-    g = np.asarray(_as_outputs(prev_outputs, "prev_outputs"), dtype=np.float64, order=order)
+    small = c < _COLUMN_MAJOR_BELOW
+    order: Literal["C", "F"] = "F" if small else "C"
+    cdt = np.float64 if small else np.float32
+    f = np.asarray(f, dtype=cdt, order=order)
+    g = np.asarray(_as_outputs(prev_outputs, "prev_outputs"), dtype=cdt, order=order)
     if g.shape != (b, c):
         raise ValueError(f"prev_outputs must have shape {(b, c)}, got {g.shape}")
     prev_lrs = np.asarray(prev_lr_sums, dtype=np.float64)
@@ -230,21 +243,28 @@ def score_report(
         # the row's result is discarded by the masks below.
         rho = lr_sum - prev_lrs
         scale = 1.0 / rho if rho_power == 1.0 else rho ** (-rho_power)
-        dyn = (f - g) * scale[:, None]
+        dyn = f - g
+        dyn *= scale.astype(cdt)[:, None]
         rows = np.arange(b)
         if task == "classification":
             y = _class_ids(targets, b, c)
-            m, e, s = _shifted_exp(f)
+            m = f.max(axis=1, keepdims=True)
+            e = f - m
+            np.exp(e, out=e)  # <= 1, the row max gives exactly 1: sum >= 1
+            s = e.sum(axis=1, dtype=np.float64)
             loss = m[:, 0] + np.log(s) - f[rows, y]
             if kind == "docl":
-                a = dyn[rows, y] - (e * dyn).sum(axis=1) / s
+                a = dyn[rows, y] - _rowdot(e, dyn) / s
         else:
-            r = np.asarray(_reg_targets(targets, (b, c)), order=order) - f
-            loss = 0.5 * (r * r).sum(axis=1)
+            r = np.array(_reg_targets(targets, (b, c)), dtype=cdt, order=order)  # a copy
+            np.subtract(r, f, out=r)
+            loss = 0.5 * _rowdot(r, r)
             if kind == "docl":
-                a = (r * dyn).sum(axis=1)
+                a = _rowdot(r, dyn)
         if kind == "docl-nr":
-            a = np.sqrt((dyn * dyn).sum(axis=1))
+            a = np.sqrt(_rowdot(dyn, dyn))
+        a = a.astype(np.float64, copy=False)
+        loss = loss.astype(np.float64, copy=False)
 
         if inclusion is not None:
             pi = np.asarray(inclusion, dtype=np.float64)
