@@ -6,7 +6,7 @@ DoclError
 │                           that cannot be encoded (also a ValueError; docl.client.wire)
 └── APIError                the server answered with an RFC 9457 problem
     ├── BadRequestError         400
-    ├── AuthenticationError     401 (missing or wrong token)
+    ├── AuthenticationError     401 (missing or wrong token), 403
     ├── NotFoundError           404 (unknown run or epoch)
     ├── ConflictError           409 (re-create with a different config, epoch out of order)
     ├── PayloadTooLargeError    413
