@@ -70,6 +70,8 @@ def _reg_targets(targets: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     y = np.asarray(targets, dtype=np.float64)
     if y.shape != shape:
         raise ValueError(f"regression targets must have shape {shape}, got {y.shape}")
+    if not np.isfinite(y).all():
+        raise ValueError("regression targets must be finite (no NaN or Inf)")
     return y
 
 
@@ -193,7 +195,8 @@ def score_report(
     finite (a stored float16 output that overflowed to inf, a score beyond the
     float32 range, …) is reported as not scored and not stale, so the store
     re-anchors its output and lr-sum and keeps the old score. Losses are clipped
-    to the float32 range.
+    to the float32 range. Non-finite `outputs` (or regression targets) are bad
+    input: ValueError.
 
     Classification never builds a one-hot matrix:
     <onehot(y) - p, dyn> = dyn[i, y_i] - Σ_j p_ij·dyn_ij.
@@ -219,6 +222,8 @@ def score_report(
     # float64 temporaries there cost ~4x in memory traffic for nothing.
     f = _as_outputs(outputs)
     b, c = f.shape
+    if not np.isfinite(f).all():
+        raise ValueError("outputs must be finite (no NaN or Inf)")
     small = c < _COLUMN_MAJOR_BELOW
     order: Literal["C", "F"] = "F" if small else "C"
     cdt = np.float64 if small else np.float32
@@ -277,5 +282,7 @@ def score_report(
     scored = active & np.isfinite(a) & np.isfinite(new32)
     scores = np.where(scored, new32, prev_sc)
     raw = np.where(scored, a, np.nan)
-    loss32 = np.minimum(loss, _F32_MAX).astype(np.float32)
+    # beyond float32 (or NaN from outputs beyond the float32 range at c >= 64):
+    # the largest float32, "very hard", never NaN
+    loss32 = np.nan_to_num(np.minimum(loss, _F32_MAX), nan=_F32_MAX).astype(np.float32)
     return ScoreUpdate(scored=scored, stale=stale, scores=scores, raw=raw, loss=loss32)

@@ -289,6 +289,9 @@ def test_exp3_divides_by_clipped_inclusion() -> None:
         ({"rho_power": 0.0}, "rho_power"),
         ({"inclusion": np.ones(3)}, "inclusion"),
         ({"outputs": np.zeros(3)}, "outputs"),
+        ({"outputs": np.array([[0.0, np.nan, 0.0], [0.0, 0.0, 0.0]])}, "finite"),
+        ({"outputs": np.array([[0.0, np.inf, 0.0], [0.0, 0.0, 0.0]])}, "finite"),
+        ({"task": "regression", "targets": np.full((2, 3), np.nan)}, "finite"),
     ],
 )
 def test_bad_input_raises_clear_value_error(kwargs: dict[str, object], match: str) -> None:
