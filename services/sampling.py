@@ -122,28 +122,38 @@ def gumbel_topk(
     in draw order (first draw first) at an O(k log k) sort; otherwise the order
     is unspecified (callers shuffle).
     """
-    z = _as_logits(logits)
+    z = np.asarray(logits)
+    if z.ndim != 1:
+        raise ValueError(f"logits must be a vector, got shape {z.shape}")
+    if not np.issubdtype(z.dtype, np.floating):
+        z = z.astype(np.float64)
     n = z.size
     k = _check_k(k, n)
     if k == 0:
         return np.empty(0, np.int64)
-    finite = z > -np.inf
-    n_finite = int(np.count_nonzero(finite))
-    if n_finite < n and k >= n_finite:
-        # every sample with positive weight, then uniformly among the weight-0 ones
-        fin_idx = np.flatnonzero(finite)
-        head = gumbel_topk(z[fin_idx], n_finite, rng, ordered=ordered)
-        zero_idx = np.flatnonzero(~finite)
-        tail = rng.choice(zero_idx, size=k - n_finite, replace=False, shuffle=True)
-        return np.concatenate([fin_idx[head], tail]).astype(np.int64, copy=False)
+    # two passes validate everything: max is NaN iff some logit is NaN
+    top, low = float(z.max()), float(z.min())
+    if np.isnan(top):
+        raise ValueError("logits must not be NaN")
+    if top == np.inf:
+        raise ValueError("logits must be < +inf (use a large finite value)")
+    if low == -np.inf:
+        finite = z > -np.inf
+        n_finite = int(np.count_nonzero(finite))
+        if k >= n_finite:
+            # every sample with positive weight, then uniformly among the weight-0 ones
+            fin_idx = np.flatnonzero(finite)
+            head = gumbel_topk(z[fin_idx], n_finite, rng, ordered=ordered)
+            zero_idx = np.flatnonzero(~finite)
+            tail = rng.choice(zero_idx, size=k - n_finite, replace=False, shuffle=True)
+            return np.concatenate([fin_idx[head], tail]).astype(np.int64, copy=False)
+        low = float(z[finite].min())
     if k == n and not ordered:
         return np.arange(n, dtype=np.int64)
 
-    top = z.max()
     # float32 keys when the finite logits span <= FLOAT32_KEY_SPAN (key rounding
     # <= ~1e-3, far below the Gumbel noise's unit scale), float64 otherwise
-    low = z[finite].min() if n_finite < n else z.min()
-    dtype = np.float32 if float(top) - float(low) <= FLOAT32_KEY_SPAN else np.float64
+    dtype = np.float32 if top - low <= FLOAT32_KEY_SPAN else np.float64
     keys: np.ndarray = np.empty(n, dtype)
     with np.errstate(over="ignore"):  # hugely negative -> -inf: weight 0 anyway
         np.subtract(z, top, out=keys, casting="unsafe")  # <= 0
