@@ -168,6 +168,7 @@ def gumbel_topk(
 
 
 _COARSE = 1 << 18
+_COARSE_MIN = 1 << 14
 
 
 def _race_time(w: np.ndarray, k: float, t: float, tol: float, max_iter: int) -> float:
@@ -244,10 +245,11 @@ def inclusion_probabilities(
     if m == n and float(z.min()) == float(z.max()):
         return np.full(at.size, k / n)  # uniform weights: the exact k/n
     t0 = k / float(w.sum(dtype=np.float64))
-    if n > 4 * _COARSE:
-        # a good start from an evenly strided subsample (~262k weights, same
-        # fraction k/n): the full-size Newton then needs 2-3 passes instead of ~15
-        sub = w[:: n // _COARSE]
+    if n >= 4 * _COARSE_MIN:
+        # a good start from an evenly strided subsample (at most ~262k weights,
+        # a quarter of n or less, same fraction k/n): the full-size Newton then
+        # needs 2-4 passes instead of ~15
+        sub = w[:: max(4, n // _COARSE)]
         t0 = _race_time(sub, k * sub.size / n, t0, 1e-6, max_iter)
     t = _race_time(w, k, t0, tol, max_iter)
     return -np.expm1(-w[at] * t)
