@@ -125,16 +125,10 @@ def build_run(spec: TrainSpec, data: TaskData) -> RunCreate:
 def train(spec: TrainSpec) -> dict[str, Any]:
     """Run one training job (see the module docs); return what ``result.json`` holds."""
     t_start = time.perf_counter()
-    if spec.workers < 0:
-        raise TrainError("workers must be >= 0 (0 = in-process)")
+    _check_early(spec)  # the cheap checks first: a typo must not wait for a dataset
     data = get_task(spec.task, **spec.task_params)
     run = build_run(spec, data)
     assert run.run_id is not None
-    if spec.local and run.method not in ("random", "random-subset"):
-        raise TrainError(
-            f"--local trains without the score server, so it can only draw uniformly "
-            f"(methods random, random-subset), not {run.method!r}"
-        )
     out = Path(spec.out or Path("out") / run.run_id)
     out.mkdir(parents=True, exist_ok=True)
     metrics_path = out / "metrics.jsonl"
@@ -172,7 +166,9 @@ def train(spec: TrainSpec) -> dict[str, Any]:
             checkpoint=spec.checkpoint,
             fault=spec.fault,
         )
-        t_train = time.perf_counter()
+        server_pid = server_proc.pid if server_proc is not None else None
+        server_cpu0 = _tree_cpu_seconds(server_pid)
+        t_train, cpu_train = time.perf_counter(), time.process_time()
         attempts = 1
         if spec.workers == 0:
             final = train_loop(
@@ -206,6 +202,16 @@ def train(spec: TrainSpec) -> dict[str, Any]:
             # Authoritative copy: one line per epoch, whatever restarts replayed.
             metrics_path.write_text("".join(json.dumps(m) + "\n" for m in history))
         train_time = time.perf_counter() - t_train
+        # CPU of this process (all its threads: torch, the reporter's senders);
+        # Ray workers are other processes, so only the in-process path has it.
+        train_cpu = time.process_time() - cpu_train if spec.workers == 0 else None
+        server_cpu1 = _tree_cpu_seconds(server_pid)
+        # The server's (and its Redis's) CPU during the training only, not its start-up.
+        server_cpu = (
+            server_cpu1 - server_cpu0
+            if server_cpu0 is not None and server_cpu1 is not None
+            else None
+        )
     finally:
         if ray_started:
             import ray
@@ -227,6 +233,8 @@ def train(spec: TrainSpec) -> dict[str, Any]:
         "batches": final.get("batches", 0),
         "epochs": len(history),
         "train_time": train_time,
+        "train_cpu": train_cpu,
+        "server_cpu": server_cpu,
         "wall_time": time.perf_counter() - t_start,
         "attempts": attempts,
         "reporter": final.get("reporter", {}),
@@ -245,6 +253,59 @@ def train(spec: TrainSpec) -> dict[str, Any]:
         result["val_accuracy"] = final["val_accuracy"]
     (out / "result.json").write_text(json.dumps(result, indent=2) + "\n")
     return result
+
+
+def _check_early(spec: TrainSpec) -> None:
+    from docl.client.models import METHODS
+
+    if spec.workers < 0:
+        raise TrainError("workers must be >= 0 (0 = in-process)")
+    if spec.method not in METHODS:
+        raise TrainError(f"unknown method {spec.method!r}; methods are: {', '.join(METHODS)}")
+    if spec.local and spec.method not in ("random", "random-subset"):
+        raise TrainError(
+            f"--local trains without the score server, so it can only draw uniformly "
+            f"(methods random, random-subset), not {spec.method!r}"
+        )
+    unknown = sorted(set(spec.params) - set(RunParams.model_fields))
+    if unknown:
+        raise TrainError(
+            f"unknown --param {', '.join(unknown)}; run parameters are: "
+            f"{', '.join(RunParams.model_fields)}"
+        )
+    try:
+        RunParams(**spec.params)
+    except ValidationError as e:
+        raise TrainError(f"invalid run config: {_pydantic_message(e)}") from e
+
+
+def _tree_cpu_seconds(pid: int | None) -> float | None:
+    """User + system CPU seconds of ``pid`` and its live descendants (Linux /proc),
+    e.g. the score server and its embedded redis-server; None where /proc is missing."""
+    if pid is None:
+        return None
+    try:
+        tick = os.sysconf("SC_CLK_TCK")
+        stats: dict[int, tuple[int, float]] = {}
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            # fields[1] is ppid; fields[11], fields[12] are utime, stime (in ticks).
+            stats[int(entry)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / tick)
+    except (OSError, ValueError):
+        return None
+    total, frontier = 0.0, [pid]
+    while frontier:
+        p = frontier.pop()
+        if p in stats:
+            total += stats[p][1]
+        frontier.extend(c for c, (ppid, _) in stats.items() if ppid == p)
+    return total
 
 
 def _start_server(spec: TrainSpec) -> tuple[Any, str]:
