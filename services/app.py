@@ -33,6 +33,8 @@ from docl.services.store import Store
 
 __all__ = ["GatewayMiddleware", "create_app"]
 
+_REPORTS_LABEL = "/v1/runs/{run_id}/reports"
+
 log = logging.getLogger("docl.services")
 
 _DESCRIPTION = """\
@@ -53,6 +55,7 @@ class GatewayMiddleware:
 
     def __init__(self, app: ASGIApp, settings: Settings) -> None:
         self.app = app
+        self.fast_reports = settings.fast_reports
         self.max_body = settings.max_body_bytes
         token = settings.api_token.get_secret_value() if settings.api_token else None
         self.expected = f"Bearer {token}".encode() if token else None
@@ -65,6 +68,7 @@ class GatewayMiddleware:
         path: str = scope["path"]
         method: str = scope["method"]
         status_holder = [500]
+        label: str | None = None
 
         async def send_wrapper(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -76,12 +80,23 @@ class GatewayMiddleware:
             if rejected is not None:
                 await rejected(scope, receive, send_wrapper)
                 return
+            if method == "POST" and self.fast_reports:
+                m = reports.FAST_PATH.match(path)
+                if m is not None:
+                    label = _REPORTS_LABEL
+                    engine = scope["app"].state.engine
+                    limited = self._limited(receive)
+                    await reports.report_asgi(engine, m.group(1), scope, limited, send_wrapper)
+                    return
             await self.app(scope, self._limited(receive), send_wrapper)
         finally:
-            route = scope.get("route")
-            label = (
-                getattr(route, "path_format", None) or getattr(route, "path", None) or "unmatched"
-            )
+            if label is None:
+                route = scope.get("route")
+                label = (
+                    getattr(route, "path_format", None)
+                    or getattr(route, "path", None)
+                    or "unmatched"
+                )
             metrics.HTTP_REQUESTS.labels(method, label, str(status_holder[0])).inc()
             metrics.HTTP_SECONDS.labels(method, label).observe(time.perf_counter() - t0)
 
@@ -154,7 +169,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             # Started from this (the main) thread on purpose: the child's parent-death
             # signal is tied to the thread that forked it, and executor threads come and go.
             embedded.start()
-            url = embedded.url
+            url = embedded.unix_url
             log.info("embedded redis-server at %s (data dir %s)", url, embedded.data_dir)
         store = Store.from_url(
             url,

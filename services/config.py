@@ -56,6 +56,11 @@ class Settings(BaseSettings):
     api_token: SecretStr | None = Field(
         None, description="When set, every /v1 route needs 'Authorization: Bearer <token>'."
     )
+    fast_reports: bool = Field(
+        True,
+        description="Serve POST /v1/runs/{run}/reports by a bare ASGI handler, bypassing FastAPI's "
+        "router (same behaviour, a fraction of the CPU).",
+    )
     max_body_bytes: int = Field(
         64 * MiB,
         ge=1024,
@@ -84,6 +89,12 @@ class Settings(BaseSettings):
         16 * GiB,
         ge=1,
         description="A run whose per-sample state would need more Redis memory is refused (422).",
+    )
+    record_cache_bytes: int = Field(
+        1 * GiB,
+        ge=0,
+        description="Per server process: keep copies of runs' per-sample records up to this many "
+        "bytes, so a report needs no read from Redis (0 = off). Always checked against Redis.",
     )
     max_page_bytes: int = Field(
         64 * MiB, ge=1024, description="Largest slice of per-sample records one /scores page reads."

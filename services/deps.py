@@ -2,6 +2,9 @@
 
     async def route(engine: EngineDep, settings: SettingsDep) -> ...
 
+Every dependency is ``async def`` on purpose: FastAPI runs a plain ``def``
+dependency in a worker thread, which costs more than the whole route.
+
 The token is enforced by :class:`docl.services.app.GatewayMiddleware` before a
 request body is read (so an unauthenticated client learns nothing, not even
 whether its body parses); :data:`bearer` only declares the scheme so that
@@ -30,18 +33,19 @@ __all__ = [
 ]
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
 
-def get_engine(request: Request) -> Engine:
+async def get_engine(request: Request) -> Engine:
     engine: Engine = request.app.state.engine
     return engine
 
 
-def get_store(request: Request) -> Store:
-    return get_engine(request).store
+async def get_store(request: Request) -> Store:
+    engine: Engine = request.app.state.engine
+    return engine.store
 
 
 _scheme = HTTPBearer(

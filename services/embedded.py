@@ -89,6 +89,9 @@ class RedisProcess:
             crash tests use), ``everysec`` (Redis' default trade-off) or ``no``.
         save_rdb: keep Redis' default RDB snapshots (off by default: AOF or nothing).
         die_with_parent: SIGTERM the child when this process dies (Linux only).
+        unixsocket: also listen on ``<data_dir>/redis.sock`` (:attr:`unix_url`): a Unix
+            socket skips the TCP stack and is what ``docl serve`` uses for its embedded
+            Redis. Skipped when the path would be too long for a socket address.
         extra_args: more ``--name value`` arguments for redis-server.
     """
 
@@ -104,6 +107,7 @@ class RedisProcess:
         die_with_parent: bool = True,
         extra_args: tuple[str, ...] = (),
         binary: str | None = None,
+        unixsocket: bool = True,
     ) -> None:
         self.host = host
         self._fixed_port = port is not None
@@ -120,6 +124,8 @@ class RedisProcess:
         self.extra_args = tuple(extra_args)
         self.binary = binary or redis_server_binary()
         self.proc: subprocess.Popen[bytes] | None = None
+        sock = self.data_dir.resolve() / "redis.sock"
+        self.socket_path: Path | None = sock if unixsocket and len(str(sock)) < 100 else None
 
     # -- addresses --------------------------------------------------------------
     @property
@@ -127,6 +133,13 @@ class RedisProcess:
         if not self.port:
             raise RedisStartError("redis-server has not been started yet (no port)")
         return f"redis://{self.host}:{self.port}/0"
+
+    @property
+    def unix_url(self) -> str:
+        """``unix://<data_dir>/redis.sock?db=0`` when the Unix socket is on, else :attr:`url`."""
+        if self.socket_path is None:
+            return self.url
+        return f"unix://{self.socket_path}?db=0"
 
     @property
     def pid(self) -> int | None:
@@ -154,6 +167,8 @@ class RedisProcess:
             # Lua scripts of the store are short; a stuck one should not be killed
             # silently, so keep the default busy-time reporting.
         ]  # fmt: skip
+        if self.socket_path is not None:
+            argv += ["--unixsocket", str(self.socket_path), "--unixsocketperm", "700"]
         if not self.save_rdb:
             argv += ["--save", ""]
         argv += list(self.extra_args)

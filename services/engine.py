@@ -147,6 +147,47 @@ def _duplicate_positions(idx: np.ndarray) -> tuple[int, int, int] | None:
     return int(s[j]), int(order[j]), int(order[j + 1])
 
 
+class RecordCache:
+    """This process's copy of a run's per-sample records, to skip the read of a report.
+
+    Only an optimisation: the scatter script compares every sample against Redis,
+    so a stale row (another server process wrote it, Redis lost a write in a crash)
+    costs one retry with the current rows, never a wrong score. Rows start unknown
+    and are filled by gathers and by our own successful writes. When several
+    processes write the same run (``--workers N``, replicas) the copies go stale
+    often; after ``MIN_REPORTS`` reports with more than ``MAX_CONFLICT_RATE`` of
+    them conflicting, the cache switches itself off for that run and every report
+    reads from Redis.
+    """
+
+    MIN_REPORTS = 64
+    MAX_CONFLICT_RATE = 0.05
+
+    def __init__(self, uid: str, layout: RunLayout) -> None:
+        self.uid = uid
+        n = layout.num_samples
+        self.rec = np.zeros(n, dtype=layout.rec_dtype)  # calloc: pages appear as touched
+        self.known = np.zeros(n, dtype=bool)
+        self.nbytes = n * layout.rec_size
+        self.last_epoch = -1
+        self.reports = 0
+        self.conflicts = 0
+        self.enabled = True
+
+    def put(self, idx: np.ndarray, rows: np.ndarray) -> None:
+        self.rec[idx] = rows
+        self.known[idx] = True
+
+    def note(self, *, conflict: bool) -> None:
+        self.reports += 1
+        self.conflicts += conflict
+        if (
+            self.reports >= self.MIN_REPORTS
+            and self.conflicts > self.MAX_CONFLICT_RATE * self.reports
+        ):
+            self.enabled = False
+
+
 class Engine:
     """The score server's behaviour, one method per route."""
 
@@ -154,6 +195,8 @@ class Engine:
         self.store = store
         self.settings = settings
         self._runs: dict[str, RunState] = {}
+        self._caches: dict[str, RecordCache] = {}
+        self._cache_bytes = 0
 
     # -- run state ---------------------------------------------------------------------------
     def _state_from_meta(self, run_id: str, meta: dict[str, str]) -> RunState:
@@ -296,6 +339,9 @@ class Engine:
         layout = RunLayout.from_json(run_id, meta["layout"])
         await self.store.delete_run(layout)
         self._runs.pop(run_id, None)
+        c = self._caches.pop(run_id, None)
+        if c is not None:
+            self._cache_bytes -= c.nbytes
 
     # -- plan -----------------------------------------------------------------------------------
     async def get_plan(self, run_id: str) -> Plan:
@@ -561,45 +607,91 @@ class Engine:
                 f"({st.num_epochs} epochs, 0..{st.num_epochs - 1})"
             )
 
+    def _cache_for(self, st: RunState) -> RecordCache | None:
+        """This process's copy of the run's records, if the run qualifies (see RecordCache)."""
+        c = self._caches.get(st.run_id)
+        if c is not None and c.uid == st.uid:
+            return c if c.enabled else None
+        if c is not None:  # a re-created run: forget the old incarnation
+            self._cache_bytes -= c.nbytes
+            del self._caches[st.run_id]
+        if st.layout.exp3:  # Exp3 reads the inclusion column, which every draw rewrites
+            return None
+        need = st.layout.num_samples * st.layout.rec_size
+        if self._cache_bytes + need > self.settings.record_cache_bytes:
+            return None
+        c = RecordCache(st.uid, st.layout)
+        self._caches[st.run_id] = c
+        self._cache_bytes += need
+        return c
+
     async def apply_report(self, run_id: str, rep: ReportArrays) -> ReportAck:
-        """Score one report: validate, gather, score (numpy), scatter (atomic, compare-and-set)."""
+        """Score one report: validate, read the samples' records, score (numpy), scatter
+        (one atomic script: dedup marker + compare-and-set of every sample + writes).
+
+        The records come from this process's :class:`RecordCache` when it has them,
+        else from Redis (``gather``). Either way the scatter compares each sample's
+        stored (lr_sum, visits) with the state the update was computed from and
+        writes nothing on a mismatch, returning the current records; the update is
+        then recomputed from those. So a stale copy costs a retry, never a wrong score.
+        """
         from docl.services import metrics
 
         st = await self.state(run_id)
         self.validate_report(st, rep)
         b = int(rep.indices.shape[0])
+        idx = rep.indices
+        cache = self._cache_for(st)
+        rec: np.ndarray | None = None
+        inclusion: np.ndarray | None = None
         for _attempt in range(MAX_REPORT_ATTEMPTS):
-            g = await self.store.gather(st.layout, st.uid, rep.report_id, rep.indices)
-            if g.status == -1:
-                st = await self.state(run_id, fresh=True)  # 404 if gone; else a new incarnation
-                self.validate_report(st, rep)
-                continue
-            if g.status == 0:
-                await self.store.count_duplicate(st.layout)
-                metrics.REPORTS.labels(result="duplicate").inc()
-                return ReportAck(accepted=b, scored=0, duplicate=True)
-            if rep.epoch > g.last_epoch:
-                raise Conflict(
-                    f"epoch {rep.epoch} of run {run_id!r} has not been drawn yet "
-                    f"(last drawn: {g.last_epoch if g.last_epoch >= 0 else 'none'})"
-                )
-            assert g.records is not None and g.raw_heads is not None
-            upd, write, new = self._score(st, rep, g.records, g.inclusion)
-            first = int((write & (g.records["visits"] == 0)).sum())
+            if rec is None:
+                missing = idx if cache is None else idx[~cache.known[idx]]
+                if missing.size or cache is None or rep.epoch > cache.last_epoch:
+                    g = await self.store.gather(st.layout, st.uid, rep.report_id, missing)
+                    if g.status == -1:
+                        st = await self.state(run_id, fresh=True)  # 404 if gone, else a new run
+                        self.validate_report(st, rep)
+                        cache = self._cache_for(st)
+                        continue
+                    if g.status == 0:
+                        await self.store.count_duplicate(st.layout)
+                        metrics.REPORTS.labels(result="duplicate").inc()
+                        return ReportAck(accepted=b, scored=0, duplicate=True)
+                    if rep.epoch > g.last_epoch:
+                        raise Conflict(
+                            f"epoch {rep.epoch} of run {run_id!r} has not been drawn yet "
+                            f"(last drawn: {g.last_epoch if g.last_epoch >= 0 else 'none'})"
+                        )
+                    assert g.records is not None
+                    if cache is None:
+                        rec, inclusion = g.records, g.inclusion
+                    else:
+                        cache.last_epoch = max(cache.last_epoch, g.last_epoch)
+                        cache.put(missing, g.records)
+                if rec is None:
+                    assert cache is not None
+                    rec = cache.rec[idx]
+            upd, write, new = self._score(st, rep, rec, inclusion)
+            first = int((write & (rec["visits"] == 0)).sum())
             scored = int(upd.scored.sum())
             res = await self.store.scatter(
                 st.layout,
                 st.uid,
                 rep.report_id,
                 now=time.time(),
-                indices=rep.indices[write],
-                expected_heads=g.raw_heads[write],
+                indices=idx,
+                expected=rec,
+                write=write,
                 records=new,
                 scores=upd.scores[write],
                 losses=upd.loss[write],
                 counters=(1, b, scored, int(upd.stale.sum()), first),
             )
             if res.status == 1:
+                if cache is not None:
+                    cache.put(idx[write], new)
+                    cache.note(conflict=False)
                 metrics.REPORTS.labels(result="applied").inc()
                 metrics.SAMPLES_REPORTED.inc(b)
                 metrics.SAMPLES_SCORED.inc(scored)
@@ -610,8 +702,19 @@ class Engine:
             if res.status == -1:
                 st = await self.state(run_id, fresh=True)
                 self.validate_report(st, rep)
+                cache = self._cache_for(st)
+                rec = None
                 continue
-            metrics.REPORT_CONFLICTS.inc()  # status 2: gather again and recompute
+            # status 2: some samples changed since we read them; the script sent their
+            # current records: recompute from those (inclusion stays: same draw).
+            metrics.REPORT_CONFLICTS.inc()
+            assert res.current is not None
+            pos = np.asarray(res.conflicts, dtype=np.int64)
+            rec = rec.copy()
+            rec[pos] = res.current
+            if cache is not None:
+                cache.put(idx[pos], res.current)
+                cache.note(conflict=True)
         raise ServiceUnavailable(
             f"report {rep.report_id!r}: its samples kept being changed by concurrent reports; retry"
         )

@@ -39,17 +39,22 @@ anything; see docs/architecture.md for why this and not MULTI/EXEC.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from importlib import resources
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
+from redis.exceptions import BusyLoadingError as RedisBusyLoadingError
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 __all__ = [
@@ -115,7 +120,7 @@ class RunLayout:
     def out_width(self) -> int:
         return 2 if self.output_dtype == "float16" else 4
 
-    @property
+    @cached_property
     def rec_size(self) -> int:
         raw = RECORD_HEAD + self.num_outputs * self.out_width
         return raw + (-raw) % 8
@@ -123,11 +128,11 @@ class RunLayout:
     def per_chunk(self, itemsize: int) -> int:
         return max(1, self.chunk_bytes // itemsize)
 
-    @property
+    @cached_property
     def rec_per_chunk(self) -> int:
         return self.per_chunk(self.rec_size)
 
-    @property
+    @cached_property
     def col_per_chunk(self) -> int:
         return self.per_chunk(4)
 
@@ -148,7 +153,7 @@ class RunLayout:
         return n * per_sample
 
     # -- numpy views ----------------------------------------------------------------------
-    @property
+    @cached_property
     def rec_dtype(self) -> np.dtype[Any]:
         out = "<f2" if self.output_dtype == "float16" else "<f4"
         return np.dtype(
@@ -181,25 +186,25 @@ class RunLayout:
     def epochs_key(self) -> str:
         return f"{self.prefix}:epochs"
 
-    @property
+    @cached_property
     def rec_keys(self) -> tuple[str, ...]:
         return _chunk_keys(self.prefix, "rec", self.num_samples, self.rec_per_chunk)
 
-    @property
+    @cached_property
     def score_keys(self) -> tuple[str, ...]:
         return _chunk_keys(self.prefix, "score", self.num_samples, self.col_per_chunk)
 
-    @property
+    @cached_property
     def loss_keys(self) -> tuple[str, ...]:
         if not self.loss_column:
             return ()
         return _chunk_keys(self.prefix, "loss", self.num_samples, self.col_per_chunk)
 
-    @property
+    @cached_property
     def drawn_keys(self) -> tuple[str, ...]:
         return _chunk_keys(self.prefix, "drawn", self.num_samples, self.drawn_per_chunk)
 
-    @property
+    @cached_property
     def incl_keys(self) -> tuple[str, ...]:
         if not self.exp3:
             return ()
@@ -278,16 +283,21 @@ class Gathered:
     status: int  # -1 gone/re-created, 0 duplicate, 1 ok
     last_epoch: int
     records: np.ndarray | None  # (B,) rec_dtype, a writable copy
-    raw_heads: np.ndarray | None  # (B, CAS_BYTES) uint8: the compare-and-set's expectation
     inclusion: np.ndarray | None  # (B,) float32 or None
 
 
 @dataclass(frozen=True)
 class Applied:
-    """Result of ``scatter``: -1 gone, 0 duplicate, 1 applied, 2 conflict (positions listed)."""
+    """Result of ``scatter``: -1 gone, 0 duplicate, 1 applied, 2 conflict.
+
+    On a conflict, ``conflicts`` are the 0-based positions in the report whose
+    stored state differs from what the caller computed from, and ``current``
+    their records as stored now (nothing was written).
+    """
 
     status: int
     conflicts: tuple[int, ...] = ()
+    current: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -307,16 +317,160 @@ def _f64_indices(indices: np.ndarray) -> bytes:
     return np.ascontiguousarray(indices, dtype="<f8").tobytes()
 
 
+class _RespClient:
+    """A minimal async RESP2 client for the two hot scripts (gather, scatter).
+
+    Commands are packed by hand (big arguments are written without copying) and
+    replies parsed by ``hiredis.Reader``: redis-py's generic command path costs
+    more per call than the whole read-modify-write of a small report. Every
+    other command goes through redis-py. Errors map to redis-py's exception
+    classes, so callers see one error vocabulary. A connection error is retried
+    once on a fresh connection: both scripts are safe to run twice.
+    """
+
+    def __init__(self, url: str, *, timeout_s: float, max_idle: int = 64) -> None:
+        from urllib.parse import parse_qs, unquote, urlsplit
+
+        u = urlsplit(url)
+        if u.scheme not in ("redis", "unix"):
+            raise ValueError(f"fast path supports redis:// and unix:// URLs, not {u.scheme}://")
+        self.path = unquote(u.path) if u.scheme == "unix" else None
+        self.host = u.hostname or "127.0.0.1"
+        self.port = u.port or 6379
+        self.password = unquote(u.password) if u.password else None
+        self.username = unquote(u.username) if u.username else None
+        db = parse_qs(u.query).get("db", [None])[0]
+        if db is None and u.scheme == "redis" and u.path.strip("/"):
+            db = u.path.strip("/")
+        self.db = int(db) if db else 0
+        self.timeout_s = timeout_s
+        self.max_idle = max_idle
+        self._idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter, Any]] = []
+
+    @staticmethod
+    def pack(args: Sequence[bytes | str | int | float]) -> list[bytes]:
+        parts: list[bytes] = [b"*%d\r\n" % len(args)]
+        for a in args:
+            if isinstance(a, bytes):
+                b = a
+            elif isinstance(a, str):
+                b = a.encode()
+            else:
+                b = repr(a).encode()
+            if len(b) > 4096:
+                parts.append(b"$%d\r\n" % len(b))
+                parts.append(b)
+                parts.append(b"\r\n")
+            else:
+                parts.append(b"$%d\r\n%b\r\n" % (len(b), b))
+        return parts
+
+    async def _open(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, Any]:
+        import hiredis
+
+        if self.path is not None:
+            reader, writer = await asyncio.open_unix_connection(self.path, limit=1 << 22)
+        else:
+            reader, writer = await asyncio.open_connection(self.host, self.port, limit=1 << 22)
+        conn = (reader, writer, hiredis.Reader())
+        setup: list[list[bytes | str | int | float]] = []
+        if self.password:
+            setup.append(
+                ["AUTH", self.username, self.password] if self.username else ["AUTH", self.password]
+            )
+        if self.db:
+            setup.append(["SELECT", self.db])
+        for cmd in setup:
+            reply = await self._roundtrip(conn, self.pack(cmd))
+            if isinstance(reply, Exception):
+                writer.close()
+                raise RedisConnectionError(f"Redis refused {cmd[0]!r}: {reply}")
+        return conn
+
+    @staticmethod
+    async def _roundtrip(
+        conn: tuple[asyncio.StreamReader, asyncio.StreamWriter, Any], parts: list[bytes]
+    ) -> Any:
+        reader, writer, parser = conn
+        writer.writelines(parts)
+        await writer.drain()
+        while True:
+            reply = parser.gets()
+            if reply is not False:
+                return reply
+            data = await reader.read(1 << 20)
+            if not data:
+                raise ConnectionResetError("Redis closed the connection")
+            parser.feed(data)
+
+    async def call(self, args: Sequence[bytes | str | int | float]) -> Any:
+        """Send one command, return its reply (an error reply raises ResponseError)."""
+        import hiredis
+
+        parts = self.pack(args)
+        for attempt in (0, 1):
+            conn = self._idle.pop() if self._idle else None
+            try:
+                if conn is None:
+                    conn = await asyncio.wait_for(self._open(), self.timeout_s)
+                async with asyncio.timeout(self.timeout_s):
+                    reply = await self._roundtrip(conn, parts)
+            except (OSError, asyncio.IncompleteReadError, ConnectionError) as e:
+                if conn is not None:
+                    conn[1].close()
+                if attempt == 0:
+                    continue
+                raise RedisConnectionError(f"Redis connection failed: {e}") from e
+            except TimeoutError as e:
+                if conn is not None:
+                    conn[1].close()
+                raise RedisTimeoutError(f"Redis did not answer within {self.timeout_s} s") from e
+            except BaseException:
+                if conn is not None:  # cancelled mid-reply: the connection is out of sync
+                    conn[1].close()
+                raise
+            if len(self._idle) < self.max_idle:
+                self._idle.append(conn)
+            else:
+                conn[1].close()
+            if isinstance(reply, hiredis.ReplyError):
+                text = str(reply)
+                if text.startswith(("LOADING", "BUSY", "MASTERDOWN")):
+                    raise RedisBusyLoadingError(text)
+                if text.startswith("NOSCRIPT"):
+                    raise NoScriptError(text)
+                raise ResponseError(text)
+            return reply
+        raise AssertionError("unreachable")
+
+    async def close(self) -> None:
+        while self._idle:
+            self._idle.pop()[1].close()
+
+
 class Store:
     """Async access to the state of every run. Stateless itself: safe to share per process."""
 
-    def __init__(self, redis: aioredis.Redis, *, dedup_ttl_s: float = 7 * 86400.0) -> None:
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        *,
+        dedup_ttl_s: float = 7 * 86400.0,
+        fast_url: str | None = None,
+        timeout_s: float = 30.0,
+    ) -> None:
         self.redis = redis
         self.dedup_ttl_s = dedup_ttl_s
         self._create = redis.register_script(_script("create"))
         self._gather = redis.register_script(_script("gather"))
         self._scatter = redis.register_script(_script("scatter"))
         self._commit = redis.register_script(_script("commit_epoch"))
+        self._fast: _RespClient | None = None
+        if fast_url is not None:
+            try:
+                self._fast = _RespClient(fast_url, timeout_s=timeout_s)
+            except ValueError:  # e.g. rediss://: the hot path uses redis-py too
+                self._fast = None
 
     @classmethod
     def from_url(
@@ -338,7 +492,7 @@ class Store:
             retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=3),
             retry_on_error=[RedisConnectionError, RedisTimeoutError],
         )
-        return cls(client, dedup_ttl_s=dedup_ttl_s)
+        return cls(client, dedup_ttl_s=dedup_ttl_s, fast_url=url, timeout_s=timeout_s)
 
     async def load_scripts(self) -> None:
         """Load every Lua script (EVALSHA later; redis-py reloads after a Redis restart)."""
@@ -349,7 +503,20 @@ class Store:
         return bool(await self.redis.ping())
 
     async def close(self) -> None:
+        if self._fast is not None:
+            await self._fast.close()
         await self.redis.aclose()
+
+    async def _run(self, script: Any, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        """EVALSHA a hot script through the fast client (redis-py's Script otherwise)."""
+        if self._fast is None:
+            return await script(keys=list(keys), args=list(args))
+        cmd = ["EVALSHA", script.sha, len(keys), *keys, *args]
+        try:
+            return await self._fast.call(cmd)
+        except NoScriptError:  # Redis restarted (or SCRIPT FLUSH): load it again, once
+            await self._fast.call(["SCRIPT", "LOAD", script.script])
+            return await self._fast.call(cmd)
 
     # -- runs -----------------------------------------------------------------------------
     async def create_run(
@@ -581,15 +748,32 @@ class Store:
             parts.append(got)
         return np.concatenate(parts) if parts else np.empty(0, dtype=dtype)
 
+    async def write_column(self, layout: RunLayout, name: str, values: np.ndarray) -> None:
+        """Overwrite a whole float32 column ('score' or 'loss'). For tools and the benchmark
+        (e.g. to time a draw over realistic scores without reporting n samples first);
+        records are not touched, so the column and the records disagree afterwards."""
+        keys = {"score": layout.score_keys, "loss": layout.loss_keys}.get(name)
+        if not keys:
+            raise KeyError(f"no float32 column {name!r} in this run")
+        data = np.ascontiguousarray(values, dtype="<f4")
+        if data.shape != (layout.num_samples,):
+            raise ValueError(f"{name} must have shape ({layout.num_samples},), got {data.shape}")
+        parts = _chunks_of(data.tobytes(), 4, layout.col_per_chunk)
+        pipe = self.redis.pipeline(transaction=True)
+        for key, part in zip(keys, parts, strict=True):
+            pipe.set(key, part)
+        await pipe.execute()
+
     # -- reports --------------------------------------------------------------------------
     async def gather(
         self, layout: RunLayout, uid: str, report_id: str, indices: np.ndarray
     ) -> Gathered:
-        """Read the records (and Exp3 inclusion) of a report's samples; see lua/gather.lua."""
+        """Read the records (and Exp3 inclusion) of these samples; see lua/gather.lua."""
         incl_keys = layout.incl_keys
-        res = await self._gather(
-            keys=[layout.meta_key, layout.reports_key, *layout.rec_keys, *incl_keys],
-            args=[
+        res = await self._run(
+            self._gather,
+            [layout.meta_key, layout.reports_key, *layout.rec_keys, *incl_keys],
+            [
                 uid,
                 report_id,
                 _f64_indices(indices),
@@ -603,12 +787,14 @@ class Store:
         status = int(res[0])
         if status != 1:
             last = int(res[1]) if len(res) > 1 else -1
-            return Gathered(status, last, None, None, None)
-        buf = cast(bytes, res[2])
-        raw = np.frombuffer(buf, dtype=np.uint8).reshape(-1, layout.rec_size)
-        records = np.frombuffer(bytearray(buf), dtype=layout.rec_dtype)
+            return Gathered(status, last, None, None)
+        records = np.frombuffer(bytearray(res[2]), dtype=layout.rec_dtype)
         incl = np.frombuffer(res[3], dtype="<f4") if incl_keys else None
-        return Gathered(status, int(res[1]), records, raw[:, :CAS_BYTES], incl)
+        return Gathered(status, int(res[1]), records, incl)
+
+    async def last_epoch(self, layout: RunLayout) -> int:
+        raw = await self.redis.hget(layout.meta_key, "last_epoch")
+        return int(raw) if raw is not None else -1
 
     async def scatter(
         self,
@@ -618,16 +804,28 @@ class Store:
         *,
         now: float,
         indices: np.ndarray,
-        expected_heads: np.ndarray,
+        expected: np.ndarray,
+        write: np.ndarray,
         records: np.ndarray,
         scores: np.ndarray,
         losses: np.ndarray,
         counters: tuple[int, int, int, int, int],
     ) -> Applied:
-        """Apply a report's writes atomically; see lua/scatter.lua for the contract."""
+        """Apply a report's writes atomically; see lua/scatter.lua for the contract.
+
+        ``expected`` are the (B,) records the new state was computed from (their
+        lr-sum and visits are compared), ``write`` the (B,) mask of samples to write,
+        ``records``/``scores``/``losses`` the new values of those samples, in order.
+        """
         loss_keys = layout.loss_keys
-        res = await self._scatter(
-            keys=[
+        heads = (
+            np.ascontiguousarray(expected)
+            .view(np.uint8)
+            .reshape(-1, layout.rec_size)[:, :CAS_BYTES]
+        )
+        res = await self._run(
+            self._scatter,
+            [
                 layout.meta_key,
                 layout.reports_key,
                 layout.counters_key,
@@ -635,7 +833,7 @@ class Store:
                 *layout.score_keys,
                 *loss_keys,
             ],
-            args=[
+            [
                 uid,
                 report_id,
                 repr(now),
@@ -647,8 +845,9 @@ class Store:
                 len(layout.rec_keys),
                 len(layout.score_keys),
                 len(loss_keys),
-                np.ascontiguousarray(expected_heads, dtype=np.uint8).tobytes(),
+                np.ascontiguousarray(heads).tobytes(),
                 CAS_BYTES,
+                np.where(write, np.uint8(49), np.uint8(48)).astype(np.uint8).tobytes(),
                 records.tobytes(),
                 np.ascontiguousarray(scores, dtype="<f4").tobytes(),
                 np.ascontiguousarray(losses, dtype="<f4").tobytes(),
@@ -656,5 +855,6 @@ class Store:
             ],
         )
         if isinstance(res, list):
-            return Applied(2, tuple(int(j) - 1 for j in res[1:]))
+            current = np.frombuffer(bytearray(res[1]), dtype=layout.rec_dtype)
+            return Applied(2, tuple(int(j) - 1 for j in res[2:]), current)
         return Applied(int(res))

@@ -1,5 +1,82 @@
-"""`docl bench`: placeholder until its owner fills it in."""
+"""`docl bench`: benchmark commands.
+
+A typer sub-app: other modules add their own commands to it with
+
+    from docl.client.cli.bench import bench_app
+
+    @bench_app.command("overhead")
+    def overhead(...): ...
+"""
 
 from __future__ import annotations
 
-from docl.client.cli import app as _app  # noqa: F401
+from typing import Annotated
+
+import typer
+
+from docl.client.cli import app as _app
+from docl.client.cli._common import need_extra
+
+bench_app = typer.Typer(
+    name="bench",
+    help="Benchmarks that print each figure beside the limit measured in the same run.",
+    no_args_is_help=True,
+)
+_app.add_typer(bench_app, name="bench")
+
+
+@bench_app.command("service")
+def service(
+    redis_url: Annotated[
+        str | None,
+        typer.Option(
+            "--redis-url",
+            help="Also benchmark against this Redis (the embedded one is always measured).",
+        ),
+    ] = None,
+    n: Annotated[
+        int, typer.Option("--n", min=1000, help="Samples per run of the report benchmark.")
+    ] = 1_000_000,
+    quick: Annotated[
+        bool,
+        typer.Option(
+            "--quick",
+            help="Small and short (n = 20k, B = 256, c = 10, draw at 100k): a smoke test.",
+        ),
+    ] = False,
+    clients: Annotated[
+        int, typer.Option(min=1, help="Concurrent connections of the load generator.")
+    ] = 8,
+    batch: Annotated[
+        list[int] | None,
+        typer.Option("--batch", "-b", help="Report sizes B (repeatable) [default 256, 1024]."),
+    ] = None,
+    width: Annotated[
+        list[int] | None,
+        typer.Option("--width", "-c", help="Output widths c (repeatable) [default 10, 100, 1000]."),
+    ] = None,
+    draw_n: Annotated[
+        list[int] | None,
+        typer.Option("--draw-n", help="Draw benchmark sizes (repeatable) [default 1M, 10M]."),
+    ] = None,
+    json_out: Annotated[
+        str | None, typer.Option("--json", help="Also write the figures to this JSON file.")
+    ] = None,
+) -> None:
+    """Measure the score server: scored samples/s and p50/p99 report latency over HTTP
+    (binary reports, one uvicorn worker) beside the same read-modify-write in-process,
+    and epoch-draw time beside numpy's Gumbel-top-k alone; ratios printed."""
+    need_extra("fastapi", "server")
+    from docl.services.bench import run_service_bench
+
+    run_service_bench(
+        redis_url=redis_url,
+        num_samples=n,
+        quick=quick,
+        batches=tuple(batch) if batch else (256, 1024),
+        widths=tuple(width) if width else (10, 100, 1000),
+        clients=clients,
+        draw_sizes=tuple(draw_n) if draw_n else (1_000_000, 10_000_000),
+        json_path=json_out,
+        echo=typer.echo,
+    )

@@ -114,7 +114,7 @@ def serve(
                 appendonly=settings.data_dir is not None,
                 appendfsync=settings.embedded_appendfsync,
             ).start()
-            env["DOCL_REDIS_URL"] = embedded.url
+            env["DOCL_REDIS_URL"] = embedded.unix_url
             typer.echo(
                 f"embedded redis-server at {embedded.url} (data dir {embedded.data_dir})", err=True
             )

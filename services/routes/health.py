@@ -16,7 +16,7 @@ router = APIRouter(tags=["health"])
 @router.get("/healthz", summary="Liveness: the process answers")
 async def healthz() -> dict[str, Any]:
     """Always 200 while the process serves HTTP; it does not touch Redis."""
-    return {"status": "ok", "version": _version()}
+    return {"status": "ok", "version": _VERSION}
 
 
 def _version() -> str:
@@ -26,6 +26,9 @@ def _version() -> str:
         return version("docl")
     except PackageNotFoundError:  # running from a source tree without an install
         return "unknown"
+
+
+_VERSION = _version()  # read once: importlib.metadata parses files on every call
 
 
 @router.get(

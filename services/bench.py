@@ -1,0 +1,477 @@
+"""The service benchmark behind ``docl bench service``.
+
+What it measures, each figure beside its limit measured in the same run:
+
+* **reports** — scored samples per second and p50/p99 latency of binary
+  reports (B = 256 and 1024; c = 10, 100, 1000) sent over HTTP by a separate
+  load-generator process to one uvicorn worker, against **the limit**: the same
+  read-modify-write (gather → ``score_report`` → atomic scatter) run in-process
+  through the same engine and Redis, without HTTP. Ratio = service / limit.
+* **draws** — the time of ``POST /v1/runs/{run}/epochs`` for a selection epoch
+  over n = 1M and 10M scored samples, against **the limit**: numpy's
+  standardize + Gumbel-top-k alone on the same scores. Ratio = limit / service.
+
+Every measured report scores every one of its samples: a warm-up pass visits
+the samples first (a first visit has no dynamics yet), then the in-process pass
+and the HTTP pass each visit the same samples again with a larger lr_sum.
+
+The load generator is a separate process speaking HTTP/1.1 over raw asyncio
+streams with pre-encoded requests (encoding a report is the client's cost, not
+the server's), ``clients`` keep-alive connections, each sending its next report
+when the previous one is answered (closed loop). On a 2-core machine the load
+generator, uvicorn and redis-server share the cores: the figures are a floor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import multiprocessing as mp
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from docl.client import wire
+from docl.client.wire import ReportArrays
+
+__all__ = ["DrawResult", "ReportResult", "run_service_bench"]
+
+Echo = Callable[[str], None]
+
+
+@dataclass
+class ReportResult:
+    target: str
+    batch: int
+    width: int
+    num_samples: int
+    clients: int
+    reports: int
+    service_rate: float  # scored samples / s over HTTP
+    p50_ms: float
+    p99_ms: float
+    limit_rate: float  # scored samples / s in-process, no HTTP
+    limit_p50_ms: float
+    limit_p99_ms: float
+    errors: int
+
+    @property
+    def ratio(self) -> float:
+        return self.service_rate / self.limit_rate if self.limit_rate else float("nan")
+
+
+@dataclass
+class DrawResult:
+    target: str
+    num_samples: int
+    k: int
+    service_s: float  # POST /epochs end to end (median of repeats)
+    limit_s: float  # numpy standardize + gumbel_topk alone (median)
+    breakdown: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def ratio(self) -> float:
+        return self.limit_s / self.service_s if self.service_s else float("nan")
+
+
+# -- the load generator (a separate process) ---------------------------------------------------
+def _bodies(
+    run_id: str, indices: np.ndarray, batch: int, width: int, lr_sum: float, prefix: str, seed: int
+) -> list[bytes]:
+    rng = np.random.default_rng(seed)
+    out = []
+    for j in range(0, indices.shape[0], batch):
+        idx = indices[j : j + batch]
+        outputs = rng.normal(size=(idx.shape[0], width)).astype(np.float32)
+        out.append(
+            wire.encode_report(
+                report_id=f"{prefix}-{j // batch}",
+                epoch=0,
+                lr_sum=lr_sum,
+                indices=idx,
+                outputs=outputs,
+                targets=idx % width,
+            )
+        )
+    return out
+
+
+async def _drive(
+    host: str, port: int, requests: Sequence[bytes], clients: int
+) -> tuple[float, list[float], int]:
+    """Send every request over `clients` keep-alive connections; (seconds, latencies, errors)."""
+    queue: asyncio.Queue[bytes] = asyncio.Queue()
+    for r in requests:
+        queue.put_nowait(r)
+    latencies: list[float] = []
+    errors = 0
+
+    async def worker() -> None:
+        nonlocal errors
+        reader, writer = await asyncio.open_connection(host, port)
+        try:
+            while True:
+                try:
+                    req = queue.get_nowait()
+                except asyncio.QueueEmpty:
+                    return
+                t0 = time.perf_counter()
+                writer.write(req)
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = 0
+                for line in head.split(b"\r\n"):
+                    if line[:15].lower() == b"content-length:":
+                        length = int(line[15:])
+                body = await reader.readexactly(length)
+                latencies.append(time.perf_counter() - t0)
+                if not head.startswith(b"HTTP/1.1 200") or b'"duplicate":false' not in body:
+                    errors += 1
+        finally:
+            writer.close()
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(clients)))
+    return time.perf_counter() - t0, latencies, errors
+
+
+def _loadgen(
+    host: str, port: int, path: str, spec: dict[str, Any], clients: int, conn: Any
+) -> None:  # pragma: no cover - runs in a child process
+    bodies = _bodies(**spec)
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\n"
+        f"Content-Type: {wire.REPORT_CONTENT_TYPE}\r\nContent-Length: "
+    ).encode()
+    requests = [head + str(len(b)).encode() + b"\r\n\r\n" + b for b in bodies]
+    conn.send("ready")
+    conn.recv()  # start signal: generation is not timed
+    seconds, lat, errors = asyncio.run(_drive(host, port, requests, clients))
+    conn.send((seconds, lat, errors))
+    conn.close()
+
+
+def _http_pass(
+    url: str, run_id: str, spec: dict[str, Any], clients: int
+) -> tuple[float, np.ndarray, int]:
+    from urllib.parse import urlsplit
+
+    u = urlsplit(url)
+    ctx = mp.get_context("spawn")
+    parent, child = ctx.Pipe()
+    proc = ctx.Process(
+        target=_loadgen,
+        args=(u.hostname, u.port, f"/v1/runs/{run_id}/reports", spec, clients, child),
+        daemon=True,
+    )
+    proc.start()
+    try:
+        if not parent.poll(300) or parent.recv() != "ready":
+            raise RuntimeError("load generator did not start")
+        parent.send("go")
+        if not parent.poll(600):
+            raise RuntimeError("load generator did not finish within 600 s")
+        seconds, lat, errors = parent.recv()
+    finally:
+        proc.join(timeout=30)
+        if proc.is_alive():
+            proc.kill()
+    return float(seconds), np.asarray(lat), int(errors)
+
+
+# -- the in-process limit ------------------------------------------------------------------------
+async def _inprocess_pass(
+    engine: Any, run_id: str, reports: list[ReportArrays], clients: int
+) -> tuple[float, np.ndarray, int]:
+    it = iter(reports)
+    latencies: list[float] = []
+    errors = 0
+
+    async def worker() -> None:
+        nonlocal errors
+        for rep in it:
+            t0 = time.perf_counter()
+            ack = await engine.apply_report(run_id, rep)
+            latencies.append(time.perf_counter() - t0)
+            if ack.duplicate:
+                errors += 1
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(clients)))
+    return time.perf_counter() - t0, np.asarray(latencies), errors
+
+
+def _arrays(bodies: list[bytes]) -> list[ReportArrays]:
+    return [wire.decode_report(b) for b in bodies]
+
+
+# -- orchestration -------------------------------------------------------------------------------
+async def _bench_target(
+    target: str,
+    redis_url: str,
+    server_url: str,
+    *,
+    num_samples: int,
+    batches: Sequence[int],
+    widths: Sequence[int],
+    samples_per_pass: dict[int, int],
+    clients: int,
+    draw_sizes: Sequence[int],
+    draw_repeats: int,
+    echo: Echo,
+) -> tuple[list[ReportResult], list[DrawResult]]:
+    import httpx
+
+    from docl.services.config import Settings
+    from docl.services.engine import Engine
+    from docl.services.store import Store
+
+    store = Store.from_url(redis_url, timeout_s=120)
+    await store.load_scripts()
+    engine = Engine(store, Settings(redis_url=redis_url))
+    reports: list[ReportResult] = []
+    draws: list[DrawResult] = []
+    stamp = f"{int(time.time())}-{np.random.default_rng().integers(1 << 30):x}"
+    async with httpx.AsyncClient(base_url=server_url, timeout=600) as http:
+        for width in widths:
+            for batch in batches:
+                n = num_samples if width <= 100 else min(num_samples, 200_000)
+                m = min(n, samples_per_pass[width])
+                m -= m % batch
+                run_id = f"bench-{stamp}-b{batch}-c{width}"
+                r = await http.post(
+                    "/v1/runs",
+                    json={
+                        "run_id": run_id,
+                        "num_samples": n,
+                        "num_outputs": width,
+                        "epochs": 1,
+                        "params": {"warmup_epochs": 1, "batch_size": batch},
+                    },
+                )
+                r.raise_for_status()
+                (await http.post(f"/v1/runs/{run_id}/epochs", json={"epoch": 0})).raise_for_status()
+                idx = np.random.default_rng(1).permutation(n)[:m].astype(np.int64)
+                spec: dict[str, Any] = {
+                    "run_id": run_id,
+                    "indices": idx,
+                    "batch": batch,
+                    "width": width,
+                }
+                warm = _arrays(_bodies(**spec, lr_sum=0.0, prefix="warm", seed=1))
+                await _inprocess_pass(engine, run_id, warm, clients)
+                del warm
+                lim = _arrays(_bodies(**spec, lr_sum=1.0, prefix="limit", seed=2))
+                lim_s, lim_lat, lim_err = await _inprocess_pass(engine, run_id, lim, clients)
+                del lim
+                http_s, lat, err = await asyncio.to_thread(
+                    _http_pass,
+                    server_url,
+                    run_id,
+                    {**spec, "lr_sum": 2.0, "prefix": "http", "seed": 3},
+                    clients,
+                )
+                run = (await http.get(f"/v1/runs/{run_id}")).json()
+                scored = run["counters"]["samples_scored"]
+                if scored != 2 * m:
+                    err += 1
+                    echo(f"  ! expected {2 * m} scored samples, the server counted {scored}")
+                res = ReportResult(
+                    target=target,
+                    batch=batch,
+                    width=width,
+                    num_samples=n,
+                    clients=clients,
+                    reports=m // batch,
+                    service_rate=m / http_s,
+                    p50_ms=1e3 * float(np.percentile(lat, 50)),
+                    p99_ms=1e3 * float(np.percentile(lat, 99)),
+                    limit_rate=m / lim_s,
+                    limit_p50_ms=1e3 * float(np.percentile(lim_lat, 50)),
+                    limit_p99_ms=1e3 * float(np.percentile(lim_lat, 99)),
+                    errors=err + lim_err,
+                )
+                reports.append(res)
+                echo(_report_row(res))
+                (await http.delete(f"/v1/runs/{run_id}")).raise_for_status()
+        for n in draw_sizes:
+            draws.append(
+                await _bench_draw(target, engine, http, f"bench-{stamp}-draw{n}", n, draw_repeats)
+            )
+            echo(_draw_row(draws[-1]))
+    await store.close()
+    return reports, draws
+
+
+async def _bench_draw(
+    target: str, engine: Any, http: Any, run_id: str, n: int, repeats: int
+) -> DrawResult:
+    from docl.services import sampling
+
+    # One selection epoch first (warmup_epochs = 0); each repeat is a fresh run so
+    # every POST really draws (a second POST of the same epoch only re-reads it).
+    scores = np.random.default_rng(5).normal(size=n).astype(np.float32)
+    service: list[float] = []
+    k = 0
+    tau = 0.1
+    for rep in range(repeats):
+        rid = f"{run_id}-{rep}"
+        r = await http.post(
+            "/v1/runs",
+            json={
+                "run_id": rid,
+                "num_samples": n,
+                "num_outputs": 1,
+                "epochs": 1,
+                "params": {"warmup_epochs": 0, "batch_size": 1024, "tau": tau},
+            },
+        )
+        r.raise_for_status()
+        st = await engine.state(rid)
+        await engine.store.write_column(st.layout, "score", scores)
+        t0 = time.perf_counter()
+        r = await http.post(f"/v1/runs/{rid}/epochs", json={"epoch": 0})
+        service.append(time.perf_counter() - t0)
+        r.raise_for_status()
+        k = int(r.json()["size"])
+        (await http.delete(f"/v1/runs/{rid}")).raise_for_status()
+    limit: list[float] = []
+    for rep in range(repeats):
+        rng = np.random.default_rng(rep)
+        t0 = time.perf_counter()
+        logits = sampling.standardize(scores, "std") / np.float32(tau)
+        sampling.gumbel_topk(logits, k, rng)
+        limit.append(time.perf_counter() - t0)
+    return DrawResult(
+        target=target,
+        num_samples=n,
+        k=k,
+        service_s=float(np.median(service)),
+        limit_s=float(np.median(limit)),
+    )
+
+
+_REPORT_HEAD = (
+    f"{'redis':<9} {'B':>5} {'c':>5} {'n':>9} {'samples/s':>10} {'p50 ms':>7} {'p99 ms':>7}"
+    f" {'limit/s':>10} {'lim p50':>7} {'lim p99':>7} {'ratio':>6} {'err':>4}"
+)
+_DRAW_HEAD = f"{'redis':<9} {'n':>10} {'k':>10} {'draw s':>8} {'numpy s':>8} {'ratio':>6}"
+
+
+def _report_row(r: ReportResult) -> str:
+    return (
+        f"{r.target:<9} {r.batch:>5} {r.width:>5} {r.num_samples:>9} {r.service_rate:>10,.0f}"
+        f" {r.p50_ms:>7.2f} {r.p99_ms:>7.2f} {r.limit_rate:>10,.0f} {r.limit_p50_ms:>7.2f}"
+        f" {r.limit_p99_ms:>7.2f} {r.ratio:>6.2f} {r.errors:>4}"
+    )
+
+
+def _draw_row(d: DrawResult) -> str:
+    return (
+        f"{d.target:<9} {d.num_samples:>10,} {d.k:>10,} {d.service_s:>8.3f} {d.limit_s:>8.3f}"
+        f" {d.ratio:>6.2f}"
+    )
+
+
+def run_service_bench(
+    *,
+    redis_url: str | None = None,
+    num_samples: int = 1_000_000,
+    quick: bool = False,
+    batches: Sequence[int] = (256, 1024),
+    widths: Sequence[int] = (10, 100, 1000),
+    clients: int = 8,
+    draw_sizes: Sequence[int] = (1_000_000, 10_000_000),
+    json_path: str | None = None,
+    echo: Echo = print,
+) -> dict[str, Any]:
+    """Run the whole benchmark (see the module docstring) and print its tables."""
+    import os
+
+    from docl.services.embedded import RedisProcess, ServerProcess
+
+    if quick:
+        num_samples = min(num_samples, 20_000)
+        batches, widths = (256,), (10,)
+        draw_sizes = (100_000,)
+        per_pass = {10: 4096, 100: 4096, 1000: 2048}
+        repeats = 1
+    else:
+        per_pass = {10: 307_200, 100: 122_880, 1000: 20_480}
+        repeats = 3
+    targets: list[tuple[str, str | None]] = [("embedded", None)]
+    if redis_url:
+        targets.append(("given", redis_url))
+    echo(
+        f"docl bench service: n = {num_samples:,}, clients = {clients}, one uvicorn worker, "
+        f"{os.cpu_count()} CPUs shared by load generator, server and Redis"
+    )
+    all_reports: list[ReportResult] = []
+    all_draws: list[DrawResult] = []
+    for name, url in targets:
+        redis = RedisProcess() if url is None else None
+        try:
+            if redis is not None:
+                redis.start()
+                url = redis.url
+            assert url is not None
+            with ServerProcess(redis_url=url) as server:
+                echo(f"\n[{name}] redis {url}, server {server.url} (pid {server.pid})")
+                echo(
+                    "reports: scored samples/s over HTTP vs the same read-modify-write in-process (limit)"
+                )
+                echo(_REPORT_HEAD)
+                reps, drs = asyncio.run(
+                    _bench_target(
+                        name,
+                        url,
+                        server.url,
+                        num_samples=num_samples,
+                        batches=batches,
+                        widths=widths,
+                        samples_per_pass=per_pass,
+                        clients=clients,
+                        draw_sizes=(),
+                        draw_repeats=repeats,
+                        echo=echo,
+                    )
+                )
+                echo(
+                    "draws: POST /epochs of a selection epoch vs numpy standardize + Gumbel-top-k (limit)"
+                )
+                echo(_DRAW_HEAD)
+                _, drs = asyncio.run(
+                    _bench_target(
+                        name,
+                        url,
+                        server.url,
+                        num_samples=num_samples,
+                        batches=(),
+                        widths=(),
+                        samples_per_pass=per_pass,
+                        clients=clients,
+                        draw_sizes=draw_sizes,
+                        draw_repeats=repeats,
+                        echo=echo,
+                    )
+                )
+                all_reports += reps
+                all_draws += drs
+        finally:
+            if redis is not None:
+                redis.stop()
+    result = {
+        "cpus": os.cpu_count(),
+        "quick": quick,
+        "reports": [{**asdict(r), "ratio": r.ratio} for r in all_reports],
+        "draws": [{**asdict(d), "ratio": d.ratio} for d in all_draws],
+    }
+    if json_path:
+        with open(json_path, "w") as f:
+            json.dump(result, f, indent=2)
+    bad = sum(r.errors for r in all_reports)
+    if bad:
+        echo(f"\n{bad} report(s) failed or were miscounted: see above")
+    return result
