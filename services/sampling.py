@@ -21,6 +21,10 @@ import numpy as np
 
 SizeSchedule = Literal["full", "shrink", "grow"]
 
+#: standardize treats a spread at or below this (the smallest normal float32)
+#: as none: dividing by a subnormal std would overflow float32.
+_STD_FLOOR = float(np.finfo(np.float32).tiny)
+
 #: gumbel_topk keys are float32 (fast) when the finite logits span at most this.
 FLOAT32_KEY_SPAN = 1e4
 
@@ -49,7 +53,8 @@ def standardize(scores: np.ndarray, normalize: str) -> np.ndarray:
     unscored samples (NaN) get the largest current value (optimism). All-NaN -> zeros.
 
     'std': (s - mean) / std over the scored samples, mean and std accumulated in
-    float64; a constant table (std 0) standardizes to all zeros. Any non-finite
+    float64; a constant table (std 0, or below the smallest normal float32)
+    standardizes to all zeros. Any non-finite
     entry counts as unscored (the score table never holds ±inf; this only makes
     the function total). Returns float32 (n,).
     """
@@ -68,12 +73,12 @@ def standardize(scores: np.ndarray, normalize: str) -> np.ndarray:
     if normalize == "std":
         mean = float(vals.mean(dtype=np.float64))
         std = float(vals.std(dtype=np.float64))
-        if not std > 0 or not np.isfinite(std):
+        if not std > _STD_FLOOR or not np.isfinite(std):
             out[finite] = 0.0
             top = 0.0
         else:
             np.subtract(out, mean, out=out)
-            np.multiply(out, 1.0 / std, out=out)
+            np.divide(out, std, out=out)
             top = float(out.max()) if all_scored else float(out[finite].max())
     else:
         top = float(vals.max())
