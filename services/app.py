@@ -92,11 +92,11 @@ class GatewayMiddleware:
         finally:
             if label is None:
                 route = scope.get("route")
-                label = (
-                    getattr(route, "path_format", None)
-                    or getattr(route, "path", None)
-                    or "unmatched"
-                )
+                label = getattr(route, "path_format", None) or getattr(route, "path", None)
+                if label is None:
+                    label = "unmatched"
+                elif path.startswith("/v1/") and not label.startswith("/v1"):
+                    label = "/v1" + label  # the route of a router included under /v1
             metrics.HTTP_REQUESTS.labels(method, label, str(status_holder[0])).inc()
             metrics.HTTP_SECONDS.labels(method, label).observe(time.perf_counter() - t0)
 

@@ -222,7 +222,8 @@ class RedisProcess:
                     + (" (address in use)" if in_use else "")
                     + f"\n{err}\n{tail}".rstrip()
                 )
-            if self.ping(timeout=0.2):
+            # Ours answering, not whoever else listens on the port: compare the pid.
+            if self._server_pid(timeout=0.2) == self.proc.pid:
                 return
             time.sleep(0.02)
         raise RedisStartError(
@@ -240,6 +241,26 @@ class RedisProcess:
                 return s.recv(64).startswith(b"+PONG")
         except OSError:
             return False
+
+    def _server_pid(self, timeout: float) -> int | None:
+        """process_id from INFO server of whatever answers on our port (None: nothing/loading)."""
+        try:
+            with socket.create_connection((self.host, self.port), timeout=timeout) as s:
+                s.sendall(b"*2\r\n$4\r\nINFO\r\n$6\r\nserver\r\n")
+                data = b""
+                while b"process_id:" not in data or not data.endswith(b"\r\n"):
+                    chunk = s.recv(65536)
+                    if not chunk:
+                        break
+                    data += chunk
+                    if data.startswith(b"-"):  # -LOADING: not ready yet
+                        return None
+        except OSError:
+            return None
+        for line in data.split(b"\r\n"):
+            if line.startswith(b"process_id:"):
+                return int(line.split(b":", 1)[1])
+        return None
 
     def _reap(self) -> None:
         if self.proc is None:

@@ -16,6 +16,7 @@ from typing import Any
 
 import httpx
 import numpy as np
+import pytest
 
 from docl.client import wire
 from docl.services.embedded import RedisProcess, ServerProcess
@@ -786,3 +787,49 @@ def test_racing_reports_of_the_same_samples_lose_no_update(score_server: str, ru
     assert int(visits.sum()) == applied
     assert (lrs == clients * per).all()  # the largest lr-sum always wins in the end
     assert counters["samples_scored"] == sum(a["scored"] for a in acks)
+
+
+# -- every method through the server ---------------------------------------------------------
+@pytest.mark.parametrize(
+    ("method", "params"),
+    [
+        ("docl", {"exp3": True}),
+        ("docl-nr", {}),
+        ("random", {}),
+        ("random-subset", {}),
+        ("spl", {}),
+        ("mcl", {}),  # diversity pruning on by default: facility location on stored outputs
+        ("top", {"diversity": True}),
+        ("bottom", {"output_dtype": "float16"}),
+        ("alternate", {}),
+    ],
+)
+def test_every_method_draws_its_plan(
+    http: httpx.Client, run_id: str, method: str, params: dict[str, Any]
+) -> None:
+    n = 40
+    create(http, run_id, num_samples=n, method=method, epochs=6, params={"batch_size": 8, **params})
+    plan = http.get(f"/v1/runs/{run_id}/plan").json()["epochs"]
+    rng = np.random.default_rng(3)
+    table = rng.normal(size=(n, 4)).astype(np.float32)
+    for e, row in enumerate(plan):
+        ep = draw(http, run_id)
+        idx = shard(http, run_id, e)
+        assert idx.shape[0] == row["size"] == ep["size"]
+        assert np.unique(idx).shape[0] == idx.shape[0] and ((idx >= 0) & (idx < n)).all()
+        lr = ep["lr_sum_start"]
+        for s, batch in enumerate(np.array_split(idx, ep["steps"])):
+            out = (
+                table[batch]
+                + 0.05 * e
+                + rng.normal(scale=0.01, size=(batch.size, 4)).astype(np.float32)
+            )
+            r = report(
+                http, run_id, rid=f"{e}-{s}", epoch=e, lr_sum=lr, idx=batch, out=out, tgt=batch % 4
+            )
+            assert r.status_code == 200, r.text
+            lr += ep["lr"][s]
+    stats = http.get(f"/v1/runs/{run_id}/stats").json()
+    assert stats["epochs_drawn"] == len(plan)
+    assert stats["visits_total"] == sum(row["size"] for row in plan)
+    assert stats["scored"] > 0

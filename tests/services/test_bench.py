@@ -1,0 +1,33 @@
+"""`docl bench service --quick` runs end to end and prints its tables (not a timing test:
+the figures themselves are not asserted, only that every row is there and error-free)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+
+def test_bench_service_quick_prints_the_tables(tmp_path: Path) -> None:
+    out_json = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [sys.executable, "-c", "from docl.client.cli import main; main()", "bench", "service", "--quick",
+         "--clients", "4", "--json", str(out_json)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    text = proc.stdout
+    assert "samples/s" in text and "limit/s" in text and "ratio" in text
+    assert "numpy s" in text and "draw s" in text
+    rows = [line.split() for line in text.splitlines() if line.startswith("embedded ")]
+    assert len(rows) == 2  # one report row (B=256, c=10) and one draw row (n=100k)
+    report_row, draw_row = rows
+    assert report_row[1:3] == ["256", "10"] and report_row[-1] == "0"  # no failed report
+    assert draw_row[1] == "100,000"
+    result = json.loads(out_json.read_text())
+    (rep,) = result["reports"]
+    assert rep["service_rate"] > 0 and rep["limit_rate"] > 0 and rep["errors"] == 0
+    assert rep["p50_ms"] <= rep["p99_ms"]
+    (draw,) = result["draws"]
+    assert draw["k"] == 90_000 and draw["service_s"] > 0 and draw["limit_s"] > 0

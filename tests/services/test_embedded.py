@@ -1,0 +1,133 @@
+"""The embedded redis-server (RedisProcess) and `docl serve` as real processes."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import redis
+
+from docl.client import wire
+from docl.services.embedded import RedisProcess, RedisStartError, ServerProcess
+
+
+def test_redis_process_kill_restart_keeps_port_and_aof_data(tmp_path: Path) -> None:
+    proc = RedisProcess(data_dir=tmp_path / "data", appendonly=True, appendfsync="always")
+    with proc:
+        port, pid = proc.port, proc.pid
+        assert proc.ping()
+        r = redis.Redis.from_url(proc.url)
+        r.set("k", "v")
+        assert redis.Redis.from_url(proc.unix_url).get("k") == b"v"
+        proc.kill()
+        assert not proc.ping() and not proc.running()
+        proc.start()
+        assert proc.port == port and proc.pid != pid
+        assert redis.Redis.from_url(proc.url).get("k") == b"v"  # from the AOF
+        proc.restart()  # graceful this time
+        assert redis.Redis.from_url(proc.url).get("k") == b"v"
+    assert not proc.running()
+    assert (tmp_path / "data").is_dir()  # a given data dir is kept
+
+
+def test_redis_process_without_persistence_forgets_and_cleans_up() -> None:
+    proc = RedisProcess().start()
+    data_dir = proc.data_dir
+    redis.Redis.from_url(proc.url).set("k", "v")
+    proc.kill()
+    proc.start()
+    assert redis.Redis.from_url(proc.url).get("k") is None
+    proc.stop()
+    assert not data_dir.exists()  # the temporary directory is removed
+
+
+def test_redis_process_reports_a_taken_port() -> None:
+    first = RedisProcess().start()
+    try:
+        with pytest.raises(RedisStartError, match="exited"):
+            RedisProcess(port=first.port).start(timeout=10)
+    finally:
+        first.stop()
+
+
+def _report(http: httpx.Client, run_id: str, epoch: int, rid: str, lr: float) -> httpx.Response:
+    idx = np.arange(4)
+    body = wire.encode_report(report_id=rid, epoch=epoch, lr_sum=lr, indices=idx,
+                              outputs=np.full((4, 2), lr, np.float32), targets=idx % 2)  # fmt: skip
+    return http.post(
+        f"/v1/runs/{run_id}/reports",
+        content=body,
+        headers={"Content-Type": wire.REPORT_CONTENT_TYPE},
+    )
+
+
+def test_docl_serve_embedded_redis_persists_in_a_data_dir(
+    server_factory: Callable[..., ServerProcess], tmp_path: Path, run_id: str
+) -> None:
+    server = server_factory(data_dir=tmp_path / "state")
+    with httpx.Client(base_url=server.url, timeout=30) as http:
+        assert (
+            http.post(
+                "/v1/runs",
+                json={"run_id": run_id, "num_samples": 10, "num_outputs": 2, "epochs": 2},
+            ).status_code
+            == 201
+        )
+        http.post(f"/v1/runs/{run_id}/epochs", json={})
+        assert _report(http, run_id, 0, "a", 0.0).status_code == 200
+        assert _report(http, run_id, 0, "b", 1.0).json()["scored"] == 4
+        before = http.get(f"/v1/runs/{run_id}/scores").json()
+    server.stop()  # docl serve stops its embedded Redis with it (AOF flushed)
+    assert any((tmp_path / "state").iterdir())
+    server.start()
+    with httpx.Client(base_url=server.url, timeout=30) as http:
+        assert http.get(f"/v1/runs/{run_id}/scores").json() == before
+        assert _report(http, run_id, 0, "b", 1.0).json()["duplicate"] is True
+
+
+def test_docl_serve_with_workers_shares_one_embedded_redis(
+    server_factory: Callable[..., ServerProcess], run_id: str, tmp_path: Path
+) -> None:
+    server = server_factory(workers=2, data_dir=tmp_path)
+    sock = tmp_path / "redis.sock"
+    assert sock.exists()  # the parent started one redis-server, on a Unix socket
+    with httpx.Client(base_url=server.url, timeout=30) as http:
+        assert (
+            http.post(
+                "/v1/runs",
+                json={"run_id": run_id, "num_samples": 10, "num_outputs": 2, "epochs": 2},
+            ).status_code
+            == 201
+        )
+        http.post(f"/v1/runs/{run_id}/epochs", json={})
+        # many connections: both workers serve, and all see the same run (one Redis)
+        for k in range(12):
+            with httpx.Client(base_url=server.url, timeout=30) as other:
+                assert other.get(f"/v1/runs/{run_id}").status_code == 200
+                assert _report(other, run_id, 0, f"r{k}", float(k)).status_code == 200
+        visits = http.get(f"/v1/runs/{run_id}/scores").json()["visits"]
+        assert visits[:4] == [12] * 4
+        metrics = http.get("/metrics").text  # summed over the worker processes
+        line = next(
+            x for x in metrics.splitlines() if x.startswith('docl_reports_total{result="applied"}')
+        )
+        assert float(line.split()[-1]) == 12.0
+    server.stop()  # SIGTERM to the parent: workers exit, then it stops its redis-server
+    deadline = time.monotonic() + 15
+    while sock.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not sock.exists()  # redis-server removes its socket on shutdown
+
+
+def test_docl_serve_rejects_bad_settings() -> None:
+    out = subprocess.run(
+        [sys.executable, "-c", "from docl.client.cli import main; main()", "serve", "--port", "99999"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert out.returncode == 2 and "port" in out.stderr

@@ -1,0 +1,251 @@
+"""The store (services/store.py + its Lua scripts) against real redis-server processes."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
+
+import numpy as np
+import pytest
+import redis
+
+from docl.client import wire
+from docl.client.models import RunCreate
+from docl.services.config import Settings
+from docl.services.embedded import RedisProcess
+from docl.services.engine import Engine
+from docl.services.store import CAS_BYTES, RECORD_HEAD, RunLayout, Store
+
+T = TypeVar("T")
+
+
+def run(coro: Coroutine[Any, Any, T]) -> T:
+    return asyncio.run(coro)
+
+
+def _layout(run_id: str, n: int = 100, c: int = 3, **kw: Any) -> RunLayout:
+    args: dict[str, Any] = {
+        "output_dtype": "float32",
+        "chunk_bytes": 64 << 20,
+        "loss_column": False,
+        "exp3": False,
+    }
+    return RunLayout(run_id=run_id, num_samples=n, num_outputs=c, **{**args, **kw})
+
+
+def test_layout_sizes_keys_and_chunks() -> None:
+    lay = _layout("r", n=1000, c=3)
+    assert lay.rec_size == 40 and lay.rec_size % 8 == 0  # 24 + 12 -> padded to 40
+    assert _layout("r", c=3, output_dtype="float16").rec_size == 32  # 24 + 6 -> 32
+    assert lay.rec_dtype.itemsize == lay.rec_size and lay.rec_dtype.fields is not None
+    assert lay.rec_dtype.fields["g"][1] == RECORD_HEAD
+    small = _layout("r", n=1000, c=3, chunk_bytes=400, loss_column=True, exp3=True)
+    assert small.rec_per_chunk == 10 and len(small.rec_keys) == 100
+    assert small.col_per_chunk == 100 and len(small.score_keys) == 10 == len(small.loss_keys)
+    assert len(small.drawn_keys) == 5 and len(small.incl_keys) == 10
+    assert len(small.epoch_keys(3, 1000)) == 20
+    every = [*small.static_keys(), *small.epoch_keys(0, 1000)]
+    assert all(k.startswith("{run:r}:") for k in every)  # one hash tag: one cluster slot
+    assert len(set(every)) == len(every)
+    assert lay.memory_bytes(keep_epochs=4) == 1000 * (40 + 4 + 2 + 32)
+    again = RunLayout.from_json("r", small.to_json())
+    assert again == small
+
+
+def _engine(url: str, **settings: Any) -> Engine:
+    store = Store.from_url(url)
+    return Engine(store, Settings(redis_url=url, **settings))
+
+
+async def _train(
+    engine: Engine, run_id: str, n: int, epochs: int, *, exp3: bool = False
+) -> tuple[np.ndarray, ...]:
+    await engine.create_run(
+        RunCreate(
+            run_id=run_id,
+            num_samples=n,
+            num_outputs=3,
+            epochs=epochs,
+            params={"warmup_epochs": 1, "batch_size": 16, "exp3": exp3, "episode_epochs": 2},
+        )
+    )
+    rng = np.random.default_rng(0)
+    table = rng.normal(size=(n, 3)).astype(np.float32)
+    for e in range(epochs):
+        ep = await engine.draw_epoch(run_id, e)
+        data, _, size = await engine.indices(run_id, e, rank=0, world=1, offset=0, limit=None)
+        idx = np.frombuffer(data, "<i8")
+        assert idx.shape[0] == size == ep.size
+        lr = ep.lr_sum_start
+        for s, batch in enumerate(np.array_split(idx, ep.steps)):
+            out = table[batch] * (1 + 0.1 * e) + 0.01 * s
+            rep = wire.decode_report(
+                wire.encode_report(
+                    report_id=f"{e}-{s}",
+                    epoch=e,
+                    lr_sum=lr,
+                    indices=batch,
+                    outputs=out,
+                    targets=batch % 3,
+                )
+            )
+            ack = await engine.apply_report(run_id, rep)
+            assert not ack.duplicate
+            lr += ep.lr[s]
+    _, scores, visits, lrs = await engine.scores(run_id, 0, None)
+    stats = await engine.stats(run_id)
+    await engine.store.close()
+    return scores, visits, lrs, np.asarray(stats.selection.counts)
+
+
+@pytest.mark.parametrize("exp3", [False, True])
+def test_tiny_chunks_give_the_same_results_as_one_chunk(
+    redis_url: str, run_id: str, exp3: bool
+) -> None:
+    """Every chunked path (records, columns, epoch indices, selection counts) at chunk
+    sizes of a few hundred bytes agrees with the single-chunk layout."""
+    n = 300
+    one = run(_train(_engine(redis_url), run_id + "a", n, 5, exp3=exp3))
+    many = run(_train(_engine(redis_url, chunk_bytes=256), run_id + "b", n, 5, exp3=exp3))
+    lay = RunLayout.from_json(
+        run_id + "b", redis.Redis.from_url(redis_url).hget(f"{{run:{run_id}b}}:meta", "layout")
+    )
+    assert len(lay.rec_keys) > 10 and len(lay.score_keys) > 3 and len(lay.epoch_keys(0, n)) > 5
+    for a, b in zip(one, many, strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert one[1].sum() > n  # samples were visited several times
+
+
+def test_scatter_compare_and_set_writes_nothing_on_conflict(redis_url: str, run_id: str) -> None:
+    async def scenario() -> None:
+        store = Store.from_url(redis_url)
+        lay = _layout(run_id, n=50, c=2)
+        status, uid, _ = await store.create_run(lay, '{"x":1}', "uid-1", 0.0)
+        assert status == 0
+        r = redis.Redis.from_url(redis_url)
+        r.hset(lay.meta_key, "last_epoch", 0)
+        idx = np.array([4, 9, 30])
+
+        async def write(rid: str, rows: np.ndarray, lr: float) -> Any:
+            new = rows.copy()
+            new["lr_sum"], new["visits"] = lr, rows["visits"] + 1
+            return await store.scatter(
+                lay, uid, rid, now=100.0, indices=idx, expected=rows, write=np.ones(3, bool),
+                records=new, scores=np.zeros(3, np.float32), losses=np.zeros(3, np.float32),
+                counters=(1, 3, 0, 0, 0),
+            )  # fmt: skip
+
+        g = await store.gather(lay, uid, "a", idx)
+        assert g.status == 1 and g.records is not None and (g.records["visits"] == 0).all()
+        assert (await write("a", g.records, 1.0)).status == 1
+        # "b" computed from the state before "a" wrote: a conflict on every sample
+        before = {k: r.dump(k) for k in r.scan_iter(match=f"{lay.prefix}:*")}
+        res = await write("b", g.records, 2.0)
+        assert res.status == 2 and res.conflicts == (0, 1, 2)
+        assert res.current is not None and (res.current["visits"] == 1).all()
+        assert (res.current["lr_sum"] == 1.0).all()
+        assert {k: r.dump(k) for k in r.scan_iter(match=f"{lay.prefix}:*")} == before
+        # recomputed from the current rows it goes through; a replay of "a" is a duplicate
+        assert (await write("b", res.current, 2.0)).status == 1
+        assert (await write("a", res.current, 3.0)).status == 0
+        assert (await store.gather(lay, uid, "a", idx)).status == 0
+        # a caller holding another incarnation's uid is told so and writes nothing
+        assert (await write("c", res.current, 4.0)).status == 2
+        assert (await store.gather(lay, "other-uid", "c", idx)).status == -1
+        counters = await store.counters(lay)
+        assert counters["reports"] == 2 and counters["duplicates"] == 1
+        await store.close()
+
+    run(scenario())
+
+
+def test_dedup_markers_expire_after_the_ttl(redis_url: str, run_id: str) -> None:
+    async def scenario() -> None:
+        store = Store.from_url(redis_url, dedup_ttl_s=10.0)
+        lay = _layout(run_id, n=10, c=1)
+        _, uid, _ = await store.create_run(lay, "{}", "u", 0.0)
+        idx = np.array([1])
+        rows = np.zeros(1, lay.rec_dtype)
+
+        async def scatter(rid: str, now: float, rows: np.ndarray) -> int:
+            new = rows.copy()
+            new["visits"] += 1
+            new["lr_sum"] = now
+            res = await store.scatter(lay, uid, rid, now=now, indices=idx, expected=rows, write=np.ones(1, bool),
+                                      records=new, scores=np.zeros(1, np.float32), losses=np.zeros(1, np.float32),
+                                      counters=(1, 1, 0, 0, 0))  # fmt: skip
+            return res.status
+
+        assert await scatter("old", 100.0, rows) == 1
+        rows["visits"], rows["lr_sum"] = 1, 100.0
+        assert await scatter("old", 105.0, rows) == 0  # within the TTL: a duplicate
+        assert await scatter("new", 120.0, rows) == 1  # trims markers older than 110
+        rows["visits"], rows["lr_sum"] = 2, 120.0
+        members = await store.redis.zrange(lay.reports_key, 0, -1)
+        assert members == [b"new"]
+        await store.close()
+
+    run(scenario())
+
+
+def test_commit_epoch_first_wins_in_order_and_drops_old_indices(
+    redis_url: str, run_id: str
+) -> None:
+    async def scenario() -> None:
+        store = Store.from_url(redis_url)
+        lay = _layout(run_id, n=20, c=1)
+        _, uid, _ = await store.create_run(lay, "{}", "u", 0.0)
+        drawn = np.zeros(20, np.uint16)
+        perm = np.random.default_rng(0).permutation(20)
+        assert (
+            await store.commit_epoch(lay, uid, 1, "{}", perm, drawn, None, None) == -2
+        )  # out of order
+        assert await store.commit_epoch(lay, uid, 0, '{"w":1}', perm, drawn + 1, None, None) == 1
+        assert await store.commit_epoch(lay, uid, 0, '{"w":2}', perm[::-1], drawn, None, None) == 0
+        assert await store.epoch_json(lay, 0) == '{"w":1}'
+        assert await store.read_indices(lay, 0, 20, 3, 9) == perm[3:9].astype("<i8").tobytes()
+        assert (await store.read_column(lay, "drawn", 0, 20) == 1).all()
+        assert await store.commit_epoch(lay, "stale-uid", 1, "{}", perm, drawn, None, None) == -1
+        assert await store.commit_epoch(lay, uid, 1, "{}", perm, drawn, None, (0, 20)) == 1
+        assert await store.read_indices(lay, 0, 20, 0, 5) is None  # dropped
+        assert await store.epoch_json(lay, 0) == '{"w":1}'  # the epoch itself is still known
+        deleted = await store.delete_run(lay)
+        assert deleted >= 4 and await store.run_keys(lay) == []
+        await store.close()
+
+    run(scenario())
+
+
+def test_fast_client_survives_script_flush_and_a_redis_restart(
+    redis_factory: Callable[..., RedisProcess], run_id: str
+) -> None:
+    proc = redis_factory(appendonly=True, appendfsync="always")
+
+    async def scenario() -> None:
+        store = Store.from_url(proc.unix_url)
+        assert store._fast is not None and store._fast.path is not None  # the Unix socket path
+        lay = _layout(run_id, n=10, c=1)
+        _, uid, _ = await store.create_run(lay, "{}", "u", 0.0)
+        await store.redis.script_flush()
+        g = await store.gather(lay, uid, "a", np.array([1, 2]))  # NOSCRIPT -> loaded again
+        assert g.status == 1
+        proc.kill()
+        proc.start()
+        g = await store.gather(lay, uid, "a", np.array([1, 2]))  # reconnects, reloads
+        assert g.status == 1 and g.records is not None and g.records.shape == (2,)
+        proc.kill()
+        with pytest.raises(redis.exceptions.ConnectionError):
+            await store.gather(lay, uid, "a", np.array([1]))
+        proc.start()
+        await store.close()
+
+    run(scenario())
+
+
+def test_heads_compared_are_lr_sum_and_visits() -> None:
+    lay = _layout("r", c=2)
+    rec = np.zeros(1, lay.rec_dtype)
+    rec["lr_sum"], rec["visits"], rec["score"] = 1.5, 3, 7.0
+    head = rec.view(np.uint8)[:CAS_BYTES].tobytes()
+    assert head == np.float64(1.5).tobytes() + np.uint32(3).tobytes()
