@@ -339,9 +339,12 @@ def test_rayjob_runs_docl_train_on_the_cluster_against_the_score_server() -> Non
     host, port = host_port(option_value(argv, "--server") or "")
     svc = manifest("Service", host)
     assert port == svc["spec"]["ports"][0]["port"]
-    gpu_flag = [a for a in argv if re.fullmatch(r"--use-gpu|--gpu", a)]
-    assert gpu_flag, "the job trains on the GPUs"
-    workers = int(option_value(argv, "--workers") or 0)
+    # The GPU switch, found by what the real option does (its parameter name), not its spelling.
+    gpu_params = {k for k in parsed.given if "gpu" in k}
+    assert gpu_params and all(parsed.params[k] is True for k in gpu_params), (
+        "the job trains on the GPUs"
+    )
+    workers = int(parsed.params["workers"])
     capacity = sum(
         g["maxReplicas"]
         * int(
