@@ -66,7 +66,10 @@ def train_func(config: dict[str, Any]) -> None:
             )
             opt.step()
             total += loss.item()
-        ray.train.report({"epoch": epoch, "loss": total / max(1, len(loader))})
+        metrics = {"epoch": epoch, "loss": total / max(1, len(loader))}
+        ray.train.report(metrics)
+        if ray.train.get_context().get_world_rank() == 0:
+            print(f"epoch {epoch} loss {metrics['loss']:.4f}")
     reporter.close()
 
 
@@ -103,7 +106,9 @@ def main() -> None:
         run_config=ray.train.RunConfig(storage_path=os.path.abspath(args.storage)),
     )
     result = trainer.fit()
-    print(f"final loss {result.metrics['loss']:.4f}")
+    if result.error is not None:
+        raise result.error
+    print("training finished")
 
 
 if __name__ == "__main__":
