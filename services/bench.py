@@ -12,8 +12,11 @@ What it measures, each figure beside its limit measured in the same run:
   standardize + Gumbel-top-k alone on the same scores. Ratio = limit / service.
 
 Every measured report scores every one of its samples: a warm-up pass visits
-the samples first (a first visit has no dynamics yet), then the in-process pass
-and the HTTP pass each visit the same samples again with a larger lr_sum.
+the samples first (a first visit has no dynamics yet), then in-process and HTTP
+passes alternate (two rounds; one in ``--quick``), each visiting the same
+samples again with a larger lr_sum, and the best pass of each kind is kept: on
+a machine shared with other work, a neighbour's burst slows one pass or the
+other at random, and the best pass is the closest to what the code can do.
 
 The load generator is a separate process speaking HTTP/1.1 over raw asyncio
 streams with pre-encoded requests (encoding a report is the client's cost, not
@@ -220,6 +223,7 @@ async def _bench_target(
     clients: int,
     draw_sizes: Sequence[int],
     draw_repeats: int,
+    rounds: int,
     echo: Echo,
 ) -> tuple[list[ReportResult], list[DrawResult]]:
     import httpx
@@ -263,21 +267,45 @@ async def _bench_target(
                 warm = _arrays(_bodies(**spec, lr_sum=0.0, prefix="warm", seed=1))
                 await _inprocess_pass(engine, run_id, warm, clients)
                 del warm
-                lim = _arrays(_bodies(**spec, lr_sum=1.0, prefix="limit", seed=2))
-                lim_s, lim_lat, lim_err = await _inprocess_pass(engine, run_id, lim, clients)
-                del lim
-                http_s, lat, err = await asyncio.to_thread(
-                    _http_pass,
-                    server_url,
-                    run_id,
-                    {**spec, "lr_sum": 2.0, "prefix": "http", "seed": 3},
-                    clients,
-                )
+                # Alternate in-process and HTTP passes and keep the best of each: other
+                # processes on a shared machine slow one pass or the other at random.
+                best_lim: tuple[float, np.ndarray] | None = None
+                best_http: tuple[float, np.ndarray] | None = None
+                err = lim_err = 0
+                for rnd in range(rounds):
+                    lim = _arrays(
+                        _bodies(**spec, lr_sum=2.0 * rnd + 1, prefix=f"limit{rnd}", seed=2 + rnd)
+                    )
+                    lim_s, lim_lat, e1 = await _inprocess_pass(engine, run_id, lim, clients)
+                    del lim
+                    http_s, lat, e2 = await asyncio.to_thread(
+                        _http_pass,
+                        server_url,
+                        run_id,
+                        {
+                            **spec,
+                            "lr_sum": 2.0 * rnd + 2,
+                            "prefix": f"http{rnd}",
+                            "seed": 100 + rnd,
+                        },
+                        clients,
+                    )
+                    lim_err += e1
+                    err += e2
+                    if best_lim is None or lim_s < best_lim[0]:
+                        best_lim = (lim_s, lim_lat)
+                    if best_http is None or http_s < best_http[0]:
+                        best_http = (http_s, lat)
+                assert best_lim is not None and best_http is not None
+                lim_s, lim_lat = best_lim
+                http_s, lat = best_http
                 run = (await http.get(f"/v1/runs/{run_id}")).json()
                 scored = run["counters"]["samples_scored"]
-                if scored != 2 * m:
+                if scored != 2 * rounds * m:
                     err += 1
-                    echo(f"  ! expected {2 * m} scored samples, the server counted {scored}")
+                    echo(
+                        f"  ! expected {2 * rounds * m} scored samples, the server counted {scored}"
+                    )
                 res = ReportResult(
                     target=target,
                     batch=batch,
@@ -399,8 +427,8 @@ def run_service_bench(
         per_pass = {10: 4096, 100: 4096, 1000: 2048}
         repeats = 1
     else:
-        per_pass = {10: 307_200, 100: 122_880, 1000: 20_480}
-        repeats = 3
+        per_pass = {10: 204_800, 100: 81_920, 1000: 16_384}
+        repeats = 2
     targets: list[tuple[str, str | None]] = [("embedded", None)]
     if redis_url:
         targets.append(("given", redis_url))
@@ -435,6 +463,7 @@ def run_service_bench(
                         clients=clients,
                         draw_sizes=(),
                         draw_repeats=repeats,
+                        rounds=repeats,
                         echo=echo,
                     )
                 )
@@ -454,6 +483,7 @@ def run_service_bench(
                         clients=clients,
                         draw_sizes=draw_sizes,
                         draw_repeats=repeats,
+                        rounds=repeats,
                         echo=echo,
                     )
                 )

@@ -48,7 +48,7 @@ from docl.services.errors import (
     ServiceUnavailable,
     Unprocessable,
 )
-from docl.services.store import DRAWN_MAX, LOSS_METHODS, RunLayout, Store
+from docl.services.store import DRAWN_MAX, LOSS_METHODS, DrawInputs, RunLayout, Store
 
 __all__ = ["Engine", "RunState", "epoch_seed", "report_arrays_from_json"]
 
@@ -418,8 +418,7 @@ class Engine:
         p = st.config.params
         t0 = time.perf_counter()
         select = spec.phase == "select"
-        method = st.config.method
-        needs_loss = method in LOSS_METHODS
+        needs_loss = st.config.method in LOSS_METHODS
         snap = await self.store.draw_inputs(st.layout, scores=select, losses=select and needs_loss)
         if snap.uid != st.uid:
             return -1
@@ -428,26 +427,19 @@ class Engine:
         records = None
         if select and spec.prune:
             records = await self.store.read_records(st.layout, 0, st.layout.num_samples)
+        t_read = time.perf_counter()
         seed = epoch_seed(p.seed, e)
-        indices, inclusion, info = await asyncio.to_thread(
-            self._draw, st, spec, seed, snap.scores, snap.losses, records
+        # Every O(n) numpy step runs in a worker thread: the event loop keeps serving
+        # reports meanwhile (numpy releases the GIL for most of it).
+        indices, drawn, incl_col, info = await asyncio.to_thread(
+            self._draw_counted, st, spec, seed, snap, records
         )
-        drawn = snap.drawn.astype(np.uint32)
-        drawn[indices] += 1
-        np.minimum(drawn, DRAWN_MAX, out=drawn)
-        incl_col = None
-        if st.layout.exp3:
-            base = (
-                snap.inclusion
-                if snap.inclusion is not None
-                else np.zeros(st.layout.num_samples, "<f4")
-            )
-            incl_col = base.copy()
-            incl_col[indices] = inclusion
+        t_draw = time.perf_counter()
         drop = None
         old = e - self.settings.keep_epochs
         if old >= 0:
             drop = (old, int(st.plan[old].size))
+        info["timing"] = {"read_s": round(t_read - t0, 4), "draw_s": round(t_draw - t_read, 4)}
         doc = json.dumps(
             {
                 "epoch": e,
@@ -458,12 +450,36 @@ class Engine:
             }
         )
         status = await self.store.commit_epoch(
-            st.layout, st.uid, e, doc, indices, drawn.astype("<u2"), incl_col, drop
+            st.layout, st.uid, e, doc, indices, drawn, incl_col, drop
         )
         from docl.services import metrics
 
         metrics.DRAW_SECONDS.labels(phase=spec.phase).observe(time.perf_counter() - t0)
         return status
+
+    def _draw_counted(
+        self,
+        st: RunState,
+        spec: plan.EpochSpec,
+        seed: int,
+        snap: DrawInputs,
+        records: np.ndarray | None,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, dict[str, Any]]:
+        """The draw plus the columns it updates: selection counts and Exp3 inclusion."""
+        indices, inclusion, info = self._draw(st, spec, seed, snap.scores, snap.losses, records)
+        # Selection counts (uint16, saturating): one scatter of bytes into a mask and
+        # a sequential add is ~2x faster than drawn[indices] += 1 at n = 10M.
+        hit = np.zeros(st.layout.num_samples, dtype=np.uint8)
+        hit[indices] = 1
+        drawn = snap.drawn + hit
+        if drawn.size and int(snap.drawn.max()) >= DRAWN_MAX:
+            drawn[(snap.drawn == DRAWN_MAX)] = DRAWN_MAX  # no wrap-around past the cap
+        incl_col = None
+        if st.layout.exp3:
+            base = snap.inclusion
+            incl_col = base.copy() if base is not None else np.zeros(st.layout.num_samples, "<f4")
+            incl_col[indices] = inclusion
+        return indices, drawn, incl_col, info
 
     def _draw(
         self,

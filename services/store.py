@@ -42,6 +42,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -381,7 +382,7 @@ class _RespClient:
         if self.db:
             setup.append(["SELECT", self.db])
         for cmd in setup:
-            reply = await self._roundtrip(conn, self.pack(cmd))
+            (reply,) = await self._roundtrip(conn, self.pack(cmd))
             if isinstance(reply, Exception):
                 writer.close()
                 raise RedisConnectionError(f"Redis refused {cmd[0]!r}: {reply}")
@@ -389,35 +390,41 @@ class _RespClient:
 
     @staticmethod
     async def _roundtrip(
-        conn: tuple[asyncio.StreamReader, asyncio.StreamWriter, Any], parts: list[bytes]
-    ) -> Any:
+        conn: tuple[asyncio.StreamReader, asyncio.StreamWriter, Any],
+        parts: list[bytes],
+        count: int = 1,
+    ) -> list[Any]:
         reader, writer, parser = conn
         writer.writelines(parts)
         await writer.drain()
-        while True:
+        replies: list[Any] = []
+        while len(replies) < count:
             reply = parser.gets()
             if reply is not False:
-                return reply
+                replies.append(reply)
+                continue
             data = await reader.read(1 << 20)
             if not data:
                 raise ConnectionResetError("Redis closed the connection")
             parser.feed(data)
+        return replies
 
-    async def call(self, args: Sequence[bytes | str | int | float]) -> Any:
-        """Send one command, return its reply (an error reply raises ResponseError)."""
-        import hiredis
-
-        parts = self.pack(args)
+    async def _exchange(self, parts: list[bytes], count: int) -> list[Any]:
+        """Send packed commands, read ``count`` replies. A broken connection is retried
+        once on a fresh one (after a Redis restart every pooled connection is dead:
+        they are all dropped)."""
         for attempt in (0, 1):
             conn = self._idle.pop() if self._idle else None
             try:
                 if conn is None:
                     conn = await asyncio.wait_for(self._open(), self.timeout_s)
                 async with asyncio.timeout(self.timeout_s):
-                    reply = await self._roundtrip(conn, parts)
+                    replies = await self._roundtrip(conn, parts, count)
             except (OSError, asyncio.IncompleteReadError, ConnectionError) as e:
                 if conn is not None:
                     conn[1].close()
+                while self._idle:
+                    self._idle.pop()[1].close()
                 if attempt == 0:
                     continue
                 raise RedisConnectionError(f"Redis connection failed: {e}") from e
@@ -433,15 +440,35 @@ class _RespClient:
                 self._idle.append(conn)
             else:
                 conn[1].close()
-            if isinstance(reply, hiredis.ReplyError):
-                text = str(reply)
-                if text.startswith(("LOADING", "BUSY", "MASTERDOWN")):
-                    raise RedisBusyLoadingError(text)
-                if text.startswith("NOSCRIPT"):
-                    raise NoScriptError(text)
-                raise ResponseError(text)
-            return reply
+            return replies
         raise AssertionError("unreachable")
+
+    @staticmethod
+    def _raise_for(reply: Any) -> None:
+        import hiredis
+
+        if isinstance(reply, hiredis.ReplyError):
+            text = str(reply)
+            if text.startswith(("LOADING", "BUSY", "MASTERDOWN")):
+                raise RedisBusyLoadingError(text)
+            if text.startswith("NOSCRIPT"):
+                raise NoScriptError(text)
+            raise ResponseError(text)
+
+    async def call(self, args: Sequence[bytes | str | int | float]) -> Any:
+        """Send one command, return its reply (an error reply raises)."""
+        (reply,) = await self._exchange(self.pack(args), 1)
+        self._raise_for(reply)
+        return reply
+
+    async def call_many(self, commands: Sequence[Sequence[bytes | str | int | float]]) -> list[Any]:
+        """Pipeline several commands on one connection; an error reply raises."""
+        replies = await self._exchange(
+            [p for cmd in commands for p in self.pack(cmd)], len(commands)
+        )
+        for reply in replies:
+            self._raise_for(reply)
+        return replies
 
     async def close(self) -> None:
         while self._idle:
@@ -649,9 +676,18 @@ class Store:
         inclusion: np.ndarray | None,
         drop_epoch: tuple[int, int] | None,
     ) -> int:
-        """Store epoch ``epoch`` if nobody did yet. Returns the script's status (see commit_epoch.lua)."""
-        idx_b = np.ascontiguousarray(indices, dtype="<i8").tobytes()
-        idx_parts = _chunks_of(idx_b, 8, layout.idx_per_chunk)
+        """Store epoch ``epoch`` if nobody did yet. Returns the script's status (see commit_epoch.lua).
+
+        The big values (indices: 8 bytes per sample; selection counts; Exp3 inclusion)
+        are first written with plain SETs to temporary keys (expiring, in case this
+        process dies here), then one small script checks that the epoch is still
+        free and next in order and RENAMEs them into place, or deletes them. Passing
+        100 MB through a script's ARGV would copy it three times inside Redis.
+        """
+        nonce = uuid.uuid4().hex[:12]
+        idx_parts = _chunks_of(
+            np.ascontiguousarray(indices, dtype="<i8").tobytes(), 8, layout.idx_per_chunk
+        )
         idx_keys = layout.epoch_keys(epoch, int(indices.shape[0]))
         drawn_parts = _chunks_of(
             np.ascontiguousarray(drawn, dtype="<u2").tobytes(), 2, layout.drawn_per_chunk
@@ -661,28 +697,23 @@ class Store:
             incl_parts = _chunks_of(
                 np.ascontiguousarray(inclusion, dtype="<f4").tobytes(), 4, layout.col_per_chunk
             )
-        incl_keys = layout.incl_keys[: len(incl_parts)]
+        finals = [*idx_keys, *layout.drawn_keys, *layout.incl_keys[: len(incl_parts)]]
+        values = [*idx_parts, *drawn_parts, *incl_parts]
+        temps = [f"{k}:tmp:{nonce}" for k in finals]
         drop = layout.epoch_keys(*drop_epoch) if drop_epoch is not None else ()
-        keys = [
-            layout.meta_key,
-            layout.epochs_key,
-            *idx_keys,
-            *layout.drawn_keys,
-            *incl_keys,
-            *drop,
+        writes: list[list[Any]] = [
+            ["SET", t, v, "PX", 600_000] for t, v in zip(temps, values, strict=True)
         ]
-        args: list[Any] = [
-            uid,
-            epoch,
-            epoch_json,
-            len(idx_keys),
-            len(layout.drawn_keys),
-            len(incl_keys),
-            *idx_parts,
-            *drawn_parts,
-            *incl_parts,
-        ]
-        return int(await self._commit(keys=keys, args=args))
+        if self._fast is not None:
+            await self._fast.call_many(writes)
+        else:
+            pipe = self.redis.pipeline(transaction=False)
+            for _, t, v, _, px in writes:
+                pipe.set(t, v, px=px)
+            await pipe.execute()
+        keys = [layout.meta_key, layout.epochs_key, *finals, *temps, *drop]
+        args: list[Any] = [uid, epoch, epoch_json, len(finals), len(drop)]
+        return int(await self._run(self._commit, keys, args))
 
     async def epoch_json(self, layout: RunLayout, epoch: int) -> str | None:
         raw = await self.redis.hget(layout.epochs_key, str(epoch))
