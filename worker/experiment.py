@@ -179,27 +179,43 @@ class Variant:
     params: dict[str, Any] = field(default_factory=dict)
 
 
-def _parse_value(text: str) -> Any:
+def _candidates(text: str) -> list[Any]:
+    """The values ``text`` may stand for, most specific first."""
     t = text.strip()
     low = t.lower()
+    out: list[Any] = []
     if low in ("true", "false"):
-        return low == "true"
+        out.append(low == "true")
     if low in ("none", "null"):
-        return None
+        out.append(None)
     for conv in (int, float):
+        with contextlib.suppress(ValueError):
+            out.append(conv(t))
+    out.append(t)
+    return out
+
+
+def _param_value(key: str, text: str) -> Any:
+    """The first reading of ``text`` that RunParams accepts for ``key`` (so 'none' is
+    None for l2_phases but the string 'none' for normalize)."""
+    from pydantic import ValidationError
+
+    errors: list[str] = []
+    for value in _candidates(text):
         try:
-            return conv(t)
-        except ValueError:
-            pass
-    return t
+            RunParams.model_validate({key: value})
+            return value
+        except ValidationError as e:
+            errors.append("; ".join(err["msg"] for err in e.errors()))
+    raise ExperimentError(f"{key}={text.strip()}: {errors[-1]}")
 
 
 def parse_variant(label: str) -> Variant:
     """``docl[tau=1,normalize=none]`` -> Variant("docl[tau=1,normalize=none]", "docl", {...}).
 
-    Keys are :class:`~docl.client.models.RunParams` fields; values are parsed as
-    bool / int / float / string and validated by RunParams (a bad one is an
-    :class:`ExperimentError` naming it).
+    Keys are :class:`~docl.client.models.RunParams` fields; each value is read as
+    the first of bool / None / int / float / string that RunParams accepts for
+    that field; a value it accepts in no form is an :class:`ExperimentError`.
     """
     m = _VARIANT.match(label)
     if not m:
@@ -217,7 +233,7 @@ def parse_variant(label: str) -> Variant:
             continue
         if "=" not in part:
             raise ExperimentError(f"variant {label!r}: {part.strip()!r} is not key=value")
-        key, value = (s.strip() for s in part.split("=", 1))
+        key, value = (x.strip() for x in part.split("=", 1))
         if key not in RunParams.model_fields:
             raise ExperimentError(
                 f"variant {label!r}: unknown run parameter {key!r}; known: "
@@ -227,11 +243,10 @@ def parse_variant(label: str) -> Variant:
             raise ExperimentError(
                 f"variant {label!r}: {key} is set by the experiment (--seeds, --budget-batches)"
             )
-        params[key] = _parse_value(value)
-    try:
-        RunParams(**params)
-    except Exception as e:  # pydantic's ValidationError, reworded
-        raise ExperimentError(f"variant {label!r}: {e}") from None
+        try:
+            params[key] = _param_value(key, value)
+        except ExperimentError as e:
+            raise ExperimentError(f"variant {label!r}: {e}") from None
     return Variant(label=label.strip(), method=method, params=params)
 
 

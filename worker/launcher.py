@@ -50,6 +50,7 @@ class RayLaunch:
     storage_path: str = "out/ray"
     name: str = "docl"
     keep_checkpoints: int = 2
+    log_level: str = "WARNING"
 
 
 @dataclass
@@ -64,7 +65,13 @@ def launch(cfg: LoopConfig, data: TaskData, how: RayLaunch) -> RayOutcome:
     """Run the training on the connected Ray cluster and wait for it."""
     import ray
     import torch
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import (
+        CheckpointConfig,
+        FailureConfig,
+        LoggingConfig,
+        RunConfig,
+        ScalingConfig,
+    )
     from ray.train.torch import TorchTrainer
 
     if not ray.is_initialized():
@@ -87,6 +94,8 @@ def launch(cfg: LoopConfig, data: TaskData, how: RayLaunch) -> RayOutcome:
             storage_path=storage,
             failure_config=FailureConfig(max_failures=how.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=how.keep_checkpoints),
+            # Ray Train's per-report INFO lines would bury the loop's own epoch lines.
+            logging_config=LoggingConfig(log_level=how.log_level),
         ),
     )
     result = trainer.fit()

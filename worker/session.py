@@ -179,10 +179,9 @@ class RaySession(DistSession):
         import ray.train
         import ray.train.torch
 
-        # Per-epoch INFO lines of Ray Train ("Reporting training result …") and one
-        # line per HTTP request from httpx would bury the training's own output.
-        for name in ("ray.train", "httpx"):
-            logging.getLogger(name).setLevel(logging.WARNING)
+        # One INFO line per HTTP request from httpx would bury the epoch lines
+        # (Ray Train's own are quieted by the launcher's LoggingConfig).
+        logging.getLogger("httpx").setLevel(logging.WARNING)
         ctx = ray.train.get_context()
         device = ray.train.torch.get_device()
         if dist.is_available() and dist.is_initialized():
