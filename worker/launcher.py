@@ -95,7 +95,7 @@ def launch(cfg: LoopConfig, data: TaskData, how: RayLaunch) -> RayOutcome:
             failure_config=FailureConfig(max_failures=how.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=how.keep_checkpoints),
             # Ray Train's per-report INFO lines would bury the loop's own epoch lines.
-            # (mypy sees Ray Train v1's RunConfig; v2, the default since Ray 2.51, has it.)
+            # (mypy sees Ray Train v1's RunConfig; v2, on by default in Ray 2.60, has it.)
             logging_config=LoggingConfig(log_level=how.log_level),  # type: ignore[call-arg]
         ),
     )
