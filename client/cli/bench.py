@@ -80,3 +80,27 @@ def service(
         json_path=json_out,
         echo=typer.echo,
     )
+
+
+@bench_app.command("store")
+def store(
+    redis_url: Annotated[
+        str | None, typer.Option("--redis-url", help="Redis to use (default: an embedded one).")
+    ] = None,
+    n: Annotated[int, typer.Option("--n", min=1000, help="Samples of the test run.")] = 100_000,
+    batch: Annotated[int, typer.Option("--batch", "-b", min=1, help="Samples per report.")] = 256,
+    width: Annotated[int, typer.Option("--width", "-c", min=1, help="Outputs per sample.")] = 10,
+    clients: Annotated[int, typer.Option(min=1, help="Concurrent writers.")] = 8,
+    reports: Annotated[int, typer.Option(min=1, help="Reports per writer.")] = 40,
+) -> None:
+    """Compare the report write path's atomicity options on a real Redis: the Lua
+    compare-and-set scatter the store uses, against MULTI/EXEC with WATCH of the
+    dedup marker only (fast, but concurrent writers lose updates) and with WATCH of
+    the record chunk too (safe, but every concurrent write aborts the others)."""
+    need_extra("redis", "server")
+    from docl.services.bench import run_store_bench
+
+    run_store_bench(
+        redis_url=redis_url, num_samples=n, batch=batch, width=width, clients=clients,
+        reports=reports, echo=typer.echo,
+    )  # fmt: skip
