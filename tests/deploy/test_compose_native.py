@@ -28,6 +28,7 @@ them. Every process started here is stopped by its process group / PID.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import os
 import re
@@ -73,6 +74,13 @@ _RAY_INTERNAL_PORT_FLAGS = (
 _OBJECT_STORE_BYTES = 200 * 2**20
 
 
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    # Linux: SIGTERM this service if the test process dies (a killed pytest run
+    # leaves nothing behind; Ray's own reaper then stops the node's daemons).
+    with contextlib.suppress(Exception):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 def _free_port() -> int:
     from docl.services.embedded import free_port
 
@@ -100,8 +108,10 @@ class Service:
     argv: list[str]
     env: dict[str, str]
     health: list[str] | None
+    restart: str = "no"  # compose's restart policy
     proc: subprocess.Popen[bytes] | None = None
     log: Path | None = None
+    restarts: int = 0
 
 
 @dataclass
@@ -252,7 +262,7 @@ class NativeCompose:
         self._assert_no_service_names(
             name, [v for k, v in env.items() if k.startswith(("DOCL_", "RAY_"))]
         )
-        return Service(name, argv, env, health)
+        return Service(name, argv, env, health, restart=str(svc.get("restart", "no")))
 
     def _own_urls(self, name: str, arg: str) -> str:
         """A healthcheck runs inside the service's own container: 127.0.0.1:<own port>."""
@@ -290,7 +300,12 @@ class NativeCompose:
             else:
                 assert self.services[dep].proc is not None, f"{dep} was not started"
         svc.log = self.root / "logs" / f"{name}.log"
-        with open(svc.log, "wb") as log:
+        self._launch(svc)
+        return svc
+
+    def _launch(self, svc: Service) -> None:
+        assert svc.log is not None
+        with open(svc.log, "ab") as log:
             svc.proc = subprocess.Popen(
                 svc.argv,
                 env=svc.env,
@@ -298,8 +313,48 @@ class NativeCompose:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # its own process group: stopped as one
+                preexec_fn=_die_with_parent,
             )
-        return svc
+
+    def supervise(self, max_restarts: int = 3) -> None:
+        """Compose's restart policy: a long-running service that exited is started
+        again (``unless-stopped``/``always``/``on-failure``), a bounded number of
+        times; anything else that exits fails the test with its log."""
+        for svc in self.services.values():
+            if svc.proc is None or svc.proc.poll() is None or svc.name == "train":
+                continue
+            code = svc.proc.returncode
+            may = svc.restart in ("always", "unless-stopped") or (
+                svc.restart == "on-failure" and code != 0
+            )
+            if not may or svc.restarts >= max_restarts:
+                raise AssertionError(
+                    f"{svc.name} exited with {code} (restarts: {svc.restarts}):\n{self.tail(svc.name)}"
+                )
+            svc.restarts += 1
+            self._launch(svc)
+
+    def wait_nodes(self, count: int, timeout: float = 300.0) -> list[dict[str, Any]]:
+        """Wait until the Ray cluster has ``count`` alive nodes (supervising meanwhile)."""
+        head = self.services["ray-head"]
+        address = f"--address=http://127.0.0.1:{self.ports[('ray-head', 8265)]}"
+        deadline = time.monotonic() + timeout
+        alive: list[dict[str, Any]] = []
+        while time.monotonic() < deadline:
+            self.supervise()
+            r = subprocess.run(
+                [str(VENV_BIN / "ray"), "list", "nodes", "--format=json", address],
+                env=head.env, capture_output=True, text=True, timeout=120,
+            )  # fmt: skip
+            if r.returncode == 0:
+                alive = [n for n in json.loads(r.stdout) if n.get("state") == "ALIVE"]
+                if len(alive) >= count:
+                    return alive
+            time.sleep(3)
+        raise AssertionError(
+            f"{len(alive)} of {count} Ray nodes alive after {timeout:.0f} s:\n"
+            f"--- ray-worker ---\n{self.tail('ray-worker')}"
+        )
 
     def wait_healthy(self, name: str, timeout: float = 180.0) -> None:
         svc = self.services[name]
@@ -368,12 +423,15 @@ def stack() -> Iterator[NativeCompose]:
         "DOCL_API_TOKEN": secrets.token_hex(16),
         "DEMO_EPOCHS": "2",  # the demo's length: a tiny run
     }
-    nc = NativeCompose(root, shell)
+    nc: NativeCompose | None = None
     try:
+        nc = NativeCompose(root, shell)
         yield nc
     finally:
-        nc.stop()
-        left = nc.leftovers()
+        left = []
+        if nc is not None:
+            nc.stop()
+            left = nc.leftovers()
         shutil.rmtree(root, ignore_errors=True)
         assert not left, f"processes left behind: {[(p.pid, p.name()) for p in left]}"
 
@@ -409,34 +467,41 @@ def test_compose_stack_trains_the_demo_natively(stack: NativeCompose) -> None:
         ).stdout.split()
         assert got == [key, want], got
 
-    # The one-shot service: `ray job submit ... -- docl train ...`, in the foreground.
+    # Test-side gate (Compose only waits for `service_started`): both Ray nodes
+    # are in the cluster before the job goes in, so a node that cannot start
+    # fails here with its log instead of leaving the job waiting for CPUs.
     stack.wait_healthy("ray-head")
+    assert len(stack.wait_nodes(2)) == 2
+
+    # The one-shot service: `ray job submit ... -- docl train ...`, in the foreground.
     train = stack.services["train"]
     for dep, cond in stack.compose["services"]["train"]["depends_on"].items():
         if cond["condition"] == "service_healthy":
             stack.wait_healthy(dep)
+    train.log = stack.root / "logs" / "train.log"
     t0 = time.monotonic()
-    job = subprocess.run(
-        train.argv, env=train.env, cwd=stack.root, capture_output=True, text=True, timeout=900
-    )
+    with open(train.log, "wb") as log:
+        job = subprocess.Popen(
+            train.argv, env=train.env, cwd=stack.root, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True, preexec_fn=_die_with_parent,
+        )  # fmt: skip
+        train.proc = job
+        while job.poll() is None:
+            assert time.monotonic() - t0 < 900, (
+                f"the demo job still runs after 900 s:\n{stack.tail('train')}"
+            )
+            stack.supervise()
+            time.sleep(2)
     elapsed = time.monotonic() - t0
-    out = job.stdout + job.stderr
+    out = train.log.read_text(errors="replace")
     assert job.returncode == 0, (
         f"the demo job failed ({elapsed:.0f} s):\n{out[-6000:]}\n"
         f"--- ray-head ---\n{stack.tail('ray-head')}\n--- score-server ---\n{stack.tail('score-server')}"
     )
     assert re.search(r"Job '\S+' succeeded", out), out[-3000:]
 
-    # Both Ray nodes were in the cluster the job ran on.
-    head = stack.services["ray-head"]
-    nodes = subprocess.run(
-        [str(VENV_BIN / "ray"), "list", "nodes", "--format=json",
-         f"--address=http://127.0.0.1:{stack.ports[('ray-head', 8265)]}"],
-        env=head.env, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-    assert nodes.returncode == 0, nodes.stderr[-2000:]
-    alive = [n for n in json.loads(nodes.stdout) if n.get("state") == "ALIVE"]
-    assert len(alive) == 2, alive
+    # Both Ray nodes were still in the cluster the job ran on.
+    assert len(stack.wait_nodes(2, timeout=60)) == 2
 
     # The score server saw the job's reports, and it enforced its token to get them.
     base = f"http://127.0.0.1:{stack.ports[('score-server', 8000)]}"
