@@ -15,7 +15,7 @@ from tests.worker.helpers import expected_visits_and_lr_sums
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 PARAMS = {"warmup_epochs": 2, "episode_epochs": 2, "batch_size": 64}
-EPOCHS = 6
+EPOCHS = 5
 
 
 def _spec(server: str, run_id: str, out: Path, **kw: object) -> TrainSpec:
@@ -68,7 +68,7 @@ def test_a_killed_worker_is_restarted_and_training_finishes_without_double_count
 ) -> None:
     # Rank 1 SIGKILLs itself before step 2 of epoch 3; Ray Train restarts the
     # worker group, which resumes from the checkpoint of epoch 2.
-    fault = {"epoch": 3, "step": 2, "rank": 1, "marker": str(tmp_path / "fired"), "delay": 1.5}
+    fault = {"epoch": 3, "step": 2, "rank": 1, "marker": str(tmp_path / "fired"), "delay": 1.0}
     r = train(_spec(worker_server, run_id, tmp_path / "out", fault=fault, max_failures=2))
     assert (tmp_path / "fired").exists()
     visits, total, dups = _check_server(worker_server, run_id, r["num_samples"])
@@ -76,7 +76,7 @@ def test_a_killed_worker_is_restarted_and_training_finishes_without_double_count
     assert r["batches"] == total
     lines = [json.loads(x) for x in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
     assert [m["epoch"] for m in lines] == list(range(EPOCHS))
-    assert [m["attempt"] for m in lines] == [1, 1, 1, 2, 2, 2]
+    assert [m["attempt"] for m in lines] == [1, 1, 1, 2, 2]
     # Steps of epoch 3 that reached the server before the kill were sent again
     # by the restarted group under the same report ids: recognised, not counted.
     assert dups >= 1
