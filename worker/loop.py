@@ -324,7 +324,7 @@ def train_loop(
             parts_t = torch.tensor_split(shard_t, steps)  # the same split, as index tensors
             loss_fn = l2_loss if epoch.loss == "l2" else task_loss
             lr_sum = float(epoch.lr_sum_start)  # Σ lr applied before the current step (float64)
-            loss_sum = torch.zeros((), dtype=torch.float64)
+            loss_sum = torch.zeros((), dtype=torch.float32, device=device)  # no sync per step
 
             # ---- 2. train: step s at the plan's learning rate lr[s] -------------
             net.train()
@@ -376,7 +376,7 @@ def train_loop(
                 "batches": batches,
                 "lr_sum": lr_sum,
                 "attempt": attempt,  # 1 + worker-group restarts before this epoch
-                "train_loss": float(session.all_reduce_sum(loss_sum.reshape(1))[0])
+                "train_loss": float(session.all_reduce_sum(loss_sum.double().cpu().reshape(1))[0])
                 / max(1, steps * world),
             }
             if last or (cfg.eval_every > 0 and (e + 1) % cfg.eval_every == 0):

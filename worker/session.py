@@ -148,7 +148,8 @@ class DistSession:
         if self.world == 1:
             return t
         # gloo reduces CPU tensors; nccl needs them on the GPU.
-        work = t.to(self.device) if dist.get_backend() == "nccl" else t.clone()
+        nccl = dist.get_backend() == "nccl"
+        work = t.to(self.device) if nccl else t.detach().cpu().clone()
         dist.all_reduce(work, op=dist.ReduceOp.SUM)
         return work.cpu()
 
