@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import math
 import time
 import uuid
@@ -51,6 +52,8 @@ from docl.services.errors import (
 from docl.services.store import DRAWN_MAX, LOSS_METHODS, DrawInputs, RunLayout, Store
 
 __all__ = ["Engine", "RunState", "epoch_seed", "report_arrays_from_json"]
+
+log = logging.getLogger("docl.services")
 
 #: A report whose samples keep being changed by other reports between its gather
 #: and its scatter is retried this many times before the client is told to retry.
@@ -325,7 +328,13 @@ class Engine:
                 continue
             cached = self._runs.get(rid)
             if cached is None or cached.uid != meta["uid"]:
-                cached = await asyncio.to_thread(self._state_from_meta, rid, meta)
+                try:
+                    cached = await asyncio.to_thread(self._state_from_meta, rid, meta)
+                except (ValueError, KeyError) as e:  # written by another version, or by hand
+                    log.warning(
+                        "run %r has a meta this server cannot read (%s): not listed", rid, e
+                    )
+                    continue
                 self._runs[rid] = cached
             runs.append(self._run_model(cached, meta, counters))
         runs.sort(key=lambda r: r.created_at)
@@ -418,8 +427,9 @@ class Engine:
         p = st.config.params
         t0 = time.perf_counter()
         select = spec.phase == "select"
-        needs_loss = st.config.method in LOSS_METHODS
-        snap = await self.store.draw_inputs(st.layout, scores=select, losses=select and needs_loss)
+        # Always the whole snapshot (losses too when the run keeps them): the draw
+        # folds the score log into it, and compacts the log with it afterwards.
+        snap = await self.store.draw_inputs(st.layout, losses=st.layout.loss_column)
         if snap.uid != st.uid:
             return -1
         if snap.last_epoch != e - 1:
@@ -452,6 +462,8 @@ class Engine:
         status = await self.store.commit_epoch(
             st.layout, st.uid, e, doc, indices, drawn, incl_col, drop
         )
+        if status in (0, 1) and snap.log_count:
+            await self.store.compact(st.layout, st.uid, snap)
         from docl.services import metrics
 
         metrics.DRAW_SECONDS.labels(phase=spec.phase).observe(time.perf_counter() - t0)
@@ -797,7 +809,7 @@ class Engine:
     async def stats(self, run_id: str) -> Stats:
         st, meta = await self._checked_state(run_id)
         n = st.config.num_samples
-        sc = await self.store.read_column(st.layout, "score", 0, n)
+        sc = await self.store.current_scores(st.layout)
         drawn = await self.store.read_column(st.layout, "drawn", 0, n)
         counters = await self.store.counters(st.layout)
         return await asyncio.to_thread(_stats, st, meta, sc, drawn, counters)

@@ -148,7 +148,8 @@ class RunLayout:
     def memory_bytes(self, keep_epochs: int) -> int:
         """Redis bytes of the run's per-sample state when every sample has been reported."""
         n = self.num_samples
-        per_sample = self.rec_size + 4 + 2 + 8 * keep_epochs
+        # record + score column + one epoch of score-log entries + counts + indices
+        per_sample = self.rec_size + 4 + 8 + 2 + 8 * keep_epochs
         per_sample += 4 if self.loss_column else 0
         per_sample += 4 if self.exp3 else 0
         return n * per_sample
@@ -187,6 +188,18 @@ class RunLayout:
     def epochs_key(self) -> str:
         return f"{self.prefix}:epochs"
 
+    @property
+    def scorelog_key(self) -> str:
+        return f"{self.prefix}:scorelog"
+
+    @cached_property
+    def log_dtype(self) -> np.dtype[Any]:
+        """One entry of the score log: (index uint32, score float32[, loss float32])."""
+        fields = [("i", "<u4"), ("s", "<f4")]
+        if self.loss_column:
+            fields.append(("l", "<f4"))
+        return np.dtype(fields)
+
     @cached_property
     def rec_keys(self) -> tuple[str, ...]:
         return _chunk_keys(self.prefix, "rec", self.num_samples, self.rec_per_chunk)
@@ -221,6 +234,7 @@ class RunLayout:
             self.counters_key,
             self.reports_key,
             self.epochs_key,
+            self.scorelog_key,
             *self.rec_keys,
             *self.score_keys,
             *self.loss_keys,
@@ -311,11 +325,29 @@ class DrawInputs:
     losses: np.ndarray | None  # (n,) float32
     drawn: np.ndarray  # (n,) uint16
     inclusion: np.ndarray | None  # (n,) float32
+    log_base: int = 0  # score-log entries trimmed before this snapshot
+    log_count: int = 0  # score-log entries folded into `scores`/`losses` here
 
 
 def _f64_indices(indices: np.ndarray) -> bytes:
     # Lua numbers are doubles; struct.unpack('<d') is the cheapest way to read them there.
     return np.ascontiguousarray(indices, dtype="<f8").tobytes()
+
+
+def fold_log(
+    layout: RunLayout, entries: Sequence[bytes], scores: np.ndarray, losses: np.ndarray | None
+) -> None:
+    """Apply score-log entries, oldest first, to full (n,) score/loss columns in place.
+
+    Later entries win: NumPy's assignment through an index array that repeats a
+    position keeps the last value (documented behaviour for 1-D arrays)."""
+    if not entries:
+        return
+    log = np.frombuffer(b"".join(entries), dtype=layout.log_dtype)
+    idx = log["i"].astype(np.intp)
+    scores[idx] = log["s"]
+    if losses is not None and layout.loss_column:
+        losses[idx] = log["l"]
 
 
 class _RespClient:
@@ -492,6 +524,7 @@ class Store:
         self._gather = redis.register_script(_script("gather"))
         self._scatter = redis.register_script(_script("scatter"))
         self._commit = redis.register_script(_script("commit_epoch"))
+        self._compact = redis.register_script(_script("compact"))
         self._fast: _RespClient | None = None
         if fast_url is not None:
             try:
@@ -523,7 +556,7 @@ class Store:
 
     async def load_scripts(self) -> None:
         """Load every Lua script (EVALSHA later; redis-py reloads after a Redis restart)."""
-        for s in (self._create, self._gather, self._scatter, self._commit):
+        for s in (self._create, self._gather, self._scatter, self._commit, self._compact):
             s.sha = await self.redis.script_load(s.script)
 
     async def ping(self) -> bool:
@@ -625,11 +658,13 @@ class Store:
         )
 
     # -- epochs ---------------------------------------------------------------------------
-    async def draw_inputs(self, layout: RunLayout, *, scores: bool, losses: bool) -> DrawInputs:
-        """One MULTI/EXEC snapshot of last_epoch and the columns a draw reads."""
+    async def draw_inputs(self, layout: RunLayout, *, losses: bool) -> DrawInputs:
+        """One MULTI/EXEC snapshot of last_epoch and the columns a draw reads, with the
+        score log folded into the score (and loss) column (see :meth:`scatter`)."""
         pipe = self.redis.pipeline(transaction=True)
-        pipe.hmget(layout.meta_key, ["uid", "last_epoch"])
-        for k in layout.score_keys if scores else ():
+        pipe.hmget(layout.meta_key, ["uid", "last_epoch", "log_base"])
+        pipe.lrange(layout.scorelog_key, 0, -1)
+        for k in layout.score_keys:
             pipe.get(k)
         for k in layout.loss_keys if losses else ():
             pipe.get(k)
@@ -638,24 +673,25 @@ class Store:
         for k in layout.incl_keys:
             pipe.get(k)
         raw = await pipe.execute()
-        uid_b, last_b = raw[0]
-        pos = 1
+        uid_b, last_b, base_b = raw[0]
+        log: list[bytes] = raw[1]
+        pos = 2
         n = layout.num_samples
 
         def column(keys: tuple[str, ...], dtype: str, fill: float) -> np.ndarray:
             nonlocal pos
             parts = raw[pos : pos + len(keys)]
             pos += len(keys)
-            data = b"".join(p or b"" for p in parts)
-            arr = np.frombuffer(data, dtype=dtype)
+            arr = np.frombuffer(b"".join(p or b"" for p in parts), dtype=dtype)
             if arr.shape[0] < n:  # a column chunk never written (drawn/incl are lazy)
                 arr = np.concatenate([arr, np.full(n - arr.shape[0], fill, dtype=dtype)])
-            return arr[:n]
+            return arr[:n].copy()
 
-        sc = column(layout.score_keys, "<f4", np.nan) if scores else None
+        sc = column(layout.score_keys, "<f4", np.nan)
         ls = column(layout.loss_keys, "<f4", np.nan) if losses and layout.loss_column else None
         dr = column(layout.drawn_keys, "<u2", 0)
         inc = column(layout.incl_keys, "<f4", 0.0) if layout.exp3 else None
+        fold_log(layout, log, sc, ls)
         return DrawInputs(
             uid=_s(uid_b) if uid_b is not None else None,
             last_epoch=int(last_b) if last_b is not None else -1,
@@ -663,7 +699,40 @@ class Store:
             losses=ls,
             drawn=dr,
             inclusion=inc,
+            log_base=int(base_b) if base_b is not None else 0,
+            log_count=len(log),
         )
+
+    async def compact(self, layout: RunLayout, uid: str, snap: DrawInputs) -> int:
+        """Write the score (and loss) column of a snapshot back and drop the log entries
+        it folded in. Returns 1, or 0 when another process compacted meanwhile (nothing
+        changes then: its columns already hold these entries); see lua/compact.lua."""
+        if snap.log_count == 0 or snap.scores is None:
+            return 1
+        nonce = uuid.uuid4().hex[:12]
+        finals = list(layout.score_keys)
+        values = _chunks_of(snap.scores.astype("<f4").tobytes(), 4, layout.col_per_chunk)
+        if layout.loss_column and snap.losses is not None:
+            finals += layout.loss_keys
+            values += _chunks_of(snap.losses.astype("<f4").tobytes(), 4, layout.col_per_chunk)
+        temps = [f"{k}:tmp:{nonce}" for k in finals]
+        await self._set_many(temps, values)
+        keys = [layout.meta_key, layout.scorelog_key, *finals, *temps]
+        args = [uid, snap.log_base, snap.log_count, len(finals)]
+        return int(await self._run(self._compact, keys, args))
+
+    async def _set_many(self, keys: Sequence[str], values: Sequence[bytes]) -> None:
+        """SET each key (expiring in 10 min: temporary keys a crash would leave behind)."""
+        writes: list[list[Any]] = [
+            ["SET", k, v, "PX", 600_000] for k, v in zip(keys, values, strict=True)
+        ]
+        if self._fast is not None:
+            await self._fast.call_many(writes)
+            return
+        pipe = self.redis.pipeline(transaction=False)
+        for k, v in zip(keys, values, strict=True):
+            pipe.set(k, v, px=600_000)
+        await pipe.execute()
 
     async def commit_epoch(
         self,
@@ -701,16 +770,7 @@ class Store:
         values = [*idx_parts, *drawn_parts, *incl_parts]
         temps = [f"{k}:tmp:{nonce}" for k in finals]
         drop = layout.epoch_keys(*drop_epoch) if drop_epoch is not None else ()
-        writes: list[list[Any]] = [
-            ["SET", t, v, "PX", 600_000] for t, v in zip(temps, values, strict=True)
-        ]
-        if self._fast is not None:
-            await self._fast.call_many(writes)
-        else:
-            pipe = self.redis.pipeline(transaction=False)
-            for _, t, v, _, px in writes:
-                pipe.set(t, v, px=px)
-            await pipe.execute()
+        await self._set_many(temps, values)
         keys = [layout.meta_key, layout.epochs_key, *finals, *temps, *drop]
         args: list[Any] = [uid, epoch, epoch_json, len(finals), len(drop)]
         return int(await self._run(self._commit, keys, args))
@@ -755,8 +815,23 @@ class Store:
             parts.append(data + b"\0" * (want - len(data)) if len(data) < want else data)
         return np.frombuffer(b"".join(parts), dtype=layout.rec_dtype)
 
+    async def current_scores(self, layout: RunLayout) -> np.ndarray:
+        """The whole score column with the score log folded in (what a draw would see)."""
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.lrange(layout.scorelog_key, 0, -1)
+        for k in layout.score_keys:
+            pipe.get(k)
+        raw = await pipe.execute()
+        n = layout.num_samples
+        sc = np.frombuffer(b"".join(p or b"" for p in raw[1:]), dtype="<f4")[:n].copy()
+        if sc.shape[0] < n:
+            sc = np.concatenate([sc, np.full(n - sc.shape[0], np.nan, "<f4")])
+        fold_log(layout, raw[0], sc, None)
+        return sc
+
     async def read_column(self, layout: RunLayout, name: str, start: int, stop: int) -> np.ndarray:
-        """Values [start, stop) of a column: 'score', 'loss' (float32) or 'drawn' (uint16)."""
+        """Values [start, stop) of a stored column: 'score', 'loss' (float32, WITHOUT the
+        score log: see :meth:`current_scores`) or 'drawn' (uint16)."""
         if name == "drawn":
             keys, dtype, per, fill = layout.drawn_keys, "<u2", layout.drawn_per_chunk, 0.0
         elif name == "score":
@@ -793,6 +868,7 @@ class Store:
         pipe = self.redis.pipeline(transaction=True)
         for key, part in zip(keys, parts, strict=True):
             pipe.set(key, part)
+        pipe.delete(layout.scorelog_key)  # older log entries would override the new column
         await pipe.execute()
 
     # -- reports --------------------------------------------------------------------------
@@ -847,41 +923,46 @@ class Store:
         ``expected`` are the (B,) records the new state was computed from (their
         lr-sum and visits are compared), ``write`` the (B,) mask of samples to write,
         ``records``/``scores``/``losses`` the new values of those samples, in order.
+
+        The records are written in place; the new scores (and losses) go to the
+        run's score log as ONE entry appended per report, not B writes into the
+        score column: a ``redis.call`` costs microseconds, and the column is only
+        read by draws and stats, which fold the log in (:func:`fold_log`) and
+        compact it (:meth:`compact`).
         """
-        loss_keys = layout.loss_keys
         heads = (
             np.ascontiguousarray(expected)
             .view(np.uint8)
             .reshape(-1, layout.rec_size)[:, :CAS_BYTES]
         )
+        idx = np.asarray(indices)
+        log = np.empty(int(np.count_nonzero(write)), dtype=layout.log_dtype)
+        log["i"] = idx[write]
+        log["s"] = scores
+        if layout.loss_column:
+            log["l"] = losses
         res = await self._run(
             self._scatter,
             [
                 layout.meta_key,
                 layout.reports_key,
                 layout.counters_key,
+                layout.scorelog_key,
                 *layout.rec_keys,
-                *layout.score_keys,
-                *loss_keys,
             ],
             [
                 uid,
                 report_id,
                 repr(now),
                 repr(now - self.dedup_ttl_s),
-                _f64_indices(indices),
+                _f64_indices(idx),
                 layout.rec_size,
                 layout.rec_per_chunk,
-                layout.col_per_chunk,
-                len(layout.rec_keys),
-                len(layout.score_keys),
-                len(loss_keys),
                 np.ascontiguousarray(heads).tobytes(),
                 CAS_BYTES,
                 np.where(write, np.uint8(49), np.uint8(48)).astype(np.uint8).tobytes(),
                 records.tobytes(),
-                np.ascontiguousarray(scores, dtype="<f4").tobytes(),
-                np.ascontiguousarray(losses, dtype="<f4").tobytes(),
+                log.tobytes(),
                 ",".join(str(int(v)) for v in counters),
             ],
         )

@@ -238,3 +238,23 @@ def test_format_validation_errors_is_readable() -> None:
         "body field 'params.tau': Input should be greater than 0 (got -1); "
         "query field 'rank': Input should be a valid integer (got 'x')"
     )
+
+
+def test_a_run_this_server_cannot_read_does_not_break_the_list(
+    client: TestClient, redis_url: str, run_id: str
+) -> None:
+    import redis
+
+    r = redis.Redis.from_url(redis_url)
+    r.hset(
+        f"{{run:{run_id}}}:meta",
+        mapping={"config": '{"written by": "another version"}', "uid": "u", "layout": "{}"},
+    )
+    r.sadd("docl:runs", run_id)
+    try:
+        listed = client.get("/v1/runs")
+        assert listed.status_code == 200
+        assert run_id not in [x["run_id"] for x in listed.json()["runs"]]
+    finally:
+        r.delete(f"{{run:{run_id}}}:meta")
+        r.srem("docl:runs", run_id)

@@ -48,7 +48,7 @@ def test_layout_sizes_keys_and_chunks() -> None:
     every = [*small.static_keys(), *small.epoch_keys(0, 1000)]
     assert all(k.startswith("{run:r}:") for k in every)  # one hash tag: one cluster slot
     assert len(set(every)) == len(every)
-    assert lay.memory_bytes(keep_epochs=4) == 1000 * (40 + 4 + 2 + 32)
+    assert lay.memory_bytes(keep_epochs=4) == 1000 * (40 + 4 + 8 + 2 + 32)
     again = RunLayout.from_json("r", small.to_json())
     assert again == small
 
@@ -249,3 +249,85 @@ def test_heads_compared_are_lr_sum_and_visits() -> None:
     rec["lr_sum"], rec["visits"], rec["score"] = 1.5, 3, 7.0
     head = rec.view(np.uint8)[:CAS_BYTES].tobytes()
     assert head == np.float64(1.5).tobytes() + np.uint32(3).tobytes()
+
+
+def test_score_log_is_folded_into_draws_and_compacted(redis_url: str, run_id: str) -> None:
+    """Reports append their scores to the log; a draw folds the log into the score
+    column it draws from and compacts it; stats read through the log."""
+
+    async def scenario() -> None:
+        engine = _engine(redis_url)
+        n = 64
+        await engine.create_run(
+            RunCreate(
+                run_id=run_id,
+                num_samples=n,
+                num_outputs=3,
+                epochs=4,
+                method="spl",
+                params={"warmup_epochs": 2, "batch_size": 16},
+            )
+        )
+        st = await engine.state(run_id)
+        lay = st.layout
+        assert lay.loss_column  # spl keeps the loss column: the log carries losses too
+        r = redis.Redis.from_url(redis_url)
+        rng = np.random.default_rng(0)
+
+        async def report_all(e: int, lr: float) -> None:
+            data, _, _ = await engine.indices(run_id, e, rank=0, world=1, offset=0, limit=None)
+            idx = np.frombuffer(data, "<i8")
+            for j, batch in enumerate(np.array_split(idx, 4)):
+                out = rng.normal(size=(batch.size, 3)).astype(np.float32)
+                rep = wire.decode_report(
+                    wire.encode_report(
+                        report_id=f"{e}-{lr}-{j}",
+                        epoch=e,
+                        lr_sum=lr,
+                        indices=batch,
+                        outputs=out,
+                        targets=batch % 3,
+                    )
+                )
+                await engine.apply_report(run_id, rep)
+
+        await engine.draw_epoch(run_id, 0)
+        await report_all(0, 0.0)
+        await report_all(0, 1.0)  # same epoch again, later lr: every sample scored
+        assert r.llen(lay.scorelog_key) == 8
+        stored = await engine.store.read_column(lay, "score", 0, n)
+        assert np.isnan(stored).all()  # the column itself has not been touched yet
+        _, rec_scores, _, _ = await engine.scores(run_id, 0, None)
+        np.testing.assert_array_equal(await engine.store.current_scores(lay), rec_scores)
+        stats = await engine.stats(run_id)
+        assert stats.scored == n
+        await engine.draw_epoch(run_id, 1)  # folds the log in and compacts it
+        assert r.llen(lay.scorelog_key) == 0 and r.hget(lay.meta_key, "log_base") == b"8"
+        np.testing.assert_array_equal(
+            await engine.store.read_column(lay, "score", 0, n), rec_scores
+        )
+        recs = await engine.store.read_records(lay, 0, n)
+        np.testing.assert_array_equal(
+            await engine.store.read_column(lay, "loss", 0, n), recs["loss"]
+        )
+        await engine.store.close()
+
+    run(scenario())
+
+
+def test_fold_log_later_entries_win() -> None:
+    from docl.services.store import fold_log
+
+    lay = _layout("r", n=200_000, c=1)
+    rng = np.random.default_rng(0)
+    entries = []
+    truth = np.full(lay.num_samples, np.nan, np.float32)
+    for k in range(30):  # overlapping entries: every index appears in several
+        e = np.empty(20_000, lay.log_dtype)
+        e["i"] = rng.choice(50_000, size=20_000, replace=False)
+        e["s"] = k + rng.random(20_000, dtype=np.float32)
+        truth[e["i"]] = e["s"]  # sequential, one entry at a time: the reference
+        entries.append(e.tobytes())
+    got = np.full(lay.num_samples, np.nan, np.float32)
+    fold_log(lay, entries, got, None)
+    np.testing.assert_array_equal(got, truth)
