@@ -31,9 +31,9 @@ import asyncio
 import json
 import multiprocessing as mp
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -43,6 +43,17 @@ from docl.client.wire import ReportArrays
 __all__ = ["DrawResult", "ReportResult", "run_service_bench"]
 
 Echo = Callable[[str], None]
+T = TypeVar("T")
+
+
+def _run(coro: Coroutine[Any, Any, T]) -> T:
+    """Run on uvloop when installed: the server runs on it (uvicorn's default), so the
+    in-process limit and the load generator should too."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop comes with uvicorn[standard]
+        return asyncio.run(coro)
+    return uvloop.run(coro)
 
 
 @dataclass
@@ -151,7 +162,7 @@ def _loadgen(
     requests = [head + str(len(b)).encode() + b"\r\n\r\n" + b for b in bodies]
     conn.send("ready")
     conn.recv()  # start signal: generation is not timed
-    seconds, lat, errors = asyncio.run(_drive(host, port, requests, clients))
+    seconds, lat, errors = _run(_drive(host, port, requests, clients))
     conn.send((seconds, lat, errors))
     conn.close()
 
@@ -451,7 +462,7 @@ def run_service_bench(
                     "reports: scored samples/s over HTTP vs the same read-modify-write in-process (limit)"
                 )
                 echo(_REPORT_HEAD)
-                reps, drs = asyncio.run(
+                reps, drs = _run(
                     _bench_target(
                         name,
                         url,
@@ -471,7 +482,7 @@ def run_service_bench(
                     "draws: POST /epochs of a selection epoch vs numpy standardize + Gumbel-top-k (limit)"
                 )
                 echo(_DRAW_HEAD)
-                _, drs = asyncio.run(
+                _, drs = _run(
                     _bench_target(
                         name,
                         url,
@@ -669,7 +680,7 @@ def run_store_bench(
     try:
         for shared in (False, True):
             for variant in ("lua-cas", "multi-watch-marker", "multi-watch-records"):
-                res = asyncio.run(
+                res = _run(
                     _store_variant(
                         variant,
                         url,
