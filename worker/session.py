@@ -180,9 +180,17 @@ class RaySession(DistSession):
         import ray.train
         import ray.train.torch
 
-        # One INFO line per HTTP request from httpx would bury the epoch lines
-        # (Ray Train's own are quieted by the launcher's LoggingConfig).
+        # One INFO line per HTTP request from httpx, and one per ray.train.report
+        # (Ray 2.60's train context logs under its file's path, outside the
+        # "ray.train" logger that RunConfig's LoggingConfig controls), would bury
+        # the epoch lines.
         logging.getLogger("httpx").setLevel(logging.WARNING)
+        try:
+            from ray.train.v2._internal.execution import context as _ray_train_context
+
+            logging.getLogger(_ray_train_context.__file__).setLevel(logging.WARNING)
+        except ImportError:  # another Ray version: nothing to quiet
+            pass
         ctx = ray.train.get_context()
         device = ray.train.torch.get_device()
         if dist.is_available() and dist.is_initialized():
