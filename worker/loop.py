@@ -320,7 +320,8 @@ def train_loop(
             shard = source.indices(e, rank, world)  # (m,) int64, m ≈ size / world
             steps = epoch.steps
             parts = np.array_split(shard, steps)  # steps × (≈ m / steps,): equal step counts
-            shard_t = torch.from_numpy(shard).to(device)
+            # A copy: the client's arrays may be read-only views of the response body.
+            shard_t = torch.tensor(shard, dtype=torch.int64, device=device)
             parts_t = torch.tensor_split(shard_t, steps)  # the same split, as index tensors
             loss_fn = l2_loss if epoch.loss == "l2" else task_loss
             lr_sum = float(epoch.lr_sum_start)  # Σ lr applied before the current step (float64)
