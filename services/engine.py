@@ -113,6 +113,15 @@ def report_arrays_from_json(body: bytes) -> ReportArrays:
             f"outputs must be a B × c matrix with B = {b} rows of equal length, "
             f"got {len(rep.outputs)} rows of lengths {sorted(rows)[:5]}"
         )
+    try:
+        return _json_arrays(rep, b)
+    except OverflowError:
+        raise Unprocessable(
+            "an index or class id does not fit in a 64-bit integer (indices must be in [0, n))"
+        ) from None
+
+
+def _json_arrays(rep: Report, b: int) -> ReportArrays:
     with np.errstate(over="ignore"):
         outputs = np.asarray(rep.outputs, dtype=np.float32)
         if rep.targets and isinstance(rep.targets[0], list):

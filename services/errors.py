@@ -181,6 +181,28 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(RedisConnectionError, _redis_down)
     app.add_exception_handler(RedisTimeoutError, _redis_down)
 
+    from redis.exceptions import ResponseError
+
+    async def _redis_refused(request: Request, exc: Exception) -> JSONResponse:
+        text = str(exc)
+        if text.startswith(("OOM", "MISCONF", "READONLY")):
+            # Redis is up but refuses writes: out of memory, a failing disk, a replica.
+            log.error(
+                "redis refused a write during %s %s: %s", request.method, request.url.path, text
+            )
+            return problem_response(
+                503,
+                f"the score store (Redis) refuses writes: {text}",
+                instance=request.url.path,
+                headers={"Retry-After": "5"},
+            )
+        log.exception("redis error in %s %s", request.method, request.url.path)
+        return problem_response(
+            500, f"internal error: Redis said: {text}", instance=request.url.path
+        )
+
+    app.add_exception_handler(ResponseError, _redis_refused)
+
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error in %s %s", request.method, request.url.path)

@@ -435,6 +435,14 @@ def _bad_requests(run_id: str, n: int, c: int) -> list[tuple[str, int, str, dict
             path,
             {"content": b"{nope", "headers": {"Content-Type": "application/json"}},
         ),
+        ("JSON index beyond int64", 422, path, {"json": {**js, "indices": [0, 10**30]}}),
+        ("JSON output beyond float32", 422, path, {"json": {**js, "outputs": [[1e39] * c] * 2}}),
+        (
+            "JSON empty indices",
+            422,
+            path,
+            {"json": {**js, "indices": [], "outputs": [], "targets": []}},
+        ),
         (
             "unsupported media type",
             415,
