@@ -81,6 +81,14 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
+def _seconds(duration: str) -> float:
+    """A Compose duration (``10s``, ``1m30s``, ``500ms``) in seconds."""
+    units = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3, "us": 1e-6}
+    parts = re.findall(r"(\d+(?:\.\d+)?)(h|ms|us|m|s)", duration)
+    assert parts and "".join(a + b for a, b in parts) == duration, f"bad duration {duration!r}"
+    return sum(float(a) * units[b] for a, b in parts)
+
+
 def _free_port() -> int:
     from docl.services.embedded import free_port
 
@@ -381,8 +389,10 @@ class NativeCompose:
         return log.read_text(errors="replace")[-chars:] if log and log.exists() else "(no log)"
 
     def stop(self) -> None:
-        """SIGTERM each process group (reverse start order), then SIGKILL what is left,
-        then any process that still runs from this stack's temp dir (Ray's daemons)."""
+        """`docker compose down`: SIGTERM every service's process group at once, wait
+        its ``stop_grace_period`` (Compose's default: 10 s), then SIGKILL the group;
+        finally any process that still runs from this stack's temp dir (Ray's job
+        driver and workers live in process groups of their own)."""
         started = [s for s in reversed(list(self.services.values())) if s.proc is not None]
         for s in started:
             assert s.proc is not None
@@ -390,17 +400,18 @@ class NativeCompose:
                 os.killpg(s.proc.pid, signal.SIGTERM)
         for s in started:
             assert s.proc is not None
-            try:
-                s.proc.wait(timeout=40)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(s.proc.pid, signal.SIGKILL)
-                s.proc.wait(timeout=10)
+            grace = _seconds(self.compose["services"][s.name].get("stop_grace_period", "10s"))
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                s.proc.wait(timeout=grace)
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(s.proc.pid, signal.SIGKILL)
-        for p in self.leftovers():
-            with contextlib.suppress(psutil.Error):
-                p.kill()
+            s.proc.wait(timeout=30)
+        deadline = time.monotonic() + 10
+        while (left := self.leftovers()) and time.monotonic() < deadline:
+            for p in left:
+                with contextlib.suppress(psutil.Error):
+                    p.kill()
+            time.sleep(0.2)
 
     def leftovers(self) -> list[psutil.Process]:
         """Live processes whose command line names this stack's temp dir."""
