@@ -80,45 +80,71 @@ class RunParams(_Model):
         128, ge=1, description="Global mini-batch size; steps per epoch = ceil(size / batch_size)."
     )
     # -- the plan (cyclical training) -------------------------------------------
-    warmup_epochs: int = Field(5, ge=0, description="T0: uniform full-data epochs before selection.")
+    warmup_epochs: int = Field(
+        5, ge=0, description="T0: uniform full-data epochs before selection."
+    )
     episode_epochs: int = Field(
         3, ge=1, description="Selection epochs in the first episode (before its refresh epoch)."
     )
     episode_growth: float = Field(
-        1.25, ge=1.0, description="Each episode has this many times the selection epochs of the last (rounded)."
+        1.25,
+        ge=1.0,
+        description="Each episode has this many times the selection epochs of the last (rounded).",
     )
-    refresh: bool = Field(True, description="One uniform full-data epoch at the end of every episode.")
+    refresh: bool = Field(
+        True, description="One uniform full-data epoch at the end of every episode."
+    )
     l2_phases: bool | None = Field(
         None,
         description="Train warmup/refresh epochs with the L2 loss on softmax (None: the method's default).",
     )
     lr_peak: float = Field(0.1, gt=0, description="Peak learning rate of the first episode.")
     lr_min: float = Field(0.001, ge=0, description="Floor learning rate of the first episode.")
-    lr_decay: float = Field(0.85, gt=0, le=1, description="Peak and floor are multiplied by this per episode.")
-    gamma_k: float = Field(0.9, gt=0, le=1, description="Subset size factor per episode (DoCL shrinks, SPL/MCL grow).")
-    k_min: float = Field(0.2, gt=0, le=1, description="Smallest subset, as a fraction of num_samples.")
+    lr_decay: float = Field(
+        0.85, gt=0, le=1, description="Peak and floor are multiplied by this per episode."
+    )
+    gamma_k: float = Field(
+        0.9, gt=0, le=1, description="Subset size factor per episode (DoCL shrinks, SPL/MCL grow)."
+    )
+    k_min: float = Field(
+        0.2, gt=0, le=1, description="Smallest subset, as a fraction of num_samples."
+    )
     k_decay: Literal["episode", "epoch"] = Field(
-        "episode", description="Apply gamma_k at the end of every episode (paper) or every selection epoch."
+        "episode",
+        description="Apply gamma_k at the end of every episode (paper) or every selection epoch.",
     )
     budget_batches: int | None = Field(
-        None, ge=1, description="Stop the plan after this many optimizer steps (the last epoch is cut)."
+        None,
+        ge=1,
+        description="Stop the plan after this many optimizer steps (the last epoch is cut).",
     )
     # -- the score -----------------------------------------------------------------
     gamma: float = Field(0.9, ge=0, lt=1, description="EMA factor of the score (Eq. 8).")
     rho_power: float = Field(
         1.0, gt=0, description="Dynamics = (f - g) / rho**rho_power (the authors' code uses 0.1)."
     )
-    exp3: bool = Field(False, description="Divide each new score by the sample's inclusion probability.")
+    exp3: bool = Field(
+        False, description="Divide each new score by the sample's inclusion probability."
+    )
     # -- the draw ------------------------------------------------------------------
     tau: float = Field(0.1, gt=0, description="Temperature of the Boltzmann draw, P ∝ exp(ŝ/τ).")
     normalize: Literal["std", "none"] = Field(
-        "std", description="Standardize scores over scored samples before the draw ('none' = paper literal)."
+        "std",
+        description="Standardize scores over scored samples before the draw ('none' = paper literal).",
     )
     # -- diversity pruning (Eq. 15) ------------------------------------------------
-    diversity: bool | None = Field(None, description="Prune each drawn subset (None: the method's default).")
-    gamma_k_prime: float = Field(0.8, gt=0, le=1, description="Keep this fraction of the drawn subset.")
-    lambda0: float = Field(1.0, ge=0, description="Weight of the facility-location term at the start.")
-    gamma_lambda: float = Field(0.9, ge=0, le=1, description="lambda decays by this factor per selection epoch.")
+    diversity: bool | None = Field(
+        None, description="Prune each drawn subset (None: the method's default)."
+    )
+    gamma_k_prime: float = Field(
+        0.8, gt=0, le=1, description="Keep this fraction of the drawn subset."
+    )
+    lambda0: float = Field(
+        1.0, ge=0, description="Weight of the facility-location term at the start."
+    )
+    gamma_lambda: float = Field(
+        0.9, ge=0, le=1, description="lambda decays by this factor per selection epoch."
+    )
     # -- storage -------------------------------------------------------------------
     output_dtype: Literal["float32", "float16"] = Field(
         "float32", description="Width of each stored output g_i."
@@ -131,12 +157,18 @@ class RunCreate(_Model):
     run_id: RunId | None = Field(None, description="Client-chosen id; generated when absent.")
     num_samples: int = Field(..., ge=1, le=2**31 - 1, description="n: samples in the training set.")
     num_outputs: int = Field(
-        ..., ge=1, le=65536, description="c: logits per sample (classification) or target width (regression)."
+        ...,
+        ge=1,
+        le=65536,
+        description="c: logits per sample (classification) or target width (regression).",
     )
     task: Task = "classification"
     method: Method = "docl"
     epochs: int | None = Field(
-        None, ge=1, le=100_000, description="Number of epochs (optional when params.budget_batches is set)."
+        None,
+        ge=1,
+        le=100_000,
+        description="Number of epochs (optional when params.budget_batches is set).",
     )
     params: RunParams = Field(default_factory=RunParams)
 
@@ -204,7 +236,9 @@ class PlanEpoch(BaseModel):
     steps: int = Field(..., description="Optimizer steps in this epoch.")
     lr_start: float
     lr_end: float
-    lr_sum_start: float = Field(..., description="Sum of every learning rate applied before this epoch.")
+    lr_sum_start: float = Field(
+        ..., description="Sum of every learning rate applied before this epoch."
+    )
 
 
 class Plan(BaseModel):
@@ -239,7 +273,9 @@ class Report(_Model):
         ..., description="B class ids (classification) or B × c floats (regression)."
     )
     lr_sum: float = Field(..., description="Sum of learning rates applied before these outputs.")
-    features: list[list[float]] | None = Field(None, description="Optional B × d features for diversity.")
+    features: list[list[float]] | None = Field(
+        None, description="Optional B × d features for diversity."
+    )
 
     @field_validator("lr_sum")
     @classmethod
@@ -267,8 +303,12 @@ class Report(_Model):
 
 class ReportAck(BaseModel):
     accepted: int = Field(..., description="Samples in the report.")
-    scored: int = Field(..., description="Samples whose score was updated (seen before, lr_sum advanced).")
-    duplicate: bool = Field(..., description="True when this report_id was already applied: nothing changed.")
+    scored: int = Field(
+        ..., description="Samples whose score was updated (seen before, lr_sum advanced)."
+    )
+    duplicate: bool = Field(
+        ..., description="True when this report_id was already applied: nothing changed."
+    )
 
 
 class Scores(BaseModel):
@@ -293,7 +333,9 @@ class Stats(BaseModel):
     scored: int = Field(..., description="Samples with a score.")
     visited: int = Field(..., description="Samples reported at least once.")
     visits_total: int
-    quantiles: dict[str, float | None] = Field(..., description="Score quantiles: min, p10, p25, p50, p75, p90, max.")
+    quantiles: dict[str, float | None] = Field(
+        ..., description="Score quantiles: min, p10, p25, p50, p75, p90, max."
+    )
     mean: float | None
     std: float | None
     histogram: Histogram
