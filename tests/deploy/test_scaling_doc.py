@@ -92,3 +92,37 @@ def test_default_kubernetes_redis_capacity_follows_from_maxmemory() -> None:
     ):
         want = budget / _per_sample(c, "float32")
         assert abs(quoted - want) <= 0.03 * want, f"c={c}: about {want:,.0f} samples fit"
+
+
+def _table_rows(text: str, header_start: str) -> list[list[str]]:
+    """Cells of the rows of the first markdown table whose header starts with ``header_start``."""
+    lines = text.splitlines()
+    i = next(j for j, line in enumerate(lines) if line.startswith(header_start))
+    rows = []
+    for line in lines[i + 2 :]:
+        if not line.startswith("|"):
+            break
+        rows.append([cell.strip() for cell in line.strip("|").split("|")])
+    return rows
+
+
+def test_replica_figures_quote_performance_md_and_do_the_arithmetic() -> None:
+    """R per (B, c) is performance.md's measured service rate, and the derived
+    columns are the formula of the doc (u = 0.5; 2,500 and 25,000 samples/s per GPU)."""
+    perf = (REPO / "docs" / "performance.md").read_text()
+    measured = {
+        (int(_num(r[0])), int(_num(r[1]))): _num(r[3])
+        for r in _table_rows(perf, "| B | c | n | service samples/s")
+    }
+    rows = _table_rows(DOC, "| c | B | R: scored samples/s, one replica")
+    assert len(rows) >= 3
+    for r in rows:
+        c, b = int(_num(r[0])), int(_num(r[1]))
+        rate = _num(r[2].split()[0])
+        assert (b, c) in measured, f"performance.md has no B={b}, c={c} row"
+        assert rate == measured[(b, c)], (
+            f"B={b}, c={c}: performance.md now says {measured[(b, c)]:,.0f}"
+        )
+        assert _num(r[3]) == round(0.5 * rate), f"B={b}, c={c}: u x R"
+        assert float(r[4]) == round(0.5 * rate / 2500, 1), f"B={b}, c={c}: GPUs per replica"
+        assert float(r[5]) == round(25000 / (0.5 * rate), 1), f"B={b}, c={c}: replicas per GPU"
