@@ -393,3 +393,16 @@ def env_without_ray() -> dict[str, str]:
     """This process's environment minus anything that would point a Ray command at
     some other cluster on this machine."""
     return {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+
+
+def dockerfile_env(instructions: Sequence[Instruction]) -> dict[str, str]:
+    """``ENV`` values of the final stage (``KEY=value`` pairs; the last one wins)."""
+    last = max(i.stage for i in instructions)
+    out: dict[str, str] = {}
+    for ins in instructions:
+        if ins.keyword == "ENV" and ins.stage == last:
+            for word in shlex.split(ins.args):
+                if "=" in word:
+                    k, v = word.split("=", 1)
+                    out[k] = v
+    return out

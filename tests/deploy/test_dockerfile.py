@@ -10,18 +10,22 @@ pinned versions agree with the rest of the repository.
 from __future__ import annotations
 
 import re
+import subprocess
 import tomllib
 from importlib.metadata import version
+from pathlib import Path
 
 import pytest
 
 from tests.deploy.deploy_util import (
     DOCKERFILE,
     REPO,
+    VENV_BIN,
     Instruction,
     app_routes,
     console_scripts,
     dockerfile_args,
+    dockerfile_env,
     dockerignore_excludes,
     dockerignore_patterns,
     host_port,
@@ -159,3 +163,33 @@ def test_no_shell_form_process_instructions(keyword: str) -> None:
     for ins in INSTRUCTIONS:
         if ins.keyword == keyword:
             assert ins.exec_form() is not None, f"{keyword} {ins.args} is shell form"
+
+
+def test_login_shells_find_the_virtualenv(tmp_path: Path) -> None:
+    """KubeRay runs Ray containers as `/bin/bash -lc …`; Debian's /etc/profile (the
+    base image's, and this machine's) resets PATH in a login shell. The image's
+    /etc/profile.d script must put the virtualenv back in front, or `ray` and
+    `docl` are not found. Replayed here with this machine's /etc/profile and this
+    repository's virtualenv standing in for /opt/docl."""
+    venv = dockerfile_env(INSTRUCTIONS)["VIRTUAL_ENV"]
+    runs = [i.args for i in _final_stage() if i.keyword == "RUN" and "/etc/profile.d/" in i.args]
+    assert len(runs) == 1, "one RUN writes the /etc/profile.d script"
+    m = re.search(r"printf '(?P<body>[^']*)' > (?P<path>/etc/profile\.d/[\w.-]+\.sh)", runs[0])
+    assert m is not None, runs[0]
+    body = m["body"].replace("\\n", "\n").replace(venv, str(VENV_BIN.parent))
+    script = tmp_path / "docl-venv.sh"
+    script.write_text(body)
+    shell = (
+        "PATH=/usr/bin:/bin; "
+        "[ -r /etc/profile ] && . /etc/profile; "  # what a login shell runs first
+        f". {script}; command -v ray; command -v docl"
+    )
+    out = subprocess.run(
+        ["bash", "--noprofile", "--norc", "-c", shell],
+        capture_output=True,
+        text=True,
+        env={"HOME": str(tmp_path)},
+        timeout=30,
+    )
+    found = out.stdout.split()
+    assert found == [str(VENV_BIN / "ray"), str(VENV_BIN / "docl")], (out.stdout, out.stderr)
