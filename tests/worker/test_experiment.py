@@ -254,8 +254,7 @@ def _png_ok(path: Path) -> tuple[int, int]:
 
 
 @pytest.mark.slow
-@pytest.mark.ray
-def test_quick_experiment_writes_every_output_and_resumes(ray_cluster: str, tmp_path: Path) -> None:
+def test_quick_experiment_writes_every_output_and_resumes(tmp_path: Path) -> None:
     out = tmp_path / "exp"
     spec = ExperimentSpec(
         out=out,
@@ -264,8 +263,6 @@ def test_quick_experiment_writes_every_output_and_resumes(ray_cluster: str, tmp_
         seeds=[0, 1],
         quick=True,
         jobs=2,
-        ray_runs=1,
-        ray_address=ray_cluster,
         study_task="digits",
         progress=False,
     )
@@ -286,8 +283,7 @@ def test_quick_experiment_writes_every_output_and_resumes(ray_cluster: str, tmp_
         for v in ("random", "random-subset", "docl")
         for s in (0, 1)
     }
-    workers = [r["workers"] for r in rows]
-    assert workers.count("ray:1") == 1  # one run went through Ray Train
+    assert {r["workers"] for r in rows} == {"in-process"}
     for r in rows:
         # the server saw every run: samples were reported and visited
         assert int(r["visits_total"]) > 0 and int(r["visited"]) > 0, r
@@ -327,3 +323,38 @@ def test_quick_experiment_writes_every_output_and_resumes(ray_cluster: str, tmp_
     with open(out / "results.csv", newline="") as f:
         assert [r["run_id"] for r in csv.DictReader(f)] == [r["run_id"] for r in rows]
     assert summary2["failures"] == []
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_a_run_through_ray_train_matches_the_same_run_in_process(
+    ray_cluster: str, tmp_path: Path
+) -> None:
+    """--quick sends its first run through Ray Train (one worker, RaySession, DDP
+    code path, checkpoints): the same job in-process trains the same model."""
+    common: dict[str, Any] = {
+        "tasks": ["digits"],
+        "variants": parse_variants("docl"),
+        "seeds": [0],
+        "quick": True,
+        "jobs": 1,
+        "study_task": None,
+        "progress": False,
+    }
+    r1 = run_experiment(
+        ExperimentSpec(out=tmp_path / "ray", ray_runs=1, ray_address=ray_cluster, **common),
+        echo=lambda _: None,
+    )
+    r2 = run_experiment(ExperimentSpec(out=tmp_path / "local", **common), echo=lambda _: None)
+    assert r1["failures"] == [] and r2["failures"] == []
+    rows = {}
+    for name in ("ray", "local"):
+        with open(tmp_path / name / "results.csv", newline="") as f:
+            (rows[name],) = list(csv.DictReader(f))
+    assert rows["ray"]["workers"] == "ray:1" and rows["local"]["workers"] == "in-process"
+    for r in rows.values():
+        assert int(r["visits_total"]) > 0 and int(r["samples_scored"]) > 0
+    # same plan, same draws (same run seed), same init: the same training
+    for key in ("batches", "visits_total", "visited", "samples_scored"):
+        assert rows["ray"][key] == rows["local"][key], key
+    assert float(rows["ray"]["test"]) == pytest.approx(float(rows["local"]["test"]), abs=1e-9)
