@@ -4,10 +4,18 @@
 
 ``import docl.client`` needs only the base install (httpx, numpy, pydantic);
 the samplers need torch and are imported on first use. See docs/client.md.
+
+Logging: httpx logs one INFO line per request ("HTTP Request: POST …"), which
+buries a training job's own lines under the reporter's traffic as soon as the
+root logger is at INFO (Ray workers, ``logging.basicConfig(level=INFO)``). On
+import, the ``httpx`` logger is set to WARNING **only if nobody configured it
+yet** (its level is NOTSET). To see the request lines, set it yourself, before or
+after importing docl: ``logging.getLogger("httpx").setLevel(logging.INFO)``.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING, Any
 
 from docl.client._client import DEFAULT_SERVER, AsyncScoreClient, ScoreArrays, ScoreClient, to_numpy
@@ -35,6 +43,16 @@ from docl.client.models import (
     Stats,
 )
 from docl.client.reporter import LrSum, Reporter, ReporterCounters, track_lr
+
+
+def _quiet_httpx() -> None:
+    # Only when the user (or their framework) has not chosen a level for httpx.
+    httpx_log = logging.getLogger("httpx")
+    if httpx_log.level == logging.NOTSET:
+        httpx_log.setLevel(logging.WARNING)
+
+
+_quiet_httpx()
 
 if TYPE_CHECKING:
     from docl.client.sampler import CurriculumBatchSampler, CurriculumSampler, WithIndices

@@ -1,5 +1,22 @@
 """Curriculum samplers for plain PyTorch (single process, or DDP without Ray).
 
+The short way, three changed lines in an ordinary (DDP) loop::
+
+    from docl.client import CurriculumSampler
+    sampler = CurriculumSampler.connect(SERVER, run_id=RUN, num_samples=len(dataset),
+                                        num_outputs=10, epochs=EPOCHS, optimizer=opt)
+    ...
+        sampler.report(outputs=out, targets=yb)      # after backward(), before opt.step()
+
+:meth:`CurriculumSampler.connect` creates (or joins) the run, builds the
+client, a background :class:`Reporter` and a learning-rate tracker
+(:func:`track_lr`) on ``optimizer``. :meth:`report` knows the batch's sample
+indices without being told: a ``DataLoader(batch_size=B, sampler=sampler)``
+yields batches in the sampler's order (also with ``num_workers > 0``), so a
+report of B' rows is the next B' indices of this rank's epoch. The sampler
+keeps a cursor, checks that the rows fit, and starts it over on every
+``set_epoch`` and every new pass over the loader.
+
 :class:`CurriculumSampler` replaces ``DistributedSampler``: ``set_epoch(e)``,
 then iterating yields this rank's share of epoch ``e`` as the score server drew
 it. :class:`CurriculumBatchSampler` yields the same share as exactly
@@ -11,10 +28,17 @@ Both expose the drawn :class:`~docl.client.models.Epoch` as ``sampler.current``
 ``lr`` and ``lr_sum_start``), so the loop can follow the plan.
 
 Ordering across ranks. An epoch should be drawn only after every report of the
-previous one reached the server. Give the sampler your :class:`Reporter`: before
-drawing epoch ``e`` it flushes the reporter and, under ``torch.distributed``,
-waits at a barrier for the other ranks to do the same. Every rank then asks for
-epoch ``e`` by number; the draw is idempotent, so they all get the same one.
+previous one reached the server. Give the sampler your :class:`Reporter` (or let
+``connect`` make one): before drawing epoch ``e`` it flushes the reporter and,
+under ``torch.distributed``, waits at a barrier for the other ranks to do the
+same. Every rank then asks for epoch ``e`` by number; the draw is idempotent, so
+they all get the same one.
+
+Outages. When the score server (or its Redis) is down, the reporter buffers
+and retries on its own; the draw and the index fetch wait for the server to
+come back for up to ``outage_tolerance`` seconds (default 120, or
+``$DOCL_OUTAGE_TOLERANCE_S``), logging that they wait, then raise
+(:func:`ride_out`).
 
 This module needs torch (``pip install 'docl[worker]'`` or any torch);
 ``import docl.client`` does not import it.
@@ -22,19 +46,130 @@ This module needs torch (``pip install 'docl[worker]'`` or any torch);
 
 from __future__ import annotations
 
+import logging
 import math
-from collections.abc import Iterator
-from typing import Any
+import os
+import time
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
 
 import numpy as np
 import torch.distributed as dist
 from torch.utils.data import Dataset, Sampler
 
-from docl.client._client import ScoreClient
-from docl.client.models import Epoch
-from docl.client.reporter import Reporter
+from docl.client._client import ScoreClient, to_numpy
+from docl.client.errors import APIError, ServerError, TransportError
+from docl.client.models import Epoch, RunParams
+from docl.client.reporter import LrSum, Reporter, track_lr
 
-__all__ = ["CurriculumBatchSampler", "CurriculumSampler", "WithIndices"]
+__all__ = [
+    "DEFAULT_OUTAGE_TOLERANCE",
+    "CurriculumBatchSampler",
+    "CurriculumSampler",
+    "WithIndices",
+    "default_outage_tolerance",
+    "ride_out",
+]
+
+log = logging.getLogger("docl.sampler")
+
+T = TypeVar("T")
+S = TypeVar("S", bound="_Curriculum")
+
+#: Seconds a draw or index fetch waits for a score server that is down.
+DEFAULT_OUTAGE_TOLERANCE = 120.0
+ENV_OUTAGE_TOLERANCE = "DOCL_OUTAGE_TOLERANCE_S"
+
+
+def default_outage_tolerance() -> float:
+    """``$DOCL_OUTAGE_TOLERANCE_S`` when set (seconds), else 120."""
+    raw = os.environ.get(ENV_OUTAGE_TOLERANCE)
+    if raw is None or raw.strip() == "":
+        return DEFAULT_OUTAGE_TOLERANCE
+    try:
+        value = float(raw)
+    except ValueError as e:
+        raise ValueError(f"{ENV_OUTAGE_TOLERANCE} must be a number of seconds, got {raw!r}") from e
+    if not value >= 0:
+        raise ValueError(f"{ENV_OUTAGE_TOLERANCE} must be >= 0, got {raw!r}")
+    return value
+
+
+def _outage(e: BaseException) -> bool:
+    """An error that a server or Redis restart explains: worth waiting for."""
+    if isinstance(e, TransportError | ServerError):
+        return True
+    return isinstance(e, APIError) and e.status == 429
+
+
+def ride_out(
+    call: Callable[[], T],
+    *,
+    tolerance: float,
+    what: str,
+    logger: logging.Logger | None = None,
+    max_wait: float = 5.0,
+    log_every: float = 15.0,
+    sleep: Callable[[float], None] = time.sleep,
+) -> T:
+    """Call ``call()`` until it succeeds or the score server stayed down ``tolerance`` s.
+
+    The clients already retry a few times (seconds); this rides out longer
+    outages — a restarted server or Redis — for the calls training cannot go on
+    without (the epoch draw, the indices). Only outage errors are waited for
+    (no connection, timeouts, 5xx, 429); any other error is raised at once. One
+    warning when the wait starts, one every ``log_every`` s while it lasts, one
+    when the server is back. After ``tolerance`` seconds the last error is
+    raised, with a note saying how long it waited. Safe because every request
+    it wraps is idempotent (a draw is by epoch number).
+    """
+    lg = logger or log
+    start = time.monotonic()
+    last_log = start
+    delay = 0.25
+    failures = 0
+    while True:
+        try:
+            result = call()
+        except Exception as e:
+            if not _outage(e):
+                raise
+            now = time.monotonic()
+            waited = now - start
+            if waited >= tolerance:
+                if failures:
+                    lg.error(
+                        "docl: %s: the score server is still unreachable after %.0f s; giving up",
+                        what,
+                        waited,
+                    )
+                e.add_note(
+                    f"docl: waited {waited:.0f} s for the score server ({what}); "
+                    f"outage_tolerance is {tolerance:g} s"
+                )
+                raise
+            if failures == 0:
+                lg.warning(
+                    "docl: %s failed (%s); the score server or its Redis is down. "
+                    "Waiting up to %.0f s for it to come back",
+                    what,
+                    e,
+                    tolerance,
+                )
+            elif now - last_log >= log_every:
+                last_log = now
+                lg.warning("docl: %s: still waiting for the score server (%.0f s)", what, waited)
+            failures += 1
+            sleep(min(delay, max(0.0, tolerance - waited)))
+            delay = min(max_wait, delay * 2)
+        else:
+            if failures:
+                lg.warning(
+                    "docl: score server back after %.1f s; %s done",
+                    time.monotonic() - start,
+                    what,
+                )
+            return result
 
 
 def _dist_rank_world() -> tuple[int, int]:
@@ -43,8 +178,16 @@ def _dist_rank_world() -> tuple[int, int]:
     return 0, 1
 
 
+def _rows(x: Any) -> int:
+    shape = getattr(x, "shape", None)
+    if shape is not None and len(shape) > 0:
+        return int(shape[0])
+    return len(x)
+
+
 class _Curriculum:
-    """What both samplers share: which epoch, this rank's shard, the drawn Epoch."""
+    """What both samplers share: which epoch, this rank's shard, the drawn Epoch,
+    and the cursor that maps reports to indices."""
 
     def __init__(
         self,
@@ -55,8 +198,10 @@ class _Curriculum:
         world_size: int | None = None,
         epoch: int = 0,
         reporter: Reporter | None = None,
+        lrs: LrSum | None = None,
         flush_timeout: float | None = None,
         barrier: bool = True,
+        outage_tolerance: float | None = None,
     ) -> None:
         d_rank, d_world = _dist_rank_world()
         self.rank = d_rank if rank is None else rank
@@ -65,15 +210,122 @@ class _Curriculum:
             raise ValueError(f"need 0 <= rank < world_size, got {self.rank} and {self.world_size}")
         if epoch < 0:
             raise ValueError("epoch must be >= 0")
+        tolerance = default_outage_tolerance() if outage_tolerance is None else outage_tolerance
+        if not tolerance >= 0:
+            raise ValueError(f"outage_tolerance must be >= 0 seconds, got {outage_tolerance!r}")
         self.client = client
         self.run_id = run_id
         self.epoch = epoch
         self.reporter = reporter
+        #: The learning-rate sum that :meth:`report` sends when not given one.
+        self.lrs = lrs
         self.flush_timeout = flush_timeout
         self.barrier = barrier
+        self.outage_tolerance = float(tolerance)
         self._current: Epoch | None = None
         self._shard: np.ndarray | None = None
         self._num_epochs: int | None = None
+        self._cursor = 0  # rows of this epoch's order reported so far
+        self._custom = False  # a report with indices off the cursor: custom batching
+        self._owned: list[Any] = []  # what connect() made, closed by close()
+
+    # -- building one from a server URL ------------------------------------------------
+
+    @classmethod
+    def connect(
+        cls: type[S],
+        server: str | None = None,
+        *,
+        run_id: str,
+        num_samples: int | None = None,
+        num_outputs: int | None = None,
+        epochs: int | None = None,
+        method: str = "docl",
+        task: str = "classification",
+        params: RunParams | dict[str, Any] | None = None,
+        optimizer: Any = None,
+        token: str | None = None,
+        max_queue: int = 1024,
+        senders: int = 2,
+        **options: Any,
+    ) -> S:
+        """A sampler with its own client, :class:`Reporter` and learning-rate tracker.
+
+        ``server`` defaults to ``$DOCL_SERVER`` (else ``http://127.0.0.1:8000``).
+        With ``num_samples`` the run is created with this config (``num_outputs``,
+        ``epochs`` or ``params.budget_batches``, ``method``, ``task``, ``params``);
+        every rank of a DDP job may do so (the same config again is a no-op, a
+        different one raises :class:`~docl.client.errors.ConflictError`).
+        Without it the run must exist (created by another process or ``docl
+        train``). ``optimizer`` is tracked with :func:`track_lr`, so
+        :meth:`report` can send its learning-rate sum. Other keyword options go
+        to the constructor (``rank``, ``world_size``, ``pad``, ``barrier``,
+        ``flush_timeout``, ``outage_tolerance``). Call it after
+        ``init_process_group``: rank and world size are read then.
+
+        :meth:`close` (or ``with``) closes the reporter (delivering what is
+        queued) and the client; a reporter still open at exit is closed then.
+        """
+        tolerance = options.get("outage_tolerance")
+        tolerance = default_outage_tolerance() if tolerance is None else float(tolerance)
+        client = ScoreClient(server, token=token)
+        try:
+            if num_samples is not None:
+                fields: dict[str, Any] = {
+                    "run_id": run_id,
+                    "num_samples": num_samples,
+                    "num_outputs": num_outputs,
+                    "epochs": epochs,
+                    "method": method,
+                    "task": task,
+                }
+                if params is not None:
+                    fields["params"] = params
+                fields = {k: v for k, v in fields.items() if v is not None}
+                ride_out(
+                    lambda: client.create_run(**fields),
+                    tolerance=tolerance,
+                    what=f"creating run {run_id!r}",
+                )
+            else:
+                if (num_outputs, epochs, params) != (None, None, None):
+                    raise ValueError(
+                        "num_outputs, epochs and params create a run: give num_samples too "
+                        "(or none of them, to join a run that exists)"
+                    )
+                ride_out(
+                    lambda: client.get_run(run_id),
+                    tolerance=tolerance,
+                    what=f"looking up run {run_id!r}",
+                )
+            lrs = track_lr(optimizer) if optimizer is not None else None
+            reporter = Reporter(client, run_id, max_queue=max_queue, senders=senders)
+        except BaseException:
+            client.close()
+            raise
+        sampler = cls(client, run_id, reporter=reporter, lrs=lrs, **options)
+        sampler._owned = [reporter, client]
+        return sampler
+
+    def close(self, timeout: float | None = 30.0) -> bool:
+        """Close what :meth:`connect` made: the reporter (flushing for up to
+        ``timeout`` s; True when every report was delivered), then the client."""
+        delivered = True
+        for thing in self._owned:
+            if isinstance(thing, Reporter):
+                delivered = thing.close(timeout) and delivered
+            else:
+                thing.close()
+        self._owned = []
+        return delivered
+
+    def __enter__(self: S) -> S:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- the epoch ---------------------------------------------------------------------
 
     def set_epoch(self, epoch: int) -> None:
         """Use epoch ``epoch`` on the next iteration (call it before every epoch)."""
@@ -83,19 +335,33 @@ class _Curriculum:
             self.epoch = epoch
             self._current = None
             self._shard = None
+        self._restart()
+
+    def _restart(self) -> None:
+        self._cursor = 0
+        self._custom = False
+
+    def _ride_out(self, call: Callable[[], T], what: str) -> T:
+        return ride_out(call, tolerance=self.outage_tolerance, what=what)
 
     def _load(self) -> None:
         if self._current is not None and self._current.epoch == self.epoch:
             return
         # Every report of the previous epoch first, on every rank, then the draw.
         if self.reporter is not None:
-            self.reporter.flush(self.flush_timeout)
+            timeout = self.flush_timeout
+            self.reporter.flush(self.outage_tolerance if timeout is None else timeout)
         if self.barrier and dist.is_available() and dist.is_initialized():
             dist.barrier()
-        self._current = self.client.draw_epoch(self.run_id, self.epoch)
-        self._shard = self.client.indices(
-            self.run_id, self.epoch, rank=self.rank, world=self.world_size
+        e = self.epoch
+        current = self._ride_out(
+            lambda: self.client.draw_epoch(self.run_id, e), f"drawing epoch {e}"
         )
+        self._shard = self._ride_out(
+            lambda: self.client.indices(self.run_id, e, rank=self.rank, world=self.world_size),
+            f"fetching the indices of epoch {e}",
+        )
+        self._current = current
 
     @property
     def current(self) -> Epoch:
@@ -115,7 +381,8 @@ class _Curriculum:
     def num_epochs(self) -> int:
         """Epochs in the run's plan (``for e in range(sampler.num_epochs)``)."""
         if self._num_epochs is None:
-            self._num_epochs = self.client.plan(self.run_id).num_epochs
+            plan = self._ride_out(lambda: self.client.plan(self.run_id), "reading the plan")
+            self._num_epochs = plan.num_epochs
         return self._num_epochs
 
     def lr_at(self, step: int) -> float:
@@ -133,14 +400,112 @@ class _Curriculum:
             total += lr
         return total
 
+    # -- reports -----------------------------------------------------------------------
+
+    def _order(self) -> np.ndarray:
+        """The indices this rank yields in the current epoch, in order."""
+        return self.shard
+
+    @property
+    def cursor(self) -> int:
+        """Rows of this rank's current epoch reported so far (where the next report starts)."""
+        return self._cursor
+
+    def report(
+        self,
+        *,
+        outputs: Any,
+        targets: Any,
+        indices: Any = None,
+        lr_sum: float | None = None,
+        features: Any = None,
+        report_id: str | None = None,
+    ) -> str:
+        """Report the batch just trained; returns its ``report_id`` (never blocks).
+
+        Call it after ``loss.backward()`` and before ``optimizer.step()`` (the
+        outputs must be those of the parameters the tracked learning-rate sum
+        describes). ``outputs`` (B', c) and ``targets`` are the batch's, as for
+        :meth:`Reporter.report`.
+
+        ``indices`` None: the batch is the next B' indices of this rank's
+        epoch order — true for any ``DataLoader`` fed by this sampler (batches
+        come in sampler order, with any ``num_workers``). ``indices`` given:
+        used as they are; when they are the next B' indices the cursor moves on,
+        otherwise the sampler takes it for custom batching and, for the rest of
+        the epoch, every report must give its indices.
+
+        ``lr_sum`` None: the tracked optimizer's sum (``connect(optimizer=…)``
+        or ``lrs=``). ``report_id`` None: deterministic for a cursor batch
+        (run, epoch, rank, offset, rows — a replayed epoch is recognised as
+        duplicate), random otherwise.
+        """
+        if self.reporter is None:
+            raise RuntimeError(
+                "this sampler has no Reporter: build it with CurriculumSampler.connect(...) "
+                "or pass reporter=Reporter(client, run_id)"
+            )
+        if lr_sum is None:
+            if self.lrs is None:
+                raise ValueError(
+                    "no learning-rate sum: pass lr_sum=, or build the sampler with "
+                    "connect(..., optimizer=opt) so it tracks the optimizer's rates"
+                )
+            lr_sum = self.lrs.value
+        b = _rows(outputs)
+        order = self._order()
+        e = self.epoch
+        start = self._cursor
+        expected = order[start : start + b]
+        if indices is None:
+            if self._custom:
+                raise ValueError(
+                    f"epoch {e}: an earlier report gave indices that were not the sampler's "
+                    "next ones (custom batching); give indices= with every report of this epoch"
+                )
+            if b < 1 or start + b > order.shape[0]:
+                raise ValueError(
+                    f"epoch {e}, rank {self.rank}: a report of {b} rows, but {order.shape[0] - start} "
+                    f"of this rank's {order.shape[0]} indices are left (cursor {start}). Call "
+                    "set_epoch(e) before each epoch, report each batch of a DataLoader fed by "
+                    "this sampler once, in order; or pass indices= for custom batching"
+                )
+            idx: np.ndarray | Any = expected
+            on_cursor = True
+        else:
+            idx = indices
+            got = to_numpy(indices).reshape(-1)
+            on_cursor = (
+                not self._custom
+                and got.shape[0] == b
+                and expected.shape[0] == b
+                and np.array_equal(got, expected)
+            )
+            if not on_cursor:
+                self._custom = True
+        if on_cursor:
+            self._cursor = start + b
+            if report_id is None:
+                report_id = f"{self.run_id}-e{e}-r{self.rank}-o{start}-n{b}"[-128:]
+        return self.reporter.report(
+            epoch=e,
+            indices=idx,
+            outputs=outputs,
+            targets=targets,
+            lr_sum=lr_sum,
+            features=features,
+            report_id=report_id,
+        )
+
 
 class CurriculumSampler(_Curriculum, Sampler[int]):
     """A ``torch.utils.data.Sampler`` over the score server's epochs, like ``DistributedSampler``.
 
     ``CurriculumSampler(client, run_id)`` takes ``rank``/``world_size`` from
-    ``torch.distributed`` when it is initialized (else 0 and 1). Call
-    ``set_epoch(e)`` before each epoch; iterating yields this rank's contiguous
-    share of epoch ``e`` in the drawn (shuffled) order.
+    ``torch.distributed`` when it is initialized (else 0 and 1);
+    :meth:`connect` builds one from a server URL (client, reporter, lr tracker).
+    Call ``set_epoch(e)`` before each epoch; iterating yields this rank's
+    contiguous share of epoch ``e`` in the drawn (shuffled) order.
 
     ``pad=True`` (default) makes every rank's share the same length,
     ``ceil(size / world_size)``, so every DDP rank runs the same number of
@@ -163,8 +528,10 @@ class CurriculumSampler(_Curriculum, Sampler[int]):
         epoch: int = 0,
         pad: bool = True,
         reporter: Reporter | None = None,
+        lrs: LrSum | None = None,
         flush_timeout: float | None = None,
         barrier: bool = True,
+        outage_tolerance: float | None = None,
     ) -> None:
         super().__init__(
             client,
@@ -173,8 +540,10 @@ class CurriculumSampler(_Curriculum, Sampler[int]):
             world_size=world_size,
             epoch=epoch,
             reporter=reporter,
+            lrs=lrs,
             flush_timeout=flush_timeout,
             barrier=barrier,
+            outage_tolerance=outage_tolerance,
         )
         self.pad = pad
         self._padding: tuple[int, np.ndarray] | None = None
@@ -190,16 +559,28 @@ class CurriculumSampler(_Curriculum, Sampler[int]):
             # Borrow from the NEXT rank's share, never our own: a sample repeated
             # inside one batch would make the server reject that batch's report.
             nxt = (self.rank + 1) % self.world_size
-            filler = self.client.indices(
-                self.run_id, self.epoch, rank=nxt, world=self.world_size, limit=need
+            e = self.epoch
+            filler = self._ride_out(
+                lambda: self.client.indices(
+                    self.run_id, e, rank=nxt, world=self.world_size, limit=need
+                ),
+                f"fetching the padding of epoch {e}",
             )
             if filler.shape[0] < need:  # fewer samples than ranks: take the epoch's first
-                filler = self.client.indices(self.run_id, self.epoch, rank=0, world=1, limit=need)
+                filler = self._ride_out(
+                    lambda: self.client.indices(self.run_id, e, rank=0, world=1, limit=need),
+                    f"fetching the padding of epoch {e}",
+                )
             self._padding = (self.epoch, filler)
         return np.concatenate([shard, self._padding[1]])
 
+    def _order(self) -> np.ndarray:
+        return self._indices()
+
     def __iter__(self) -> Iterator[int]:
-        return iter(self._indices().tolist())
+        order = self._indices()
+        self._restart()  # a new pass over the loader: reports start at its first batch
+        return iter(order.tolist())
 
     def __len__(self) -> int:
         return int(self._indices().shape[0])
@@ -212,12 +593,15 @@ class CurriculumBatchSampler(_Curriculum, Sampler[list[int]]):
     near-equal size, so every rank takes the same number of optimizer steps
     (what DDP needs) and step ``s`` is the plan's step ``s`` — use
     ``lr_at(s)`` and ``lr_sum_at(s)`` for its learning rate and lr-sum. Pass
-    it as ``DataLoader(dataset, batch_sampler=sampler)``.
+    it as ``DataLoader(dataset, batch_sampler=sampler)``. :meth:`report`
+    works as with :class:`CurriculumSampler` (the cursor walks the shard).
     """
 
     def __iter__(self) -> Iterator[list[int]]:
         steps = max(1, self.current.steps)
-        for part in np.array_split(self.shard, steps):
+        parts = np.array_split(self.shard, steps)
+        self._restart()
+        for part in parts:
             yield part.tolist()
 
     def __len__(self) -> int:
@@ -227,8 +611,9 @@ class CurriculumBatchSampler(_Curriculum, Sampler[list[int]]):
 class WithIndices(Dataset[tuple[Any, ...]]):
     """Wrap a map-style dataset so each item is ``(index, *item)``.
 
-    A report needs the sample indices of each batch; with
-    ``DataLoader(WithIndices(ds), sampler=…)`` every batch starts with them.
+    Only needed for custom batching (``sampler.report(indices=…)``): with
+    ``DataLoader(WithIndices(ds), sampler=…)`` every batch starts with its
+    sample indices.
     """
 
     def __init__(self, dataset: Dataset[Any]) -> None:

@@ -1,10 +1,13 @@
 """Your own Ray Train loop, made curriculum-aware.
 
-The lines marked ``# docl`` are the change; the rest is an ordinary Ray Train
-``TorchTrainer`` job. The driver creates the run on the score server; every
-worker gets its share of each epoch from a ``CurriculumSampler`` (rank and
-world size come from the process group Ray Train sets up) and reports each
-mini-batch through a background ``Reporter``.
+``examples/without_docl/ray_train.py`` is the same ``TorchTrainer`` job without
+docl; the lines marked ``# docl`` are the whole change (``diff -u
+examples/without_docl/ray_train.py examples/ray_train.py``: five lines, counted
+by tests/worker/test_examples.py). Each worker's ``CurriculumSampler.connect``
+creates the run named like the Ray Train run (the same config from every
+worker: created once, then a no-op), takes rank and world size from the
+process group Ray Train sets up, and reports each mini-batch through a
+background reporter.
 
     docl serve &                                            # a score server
     python examples/ray_train.py --server http://127.0.0.1:8000 --workers 2
@@ -29,7 +32,7 @@ from ray.train.torch import TorchTrainer, prepare_model
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from docl.client import CurriculumSampler, Reporter, ScoreClient, WithIndices, track_lr  # docl
+from docl.client import CurriculumSampler  # docl
 
 
 def make_data(n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -43,40 +46,36 @@ def make_data(n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
 def train_func(config: dict[str, Any]) -> None:
     torch.manual_seed(0)
     x, y = make_data(config["samples"])
-    dataset = WithIndices(TensorDataset(x, y))  # docl: items are (index, x, y)
+    dataset = TensorDataset(x, y)
     model = prepare_model(nn.Sequential(nn.Linear(2, 32), nn.ReLU(), nn.Linear(32, 4)))
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
 
-    client = ScoreClient(config["server"])  # docl
-    reporter, lrs = Reporter(client, config["run_id"]), track_lr(opt)  # docl
-    sampler = CurriculumSampler(client, config["run_id"], reporter=reporter)  # docl
-    world = ray.train.get_context().get_world_size()
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    sampler = CurriculumSampler.connect(config["server"], run_id=ctx.get_experiment_name(), num_samples=len(dataset), num_outputs=4, epochs=config["epochs"], optimizer=opt)  # docl  # fmt: skip
     loader = DataLoader(dataset, batch_size=config["batch_size"] // world, sampler=sampler)
 
     for epoch in range(config["epochs"]):
         sampler.set_epoch(epoch)
         total = 0.0
-        for idx, xb, yb in loader:  # docl (was: for xb, yb in loader)
+        for xb, yb in loader:
             out = model(xb)  # (b, 4) logits
             loss = F.cross_entropy(out, yb)
             opt.zero_grad()
             loss.backward()
-            reporter.report(  # docl
-                epoch=epoch, indices=idx, outputs=out, targets=yb, lr_sum=lrs.value
-            )
+            sampler.report(outputs=out, targets=yb)  # docl: the sampler knows the indices
             opt.step()
             total += loss.item()
         metrics = {"epoch": epoch, "loss": total / max(1, len(loader))}
         ray.train.report(metrics)
-        if ray.train.get_context().get_world_rank() == 0:
+        if rank == 0:
             print(f"epoch {epoch} loss {metrics['loss']:.4f}")
-    reporter.close()
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--server", default=os.environ.get("DOCL_SERVER", "http://127.0.0.1:8000"))
-    p.add_argument("--run-id", default="ray-train-example")
+    p.add_argument("--server", help="score server URL (default: $DOCL_SERVER)")  # docl
+    p.add_argument("--name", default="ray-train-example", help="the Ray Train run's name")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--samples", type=int, default=2000)
     p.add_argument("--epochs", type=int, default=6)
@@ -85,25 +84,18 @@ def main() -> None:
     p.add_argument("--storage", default="out/ray-example", help="Ray Train storage path")
     args = p.parse_args()
 
-    with ScoreClient(args.server) as client:  # docl: the run, created once by the driver
-        client.create_run(
-            run_id=args.run_id, num_samples=args.samples, num_outputs=4, epochs=args.epochs,
-            method="docl", params={"warmup_epochs": 2, "batch_size": args.batch_size},
-        )  # fmt: skip
-
     if args.ray_address:
         ray.init(address=args.ray_address)
     trainer = TorchTrainer(
         train_func,
         train_loop_config={
-            "server": args.server,
-            "run_id": args.run_id,
+            "server": args.server,  # docl
             "samples": args.samples,
             "epochs": args.epochs,
             "batch_size": args.batch_size,
         },
         scaling_config=ScalingConfig(num_workers=args.workers),
-        run_config=ray.train.RunConfig(storage_path=os.path.abspath(args.storage)),
+        run_config=ray.train.RunConfig(name=args.name, storage_path=os.path.abspath(args.storage)),
     )
     result = trainer.fit()
     if result.error is not None:

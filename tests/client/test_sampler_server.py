@@ -4,18 +4,28 @@ DDP semantics: with world w the ranks' shards are disjoint and their union, in
 rank order, is the epoch exactly as the server stored it; ``set_epoch`` moves
 to another epoch; padding evens the ranks out; a real 2-process gloo DDP job
 runs through the sampler; a tiny plain torch loop following the plan learns.
+
+The short way: ``CurriculumSampler.connect`` + ``sampler.report`` without
+indices (a cursor over the sampler's order) sends exactly the samples the
+DataLoader yielded, also with worker processes; bad reports are clear errors
+that send nothing; draws ride out a server restart. (The DDP case of the short
+way is the plain-DDP example under torchrun, tests/worker/test_examples.py.)
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import subprocess
 import sys
+import threading
+import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -229,3 +239,241 @@ def test_a_tiny_torch_loop_following_the_plan_learns(client: ScoreClient, run_id
     # the server stored exactly the lr-sum of each sample's last report
     np.testing.assert_array_equal(s.lr_sums[seen], [last_lr_sum[i] for i in seen.tolist()])
     assert s.scored.sum() > 0.9 * n  # every sample was drawn at least twice (two warmup epochs)
+
+
+# ---------------------------------------------------------------------------
+# connect() and sampler.report(): the short way
+# ---------------------------------------------------------------------------
+
+
+def _blobs(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(3)
+    y = torch.randint(0, 3, (n,), generator=g)
+    return torch.randn(n, 2, generator=g) + 2.0 * y[:, None], y
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_connect_and_cursor_reports_match_what_the_loader_yielded(
+    score_server: str, run_id: str, num_workers: int
+) -> None:
+    """The loader yields (index, x, y) here ONLY so the test can see which samples
+    each batch really held; the reports do not use those indices (the cursor
+    does), and the server must have exactly what the loader yielded."""
+    n, epochs = 83, 4
+    x, y = _blobs(n)
+    model = torch.nn.Linear(2, 3)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    sampler = CurriculumSampler.connect(
+        score_server, run_id=run_id, num_samples=n, num_outputs=3, epochs=epochs,
+        method="spl", params={"warmup_epochs": 1, "k_min": 0.4, "batch_size": 8}, optimizer=opt,
+    )  # fmt: skip
+    loader = torch.utils.data.DataLoader(
+        WithIndices(torch.utils.data.TensorDataset(x, y)),
+        batch_size=7,  # not a divisor of the epoch sizes: the last batch is shorter
+        sampler=sampler,
+        num_workers=num_workers,
+    )
+    visits = np.zeros(n, dtype=np.int64)
+    last_lr_sum = np.full(n, np.nan)
+    lr_sum = 0.0
+    with sampler:
+        for epoch in range(epochs):
+            sampler.set_epoch(epoch)
+            for idx, xb, yb in loader:
+                out = model(xb)
+                loss = F.cross_entropy(out, yb)
+                opt.zero_grad()
+                loss.backward()
+                sampler.report(outputs=out, targets=yb)  # no indices: the cursor's
+                np.add.at(visits, idx.numpy(), 1)
+                last_lr_sum[idx.numpy()] = lr_sum
+                opt.step()
+                lr_sum += 0.1
+            assert sampler.cursor == len(sampler)  # every yielded index was reported
+        reporter = sampler.reporter
+        assert reporter is not None
+    # close() delivered everything and closed the client
+    assert reporter.pending == 0 and reporter.dropped == 0 and reporter.rejected == 0
+    with ScoreClient(score_server) as client:
+        got = client.scores(run_id)
+        assert [client.get_epoch(run_id, e).phase for e in range(epochs)][:2] == [
+            "warmup",
+            "select",
+        ]
+    np.testing.assert_array_equal(got.visits, visits)
+    seen = visits > 0
+    # the tracked optimizer's lr sum, read before each step()
+    np.testing.assert_allclose(got.lr_sums[seen], last_lr_sum[seen], rtol=1e-12)
+    assert visits.min() < epochs == visits.max()  # select epochs are subsets
+
+
+def test_the_batch_sampler_reports_through_the_cursor_too(client: ScoreClient, run_id: str) -> None:
+    n = 50
+    spl_run(client, run_id, n, epochs=2)
+    with Reporter(client, run_id) as rep:
+        bs = CurriculumBatchSampler(client, run_id, reporter=rep)
+        yielded: list[int] = []
+        for epoch in range(2):
+            bs.set_epoch(epoch)
+            for step, batch in enumerate(bs):
+                bs.report(
+                    outputs=np.zeros((len(batch), 2)),
+                    targets=np.array(batch) % 2,
+                    lr_sum=bs.lr_sum_at(step),
+                )
+                yielded += batch
+            assert bs.cursor == bs.shard.shape[0]
+    got = client.scores(run_id)
+    want = np.bincount(yielded, minlength=n)
+    np.testing.assert_array_equal(got.visits, want)
+
+
+def test_report_rows_beyond_the_epoch_are_a_clear_error_and_send_nothing(
+    client: ScoreClient, run_id: str
+) -> None:
+    spl_run(client, run_id, 20)
+    with Reporter(client, run_id) as rep:
+        s = CurriculumSampler(client, run_id, reporter=rep)
+        order = list(s)
+        s.report(outputs=np.zeros((15, 2)), targets=np.zeros(15, dtype=np.int64), lr_sum=0.0)
+        assert s.cursor == 15
+        with pytest.raises(ValueError, match=r"a report of 6 rows, but 5 of this rank's 20"):
+            s.report(outputs=np.zeros((6, 2)), targets=np.zeros(6, dtype=np.int64), lr_sum=0.1)
+        assert rep.counters().queued == 1 and s.cursor == 15  # nothing sent, nothing moved
+        s.report(outputs=np.zeros((5, 2)), targets=np.zeros(5, dtype=np.int64), lr_sum=0.1)
+        assert rep.flush(30)
+        # a new pass over the epoch starts the cursor over
+        assert list(s) == order and s.cursor == 0
+        # no lr sum and no tracked optimizer
+        with pytest.raises(ValueError, match="no learning-rate sum"):
+            s.report(outputs=np.zeros((1, 2)), targets=np.zeros(1, dtype=np.int64))
+    np.testing.assert_array_equal(client.scores(run_id).visits, np.ones(20))
+    with pytest.raises(RuntimeError, match="no Reporter"):
+        CurriculumSampler(client, run_id).report(
+            outputs=np.zeros((1, 2)), targets=np.zeros(1, dtype=np.int64), lr_sum=0.0
+        )
+
+
+def test_explicit_indices_are_checked_against_the_cursor_or_used_instead(
+    client: ScoreClient, run_id: str
+) -> None:
+    spl_run(client, run_id, 12)
+    with Reporter(client, run_id) as rep:
+        s = CurriculumSampler(client, run_id, reporter=rep)
+        order = np.array(list(s))
+        z = np.zeros((4, 2))
+        rid = s.report(indices=order[:4], outputs=z, targets=order[:4] % 2, lr_sum=0.0)
+        assert s.cursor == 4 and rid.endswith("-e0-r0-o0-n4")  # on the cursor: deterministic id
+        # custom batching: other indices are used as given, the cursor stops
+        s.report(indices=order[[10, 11, 4, 5]], outputs=z, targets=order[:4] % 2, lr_sum=0.1)
+        assert s.cursor == 4
+        with pytest.raises(ValueError, match="custom batching"):
+            s.report(outputs=z, targets=order[:4] % 2, lr_sum=0.2)
+        s.report(indices=order[6:10], outputs=z, targets=order[6:10] % 2, lr_sum=0.2)
+        assert rep.flush(30)
+        s.set_epoch(0)  # the same epoch again: the cursor starts over
+        assert s.cursor == 0
+    np.testing.assert_array_equal(client.scores(run_id).visits, np.ones(12))
+
+
+def test_connect_joins_or_creates_and_says_what_is_wrong(score_server: str, run_id: str) -> None:
+    from docl.client import ConflictError, NotFoundError
+
+    with pytest.raises(NotFoundError):
+        CurriculumSampler.connect(score_server, run_id=run_id)
+    with pytest.raises(ValueError, match="give num_samples too"):
+        CurriculumSampler.connect(score_server, run_id=run_id, num_outputs=2)
+    with CurriculumSampler.connect(
+        score_server, run_id=run_id, num_samples=10, num_outputs=2, epochs=2
+    ) as s:
+        assert s.num_epochs == 2 and s.lrs is None and s.world_size == 1
+    with CurriculumSampler.connect(score_server, run_id=run_id) as joined:  # exists now
+        assert joined.current.size == 10
+    with pytest.raises(ConflictError):  # another config under the same id
+        CurriculumSampler.connect(
+            score_server, run_id=run_id, num_samples=11, num_outputs=2, epochs=2
+        )
+
+
+def test_httpx_request_lines_stay_quiet_unless_the_user_asks(score_server: str) -> None:
+    """Under logging.basicConfig(level=INFO) httpx logs every request; importing
+    docl.client quiets that logger unless the user set its level."""
+    script = (
+        "import logging, sys\n"
+        "logging.basicConfig(level=logging.INFO)\n"
+        "if sys.argv[2] == 'user-wants-them':\n"
+        "    logging.getLogger('httpx').setLevel(logging.INFO)\n"
+        "from docl.client import ScoreClient\n"
+        "with ScoreClient(sys.argv[1]) as c:\n"
+        "    c.health()\n"
+        "logging.getLogger('docl.test').info('done')\n"
+    )
+    quiet, loud = (
+        subprocess.run(
+            [sys.executable, "-c", script, score_server, mode],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        for mode in ("default", "user-wants-them")
+    )
+    assert quiet.returncode == 0 and loud.returncode == 0, quiet.stderr + loud.stderr
+    assert "INFO:docl.test:done" in quiet.stderr  # INFO lines do show ...
+    assert "HTTP Request" not in quiet.stderr  # ... but not httpx's
+    assert "HTTP Request: GET" in loud.stderr
+
+
+class _RestartLater(threading.Thread):
+    """Start ``proc`` again after ``delay`` s, from a thread that then stays alive
+    until :meth:`done`: the child gets PR_SET_PDEATHSIG from the *thread* that
+    forked it, so a thread that ended would take the restarted server with it."""
+
+    def __init__(self, proc: Any, delay: float) -> None:
+        super().__init__(daemon=True)
+        self.proc, self.delay = proc, delay
+        self.error: BaseException | None = None
+        self._done = threading.Event()
+        self.start()
+
+    def run(self) -> None:
+        time.sleep(self.delay)
+        try:
+            self.proc.start()
+        except BaseException as e:
+            self.error = e
+        self._done.wait()
+
+    def done(self) -> None:
+        self._done.set()
+        self.join()
+        assert self.error is None, self.error
+
+
+def test_a_draw_waits_for_a_restarted_server_then_gives_up_after_the_tolerance(
+    redis_url: str, server_factory: Any, run_id: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    from docl.client import TransportError
+
+    server = server_factory(redis_url=redis_url)
+    with ScoreClient(server.url) as c:
+        spl_run(c, run_id, 16)
+    caplog.set_level(logging.WARNING, logger="docl.sampler")
+    with ScoreClient(server.url, retries=1) as c:
+        s = CurriculumSampler(c, run_id, outage_tolerance=60)
+        server.kill()  # SIGKILL
+        restart = _RestartLater(server, 2.0)
+        try:
+            assert sorted(s) == list(range(16))  # drawn after the restart
+            text = caplog.text
+            assert "drawing epoch 0 failed" in text and "Waiting up to 60 s" in text
+            assert "score server back after" in text
+            # a short tolerance: the error, with a note saying how long it waited
+            server.kill()
+            s2 = CurriculumSampler(c, run_id, outage_tolerance=1.0, epoch=1)
+            t0 = time.monotonic()
+            with pytest.raises(TransportError) as err:
+                list(s2)
+            assert 1.0 <= time.monotonic() - t0 < 10
+            assert any("outage_tolerance is 1 s" in note for note in err.value.__notes__)
+        finally:
+            restart.done()

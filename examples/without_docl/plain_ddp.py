@@ -1,0 +1,81 @@
+"""An ordinary PyTorch training loop (single process, or DDP under torchrun) WITHOUT docl.
+
+This is the loop before the change: ``examples/plain_ddp.py`` is this file
+made curriculum-aware, and ``diff -u examples/without_docl/plain_ddp.py
+examples/plain_ddp.py`` is the whole change (tests/worker/test_examples.py
+counts its lines). It runs on its own:
+
+    python examples/without_docl/plain_ddp.py
+    torchrun --standalone --nproc_per_node 2 examples/without_docl/plain_ddp.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data.distributed import DistributedSampler
+
+
+def make_data(
+    n: int, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Four Gaussian blobs in 2-D, 10% of the training labels flipped."""
+    g = torch.Generator().manual_seed(seed)
+    centers = torch.tensor([[2.0, 2.0], [-2.0, 2.0], [-2.0, -2.0], [2.0, -2.0]])
+    y = torch.randint(0, 4, (2 * n,), generator=g)
+    x = centers[y] + torch.randn(2 * n, 2, generator=g)
+    noisy = y[:n].clone()
+    flip = torch.rand(n, generator=g) < 0.1
+    noisy[flip] = torch.randint(0, 4, (int(flip.sum()),), generator=g)
+    return x[:n], noisy, x[n:], y[n:]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--samples", type=int, default=2000)
+    p.add_argument("--epochs", type=int, default=8)
+    p.add_argument("--batch-size", type=int, default=64)
+    args = p.parse_args()
+
+    distributed = "WORLD_SIZE" in os.environ  # started by torchrun
+    if distributed:
+        dist.init_process_group("gloo")
+    rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
+    torch.manual_seed(0)
+
+    x, y, x_test, y_test = make_data(args.samples)
+    dataset = TensorDataset(x, y)
+    model = nn.Sequential(nn.Linear(2, 32), nn.ReLU(), nn.Linear(32, 4))
+    net = DistributedDataParallel(model) if distributed else model
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+
+    sampler = DistributedSampler(dataset, num_replicas=world, rank=rank)
+    loader = DataLoader(dataset, batch_size=args.batch_size // world, sampler=sampler)
+
+    for epoch in range(args.epochs):
+        sampler.set_epoch(epoch)
+        for xb, yb in loader:
+            out = net(xb)  # (b, 4) logits
+            loss = F.cross_entropy(out, yb)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+
+    if distributed:
+        dist.barrier()
+    acc = (model(x_test).argmax(1) == y_test).float().mean().item()
+    if rank == 0:
+        print(f"test_accuracy {acc:.4f}")
+    if distributed:
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,94 @@
+"""An ordinary Ray Train ``TorchTrainer`` job WITHOUT docl.
+
+This is the loop before the change: ``examples/ray_train.py`` is this file made
+curriculum-aware, and ``diff -u examples/without_docl/ray_train.py
+examples/ray_train.py`` is the whole change (tests/worker/test_examples.py
+counts its lines). It runs on its own:
+
+    python examples/without_docl/ray_train.py --workers 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from typing import Any
+
+import ray
+import ray.train
+import torch
+import torch.nn.functional as F
+from ray.train import ScalingConfig
+from ray.train.torch import TorchTrainer, prepare_model
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data.distributed import DistributedSampler
+
+
+def make_data(n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Four Gaussian blobs in 2-D (the same on every worker: seeded)."""
+    g = torch.Generator().manual_seed(seed)
+    centers = torch.tensor([[2.0, 2.0], [-2.0, 2.0], [-2.0, -2.0], [2.0, -2.0]])
+    y = torch.randint(0, 4, (n,), generator=g)
+    return centers[y] + torch.randn(n, 2, generator=g), y
+
+
+def train_func(config: dict[str, Any]) -> None:
+    torch.manual_seed(0)
+    x, y = make_data(config["samples"])
+    dataset = TensorDataset(x, y)
+    model = prepare_model(nn.Sequential(nn.Linear(2, 32), nn.ReLU(), nn.Linear(32, 4)))
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    sampler = DistributedSampler(dataset, num_replicas=world, rank=rank)
+    loader = DataLoader(dataset, batch_size=config["batch_size"] // world, sampler=sampler)
+
+    for epoch in range(config["epochs"]):
+        sampler.set_epoch(epoch)
+        total = 0.0
+        for xb, yb in loader:
+            out = model(xb)  # (b, 4) logits
+            loss = F.cross_entropy(out, yb)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            total += loss.item()
+        metrics = {"epoch": epoch, "loss": total / max(1, len(loader))}
+        ray.train.report(metrics)
+        if rank == 0:
+            print(f"epoch {epoch} loss {metrics['loss']:.4f}")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--name", default="ray-train-example", help="the Ray Train run's name")
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--samples", type=int, default=2000)
+    p.add_argument("--epochs", type=int, default=6)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--ray-address", default=None, help="join this Ray cluster (default: start one)")
+    p.add_argument("--storage", default="out/ray-example", help="Ray Train storage path")
+    args = p.parse_args()
+
+    if args.ray_address:
+        ray.init(address=args.ray_address)
+    trainer = TorchTrainer(
+        train_func,
+        train_loop_config={
+            "samples": args.samples,
+            "epochs": args.epochs,
+            "batch_size": args.batch_size,
+        },
+        scaling_config=ScalingConfig(num_workers=args.workers),
+        run_config=ray.train.RunConfig(name=args.name, storage_path=os.path.abspath(args.storage)),
+    )
+    result = trainer.fit()
+    if result.error is not None:
+        raise result.error
+    print("training finished")
+
+
+if __name__ == "__main__":
+    main()
