@@ -17,12 +17,19 @@ like nanoGPT's, with the flow's stages as numbered banners:
     4. end of epoch      flush the reporter, barrier, evaluate
     5. checkpoint        model, optimizer, position; metrics to the session
 
-See docs/training.md for the semantics (lr_sum, resume, outputs).
+See docs/training.md for the semantics (lr_sum, resume, outputs, reliability).
+
+Outages. When the score server or its Redis goes down mid-run, the reporter
+buffers the reports and retries them (same ``report_id``: applied once), the
+end-of-epoch flush waits for them (up to ``flush_timeout``), and the epoch draw
+and index fetch wait for the server to come back (up to ``outage_tolerance``
+seconds, logging that they wait): training resumes where it was.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import signal
@@ -37,6 +44,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from docl.client.models import Epoch, RunCreate
+from docl.client.sampler import default_outage_tolerance, ride_out
 from docl.worker.session import Session
 from docl.worker.tasks import TaskData
 
@@ -53,6 +61,8 @@ __all__ = [
     "train_loop",
 ]
 
+log = logging.getLogger("docl.worker")
+
 
 @dataclass
 class LoopConfig:
@@ -60,6 +70,9 @@ class LoopConfig:
 
     ``server`` None means no score server: the loop follows ``local_run``'s plan
     with uniform draws and sends no reports (the plain local baseline).
+    ``outage_tolerance`` is how long (s) the epoch draw and index fetch wait for
+    a score server that is down (default ``$DOCL_OUTAGE_TOLERANCE_S``, else 120);
+    ``flush_timeout`` how long the end-of-epoch flush waits for its reports.
     ``fault`` is a test hook: ``{"epoch": e, "step": s, "rank": r, "marker": path}``
     SIGKILLs that rank's process once, mid-epoch, before step s (the marker file
     makes it once); with ``"action": "raise"`` it raises :class:`InjectedFault`.
@@ -80,6 +93,7 @@ class LoopConfig:
     max_queue: int = 4096
     senders: int = 2
     flush_timeout: float = 300.0
+    outage_tolerance: float = field(default_factory=default_outage_tolerance)
     fault: dict[str, Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -102,20 +116,45 @@ class EpochSource(Protocol):
 
 
 class ServerEpochs:
-    """Epochs as the score server draws them (``POST …/epochs {epoch: e}`` is idempotent)."""
+    """Epochs as the score server draws them (``POST …/epochs {epoch: e}`` is idempotent).
 
-    def __init__(self, client: Any, run_id: str) -> None:
+    Every call waits out an outage of the server or its Redis for up to
+    ``outage_tolerance`` seconds (:func:`~docl.client.sampler.ride_out`): the
+    requests are idempotent, so repeating them is safe.
+    """
+
+    def __init__(self, client: Any, run_id: str, *, outage_tolerance: float | None = None) -> None:
         self.client = client
         self.run_id = run_id
-        plan = client.plan(run_id)
+        self.outage_tolerance = (
+            default_outage_tolerance() if outage_tolerance is None else float(outage_tolerance)
+        )
+        plan = ride_out(
+            lambda: client.plan(run_id),
+            tolerance=self.outage_tolerance,
+            what="reading the plan",
+            logger=log,
+        )
         self.num_epochs = int(plan.num_epochs)
         self.total_steps = int(plan.total_steps)
 
     def epoch(self, e: int) -> Epoch:
-        return self.client.draw_epoch(self.run_id, e)
+        epoch: Epoch = ride_out(
+            lambda: self.client.draw_epoch(self.run_id, e),
+            tolerance=self.outage_tolerance,
+            what=f"drawing epoch {e}",
+            logger=log,
+        )
+        return epoch
 
     def indices(self, e: int, rank: int, world: int) -> np.ndarray:
-        return np.asarray(self.client.indices(self.run_id, e, rank=rank, world=world))
+        shard = ride_out(
+            lambda: self.client.indices(self.run_id, e, rank=rank, world=world),
+            tolerance=self.outage_tolerance,
+            what=f"fetching rank {rank}'s indices of epoch {e}",
+            logger=log,
+        )
+        return np.asarray(shard)
 
 
 class LocalEpochs:
@@ -277,7 +316,7 @@ def train_loop(
             from docl.client import ScoreClient
 
             client = ScoreClient(cfg.server, token=cfg.token)
-            source = ServerEpochs(client, cfg.run_id)
+            source = ServerEpochs(client, cfg.run_id, outage_tolerance=cfg.outage_tolerance)
         elif cfg.local_run is not None:
             source = LocalEpochs(RunCreate.model_validate(cfg.local_run))
         else:

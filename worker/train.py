@@ -72,6 +72,9 @@ class TrainSpec:
     progress: bool = True
     checkpoint: bool = True
     fault: dict[str, Any] | None = None  # test hook, see LoopConfig
+    # Seconds a worker waits for a score server (or its Redis) that is down before
+    # failing; None: $DOCL_OUTAGE_TOLERANCE_S, else 120. Reports buffer meanwhile.
+    outage_tolerance: float | None = None
 
 
 def _pydantic_message(e: ValidationError) -> str:
@@ -147,9 +150,19 @@ def train(spec: TrainSpec) -> dict[str, Any]:
             server_proc, server = _start_server(spec)
         if server is not None:
             from docl.client import ScoreClient
+            from docl.client.sampler import default_outage_tolerance, ride_out
 
+            tolerance = (
+                spec.outage_tolerance
+                if spec.outage_tolerance is not None
+                else default_outage_tolerance()
+            )
             with ScoreClient(server, token=spec.token) as client:
-                client.create_run(run)
+                ride_out(
+                    lambda: client.create_run(run),
+                    tolerance=tolerance,
+                    what=f"creating run {run.run_id!r}",
+                )
 
         cfg = LoopConfig(
             run_id=run.run_id,
@@ -166,6 +179,8 @@ def train(spec: TrainSpec) -> dict[str, Any]:
             checkpoint=spec.checkpoint,
             fault=spec.fault,
         )
+        if spec.outage_tolerance is not None:
+            cfg.outage_tolerance = spec.outage_tolerance
         server_pid = server_proc.pid if server_proc is not None else None
         server_cpu0 = _tree_cpu_seconds(server_pid)
         t_train, cpu_train = time.perf_counter(), time.process_time()
@@ -260,6 +275,8 @@ def _check_early(spec: TrainSpec) -> None:
 
     if spec.workers < 0:
         raise TrainError("workers must be >= 0 (0 = in-process)")
+    if spec.outage_tolerance is not None and not spec.outage_tolerance >= 0:
+        raise TrainError(f"outage_tolerance must be >= 0 seconds, got {spec.outage_tolerance}")
     if spec.method not in METHODS:
         raise TrainError(f"unknown method {spec.method!r}; methods are: {', '.join(METHODS)}")
     if spec.local and spec.method not in ("random", "random-subset"):
