@@ -38,11 +38,11 @@ def test_worked_example_docl() -> None:
     plan = build_plan(_run(epochs=14))
     got = [(e.episode, e.phase, e.loss, e.size, e.steps) for e in plan]
     assert got == (
-        [(0, "warmup", "l2", 1000, 10)] * 5
+        [(0, "warmup", "task", 1000, 10)] * 5
         + [(1, "select", "task", 900, 9)] * 3  # L_1 = 3, k = 1000·0.9
-        + [(1, "refresh", "l2", 1000, 10)]
+        + [(1, "refresh", "task", 1000, 10)]
         + [(2, "select", "task", 810, 9)] * 4  # L_2 = max(4, round(3.75)) = 4
-        + [(2, "refresh", "l2", 1000, 10)]
+        + [(2, "refresh", "task", 1000, 10)]
     )
     # episode 1: one cosine over its 3·9 + 10 = 37 steps from 0.1·0.85 to 0.001·0.85
     ep1 = np.concatenate([e.lr for e in plan[5:9]])

@@ -293,7 +293,7 @@ def test_registry_covers_the_wire_methods_with_the_documented_schedules() -> Non
         "alternate": "shrink",
     }
     l2 = {m for m, s in METHODS.items() if s.l2_phases}
-    assert l2 == {"random-subset", "docl-nr", "docl", "top", "bottom", "alternate"}
+    assert l2 == {"docl-nr", "top", "bottom", "alternate"}  # docl: task loss (docs/results.md)
     assert {m for m, s in METHODS.items() if s.diversity} == {"mcl"}
     assert METHODS["docl-nr"].score == "docl-nr" and METHODS["docl"].score == "docl"
 
