@@ -2,7 +2,8 @@
 
 Run as ``python ddp_sampler_worker.py SERVER RUN EPOCHS OUT.json`` with RANK,
 WORLD_SIZE, MASTER_ADDR and MASTER_PORT set, like torchrun would. It is the
-six-line change of docs/client.md applied to an ordinary DDP loop: the sampler
+explicit form of docs/client.md's change (its own Reporter, WithIndices batches,
+report(indices=...)) applied to an ordinary DDP loop: the sampler
 takes rank and world size from torch.distributed, the reporter is flushed and
 the ranks meet at a barrier before each draw.
 """
