@@ -27,6 +27,7 @@ __all__ = [
     "Problem",
     "Report",
     "ReportAck",
+    "ReportsAck",
     "Run",
     "RunCounters",
     "RunCreate",
@@ -314,6 +315,17 @@ class ReportAck(BaseModel):
     duplicate: bool = Field(
         ..., description="True when this report_id was already applied: nothing changed."
     )
+
+
+class ReportsAck(BaseModel):
+    """The answer to a multi-report body (``application/vnd.docl.reports.v1``)."""
+
+    reports: list[ReportAck] = Field(
+        ..., description="One acknowledgement per report, in the order of the body."
+    )
+    accepted: int = Field(..., description="Samples in all the reports.")
+    scored: int = Field(..., description="Samples whose score was updated, over all the reports.")
+    duplicates: int = Field(..., description="Reports that had already been applied.")
 
 
 class Scores(BaseModel):

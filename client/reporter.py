@@ -3,7 +3,19 @@ learning-rate sum a report needs: :class:`LrSum` / :func:`track_lr`.
 
 A training step hands its batch to :meth:`Reporter.report`, which copies the
 arrays (detached, on the caller's thread), puts them in a bounded queue and
-returns. Sender threads post the queued reports to the score server.
+returns: a few microseconds, nothing else happens on the caller's thread.
+Sender threads encode and post the queued reports to the score server.
+
+Coalescing. A sender takes every report waiting in the queue (up to
+``max_batch_samples`` samples and ``max_batch_reports`` reports) and posts them
+in ONE request (``application/vnd.docl.reports.v1``); each keeps its own
+``report_id``, so the server applies each exactly once. Nothing waits to fill
+a batch: when the server keeps up, every report goes alone; when steps come
+faster than round trips, reports queue up meanwhile and the next request
+carries them all. That bounds the sender's CPU (taken from the training
+thread through the GIL) and the server's per-request cost. A batch the server
+rejects with a 4xx is re-sent report by report, so only the bad ones are
+rejected.
 
 Delivery. A report is sent until the server acknowledges it. Connection
 errors, timeouts, 5xx and 429 answers are retried forever with exponential
@@ -30,6 +42,7 @@ from __future__ import annotations
 import atexit
 import collections
 import functools
+import itertools
 import logging
 import math
 import random
@@ -42,8 +55,10 @@ from typing import Any
 
 import numpy as np
 
-from docl.client._client import ScoreClient, _check_report_arrays
+from docl.client import wire
+from docl.client._client import ReportPoster, ScoreClient, _check_report_arrays
 from docl.client.errors import APIError, ServerError, TransportError
+from docl.client.models import ReportAck, ReportsAck
 
 __all__ = ["LrSum", "Reporter", "ReporterCounters", "track_lr"]
 
@@ -56,6 +71,7 @@ class ReporterCounters:
 
     queued: int  # reports accepted by report()
     sent: int  # acknowledged by the server (duplicates included)
+    requests: int  # HTTP requests that carried them (fewer than sent when coalesced)
     scored: int  # samples whose score the server updated (sum of ReportAck.scored)
     duplicates: int  # acknowledged as already applied (a retry that had got through)
     retried: int  # send attempts repeated after a connection error, timeout, 5xx or 429
@@ -76,6 +92,21 @@ class _Item:
     outputs: np.ndarray
     targets: np.ndarray
     features: np.ndarray | None
+
+    @property
+    def rows(self) -> int:
+        return int(self.indices.shape[0])
+
+    def encode(self) -> bytes:
+        return wire.encode_report(
+            report_id=self.report_id,
+            epoch=self.epoch,
+            lr_sum=self.lr_sum,
+            indices=self.indices,
+            outputs=self.outputs,
+            targets=self.targets,
+            features=self.features,
+        )
 
 
 class Reporter:
@@ -102,6 +133,8 @@ class Reporter:
         *,
         max_queue: int = 1024,
         senders: int = 2,
+        max_batch_samples: int = 4096,
+        max_batch_reports: int = 256,
         backoff: float = 0.2,
         max_backoff: float = 5.0,
         warn_interval: float = 30.0,
@@ -111,19 +144,41 @@ class Reporter:
             raise ValueError("max_queue must be >= 1")
         if senders < 1:
             raise ValueError("senders must be >= 1")
+        if max_batch_samples < 1 or not 1 <= max_batch_reports <= wire.MAX_REPORTS_PER_BODY:
+            raise ValueError(
+                f"max_batch_samples must be >= 1 and max_batch_reports in "
+                f"[1, {wire.MAX_REPORTS_PER_BODY}]"
+            )
         self.run_id = run_id
+        self.max_batch_samples = max_batch_samples
+        self.max_batch_reports = max_batch_reports
         self.max_queue = max_queue
         self.backoff = backoff
         self.max_backoff = max_backoff
         self.warn_interval = warn_interval
         self.exit_timeout = exit_timeout
         self._client = client.with_options(retries=0)
+        self._path = f"/v1/runs/{run_id}/reports"
+        # report_ids: a random prefix per reporter and a counter (uuid4 per report costs
+        # a system call on the caller's thread)
+        self._id_prefix = uuid.uuid4().hex
+        self._seq = itertools.count()
         self._queue: collections.deque[_Item] = collections.deque()
         self._cond = threading.Condition()
         self._inflight = 0
         self._closed = False
         self._c = dict.fromkeys(
-            ("queued", "sent", "scored", "duplicates", "retried", "dropped", "rejected"), 0
+            (
+                "queued",
+                "sent",
+                "requests",
+                "scored",
+                "duplicates",
+                "retried",
+                "dropped",
+                "rejected",
+            ),
+            0,
         )
         self._failing_since: float | None = None
         self._last_drop_warning = -math.inf
@@ -166,7 +221,7 @@ class Reporter:
             epoch, indices, outputs, targets, lr_sum, features, copy=True
         )
         item = _Item(
-            report_id=report_id or uuid.uuid4().hex,
+            report_id=report_id or f"{self._id_prefix}-{next(self._seq)}",
             epoch=int(epoch),
             lr_sum=float(lr_sum),
             indices=idx,
@@ -284,39 +339,66 @@ class Reporter:
         return float(t.read or 30.0)
 
     def _run(self) -> None:
-        while True:
-            with self._cond:
-                while not self._queue and not self._closed:
-                    self._cond.wait()
-                if not self._queue:  # closed and drained
-                    return
-                item = self._queue.popleft()
-                self._inflight += 1
-            try:
-                self._deliver(item)
-            finally:
+        poster = ReportPoster(self._client)
+        try:
+            while True:
                 with self._cond:
-                    self._inflight -= 1
-                    self._cond.notify_all()
+                    while not self._queue and not self._closed:
+                        self._cond.wait()
+                    if not self._queue:  # closed and drained
+                        return
+                    batch = self._take()
+                    self._inflight += len(batch)
+                try:
+                    self._deliver(poster, batch)
+                finally:
+                    with self._cond:
+                        self._inflight -= len(batch)
+                        self._cond.notify_all()
+        finally:
+            poster.close()
 
-    def _deliver(self, item: _Item) -> None:
+    def _take(self) -> list[_Item]:
+        """Everything queued, oldest first, up to the batch limits (the lock is held)."""
+        first = self._queue.popleft()
+        batch = [first]
+        rows = first.rows
+        q = self._queue
+        while q and len(batch) < self.max_batch_reports:
+            if rows + q[0].rows > self.max_batch_samples:
+                break
+            item = q.popleft()
+            batch.append(item)
+            rows += item.rows
+        return batch
+
+    def _post(self, poster: ReportPoster, batch: list[_Item]) -> list[ReportAck]:
+        if len(batch) == 1:
+            data = poster.post(self._path, batch[0].encode(), wire.REPORT_CONTENT_TYPE)
+            return [ReportAck.model_validate_json(data)]
+        body = wire.encode_reports([item.encode() for item in batch])
+        data = poster.post(self._path, body, wire.REPORTS_CONTENT_TYPE)
+        acks = ReportsAck.model_validate_json(data).reports
+        if len(acks) != len(batch):
+            raise ServerError(500, f"the server acknowledged {len(acks)} of {len(batch)} reports")
+        return acks
+
+    def _deliver(self, poster: ReportPoster, batch: list[_Item]) -> None:
         attempt = 0
         while True:
             try:
-                ack = self._client.report(
-                    self.run_id,
-                    epoch=item.epoch,
-                    indices=item.indices,
-                    outputs=item.outputs,
-                    targets=item.targets,
-                    lr_sum=item.lr_sum,
-                    features=item.features,
-                    report_id=item.report_id,
-                )
+                acks = self._post(poster, batch)
             except (TransportError, ServerError) as e:
                 failure: BaseException = e
             except APIError as e:
                 if e.status != 429:
+                    if len(batch) > 1:
+                        # One bad report fails the whole request (nothing was written):
+                        # send them one by one, so only the bad ones are rejected.
+                        for item in batch:
+                            self._deliver(poster, [item])
+                        return
+                    item = batch[0]
                     with self._cond:
                         self._c["rejected"] += 1
                     self.last_error = e
@@ -324,22 +406,27 @@ class Reporter:
                         "docl reporter: report %s (epoch %d, %d samples) rejected: %s",
                         item.report_id,
                         item.epoch,
-                        item.indices.shape[0],
+                        item.rows,
                         e,
                     )
                     return
                 failure = e
             except Exception as e:  # a bug must not kill the sender thread silently
                 with self._cond:
-                    self._c["rejected"] += 1
+                    self._c["rejected"] += len(batch)
                 self.last_error = e
-                log.exception("docl reporter: report %s failed unexpectedly", item.report_id)
+                log.exception(
+                    "docl reporter: %d report(s) from %s failed unexpectedly",
+                    len(batch),
+                    batch[0].report_id,
+                )
                 return
             else:
                 with self._cond:
-                    self._c["sent"] += 1
-                    self._c["scored"] += ack.scored
-                    self._c["duplicates"] += int(ack.duplicate)
+                    self._c["sent"] += len(acks)
+                    self._c["requests"] += 1
+                    self._c["scored"] += sum(a.scored for a in acks)
+                    self._c["duplicates"] += sum(a.duplicate for a in acks)
                     outage = self._failing_since
                     self._failing_since = None
                 if outage is not None:
@@ -351,7 +438,7 @@ class Reporter:
                     )
                 return
             # Retryable: the server is down, overloaded or restarting. Keep the
-            # report (and its report_id) and try again after a backoff.
+            # reports (and their report_ids) and try again after a backoff.
             self.last_error = failure
             with self._cond:
                 self._c["retried"] += 1
@@ -367,9 +454,9 @@ class Reporter:
                     self.max_queue,
                 )
             if closed:
-                # close() gave up waiting: count this one as abandoned.
+                # close() gave up waiting: count these as abandoned.
                 with self._cond:
-                    self._c["dropped"] += 1
+                    self._c["dropped"] += len(batch)
                 return
             delay = min(self.max_backoff, self.backoff * 2.0**attempt)
             attempt += 1

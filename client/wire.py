@@ -26,6 +26,20 @@ Report (``Content-Type: application/vnd.docl.report.v1``)::
          or 4Bc   targets  float32[B, c]   (regression)
             4Bd   features float32[B, d]   (only when bit 1)
 
+Several reports in one request (``Content-Type: application/vnd.docl.reports.v1``)::
+
+    0   4   magic b"DOCM"
+    4   1   version (1)
+    5   3   zero
+    8   4   K, reports that follow (uint32, 1..MAX_REPORTS_PER_BODY)
+    12  4   zero
+    16  ..  K times: L (uint64), then one report as above of exactly L bytes,
+            then zero bytes up to the next multiple of 8
+
+Each report keeps its own report_id, epoch and lr_sum: the server applies (or
+recognises as a duplicate) each one exactly as if it had come alone, and
+answers one acknowledgement per report, in order.
+
 Scores (``Accept: application/vnd.docl.scores.v1``)::
 
     0   4   magic b"DOCS"
@@ -42,6 +56,7 @@ Indices (``Accept: application/octet-stream``): int64[m], nothing else.
 from __future__ import annotations
 
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -51,24 +66,34 @@ from docl.client.errors import WireError
 
 __all__ = [
     "INDICES_CONTENT_TYPE",
+    "MAX_REPORTS_PER_BODY",
+    "REPORTS_CONTENT_TYPE",
     "REPORT_CONTENT_TYPE",
     "SCORES_CONTENT_TYPE",
     "ReportArrays",
     "WireError",
     "decode_indices",
     "decode_report",
+    "decode_reports",
     "decode_scores",
     "encode_indices",
     "encode_report",
+    "encode_reports",
     "encode_scores",
 ]
 
 REPORT_CONTENT_TYPE = "application/vnd.docl.report.v1"
+REPORTS_CONTENT_TYPE = "application/vnd.docl.reports.v1"
 SCORES_CONTENT_TYPE = "application/vnd.docl.scores.v1"
 INDICES_CONTENT_TYPE = "application/octet-stream"
 
 _REPORT_MAGIC = b"DOCR"
 _SCORES_MAGIC = b"DOCS"
+_MULTI_MAGIC = b"DOCM"
+_MULTI_HEADER = struct.Struct("<4sB3xI4x")  # 16 bytes
+_FRAME_LEN = struct.Struct("<Q")
+#: Most reports one multi-report body may carry.
+MAX_REPORTS_PER_BODY = 4096
 _HEADER = struct.Struct("<4sBBHIIIId")  # 32 bytes
 _SCORES_HEADER = struct.Struct("<4sIQQ")  # 24 bytes
 _FLAG_REGRESSION = 1
@@ -200,6 +225,54 @@ def decode_report(body: bytes | bytearray | memoryview) -> ReportArrays:
         targets=targets,
         features=features,
     )
+
+
+def encode_reports(frames: Sequence[bytes | bytearray | memoryview]) -> bytes:
+    """Wrap already encoded reports (:func:`encode_report`) into one multi-report body."""
+    k = len(frames)
+    if not 1 <= k <= MAX_REPORTS_PER_BODY:
+        raise WireError(f"a multi-report body carries 1..{MAX_REPORTS_PER_BODY} reports, got {k}")
+    parts: list[bytes | bytearray | memoryview] = [_MULTI_HEADER.pack(_MULTI_MAGIC, 1, k)]
+    for f in frames:
+        n = len(f)
+        parts.append(_FRAME_LEN.pack(n))
+        parts.append(f)
+        if n % 8:
+            parts.append(b"\0" * _pad8(n))
+    return b"".join(parts)
+
+
+def decode_reports(body: bytes | bytearray | memoryview) -> list[ReportArrays]:
+    """Decode a multi-report body; :class:`WireError` names the bad report (0-based)."""
+    buf = memoryview(body)
+    if len(buf) < _MULTI_HEADER.size:
+        raise WireError(
+            f"multi-report body is {len(buf)} bytes, shorter than its {_MULTI_HEADER.size}-byte header"
+        )
+    magic, version, k = _MULTI_HEADER.unpack_from(buf)
+    if magic != _MULTI_MAGIC:
+        raise WireError(f"bad magic {bytes(magic)!r}, expected {_MULTI_MAGIC!r}")
+    if version != 1:
+        raise WireError(f"unsupported multi-report version {version}")
+    if not 1 <= k <= MAX_REPORTS_PER_BODY:
+        raise WireError(f"a multi-report body carries 1..{MAX_REPORTS_PER_BODY} reports, got {k}")
+    out: list[ReportArrays] = []
+    pos = _MULTI_HEADER.size
+    for j in range(k):
+        if pos + _FRAME_LEN.size > len(buf):
+            raise WireError(f"report {j}: the body ends before its length field (K = {k})")
+        (n,) = _FRAME_LEN.unpack_from(buf, pos)
+        pos += _FRAME_LEN.size
+        if n > len(buf) - pos:
+            raise WireError(f"report {j}: length {n} runs past the end of the body")
+        try:
+            out.append(decode_report(buf[pos : pos + n]))
+        except WireError as e:
+            raise WireError(f"report {j}: {e}") from None
+        pos += n + _pad8(n)
+    if pos != len(buf):
+        raise WireError(f"{len(buf) - pos} bytes after the last of the {k} reports")
+    return out
 
 
 def encode_scores(

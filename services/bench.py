@@ -64,6 +64,7 @@ class ReportResult:
     num_samples: int
     clients: int
     reports: int
+    frames: int  # reports per HTTP request (1: one binary report; more: a multi-report body)
     service_rate: float  # scored samples / s over HTTP
     p50_ms: float
     p99_ms: float
@@ -71,6 +72,9 @@ class ReportResult:
     limit_p50_ms: float
     limit_p99_ms: float
     errors: int
+    server_us: float = float("nan")  # server process CPU per scored sample, best HTTP pass
+    redis_us: float = float("nan")  # Redis CPU per scored sample, best HTTP pass
+    limit_redis_us: float = float("nan")  # Redis CPU per scored sample, best in-process pass
 
     @property
     def ratio(self) -> float:
@@ -93,14 +97,23 @@ class DrawResult:
 
 # -- the load generator (a separate process) ---------------------------------------------------
 def _bodies(
-    run_id: str, indices: np.ndarray, batch: int, width: int, lr_sum: float, prefix: str, seed: int
+    run_id: str,
+    indices: np.ndarray,
+    batch: int,
+    width: int,
+    lr_sum: float,
+    prefix: str,
+    seed: int,
+    frames: int = 1,
 ) -> list[bytes]:
+    """Request bodies: one binary report of `batch` samples each, or (frames > 1)
+    multi-report bodies of `frames` such reports."""
     rng = np.random.default_rng(seed)
-    out = []
+    reports = []
     for j in range(0, indices.shape[0], batch):
         idx = indices[j : j + batch]
         outputs = rng.normal(size=(idx.shape[0], width)).astype(np.float32)
-        out.append(
+        reports.append(
             wire.encode_report(
                 report_id=f"{prefix}-{j // batch}",
                 epoch=0,
@@ -110,7 +123,9 @@ def _bodies(
                 targets=idx % width,
             )
         )
-    return out
+    if frames == 1:
+        return reports
+    return [wire.encode_reports(reports[k : k + frames]) for k in range(0, len(reports), frames)]
 
 
 async def _drive(
@@ -141,7 +156,8 @@ async def _drive(
                         length = int(line[15:])
                 body = await reader.readexactly(length)
                 latencies.append(time.perf_counter() - t0)
-                if not head.startswith(b"HTTP/1.1 200") or b'"duplicate":false' not in body:
+                ok = b'"duplicates":0' in body or b'"duplicate":false' in body
+                if not head.startswith(b"HTTP/1.1 200") or not ok:
                     errors += 1
         finally:
             writer.close()
@@ -155,9 +171,9 @@ def _loadgen(
     host: str, port: int, path: str, spec: dict[str, Any], clients: int, conn: Any
 ) -> None:  # pragma: no cover - runs in a child process
     bodies = _bodies(**spec)
+    ctype = wire.REPORTS_CONTENT_TYPE if spec.get("frames", 1) > 1 else wire.REPORT_CONTENT_TYPE
     head = (
-        f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\n"
-        f"Content-Type: {wire.REPORT_CONTENT_TYPE}\r\nContent-Length: "
+        f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: {ctype}\r\nContent-Length: "
     ).encode()
     requests = [head + str(len(b)).encode() + b"\r\n\r\n" + b for b in bodies]
     conn.send("ready")
@@ -197,28 +213,43 @@ def _http_pass(
 
 # -- the in-process limit ------------------------------------------------------------------------
 async def _inprocess_pass(
-    engine: Any, run_id: str, reports: list[ReportArrays], clients: int
+    engine: Any, run_id: str, requests: list[list[ReportArrays]], clients: int
 ) -> tuple[float, np.ndarray, int]:
-    it = iter(reports)
+    it = iter(requests)
     latencies: list[float] = []
     errors = 0
 
     async def worker() -> None:
         nonlocal errors
-        for rep in it:
+        for reps in it:
             t0 = time.perf_counter()
-            ack = await engine.apply_report(run_id, rep)
+            acks = await engine.apply_reports(run_id, reps)
             latencies.append(time.perf_counter() - t0)
-            if ack.duplicate:
-                errors += 1
+            errors += sum(a.duplicate for a in acks)
 
     t0 = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(clients)))
     return time.perf_counter() - t0, np.asarray(latencies), errors
 
 
-def _arrays(bodies: list[bytes]) -> list[ReportArrays]:
-    return [wire.decode_report(b) for b in bodies]
+def _arrays(bodies: list[bytes], frames: int) -> list[list[ReportArrays]]:
+    if frames == 1:
+        return [[wire.decode_report(b)] for b in bodies]
+    return [wire.decode_reports(b) for b in bodies]
+
+
+def _proc_cpu(pid: int | None) -> float:
+    """CPU seconds (user + system) of a process so far; NaN when unknown."""
+    if pid is None:
+        return float("nan")
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return float("nan")
+    import os
+
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 # -- orchestration -------------------------------------------------------------------------------
@@ -230,14 +261,17 @@ async def _bench_target(
     num_samples: int,
     batches: Sequence[int],
     widths: Sequence[int],
+    frames_list: Sequence[int] = (1,),
     samples_per_pass: dict[int, int],
     clients: int,
     draw_sizes: Sequence[int],
     draw_repeats: int,
     rounds: int,
     echo: Echo,
+    server_pid: int | None = None,
 ) -> tuple[list[ReportResult], list[DrawResult]]:
     import httpx
+    import redis.asyncio as aioredis
 
     from docl.services.config import Settings
     from docl.services.engine import Engine
@@ -246,102 +280,147 @@ async def _bench_target(
     store = Store.from_url(redis_url, timeout_s=120)
     await store.load_scripts()
     engine = Engine(store, Settings(redis_url=redis_url))
+    info = aioredis.Redis.from_url(redis_url)
+
+    async def redis_cpu() -> float:
+        cpu = await info.info("cpu")
+        return float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"])
+
     reports: list[ReportResult] = []
     draws: list[DrawResult] = []
     stamp = f"{int(time.time())}-{np.random.default_rng().integers(1 << 30):x}"
     async with httpx.AsyncClient(base_url=server_url, timeout=600) as http:
         for width in widths:
             for batch in batches:
-                n = num_samples if width <= 100 else min(num_samples, 200_000)
-                m = min(n, samples_per_pass[width])
-                m -= m % batch
-                run_id = f"bench-{stamp}-b{batch}-c{width}"
-                r = await http.post(
-                    "/v1/runs",
-                    json={
-                        "run_id": run_id,
-                        "num_samples": n,
-                        "num_outputs": width,
-                        "epochs": 1,
-                        "params": {"warmup_epochs": 1, "batch_size": batch},
-                    },
-                )
-                r.raise_for_status()
-                (await http.post(f"/v1/runs/{run_id}/epochs", json={"epoch": 0})).raise_for_status()
-                idx = np.random.default_rng(1).permutation(n)[:m].astype(np.int64)
-                spec: dict[str, Any] = {
-                    "run_id": run_id,
-                    "indices": idx,
-                    "batch": batch,
-                    "width": width,
-                }
-                warm = _arrays(_bodies(**spec, lr_sum=0.0, prefix="warm", seed=1))
-                await _inprocess_pass(engine, run_id, warm, clients)
-                del warm
-                # Alternate in-process and HTTP passes and keep the best of each: other
-                # processes on a shared machine slow one pass or the other at random.
-                best_lim: tuple[float, np.ndarray] | None = None
-                best_http: tuple[float, np.ndarray] | None = None
-                err = lim_err = 0
-                for rnd in range(rounds):
-                    lim = _arrays(
-                        _bodies(**spec, lr_sum=2.0 * rnd + 1, prefix=f"limit{rnd}", seed=2 + rnd)
-                    )
-                    lim_s, lim_lat, e1 = await _inprocess_pass(engine, run_id, lim, clients)
-                    del lim
-                    http_s, lat, e2 = await asyncio.to_thread(
-                        _http_pass,
-                        server_url,
-                        run_id,
-                        {
-                            **spec,
-                            "lr_sum": 2.0 * rnd + 2,
-                            "prefix": f"http{rnd}",
-                            "seed": 100 + rnd,
-                        },
-                        clients,
-                    )
-                    lim_err += e1
-                    err += e2
-                    if best_lim is None or lim_s < best_lim[0]:
-                        best_lim = (lim_s, lim_lat)
-                    if best_http is None or http_s < best_http[0]:
-                        best_http = (http_s, lat)
-                assert best_lim is not None and best_http is not None
-                lim_s, lim_lat = best_lim
-                http_s, lat = best_http
-                run = (await http.get(f"/v1/runs/{run_id}")).json()
-                scored = run["counters"]["samples_scored"]
-                if scored != 2 * rounds * m:
-                    err += 1
-                    echo(
-                        f"  ! expected {2 * rounds * m} scored samples, the server counted {scored}"
-                    )
-                res = ReportResult(
-                    target=target,
-                    batch=batch,
-                    width=width,
-                    num_samples=n,
-                    clients=clients,
-                    reports=m // batch,
-                    service_rate=m / http_s,
-                    p50_ms=1e3 * float(np.percentile(lat, 50)),
-                    p99_ms=1e3 * float(np.percentile(lat, 99)),
-                    limit_rate=m / lim_s,
-                    limit_p50_ms=1e3 * float(np.percentile(lim_lat, 50)),
-                    limit_p99_ms=1e3 * float(np.percentile(lim_lat, 99)),
-                    errors=err + lim_err,
-                )
-                reports.append(res)
-                echo(_report_row(res))
-                (await http.delete(f"/v1/runs/{run_id}")).raise_for_status()
+                for frames in frames_list:
+                    res = await _bench_reports(
+                        engine, http, target, server_url, stamp, redis_cpu,
+                        num_samples=num_samples, batch=batch, width=width, frames=frames,
+                        samples_per_pass=samples_per_pass, clients=clients, rounds=rounds,
+                        echo=echo, server_pid=server_pid,
+                    )  # fmt: skip
+                    reports.append(res)
+                    echo(_report_row(res))
         for n in draw_sizes:
             draws.append(
                 await _bench_draw(target, engine, http, f"bench-{stamp}-draw{n}", n, draw_repeats)
             )
             echo(_draw_row(draws[-1]))
+    await info.aclose()
     await store.close()
     return reports, draws
+
+
+async def _bench_reports(
+    engine: Any,
+    http: Any,
+    target: str,
+    server_url: str,
+    stamp: str,
+    redis_cpu: Callable[[], Coroutine[Any, Any, float]],
+    *,
+    num_samples: int,
+    batch: int,
+    width: int,
+    frames: int,
+    samples_per_pass: dict[int, int],
+    clients: int,
+    rounds: int,
+    echo: Echo,
+    server_pid: int | None,
+) -> ReportResult:
+    """One row: the in-process limit and the service over HTTP, each on its own run.
+
+    Each run has one writer — the benchmark's engine or the server — as a run has in
+    production (one server process): each keeps its run's write lease (see
+    engine.RecordCache) after its warm-up pass. Sharing one run would make the two
+    revoke each other's lease at every pass and measure the recovery instead."""
+    n = num_samples if width <= 100 else min(num_samples, 200_000)
+    per = batch * frames
+    m = min(n, samples_per_pass[width])
+    m = max(per, m - m % per)
+    m = min(m, n - n % batch)
+    runs = {k: f"bench-{stamp}-b{batch}-k{frames}-c{width}-{k}" for k in ("limit", "http")}
+    for run_id in runs.values():
+        r = await http.post(
+            "/v1/runs",
+            json={
+                "run_id": run_id,
+                "num_samples": n,
+                "num_outputs": width,
+                "epochs": 1,
+                "params": {"warmup_epochs": 1, "batch_size": batch},
+            },
+        )
+        r.raise_for_status()
+        (await http.post(f"/v1/runs/{run_id}/epochs", json={"epoch": 0})).raise_for_status()
+    idx = np.random.default_rng(1).permutation(n)[:m].astype(np.int64)
+    spec: dict[str, Any] = {"indices": idx, "batch": batch, "width": width, "frames": frames}
+    # Warm-up passes (not timed): every sample visited once by its run's writer, so the
+    # measured passes score every sample they touch.
+    warm = _arrays(_bodies(runs["limit"], **spec, lr_sum=0.0, prefix="warm", seed=1), frames)
+    await _inprocess_pass(engine, runs["limit"], warm, clients)
+    del warm
+    await asyncio.to_thread(
+        _http_pass, server_url, runs["http"],
+        {"run_id": runs["http"], **spec, "lr_sum": 0.0, "prefix": "warm", "seed": 1}, clients,
+    )  # fmt: skip
+    # Alternate in-process and HTTP passes and keep the best of each: other
+    # processes on a shared machine slow one pass or the other at random.
+    best_lim: tuple[float, np.ndarray, float] | None = None
+    best_http: tuple[float, np.ndarray, float, float] | None = None
+    err = lim_err = 0
+    for rnd in range(rounds):
+        lr = float(rnd + 1)
+        lim = _arrays(
+            _bodies(runs["limit"], **spec, lr_sum=lr, prefix=f"p{rnd}", seed=2 + rnd), frames
+        )
+        r0 = await redis_cpu()
+        lim_s, lim_lat, e1 = await _inprocess_pass(engine, runs["limit"], lim, clients)
+        lim_redis = await redis_cpu() - r0
+        del lim
+        r0, s0 = await redis_cpu(), _proc_cpu(server_pid)
+        http_s, lat, e2 = await asyncio.to_thread(
+            _http_pass, server_url, runs["http"],
+            {"run_id": runs["http"], **spec, "lr_sum": lr, "prefix": f"p{rnd}", "seed": 100 + rnd},
+            clients,
+        )  # fmt: skip
+        http_redis, http_server = await redis_cpu() - r0, _proc_cpu(server_pid) - s0
+        lim_err += e1
+        err += e2
+        if best_lim is None or lim_s < best_lim[0]:
+            best_lim = (lim_s, lim_lat, lim_redis)
+        if best_http is None or http_s < best_http[0]:
+            best_http = (http_s, lat, http_redis, http_server)
+    assert best_lim is not None and best_http is not None
+    lim_s, lim_lat, lim_redis = best_lim
+    http_s, lat, http_redis, http_server = best_http
+    for kind, run_id in runs.items():
+        run = (await http.get(f"/v1/runs/{run_id}")).json()
+        scored = run["counters"]["samples_scored"]
+        if scored != rounds * m:
+            err += 1
+            echo(f"  ! {kind}: expected {rounds * m} scored samples, the server counted {scored}")
+        (await http.delete(f"/v1/runs/{run_id}")).raise_for_status()
+    return ReportResult(
+        target=target,
+        batch=batch,
+        width=width,
+        num_samples=n,
+        clients=clients,
+        reports=m // batch,
+        frames=frames,
+        service_rate=m / http_s,
+        p50_ms=1e3 * float(np.percentile(lat, 50)),
+        p99_ms=1e3 * float(np.percentile(lat, 99)),
+        limit_rate=m / lim_s,
+        limit_p50_ms=1e3 * float(np.percentile(lim_lat, 50)),
+        limit_p99_ms=1e3 * float(np.percentile(lim_lat, 99)),
+        errors=err + lim_err,
+        server_us=1e6 * http_server / m,
+        redis_us=1e6 * http_redis / m,
+        limit_redis_us=1e6 * lim_redis / m,
+    )
 
 
 async def _bench_draw(
@@ -393,17 +472,19 @@ async def _bench_draw(
 
 
 _REPORT_HEAD = (
-    f"{'redis':<9} {'B':>5} {'c':>5} {'n':>9} {'samples/s':>10} {'p50 ms':>7} {'p99 ms':>7}"
-    f" {'limit/s':>10} {'lim p50':>7} {'lim p99':>7} {'ratio':>6} {'err':>4}"
+    f"{'redis':<9} {'B':>5} {'K':>3} {'c':>5} {'n':>9} {'samples/s':>10} {'p50 ms':>7} {'p99 ms':>7}"
+    f" {'limit/s':>10} {'lim p50':>7} {'lim p99':>7} {'ratio':>6} {'srv us':>6} {'rds us':>6}"
+    f" {'err':>4}"
 )
 _DRAW_HEAD = f"{'redis':<9} {'n':>10} {'k':>10} {'draw s':>8} {'numpy s':>8} {'ratio':>6}"
 
 
 def _report_row(r: ReportResult) -> str:
     return (
-        f"{r.target:<9} {r.batch:>5} {r.width:>5} {r.num_samples:>9} {r.service_rate:>10,.0f}"
-        f" {r.p50_ms:>7.2f} {r.p99_ms:>7.2f} {r.limit_rate:>10,.0f} {r.limit_p50_ms:>7.2f}"
-        f" {r.limit_p99_ms:>7.2f} {r.ratio:>6.2f} {r.errors:>4}"
+        f"{r.target:<9} {r.batch:>5} {r.frames:>3} {r.width:>5} {r.num_samples:>9}"
+        f" {r.service_rate:>10,.0f} {r.p50_ms:>7.2f} {r.p99_ms:>7.2f} {r.limit_rate:>10,.0f}"
+        f" {r.limit_p50_ms:>7.2f} {r.limit_p99_ms:>7.2f} {r.ratio:>6.2f} {r.server_us:>6.2f}"
+        f" {r.redis_us:>6.2f} {r.errors:>4}"
     )
 
 
@@ -421,8 +502,10 @@ def run_service_bench(
     quick: bool = False,
     batches: Sequence[int] = (256, 1024),
     widths: Sequence[int] = (10, 100, 1000),
+    frames: Sequence[int] = (1,),
     clients: int = 8,
     draw_sizes: Sequence[int] = (1_000_000, 10_000_000),
+    reports: bool = True,
     json_path: str | None = None,
     echo: Echo = print,
 ) -> dict[str, Any]:
@@ -433,7 +516,7 @@ def run_service_bench(
 
     if quick:
         num_samples = min(num_samples, 20_000)
-        batches, widths = (256,), (10,)
+        batches, widths, frames = (256,), (10,), (1,)
         draw_sizes = (100_000,)
         per_pass = {10: 4096, 100: 4096, 1000: 2048}
         repeats = 1
@@ -454,50 +537,59 @@ def run_service_bench(
         try:
             if redis is not None:
                 redis.start()
-                url = redis.url
+                url = redis.unix_url  # as `docl serve` reaches its embedded Redis
             assert url is not None
             with ServerProcess(redis_url=url) as server:
                 echo(f"\n[{name}] redis {url}, server {server.url} (pid {server.pid})")
-                echo(
-                    "reports: scored samples/s over HTTP vs the same read-modify-write in-process (limit)"
-                )
-                echo(_REPORT_HEAD)
-                reps, drs = _run(
-                    _bench_target(
-                        name,
-                        url,
-                        server.url,
-                        num_samples=num_samples,
-                        batches=batches,
-                        widths=widths,
-                        samples_per_pass=per_pass,
-                        clients=clients,
-                        draw_sizes=(),
-                        draw_repeats=repeats,
-                        rounds=repeats,
-                        echo=echo,
+                reps: list[ReportResult] = []
+                if reports and batches and widths:
+                    echo(
+                        "reports: scored samples/s over HTTP vs the same read-modify-write "
+                        "in-process (limit); K reports per request; CPU us per sample of the "
+                        "server process and of Redis during the best HTTP pass"
                     )
-                )
-                echo(
-                    "draws: POST /epochs of a selection epoch vs numpy standardize + Gumbel-top-k (limit)"
-                )
-                echo(_DRAW_HEAD)
-                _, drs = _run(
-                    _bench_target(
-                        name,
-                        url,
-                        server.url,
-                        num_samples=num_samples,
-                        batches=(),
-                        widths=(),
-                        samples_per_pass=per_pass,
-                        clients=clients,
-                        draw_sizes=draw_sizes,
-                        draw_repeats=repeats,
-                        rounds=repeats,
-                        echo=echo,
+                    echo(_REPORT_HEAD)
+                    reps, _ = _run(
+                        _bench_target(
+                            name,
+                            url,
+                            server.url,
+                            num_samples=num_samples,
+                            batches=batches,
+                            widths=widths,
+                            frames_list=frames,
+                            samples_per_pass=per_pass,
+                            clients=clients,
+                            draw_sizes=(),
+                            draw_repeats=repeats,
+                            rounds=repeats,
+                            echo=echo,
+                            server_pid=server.pid,
+                        )
                     )
-                )
+                drs: list[DrawResult] = []
+                if draw_sizes:
+                    echo(
+                        "draws: POST /epochs of a selection epoch vs numpy standardize + "
+                        "Gumbel-top-k (limit)"
+                    )
+                    echo(_DRAW_HEAD)
+                    _, drs = _run(
+                        _bench_target(
+                            name,
+                            url,
+                            server.url,
+                            num_samples=num_samples,
+                            batches=(),
+                            widths=(),
+                            samples_per_pass=per_pass,
+                            clients=clients,
+                            draw_sizes=draw_sizes,
+                            draw_repeats=repeats,
+                            rounds=repeats,
+                            echo=echo,
+                        )
+                    )
                 all_reports += reps
                 all_draws += drs
         finally:

@@ -20,6 +20,7 @@ import logging
 import math
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -160,31 +161,67 @@ def _duplicate_positions(idx: np.ndarray) -> tuple[int, int, int] | None:
 
 
 class RecordCache:
-    """This process's copy of a run's per-sample records, to skip the read of a report.
+    """This process's copy of a run's per-sample records, to skip the reads of a report.
 
-    Only an optimisation: the scatter script compares every sample against Redis,
-    so a stale row (another server process wrote it, Redis lost a write in a crash)
-    costs one retry with the current rows, never a wrong score. Rows start unknown
-    and are filled by gathers and by our own successful writes. When several
-    processes write the same run (``--workers N``, replicas) the copies go stale
-    often; after ``MIN_REPORTS`` reports with more than ``MAX_CONFLICT_RATE`` of
-    them conflicting, the cache switches itself off for that run and every report
-    reads from Redis.
+    Rows start unknown and are filled by gathers and by our own successful writes.
+
+    **The write lease.** A cache claims the run (``store.claim``: its token, unique
+    to this process and to this generation of the copy, goes into the run's meta)
+    while it is empty, and fills only afterwards. While the token is still the
+    run's ``writer``, nobody else wrote a record, so the copy IS the stored state:
+    the scatter skips its per-sample compare (one ``redis.call`` per sample instead
+    of two). Any write without the lease revokes it; the next scatter of this
+    process then compares every sample (as without a cache), finds the lease gone,
+    and the copy starts over (:meth:`clear`: a new generation, a new claim). Two
+    reports of the same sample are never computed at once in one process (``busy``:
+    the second waits for the first), so our own concurrent writes cannot race
+    each other under the lease either.
+
+    Without the lease the cache is still an optimisation only: the scatter compares
+    every sample against Redis, so a stale row (another server process wrote it,
+    Redis lost a write in a crash) costs one retry with the current rows, never a
+    wrong score. When several processes write the same run (``--workers N``,
+    replicas) leases get revoked and copies go stale often; after ``MIN_REPORTS``
+    reports with more than ``MAX_CONFLICT_RATE`` of them conflicting (a revoked
+    lease counts), the cache switches itself off for that run and every report
+    reads from Redis and is compared.
     """
 
     MIN_REPORTS = 64
     MAX_CONFLICT_RATE = 0.05
 
-    def __init__(self, uid: str, layout: RunLayout) -> None:
+    def __init__(self, uid: str, layout: RunLayout, *, owner: str = "", resets: int = 0) -> None:
         self.uid = uid
         n = layout.num_samples
         self.rec = np.zeros(n, dtype=layout.rec_dtype)  # calloc: pages appear as touched
         self.known = np.zeros(n, dtype=bool)
-        self.nbytes = n * layout.rec_size
+        self.busy = np.zeros(n, dtype=bool)  # samples of a report being applied right now
+        self.nbytes = n * (layout.rec_size + 2)
         self.last_epoch = -1
         self.reports = 0
         self.conflicts = 0
         self.enabled = True
+        self.owner = owner or uuid.uuid4().hex
+        self.gen = 0  # generation of the copy: bumped by clear()
+        self.claimed = -1  # the generation whose lease claim completed
+        self.claiming = False
+        self.resets = resets  # the store's connection-failure count this generation began at
+
+    @property
+    def token(self) -> str:
+        """This generation's lease token."""
+        return f"{self.owner}:{self.gen}"
+
+    @property
+    def leased(self) -> bool:
+        return self.claimed == self.gen
+
+    def clear(self, resets: int) -> None:
+        """Forget every row: a new generation, which must claim the lease again."""
+        self.known[:] = False
+        self.gen += 1
+        self.resets = resets
+        self.last_epoch = -1
 
     def put(self, idx: np.ndarray, rows: np.ndarray) -> None:
         self.rec[idx] = rows
@@ -200,6 +237,55 @@ class RecordCache:
             self.enabled = False
 
 
+#: Most samples one scatter script call writes: a script blocks Redis while it runs
+#: (~2-5 µs per sample here), so a large multi-report request is applied in pieces.
+MAX_GROUP_SAMPLES = 16384
+#: Most reports one scatter script call applies (Lua's unpack() limit is ~8000 values).
+MAX_GROUP_REPORTS = 1024
+
+
+def _cat_records(parts: Sequence[np.ndarray], dtype: np.dtype[Any]) -> np.ndarray:
+    """Concatenate record arrays keeping the record layout: np.concatenate would give a
+    packed dtype (NumPy >= 1.23 drops the padding of structured dtypes)."""
+    out = np.empty(sum(p.shape[0] for p in parts), dtype=dtype)
+    pos = 0
+    for p in parts:
+        out[pos : pos + p.shape[0]] = p
+        pos += p.shape[0]
+    return out
+
+
+def report_groups(reps: Sequence[ReportArrays]) -> list[list[int]]:
+    """Split a request's reports, in order, into groups applied by one script call each:
+    no sample twice in a group (the script compares every sample with the state from
+    before the call), at most MAX_GROUP_SAMPLES samples and MAX_GROUP_REPORTS reports."""
+    if len(reps) == 1:
+        return [[0]]
+    sizes = [int(r.indices.shape[0]) for r in reps]
+    if sum(sizes) <= MAX_GROUP_SAMPLES and len(reps) <= MAX_GROUP_REPORTS:
+        every = np.concatenate([r.indices for r in reps])
+        if _duplicate_positions(every) is None:  # the usual case: one group
+            return [list(range(len(reps)))]
+    groups: list[list[int]] = []
+    cur: list[int] = []
+    seen: set[int] = set()
+    count = 0
+    for j, r in enumerate(reps):
+        ids = r.indices.tolist()
+        if cur and (
+            count + sizes[j] > MAX_GROUP_SAMPLES
+            or len(cur) >= MAX_GROUP_REPORTS
+            or not seen.isdisjoint(ids)
+        ):
+            groups.append(cur)
+            cur, seen, count = [], set(), 0
+        cur.append(j)
+        seen.update(ids)
+        count += sizes[j]
+    groups.append(cur)
+    return groups
+
+
 class Engine:
     """The score server's behaviour, one method per route."""
 
@@ -209,6 +295,7 @@ class Engine:
         self._runs: dict[str, RunState] = {}
         self._caches: dict[str, RecordCache] = {}
         self._cache_bytes = 0
+        self._owner = uuid.uuid4().hex  # this process's part of every lease token
 
     # -- run state ---------------------------------------------------------------------------
     def _state_from_meta(self, run_id: str, meta: dict[str, str]) -> RunState:
@@ -654,107 +741,293 @@ class Engine:
             del self._caches[st.run_id]
         if st.layout.exp3:  # Exp3 reads the inclusion column, which every draw rewrites
             return None
-        need = st.layout.num_samples * st.layout.rec_size
+        need = st.layout.num_samples * (st.layout.rec_size + 2)
         if self._cache_bytes + need > self.settings.record_cache_bytes:
             return None
-        c = RecordCache(st.uid, st.layout)
+        c = RecordCache(st.uid, st.layout, owner=self._owner, resets=self.store.resets)
         self._caches[st.run_id] = c
         self._cache_bytes += need
         return c
 
+    async def _acquire(self, st: RunState, cache: RecordCache, idx: np.ndarray) -> None:
+        """Mark ``idx`` busy in ``cache`` once no other report of this process is applying
+        one of them, after making sure the cache holds the run's write lease (claimed
+        while its generation is empty, see RecordCache). The claim fails only when the
+        run was re-created: the report then finds out at its gather."""
+        while True:
+            if self.store.resets != cache.resets:  # Redis restarted: trust no copy
+                cache.clear(self.store.resets)
+            if cache.busy[idx].any() or cache.claiming:
+                await asyncio.sleep(0.0005)  # rare: two reports of one sample at once
+                continue
+            if cache.claimed != cache.gen and not cache.known.any():
+                gen = cache.gen
+                cache.claiming = True
+                try:
+                    ok = await self.store.claim(st.layout, st.uid, cache.token) == 1
+                finally:
+                    cache.claiming = False
+                if ok and cache.gen == gen:
+                    cache.claimed = gen
+                if not ok:
+                    cache.busy[idx] = True
+                    return
+                continue
+            cache.busy[idx] = True
+            return
+
     async def apply_report(self, run_id: str, rep: ReportArrays) -> ReportAck:
-        """Score one report: validate, read the samples' records, score (numpy), scatter
-        (one atomic script: dedup marker + compare-and-set of every sample + writes).
+        """Score one report; see :meth:`apply_reports`."""
+        return (await self.apply_reports(run_id, [rep]))[0]
+
+    async def apply_reports(self, run_id: str, reps: Sequence[ReportArrays]) -> list[ReportAck]:
+        """Score one or more reports: validate them all, then per group of reports
+        (:func:`report_groups`) read the samples' records, score (numpy), scatter (one
+        atomic script: dedup markers + compare-and-set of every sample, or the write
+        lease + writes). Every report is applied exactly once, in order; a report
+        already applied is acknowledged as a duplicate and changes nothing.
+
+        The whole request is validated before anything is written: one invalid
+        report is a 422 for all of them, and nothing changes. A report of an epoch
+        not drawn yet is a 409 for its group and every group after it (groups
+        before it stay applied: their acknowledgements are lost with the error, and
+        a retry finds them as duplicates).
 
         The records come from this process's :class:`RecordCache` when it has them,
-        else from Redis (``gather``). Either way the scatter compares each sample's
-        stored (lr_sum, visits) with the state the update was computed from and
-        writes nothing on a mismatch, returning the current records; the update is
-        then recomputed from those. So a stale copy costs a retry, never a wrong score.
+        else from Redis (``gather``). Without the write lease, the scatter compares
+        each sample's stored (lr_sum, visits) with the state the update was computed
+        from and writes nothing on a mismatch, returning the current records; the
+        update is then recomputed from those. So a stale copy costs a retry, never a
+        wrong score.
         """
+        if not reps:
+            raise Unprocessable("a request needs at least one report")
+        st = await self.state(run_id)
+        self._validate_all(st, reps)
+        acks: list[ReportAck | None] = [None] * len(reps)
+        for group in report_groups(reps):
+            st = await self._apply_group(run_id, st, reps, group, acks)
+        assert all(a is not None for a in acks)
+        return [a for a in acks if a is not None]
+
+    def _validate_all(self, st: RunState, reps: Sequence[ReportArrays]) -> None:
+        if len(reps) == 1:
+            self.validate_report(st, reps[0])
+            return
+        first: dict[str, int] = {}
+        for j, rep in enumerate(reps):
+            try:
+                self.validate_report(st, rep)
+            except Unprocessable as e:
+                raise Unprocessable(f"report {j} ({rep.report_id!r}): {e.detail}") from None
+            k = first.setdefault(rep.report_id, j)
+            if k != j:
+                raise Unprocessable(
+                    f"report_id {rep.report_id!r} appears twice in one request "
+                    f"(reports {k} and {j}); every report needs its own id"
+                )
+
+    async def _apply_group(
+        self,
+        run_id: str,
+        st: RunState,
+        reps: Sequence[ReportArrays],
+        group: list[int],
+        acks: list[ReportAck | None],
+    ) -> RunState:
         from docl.services import metrics
 
-        st = await self.state(run_id)
-        self.validate_report(st, rep)
-        b = int(rep.indices.shape[0])
-        idx = rep.indices
-        cache = self._cache_for(st)
-        rec: np.ndarray | None = None
-        inclusion: np.ndarray | None = None
-        for _attempt in range(MAX_REPORT_ATTEMPTS):
-            if rec is None:
-                missing = idx if cache is None else idx[~cache.known[idx]]
-                if missing.size or cache is None or rep.epoch > cache.last_epoch:
-                    g = await self.store.gather(st.layout, st.uid, rep.report_id, missing)
-                    if g.status == -1:
-                        st = await self.state(run_id, fresh=True)  # 404 if gone, else a new run
-                        self.validate_report(st, rep)
-                        cache = self._cache_for(st)
-                        continue
-                    if g.status == 0:
-                        await self.store.count_duplicate(st.layout)
-                        metrics.REPORTS.labels(result="duplicate").inc()
-                        return ReportAck(accepted=b, scored=0, duplicate=True)
-                    if rep.epoch > g.last_epoch:
-                        raise Conflict(
-                            f"epoch {rep.epoch} of run {run_id!r} has not been drawn yet "
-                            f"(last drawn: {g.last_epoch if g.last_epoch >= 0 else 'none'})"
-                        )
-                    assert g.records is not None
-                    if cache is None:
-                        rec, inclusion = g.records, g.inclusion
-                    else:
-                        cache.last_epoch = max(cache.last_epoch, g.last_epoch)
-                        cache.put(missing, g.records)
+        live = list(group)  # reports of the group not acknowledged yet
+        marked: tuple[RecordCache, np.ndarray] | None = None
+        try:
+            cache = self._cache_for(st)
+            rec: np.ndarray | None = None
+            inclusion: np.ndarray | None = None
+            token, gen = "", -1
+            for _attempt in range(MAX_REPORT_ATTEMPTS):
+                if not live:
+                    return st
+                frames = [reps[j] for j in live]
+                idx = (
+                    frames[0].indices
+                    if len(frames) == 1
+                    else np.concatenate([f.indices for f in frames])
+                )
                 if rec is None:
-                    assert cache is not None
-                    rec = cache.rec[idx]
-            upd, write, new = self._score(st, rep, rec, inclusion)
-            first = int((write & (rec["visits"] == 0)).sum())
-            scored = int(upd.scored.sum())
-            res = await self.store.scatter(
-                st.layout,
-                st.uid,
-                rep.report_id,
-                now=time.time(),
-                indices=idx,
-                expected=rec,
-                write=write,
-                records=new,
-                scores=upd.scores[write],
-                losses=upd.loss[write],
-                counters=(1, b, scored, int(upd.stale.sum()), first),
-            )
-            if res.status == 1:
+                    if cache is not None and marked is None:
+                        await self._acquire(st, cache, idx)
+                        marked = (cache, idx)
+                    rec, inclusion, token, gen, st, cache, dups = await self._read(
+                        run_id, st, cache, frames, idx
+                    )
+                    if dups:
+                        for d in dups:
+                            acks[live[d]] = self._duplicate(frames[d])
+                        gone = {live[d] for d in dups}
+                        live = [j for j in live if j not in gone]
+                        rec = None
+                        continue
+                    if rec is None:  # the run was re-created: read again
+                        continue
+                off = 0
+                writes, news, scores, losses = [], [], [], []
+                scored = skipped = first = 0
+                per_frame: list[tuple[int, int]] = []
+                for f in frames:
+                    b = int(f.indices.shape[0])
+                    rows = rec[off : off + b]
+                    incl = inclusion[off : off + b] if inclusion is not None else None
+                    upd, write, new = self._score(st, f, rows, incl)
+                    writes.append(write)
+                    news.append(new)
+                    scores.append(upd.scores[write])
+                    losses.append(upd.loss[write])
+                    sc = int(upd.scored.sum())
+                    scored += sc
+                    skipped += int(upd.stale.sum())
+                    first += int((write & (rows["visits"] == 0)).sum())
+                    per_frame.append((b, sc))
+                    off += b
+                write = writes[0] if len(writes) == 1 else np.concatenate(writes)
+                new = news[0] if len(news) == 1 else _cat_records(news, st.layout.rec_dtype)
+                res = await self.store.scatter(
+                    st.layout,
+                    st.uid,
+                    [f.report_id for f in frames],
+                    now=time.time(),
+                    indices=idx,
+                    expected=rec,
+                    write=write,
+                    records=new,
+                    scores=scores[0] if len(scores) == 1 else np.concatenate(scores),
+                    losses=losses[0] if len(losses) == 1 else np.concatenate(losses),
+                    counters=(len(frames), int(idx.shape[0]), scored, skipped, first),
+                    token=token,
+                )
+                if res.status == 1:
+                    revoked = token != "" and not res.leased
+                    if cache is not None and cache.gen == gen:
+                        if revoked:  # someone else wrote: this copy may be stale anywhere
+                            cache.clear(self.store.resets)
+                        else:
+                            cache.put(idx[write], new)
+                    if cache is not None:
+                        cache.note(conflict=revoked)
+                    for j, (b, sc) in zip(live, per_frame, strict=True):
+                        acks[j] = ReportAck(accepted=b, scored=sc, duplicate=False)
+                    metrics.REPORTS.labels(result="applied").inc(len(frames))
+                    metrics.SAMPLES_REPORTED.inc(int(idx.shape[0]))
+                    metrics.SAMPLES_SCORED.inc(scored)
+                    return st
+                if res.status == 0:  # some were applied before (the script counted them)
+                    for d in res.duplicates:
+                        acks[live[d]] = ReportAck(
+                            accepted=int(frames[d].indices.shape[0]), scored=0, duplicate=True
+                        )
+                    metrics.REPORTS.labels(result="duplicate").inc(len(res.duplicates))
+                    gone = {live[d] for d in res.duplicates}
+                    live = [j for j in live if j not in gone]
+                    rec = None
+                    continue
+                if res.status == -1:
+                    st = await self.state(run_id, fresh=True)  # 404 if gone, else a new run
+                    self._validate_all(st, [reps[j] for j in live])
+                    cache = self._cache_for(st)
+                    if marked is not None:
+                        marked[0].busy[marked[1]] = False
+                        marked = None
+                    rec = None
+                    continue
+                # status 2: some samples changed since we read them; the script sent their
+                # current records: recompute from those (inclusion stays: same draw).
+                metrics.REPORT_CONFLICTS.inc()
+                assert res.current is not None
+                pos = np.asarray(res.conflicts, dtype=np.int64)
+                rec = rec.copy()
+                rec[pos] = res.current
                 if cache is not None:
-                    cache.put(idx[write], new)
-                    cache.note(conflict=False)
-                metrics.REPORTS.labels(result="applied").inc()
-                metrics.SAMPLES_REPORTED.inc(b)
-                metrics.SAMPLES_SCORED.inc(scored)
-                return ReportAck(accepted=b, scored=scored, duplicate=False)
-            if res.status == 0:
-                metrics.REPORTS.labels(result="duplicate").inc()
-                return ReportAck(accepted=b, scored=0, duplicate=True)
-            if res.status == -1:
-                st = await self.state(run_id, fresh=True)
-                self.validate_report(st, rep)
-                cache = self._cache_for(st)
-                rec = None
-                continue
-            # status 2: some samples changed since we read them; the script sent their
-            # current records: recompute from those (inclusion stays: same draw).
-            metrics.REPORT_CONFLICTS.inc()
-            assert res.current is not None
-            pos = np.asarray(res.conflicts, dtype=np.int64)
-            rec = rec.copy()
-            rec[pos] = res.current
-            if cache is not None:
-                cache.put(idx[pos], res.current)
-                cache.note(conflict=True)
-        raise ServiceUnavailable(
-            f"report {rep.report_id!r}: its samples kept being changed by concurrent reports; retry"
-        )
+                    cache.note(conflict=True)
+                    if cache.gen == gen:
+                        if token != "":  # compared under our token: the lease was revoked
+                            cache.clear(self.store.resets)
+                        else:
+                            cache.put(idx[pos], res.current)
+                token = ""  # the retry compares (a new lease is claimed by later reports)
+            raise ServiceUnavailable(
+                f"report {reps[live[0]].report_id!r}: its samples kept being changed by "
+                "concurrent reports; retry"
+            )
+        finally:
+            if marked is not None:
+                marked[0].busy[marked[1]] = False
+
+    def _duplicate(self, rep: ReportArrays) -> ReportAck:
+        from docl.services import metrics
+
+        metrics.REPORTS.labels(result="duplicate").inc()
+        return ReportAck(accepted=int(rep.indices.shape[0]), scored=0, duplicate=True)
+
+    async def _read(
+        self,
+        run_id: str,
+        st: RunState,
+        cache: RecordCache | None,
+        frames: list[ReportArrays],
+        idx: np.ndarray,
+    ) -> tuple[
+        np.ndarray | None,
+        np.ndarray | None,
+        str,
+        int,
+        RunState,
+        RecordCache | None,
+        tuple[int, ...],
+    ]:
+        """The records (and Exp3 inclusion) of ``idx``, from the cache where it has them.
+
+        Returns (rows, inclusion, lease token to send, cache generation read, state,
+        cache, duplicates): ``rows`` None when the run was re-created (state and cache
+        are the new ones then), ``duplicates`` the positions in ``frames`` of reports
+        the gather found already applied (nothing read then)."""
+        max_epoch = max(f.epoch for f in frames)
+        ids = [f.report_id for f in frames]
+        if cache is None:
+            g = await self.store.gather(st.layout, st.uid, ids, idx)
+            missing_pos = None
+            rec = None
+            token, gen = "", -1
+        else:
+            # Token, generation and rows taken together (no await in between): what the
+            # lease vouches for is exactly this copy.
+            token = cache.token if cache.leased else ""
+            gen = cache.gen
+            rec = cache.rec[idx]
+            missing_pos = np.flatnonzero(~cache.known[idx])
+            if not missing_pos.size and max_epoch <= cache.last_epoch:
+                return rec, None, token, gen, st, cache, ()
+            g = await self.store.gather(st.layout, st.uid, ids, idx[missing_pos])
+        if g.status == -1:
+            st = await self.state(run_id, fresh=True)  # 404 if gone, else a new run
+            self._validate_all(st, frames)
+            return None, None, "", -1, st, self._cache_for(st), ()
+        if g.status == 0:
+            await self.store.count_duplicate(st.layout, len(g.duplicates))
+            return None, None, "", -1, st, cache, g.duplicates
+        if max_epoch > g.last_epoch:
+            bad = next(f for f in frames if f.epoch > g.last_epoch)
+            raise Conflict(
+                f"epoch {bad.epoch} of run {run_id!r} has not been drawn yet "
+                f"(last drawn: {g.last_epoch if g.last_epoch >= 0 else 'none'}; "
+                f"report {bad.report_id!r})"
+            )
+        assert g.records is not None
+        if cache is None or rec is None or missing_pos is None:
+            return g.records, g.inclusion, "", -1, st, cache, ()
+        rec[missing_pos] = g.records
+        if cache.gen == gen:
+            cache.last_epoch = max(cache.last_epoch, g.last_epoch)
+            cache.put(idx[missing_pos], g.records)
+        return rec, None, token, gen, st, cache, ()
 
     def _score(
         self, st: RunState, rep: ReportArrays, rec: np.ndarray, inclusion: np.ndarray | None

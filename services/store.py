@@ -293,26 +293,32 @@ def _chunks_of(data: bytes, itemsize: int, per_chunk: int) -> list[bytes]:
 
 @dataclass(frozen=True)
 class Gathered:
-    """What ``gather`` read for one report."""
+    """What ``gather`` read for one request."""
 
-    status: int  # -1 gone/re-created, 0 duplicate, 1 ok
+    status: int  # -1 gone/re-created, 0 duplicate(s), 1 ok
     last_epoch: int
     records: np.ndarray | None  # (B,) rec_dtype, a writable copy
     inclusion: np.ndarray | None  # (B,) float32 or None
+    duplicates: tuple[int, ...] = ()  # status 0: 0-based positions of the applied report_ids
 
 
 @dataclass(frozen=True)
 class Applied:
-    """Result of ``scatter``: -1 gone, 0 duplicate, 1 applied, 2 conflict.
+    """Result of ``scatter``: -1 gone, 0 duplicate(s), 1 applied, 2 conflict.
 
-    On a conflict, ``conflicts`` are the 0-based positions in the report whose
-    stored state differs from what the caller computed from, and ``current``
-    their records as stored now (nothing was written).
+    On a conflict, ``conflicts`` are the 0-based positions (over all the samples
+    sent) whose stored state differs from what the caller computed from, and
+    ``current`` their records as stored now (nothing was written). On status 0,
+    ``duplicates`` are the 0-based positions of the reports already applied
+    (nothing was written but the duplicates counter). ``leased``: applied under
+    the caller's write lease, without the per-sample compare.
     """
 
     status: int
     conflicts: tuple[int, ...] = ()
     current: np.ndarray | None = None
+    duplicates: tuple[int, ...] = ()
+    leased: bool = False
 
 
 @dataclass(frozen=True)
@@ -378,16 +384,24 @@ class _RespClient:
         self.db = int(db) if db else 0
         self.timeout_s = timeout_s
         self.max_idle = max_idle
+        #: Connection failures seen: a Redis restart shows up here (the record caches
+        #: of the engine start over when it moves).
+        self.resets = 0
         self._idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter, Any]] = []
 
     @staticmethod
-    def pack(args: Sequence[bytes | str | int | float]) -> list[bytes]:
+    def pack(args: Sequence[bytes | str | int | float | memoryview]) -> list[bytes]:
         parts: list[bytes] = [b"*%d\r\n" % len(args)]
         for a in args:
             if isinstance(a, bytes):
                 b = a
             elif isinstance(a, str):
                 b = a.encode()
+            elif isinstance(a, memoryview | bytearray):
+                # big values (draws) are passed as views: written out without a copy
+                v = memoryview(a).cast("B")
+                parts += (b"$%d\r\n" % v.nbytes, v, b"\r\n")  # type: ignore[arg-type]
+                continue
             else:
                 b = repr(a).encode()
             if len(b) > 4096:
@@ -457,6 +471,7 @@ class _RespClient:
                     conn[1].close()
                 while self._idle:
                     self._idle.pop()[1].close()
+                self.resets += 1  # Redis may have restarted (and lost writes): see Engine
                 if attempt == 0:
                     continue
                 raise RedisConnectionError(f"Redis connection failed: {e}") from e
@@ -525,6 +540,7 @@ class Store:
         self._scatter = redis.register_script(_script("scatter"))
         self._commit = redis.register_script(_script("commit_epoch"))
         self._compact = redis.register_script(_script("compact"))
+        self._claim = redis.register_script(_script("claim"))
         self._fast: _RespClient | None = None
         if fast_url is not None:
             try:
@@ -556,11 +572,24 @@ class Store:
 
     async def load_scripts(self) -> None:
         """Load every Lua script (EVALSHA later; redis-py reloads after a Redis restart)."""
-        for s in (self._create, self._gather, self._scatter, self._commit, self._compact):
+        for s in (
+            self._create,
+            self._gather,
+            self._scatter,
+            self._commit,
+            self._compact,
+            self._claim,
+        ):
             s.sha = await self.redis.script_load(s.script)
 
     async def ping(self) -> bool:
         return bool(await self.redis.ping())
+
+    @property
+    def resets(self) -> int:
+        """How many times the hot path's connections to Redis failed (0 without it): a
+        Redis restart moves this, and a record cache must not outlive one."""
+        return self._fast.resets if self._fast is not None else 0
 
     async def close(self) -> None:
         if self._fast is not None:
@@ -622,8 +651,8 @@ class Store:
             out.append((m, {_s(k): int(v) for k, v in counters.items()}))
         return out
 
-    async def count_duplicate(self, layout: RunLayout) -> None:
-        await self.redis.hincrby(layout.counters_key, "duplicates", 1)
+    async def count_duplicate(self, layout: RunLayout, count: int = 1) -> None:
+        await self.redis.hincrby(layout.counters_key, "duplicates", count)
 
     async def counters(self, layout: RunLayout) -> dict[str, int]:
         raw = await self.redis.hgetall(layout.counters_key)
@@ -873,31 +902,43 @@ class Store:
 
     # -- reports --------------------------------------------------------------------------
     async def gather(
-        self, layout: RunLayout, uid: str, report_id: str, indices: np.ndarray
+        self,
+        layout: RunLayout,
+        uid: str,
+        report_ids: str | Sequence[str],
+        indices: np.ndarray,
     ) -> Gathered:
-        """Read the records (and Exp3 inclusion) of these samples; see lua/gather.lua."""
+        """Read the records (and Exp3 inclusion) of these samples, unless one of the
+        reports was already applied; see lua/gather.lua."""
+        ids = [report_ids] if isinstance(report_ids, str) else list(report_ids)
         incl_keys = layout.incl_keys
         res = await self._run(
             self._gather,
             [layout.meta_key, layout.reports_key, *layout.rec_keys, *incl_keys],
             [
                 uid,
-                report_id,
                 _f64_indices(indices),
                 layout.rec_size,
                 layout.rec_per_chunk,
                 len(layout.rec_keys),
                 len(incl_keys),
                 layout.col_per_chunk,
+                *ids,
             ],
         )
         status = int(res[0])
         if status != 1:
             last = int(res[1]) if len(res) > 1 else -1
-            return Gathered(status, last, None, None)
+            dups = tuple(int(j) - 1 for j in res[2:])
+            return Gathered(status, last, None, None, dups)
         records = np.frombuffer(bytearray(res[2]), dtype=layout.rec_dtype)
         incl = np.frombuffer(res[3], dtype="<f4") if incl_keys else None
         return Gathered(status, int(res[1]), records, incl)
+
+    async def claim(self, layout: RunLayout, uid: str, token: str) -> int:
+        """Take the run's write lease for ``token`` (1), or -1: the run is gone or was
+        re-created. See lua/claim.lua and lua/scatter.lua."""
+        return int(await self._run(self._claim, [layout.meta_key], [uid, token]))
 
     async def last_epoch(self, layout: RunLayout) -> int:
         raw = await self.redis.hget(layout.meta_key, "last_epoch")
@@ -907,7 +948,7 @@ class Store:
         self,
         layout: RunLayout,
         uid: str,
-        report_id: str,
+        report_id: str | Sequence[str],
         *,
         now: float,
         indices: np.ndarray,
@@ -917,25 +958,29 @@ class Store:
         scores: np.ndarray,
         losses: np.ndarray,
         counters: tuple[int, int, int, int, int],
+        token: str = "",
     ) -> Applied:
-        """Apply a report's writes atomically; see lua/scatter.lua for the contract.
+        """Apply one or more reports' writes atomically; see lua/scatter.lua for the contract.
 
-        ``expected`` are the (B,) records the new state was computed from (their
-        lr-sum and visits are compared), ``write`` the (B,) mask of samples to write,
-        ``records``/``scores``/``losses`` the new values of those samples, in order.
+        ``report_id`` is one id, or the ids of several reports whose samples follow
+        each other in ``indices`` (no index twice). ``expected`` are the (S,) records
+        the new state was computed from (their lr-sum and visits are compared, unless
+        ``token`` is the run's current write lease), ``write`` the (S,) mask of samples
+        to write, ``records``/``scores``/``losses`` the new values of those samples, in
+        order; ``counters`` the sums over the reports.
 
         The records are written in place; the new scores (and losses) go to the
-        run's score log as ONE entry appended per report, not B writes into the
+        run's score log as ONE entry appended per call, not S writes into the
         score column: a ``redis.call`` costs microseconds, and the column is only
         read by draws and stats, which fold the log in (:func:`fold_log`) and
         compact it (:meth:`compact`).
         """
-        heads = (
-            np.ascontiguousarray(expected)
-            .view(np.uint8)
-            .reshape(-1, layout.rec_size)[:, :CAS_BYTES]
-        )
+        ids = [report_id] if isinstance(report_id, str) else list(report_id)
+        rs = layout.rec_size
         idx = np.asarray(indices)
+        exp = np.ascontiguousarray(expected)
+        # the heads travel even with a lease: the script compares them when it was revoked
+        heads = exp.view(np.uint8).reshape(-1, rs)[:, :CAS_BYTES]
         log = np.empty(int(np.count_nonzero(write)), dtype=layout.log_dtype)
         log["i"] = idx[write]
         log["s"] = scores
@@ -952,21 +997,27 @@ class Store:
             ],
             [
                 uid,
-                report_id,
+                token,
                 repr(now),
                 repr(now - self.dedup_ttl_s),
                 _f64_indices(idx),
-                layout.rec_size,
+                rs,
                 layout.rec_per_chunk,
                 np.ascontiguousarray(heads).tobytes(),
                 CAS_BYTES,
                 np.where(write, np.uint8(49), np.uint8(48)).astype(np.uint8).tobytes(),
-                records.tobytes(),
+                np.ascontiguousarray(records).tobytes(),
                 log.tobytes(),
                 ",".join(str(int(v)) for v in counters),
+                *ids,
             ],
         )
         if isinstance(res, list):
+            if int(res[0]) == 0:
+                return Applied(0, duplicates=tuple(int(j) - 1 for j in res[1:]))
             current = np.frombuffer(bytearray(res[1]), dtype=layout.rec_dtype)
             return Applied(2, tuple(int(j) - 1 for j in res[2:]), current)
-        return Applied(int(res))
+        status = int(res)
+        if status == 3:
+            return Applied(1)
+        return Applied(status, leased=status == 1)

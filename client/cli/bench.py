@@ -55,10 +55,25 @@ def service(
         list[int] | None,
         typer.Option("--width", "-c", help="Output widths c (repeatable) (default 10, 100, 1000)."),
     ] = None,
+    frames: Annotated[
+        list[int] | None,
+        typer.Option(
+            "--frames",
+            "-k",
+            help="Reports per HTTP request (repeatable) (default 1: one binary report per "
+            "request; K > 1: multi-report bodies of K reports of B samples).",
+        ),
+    ] = None,
     draw_n: Annotated[
         list[int] | None,
         typer.Option("--draw-n", help="Draw benchmark sizes (repeatable) (default 1M, 10M)."),
     ] = None,
+    reports: Annotated[
+        bool, typer.Option("--reports/--no-reports", help="Run the report benchmark.")
+    ] = True,
+    draws: Annotated[
+        bool, typer.Option("--draws/--no-draws", help="Run the draw benchmark.")
+    ] = True,
     json_out: Annotated[
         str | None, typer.Option("--json", help="Also write the figures to this JSON file.")
     ] = None,
@@ -75,8 +90,10 @@ def service(
         quick=quick,
         batches=tuple(batch) if batch else (256, 1024),
         widths=tuple(width) if width else (10, 100, 1000),
+        frames=tuple(frames) if frames else (1,),
         clients=clients,
-        draw_sizes=tuple(draw_n) if draw_n else (1_000_000, 10_000_000),
+        draw_sizes=(tuple(draw_n) if draw_n else (1_000_000, 10_000_000)) if draws else (),
+        reports=reports,
         json_path=json_out,
         echo=typer.echo,
     )

@@ -1,38 +1,49 @@
--- gather: read the stored state of one report's samples. Read-only.
+-- gather: read the stored state of one request's samples. Read-only.
 --
 -- KEYS[1]              the run's meta hash        {run:<id>}:meta
 -- KEYS[2]              the applied-report set     {run:<id>}:reports (zset report_id -> time)
 -- KEYS[3 .. 2+R]       record chunks              {run:<id>}:rec:<k>
 -- KEYS[3+R .. 2+R+I]   inclusion chunks           {run:<id>}:incl:<k> (I = 0 unless Exp3)
 -- ARGV[1]  uid of the run as the caller knows it
--- ARGV[2]  report_id
--- ARGV[3]  the samples' indices, float64 little-endian (exact below 2^53)
--- ARGV[4]  record size in bytes
--- ARGV[5]  records per chunk
--- ARGV[6]  R
--- ARGV[7]  I
--- ARGV[8]  inclusion values per chunk
+-- ARGV[2]  the samples' indices, float64 little-endian (exact below 2^53)
+-- ARGV[3]  record size in bytes
+-- ARGV[4]  records per chunk
+-- ARGV[5]  R
+-- ARGV[6]  I
+-- ARGV[7]  inclusion values per chunk
+-- ARGV[8 .. 7+F]  the report_ids of the request (F >= 0)
 --
 -- Returns {status, last_epoch, records, inclusion}:
 --   status -1: the run does not exist, or was re-created (uid differs); nothing else returned
---   status  0: report_id was already applied (a duplicate)
---   status  1: records = B records of ARGV[4] bytes in report order (a record never
+--   status  0: {0, last_epoch, j1, ...}: the report_ids at 1-based positions j1, ... were
+--              already applied (duplicates); nothing read
+--   status  1: records = B records of ARGV[3] bytes in the order of ARGV[2] (a record never
 --              written reads as zeros: visits = 0 = never seen); inclusion = B float32
 --              ("" when I = 0; 0 = never drawn with Exp3)
-local uid = redis.call('HGET', KEYS[1], 'uid')
-if uid ~= ARGV[1] then
+local meta = redis.call('HMGET', KEYS[1], 'uid', 'last_epoch')
+if meta[1] ~= ARGV[1] then
   return {-1}
 end
-local last = tonumber(redis.call('HGET', KEYS[1], 'last_epoch'))
-if redis.call('ZSCORE', KEYS[2], ARGV[2]) then
-  return {0, last}
+local last = tonumber(meta[2])
+local F = #ARGV - 7
+if F > 0 then
+  local seen = redis.call('ZMSCORE', KEYS[2], unpack(ARGV, 8, 7 + F))
+  local dups = {0, last}
+  for j = 1, F do
+    if seen[j] then
+      dups[#dups + 1] = j
+    end
+  end
+  if #dups > 2 then
+    return dups
+  end
 end
-local idx = ARGV[3]
-local rs = tonumber(ARGV[4])
-local per = tonumber(ARGV[5])
-local R = tonumber(ARGV[6])
-local I = tonumber(ARGV[7])
-local iper = tonumber(ARGV[8])
+local idx = ARGV[2]
+local rs = tonumber(ARGV[3])
+local per = tonumber(ARGV[4])
+local R = tonumber(ARGV[5])
+local I = tonumber(ARGV[6])
+local iper = tonumber(ARGV[7])
 local n = #idx / 8
 local zero = string.rep('\0', rs)
 local recs = {}

@@ -10,8 +10,15 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.types import Receive, Scope, Send
 
-from docl.client.models import ReportAck
-from docl.client.wire import REPORT_CONTENT_TYPE, ReportArrays, WireError, decode_report
+from docl.client.models import ReportAck, ReportsAck
+from docl.client.wire import (
+    REPORT_CONTENT_TYPE,
+    REPORTS_CONTENT_TYPE,
+    ReportArrays,
+    WireError,
+    decode_report,
+    decode_reports,
+)
 from docl.services.deps import EngineDep
 from docl.services.engine import Engine, report_arrays_from_json
 from docl.services.errors import ProblemError, Unprocessable, UnsupportedMediaType, problem_response
@@ -25,20 +32,37 @@ _BINARY_DOC = (
     "the report_id padded to 8 bytes, then int64 indices[B], float32 outputs[B, c], "
     "int64 targets[B] (or float32 [B, c] for regression) and optional float32 features[B, d]."
 )
+_MULTI_DOC = (
+    "Several binary reports in one request (docs/api.md): a 16-byte header (magic 'DOCM', "
+    "version 1, K), then K times a uint64 length and one binary report of that length, "
+    "padded to 8 bytes. The answer is a ReportsAck: one acknowledgement per report, in order."
+)
 
 
 @router.post(
     "/runs/{run_id}/reports",
     response_model=ReportAck,
-    summary="Report a mini-batch's outputs (JSON or binary)",
+    summary="Report a mini-batch's outputs (JSON or binary), or several at once",
     responses={
         200: {
-            "description": "Applied (or recognised as a duplicate: nothing changed).",
+            "description": "Applied (or recognised as a duplicate: nothing changed). A "
+            "multi-report body is answered by a ReportsAck (one acknowledgement per report).",
             "content": {
                 "application/json": {
                     "examples": {
                         "applied": {"value": {"accepted": 2, "scored": 2, "duplicate": False}},
                         "duplicate": {"value": {"accepted": 2, "scored": 0, "duplicate": True}},
+                        "several": {
+                            "value": {
+                                "reports": [
+                                    {"accepted": 2, "scored": 2, "duplicate": False},
+                                    {"accepted": 2, "scored": 0, "duplicate": True},
+                                ],
+                                "accepted": 4,
+                                "scored": 2,
+                                "duplicates": 1,
+                            }
+                        },
                     }
                 }
             },
@@ -52,6 +76,9 @@ _BINARY_DOC = (
                 "application/json": {"schema": {"$ref": "#/components/schemas/Report"}},
                 REPORT_CONTENT_TYPE: {
                     "schema": {"type": "string", "format": "binary", "description": _BINARY_DOC},
+                },
+                REPORTS_CONTENT_TYPE: {
+                    "schema": {"type": "string", "format": "binary", "description": _MULTI_DOC},
                 },
             },
         }
@@ -68,26 +95,55 @@ async def post_report(
     replaced. A `report_id` is applied once: a replay answers `duplicate: true` and
     changes nothing. The whole report is validated before anything is written.
     Prefer the binary encoding (`Content-Type: application/vnd.docl.report.v1`):
-    it is ~3× cheaper for the server than JSON."""
+    it is ~3× cheaper for the server than JSON. Several reports in one request
+    (`application/vnd.docl.reports.v1`) are applied each exactly as if it came
+    alone, and validated all before any is written."""
     body = await request.body()
-    rep = parse_report(request.headers.get("content-type", "application/json"), body)
-    ack = await engine.apply_report(run_id, rep)
+    return await _answer(engine, run_id, request.headers.get("content-type", ""), body)
+
+
+async def _answer(engine: Engine, run_id: str, content_type: str, body: bytes) -> Response:
+    reps, multi = parse_reports(content_type or "application/json", body)
+    acks = await engine.apply_reports(run_id, reps)
     # Serialized here (not through response_model) to keep the path lean.
-    return Response(content=ack.model_dump_json(), media_type="application/json")
+    if not multi:
+        return Response(content=acks[0].model_dump_json(), media_type="application/json")
+    doc = ReportsAck(
+        reports=acks,
+        accepted=sum(a.accepted for a in acks),
+        scored=sum(a.scored for a in acks),
+        duplicates=sum(a.duplicate for a in acks),
+    )
+    return Response(content=doc.model_dump_json(), media_type="application/json")
 
 
 def parse_report(content_type: str, body: bytes) -> ReportArrays:
-    """Decode a report body by its Content-Type (422/415 problems when it does not parse)."""
+    """Decode a one-report body by its Content-Type (422/415 problems when it does not parse)."""
+    reps, multi = parse_reports(content_type, body)
+    if multi:
+        raise UnsupportedMediaType(f"expected one report, not {REPORTS_CONTENT_TYPE}")
+    return reps[0]
+
+
+def parse_reports(content_type: str, body: bytes) -> tuple[list[ReportArrays], bool]:
+    """Decode a report body by its Content-Type: (reports, whether it was a multi-report
+    body). 422/415 problems when it does not parse."""
     ctype = content_type.split(";")[0].strip().lower()
     if ctype == REPORT_CONTENT_TYPE:
         try:
-            return decode_report(body)
+            return [decode_report(body)], False
         except WireError as e:
             raise Unprocessable(f"malformed binary report: {e}") from None
+    if ctype == REPORTS_CONTENT_TYPE:
+        try:
+            return decode_reports(body), True
+        except WireError as e:
+            raise Unprocessable(f"malformed multi-report body: {e}") from None
     if ctype in ("application/json", "text/json", ""):
-        return report_arrays_from_json(body)
+        return [report_arrays_from_json(body)], False
     raise UnsupportedMediaType(
-        f"unsupported Content-Type {ctype!r}: send application/json or {REPORT_CONTENT_TYPE}"
+        f"unsupported Content-Type {ctype!r}: send application/json, {REPORT_CONTENT_TYPE} "
+        f"or {REPORTS_CONTENT_TYPE}"
     )
 
 
@@ -121,9 +177,7 @@ async def report_asgi(
             chunks.append(message.get("body", b""))
             if not message.get("more_body", False):
                 break
-        rep = parse_report(ctype, b"".join(chunks))
-        ack = await engine.apply_report(run_id, rep)
-        response: Response = Response(content=ack.model_dump_json(), media_type="application/json")
+        response: Response = await _answer(engine, run_id, ctype, b"".join(chunks))
     except ProblemError as e:
         response = problem_response(
             e.status_code,

@@ -19,23 +19,40 @@ ACK = {"accepted": 1, "scored": 1, "duplicate": False}
 
 
 class Gate:
-    """A server that records report ids and answers only when the gate is open."""
+    """A server that records report ids and answers only when the gate is open.
+
+    It reads one-report and multi-report bodies; with ``status`` != 200 it rejects a
+    request when any of its reports has an id starting with "bad" (as the real server
+    validates a whole request before writing), else it acknowledges every report."""
 
     def __init__(self, status: int = 200) -> None:
         self.open = threading.Event()
         self.seen: list[str] = []
+        self.requests: list[list[str]] = []
         self.first = threading.Event()
         self.status = status
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
-        self.seen.append(wire.decode_report(request.content).report_id)
+        multi = request.headers["content-type"] == wire.REPORTS_CONTENT_TYPE
+        reps = (
+            wire.decode_reports(request.content) if multi else [wire.decode_report(request.content)]
+        )
+        ids = [r.report_id for r in reps]
+        self.requests.append(ids)
         self.first.set()
         assert self.open.wait(10), "test gate never opened"
-        if self.status != 200:
+        if self.status != 200 and any(i.startswith("bad") for i in ids):
             return httpx.Response(
                 self.status, json={"title": "Unprocessable", "detail": "index 99 out of range"}
             )
-        return httpx.Response(200, json=ACK)
+        self.seen += ids
+        if not multi:
+            return httpx.Response(200, json=ACK)
+        return httpx.Response(
+            200,
+            json={"reports": [ACK] * len(ids), "accepted": len(ids), "scored": len(ids),
+                  "duplicates": 0},
+        )  # fmt: skip
 
 
 def send(rep: Reporter, rid: str) -> str:
@@ -66,8 +83,11 @@ def test_full_queue_drops_the_oldest_counts_and_warns(caplog: pytest.LogCaptureF
         gate.open.set()
         assert rep.flush(timeout=10) is True
         assert gate.seen == ["r0", "r3", "r4", "r5"]  # r1, r2 were the oldest waiting
+        # what queued up while r0 was in flight went out in one request, in order
+        assert gate.requests == [["r0"], ["r3", "r4", "r5"]]
         c = rep.counters()
         assert (c.sent, c.scored, c.dropped, c.pending, c.rejected) == (4, 4, 2, 0, 0)
+        assert c.requests == 2
     finally:
         gate.open.set()
         rep.close()
@@ -83,9 +103,54 @@ def test_a_4xx_is_rejected_once_and_not_retried(caplog: pytest.LogCaptureFixture
         assert rep.flush(timeout=10)
         assert (rep.rejected, rep.sent, rep.retried) == (1, 0, 0)
         assert "index 99 out of range" in str(rep.last_error)
-    assert gate.seen == ["bad"]
+    assert gate.requests == [["bad"]]
     assert any("rejected" in r.message for r in caplog.records)
     client.close()
+
+
+def test_a_rejected_batch_is_resent_report_by_report(caplog: pytest.LogCaptureFixture) -> None:
+    """One bad report in a coalesced request fails the request (nothing written); the
+    reporter then sends each report alone, so only the bad one is rejected."""
+    gate = Gate(status=422)
+    client = ScoreClient("http://docl.test", transport=httpx.MockTransport(gate))
+    with caplog.at_level(logging.ERROR, logger="docl.reporter"):
+        rep = Reporter(client, "r1", senders=1)
+        send(rep, "r0")
+        assert gate.first.wait(5)  # r0 in flight: the next three queue up behind it
+        for rid in ("r1", "bad", "r2"):
+            send(rep, rid)
+        gate.open.set()
+        assert rep.flush(timeout=10)
+        rep.close()
+    assert gate.requests == [["r0"], ["r1", "bad", "r2"], ["r1"], ["bad"], ["r2"]]
+    assert gate.seen == ["r0", "r1", "r2"]
+    c = rep.counters()
+    assert (c.sent, c.rejected, c.retried, c.requests) == (3, 1, 0, 3)
+    assert "index 99 out of range" in str(rep.last_error)
+    client.close()
+
+
+def test_batches_respect_the_sample_and_report_limits() -> None:
+    gate = Gate()
+    client = ScoreClient("http://docl.test", transport=httpx.MockTransport(gate))
+    rep = Reporter(client, "r1", senders=1, max_batch_samples=5, max_batch_reports=3)
+    try:
+        send(rep, "r0")
+        assert gate.first.wait(5)
+        for i in range(1, 5):  # 1 sample each: at most 3 per request
+            send(rep, f"r{i}")
+        for i in (5, 6):  # 4 samples each: 4 + 4 > 5, one per request
+            rep.report(epoch=0, indices=np.arange(4), outputs=np.zeros((4, 2)),
+                       targets=np.zeros(4, np.int64), lr_sum=0.1, report_id=f"r{i}")  # fmt: skip
+        rep.report(epoch=0, indices=np.arange(9), outputs=np.zeros((9, 2)),
+                   targets=np.zeros(9, np.int64), lr_sum=0.1, report_id="r7")  # fmt: skip
+        gate.open.set()
+        assert rep.flush(timeout=10)
+        assert gate.requests == [["r0"], ["r1", "r2", "r3"], ["r4", "r5"], ["r6"], ["r7"]]
+    finally:
+        gate.open.set()
+        rep.close()
+        client.close()
 
 
 def test_report_copies_its_arrays_and_checks_shapes_on_the_callers_side() -> None:

@@ -188,6 +188,60 @@ def test_binary_report_body_round_trips_and_keeps_its_id_across_retries() -> Non
     assert b.features is None and not b.regression
 
 
+def test_report_many_sends_one_multi_report_body_and_keeps_ids_across_retries() -> None:
+    acks = {"reports": [ACK, {**ACK, "duplicate": True}], "accepted": 2, "scored": 1,
+            "duplicates": 1}  # fmt: skip
+    h = Recorder(httpx.ReadTimeout("lost answer"), httpx.Response(200, json=acks))
+    client, _ = make(h, retries=1)
+    reports = [
+        {"epoch": 0, "indices": [4], "outputs": [[1.0, 2.0]], "targets": [1], "lr_sum": 0.5},
+        {"epoch": 1, "indices": np.array([7, 9]), "outputs": np.ones((2, 2)),
+         "targets": np.array([0, 1]), "lr_sum": 2.0, "report_id": "mine"},
+    ]  # fmt: skip
+    ack = client.report_many("r1", reports)
+    assert [a.duplicate for a in ack.reports] == [False, True] and ack.duplicates == 1
+    assert [r.headers["content-type"] for r in h.requests] == [wire.REPORTS_CONTENT_TYPE] * 2
+    first, again = (wire.decode_reports(r.content) for r in h.requests)
+    assert [r.report_id for r in first] == [r.report_id for r in again]  # the retry: same ids
+    assert first[1].report_id == "mine" and len(first[0].report_id) == 32
+    assert (first[0].epoch, first[0].lr_sum, first[1].epoch, first[1].lr_sum) == (0, 0.5, 1, 2.0)
+    np.testing.assert_array_equal(first[1].indices, [7, 9])
+    np.testing.assert_array_equal(first[0].outputs, [[1.0, 2.0]])
+    with pytest.raises(WireError, match="report 1: outputs must be"):
+        client.report_many("r1", [reports[0], {**reports[1], "outputs": np.ones(2)}])
+    with pytest.raises(WireError, match="report 0: missing field 'lr_sum'"):
+        client.report_many("r1", [{k: v for k, v in reports[0].items() if k != "lr_sum"}])
+    with pytest.raises(WireError, match="at least one"):
+        client.report_many("r1", [])
+    assert len(h.requests) == 2  # the bad calls never reached the transport
+
+
+def test_multi_report_container_round_trips_and_names_the_bad_report() -> None:
+    frames = [
+        wire.encode_report(report_id=f"r{k}", epoch=k, lr_sum=0.5 * k, indices=np.arange(k + 1),
+                           outputs=np.full((k + 1, 3), k, np.float32), targets=np.zeros(k + 1, np.int64))
+        for k in range(3)
+    ]  # fmt: skip
+    body = wire.encode_reports(frames)
+    assert len(body) % 8 == 0
+    got = wire.decode_reports(body)
+    assert [(r.report_id, r.epoch, r.lr_sum, r.indices.shape[0]) for r in got] == [
+        ("r0", 0, 0.0, 1), ("r1", 1, 0.5, 2), ("r2", 2, 1.0, 3)
+    ]  # fmt: skip
+    np.testing.assert_array_equal(got[2].outputs, np.full((3, 3), 2, np.float32))
+    broken = bytearray(body)
+    at = 16 + 8 + len(frames[0]) + (-len(frames[0])) % 8 + 8  # report 1's magic
+    broken[at : at + 4] = b"XXXX"
+    with pytest.raises(WireError, match="report 1: bad magic"):
+        wire.decode_reports(bytes(broken))
+    with pytest.raises(WireError, match="runs past the end"):
+        wire.decode_reports(body[:-16])
+    with pytest.raises(WireError, match="bytes after the last"):
+        wire.decode_reports(body + b"\0" * 8)
+    with pytest.raises(WireError, match=r"1\.\.4096 reports"):
+        wire.encode_reports([])
+
+
 def test_json_report_carries_the_same_fields() -> None:
     h = Recorder(httpx.Response(200, json=ACK))
     client, _ = make(h, binary=False)

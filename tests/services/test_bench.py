@@ -23,11 +23,12 @@ def test_bench_service_quick_prints_the_tables(tmp_path: Path) -> None:
     rows = [line.split() for line in text.splitlines() if line.startswith("embedded ")]
     assert len(rows) == 2  # one report row (B=256, c=10) and one draw row (n=100k)
     report_row, draw_row = rows
-    assert report_row[1:3] == ["256", "10"] and report_row[-1] == "0"  # no failed report
+    assert report_row[1:4] == ["256", "1", "10"] and report_row[-1] == "0"  # no failed report
     assert draw_row[1] == "100,000"
     result = json.loads(out_json.read_text())
     (rep,) = result["reports"]
     assert rep["service_rate"] > 0 and rep["limit_rate"] > 0 and rep["errors"] == 0
+    assert rep["frames"] == 1 and rep["redis_us"] > 0 and rep["server_us"] > 0
     assert rep["p50_ms"] <= rep["p99_ms"]
     (draw,) = result["draws"]
     assert draw["k"] == 90_000 and draw["service_s"] > 0 and draw["limit_s"] > 0

@@ -61,7 +61,7 @@ def test_openapi_documents_every_route_with_examples(client: TestClient) -> None
     assert expected <= got
     report = paths["/v1/runs/{run_id}/reports"]["post"]
     body = report["requestBody"]["content"]
-    assert set(body) == {"application/json", wire.REPORT_CONTENT_TYPE}
+    assert set(body) == {"application/json", wire.REPORT_CONTENT_TYPE, wire.REPORTS_CONTENT_TYPE}
     assert "DOCR" in body[wire.REPORT_CONTENT_TYPE]["schema"]["description"]
     for path, method in expected:
         if path.startswith("/v1"):

@@ -263,6 +263,122 @@ def test_stale_lr_sum_leaves_samples_untouched(http: httpx.Client, run_id: str) 
     assert counters["samples_skipped"] == 12 and counters["samples_scored"] == 6
 
 
+# -- several reports in one request ----------------------------------------------------------
+MULTI = {"Content-Type": wire.REPORTS_CONTENT_TYPE}
+
+
+def frame(rid: str, epoch: int, lr: float, idx: np.ndarray, out: np.ndarray, c: int = 4) -> bytes:
+    return wire.encode_report(
+        report_id=rid, epoch=epoch, lr_sum=lr, indices=idx, outputs=out, targets=idx % c
+    )
+
+
+def test_multi_report_body_applies_each_report_once_in_order(
+    http: httpx.Client, run_id: str, redis_url: str, run_snapshot: Callable[..., dict[str, Any]]
+) -> None:
+    """Each report of a multi-report body is applied as if it had come alone, in order —
+    also when two of them name the same sample — and acknowledged one by one; a replay
+    of the body is all duplicates and changes nothing."""
+    create(http, run_id)
+    draw(http, run_id)
+    idx = shard(http, run_id, 0)
+    rng = np.random.default_rng(7)
+    a, b, c = idx[:8], idx[8:16], idx[16:30]
+    plan = [  # (report_id, lr_sum, samples): "a2" reports a's samples again, later
+        ("a1", 0.0, a),
+        ("b1", 0.0, b),
+        ("a2", 0.5, a),
+        ("c1", 0.0, c),
+        ("a3", 1.5, a[:5]),
+    ]
+    outs = [rng.normal(size=(s.size, 4)).astype(np.float32) for _, _, s in plan]
+    body = wire.encode_reports(
+        [frame(rid, 0, lr, s, o) for (rid, lr, s), o in zip(plan, outs, strict=True)]
+    )
+    ref = Reference(48, 4)
+    want = [ref.apply(s, o, s % 4, lr) for (_, lr, s), o in zip(plan, outs, strict=True)]
+    r = http.post(f"/v1/runs/{run_id}/reports", content=body, headers=MULTI)
+    assert r.status_code == 200, r.text
+    ack = r.json()
+    assert [x["scored"] for x in ack["reports"]] == want == [0, 0, 8, 0, 5]
+    assert [x["accepted"] for x in ack["reports"]] == [8, 8, 8, 14, 5]
+    assert not any(x["duplicate"] for x in ack["reports"])
+    assert (ack["accepted"], ack["scored"], ack["duplicates"]) == (43, 13, 0)
+    scores, visits, lrs = get_scores(http, run_id)
+    np.testing.assert_array_equal(visits, ref.visits)
+    np.testing.assert_array_equal(lrs, ref.lrs)
+    np.testing.assert_array_equal(scores, ref.score)
+    np.testing.assert_allclose(scores[a], ref.by_hand[a], rtol=1e-4)  # DESIGN §1 by hand
+    counters = http.get(f"/v1/runs/{run_id}").json()["counters"]
+    assert (counters["reports"], counters["samples_scored"]) == (5, 13)
+
+    before = run_snapshot(redis_url, run_id)
+    again = http.post(f"/v1/runs/{run_id}/reports", content=body, headers=MULTI).json()
+    assert [x["duplicate"] for x in again["reports"]] == [True] * 5
+    assert (again["scored"], again["duplicates"]) == (0, 5)
+    counters_key = f"{{run:{run_id}}}:counters"
+    after = run_snapshot(redis_url, run_id)
+    assert {k: v for k, v in after.items() if k != counters_key} == {
+        k: v for k, v in before.items() if k != counters_key
+    }
+    # old and new reports mixed: the applied ones are duplicates, the new ones apply
+    d = idx[30:38]
+    out_d = rng.normal(size=(8, 4)).astype(np.float32)
+    mixed = wire.encode_reports(
+        [frame("b1", 0, 0.0, b, outs[1]), frame("d1", 0, 0.0, d, out_d), frame("a1", 0, 0.0, a, outs[0])]
+    )  # fmt: skip
+    got = http.post(f"/v1/runs/{run_id}/reports", content=mixed, headers=MULTI).json()
+    assert [x["duplicate"] for x in got["reports"]] == [True, False, True]
+    ref.apply(d, out_d, d % 4, 0.0)
+    _, visits, _ = get_scores(http, run_id)
+    np.testing.assert_array_equal(visits, ref.visits)
+    counters = http.get(f"/v1/runs/{run_id}").json()["counters"]
+    assert (counters["reports"], counters["duplicates"]) == (6, 7)
+
+
+def test_multi_report_body_with_a_bad_report_changes_nothing(
+    http: httpx.Client, run_id: str, redis_url: str, run_snapshot: Callable[..., dict[str, Any]]
+) -> None:
+    create(http, run_id)
+    draw(http, run_id)
+    idx = shard(http, run_id, 0)
+    ones = np.ones((8, 4), np.float32)
+    good = frame("g1", 0, 0.0, idx[:8], ones)
+    http.post(f"/v1/runs/{run_id}/reports", content=wire.encode_reports([good]), headers=MULTI)
+    before = run_snapshot(redis_url, run_id)
+    out_of_range = frame("bad", 0, 1.0, np.array([1, 2, 99, 3, 4, 5, 6, 7]), ones)
+    nan = ones.copy()
+    nan[2, 1] = np.nan
+    cases = {
+        "is out of range": [frame("g2", 0, 1.0, idx[8:16], ones), out_of_range],
+        "NaN": [frame("g2", 0, 1.0, idx[8:16], ones), frame("n", 0, 1.0, idx[16:24], nan)],
+        "appears twice in one request": [
+            frame("g2", 0, 1.0, idx[8:16], ones),
+            frame("g2", 0, 1.0, idx[16:24], ones),
+        ],
+        "beyond the plan": [frame("g2", 0, 1.0, idx[8:16], ones), frame("e", 99, 1.0, idx[:8], ones)],
+    }  # fmt: skip
+    for needle, frames in cases.items():
+        r = http.post(
+            f"/v1/runs/{run_id}/reports", content=wire.encode_reports(frames), headers=MULTI
+        )
+        assert r.status_code == 422, r.text
+        assert needle in r.json()["detail"] and "report" in r.json()["detail"]
+        assert "report 1" in r.json()["detail"] or "reports 0 and 1" in r.json()["detail"]
+    # an epoch not drawn yet: 409, nothing written (the valid first report neither)
+    r = http.post(
+        f"/v1/runs/{run_id}/reports",
+        content=wire.encode_reports([frame("g2", 0, 1.0, idx[8:16], ones), frame("e", 1, 1.0, idx[:8], ones)]),
+        headers=MULTI,
+    )  # fmt: skip
+    assert r.status_code == 409 and "has not been drawn" in r.json()["detail"], r.text
+    body = wire.encode_reports([good, good])
+    for broken in (body[:-3], body[:20], b"DOCM" + body[4:8] + b"\0\0\0\0" + body[12:]):
+        r = http.post(f"/v1/runs/{run_id}/reports", content=broken, headers=MULTI)
+        assert r.status_code == 422 and "multi-report" in r.json()["detail"], r.text
+    assert run_snapshot(redis_url, run_id) == before
+
+
 # -- epochs ----------------------------------------------------------------------------------
 def test_draws_are_idempotent_ordered_and_agree_under_concurrency(
     http: httpx.Client, run_id: str
