@@ -307,11 +307,12 @@ def test_connect_and_cursor_reports_match_what_the_loader_yielded(
     assert visits.min() < epochs == visits.max()  # select epochs are subsets
 
 
-def test_the_batch_sampler_reports_through_the_cursor_too(client: ScoreClient, run_id: str) -> None:
+def test_the_batch_sampler_reports_through_the_cursor_too(
+    client: ScoreClient, score_server: str, run_id: str
+) -> None:
     n = 50
     spl_run(client, run_id, n, epochs=2)
-    with Reporter(client, run_id) as rep:
-        bs = CurriculumBatchSampler(client, run_id, reporter=rep)
+    with CurriculumBatchSampler.connect(score_server, run_id=run_id) as bs:  # joins the run
         yielded: list[int] = []
         for epoch in range(2):
             bs.set_epoch(epoch)
