@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -124,7 +125,23 @@ def train(
     eval_every: Annotated[
         int, typer.Option(min=0, help="Evaluate every N epochs (0 = only at the end).")
     ] = 1,
-    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    progress: Annotated[
+        bool | None,
+        typer.Option(
+            "--progress/--no-progress",
+            help="Show a progress bar (default: only when stdout is a terminal).",
+            show_default=False,
+        ),
+    ] = None,
+    outage_tolerance: Annotated[
+        float | None,
+        typer.Option(
+            min=0,
+            help="Seconds the loop waits out a score-server or Redis outage before failing "
+            "(default: $DOCL_OUTAGE_TOLERANCE_S or 120).",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Train a model following the score server's curriculum.
 
@@ -169,7 +186,8 @@ def train(
         max_failures=max_failures,
         local=local,
         eval_every=eval_every,
-        progress=progress,
+        progress=sys.stdout.isatty() if progress is None else progress,
+        **({} if outage_tolerance is None else {"outage_tolerance": outage_tolerance}),
     )
     try:
         result = run_training(spec)
