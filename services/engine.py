@@ -244,6 +244,15 @@ MAX_GROUP_SAMPLES = 16384
 MAX_GROUP_REPORTS = 1024
 
 
+def _mask(n: int, idx: np.ndarray) -> np.ndarray:
+    """(n,) uint8: 1 at ``idx``."""
+    if idx.shape[0] == n:
+        return np.ones(n, dtype=np.uint8)  # a draw of every sample (uniform epochs)
+    hit = np.zeros(n, dtype=np.uint8)
+    hit[idx] = 1
+    return hit
+
+
 def _cat_records(parts: Sequence[np.ndarray], dtype: np.dtype[Any]) -> np.ndarray:
     """Concatenate record arrays keeping the record layout: np.concatenate would give a
     packed dtype (NumPy >= 1.23 drops the padding of structured dtypes)."""
@@ -574,11 +583,14 @@ class Engine:
         records: np.ndarray | None,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, dict[str, Any]]:
         """The draw plus the columns it updates: selection counts and Exp3 inclusion."""
-        indices, inclusion, info = self._draw(st, spec, seed, snap.scores, snap.losses, records)
+        indices, inclusion, info, hit = self._draw(
+            st, spec, seed, snap.scores, snap.losses, records
+        )
         # Selection counts (uint16, saturating): one scatter of bytes into a mask and
         # a sequential add is ~2x faster than drawn[indices] += 1 at n = 10M.
-        hit = np.zeros(st.layout.num_samples, dtype=np.uint8)
-        hit[indices] = 1
+        if hit is None:
+            hit = np.zeros(st.layout.num_samples, dtype=np.uint8)
+            hit[indices] = 1
         drawn = snap.drawn + hit
         if drawn.size and int(snap.drawn.max()) >= DRAWN_MAX:
             drawn[(snap.drawn == DRAWN_MAX)] = DRAWN_MAX  # no wrap-around past the cap
@@ -597,19 +609,26 @@ class Engine:
         scores: np.ndarray | None,
         losses: np.ndarray | None,
         records: np.ndarray | None,
-    ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
-        """The pure part of a draw: (indices in training order, inclusion probabilities, info)."""
+    ) -> tuple[np.ndarray, np.ndarray, dict[str, Any], np.ndarray | None]:
+        """The pure part of a draw: (indices in training order, inclusion probabilities,
+        info, the (n,) uint8 mask of drawn samples or None).
+
+        The selection is counted before it is shuffled (``sampling.draw(shuffle=False)``,
+        then ``shuffle_draw`` with the same Generator: the same draw): marking ~sorted
+        positions is several times faster than random ones at n = 10M."""
         n = st.config.num_samples
         p = st.config.params
         rng = np.random.default_rng(seed)
         size = int(spec.size)
         info: dict[str, Any] = {}
         if spec.phase != "select":
-            idx = sampling.uniform_epoch(n, rng, size=size)
-            incl = np.full(idx.shape[0], size / n, dtype=np.float32)
-            return np.ascontiguousarray(idx, dtype=np.int64), incl, info
+            sel = sampling.uniform_epoch(n, rng, size=size, shuffle=False)
+            order = sampling.random_order(sel, rng)
+            incl = np.full(order.shape[0], size / n, dtype=np.float32)
+            return np.ascontiguousarray(order, dtype=np.int64), incl, info, _mask(n, sel)
         k = int(spec.draw_size) if spec.draw_size > 0 else size
         sc = scores if scores is not None else np.full(n, np.nan, np.float32)
+        prune = records is not None and spec.prune and size < k
         d = sampling.draw(
             st.config.method,
             k=k,
@@ -620,7 +639,12 @@ class Engine:
             normalize=p.normalize,
             exp3=p.exp3,
             episode=int(spec.episode),
+            shuffle=prune,
         )
+        hit = None
+        if not prune:
+            hit = _mask(n, d.indices)
+            d = sampling.shuffle_draw(d, rng)
         idx = np.asarray(d.indices, dtype=np.int64)
         incl = (
             np.asarray(d.inclusion, dtype=np.float32)
@@ -640,7 +664,7 @@ class Engine:
             keep[np.asarray(pos, dtype=np.int64)] = True
             idx, incl = idx[keep], incl[keep]  # keeps the drawn (shuffled) training order
             info = {"drawn": int(keep.shape[0]), "lambda": float(spec.lam)}
-        return idx[:size], incl[:size], info
+        return idx[:size], incl[:size], info, hit if idx.shape[0] <= size else None
 
     async def indices(
         self, run_id: str, epoch: int, *, rank: int, world: int, offset: int, limit: int | None

@@ -35,17 +35,49 @@ def epoch_rng(seed: int, epoch: int) -> np.random.Generator:
     return np.random.default_rng([int(seed), int(epoch)])
 
 
-def uniform_epoch(n: int, rng: np.random.Generator, size: int | None = None) -> np.ndarray:
+def uniform_epoch(
+    n: int, rng: np.random.Generator, size: int | None = None, *, shuffle: bool = True
+) -> np.ndarray:
     """Warmup / refresh epochs ("uniform, full data"): a uniform permutation of all n
-    samples, or a uniform `size`-of-n subset in random order (an epoch the budget cut short)."""
+    samples, or a uniform `size`-of-n subset in random order (an epoch the budget cut short).
+    `shuffle=False`: the subset in no particular order (:func:`random_order` with the
+    same Generator then gives exactly the shuffled result)."""
     if n < 0:
         raise ValueError(f"n must be >= 0, got {n}")
     size = n if size is None else int(size)
     if not 0 <= size <= n:
         raise ValueError(f"size must lie in [0, {n}], got {size}")
     if size == n:
-        return rng.permutation(n).astype(np.int64, copy=False)
-    return rng.choice(n, size=size, replace=False, shuffle=True).astype(np.int64, copy=False)
+        sel = np.arange(n, dtype=np.int64)
+    elif 2 * size > n:
+        # the complement of a uniform (n - size)-subset is a uniform size-subset, and comes
+        # out sorted: Generator.choice would shuffle `size` of n elements in place
+        drop = rng.choice(n, size=n - size, replace=False, shuffle=False)
+        keep = np.ones(n, dtype=bool)
+        keep[drop] = False
+        sel = np.flatnonzero(keep)
+    else:
+        sel = rng.choice(n, size=size, replace=False, shuffle=False).astype(np.int64, copy=False)
+    return random_order(sel, rng) if shuffle else sel
+
+
+#: gumbel_topk selects by a threshold (np.partition of the keys) from this many logits up.
+_THRESHOLD_MIN = 1 << 17
+
+
+def random_order(values: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A uniformly random permutation of the 1-D `values`, as a new array (Fisher-Yates).
+
+    Shuffles a copy in place: ~35% faster at 9M than ``values[rng.permutation(k)]``,
+    which shuffles an index array and then gathers through it. (A Rao-Sandelius
+    bucketed shuffle, cache-friendly on paper, measured slower here: its radix sort
+    and gather cost more than the cache misses it saves.)"""
+    v = np.asarray(values)
+    if v.ndim != 1:
+        raise ValueError(f"values must be a vector, got shape {v.shape}")
+    out = v.copy()
+    rng.shuffle(out)
+    return out
 
 
 def standardize(scores: np.ndarray, normalize: str) -> np.ndarray:
@@ -166,10 +198,32 @@ def gumbel_topk(
     np.maximum(e, np.finfo(dtype).tiny, out=e)
     np.log(e, out=e)
     np.subtract(keys, e, out=keys)
-    idx = np.arange(n) if k == n else np.argpartition(keys, n - k)[n - k :]
+    if k == n:
+        idx = np.arange(n)
+    elif n >= _THRESHOLD_MIN:
+        idx = _top_k_by_threshold(keys, k, rng)
+    else:
+        idx = np.argpartition(keys, n - k)[n - k :]
     if ordered:
         idx = idx[np.argsort(keys[idx], kind="stable")[::-1]]  # largest key = first draw
     return idx.astype(np.int64, copy=False)
+
+
+def _top_k_by_threshold(keys: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    """Positions of the k largest keys, ascending (0 < k < n): the k-th largest value by
+    np.partition of the values alone (argpartition also moves an int64 index array: ~2x
+    slower at n = 10M), then one pass of comparisons. Keys equal to the threshold (float32
+    rounding makes ties possible) are taken uniformly at random until there are k."""
+    n = keys.shape[0]
+    thr = np.partition(keys, n - k)[n - k]
+    above = keys > thr
+    n_above = int(np.count_nonzero(above))
+    if n_above == k:
+        return np.flatnonzero(above)
+    ties = np.flatnonzero(keys == thr)
+    pick = rng.choice(ties, size=k - n_above, replace=False) if ties.size > k - n_above else ties
+    above[pick] = True
+    return np.flatnonzero(above)
 
 
 _COARSE = 1 << 18
@@ -279,12 +333,23 @@ class MethodSpec:
     select: SelectFn
 
 
-def _shuffled(idx: np.ndarray, rng: np.random.Generator, incl: np.ndarray | None = None) -> Draw:
-    order = rng.permutation(idx.size)
-    return Draw(
-        indices=idx[order].astype(np.int64, copy=False),
-        inclusion=None if incl is None else incl[order].astype(np.float32),
+def _shuffled(
+    idx: np.ndarray, rng: np.random.Generator, incl: np.ndarray | None = None, shuffle_: bool = True
+) -> Draw:
+    d = Draw(
+        indices=np.asarray(idx).astype(np.int64, copy=False),
+        inclusion=None if incl is None else np.asarray(incl).astype(np.float32, copy=False),
     )
+    return shuffle_draw(d, rng) if shuffle_ else d
+
+
+def shuffle_draw(d: Draw, rng: np.random.Generator) -> Draw:
+    """The draw in a uniformly random training order (:func:`random_order`; inclusion
+    probabilities follow their samples)."""
+    if d.inclusion is None:
+        return Draw(random_order(d.indices, rng), None)
+    order = random_order(np.arange(d.indices.size, dtype=np.int64), rng)
+    return Draw(d.indices[order], d.inclusion[order].astype(np.float32, copy=False))
 
 
 def extreme_k(
@@ -310,10 +375,11 @@ def extreme_k(
 
 
 def _uniform(
-    *, k: int, scores: np.ndarray, rng: np.random.Generator, exp3: bool = False, **_: object
-) -> Draw:
+    *, k: int, scores: np.ndarray, rng: np.random.Generator, exp3: bool = False,
+    shuffle: bool = True, **_: object,
+) -> Draw:  # fmt: skip
     n = scores.size
-    idx = uniform_epoch(n, rng, size=k)
+    idx = uniform_epoch(n, rng, size=k, shuffle=shuffle)
     return Draw(idx, np.full(k, k / n, np.float32) if exp3 and n else None)
 
 
@@ -325,6 +391,7 @@ def _boltzmann(
     tau: float,
     normalize: str,
     exp3: bool = False,
+    shuffle: bool = True,
     **_: object,
 ) -> Draw:
     logits = standardize(scores, normalize)
@@ -333,50 +400,58 @@ def _boltzmann(
         logits = standardize(scores, normalize).astype(np.float64) / tau
     idx = gumbel_topk(logits, k, rng)
     incl = inclusion_probabilities(logits, k, indices=idx) if exp3 else None
-    return _shuffled(idx, rng, incl)
+    return _shuffled(idx, rng, incl, shuffle)
 
 
 def _deterministic(
-    idx: np.ndarray, rng: np.random.Generator, exp3: bool
+    idx: np.ndarray, rng: np.random.Generator, exp3: bool, shuffle: bool = True
 ) -> Draw:  # inclusion 1: a deterministic pick
-    return _shuffled(idx, rng, np.ones(idx.size) if exp3 else None)
+    return _shuffled(idx, rng, np.ones(idx.size) if exp3 else None, shuffle)
 
 
 def _spl(
-    *, k: int, losses: np.ndarray, rng: np.random.Generator, exp3: bool = False, **_: object
-) -> Draw:
+    *, k: int, losses: np.ndarray, rng: np.random.Generator, exp3: bool = False,
+    shuffle: bool = True, **_: object,
+) -> Draw:  # fmt: skip
     # easiest first; a never-visited sample (NaN loss) is taken first (exploration)
-    return _deterministic(extreme_k(losses, k, rng, largest=False, nan_as=-np.inf), rng, exp3)
+    sel = extreme_k(losses, k, rng, largest=False, nan_as=-np.inf)
+    return _deterministic(sel, rng, exp3, shuffle)
 
 
 def _mcl(
-    *, k: int, losses: np.ndarray, rng: np.random.Generator, exp3: bool = False, **_: object
-) -> Draw:
+    *, k: int, losses: np.ndarray, rng: np.random.Generator, exp3: bool = False,
+    shuffle: bool = True, **_: object,
+) -> Draw:  # fmt: skip
     # hardest first; a never-visited sample (NaN loss) is taken first (exploration)
-    return _deterministic(extreme_k(losses, k, rng, largest=True, nan_as=np.inf), rng, exp3)
+    sel = extreme_k(losses, k, rng, largest=True, nan_as=np.inf)
+    return _deterministic(sel, rng, exp3, shuffle)
 
 
 def _top(
-    *, k: int, scores: np.ndarray, rng: np.random.Generator, exp3: bool = False, **_: object
-) -> Draw:
-    return _deterministic(extreme_k(scores, k, rng, largest=True, nan_as=np.inf), rng, exp3)
+    *, k: int, scores: np.ndarray, rng: np.random.Generator, exp3: bool = False,
+    shuffle: bool = True, **_: object,
+) -> Draw:  # fmt: skip
+    sel = extreme_k(scores, k, rng, largest=True, nan_as=np.inf)
+    return _deterministic(sel, rng, exp3, shuffle)
 
 
 def _bottom(
-    *, k: int, scores: np.ndarray, rng: np.random.Generator, exp3: bool = False, **_: object
-) -> Draw:
+    *, k: int, scores: np.ndarray, rng: np.random.Generator, exp3: bool = False,
+    shuffle: bool = True, **_: object,
+) -> Draw:  # fmt: skip
     # unscored count as the largest, so bottom-k takes them last
-    return _deterministic(extreme_k(scores, k, rng, largest=False, nan_as=np.inf), rng, exp3)
+    sel = extreme_k(scores, k, rng, largest=False, nan_as=np.inf)
+    return _deterministic(sel, rng, exp3, shuffle)
 
 
 def _alternate(
     *, k: int, scores: np.ndarray, rng: np.random.Generator, episode: int = 1, exp3: bool = False,
-    **_: object,
+    shuffle: bool = True, **_: object,
 ) -> Draw:  # fmt: skip
     # paper §3 Baseline1: top-k in odd episodes, bottom-k in even ones
     if episode % 2 == 1:
-        return _top(k=k, scores=scores, rng=rng, exp3=exp3)
-    return _bottom(k=k, scores=scores, rng=rng, exp3=exp3)
+        return _top(k=k, scores=scores, rng=rng, exp3=exp3, shuffle=shuffle)
+    return _bottom(k=k, scores=scores, rng=rng, exp3=exp3, shuffle=shuffle)
 
 
 METHODS: dict[str, MethodSpec] = {
@@ -417,6 +492,7 @@ def draw(
     normalize: str = "std",
     exp3: bool = False,
     episode: int = 1,
+    shuffle: bool = True,
 ) -> Draw:
     """Draw k of n samples for a selection epoch with the named method.
 
@@ -425,6 +501,12 @@ def draw(
     episode (alternate: top-k in odd, bottom-k in even episodes). With `exp3` the
     Draw carries each drawn sample's inclusion probability (approximate for the
     Boltzmann draws, k/n for uniform ones, 1 for deterministic ones).
+
+    `shuffle=False` returns the selection before its final shuffle (ascending, or
+    nearly, for the score- and loss-based methods; uniform methods are random
+    already); :func:`shuffle_draw` with the same Generator then gives exactly the
+    shuffled draw. The server counts selections in between: a scatter in ascending
+    order is several times faster than in random order at n = 10M.
     """
     spec = method_spec(method)
     s = np.asarray(scores)
@@ -450,4 +532,5 @@ def draw(
         normalize=normalize,
         exp3=bool(exp3),
         episode=int(episode),
+        shuffle=bool(shuffle),
     )

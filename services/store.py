@@ -284,6 +284,15 @@ def _ranges(start: int, stop: int, per_chunk: int) -> list[tuple[int, int, int]]
     return out
 
 
+def _chunk_views(arr: np.ndarray, dtype: str, per_chunk: int) -> list[bytes | memoryview]:
+    """``arr`` as ``dtype`` cut into chunks of ``per_chunk`` items: views, not copies (the
+    fast client writes them to the socket as they are); one empty chunk for no items."""
+    a = np.ascontiguousarray(arr, dtype=dtype).reshape(-1)
+    if a.shape[0] == 0:
+        return [b""]
+    return [a[i : i + per_chunk].data.cast("B") for i in range(0, a.shape[0], per_chunk)]
+
+
 def _chunks_of(data: bytes, itemsize: int, per_chunk: int) -> list[bytes]:
     step = itemsize * per_chunk
     if not data:
@@ -502,13 +511,15 @@ class _RespClient:
                 raise NoScriptError(text)
             raise ResponseError(text)
 
-    async def call(self, args: Sequence[bytes | str | int | float]) -> Any:
+    async def call(self, args: Sequence[bytes | str | int | float | memoryview]) -> Any:
         """Send one command, return its reply (an error reply raises)."""
         (reply,) = await self._exchange(self.pack(args), 1)
         self._raise_for(reply)
         return reply
 
-    async def call_many(self, commands: Sequence[Sequence[bytes | str | int | float]]) -> list[Any]:
+    async def call_many(
+        self, commands: Sequence[Sequence[bytes | str | int | float | memoryview]]
+    ) -> list[Any]:
         """Pipeline several commands on one connection; an error reply raises."""
         replies = await self._exchange(
             [p for cmd in commands for p in self.pack(cmd)], len(commands)
@@ -687,39 +698,55 @@ class Store:
         )
 
     # -- epochs ---------------------------------------------------------------------------
+    async def _transaction(self, commands: Sequence[Sequence[Any]]) -> list[Any]:
+        """The replies of ``commands`` run in one MULTI/EXEC: a consistent snapshot. Through
+        the fast client when there is one (it reads big replies 1 MB at a time; redis-py
+        64 KB), else a redis-py transaction."""
+        if self._fast is not None:
+            replies = await self._fast.call_many([["MULTI"], *commands, ["EXEC"]])
+            return list(replies[-1])
+        pipe = self.redis.pipeline(transaction=True)
+        for cmd in commands:
+            pipe.execute_command(*cmd)
+        return list(await pipe.execute())
+
     async def draw_inputs(self, layout: RunLayout, *, losses: bool) -> DrawInputs:
         """One MULTI/EXEC snapshot of last_epoch and the columns a draw reads, with the
-        score log folded into the score (and loss) column (see :meth:`scatter`)."""
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.hmget(layout.meta_key, ["uid", "last_epoch", "log_base"])
-        pipe.lrange(layout.scorelog_key, 0, -1)
-        for k in layout.score_keys:
-            pipe.get(k)
-        for k in layout.loss_keys if losses else ():
-            pipe.get(k)
-        for k in layout.drawn_keys:
-            pipe.get(k)
-        for k in layout.incl_keys:
-            pipe.get(k)
-        raw = await pipe.execute()
+        score log folded into the score (and loss) column (see :meth:`scatter`).
+
+        The columns are read-only views of the replies (no copy) unless the log had to
+        be folded into them."""
+        cmds: list[list[Any]] = [
+            ["HMGET", layout.meta_key, "uid", "last_epoch", "log_base"],
+            ["LRANGE", layout.scorelog_key, 0, -1],
+        ]
+        cmds += [["GET", k] for k in layout.score_keys]
+        cmds += [["GET", k] for k in (layout.loss_keys if losses else ())]
+        cmds += [["GET", k] for k in layout.drawn_keys]
+        cmds += [["GET", k] for k in layout.incl_keys]
+        raw = await self._transaction(cmds)
         uid_b, last_b, base_b = raw[0]
         log: list[bytes] = raw[1]
         pos = 2
         n = layout.num_samples
 
-        def column(keys: tuple[str, ...], dtype: str, fill: float) -> np.ndarray:
+        def column(keys: tuple[str, ...], dtype: str, fill: float, writable: bool) -> np.ndarray:
             nonlocal pos
             parts = raw[pos : pos + len(keys)]
             pos += len(keys)
-            arr = np.frombuffer(b"".join(p or b"" for p in parts), dtype=dtype)
+            one = len(parts) == 1 and parts[0] is not None
+            arr = np.frombuffer(parts[0] if one else b"".join(p or b"" for p in parts), dtype)
             if arr.shape[0] < n:  # a column chunk never written (drawn/incl are lazy)
                 arr = np.concatenate([arr, np.full(n - arr.shape[0], fill, dtype=dtype)])
-            return arr[:n].copy()
+            arr = arr[:n]
+            return arr.copy() if writable and not arr.flags.writeable else arr
 
-        sc = column(layout.score_keys, "<f4", np.nan)
-        ls = column(layout.loss_keys, "<f4", np.nan) if losses and layout.loss_column else None
-        dr = column(layout.drawn_keys, "<u2", 0)
-        inc = column(layout.incl_keys, "<f4", 0.0) if layout.exp3 else None
+        sc = column(layout.score_keys, "<f4", np.nan, bool(log))
+        ls = None
+        if losses and layout.loss_column:
+            ls = column(layout.loss_keys, "<f4", np.nan, bool(log))
+        dr = column(layout.drawn_keys, "<u2", 0, False)
+        inc = column(layout.incl_keys, "<f4", 0.0, False) if layout.exp3 else None
         fold_log(layout, log, sc, ls)
         return DrawInputs(
             uid=_s(uid_b) if uid_b is not None else None,
@@ -740,17 +767,17 @@ class Store:
             return 1
         nonce = uuid.uuid4().hex[:12]
         finals = list(layout.score_keys)
-        values = _chunks_of(snap.scores.astype("<f4").tobytes(), 4, layout.col_per_chunk)
+        values = _chunk_views(snap.scores, "<f4", layout.col_per_chunk)
         if layout.loss_column and snap.losses is not None:
             finals += layout.loss_keys
-            values += _chunks_of(snap.losses.astype("<f4").tobytes(), 4, layout.col_per_chunk)
+            values += _chunk_views(snap.losses, "<f4", layout.col_per_chunk)
         temps = [f"{k}:tmp:{nonce}" for k in finals]
         await self._set_many(temps, values)
         keys = [layout.meta_key, layout.scorelog_key, *finals, *temps]
         args = [uid, snap.log_base, snap.log_count, len(finals)]
         return int(await self._run(self._compact, keys, args))
 
-    async def _set_many(self, keys: Sequence[str], values: Sequence[bytes]) -> None:
+    async def _set_many(self, keys: Sequence[str], values: Sequence[bytes | memoryview]) -> None:
         """SET each key (expiring in 10 min: temporary keys a crash would leave behind)."""
         writes: list[list[Any]] = [
             ["SET", k, v, "PX", 600_000] for k, v in zip(keys, values, strict=True)
@@ -783,18 +810,12 @@ class Store:
         100 MB through a script's ARGV would copy it three times inside Redis.
         """
         nonce = uuid.uuid4().hex[:12]
-        idx_parts = _chunks_of(
-            np.ascontiguousarray(indices, dtype="<i8").tobytes(), 8, layout.idx_per_chunk
-        )
+        idx_parts = _chunk_views(indices, "<i8", layout.idx_per_chunk)
         idx_keys = layout.epoch_keys(epoch, int(indices.shape[0]))
-        drawn_parts = _chunks_of(
-            np.ascontiguousarray(drawn, dtype="<u2").tobytes(), 2, layout.drawn_per_chunk
-        )
-        incl_parts: list[bytes] = []
+        drawn_parts = _chunk_views(drawn, "<u2", layout.drawn_per_chunk)
+        incl_parts: list[bytes | memoryview] = []
         if layout.exp3 and inclusion is not None:
-            incl_parts = _chunks_of(
-                np.ascontiguousarray(inclusion, dtype="<f4").tobytes(), 4, layout.col_per_chunk
-            )
+            incl_parts = _chunk_views(inclusion, "<f4", layout.col_per_chunk)
         finals = [*idx_keys, *layout.drawn_keys, *layout.incl_keys[: len(incl_parts)]]
         values = [*idx_parts, *drawn_parts, *incl_parts]
         temps = [f"{k}:tmp:{nonce}" for k in finals]

@@ -1,0 +1,119 @@
+"""The fast paths of a draw (services/sampling.py): the threshold top-k that large draws
+use, the in-place shuffle, and the unshuffled draw the server counts before shuffling.
+Each is checked against an independent computation of its law or against the plain path."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+import scipy.optimize
+import scipy.stats
+
+from docl.services import sampling
+from docl.services.sampling import (
+    _THRESHOLD_MIN,
+    METHODS,
+    _top_k_by_threshold,
+    draw,
+    gumbel_topk,
+    random_order,
+    shuffle_draw,
+    uniform_epoch,
+)
+
+
+def test_random_order_is_uniform_over_all_permutations() -> None:
+    values = np.array([10, 20, 30, 40], dtype=np.int64)
+    perms = {p: j for j, p in enumerate(itertools.permutations(values.tolist()))}
+    draws = 12_000
+    counts = np.zeros(len(perms))
+    rng = np.random.default_rng(0)
+    for _ in range(draws):
+        counts[perms[tuple(random_order(values, rng).tolist())]] += 1
+    assert scipy.stats.chisquare(counts, np.full(len(perms), draws / len(perms))).pvalue > 1e-3
+    assert values.tolist() == [10, 20, 30, 40]  # a new array: the input is untouched
+
+
+def test_threshold_top_k_takes_the_k_largest_and_breaks_ties_at_random() -> None:
+    rng = np.random.default_rng(1)
+    keys = rng.permutation(1000).astype(np.float32)  # distinct: the set is determined
+    for k in (1, 250, 999):
+        got = _top_k_by_threshold(keys, k, rng)
+        want = np.sort(np.argpartition(keys, 1000 - k)[1000 - k :])
+        np.testing.assert_array_equal(got, want)  # ascending positions
+    # 5 keys above a tie of 6: k = 7 takes the 5 and 2 of the 6, uniformly
+    keys = np.array([5, 0, 9, 1, 1, 8, 1, 1, 7, 1, 1, 6], dtype=np.float32)
+    ties = np.flatnonzero(keys == 1)
+    counts = np.zeros(keys.size)
+    draws = 6000
+    for seed in range(draws):
+        got = _top_k_by_threshold(keys, 7, np.random.default_rng(seed))
+        assert got.size == 7 and np.all(np.diff(got) > 0)
+        assert {0, 2, 5, 8, 11} <= set(got.tolist())  # everything above the threshold
+        counts[got] += 1
+    assert scipy.stats.chisquare(counts[ties], np.full(ties.size, 2 * draws / 6)).pvalue > 1e-3
+
+
+def test_large_gumbel_draws_follow_the_exponential_race_law() -> None:
+    """n >= _THRESHOLD_MIN takes the threshold path. Two groups of weights 1 and 3: the
+    expected share of the heavy group in a k-of-n draw ∝ w is, for large n, given by the
+    race time t solving n1(1 - e^-t) + n2(1 - e^-3t) = k (solved here with scipy)."""
+    n = _THRESHOLD_MIN
+    heavy = np.zeros(n, dtype=bool)
+    heavy[np.random.default_rng(2).choice(n, n // 4, replace=False)] = True
+    logits = np.where(heavy, math.log(3.0), 0.0).astype(np.float32)
+    k = n // 2
+    n2 = int(heavy.sum())
+    n1 = n - n2
+    t = scipy.optimize.brentq(lambda t: n1 * -math.expm1(-t) + n2 * -math.expm1(-3 * t) - k, 0, 50)
+    expected = n2 * -math.expm1(-3 * t)
+    shares = []
+    for seed in range(8):
+        idx = gumbel_topk(logits, k, np.random.default_rng(seed))
+        assert idx.size == k == np.unique(idx).size
+        shares.append(int(heavy[idx].sum()))
+    # the count of heavy picks varies by ~sqrt(k/4) ≈ 128 per draw; the mean of 8 by ~45
+    assert abs(np.mean(shares) - expected) < 150, (np.mean(shares), expected)
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+@pytest.mark.parametrize("exp3", [False, True])
+def test_unshuffled_draw_then_shuffle_is_the_shuffled_draw(method: str, exp3: bool) -> None:
+    rng = np.random.default_rng(3)
+    scores = rng.normal(size=300).astype(np.float32)
+    scores[rng.choice(300, 30, replace=False)] = np.nan
+    losses = rng.exponential(size=300)
+    for k in (0, 1, 120, 299, 300):
+        kw = {"k": k, "scores": scores, "losses": losses, "exp3": exp3, "episode": 1}
+        whole = draw(method, rng=np.random.default_rng(7), **kw)  # type: ignore[arg-type]
+        g = np.random.default_rng(7)
+        part = draw(method, rng=g, shuffle=False, **kw)  # type: ignore[arg-type]
+        assert np.array_equal(np.sort(part.indices), np.sort(whole.indices))
+        again = shuffle_draw(part, g)
+        np.testing.assert_array_equal(again.indices, whole.indices)
+        if exp3:
+            assert again.inclusion is not None and whole.inclusion is not None
+            np.testing.assert_array_equal(again.inclusion, whole.inclusion)
+
+
+@pytest.mark.parametrize("size", [0, 3, 5, 7, 10])
+def test_uniform_epoch_unshuffled_then_shuffled_and_uniform(size: int) -> None:
+    n = 10
+    a = uniform_epoch(n, np.random.default_rng(4), size=size)
+    g = np.random.default_rng(4)
+    b = sampling.random_order(uniform_epoch(n, g, size=size, shuffle=False), g)
+    np.testing.assert_array_equal(a, b)
+    assert a.dtype == np.int64 and np.unique(a).size == size
+    if 0 < size < n:  # both the complement path (size > n/2) and Generator.choice
+        draws = 4000
+        counts = np.zeros(n)
+        first = np.zeros(n)
+        for seed in range(draws):
+            d = uniform_epoch(n, np.random.default_rng(seed), size=size)
+            counts[d] += 1
+            first[d[0]] += 1
+        assert scipy.stats.chisquare(counts, np.full(n, size * draws / n)).pvalue > 1e-3
+        assert scipy.stats.chisquare(first, np.full(n, draws / n)).pvalue > 1e-3
