@@ -122,7 +122,7 @@ def to_numpy(x: Any, *, copy: bool = False) -> np.ndarray:
     With ``copy=True`` the result never shares memory with ``x`` (what a
     background sender needs: the caller may overwrite its tensors right after).
     """
-    if isinstance(x, np.ndarray):
+    if type(x) is np.ndarray or isinstance(x, np.ndarray):
         return x.copy() if copy else x
     if hasattr(x, "detach") and hasattr(x, "cpu"):
         t = x.detach().cpu()
@@ -149,9 +149,16 @@ def _check_report_arrays(
 
     Shapes are checked here, with messages that name the argument, because a
     binary body cannot even be built from wrong shapes. Values (NaN, indices out
-    of range, class ids >= c) are the server's to judge: it answers 422.
+    of range, class ids >= c) are the server's to judge: it answers 422. With
+    ``copy`` every array returned is a fresh copy, made once. This runs on the
+    training thread for every step (``Reporter.report``): plain dtype-kind tests,
+    no ``np.issubdtype``.
     """
-    if isinstance(epoch, bool) or not isinstance(epoch, int | np.integer) or not 0 <= epoch < 2**32:
+    if type(epoch) is not int and (
+        isinstance(epoch, bool) or not isinstance(epoch, int | np.integer)
+    ):
+        raise wire.WireError(f"epoch must be an integer in [0, 2**32), got {epoch!r}")
+    if not 0 <= epoch < 2**32:
         raise wire.WireError(f"epoch must be an integer in [0, 2**32), got {epoch!r}")
     try:
         float(lr_sum)
@@ -160,21 +167,23 @@ def _check_report_arrays(
     idx = to_numpy(indices, copy=copy)
     if idx.ndim != 1 or idx.shape[0] < 1:
         raise wire.WireError(f"indices must be a non-empty 1-D array, got shape {idx.shape}")
-    if not np.issubdtype(idx.dtype, np.integer):
+    if idx.dtype.kind not in "iu":
         raise wire.WireError(f"indices must be integers, got dtype {idx.dtype}")
     b = idx.shape[0]
-    out = to_numpy(outputs, copy=copy)
+    out = to_numpy(outputs)
     if out.ndim != 2 or out.shape[0] != b:
         raise wire.WireError(f"outputs must be (B, c) = ({b}, c), got shape {out.shape}")
     if out.dtype != np.float32:
-        out = out.astype(np.float32)
+        out = out.astype(np.float32)  # a new array: the one copy
+    elif copy:
+        out = out.copy()
     tgt = to_numpy(targets, copy=copy)
     if tgt.ndim == 1:
         if tgt.shape[0] != b:
             raise wire.WireError(
                 f"targets (class ids) must have B = {b} entries, got {tgt.shape[0]}"
             )
-        if not np.issubdtype(tgt.dtype, np.integer):
+        if tgt.dtype.kind not in "iu":
             raise wire.WireError(
                 f"1-D targets are class ids and must be integers, got dtype {tgt.dtype} "
                 "(regression targets are (B, c) floats)"

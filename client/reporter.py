@@ -92,6 +92,7 @@ class _Item:
     outputs: np.ndarray
     targets: np.ndarray
     features: np.ndarray | None
+    at: float = 0.0  # time.monotonic() when queued
 
     @property
     def rows(self) -> int:
@@ -135,6 +136,7 @@ class Reporter:
         senders: int = 2,
         max_batch_samples: int = 4096,
         max_batch_reports: int = 256,
+        linger: float = 0.2,
         backoff: float = 0.2,
         max_backoff: float = 5.0,
         warn_interval: float = 30.0,
@@ -152,6 +154,11 @@ class Reporter:
         self.run_id = run_id
         self.max_batch_samples = max_batch_samples
         self.max_batch_reports = max_batch_reports
+        if linger < 0:
+            raise ValueError("linger must be >= 0")
+        self.linger = linger
+        self._rows = 0  # samples waiting in the queue
+        self._urgent = 0  # flush() calls waiting: senders do not linger
         self.max_queue = max_queue
         self.backoff = backoff
         self.max_backoff = max_backoff
@@ -164,7 +171,13 @@ class Reporter:
         self._id_prefix = uuid.uuid4().hex
         self._seq = itertools.count()
         self._queue: collections.deque[_Item] = collections.deque()
-        self._cond = threading.Condition()
+        # One lock; senders wait on _cond for work, flush() on _done for the end of work,
+        # and a backoff on _stop: report() wakes a sender only when the queue was empty
+        # (a thread woken per report costs the training thread its GIL, tens of µs).
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
+        self._done = threading.Condition(self._lock)
+        self._stop = threading.Event()
         self._inflight = 0
         self._closed = False
         self._c = dict.fromkeys(
@@ -222,6 +235,7 @@ class Reporter:
         )
         item = _Item(
             report_id=report_id or f"{self._id_prefix}-{next(self._seq)}",
+            at=time.monotonic(),
             epoch=int(epoch),
             lr_sum=float(lr_sum),
             indices=idx,
@@ -230,15 +244,19 @@ class Reporter:
             features=feat,
         )
         dropped = None
-        with self._cond:
+        with self._lock:
             if self._closed:
                 raise RuntimeError("this Reporter is closed")
             if len(self._queue) >= self.max_queue:
                 dropped = self._queue.popleft()
+                self._rows -= dropped.rows
                 self._c["dropped"] += 1
+            wake = not self._queue  # else a sender was woken already, or is busy
             self._queue.append(item)
+            self._rows += item.rows
             self._c["queued"] += 1
-            self._cond.notify()
+            if wake or self._full():
+                self._cond.notify()
         if dropped is not None:
             self._warn_drop()
         return item.report_id
@@ -250,17 +268,22 @@ class Reporter:
         passed first (the reports stay queued and keep being retried).
         """
         deadline = None if timeout is None else time.monotonic() + timeout
-        with self._cond:
-            while self._queue or self._inflight:
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    log.warning(
-                        "docl reporter: flush timed out after %.1f s with %d report(s) pending",
-                        timeout,
-                        len(self._queue) + self._inflight,
-                    )
-                    return False
-                self._cond.wait(remaining)
+        with self._lock:
+            self._urgent += 1
+            self._cond.notify_all()  # lingering senders: send now
+            try:
+                while self._queue or self._inflight:
+                    remaining = None if deadline is None else deadline - time.monotonic()
+                    if remaining is not None and remaining <= 0:
+                        log.warning(
+                            "docl reporter: flush timed out after %.1f s with %d report(s) pending",
+                            timeout,
+                            len(self._queue) + self._inflight,
+                        )
+                        return False
+                    self._done.wait(remaining)
+            finally:
+                self._urgent -= 1
         return True
 
     def close(self, timeout: float | None = 30.0) -> bool:
@@ -269,17 +292,20 @@ class Reporter:
         Reports still pending after the timeout are abandoned, counted in
         ``dropped`` and warned about. Returns True when everything was delivered.
         """
-        with self._cond:
+        with self._lock:
             if self._closed:
                 return not self._queue
         atexit.unregister(self._atexit)
         delivered = self.flush(timeout)
-        with self._cond:
+        with self._lock:
             self._closed = True
             abandoned = len(self._queue)
             self._queue.clear()
+            self._rows = 0
             self._c["dropped"] += abandoned
             self._cond.notify_all()
+            self._done.notify_all()
+        self._stop.set()
         if abandoned:
             log.warning(
                 "docl reporter: closed with %d report(s) undelivered (counted as dropped)",
@@ -298,7 +324,7 @@ class Reporter:
     # -- counters ----------------------------------------------------------------------
 
     def counters(self) -> ReporterCounters:
-        with self._cond:
+        with self._lock:
             return ReporterCounters(**self._c, pending=len(self._queue) + self._inflight)
 
     @property
@@ -327,7 +353,7 @@ class Reporter:
 
     @property
     def pending(self) -> int:
-        with self._cond:
+        with self._lock:
             return len(self._queue) + self._inflight
 
     # -- the sender threads ------------------------------------------------------------
@@ -342,21 +368,42 @@ class Reporter:
         poster = ReportPoster(self._client)
         try:
             while True:
-                with self._cond:
+                with self._lock:
                     while not self._queue and not self._closed:
                         self._cond.wait()
                     if not self._queue:  # closed and drained
                         return
+                    self._linger()
+                    if not self._queue:  # another sender took them meanwhile
+                        continue
                     batch = self._take()
                     self._inflight += len(batch)
+                    if self._queue:  # more than one batch waiting: another sender may help
+                        self._cond.notify()
                 try:
                     self._deliver(poster, batch)
                 finally:
-                    with self._cond:
+                    with self._lock:
                         self._inflight -= len(batch)
-                        self._cond.notify_all()
+                        if not self._inflight and not self._queue:
+                            self._done.notify_all()
         finally:
             poster.close()
+
+    def _full(self) -> bool:
+        return self._rows >= self.max_batch_samples or len(self._queue) >= self.max_batch_reports
+
+    def _linger(self) -> None:
+        """Wait (lock held, released while waiting) up to ``linger`` from the oldest
+        queued report for a full batch, unless flush() or close() is waiting."""
+        if self.linger <= 0:
+            return
+        deadline = self._queue[0].at + self.linger
+        while self._queue and not (self._closed or self._urgent or self._full()):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            self._cond.wait(remaining)
 
     def _take(self) -> list[_Item]:
         """Everything queued, oldest first, up to the batch limits (the lock is held)."""
@@ -370,6 +417,7 @@ class Reporter:
             item = q.popleft()
             batch.append(item)
             rows += item.rows
+        self._rows -= rows
         return batch
 
     def _post(self, poster: ReportPoster, batch: list[_Item]) -> list[ReportAck]:
@@ -399,7 +447,7 @@ class Reporter:
                             self._deliver(poster, [item])
                         return
                     item = batch[0]
-                    with self._cond:
+                    with self._lock:
                         self._c["rejected"] += 1
                     self.last_error = e
                     log.error(
@@ -412,7 +460,7 @@ class Reporter:
                     return
                 failure = e
             except Exception as e:  # a bug must not kill the sender thread silently
-                with self._cond:
+                with self._lock:
                     self._c["rejected"] += len(batch)
                 self.last_error = e
                 log.exception(
@@ -422,7 +470,7 @@ class Reporter:
                 )
                 return
             else:
-                with self._cond:
+                with self._lock:
                     self._c["sent"] += len(acks)
                     self._c["requests"] += 1
                     self._c["scored"] += sum(a.scored for a in acks)
@@ -440,7 +488,7 @@ class Reporter:
             # Retryable: the server is down, overloaded or restarting. Keep the
             # reports (and their report_ids) and try again after a backoff.
             self.last_error = failure
-            with self._cond:
+            with self._lock:
                 self._c["retried"] += 1
                 first = self._failing_since is None
                 if first:
@@ -455,18 +503,17 @@ class Reporter:
                 )
             if closed:
                 # close() gave up waiting: count these as abandoned.
-                with self._cond:
+                with self._lock:
                     self._c["dropped"] += len(batch)
                 return
             delay = min(self.max_backoff, self.backoff * 2.0**attempt)
             attempt += 1
-            with self._cond:
-                # Wake early only when close() is called.
-                self._cond.wait_for(lambda: self._closed, timeout=delay * (0.5 + 0.5 * _jitter()))
+            # Wake early only when close() is called.
+            self._stop.wait(timeout=delay * (0.5 + 0.5 * _jitter()))
 
     def _warn_drop(self) -> None:
         now = time.monotonic()
-        with self._cond:
+        with self._lock:
             self._drops_since_warning += 1
             if now - self._last_drop_warning < self.warn_interval:
                 return

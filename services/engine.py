@@ -194,6 +194,10 @@ class RecordCache:
         self.uid = uid
         n = layout.num_samples
         self.rec = np.zeros(n, dtype=layout.rec_dtype)  # calloc: pages appear as touched
+        # the same memory as rows of 8-byte words: numpy copies those ~2x faster than
+        # records of a structured dtype (records are padded to a multiple of 8 bytes)
+        self._words = self.rec.view(np.uint64).reshape(n, layout.rec_size // 8)
+        self._dtype = layout.rec_dtype
         self.known = np.zeros(n, dtype=bool)
         self.busy = np.zeros(n, dtype=bool)  # samples of a report being applied right now
         self.nbytes = n * (layout.rec_size + 2)
@@ -223,8 +227,13 @@ class RecordCache:
         self.resets = resets
         self.last_epoch = -1
 
+    def get(self, idx: np.ndarray) -> np.ndarray:
+        """A copy of the rows at ``idx`` (records)."""
+        return self._words[idx].view(self._dtype).reshape(-1)
+
     def put(self, idx: np.ndarray, rows: np.ndarray) -> None:
-        self.rec[idx] = rows
+        r = np.ascontiguousarray(rows, dtype=self._dtype)
+        self._words[idx] = r.view(np.uint64).reshape(r.shape[0], self._words.shape[1])
         self.known[idx] = True
 
     def note(self, *, conflict: bool) -> None:
@@ -239,7 +248,7 @@ class RecordCache:
 
 #: Most samples one scatter script call writes: a script blocks Redis while it runs
 #: (~2-5 µs per sample here), so a large multi-report request is applied in pieces.
-MAX_GROUP_SAMPLES = 16384
+MAX_GROUP_SAMPLES = 4096
 #: Most reports one scatter script call applies (Lua's unpack() limit is ~8000 values).
 MAX_GROUP_REPORTS = 1024
 
@@ -1025,7 +1034,7 @@ class Engine:
             # lease vouches for is exactly this copy.
             token = cache.token if cache.leased else ""
             gen = cache.gen
-            rec = cache.rec[idx]
+            rec = cache.get(idx)
             missing_pos = np.flatnonzero(~cache.known[idx])
             if not missing_pos.size and max_epoch <= cache.last_epoch:
                 return rec, None, token, gen, st, cache, ()

@@ -87,6 +87,7 @@ class OverheadResult:
             "plain_test_accuracy": [r["test_accuracy"] for r in self.plain],
             "service_test_accuracy": [r["test_accuracy"] for r in self.service],
             "reports_sent": self.service[0]["reporter"].get("sent"),
+            "report_requests": self.service[0]["reporter"].get("requests"),
         }
 
 
@@ -146,6 +147,6 @@ def format_overhead(res: OverheadResult) -> str:
     lines += [
         "",
         f"per optimizer step: {d['per_step_ms']:+.3f} ms wall with the service "
-        f"({d['reports_sent']} reports sent per run)",
+        f"({d['reports_sent']} reports sent per run, in {d['report_requests']} requests)",
     ]
     return "\n".join(lines)

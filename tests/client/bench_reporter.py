@@ -97,9 +97,11 @@ def main() -> None:
             f"baseline  ScoreClient.report (sync)     {sync_s / r * 1e3:9.2f} ms/report  {r * b / sync_s:9.0f} samples/s"
             f"  ({raw_s / sync_s:4.2f}x raw)"
         )
-        for senders in (1, 2, 4):
+        for senders, batch_reports in ((1, 256), (2, 256), (4, 256), (2, 1)):
             run = fresh()
-            rep = Reporter(client, run, senders=senders, max_queue=r)
+            rep = Reporter(
+                client, run, senders=senders, max_queue=r, max_batch_reports=batch_reports
+            )
             t = time.perf_counter()
             for k in range(r):
                 rep.report(epoch=0, indices=idx(k), outputs=out, targets=tgt, lr_sum=0.0)
@@ -110,8 +112,10 @@ def main() -> None:
             rep.close()
             assert counters.sent == r and counters.dropped == 0
             print(
-                f"Reporter  senders={senders}  report() {enqueue / r * 1e6:8.1f} us ({enqueue / r * 1e6 / copy_us:5.1f}x copy)"
+                f"Reporter  senders={senders} batch<={batch_reports:<3}  report() "
+                f"{enqueue / r * 1e6:8.1f} us ({enqueue / r * 1e6 / copy_us:5.1f}x copy)"
                 f"  delivered {r * b / total:9.0f} samples/s ({sync_s / total:4.2f}x sync)"
+                f"  {counters.requests} requests"
             )
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 
 import httpx
 import numpy as np
@@ -247,3 +248,24 @@ def test_track_lr_sums_the_rate_each_step_applied(schedule: str) -> None:
     again = track_lr(opt)
     again.load_state_dict(state)
     assert float(again) == state["value"] and again.steps == steps
+
+
+def test_linger_coalesces_reports_and_flush_does_not_wait_for_it() -> None:
+    gate = Gate()
+    gate.open.set()
+    client = ScoreClient("http://docl.test", transport=httpx.MockTransport(gate))
+    rep = Reporter(client, "r1", senders=2, linger=0.5)
+    try:
+        for i in range(3):  # well within the linger window of the first
+            send(rep, f"a{i}")
+        assert gate.first.wait(5)
+        assert gate.requests == [["a0", "a1", "a2"]]  # one request, after the linger
+        slow = Reporter(client, "r1", senders=1, linger=60.0)
+        t0 = time.monotonic()
+        send(slow, "b0")
+        assert slow.flush(timeout=10) and time.monotonic() - t0 < 5  # flush: no lingering
+        slow.close()
+        assert gate.requests[-1] == ["b0"]
+    finally:
+        rep.close()
+        client.close()
