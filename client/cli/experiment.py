@@ -63,6 +63,7 @@ def experiment(
             help="Task of the §3 score-dynamics study (top/bottom/alternate); 'none' skips it."
         ),
     ] = "mnist1d",
+    study_seeds: Annotated[int, typer.Option(min=1, help="Seeds 0..N-1 of each study method.")] = 1,
     server: Annotated[
         str | None,
         typer.Option(help="Use this running score server instead of starting one."),
@@ -82,6 +83,7 @@ def experiment(
             jobs=jobs,
             ray_runs=(1 if quick else 0) if ray_runs is None else ray_runs,
             study_task=None if study.strip().lower() in ("", "none") else study.strip(),
+            study_seeds=list(range(study_seeds)),
             server=server,
             ray_address=ray_address,
             progress=progress,
