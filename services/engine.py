@@ -262,17 +262,6 @@ def _mask(n: int, idx: np.ndarray) -> np.ndarray:
     return hit
 
 
-def _cat_records(parts: Sequence[np.ndarray], dtype: np.dtype[Any]) -> np.ndarray:
-    """Concatenate record arrays keeping the record layout: np.concatenate would give a
-    packed dtype (NumPy >= 1.23 drops the padding of structured dtypes)."""
-    out = np.empty(sum(p.shape[0] for p in parts), dtype=dtype)
-    pos = 0
-    for p in parts:
-        out[pos : pos + p.shape[0]] = p
-        pos += p.shape[0]
-    return out
-
-
 def report_groups(reps: Sequence[ReportArrays]) -> list[list[int]]:
     """Split a request's reports, in order, into groups applied by one script call each:
     no sample twice in a group (the script compares every sample with the state from
@@ -844,21 +833,59 @@ class Engine:
         return [a for a in acks if a is not None]
 
     def _validate_all(self, st: RunState, reps: Sequence[ReportArrays]) -> None:
+        """validate_report for every report of a request (422 naming the report), and
+        distinct report_ids. Several reports are first checked together — a dozen numpy
+        passes over all their samples instead of a dozen per report — and one by one
+        only when that finds something (for the message) or a report has features."""
         if len(reps) == 1:
             self.validate_report(st, reps[0])
             return
         first: dict[str, int] = {}
         for j, rep in enumerate(reps):
-            try:
-                self.validate_report(st, rep)
-            except Unprocessable as e:
-                raise Unprocessable(f"report {j} ({rep.report_id!r}): {e.detail}") from None
             k = first.setdefault(rep.report_id, j)
             if k != j:
                 raise Unprocessable(
                     f"report_id {rep.report_id!r} appears twice in one request "
                     f"(reports {k} and {j}); every report needs its own id"
                 )
+        if self._valid_together(st, reps):
+            return
+        for j, rep in enumerate(reps):
+            try:
+                self.validate_report(st, rep)
+            except Unprocessable as e:
+                raise Unprocessable(f"report {j} ({rep.report_id!r}): {e.detail}") from None
+
+    def _valid_together(self, st: RunState, reps: Sequence[ReportArrays]) -> bool:
+        """True when every check of validate_report passes for all of ``reps`` (False:
+        something fails, or a case this fast path leaves to validate_report)."""
+        cfg = st.config
+        n, c = cfg.num_samples, cfg.num_outputs
+        regression = cfg.task == "regression"
+        for rep in reps:
+            b = rep.indices.shape[0]
+            if b < 1 or rep.features is not None or rep.outputs.shape != (b, c):
+                return False
+            if rep.targets.shape != ((b, c) if regression else (b,)):
+                return False
+            if not (math.isfinite(rep.lr_sum) and rep.lr_sum >= 0 and rep.epoch < st.num_epochs):
+                return False
+        idx = np.concatenate([r.indices for r in reps])
+        if not (np.isfinite(np.concatenate([r.outputs for r in reps])).all()):
+            return False
+        tgt = np.concatenate([r.targets for r in reps])
+        if regression:
+            if not np.isfinite(tgt).all():
+                return False
+        elif tgt.size and (int(tgt.min()) < 0 or int(tgt.max()) >= c):
+            return False
+        if idx.size and (int(idx.min()) < 0 or int(idx.max()) >= n):
+            return False
+        # an index twice within one report: sort (report, index) pairs as one key
+        sizes = [r.indices.shape[0] for r in reps]
+        key = np.repeat(np.arange(len(reps), dtype=np.int64) * n, sizes) + idx
+        key.sort()
+        return not bool((key[1:] == key[:-1]).any())
 
     async def _apply_group(
         self,
@@ -902,27 +929,17 @@ class Engine:
                         continue
                     if rec is None:  # the run was re-created: read again
                         continue
-                off = 0
-                writes, news, scores, losses = [], [], [], []
-                scored = skipped = first = 0
-                per_frame: list[tuple[int, int]] = []
-                for f in frames:
-                    b = int(f.indices.shape[0])
-                    rows = rec[off : off + b]
-                    incl = inclusion[off : off + b] if inclusion is not None else None
-                    upd, write, new = self._score(st, f, rows, incl)
-                    writes.append(write)
-                    news.append(new)
-                    scores.append(upd.scores[write])
-                    losses.append(upd.loss[write])
-                    sc = int(upd.scored.sum())
-                    scored += sc
-                    skipped += int(upd.stale.sum())
-                    first += int((write & (rows["visits"] == 0)).sum())
-                    per_frame.append((b, sc))
-                    off += b
-                write = writes[0] if len(writes) == 1 else np.concatenate(writes)
-                new = news[0] if len(news) == 1 else _cat_records(news, st.layout.rec_dtype)
+                upd, write, new = self._score(st, frames, rec, inclusion)
+                sizes = [int(f.indices.shape[0]) for f in frames]
+                if len(frames) == 1:
+                    per_frame = [(sizes[0], int(upd.scored.sum()))]
+                else:
+                    starts = np.cumsum([0, *sizes[:-1]], dtype=np.int64)
+                    sc_per = np.add.reduceat(upd.scored.astype(np.int64), starts)
+                    per_frame = [(b, int(x)) for b, x in zip(sizes, sc_per, strict=True)]
+                scored = int(upd.scored.sum())
+                skipped = int(upd.stale.sum())
+                first = int((write & (rec["visits"] == 0)).sum())
                 res = await self.store.scatter(
                     st.layout,
                     st.uid,
@@ -932,8 +949,8 @@ class Engine:
                     expected=rec,
                     write=write,
                     records=new,
-                    scores=scores[0] if len(scores) == 1 else np.concatenate(scores),
-                    losses=losses[0] if len(losses) == 1 else np.concatenate(losses),
+                    scores=upd.scores[write],
+                    losses=upd.loss[write],
                     counters=(len(frames), int(idx.shape[0]), scored, skipped, first),
                     token=token,
                 )
@@ -1063,19 +1080,43 @@ class Engine:
         return rec, None, token, gen, st, cache, ()
 
     def _score(
-        self, st: RunState, rep: ReportArrays, rec: np.ndarray, inclusion: np.ndarray | None
+        self,
+        st: RunState,
+        frames: Sequence[ReportArrays],
+        rec: np.ndarray,
+        inclusion: np.ndarray | None,
     ) -> tuple[scoring.ScoreUpdate, np.ndarray, np.ndarray]:
+        """Score the reports of a group (their samples one after the other in ``rec``)
+        in ONE ``score_report`` call: its fixed cost (~0.2 ms) would otherwise be paid
+        per report. Reports carry their own lr_sum; score_report takes one, and uses
+        it only through ``lr_sum - prev``: each sample's stored lr-sum is shifted by
+        its report's lr_sum and the call gets 0, which gives the same ρ and the same
+        stale test bit for bit (fl(0 - (p - L)) = fl(L - p); fl(p - L) >= 0 iff p >= L).
+        Returns (update, write mask, the new records of the written samples)."""
         p = st.config.params
         seen = rec["visits"] > 0
-        prev_lrs = np.where(seen, rec["lr_sum"], np.nan)
         prev_scores = np.where(seen, rec["score"], np.float32(np.nan)).astype(np.float32)
+        if len(frames) == 1:
+            f = frames[0]
+            outputs, targets, lr_sum = f.outputs, f.targets, f.lr_sum
+            prev_lrs = np.where(seen, rec["lr_sum"], np.nan)
+            lrs: float | np.ndarray = f.lr_sum
+        else:
+            outputs = np.concatenate([f.outputs for f in frames])
+            targets = np.concatenate([f.targets for f in frames])
+            lrs = np.repeat(
+                np.array([f.lr_sum for f in frames], dtype=np.float64),
+                [f.indices.shape[0] for f in frames],
+            )
+            prev_lrs = np.where(seen, rec["lr_sum"] - lrs, np.nan)
+            lr_sum = 0.0
         incl = None
         if p.exp3 and inclusion is not None:
             incl = np.where(inclusion > 0, inclusion, np.float32(1.0))
         upd = scoring.score_report(
-            rep.outputs,
-            rep.targets,
-            rep.lr_sum,
+            outputs,
+            targets,
+            lr_sum,
             rec["g"],
             prev_lrs,
             prev_scores,
@@ -1087,11 +1128,11 @@ class Engine:
         )
         write = ~upd.stale
         new = np.zeros(int(write.sum()), dtype=st.layout.rec_dtype)
-        new["lr_sum"] = rep.lr_sum
+        new["lr_sum"] = lrs if isinstance(lrs, float) else lrs[write]
         new["visits"] = rec["visits"][write] + 1
         new["score"] = upd.scores[write]
         new["loss"] = upd.loss[write]
-        new["g"] = rep.outputs[write]
+        new["g"] = outputs[write]
         return upd, write, new
 
     # -- scores and stats ------------------------------------------------------------------------

@@ -357,6 +357,16 @@ def test_multi_report_body_with_a_bad_report_changes_nothing(
             frame("g2", 0, 1.0, idx[16:24], ones),
         ],
         "beyond the plan": [frame("g2", 0, 1.0, idx[8:16], ones), frame("e", 99, 1.0, idx[:8], ones)],
+        "appears twice in one report": [
+            frame("g2", 0, 1.0, idx[8:16], ones),
+            frame("d", 0, 1.0, np.r_[idx[16:23], idx[16]], ones),
+        ],
+        "is not a class id": [
+            frame("g2", 0, 1.0, idx[8:16], ones),
+            wire.encode_report(report_id="t", epoch=0, lr_sum=1.0, indices=idx[16:24],
+                               outputs=ones, targets=np.full(8, 4)),
+        ],
+        "lr_sum must be finite": [frame("g2", 0, 1.0, idx[8:16], ones), frame("l", 0, -1.0, idx[:8], ones)],
     }  # fmt: skip
     for needle, frames in cases.items():
         r = http.post(
