@@ -939,6 +939,20 @@ def render_markdown(summary: dict[str, Any]) -> str:
             else:
                 cells.append(f"{int(p['reach_batches'])} ({p['reach_ratio']:.2f})")
         lines.append(f"| {v} | " + " | ".join(cells) + " |")
+    if summary["study"]:
+        srows = summary["study"]
+        task = srows[0]["task"]
+        lines += [
+            "",
+            f"## The §3 study ({task}, k = 0.2·n per selection epoch; see study.png)",
+            "",
+            "| method | test accuracy (%) | seeds |",
+            "|---|---|---|",
+        ]
+        for m in dict.fromkeys(r["variant"] for r in srows):
+            vals = [_metric(r, "test") for r in srows if r["variant"] == m]
+            mean, std = _mean_std(vals)
+            lines.append(f"| {m} | {_cell(mean, std, 'accuracy', False)} | {len(vals)} |")
     lines += ["", "## Wall time per run (s, mean over seeds)", "", "| variant | " + " | ".join(tasks) + " |",
               "|---|" + "---|" * len(tasks)]  # fmt: skip
     for v in summary["variants"]:
@@ -1018,7 +1032,7 @@ def plot_curves(summary: dict[str, Any], path: Path) -> None:
         frameon=False,
     )
     fig.tight_layout(rect=(0, 0.06 + 0.02 * (len(labels) // 6), 1, 1))
-    fig.savefig(path, dpi=80)
+    fig.savefig(path, dpi=72, pil_kwargs={"optimize": True})
     plt.close(fig)
 
 
@@ -1063,7 +1077,10 @@ def plot_study(study_rows: Sequence[dict[str, Any]], path: Path) -> None:
         axes[1].plot(x, series("unsel_hi_p_mean"), color=c, label=f"{m}: high-score half")
         axes[1].plot(x, series("unsel_lo_p_mean"), color=c, ls="--", label=f"{m}: low-score half")
         axes[2].plot(x, 100 * series("test_accuracy"), color=c, label=m)
-    axes[0].set_title(f"{task}: score â(i) of the selected samples (mean ± std)", fontsize=9)
+    seeds = len({r["seed"] for r in study_rows})
+    axes[0].set_title(
+        f"{task}, {seeds} seed(s): score â(i) of the selected samples (mean ± std)", fontsize=9
+    )
     axes[1].set_title("true-class probability of UNselected samples", fontsize=9)
     axes[2].set_title("test accuracy (%)", fontsize=9)
     for ax in axes:
@@ -1071,7 +1088,7 @@ def plot_study(study_rows: Sequence[dict[str, Any]], path: Path) -> None:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=80)
+    fig.savefig(path, dpi=72, pil_kwargs={"optimize": True})
     plt.close(fig)
 
 
