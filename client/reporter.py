@@ -9,13 +9,16 @@ Sender threads encode and post the queued reports to the score server.
 Coalescing. A sender takes every report waiting in the queue (up to
 ``max_batch_samples`` samples and ``max_batch_reports`` reports) and posts them
 in ONE request (``application/vnd.docl.reports.v1``); each keeps its own
-``report_id``, so the server applies each exactly once. Nothing waits to fill
-a batch: when the server keeps up, every report goes alone; when steps come
-faster than round trips, reports queue up meanwhile and the next request
-carries them all. That bounds the sender's CPU (taken from the training
-thread through the GIL) and the server's per-request cost. A batch the server
-rejects with a 4xx is re-sent report by report, so only the bad ones are
-rejected.
+``report_id``, so the server applies each exactly once. Before sending, it
+lingers up to ``linger`` seconds from the oldest waiting report for the batch
+to fill (not while :meth:`Reporter.flush` or ``close`` waits). A request costs
+the training process ~0.5 ms of CPU (taken from the training thread through
+the GIL) and the server ~2 ms whatever it carries, so with short steps a few
+reports per request halve the service's cost per step; a report is at most
+``linger`` late, and the sample limit bounds what the epoch-end flush waits
+for (~2k samples per request balanced the two on MNIST-1D: docs/training.md,
+"Overhead"). A batch the server rejects with a 4xx is re-sent report by
+report, so only the bad ones are rejected.
 
 Delivery. A report is sent until the server acknowledges it. Connection
 errors, timeouts, 5xx and 429 answers are retried forever with exponential
@@ -119,8 +122,12 @@ class Reporter:
     (overflow drops the oldest, see the module docs). ``senders`` threads post
     concurrently, which hides the round-trip time when steps are faster than
     it; reports of different samples are independent, and the epoch-end
-    :meth:`flush` keeps epochs in order. ``backoff``/``max_backoff`` shape the
-    waits while the server is unreachable.
+    :meth:`flush` keeps epochs in order. A sender posts what is queued, up to
+    ``max_batch_samples`` samples and ``max_batch_reports`` reports, in one
+    request, after lingering up to ``linger`` seconds for the batch to fill
+    (see the module docs; ``max_batch_reports=1``: one request per report,
+    ``linger=0``: no waiting). ``backoff``/``max_backoff`` shape the waits while
+    the server is unreachable.
 
     Use it as a context manager, or call :meth:`close`. A reporter still open
     when the program exits is closed then (flushing for up to ``exit_timeout``
@@ -134,7 +141,7 @@ class Reporter:
         *,
         max_queue: int = 1024,
         senders: int = 2,
-        max_batch_samples: int = 4096,
+        max_batch_samples: int = 2048,
         max_batch_reports: int = 256,
         linger: float = 0.2,
         backoff: float = 0.2,
