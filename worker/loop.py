@@ -216,10 +216,15 @@ def l2_loss(out: torch.Tensor, y: torch.Tensor, task: str) -> torch.Tensor:
 
 
 def task_loss(out: torch.Tensor, y: torch.Tensor, task: str) -> torch.Tensor:
-    """Cross-entropy (classification) or MSE over every output (regression)."""
+    """Cross-entropy (classification) or ½‖y − f‖² (regression), batch mean.
+
+    For regression the task loss IS the L2 loss (Eq. 2), the same per-sample
+    loss the server stores; a mean over outputs instead would train the L2
+    phases at c/2 times the selection epochs' effective learning rate.
+    """
     if task == "classification":
         return F.cross_entropy(out, y)
-    return F.mse_loss(out, y)
+    return l2_loss(out, y, task)
 
 
 @torch.no_grad()

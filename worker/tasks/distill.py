@@ -81,6 +81,12 @@ def distill(
             "mlp",
             {"in_features": num_features, "hidden": (student_width,), "out_features": num_outputs},
         ).build,
-        defaults={"epochs": 30, "batch_size": 128, "lr_peak": 0.05, "weight_decay": 0.0},
+        defaults={
+            "epochs": 30,
+            "batch_size": 128,
+            "lr_peak": 0.08,
+            "lr_min": 0.0002,
+            "weight_decay": 0.0,
+        },
         info={"data_seed": data_seed, "teacher_width": teacher_width},
     )
