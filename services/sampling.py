@@ -65,19 +65,58 @@ def uniform_epoch(
 _THRESHOLD_MIN = 1 << 17
 
 
-def random_order(values: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """A uniformly random permutation of the 1-D `values`, as a new array (Fisher-Yates).
+#: random_order sorts by random keys from this many values up (Fisher-Yates below).
+_SORT_SHUFFLE_MIN = 1 << 16
 
-    Shuffles a copy in place: ~35% faster at 9M than ``values[rng.permutation(k)]``,
-    which shuffles an index array and then gathers through it. (A Rao-Sandelius
-    bucketed shuffle, cache-friendly on paper, measured slower here: its radix sort
-    and gather cost more than the cache misses it saves.)"""
+
+def random_order(values: np.ndarray, rng: np.random.Generator, *, key_bits: int = 32) -> np.ndarray:
+    """A uniformly random permutation of the 1-D `values`, as a new array. Exact in law.
+
+    Fisher-Yates on millions of elements is bound by cache misses (every swap goes
+    to a random place of a 72 MB array: ~0.8 s for 9M int64 here). Values in
+    [0, 2^32) — sample indices — are shuffled by sorting instead: each value gets
+    an i.i.d. uniform `key_bits`-bit key in the high half of a uint64 whose low
+    half is the value, numpy sorts the uint64s (SIMD: ~0.15 s for 9M), and runs
+    of equal keys are shuffled on their own (Fisher-Yates on a few elements; ~k²/2^33
+    pairs of 9M share a 32-bit key). Sorting by i.i.d. keys with ties broken
+    uniformly at random gives every order the same probability. Other values, and
+    short arrays, get numpy's Fisher-Yates on a copy (in place: no index array to
+    gather through). `key_bits` < 32 is for tests (many ties)."""
     v = np.asarray(values)
     if v.ndim != 1:
         raise ValueError(f"values must be a vector, got shape {v.shape}")
-    out = v.copy()
-    rng.shuffle(out)
-    return out
+    k = v.shape[0]
+    sortable = (
+        v.dtype.kind in "iu"
+        and v.dtype.itemsize <= 8
+        and (k >= _SORT_SHUFFLE_MIN or key_bits < 32)
+        and 0 < key_bits <= 32
+        and k > 1
+        and int(v.min()) >= 0
+        and int(v.max()) < 1 << 32
+    )
+    if not sortable:
+        out = v.copy()
+        rng.shuffle(out)
+        return out
+    # uint64, uniform, from the same stream as rng (deterministic for a seed)
+    keys = np.asarray(rng.bit_generator.random_raw(k), dtype=np.uint64)
+    np.bitwise_and(keys, np.uint64(((1 << key_bits) - 1) << (64 - key_bits)), out=keys)
+    np.bitwise_or(keys, v.astype(np.uint64, copy=False), out=keys)
+    keys.sort()
+    hi = keys >> np.uint64(32)
+    tie = hi[1:] == hi[:-1]
+    del hi
+    np.bitwise_and(keys, np.uint64(0xFFFFFFFF), out=keys)
+    out = keys.view(np.int64) if v.dtype != np.uint64 else keys
+    if tie.any():
+        # runs of equal keys: [start, end) where tie[start..end-2] are all True
+        edge = np.diff(tie.astype(np.int8), prepend=np.int8(0), append=np.int8(0))
+        starts = np.flatnonzero(edge == 1)
+        ends = np.flatnonzero(edge == -1) + 1
+        for a, b in zip(starts.tolist(), ends.tolist(), strict=True):
+            rng.shuffle(out[a:b])
+    return out.astype(v.dtype, copy=False)
 
 
 def standardize(scores: np.ndarray, normalize: str) -> np.ndarray:

@@ -25,16 +25,38 @@ from docl.services.sampling import (
 )
 
 
-def test_random_order_is_uniform_over_all_permutations() -> None:
+@pytest.mark.parametrize("key_bits", [1, 2, 31, 32])
+def test_random_order_is_uniform_over_all_permutations(key_bits: int) -> None:
+    """32: Fisher-Yates (short arrays); 31: sorting by random keys; 1 and 2: keys so
+    short that most values tie, so the tie-breaking carries the law."""
     values = np.array([10, 20, 30, 40], dtype=np.int64)
     perms = {p: j for j, p in enumerate(itertools.permutations(values.tolist()))}
     draws = 12_000
     counts = np.zeros(len(perms))
     rng = np.random.default_rng(0)
     for _ in range(draws):
-        counts[perms[tuple(random_order(values, rng).tolist())]] += 1
+        got = random_order(values, rng, key_bits=key_bits)
+        assert got.dtype == values.dtype
+        counts[perms[tuple(got.tolist())]] += 1
     assert scipy.stats.chisquare(counts, np.full(len(perms), draws / len(perms))).pvalue > 1e-3
     assert values.tolist() == [10, 20, 30, 40]  # a new array: the input is untouched
+
+
+def test_random_order_of_a_large_array_sorts_random_keys_and_keeps_every_value() -> None:
+    """Large index arrays take the sort path: a permutation of the input (nothing lost
+    or doubled), deterministic per seed, and positions carry no trace of the input
+    order (the mean of the first tenth is the overall mean, within noise)."""
+    v = np.sort(np.random.default_rng(5).choice(10**7, 1 << 20, replace=False)).astype(np.int64)
+    a = random_order(v, np.random.default_rng(9))
+    np.testing.assert_array_equal(np.sort(a), v)
+    np.testing.assert_array_equal(a, random_order(v, np.random.default_rng(9)))
+    assert not np.array_equal(a, random_order(v, np.random.default_rng(10)))
+    head = a[: a.size // 10].astype(np.float64)
+    se = v.std() / math.sqrt(head.size)
+    assert abs(head.mean() - v.mean()) < 5 * se
+    # ranks: a uniform order has Kendall's tau with the input near 0
+    tau = scipy.stats.kendalltau(np.arange(4096), a[:4096]).statistic
+    assert abs(tau) < 0.06
 
 
 def test_threshold_top_k_takes_the_k_largest_and_breaks_ties_at_random() -> None:
