@@ -617,7 +617,7 @@ class StoreResult:
     shared: bool
     samples_per_s: float
     redis_us_per_sample: float  # Redis CPU (INFO cpu) per written sample
-    aborted: int  # transactions EXEC refused (WATCH), retried
+    aborted: int  # attempts retried: EXEC refused (WATCH), or a compare-and-set conflict (Lua)
     lost_updates: int  # Σ expected visits − Σ stored visits (must be 0 for a safe variant)
 
 
@@ -664,11 +664,14 @@ async def _store_variant(
     aborted = 0
 
     async def lua_task(k: int) -> None:
+        nonlocal aborted
         for j, idx in enumerate(plans[k]):
             g = await store.gather(lay, "uid", f"{k}-{j}", idx)
             assert g.records is not None
             rows = g.records
-            for _ in range(50):
+            # Until applied, as the server's retries plus the client's do: under this much
+            # contention (8 writers on 4·B shared samples) a report can take dozens of tries.
+            for _ in range(10_000):
                 new = rows.copy()
                 new["visits"] += 1
                 new["lr_sum"] += 1.0
@@ -680,9 +683,12 @@ async def _store_variant(
                 )  # fmt: skip
                 if res.status == 1:
                     break
+                aborted += 1  # a compare-and-set that found changed samples: retried
                 assert res.current is not None
                 rows = rows.copy()
                 rows[np.asarray(res.conflicts)] = res.current
+            else:
+                raise RuntimeError(f"report {k}-{j} was never applied")
 
     async def multi_task(k: int, watch_records: bool) -> None:
         nonlocal aborted
