@@ -59,7 +59,6 @@ log = logging.getLogger("docl.services")
 #: A report whose samples keep being changed by other reports between its gather
 #: and its scatter is retried this many times before the client is told to retry.
 MAX_REPORT_ATTEMPTS = 8
-_COUNTER_FIELDS = ("reports", "duplicates", "samples_reported", "samples_scored", "samples_skipped")
 
 
 def epoch_seed(run_seed: int, epoch: int) -> int:
@@ -367,7 +366,7 @@ class Engine:
             epochs_drawn=last + 1,
             last_epoch=last if last >= 0 else None,
             total_steps=int(sum(s.steps for s in st.plan)),
-            counters=RunCounters(**{k: counters.get(k, 0) for k in _COUNTER_FIELDS}),
+            counters=RunCounters(**{k: counters[k] for k in RunCounters.model_fields}),
         )
 
     # -- runs -----------------------------------------------------------------------------------
@@ -1205,5 +1204,5 @@ def _stats(
         histogram=hist,
         selection=selection,
         epochs_drawn=int(meta.get("last_epoch", "-1")) + 1,
-        counters=RunCounters(**{k: counters.get(k, 0) for k in _COUNTER_FIELDS}),
+        counters=RunCounters(**{k: counters[k] for k in RunCounters.model_fields}),
     )

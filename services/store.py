@@ -59,6 +59,7 @@ from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 __all__ = [
+    "COUNTER_FIELDS",
     "LOSS_METHODS",
     "RECORD_HEAD",
     "RUNS_INDEX",
@@ -73,6 +74,15 @@ __all__ = [
 RECORD_HEAD = 24
 #: Bytes of the record head that the compare-and-set compares (lr_sum + visits).
 CAS_BYTES = 12
+#: The fields of a run's counters hash (see the layout above).
+COUNTER_FIELDS = (
+    "reports",
+    "duplicates",
+    "samples_reported",
+    "samples_scored",
+    "samples_skipped",
+    "visited",
+)
 #: The global set of run ids.
 RUNS_INDEX = "docl:runs"
 #: Methods whose draws read the last-loss column (the others skip writing it).
@@ -89,6 +99,14 @@ def _script(name: str) -> str:
 def run_prefix(run_id: str) -> str:
     """The hash-tagged prefix of every key of run ``run_id``."""
     return f"{{run:{run_id}}}"
+
+
+def _counters(raw: dict[Any, Any]) -> dict[str, int]:
+    """A counters hash as ints; a counter never incremented reads 0 (the scatter
+    script skips ``HINCRBY`` by zero, so a field may be absent from the hash)."""
+    out = dict.fromkeys(COUNTER_FIELDS, 0)
+    out.update({_s(k): int(v) for k, v in raw.items()})
+    return out
 
 
 def _s(value: Any) -> str:
@@ -659,15 +677,15 @@ class Store:
         for j in range(len(run_ids)):
             meta, counters = raw[2 * j], raw[2 * j + 1]
             m = {_s(k): _s(v) for k, v in meta.items()} if meta and b"config" in meta else None
-            out.append((m, {_s(k): int(v) for k, v in counters.items()}))
+            out.append((m, _counters(counters)))
         return out
 
     async def count_duplicate(self, layout: RunLayout, count: int = 1) -> None:
         await self.redis.hincrby(layout.counters_key, "duplicates", count)
 
     async def counters(self, layout: RunLayout) -> dict[str, int]:
-        raw = await self.redis.hgetall(layout.counters_key)
-        return {_s(k): int(v) for k, v in raw.items()}
+        """Every counter of the run (see ``_counters``)."""
+        return _counters(await self.redis.hgetall(layout.counters_key))
 
     async def list_run_ids(self) -> list[str]:
         return sorted(_s(m) for m in await self.redis.smembers(RUNS_INDEX))

@@ -133,8 +133,9 @@ def list_runs(server: ServerOpt = None, token: TokenOpt = None, as_json: JsonOpt
     from rich.table import Table
 
     table = Table(title=f"{len(runs)} run(s)")
+    # The id is what people copy into the next command: never folded across lines.
+    table.add_column("run_id", no_wrap=True, overflow="ignore")
     for col in (
-        "run_id",
         "method",
         "task",
         "n",
