@@ -94,9 +94,9 @@ def build_run(spec: TrainSpec, data: TaskData) -> RunCreate:
     """The run's config: the user's settings over the task's defaults, validated."""
     params = dict(spec.params)
     params.setdefault("seed", spec.seed)
-    for key in ("batch_size", "lr_peak"):
-        if key in data.defaults and key not in params:
-            params[key] = data.defaults[key]
+    for key, value in data.defaults.items():  # the task's tuned schedule, under the user's
+        if key in RunParams.model_fields and key not in params:
+            params[key] = value
     if spec.budget_batches is not None:
         params["budget_batches"] = spec.budget_batches
     epochs = spec.epochs

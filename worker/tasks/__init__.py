@@ -53,8 +53,10 @@ class TaskData:
     ``(B, num_outputs)``; it must be picklable (a module-level function, a
     :class:`~docl.worker.models.ModelSpec`'s ``build``) because Ray ships it to
     the workers. ``defaults`` are the task's suggested training settings
-    (``epochs``, ``batch_size``, ``lr_peak``, ``weight_decay``), used when the
-    user does not give them.
+    (``epochs``, ``weight_decay`` and any ``RunParams`` field such as
+    ``batch_size``, ``lr_peak``, ``lr_min``), used when the user does not give
+    them. The built-in tasks' learning rates are those tuned on random SGD's
+    validation accuracy by the learning benchmark (docs/results.md).
     """
 
     name: str

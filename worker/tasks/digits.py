@@ -55,6 +55,6 @@ def digits(data_seed: int = 0, test_fraction: float = 0.25, validation: float = 
         make_model=ModelSpec(
             "mlp", {"in_features": 64, "hidden": (128,), "out_features": 10}
         ).build,
-        defaults={"epochs": 30, "batch_size": 64, "lr_peak": 0.1, "weight_decay": 5e-4},
+        defaults={"epochs": 30, "batch_size": 64, "lr_peak": 0.4, "weight_decay": 5e-4},
         info={"data_seed": data_seed},
     )

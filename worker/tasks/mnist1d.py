@@ -103,6 +103,6 @@ def mnist1d(
         make_model=ModelSpec(
             "cnn1d", {"length": length, "out_features": 10, "channels": channels}
         ).build,
-        defaults={"epochs": 30, "batch_size": 128, "lr_peak": 0.1, "weight_decay": 5e-4},
+        defaults={"epochs": 30, "batch_size": 128, "lr_peak": 0.2, "weight_decay": 5e-4},
         info={"data_seed": data_seed, "num_samples": num_samples},
     )

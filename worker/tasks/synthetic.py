@@ -73,6 +73,6 @@ def synthetic(
         make_model=ModelSpec(
             "mlp", {"in_features": num_features, "hidden": (64, 64), "out_features": num_classes}
         ).build,
-        defaults={"epochs": 30, "batch_size": 128, "lr_peak": 0.1, "weight_decay": 5e-4},
+        defaults={"epochs": 30, "batch_size": 128, "lr_peak": 0.05, "weight_decay": 5e-4},
         info={"data_seed": data_seed, "noise": noise, "flipped": int(flip.sum())},
     )
