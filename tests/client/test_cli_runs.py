@@ -139,3 +139,16 @@ def test_plot_scores_and_metrics_write_pngs(populated: tuple[str, str], tmp_path
         app, ["plot", "metrics", str(tmp_path / "a"), "--y", "nope", "-o", str(curves)]
     )
     assert res.exit_code != 0 and "test_accuracy" in res.output  # names the keys it has
+
+
+def test_runs_list_keeps_a_long_run_id_on_one_line(score_server: str, run_id: str) -> None:
+    """People copy the id into the next command: the table never folds it."""
+    long_id = (run_id + "-" + "x" * 64)[:64]
+    with ScoreClient(score_server) as c:
+        c.create_run(run_id=long_id, num_samples=5, num_outputs=2, epochs=2)
+    try:
+        table = invoke("runs", "list", "--server", score_server)
+        assert long_id in table
+    finally:
+        with ScoreClient(score_server) as c:
+            c.delete_run(long_id, missing_ok=True)

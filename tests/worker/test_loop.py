@@ -227,3 +227,14 @@ def test_bad_specs_fail_before_anything_starts(spec: TrainSpec, match: str, tmp_
     spec.out = str(tmp_path / "out")
     with pytest.raises(TrainError, match=match):
         train(spec)
+
+
+def test_the_task_defaults_fill_run_params_the_user_left_unset() -> None:
+    """Every task default that is a RunParams field reaches the run (distill's
+    lr_min too), and a value the user gives wins over it."""
+    data = get_task("distill", num_samples=200)
+    run = build_run(TrainSpec(task="distill"), data)
+    for key in ("batch_size", "lr_peak", "lr_min"):
+        assert getattr(run.params, key) == data.defaults[key], key
+    mine = build_run(TrainSpec(task="distill", params={"lr_min": 0.003}), data)
+    assert mine.params.lr_min == 0.003 and mine.params.lr_peak == data.defaults["lr_peak"]
