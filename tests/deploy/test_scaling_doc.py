@@ -31,7 +31,7 @@ def _per_sample(c: int, dtype: str) -> int:
 
 
 def _num(text: str) -> float:
-    return float(text.replace(",", ""))
+    return float(text.replace(",", "").strip("*"))
 
 
 def test_bytes_per_sample_table_is_the_layout_formula() -> None:
