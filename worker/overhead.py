@@ -27,7 +27,7 @@ import tempfile
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from docl.worker.train import TrainSpec, train
+from docl.worker.train import TrainError, TrainSpec, train
 
 __all__ = ["OverheadResult", "format_overhead", "measure_overhead"]
 
@@ -94,8 +94,9 @@ class OverheadResult:
 def measure_overhead(base: TrainSpec, *, repeats: int = 3) -> OverheadResult:
     """Train ``base`` ``repeats`` times each way, alternating (plain first)."""
     if base.method not in ("random", "random-subset"):
-        raise ValueError(
-            "the plain loop draws uniformly: measure with method random or random-subset"
+        raise TrainError(
+            "the plain loop draws uniformly: measure with method random or random-subset, "
+            f"not {base.method!r}"
         )
     res = OverheadResult(spec=base, repeats=repeats)
     with tempfile.TemporaryDirectory(prefix="docl-overhead-") as tmp:
@@ -123,6 +124,7 @@ def format_overhead(res: OverheadResult) -> str:
     d = res.as_dict()
     workers = res.spec.workers
     mode = "in-process (workers 0)" if workers == 0 else f"Ray Train, {workers} workers"
+    mode += ", on the GPU" if res.spec.use_gpu else ", on the CPU"
     w = 28
     lines = [
         f"overhead: task {d['task']}, method {d['method']}, {d['batches']} optimizer steps, "

@@ -190,6 +190,7 @@ def train(spec: TrainSpec) -> dict[str, Any]:
                 cfg,
                 data,
                 LocalSession(
+                    device="cuda" if spec.use_gpu else "cpu",
                     checkpoint_dir=out / "checkpoint" if spec.checkpoint else None,
                     progress=spec.progress,
                 ),
@@ -279,6 +280,14 @@ def _check_early(spec: TrainSpec) -> None:
         raise TrainError(f"outage_tolerance must be >= 0 seconds, got {spec.outage_tolerance}")
     if spec.method not in METHODS:
         raise TrainError(f"unknown method {spec.method!r}; methods are: {', '.join(METHODS)}")
+    if spec.use_gpu and spec.workers == 0:
+        import torch
+
+        if not torch.cuda.is_available():
+            # With Ray workers the cluster may have GPUs this process cannot see.
+            raise TrainError(
+                "--gpu with --workers 0 trains in this process, which sees no CUDA device"
+            )
     if spec.local and spec.method not in ("random", "random-subset"):
         raise TrainError(
             f"--local trains without the score server, so it can only draw uniformly "

@@ -109,7 +109,12 @@ def train(
     threads: Annotated[
         int | None, typer.Option(min=1, help="torch threads (and Ray CPUs) per worker [1].")
     ] = None,
-    gpu: Annotated[bool, typer.Option("--gpu", help="One GPU per Ray worker.")] = False,
+    gpu: Annotated[
+        bool,
+        typer.Option(
+            "--gpu", help="One GPU per Ray worker (with --workers 0: this process's GPU)."
+        ),
+    ] = False,
     max_failures: Annotated[
         int, typer.Option(min=0, help="Worker-group restarts Ray Train may do.")
     ] = 3,
@@ -224,6 +229,10 @@ def overhead(
     param: Annotated[
         list[str] | None, typer.Option("--param", "-p", help="Run parameter KEY=VALUE.")
     ] = None,
+    gpu: Annotated[
+        bool,
+        typer.Option("--gpu", help="Train on the GPU (in-process: cuda:0; Ray: one per worker)."),
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the figures as JSON.")] = False,
 ) -> None:
     """Wall time of training with the score server in the loop / the plain local loop.
@@ -234,7 +243,8 @@ def overhead(
     need_extra("torch", "worker")
     need_extra("fastapi", "server")
     from docl.worker.overhead import format_overhead, measure_overhead
-    from docl.worker.train import TrainSpec
+    from docl.worker.tasks import TaskError
+    from docl.worker.train import TrainError, TrainSpec
 
     base = TrainSpec(
         task=task,
@@ -244,6 +254,11 @@ def overhead(
         params=parse_assignments(param, "--param"),
         task_params=parse_assignments(task_param, "--task-param"),
         checkpoint=False,
+        use_gpu=gpu,
     )
-    res = measure_overhead(base, repeats=repeats)
+    try:
+        res = measure_overhead(base, repeats=repeats)
+    except (TrainError, TaskError) as e:
+        typer.echo(f"docl bench overhead: {e}", err=True)
+        raise typer.Exit(code=2) from e
     typer.echo(json.dumps(res.as_dict(), indent=2) if as_json else format_overhead(res))

@@ -70,3 +70,28 @@ def test_docl_train_rejects_bad_arguments_clearly(
     assert r.exit_code == 2, r.output
     assert message in r.output
     assert not (tmp_path / "result.json").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["train", "--workers", "0", "--task", "digits", "--gpu"], "sees no CUDA device"),
+        (["bench", "overhead", "--task", "digits", "--gpu"], "sees no CUDA device"),
+        (["bench", "overhead", "--task", "digits", "--method", "docl"], "draws uniformly"),
+    ],
+)
+def test_gpu_without_cuda_and_a_curriculum_overhead_are_refused(
+    args: list[str], message: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In-process GPU training on a process without CUDA fails before anything
+    starts (CUDA's absence is forced, so this holds on a GPU machine too)."""
+    import torch
+    from typer.testing import CliRunner
+
+    from docl.client.cli import _register, app
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    _register()
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 2, r.output
+    assert message in r.output
