@@ -30,6 +30,8 @@ Function-scoped:
 from __future__ import annotations
 
 import re
+import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -126,3 +128,49 @@ def _snapshot(url: str, run_id: str) -> dict[str, Any]:
 @pytest.fixture
 def run_snapshot() -> Callable[[str, str], dict[str, Any]]:
     return _snapshot
+
+
+class RestartLater(threading.Thread):
+    """Start ``proc`` again ``delay`` s from now, from a thread that then stays alive
+    until :meth:`done`: a child gets PR_SET_PDEATHSIG from the *thread* that forked
+    it, so a thread that ended would take the restarted process with it."""
+
+    def __init__(self, proc: RedisProcess | ServerProcess, delay: float) -> None:
+        super().__init__(daemon=True)
+        self.proc, self.delay = proc, delay
+        self.error: BaseException | None = None
+        self.down_at = time.monotonic()
+        self.up_at: float | None = None
+        self._done = threading.Event()
+        self.start()
+
+    def run(self) -> None:
+        time.sleep(self.delay)
+        try:
+            self.proc.start()
+            self.up_at = time.monotonic()
+        except BaseException as e:
+            self.error = e
+        self._done.wait()
+
+    def done(self) -> None:
+        self._done.set()
+        self.join()
+        assert self.error is None, f"restart failed: {self.error}"
+
+
+@pytest.fixture
+def restart_later() -> Iterator[Callable[[RedisProcess | ServerProcess, float], RestartLater]]:
+    """``restart_later(proc, delay)``; every restart thread is ended at teardown,
+    after the test's checks (ending it ends the process it started)."""
+    started: list[RestartLater] = []
+
+    def make(proc: RedisProcess | ServerProcess, delay: float) -> RestartLater:
+        started.append(RestartLater(proc, delay))
+        return started[-1]
+
+    try:
+        yield make
+    finally:
+        for r in started:
+            r.done()

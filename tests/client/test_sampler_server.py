@@ -20,7 +20,6 @@ import math
 import os
 import subprocess
 import sys
-import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -424,34 +423,12 @@ def test_httpx_request_lines_stay_quiet_unless_the_user_asks(score_server: str) 
     assert "HTTP Request: GET" in loud.stderr
 
 
-class _RestartLater(threading.Thread):
-    """Start ``proc`` again after ``delay`` s, from a thread that then stays alive
-    until :meth:`done`: the child gets PR_SET_PDEATHSIG from the *thread* that
-    forked it, so a thread that ended would take the restarted server with it."""
-
-    def __init__(self, proc: Any, delay: float) -> None:
-        super().__init__(daemon=True)
-        self.proc, self.delay = proc, delay
-        self.error: BaseException | None = None
-        self._done = threading.Event()
-        self.start()
-
-    def run(self) -> None:
-        time.sleep(self.delay)
-        try:
-            self.proc.start()
-        except BaseException as e:
-            self.error = e
-        self._done.wait()
-
-    def done(self) -> None:
-        self._done.set()
-        self.join()
-        assert self.error is None, self.error
-
-
 def test_a_draw_waits_for_a_restarted_server_then_gives_up_after_the_tolerance(
-    redis_url: str, server_factory: Any, run_id: str, caplog: pytest.LogCaptureFixture
+    redis_url: str,
+    server_factory: Any,
+    restart_later: Any,
+    run_id: str,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     from docl.client import TransportError
 
@@ -462,19 +439,16 @@ def test_a_draw_waits_for_a_restarted_server_then_gives_up_after_the_tolerance(
     with ScoreClient(server.url, retries=1) as c:
         s = CurriculumSampler(c, run_id, outage_tolerance=60)
         server.kill()  # SIGKILL
-        restart = _RestartLater(server, 2.0)
-        try:
-            assert sorted(s) == list(range(16))  # drawn after the restart
-            text = caplog.text
-            assert "drawing epoch 0 failed" in text and "Waiting up to 60 s" in text
-            assert "score server back after" in text
-            # a short tolerance: the error, with a note saying how long it waited
-            server.kill()
-            s2 = CurriculumSampler(c, run_id, outage_tolerance=1.0, epoch=1)
-            t0 = time.monotonic()
-            with pytest.raises(TransportError) as err:
-                list(s2)
-            assert 1.0 <= time.monotonic() - t0 < 10
-            assert any("outage_tolerance is 1 s" in note for note in err.value.__notes__)
-        finally:
-            restart.done()
+        restart_later(server, 2.0)  # the restart thread ends at teardown
+        assert sorted(s) == list(range(16))  # drawn after the restart
+        text = caplog.text
+        assert "drawing epoch 0 failed" in text and "Waiting up to 60 s" in text
+        assert "score server back after" in text
+        # a short tolerance: the error, with a note saying how long it waited
+        server.kill()
+        s2 = CurriculumSampler(c, run_id, outage_tolerance=1.0, epoch=1)
+        t0 = time.monotonic()
+        with pytest.raises(TransportError) as err:
+            list(s2)
+        assert 1.0 <= time.monotonic() - t0 < 10
+        assert any("outage_tolerance is 1 s" in note for note in err.value.__notes__)
