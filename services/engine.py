@@ -970,10 +970,7 @@ class Engine:
                     return st
                 if res.status == 0:  # some were applied before (the script counted them)
                     for d in res.duplicates:
-                        acks[live[d]] = ReportAck(
-                            accepted=int(frames[d].indices.shape[0]), scored=0, duplicate=True
-                        )
-                    metrics.REPORTS.labels(result="duplicate").inc(len(res.duplicates))
+                        acks[live[d]] = self._duplicate(frames[d])
                     gone = {live[d] for d in res.duplicates}
                     live = [j for j in live if j not in gone]
                     rec = None

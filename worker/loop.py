@@ -177,17 +177,11 @@ class LocalEpochs:
         self.total_steps = int(sum(p.steps for p in self.plan))
 
     def epoch(self, e: int) -> Epoch:
+        from docl.services.plan import plan_epoch
+
         p = self.plan[e]
         return Epoch(
-            epoch=p.epoch,
-            episode=p.episode,
-            phase=p.phase,
-            loss=p.loss,
-            size=p.size,
-            steps=p.steps,
-            lr_start=float(p.lr[0]) if p.steps else 0.0,
-            lr_end=float(p.lr[-1]) if p.steps else 0.0,
-            lr_sum_start=p.lr_sum_start,
+            **plan_epoch(p).model_dump(),  # the same row the server's plan and epochs carry
             batch_size=self.run.params.batch_size,
             lr=[float(v) for v in p.lr],
             seed=self.run.params.seed,
