@@ -18,7 +18,14 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
-from docl.client._client import DEFAULT_SERVER, AsyncScoreClient, ScoreArrays, ScoreClient, to_numpy
+from docl.client._client import (
+    DEFAULT_SERVER,
+    AsyncScoreClient,
+    ScoreArrays,
+    ScoreClient,
+    Shard,
+    to_numpy,
+)
 from docl.client.errors import (
     APIError,
     AuthenticationError,
@@ -82,6 +89,7 @@ __all__ = [
     "ScoreArrays",
     "ScoreClient",
     "ServerError",
+    "Shard",
     "Stats",
     "TransportError",
     "ValidationError",

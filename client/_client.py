@@ -55,6 +55,7 @@ __all__ = [
     "AsyncScoreClient",
     "ScoreArrays",
     "ScoreClient",
+    "Shard",
     "to_numpy",
 ]
 
@@ -79,6 +80,19 @@ _RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})
 _REPORT_KEYS = frozenset(
     {"epoch", "indices", "outputs", "targets", "lr_sum", "features", "report_id"}
 )
+
+
+@dataclass(frozen=True)
+class Shard:
+    """A rank's shard of a drawn epoch: indices in training order and, when the epoch
+    is ``weighted`` (e.g. method infobatch), each index's loss weight (float32; None:
+    every weight is 1). Train on mean(w_i · loss_i)."""
+
+    indices: np.ndarray  # (m,) int64
+    weights: np.ndarray | None  # (m,) float32 or None
+
+    def __len__(self) -> int:
+        return int(self.indices.shape[0])
 
 
 @dataclass(frozen=True)
@@ -287,6 +301,20 @@ def _parse_indices(resp: httpx.Response) -> np.ndarray:
     return wire.decode_indices(resp.content).astype(np.int64, copy=True)
 
 
+def _parse_shard(resp: httpx.Response) -> Shard:
+    if _is_json(resp):
+        body = resp.json()
+        w = body.get("weights")
+        return Shard(
+            np.asarray(body["indices"], dtype=np.int64).reshape(-1),
+            None if w is None else np.asarray(w, dtype=np.float32).reshape(-1),
+        )
+    if resp.headers.get(wire.WEIGHTS_HEADER) == "float32":
+        idx, w = wire.decode_weighted_indices(resp.content)
+        return Shard(idx.astype(np.int64, copy=True), w.astype(np.float32, copy=True))
+    return Shard(wire.decode_indices(resp.content).astype(np.int64, copy=True), None)
+
+
 def _parse_scores(resp: httpx.Response) -> ScoreArrays:
     if _is_json(resp):
         s = Scores.model_validate_json(resp.content)
@@ -450,9 +478,23 @@ class _Base:
         limit: int | None,
         binary: bool | None,
     ) -> _Call[np.ndarray]:
+        call = self._c_shard(run_id, epoch, rank, world, offset, limit, binary)
+        params = {k: v for k, v in (call.params or {}).items() if k != "weights"}
+        return _Call(call.method, call.path, _parse_indices, params=params, headers=call.headers)
+
+    def _c_shard(
+        self,
+        run_id: str,
+        epoch: int,
+        rank: int,
+        world: int,
+        offset: int,
+        limit: int | None,
+        binary: bool | None,
+    ) -> _Call[Shard]:
         if world < 1 or not 0 <= rank < world:
             raise ValueError(f"need 0 <= rank < world, got rank={rank}, world={world}")
-        params: dict[str, Any] = {"rank": rank, "world": world}
+        params: dict[str, Any] = {"rank": rank, "world": world, "weights": True}
         if offset:
             params["offset"] = offset
         if limit is not None:
@@ -461,7 +503,7 @@ class _Base:
         return _Call(
             "GET",
             f"{_run_path(run_id)}/epochs/{int(epoch)}/indices",
-            _parse_indices,
+            _parse_shard,
             params=params,
             headers={"Accept": accept},
         )
@@ -801,9 +843,25 @@ class ScoreClient(_Base):
         """Rank ``rank`` of ``world``'s shard of a drawn epoch, in training order (int64).
 
         The shard is the contiguous slice ``[rank·size//world, (rank+1)·size//world)``
-        of the epoch; ``offset``/``limit`` page within it.
+        of the epoch; ``offset``/``limit`` page within it. :meth:`shard` returns the
+        same indices with their loss weights (for ``weighted`` epochs).
         """
         return self._send(self._c_indices(run_id, epoch, rank, world, offset, limit, binary))
+
+    def shard(
+        self,
+        run_id: str,
+        epoch: int,
+        *,
+        rank: int = 0,
+        world: int = 1,
+        offset: int = 0,
+        limit: int | None = None,
+        binary: bool | None = None,
+    ) -> Shard:
+        """:meth:`indices` plus each index's loss weight (``Shard.weights``; None when
+        the epoch has none, i.e. every weight is 1)."""
+        return self._send(self._c_shard(run_id, epoch, rank, world, offset, limit, binary))
 
     # -- reports and scores -------------------------------------------------------------
 
@@ -1005,6 +1063,20 @@ class AsyncScoreClient(_Base):
         binary: bool | None = None,
     ) -> np.ndarray:
         return await self._send(self._c_indices(run_id, epoch, rank, world, offset, limit, binary))
+
+    async def shard(
+        self,
+        run_id: str,
+        epoch: int,
+        *,
+        rank: int = 0,
+        world: int = 1,
+        offset: int = 0,
+        limit: int | None = None,
+        binary: bool | None = None,
+    ) -> Shard:
+        """See :meth:`ScoreClient.shard`."""
+        return await self._send(self._c_shard(run_id, epoch, rank, world, offset, limit, binary))
 
     async def report(
         self,

@@ -10,12 +10,11 @@ report -> score. Extra fields may be added; the named ones are normative
 from __future__ import annotations
 
 import math
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 __all__ = [
-    "METHODS",
     "Epoch",
     "EpochDraw",
     "Histogram",
@@ -41,29 +40,10 @@ __all__ = [
 Task = Literal["classification", "regression"]
 Phase = Literal["warmup", "select", "refresh"]
 Loss = Literal["l2", "task"]
-Method = Literal[
-    "random",
-    "random-subset",
-    "spl",
-    "mcl",
-    "docl-nr",
-    "docl",
-    "top",
-    "bottom",
-    "alternate",
-]
-#: Every selection method the service knows, in the order the docs list them.
-METHODS: tuple[str, ...] = (
-    "random",
-    "random-subset",
-    "spl",
-    "mcl",
-    "docl-nr",
-    "docl",
-    "top",
-    "bottom",
-    "alternate",
-)
+#: A selection method's name. The server validates it against its method registry
+#: (``docl.services.methods``: the built-in DoCL family, ``infobatch`` and any plugin);
+#: ``GET /v1/methods`` lists them.
+Method = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_\-]{0,63}$")]
 
 RunId = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")]
 
@@ -170,6 +150,11 @@ class RunCreate(_Model):
     )
     task: Task = "classification"
     method: Method = "docl"
+    method_params: dict[str, Any] = Field(
+        default_factory=dict,
+        description="The method's own parameters (e.g. infobatch: prune_ratio, delta), "
+        "validated by the server against the method; the stored run holds every default.",
+    )
     epochs: int | None = Field(
         None,
         ge=1,
@@ -218,6 +203,7 @@ class Run(BaseModel):
     num_outputs: int
     task: Task
     method: Method
+    method_params: dict[str, Any] = Field(default_factory=dict)
     epochs: int = Field(..., description="Number of epochs in the plan.")
     params: RunParams
     created_at: float
@@ -266,6 +252,11 @@ class Epoch(PlanEpoch):
     batch_size: int = Field(..., description="Global mini-batch size.")
     lr: list[float] = Field(..., description="The learning rate of each of this epoch's steps.")
     seed: int = Field(..., description="Seed this draw used.")
+    weighted: bool = Field(
+        False,
+        description="The epoch's indices carry per-sample loss weights (GET …/indices "
+        "returns them): train on mean(w_i · loss_i). False: every weight is 1.",
+    )
 
 
 class Report(_Model):

@@ -27,6 +27,13 @@ Both expose the drawn :class:`~docl.client.models.Epoch` as ``sampler.current``
 (``phase``, ``loss``, ``size``, ``steps``, the learning rate of every step
 ``lr`` and ``lr_sum_start``), so the loop can follow the plan.
 
+Per-sample weights. Some methods (``infobatch``) give each index of an epoch a
+loss weight (``current.weighted``); the loss to train on is mean(w_i · ℓ_i).
+One changed line: compute the per-sample loss (``reduction="none"``) and take
+``loss = sampler.weighted_loss(per_sample_loss, idx)`` with the batch's indices
+(``WithIndices`` yields them; a ``CurriculumBatchSampler`` loop has them).
+``sampler.weights_for(idx)`` gives the weights alone (all 1 for unweighted epochs).
+
 Ordering across ranks. An epoch should be drawn only after every report of the
 previous one reached the server. Give the sampler your :class:`Reporter` (or let
 ``connect`` make one): before drawing epoch ``e`` it flushes the reporter and,
@@ -54,6 +61,7 @@ from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import numpy as np
+import torch
 import torch.distributed as dist
 from torch.utils.data import Dataset, Sampler
 
@@ -224,6 +232,8 @@ class _Curriculum:
         self.outage_tolerance = float(tolerance)
         self._current: Epoch | None = None
         self._shard: np.ndarray | None = None
+        self._weights: np.ndarray | None = None  # (m,) float32 of a weighted epoch's shard
+        self._lookup: tuple[int, np.ndarray, np.ndarray] | None = None  # (epoch, keys, w)
         self._num_epochs: int | None = None
         self._cursor = 0  # rows of this epoch's order reported so far
         self._custom = False  # a report with indices off the cursor: custom batching
@@ -357,10 +367,11 @@ class _Curriculum:
         current = self._ride_out(
             lambda: self.client.draw_epoch(self.run_id, e), f"drawing epoch {e}"
         )
-        self._shard = self._ride_out(
-            lambda: self.client.indices(self.run_id, e, rank=self.rank, world=self.world_size),
+        shard = self._ride_out(
+            lambda: self.client.shard(self.run_id, e, rank=self.rank, world=self.world_size),
             f"fetching the indices of epoch {e}",
         )
+        self._shard, self._weights = shard.indices, shard.weights
         self._current = current
 
     @property
@@ -399,6 +410,43 @@ class _Curriculum:
         for lr in e.lr[:step]:
             total += lr
         return total
+
+    # -- per-sample weights ----------------------------------------------------------------
+
+    def _weight_sources(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        """(indices, weights) pairs the current epoch's weights are looked up in."""
+        self._load()
+        assert self._shard is not None and self._weights is not None
+        return [(self._shard, self._weights)]
+
+    def weights_for(self, indices: Any) -> torch.Tensor:
+        """The loss weight of each of ``indices`` (samples of this rank's current epoch),
+        float32 on the indices' device; all 1 when the epoch is not ``weighted``."""
+        idx = to_numpy(indices).reshape(-1).astype(np.int64, copy=False)
+        device = indices.device if isinstance(indices, torch.Tensor) else None
+        if not self.current.weighted:
+            return torch.ones(idx.shape[0], dtype=torch.float32, device=device)
+        if self._lookup is None or self._lookup[0] != self.epoch:
+            keys = np.concatenate([k for k, _ in self._weight_sources()])
+            vals = np.concatenate([w for _, w in self._weight_sources()])
+            order = np.argsort(keys, kind="stable")
+            self._lookup = (self.epoch, keys[order], vals[order])
+        _, keys, vals = self._lookup
+        pos = np.searchsorted(keys, idx)
+        pos = np.minimum(pos, max(0, keys.shape[0] - 1))
+        if keys.shape[0] == 0 or not np.array_equal(keys[pos], idx):
+            raise ValueError(
+                f"some indices are not in rank {self.rank}'s share of epoch {self.epoch}"
+            )
+        return torch.as_tensor(vals[pos].copy(), dtype=torch.float32, device=device)
+
+    def weighted_loss(self, per_sample_loss: torch.Tensor, indices: Any) -> torch.Tensor:
+        """mean(w_i · ℓ_i) over the batch: the loss to train on (``reduction="none"``
+        losses in, one scalar out; the plain mean when the epoch is not weighted)."""
+        if not self.current.weighted:
+            return per_sample_loss.mean()
+        w = self.weights_for(indices).to(per_sample_loss.device, per_sample_loss.dtype)
+        return (w * per_sample_loss).mean()
 
     # -- reports -----------------------------------------------------------------------
 
@@ -546,7 +594,7 @@ class CurriculumSampler(_Curriculum, Sampler[int]):
             outage_tolerance=outage_tolerance,
         )
         self.pad = pad
-        self._padding: tuple[int, np.ndarray] | None = None
+        self._padding: tuple[int, np.ndarray, np.ndarray | None] | None = None
 
     def _indices(self) -> np.ndarray:
         shard = self.shard
@@ -561,18 +609,27 @@ class CurriculumSampler(_Curriculum, Sampler[int]):
             nxt = (self.rank + 1) % self.world_size
             e = self.epoch
             filler = self._ride_out(
-                lambda: self.client.indices(
+                lambda: self.client.shard(
                     self.run_id, e, rank=nxt, world=self.world_size, limit=need
                 ),
                 f"fetching the padding of epoch {e}",
             )
-            if filler.shape[0] < need:  # fewer samples than ranks: take the epoch's first
+            if len(filler) < need:  # fewer samples than ranks: take the epoch's first
                 filler = self._ride_out(
-                    lambda: self.client.indices(self.run_id, e, rank=0, world=1, limit=need),
+                    lambda: self.client.shard(self.run_id, e, rank=0, world=1, limit=need),
                     f"fetching the padding of epoch {e}",
                 )
-            self._padding = (self.epoch, filler)
+            self._padding = (self.epoch, filler.indices, filler.weights)
         return np.concatenate([shard, self._padding[1]])
+
+    def _weight_sources(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        out = super()._weight_sources()
+        self._indices()  # the padding, if any
+        if self._padding is not None and self._padding[0] == self.epoch:
+            _, idx, w = self._padding
+            if w is not None:
+                out.append((idx, w))
+        return out
 
     def _order(self) -> np.ndarray:
         return self._indices()

@@ -70,12 +70,14 @@ __all__ = [
     "REPORTS_CONTENT_TYPE",
     "REPORT_CONTENT_TYPE",
     "SCORES_CONTENT_TYPE",
+    "WEIGHTS_HEADER",
     "ReportArrays",
     "WireError",
     "decode_indices",
     "decode_report",
     "decode_reports",
     "decode_scores",
+    "decode_weighted_indices",
     "encode_indices",
     "encode_report",
     "encode_reports",
@@ -86,6 +88,8 @@ REPORT_CONTENT_TYPE = "application/vnd.docl.report.v1"
 REPORTS_CONTENT_TYPE = "application/vnd.docl.reports.v1"
 SCORES_CONTENT_TYPE = "application/vnd.docl.scores.v1"
 INDICES_CONTENT_TYPE = "application/octet-stream"
+#: Set on a binary indices response whose int64 indices are followed by float32 weights.
+WEIGHTS_HEADER = "X-Docl-Weights"
 
 _REPORT_MAGIC = b"DOCR"
 _SCORES_MAGIC = b"DOCS"
@@ -311,6 +315,14 @@ def decode_scores(body: bytes) -> tuple[int, np.ndarray, np.ndarray, np.ndarray]
 
 def encode_indices(indices: np.ndarray) -> bytes:
     return np.ascontiguousarray(indices, dtype="<i8").tobytes()
+
+
+def decode_weighted_indices(body: bytes) -> tuple[np.ndarray, np.ndarray]:
+    """A binary indices body with weights: m int64 indices, then m float32 weights."""
+    if len(body) % 12:
+        raise WireError(f"weighted indices body of {len(body)} bytes is not m·(8 + 4) bytes")
+    m = len(body) // 12
+    return np.frombuffer(body, dtype="<i8", count=m), np.frombuffer(body, "<f4", m, 8 * m)
 
 
 def decode_indices(body: bytes) -> np.ndarray:

@@ -22,13 +22,14 @@ from typing import Any
 from fastapi import APIRouter, Depends, FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from docl.services import errors, metrics
+from docl.services import errors, methods, metrics
 from docl.services.config import Settings
 from docl.services.deps import bearer
 from docl.services.embedded import RedisProcess
 from docl.services.engine import Engine
 from docl.services.errors import PayloadTooLarge, problem_response
 from docl.services.routes import epochs, health, plan, reports, runs, scores, stats
+from docl.services.routes import methods as method_routes
 from docl.services.store import Store
 
 __all__ = ["GatewayMiddleware", "create_app"]
@@ -155,6 +156,8 @@ class GatewayMiddleware:
 def create_app(settings: Settings | None = None) -> FastAPI:
     """The score server app. ``settings`` default: read from ``DOCL_*`` environment variables."""
     settings = settings or Settings()
+    # Selection methods of the docl.methods entry points and $DOCL_METHODS (docs/methods.md).
+    methods.load_plugins()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -204,6 +207,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
         openapi_tags=[
             {"name": "runs", "description": "Create, list, read and delete runs."},
+            {"name": "methods", "description": "The selection methods this server knows."},
             {"name": "plan", "description": "The epoch plan of a run."},
             {"name": "epochs", "description": "Draw epochs and read per-rank index shards."},
             {
@@ -218,7 +222,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     errors.install(app)
     v1 = APIRouter(prefix="/v1", dependencies=[Depends(bearer)])
-    for module in (runs, plan, epochs, reports, scores, stats):
+    for module in (runs, method_routes, plan, epochs, reports, scores, stats):
         v1.include_router(module.router)
     app.include_router(v1)
     app.include_router(health.router)

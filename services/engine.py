@@ -41,7 +41,7 @@ from docl.client.models import (
     Stats,
 )
 from docl.client.wire import ReportArrays
-from docl.services import diversity, plan, sampling, scoring
+from docl.services import diversity, methods, plan, sampling, scoring
 from docl.services.config import Settings
 from docl.services.errors import (
     Conflict,
@@ -50,7 +50,7 @@ from docl.services.errors import (
     ServiceUnavailable,
     Unprocessable,
 )
-from docl.services.store import DRAWN_MAX, LOSS_METHODS, DrawInputs, RunLayout, Store
+from docl.services.store import DRAWN_MAX, DrawInputs, RunLayout, Store
 
 __all__ = ["Engine", "RunState", "epoch_seed", "report_arrays_from_json"]
 
@@ -95,6 +95,11 @@ class RunState:
 
 def _plan_row(spec: plan.EpochSpec) -> dict[str, Any]:
     return plan.plan_epoch(spec).model_dump()
+
+
+def _stored_size(raw: str | None, spec: plan.EpochSpec) -> int:
+    """How many indices epoch ``spec.epoch`` stored (its JSON's size; the plan's when gone)."""
+    return int(json.loads(raw)["size"]) if raw is not None else int(spec.size)
 
 
 def report_arrays_from_json(body: bytes) -> ReportArrays:
@@ -320,7 +325,7 @@ class Engine:
             layout=layout,
             plan=the_plan,
             created_at=created_at,
-            score_kind=sampling.method_spec(config.method).score,
+            score_kind=methods.get_method(config.method).score_kind,
         )
 
     async def state(self, run_id: str, *, fresh: bool = False) -> RunState:
@@ -360,6 +365,7 @@ class Engine:
             num_outputs=st.config.num_outputs,
             task=st.config.task,
             method=st.config.method,
+            method_params=st.config.method_params,
             epochs=st.num_epochs,
             params=st.config.params,
             created_at=st.created_at,
@@ -373,18 +379,18 @@ class Engine:
     async def create_run(self, body: RunCreate) -> tuple[Run, bool]:
         """Create a run (True) or confirm an identical one exists (False); 409 if it differs."""
         run_id = body.run_id or f"run-{uuid.uuid4().hex[:16]}"
-        config = body.model_copy(update={"run_id": run_id})
-        if config.method not in sampling.METHODS:
-            raise Unprocessable(
-                f"unknown method {config.method!r}; known: {', '.join(sampling.METHODS)}"
-            )
+        try:  # the method and its own parameters, against the registry (defaults filled in)
+            method_params = methods.validate_method_params(body.method, body.method_params)
+        except ValueError as e:
+            raise Unprocessable(str(e)) from None
+        config = body.model_copy(update={"run_id": run_id, "method_params": method_params})
         layout = RunLayout(
             run_id=run_id,
             num_samples=config.num_samples,
             num_outputs=config.num_outputs,
             output_dtype=config.params.output_dtype,
             chunk_bytes=self.settings.chunk_bytes,
-            loss_column=config.method in LOSS_METHODS,
+            loss_column=methods.get_method(config.method).loss_column,
             exp3=config.params.exp3,
         )
         need = layout.memory_bytes(self.settings.keep_epochs)
@@ -465,13 +471,25 @@ class Engine:
         )
 
     # -- epochs ---------------------------------------------------------------------------------
-    def _epoch_model(self, st: RunState, epoch: int, seed: int) -> Epoch:
+    def _epoch_model(self, st: RunState, epoch: int, doc: dict[str, Any]) -> Epoch:
+        """The drawn epoch: its plan row, or (a ``drawn``-size method's selection epoch
+        that kept fewer samples than the plan reserved) the drawn size, its steps and
+        the plan's learning rates resampled onto them (plan.drawn_epoch_lr)."""
         spec = st.plan[epoch]
+        row = _plan_row(spec)
+        lr = np.asarray(spec.lr, dtype=np.float64)
+        size = int(doc.get("size", spec.size))
+        bs = st.config.params.batch_size
+        if size < spec.size and methods.get_method(st.config.method).size == "drawn":
+            steps = max(1, -(-size // bs))
+            lr = plan.drawn_epoch_lr(spec, steps)
+            row.update(size=size, steps=steps, lr_start=float(lr[0]), lr_end=float(lr[-1]))
         return Epoch(
-            **_plan_row(spec),
-            batch_size=st.config.params.batch_size,
-            lr=[float(x) for x in np.asarray(spec.lr, dtype=np.float64)],
-            seed=seed,
+            **row,
+            batch_size=bs,
+            lr=[float(x) for x in lr],
+            seed=int(doc["seed"]),
+            weighted=bool(doc.get("weighted", False)),
         )
 
     def _check_epoch_number(self, st: RunState, epoch: int) -> None:
@@ -492,7 +510,7 @@ class Engine:
             raw = await self.store.epoch_json(st.layout, epoch)
             if raw is None:
                 raise NotFound(f"epoch {epoch} of run {run_id!r} has not been drawn yet")
-        return self._epoch_model(st, epoch, int(json.loads(raw)["seed"]))
+        return self._epoch_model(st, epoch, json.loads(raw))
 
     async def draw_epoch(self, run_id: str, epoch: int | None) -> Epoch:
         """Draw epoch ``epoch`` (default: the next one) once; later calls return the stored draw."""
@@ -543,26 +561,27 @@ class Engine:
         seed = epoch_seed(p.seed, e)
         # Every O(n) numpy step runs in a worker thread: the event loop keeps serving
         # reports meanwhile (numpy releases the GIL for most of it).
-        indices, drawn, incl_col, info = await asyncio.to_thread(
+        indices, weights, drawn, incl_col, info = await asyncio.to_thread(
             self._draw_counted, st, spec, seed, snap, records
         )
         t_draw = time.perf_counter()
         drop = None
         old = e - self.settings.keep_epochs
         if old >= 0:
-            drop = (old, int(st.plan[old].size))
+            drop = (old, _stored_size(await self.store.epoch_json(st.layout, old), st.plan[old]))
         info["timing"] = {"read_s": round(t_read - t0, 4), "draw_s": round(t_draw - t_read, 4)}
         doc = json.dumps(
             {
                 "epoch": e,
                 "seed": seed,
                 "size": int(indices.shape[0]),
+                "weighted": weights is not None,
                 "drawn_at": time.time(),
                 **info,
             }
         )
         status = await self.store.commit_epoch(
-            st.layout, st.uid, e, doc, indices, drawn, incl_col, drop
+            st.layout, st.uid, e, doc, indices, drawn, incl_col, drop, weights=weights
         )
         if status in (0, 1) and snap.log_count:
             await self.store.compact(st.layout, st.uid, snap)
@@ -578,9 +597,10 @@ class Engine:
         seed: int,
         snap: DrawInputs,
         records: np.ndarray | None,
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, dict[str, Any]]:
-        """The draw plus the columns it updates: selection counts and Exp3 inclusion."""
-        indices, inclusion, info, hit = self._draw(
+    ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, np.ndarray | None, dict[str, Any]]:
+        """The draw (indices, per-sample weights or None) plus the columns it updates:
+        selection counts and Exp3 inclusion."""
+        indices, inclusion, weights, info, hit = self._draw(
             st, spec, seed, snap.scores, snap.losses, records
         )
         # Selection counts (uint16, saturating): one scatter of bytes into a mask and
@@ -596,7 +616,7 @@ class Engine:
             base = snap.inclusion
             incl_col = base.copy() if base is not None else np.zeros(st.layout.num_samples, "<f4")
             incl_col[indices] = inclusion
-        return indices, drawn, incl_col, info
+        return indices, weights, drawn, incl_col, info
 
     def _draw(
         self,
@@ -606,9 +626,9 @@ class Engine:
         scores: np.ndarray | None,
         losses: np.ndarray | None,
         records: np.ndarray | None,
-    ) -> tuple[np.ndarray, np.ndarray, dict[str, Any], np.ndarray | None]:
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, dict[str, Any], np.ndarray | None]:
         """The pure part of a draw: (indices in training order, inclusion probabilities,
-        info, the (n,) uint8 mask of drawn samples or None).
+        per-sample weights or None, info, the (n,) uint8 mask of drawn samples or None).
 
         The selection is counted before it is shuffled (``sampling.draw(shuffle=False)``,
         then ``shuffle_draw`` with the same Generator: the same draw): marking ~sorted
@@ -622,12 +642,13 @@ class Engine:
             sel = sampling.uniform_epoch(n, rng, size=size, shuffle=False)
             order = sampling.random_order(sel, rng)
             incl = np.full(order.shape[0], size / n, dtype=np.float32)
-            return np.ascontiguousarray(order, dtype=np.int64), incl, info, _mask(n, sel)
+            return np.ascontiguousarray(order, dtype=np.int64), incl, None, info, _mask(n, sel)
         k = int(spec.draw_size) if spec.draw_size > 0 else size
         sc = scores if scores is not None else np.full(n, np.nan, np.float32)
         prune = records is not None and spec.prune and size < k
-        d = sampling.draw(
-            st.config.method,
+        method = methods.get_method(st.config.method)
+        d = methods.draw(
+            method.name,
             k=k,
             scores=sc,
             losses=losses,
@@ -636,7 +657,10 @@ class Engine:
             normalize=p.normalize,
             exp3=p.exp3,
             episode=int(spec.episode),
+            epoch=int(spec.epoch),
+            num_epochs=st.num_epochs,
             shuffle=prune,
+            method_params=st.config.method_params,
         )
         hit = None
         if not prune:
@@ -648,11 +672,12 @@ class Engine:
             if d.inclusion is not None
             else np.full(idx.shape[0], idx.shape[0] / n, dtype=np.float32)
         )
+        w = None if d.weights is None else np.asarray(d.weights, dtype=np.float32)
         if records is not None and spec.prune and size < idx.shape[0]:
             # Diversity (Eq. 15) on the stored outputs g_i of the drawn samples; the
-            # modular part is the standardized score (mcl: the standardized loss).
+            # modular part is the standardized signal of the method (mcl: the loss).
             feats = records["g"][idx].astype(np.float32)
-            base = losses if st.config.method == "mcl" and losses is not None else sc
+            base = losses if method.signal == "loss" and losses is not None else sc
             modular = sampling.standardize(np.asarray(base, dtype=np.float32), p.normalize)[idx]
             pos = diversity.facility_location_greedy(
                 feats, modular, size, lam=float(spec.lam), rng=rng
@@ -660,13 +685,16 @@ class Engine:
             keep = np.zeros(idx.shape[0], dtype=bool)
             keep[np.asarray(pos, dtype=np.int64)] = True
             idx, incl = idx[keep], incl[keep]  # keeps the drawn (shuffled) training order
+            w = None if w is None else w[keep]
             info = {"drawn": int(keep.shape[0]), "lambda": float(spec.lam)}
-        return idx[:size], incl[:size], info, hit if idx.shape[0] <= size else None
+        w = None if w is None else w[:size]
+        return idx[:size], incl[:size], w, info, hit if idx.shape[0] <= size else None
 
     async def indices(
         self, run_id: str, epoch: int, *, rank: int, world: int, offset: int, limit: int | None
-    ) -> tuple[bytes, int, int]:
-        """(int64 bytes of rank's shard [offset, offset+limit), shard length, epoch size)."""
+    ) -> tuple[bytes, bytes | None, int, int]:
+        """(int64 bytes of rank's shard [offset, offset+limit), the float32 bytes of their
+        weights or None when the epoch has none, shard length, epoch size)."""
         if world < 1:
             raise Unprocessable(f"world must be >= 1, got {world}")
         if not 0 <= rank < world:
@@ -683,17 +711,21 @@ class Engine:
             raw = await self.store.epoch_json(st.layout, epoch)
             if raw is None:
                 raise NotFound(f"epoch {epoch} of run {run_id!r} has not been drawn yet")
-        size = int(json.loads(raw)["size"])
+        doc = json.loads(raw)
+        size = int(doc["size"])
         lo, hi = rank * size // world, (rank + 1) * size // world
         start = min(hi, lo + offset)
         stop = hi if limit is None else min(hi, start + limit)
         data = await self.store.read_indices(st.layout, epoch, size, start, stop)
-        if data is None:
+        weights = None
+        if data is not None and doc.get("weighted"):
+            weights = await self.store.read_weights(st.layout, epoch, size, start, stop)
+        if data is None or (doc.get("weighted") and weights is None):
             raise Gone(
                 f"the indices of epoch {epoch} were dropped (the server keeps the last "
                 f"{self.settings.keep_epochs} epochs' indices; DOCL_KEEP_EPOCHS)"
             )
-        return data, hi - lo, size
+        return data, weights, hi - lo, size
 
     # -- reports --------------------------------------------------------------------------------
     def validate_report(self, st: RunState, rep: ReportArrays) -> None:

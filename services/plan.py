@@ -15,7 +15,8 @@ Rules (docs/architecture.md "The plan", docs/algorithm.md for a worked example):
   "episode": k shrinks at the end of every episode, the warmup included, as in
   Algorithm 1; m = t + 1 with k_decay "epoch", t = selection epochs before it):
   shrink ceil(max(k_min·n, n·γ_k^m)), grow min(n, ceil(k_min·n / γ_k^m)), full n,
-  where k_min·n is rounded up and at least 1;
+  where k_min·n is rounded up and at least 1; a method whose size is ``drawn``
+  (infobatch) reserves n and its draw decides (see :func:`drawn_epoch_lr`);
 * diversity pruning trains on ceil(gamma_k_prime · k) of the k drawn samples;
 * steps = ceil(size / batch_size); `epochs` caps the number of epochs and
   `budget_batches` the total steps (the last epoch is cut: steps = what is left,
@@ -31,7 +32,7 @@ from dataclasses import dataclass, fields
 import numpy as np
 
 from docl.client.models import PlanEpoch, RunCreate, RunParams
-from docl.services.sampling import method_spec
+from docl.services.methods import get_method
 
 
 @dataclass(frozen=True, eq=False)
@@ -98,7 +99,7 @@ def min_subset(params: RunParams, n: int) -> int:
 
 def subset_size(size_schedule: str, n: int, params: RunParams, decays: int) -> int:
     """k of a selection epoch after `decays` applications of γ_k."""
-    if size_schedule == "full":
+    if size_schedule in ("full", "drawn"):  # drawn: the plan reserves n, the draw decides
         return n
     kmin = min_subset(params, n)
     if size_schedule == "shrink":
@@ -143,7 +144,7 @@ def build_plan(run: RunCreate) -> list[EpochSpec]:
     p = run.params
     n = run.num_samples
     bs = p.batch_size
-    spec = method_spec(run.method)
+    spec = get_method(run.method)
     l2 = spec.l2_phases if p.l2_phases is None else p.l2_phases
     phase_loss = "l2" if l2 else "task"
     prune = spec.diversity if p.diversity is None else p.diversity
@@ -227,6 +228,17 @@ def lr_sum_at(plan: list[EpochSpec], epoch: int, step: int) -> float:
 
 def total_steps(plan: list[EpochSpec]) -> int:
     return sum(e.steps for e in plan)
+
+
+def drawn_epoch_lr(spec: EpochSpec, steps: int) -> np.ndarray:
+    """The learning rates of a selection epoch whose draw kept fewer samples than the
+    plan reserved (a ``drawn``-size method): the epoch's slot of the plan's schedule
+    resampled onto ``steps`` steps (step s takes the slot's rate at ⌊s·S/steps⌋), so the
+    schedule's shape over the epochs is kept and the epoch ends where the plan's did."""
+    if steps >= spec.steps:
+        return spec.lr
+    pos = (np.arange(steps, dtype=np.int64) * spec.steps) // max(1, steps)
+    return spec.lr[pos]
 
 
 def plan_epoch(spec: EpochSpec) -> PlanEpoch:

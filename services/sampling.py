@@ -1,8 +1,9 @@
 """Drawing an epoch's subset: pure numpy functions with a seeded Generator. No I/O.
 
-The method registry maps each method name (docl.client.models.METHODS) to how
-it sizes and draws its subsets. Every draw is a pure function of its inputs and
-the Generator: same seed + same inputs -> same indices, in the same order.
+The selection methods (``docl.services.methods``) are built from these draws:
+``uniform_draw``, ``boltzmann_draw``, ``spl_draw``, … Every draw is a pure function
+of its inputs and the Generator: same seed + same inputs -> same indices, in the
+same order.
 
 Conventions shared by every function here:
 * indices are int64 positions into the n samples; a draw returns them in
@@ -13,13 +14,9 @@ Conventions shared by every function here:
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
-
-SizeSchedule = Literal["full", "shrink", "grow"]
 
 #: standardize treats a spread at or below this (the smallest normal float32)
 #: as none: dividing by a subnormal std would overflow float32.
@@ -355,21 +352,11 @@ def inclusion_probabilities(
 
 @dataclass(frozen=True)
 class Draw:
+    """One epoch's draw, in training order. ``inclusion`` and ``weights`` follow their samples."""
+
     indices: np.ndarray  # (k,) int64, in training order (shuffled)
     inclusion: np.ndarray | None  # (k,) float32 inclusion probabilities when Exp3 is on
-
-
-SelectFn = Callable[..., Draw]
-
-
-@dataclass(frozen=True)
-class MethodSpec:
-    name: str
-    size: SizeSchedule  # how the subset size evolves over episodes
-    l2_phases: bool  # warmup/refresh epochs use the L2 loss by default
-    diversity: bool  # prune drawn subsets by facility location by default
-    score: Literal["docl", "docl-nr"]  # which score the reports maintain
-    select: SelectFn
+    weights: np.ndarray | None = None  # (k,) float32 per-sample loss weights (None: all 1)
 
 
 def _shuffled(
@@ -384,11 +371,15 @@ def _shuffled(
 
 def shuffle_draw(d: Draw, rng: np.random.Generator) -> Draw:
     """The draw in a uniformly random training order (:func:`random_order`; inclusion
-    probabilities follow their samples)."""
-    if d.inclusion is None:
+    probabilities and weights follow their samples)."""
+    if d.inclusion is None and d.weights is None:
         return Draw(random_order(d.indices, rng), None)
     order = random_order(np.arange(d.indices.size, dtype=np.int64), rng)
-    return Draw(d.indices[order], d.inclusion[order].astype(np.float32, copy=False))
+    return Draw(
+        d.indices[order],
+        None if d.inclusion is None else d.inclusion[order].astype(np.float32, copy=False),
+        None if d.weights is None else d.weights[order].astype(np.float32, copy=False),
+    )
 
 
 def extreme_k(
@@ -413,7 +404,7 @@ def extreme_k(
     return np.concatenate([below, pick]).astype(np.int64, copy=False)
 
 
-def _uniform(
+def uniform_draw(
     *, k: int, scores: np.ndarray, rng: np.random.Generator, exp3: bool = False,
     shuffle: bool = True, **_: object,
 ) -> Draw:  # fmt: skip
@@ -422,7 +413,7 @@ def _uniform(
     return Draw(idx, np.full(k, k / n, np.float32) if exp3 and n else None)
 
 
-def _boltzmann(
+def boltzmann_draw(
     *,
     k: int,
     scores: np.ndarray,
@@ -448,7 +439,7 @@ def _deterministic(
     return _shuffled(idx, rng, np.ones(idx.size) if exp3 else None, shuffle)
 
 
-def _spl(
+def spl_draw(
     *, k: int, losses: np.ndarray, rng: np.random.Generator, exp3: bool = False,
     shuffle: bool = True, **_: object,
 ) -> Draw:  # fmt: skip
@@ -457,7 +448,7 @@ def _spl(
     return _deterministic(sel, rng, exp3, shuffle)
 
 
-def _mcl(
+def mcl_draw(
     *, k: int, losses: np.ndarray, rng: np.random.Generator, exp3: bool = False,
     shuffle: bool = True, **_: object,
 ) -> Draw:  # fmt: skip
@@ -466,7 +457,7 @@ def _mcl(
     return _deterministic(sel, rng, exp3, shuffle)
 
 
-def _top(
+def top_draw(
     *, k: int, scores: np.ndarray, rng: np.random.Generator, exp3: bool = False,
     shuffle: bool = True, **_: object,
 ) -> Draw:  # fmt: skip
@@ -474,7 +465,7 @@ def _top(
     return _deterministic(sel, rng, exp3, shuffle)
 
 
-def _bottom(
+def bottom_draw(
     *, k: int, scores: np.ndarray, rng: np.random.Generator, exp3: bool = False,
     shuffle: bool = True, **_: object,
 ) -> Draw:  # fmt: skip
@@ -483,93 +474,11 @@ def _bottom(
     return _deterministic(sel, rng, exp3, shuffle)
 
 
-def _alternate(
+def alternate_draw(
     *, k: int, scores: np.ndarray, rng: np.random.Generator, episode: int = 1, exp3: bool = False,
     shuffle: bool = True, **_: object,
 ) -> Draw:  # fmt: skip
     # paper §3 Baseline1: top-k in odd episodes, bottom-k in even ones
     if episode % 2 == 1:
-        return _top(k=k, scores=scores, rng=rng, exp3=exp3, shuffle=shuffle)
-    return _bottom(k=k, scores=scores, rng=rng, exp3=exp3, shuffle=shuffle)
-
-
-METHODS: dict[str, MethodSpec] = {
-    spec.name: spec
-    for spec in (
-        MethodSpec("random", "full", False, False, "docl", _uniform),
-        # docl and its control random-subset train warmup/refresh with the task
-        # loss: the L2 phases cost 1-2 points of accuracy on every built-in task
-        # and made no draw better (docs/results.md); params.l2_phases=true restores them.
-        MethodSpec("random-subset", "shrink", False, False, "docl", _uniform),
-        MethodSpec("spl", "grow", False, False, "docl", _spl),
-        MethodSpec("mcl", "grow", False, True, "docl", _mcl),
-        MethodSpec("docl-nr", "grow", True, False, "docl-nr", _boltzmann),
-        MethodSpec("docl", "shrink", False, False, "docl", _boltzmann),
-        MethodSpec("top", "shrink", True, False, "docl", _top),
-        MethodSpec("bottom", "shrink", True, False, "docl", _bottom),
-        MethodSpec("alternate", "shrink", True, False, "docl", _alternate),
-    )
-}
-
-
-def method_spec(method: str) -> MethodSpec:
-    """The registry entry of `method`, or a ValueError naming the known methods."""
-    try:
-        return METHODS[method]
-    except KeyError:
-        raise ValueError(f"unknown method {method!r}; known: {', '.join(METHODS)}") from None
-
-
-def draw(
-    method: str,
-    *,
-    k: int,
-    scores: np.ndarray,
-    losses: np.ndarray | None = None,
-    rng: np.random.Generator,
-    tau: float = 0.1,
-    normalize: str = "std",
-    exp3: bool = False,
-    episode: int = 1,
-    shuffle: bool = True,
-) -> Draw:
-    """Draw k of n samples for a selection epoch with the named method.
-
-    n = len(scores). `losses` (n,) is the last task loss per sample (NaN = never
-    visited; only spl/mcl read it; None = all unknown). `episode` is the plan's
-    episode (alternate: top-k in odd, bottom-k in even episodes). With `exp3` the
-    Draw carries each drawn sample's inclusion probability (approximate for the
-    Boltzmann draws, k/n for uniform ones, 1 for deterministic ones).
-
-    `shuffle=False` returns the selection before its final shuffle (ascending, or
-    nearly, for the score- and loss-based methods; uniform methods are random
-    already); :func:`shuffle_draw` with the same Generator then gives exactly the
-    shuffled draw. The server counts selections in between: a scatter in ascending
-    order is several times faster than in random order at n = 10M.
-    """
-    spec = method_spec(method)
-    s = np.asarray(scores)
-    if s.ndim != 1:
-        raise ValueError(f"scores must be a vector, got shape {s.shape}")
-    n = s.size
-    ls = np.full(n, np.nan) if losses is None else np.asarray(losses)
-    if ls.shape != (n,):
-        raise ValueError(f"losses must have shape ({n},), got {ls.shape}")
-    k = int(k)
-    if not 0 <= k <= n:
-        raise ValueError(f"k must lie in [0, {n}], got {k}")
-    if not tau > 0:
-        raise ValueError(f"tau must be > 0, got {tau}")
-    if normalize not in ("std", "none"):
-        raise ValueError(f"normalize must be 'std' or 'none', got {normalize!r}")
-    return spec.select(
-        k=k,
-        scores=s,
-        losses=ls,
-        rng=rng,
-        tau=float(tau),
-        normalize=normalize,
-        exp3=bool(exp3),
-        episode=int(episode),
-        shuffle=bool(shuffle),
-    )
+        return top_draw(k=k, scores=scores, rng=rng, exp3=exp3, shuffle=shuffle)
+    return bottom_draw(k=k, scores=scores, rng=rng, exp3=exp3, shuffle=shuffle)

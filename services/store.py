@@ -9,9 +9,12 @@ Cluster keeps a run on one slot; see docs/architecture.md "The store"):
     {run:<id>}:reports       zset    applied report_ids -> time applied (the dedup markers)
     {run:<id>}:epochs        hash    e -> JSON of the drawn epoch (seed, size, ...)
     {run:<id>}:epoch:<e>:<k> string  chunk k of epoch e's indices, int64 LE, training order
+    {run:<id>}:weight:<e>:<k> string chunk k of epoch e's per-index loss weights, float32 LE,
+                                     the same order (only methods with weights, e.g. infobatch)
     {run:<id>}:rec:<k>       string  chunk k of the per-sample records (fixed width, below)
     {run:<id>}:score:<k>     string  chunk k of the score column, float32 LE (NaN = unset)
-    {run:<id>}:loss:<k>      string  chunk k of the last-loss column, float32 (spl/mcl only)
+    {run:<id>}:loss:<k>      string  chunk k of the last-loss column, float32 (methods whose
+                                     signal is the loss: spl, mcl, infobatch)
     {run:<id>}:drawn:<k>     string  chunk k of the selection counts, uint16 (saturating)
     {run:<id>}:incl:<k>      string  chunk k of Exp3 inclusion probabilities, float32 (exp3 only)
     docl:runs                set     every run id (for GET /v1/runs)
@@ -60,7 +63,6 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 __all__ = [
     "COUNTER_FIELDS",
-    "LOSS_METHODS",
     "RECORD_HEAD",
     "RUNS_INDEX",
     "Applied",
@@ -85,8 +87,6 @@ COUNTER_FIELDS = (
 )
 #: The global set of run ids.
 RUNS_INDEX = "docl:runs"
-#: Methods whose draws read the last-loss column (the others skip writing it).
-LOSS_METHODS = frozenset({"spl", "mcl"})
 #: Selection counts saturate here (uint16).
 DRAWN_MAX = 65535
 _NAN32 = np.array([np.nan], dtype="<f4").tobytes()
@@ -244,6 +244,10 @@ class RunLayout:
 
     def epoch_keys(self, epoch: int, size: int) -> tuple[str, ...]:
         return _chunk_keys(self.prefix, f"epoch:{epoch}", size, self.idx_per_chunk)
+
+    def weight_keys(self, epoch: int, size: int) -> tuple[str, ...]:
+        """Chunks of epoch ``epoch``'s float32 weights (as many per chunk as its indices)."""
+        return _chunk_keys(self.prefix, f"weight:{epoch}", size, self.idx_per_chunk)
 
     def static_keys(self) -> tuple[str, ...]:
         """Every key of the run except the per-epoch index chunks."""
@@ -818,6 +822,8 @@ class Store:
         drawn: np.ndarray,
         inclusion: np.ndarray | None,
         drop_epoch: tuple[int, int] | None,
+        *,
+        weights: np.ndarray | None = None,
     ) -> int:
         """Store epoch ``epoch`` if nobody did yet. Returns the script's status (see commit_epoch.lua).
 
@@ -836,8 +842,15 @@ class Store:
             incl_parts = _chunk_views(inclusion, "<f4", layout.col_per_chunk)
         finals = [*idx_keys, *layout.drawn_keys, *layout.incl_keys[: len(incl_parts)]]
         values = [*idx_parts, *drawn_parts, *incl_parts]
+        if weights is not None:  # beside the indices, chunked the same way
+            if weights.shape != indices.shape:
+                raise ValueError(f"weights {weights.shape} must match indices {indices.shape}")
+            finals += layout.weight_keys(epoch, int(indices.shape[0]))
+            values += _chunk_views(weights, "<f4", layout.idx_per_chunk)
         temps = [f"{k}:tmp:{nonce}" for k in finals]
-        drop = layout.epoch_keys(*drop_epoch) if drop_epoch is not None else ()
+        drop: tuple[str, ...] = ()
+        if drop_epoch is not None:  # an old epoch's indices, and its weights if it had any
+            drop = (*layout.epoch_keys(*drop_epoch), *layout.weight_keys(*drop_epoch))
         await self._set_many(temps, values)
         keys = [layout.meta_key, layout.epochs_key, *finals, *temps, *drop]
         args: list[Any] = [uid, epoch, epoch_json, len(finals), len(drop)]
@@ -855,18 +868,28 @@ class Store:
         self, layout: RunLayout, epoch: int, size: int, start: int, stop: int
     ) -> bytes | None:
         """int64 bytes of epoch ``epoch``'s indices [start, stop); None when they were dropped."""
-        keys = layout.epoch_keys(epoch, size)
+        return await self._read_slice(
+            layout.epoch_keys(epoch, size), layout.idx_per_chunk, 8, start, stop
+        )
+
+    async def read_weights(
+        self, layout: RunLayout, epoch: int, size: int, start: int, stop: int
+    ) -> bytes | None:
+        """float32 bytes of epoch ``epoch``'s weights [start, stop); None when they were dropped."""
+        return await self._read_slice(
+            layout.weight_keys(epoch, size), layout.idx_per_chunk, 4, start, stop
+        )
+
+    async def _read_slice(
+        self, keys: tuple[str, ...], per_chunk: int, itemsize: int, start: int, stop: int
+    ) -> bytes | None:
         if stop <= start:
             return b"" if await self.redis.exists(keys[0]) else None
         pipe = self.redis.pipeline(transaction=False)
-        pieces = _ranges(start, stop, layout.idx_per_chunk)
-        for k, lo, hi in pieces:
-            pipe.getrange(keys[k], 8 * lo, 8 * hi - 1)
-        raw = await pipe.execute()
-        data = b"".join(raw)
-        if len(data) != 8 * (stop - start):
-            return None
-        return data
+        for k, lo, hi in _ranges(start, stop, per_chunk):
+            pipe.getrange(keys[k], itemsize * lo, itemsize * hi - 1)
+        data = b"".join(await pipe.execute())
+        return data if len(data) == itemsize * (stop - start) else None
 
     async def read_records(self, layout: RunLayout, start: int, stop: int) -> np.ndarray:
         """Records [start, stop) as a structured array (never-written ones are zeros)."""

@@ -43,6 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from docl.client._client import Shard
 from docl.client.models import Epoch, RunCreate
 from docl.client.sampler import default_outage_tolerance, ride_out
 from docl.worker.session import Session
@@ -56,6 +57,7 @@ __all__ = [
     "ServerEpochs",
     "evaluate",
     "l2_loss",
+    "per_sample_loss",
     "report_id",
     "task_loss",
     "train_loop",
@@ -112,7 +114,7 @@ class EpochSource(Protocol):
 
     def epoch(self, e: int) -> Epoch: ...
 
-    def indices(self, e: int, rank: int, world: int) -> np.ndarray: ...
+    def indices(self, e: int, rank: int, world: int) -> Shard: ...
 
 
 class ServerEpochs:
@@ -147,27 +149,29 @@ class ServerEpochs:
         )
         return epoch
 
-    def indices(self, e: int, rank: int, world: int) -> np.ndarray:
-        shard = ride_out(
-            lambda: self.client.indices(self.run_id, e, rank=rank, world=world),
+    def indices(self, e: int, rank: int, world: int) -> Shard:
+        shard: Shard = ride_out(
+            lambda: self.client.shard(self.run_id, e, rank=rank, world=world),
             tolerance=self.outage_tolerance,
             what=f"fetching rank {rank}'s indices of epoch {e}",
             logger=log,
         )
-        return np.asarray(shard)
+        return shard
 
 
 class LocalEpochs:
     """The same plan computed locally (``services.plan.build_plan``), drawn uniformly.
 
-    Only for methods whose draws are uniform (``random``, ``random-subset``):
-    this is the baseline that measures what the service costs, not a curriculum.
+    Only for uniform controls (the registry's ``uniform`` methods: ``random``,
+    ``random-subset``): this is the baseline that measures what the service costs,
+    not a curriculum.
     """
 
     def __init__(self, run: RunCreate) -> None:
+        from docl.services.methods import get_method
         from docl.services.plan import build_plan
 
-        if run.method not in ("random", "random-subset"):
+        if not get_method(run.method).uniform:
             raise ValueError(
                 f"a local (server-less) run draws uniformly; method {run.method!r} needs the score server"
             )
@@ -187,11 +191,11 @@ class LocalEpochs:
             seed=self.run.params.seed,
         )
 
-    def indices(self, e: int, rank: int, world: int) -> np.ndarray:
+    def indices(self, e: int, rank: int, world: int) -> Shard:
         size = self.plan[e].size
         rng = np.random.default_rng([self.run.params.seed, e])
         chosen = rng.permutation(self.run.num_samples)[:size]
-        return chosen[rank * size // world : (rank + 1) * size // world]
+        return Shard(chosen[rank * size // world : (rank + 1) * size // world], None)
 
 
 # ---------------------------------------------------------------------------
@@ -207,6 +211,18 @@ def l2_loss(out: torch.Tensor, y: torch.Tensor, task: str) -> torch.Tensor:
     else:
         resid = out - y  # (B, c)
     return 0.5 * resid.pow(2).sum(dim=1).mean()
+
+
+def per_sample_loss(out: torch.Tensor, y: torch.Tensor, task: str, kind: str) -> torch.Tensor:
+    """The (B,) per-sample loss ``kind`` ("l2" or "task") whose batch mean is
+    :func:`l2_loss` / :func:`task_loss` (for weighted epochs: mean(w_i · ℓ_i))."""
+    if kind == "task" and task == "classification":
+        return F.cross_entropy(out, y, reduction="none")
+    if task == "classification":
+        resid = torch.softmax(out, dim=1) - F.one_hot(y, out.shape[1]).to(out.dtype)
+    else:
+        resid = out - y
+    return 0.5 * resid.pow(2).sum(dim=1)
 
 
 def task_loss(out: torch.Tensor, y: torch.Tensor, task: str) -> torch.Tensor:
@@ -355,12 +371,17 @@ def train_loop(
         for e in range(start_epoch, source.num_epochs):
             # ---- 1. fetch the epoch and this rank's indices --------------------
             epoch = source.epoch(e)  # phase, loss, size, steps, lr[steps], lr_sum_start
-            shard = source.indices(e, rank, world)  # (m,) int64, m ≈ size / world
+            got = source.indices(e, rank, world)  # (m,) int64, m ≈ size / world; weights
+            shard = got.indices
             steps = epoch.steps
             parts = np.array_split(shard, steps)  # steps × (≈ m / steps,): equal step counts
             # A copy: the client's arrays may be read-only views of the response body.
             shard_t = torch.tensor(shard, dtype=torch.int64, device=device)
             parts_t = torch.tensor_split(shard_t, steps)  # the same split, as index tensors
+            w_parts = None  # a weighted epoch (e.g. infobatch): loss = mean(w_i · ℓ_i)
+            if got.weights is not None:
+                w_t = torch.tensor(got.weights, dtype=torch.float32, device=device)
+                w_parts = torch.tensor_split(w_t, steps)
             loss_fn = l2_loss if epoch.loss == "l2" else task_loss
             lr_sum = float(epoch.lr_sum_start)  # Σ lr applied before the current step (float64)
             loss_sum = torch.zeros((), dtype=torch.float32, device=device)  # no sync per step
@@ -374,7 +395,13 @@ def train_loop(
                 yb = y_train[idx_t]  # (b,) or (b, c)
                 out = net(xb)  # (b, c) logits / predictions
                 # A rank with fewer samples than steps still joins DDP's all-reduce.
-                loss = loss_fn(out, yb, task) if idx_t.numel() > 0 else out.sum() * 0.0
+                if idx_t.numel() == 0:
+                    loss = out.sum() * 0.0
+                elif w_parts is not None:
+                    per = per_sample_loss(out, yb, task, epoch.loss)  # (b,)
+                    loss = (w_parts[s].to(per.dtype) * per).mean()
+                else:
+                    loss = loss_fn(out, yb, task)
 
                 # ---- 3. report: the forward pass's outputs, before this update --
                 if reporter is not None and idx_t.numel() > 0:

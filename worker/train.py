@@ -60,7 +60,7 @@ class TrainSpec:
     ray_address: str | None = None  # None: start a local Ray (when workers >= 1)
     out: str | None = None  # None: out/<run_id>
     run_id: str | None = None
-    params: dict[str, Any] = field(default_factory=dict)  # RunParams fields
+    params: dict[str, Any] = field(default_factory=dict)  # RunParams or the method's fields
     task_params: dict[str, Any] = field(default_factory=dict)
     weight_decay: float | None = None
     momentum: float = 0.9
@@ -102,11 +102,15 @@ def build_run(spec: TrainSpec, data: TaskData) -> RunCreate:
     epochs = spec.epochs
     if epochs is None and params.get("budget_batches") is None:
         epochs = int(data.defaults.get("epochs", 30))
+    own = _method_fields(spec.method)
+    method_params = {
+        k: params.pop(k) for k in list(params) if k in own and k not in RunParams.model_fields
+    }
     unknown = sorted(set(params) - set(RunParams.model_fields))
     if unknown:
         raise TrainError(
             f"unknown --param {', '.join(unknown)}; run parameters are: "
-            f"{', '.join(RunParams.model_fields)}"
+            f"{', '.join([*RunParams.model_fields, *sorted(own)])}"
         )
     run_id = spec.run_id or (
         f"{_safe_id(spec.task)}-{spec.method}-s{spec.seed}-{uuid.uuid4().hex[:8]}"
@@ -118,6 +122,7 @@ def build_run(spec: TrainSpec, data: TaskData) -> RunCreate:
             num_outputs=data.num_outputs,
             task=data.task,
             method=spec.method,
+            method_params=method_params,
             epochs=epochs,
             params=RunParams(**params),
         )
@@ -271,15 +276,30 @@ def train(spec: TrainSpec) -> dict[str, Any]:
     return result
 
 
-def _check_early(spec: TrainSpec) -> None:
-    from docl.client.models import METHODS
+def _method_fields(method: str) -> set[str]:
+    """The parameters of ``method`` per this machine's registry (plugins included); none
+    when the method is not known here (a remote ``--server`` validates it itself)."""
+    from docl.services import methods
 
+    methods.load_plugins()
+    try:
+        return set(methods.get_method(method).params.model_fields)
+    except ValueError:
+        return set()
+
+
+def _check_early(spec: TrainSpec) -> None:
+    from docl.services import methods
+
+    methods.load_plugins()
     if spec.workers < 0:
         raise TrainError("workers must be >= 0 (0 = in-process)")
     if spec.outage_tolerance is not None and not spec.outage_tolerance >= 0:
         raise TrainError(f"outage_tolerance must be >= 0 seconds, got {spec.outage_tolerance}")
-    if spec.method not in METHODS:
-        raise TrainError(f"unknown method {spec.method!r}; methods are: {', '.join(METHODS)}")
+    if spec.server is None and spec.method not in methods.method_names():
+        raise TrainError(
+            f"unknown method {spec.method!r}; methods are: {', '.join(methods.method_names())}"
+        )
     if spec.use_gpu and spec.workers == 0:
         import torch
 
@@ -288,19 +308,21 @@ def _check_early(spec: TrainSpec) -> None:
             raise TrainError(
                 "--gpu with --workers 0 trains in this process, which sees no CUDA device"
             )
-    if spec.local and spec.method not in ("random", "random-subset"):
+    uniform = [m.name for m in methods.registry().values() if m.uniform]
+    if spec.local and spec.method not in uniform:
         raise TrainError(
             f"--local trains without the score server, so it can only draw uniformly "
-            f"(methods random, random-subset), not {spec.method!r}"
+            f"(methods {', '.join(uniform)}), not {spec.method!r}"
         )
-    unknown = sorted(set(spec.params) - set(RunParams.model_fields))
+    own = _method_fields(spec.method)
+    unknown = sorted(set(spec.params) - set(RunParams.model_fields) - own)
     if unknown:
         raise TrainError(
             f"unknown --param {', '.join(unknown)}; run parameters are: "
-            f"{', '.join(RunParams.model_fields)}"
+            f"{', '.join([*RunParams.model_fields, *sorted(own)])}"
         )
     try:
-        RunParams(**spec.params)
+        RunParams(**{k: v for k, v in spec.params.items() if k in RunParams.model_fields})
     except ValidationError as e:
         raise TrainError(f"invalid run config: {_pydantic_message(e)}") from e
 

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Body, Path, Query, Request, Response
 from pydantic import BaseModel, Field
 
 from docl.client.models import Epoch, EpochDraw
-from docl.client.wire import INDICES_CONTENT_TYPE
+from docl.client.wire import INDICES_CONTENT_TYPE, WEIGHTS_HEADER
 from docl.services.deps import EngineDep
 from docl.services.routes._common import RUN_ID_DOC, problems
 
@@ -30,6 +30,11 @@ class Indices(BaseModel):
     shard_size: int = Field(..., description="Length of the rank's whole shard.")
     epoch_size: int = Field(..., description="Samples in the whole epoch (all ranks).")
     indices: list[int]
+    weights: list[float] | None = Field(
+        None,
+        description="Per-index loss weights (float32), present only when the epoch has them "
+        "(its `weighted` is true, e.g. method infobatch): train on mean(w_i · loss_i).",
+    )
 
 
 @router.post(
@@ -81,11 +86,14 @@ async def get_epoch(engine: EngineDep, run_id: RunIdPath, epoch: EpochPath) -> E
 @router.get(
     "/runs/{run_id}/epochs/{epoch}/indices",
     response_model=Indices,
+    response_model_exclude_none=True,
     summary="A rank's shard of a drawn epoch (JSON or raw int64)",
     responses={
         200: {
             "description": "The shard in training order: JSON, or with `Accept: application/octet-stream` "
-            "the raw little-endian int64 array (headers X-Docl-Shard-Size, X-Docl-Offset, X-Docl-Epoch-Size).",
+            "the raw little-endian int64 array (headers X-Docl-Shard-Size, X-Docl-Offset, X-Docl-Epoch-Size); "
+            "with `weights=true` and a weighted epoch, the int64 array is followed by the float32 "
+            "weights of the same indices (header X-Docl-Weights: float32).",
             "content": {
                 "application/json": {
                     "example": {
@@ -113,22 +121,26 @@ async def get_indices(
     world: Annotated[int, Query(description="Number of ranks sharing the epoch.")] = 1,
     offset: Annotated[int, Query(description="Skip this many indices of the shard.")] = 0,
     limit: Annotated[int | None, Query(description="Return at most this many.")] = None,
+    weights: Annotated[
+        bool,
+        Query(description="Binary form: append the float32 weights when the epoch has them."),
+    ] = False,
 ) -> Response | Indices:
     """Rank `r` of `w` gets the contiguous slice `[r·size//w, (r+1)·size//w)` of the
     epoch's stored order, pageable with `offset`/`limit` inside that slice."""
-    data, shard, size = await engine.indices(
+    data, wdata, shard, size = await engine.indices(
         run_id, epoch, rank=rank, world=world, offset=offset, limit=limit
     )
     if INDICES_CONTENT_TYPE in request.headers.get("accept", ""):
-        return Response(
-            content=data,
-            media_type=INDICES_CONTENT_TYPE,
-            headers={
-                "X-Docl-Shard-Size": str(shard),
-                "X-Docl-Offset": str(offset),
-                "X-Docl-Epoch-Size": str(size),
-            },
-        )
+        headers = {
+            "X-Docl-Shard-Size": str(shard),
+            "X-Docl-Offset": str(offset),
+            "X-Docl-Epoch-Size": str(size),
+        }
+        if weights and wdata is not None:
+            headers[WEIGHTS_HEADER] = "float32"
+            data = data + wdata
+        return Response(content=data, media_type=INDICES_CONTENT_TYPE, headers=headers)
     import numpy as np
 
     return Indices(
@@ -139,4 +151,5 @@ async def get_indices(
         shard_size=shard,
         epoch_size=size,
         indices=np.frombuffer(data, dtype="<i8").tolist(),
+        weights=None if wdata is None else np.frombuffer(wdata, dtype="<f4").tolist(),
     )

@@ -13,7 +13,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from docl.client.models import METHODS, RunCreate, RunParams
+from docl.client.models import RunCreate, RunParams
+from docl.services.methods import method_names, registry
 from docl.services.plan import (
     EpochSpec,
     build_plan,
@@ -24,7 +25,6 @@ from docl.services.plan import (
     plan_rows,
     total_steps,
 )
-from docl.services.sampling import METHODS as SPECS
 
 
 def _run(method: str = "docl", n: int = 1000, epochs: int | None = 20, **params: Any) -> RunCreate:
@@ -145,7 +145,7 @@ def test_plan_is_a_pure_function_of_the_config() -> None:
 
 configs = st.fixed_dictionaries(
     {
-        "method": st.sampled_from(METHODS),
+        "method": st.sampled_from(method_names()),
         "n": st.integers(1, 3000),
         "epochs": st.one_of(st.none(), st.integers(1, 60)),
         "batch_size": st.integers(1, 700),
@@ -193,7 +193,7 @@ def test_plan_rules_hold_for_random_configs(c: dict[str, Any]) -> None:
                     params=RunParams(**c))  # fmt: skip
     p = run.params
     plan = build_plan(run)
-    spec = SPECS[method]
+    spec = registry()[method]
     bs = p.batch_size
     l2 = spec.l2_phases if p.l2_phases is None else p.l2_phases
     prune = spec.diversity if p.diversity is None else p.diversity
@@ -225,7 +225,7 @@ def test_plan_rules_hold_for_random_configs(c: dict[str, Any]) -> None:
         last = e is plan[-1]
         if e.phase == "select":
             m = e.episode if p.k_decay == "episode" else t + 1
-            if spec.size == "full":
+            if spec.size in ("full", "drawn"):
                 k = n
             elif spec.size == "shrink":
                 k = max(kmin, math.ceil(round(n * p.gamma_k**m, 9)))

@@ -14,9 +14,9 @@ import scipy.stats
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from docl.client.models import METHODS as WIRE_METHODS
+from docl.services.methods import draw as draw_epoch
+from docl.services.methods import registry
 from docl.services.sampling import (
-    METHODS,
     epoch_rng,
     extreme_k,
     gumbel_topk,
@@ -24,7 +24,6 @@ from docl.services.sampling import (
     standardize,
     uniform_epoch,
 )
-from docl.services.sampling import draw as draw_epoch
 
 
 def _ordered_law(w: np.ndarray, k: int) -> dict[tuple[int, ...], float]:
@@ -278,8 +277,12 @@ def test_inclusion_probabilities_large_n_sums_to_k_and_indices_subset() -> None:
 # --------------------------------------------------------------------------- #
 
 
-def test_registry_covers_the_wire_methods_with_the_documented_schedules() -> None:
-    assert tuple(METHODS) == WIRE_METHODS
+#: Methods that draw exactly the k samples the plan asks for (infobatch decides its size).
+METHODS = {m: s for m, s in registry().items() if s.size != "drawn"}
+
+
+def test_registry_holds_the_builtin_methods_with_the_documented_schedules() -> None:
+    assert tuple(registry())[:10] == (*METHODS, "infobatch")
     sizes = {m: s.size for m, s in METHODS.items()}
     assert sizes == {
         "random": "full",
@@ -295,7 +298,10 @@ def test_registry_covers_the_wire_methods_with_the_documented_schedules() -> Non
     l2 = {m for m, s in METHODS.items() if s.l2_phases}
     assert l2 == {"docl-nr", "top", "bottom", "alternate"}  # docl: task loss (docs/results.md)
     assert {m for m, s in METHODS.items() if s.diversity} == {"mcl"}
-    assert METHODS["docl-nr"].score == "docl-nr" and METHODS["docl"].score == "docl"
+    assert METHODS["docl-nr"].score_kind == "docl-nr" and METHODS["docl"].score_kind == "docl"
+    assert {m for m, s in registry().items() if s.loss_column} == {"spl", "mcl", "infobatch"}
+    assert {m for m, s in registry().items() if s.uniform} == {"random", "random-subset"}
+    assert {m for m, s in registry().items() if s.weights} == {"infobatch"}
 
 
 def _state(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

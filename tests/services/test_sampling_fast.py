@@ -13,11 +13,10 @@ import scipy.optimize
 import scipy.stats
 
 from docl.services import sampling
+from docl.services.methods import draw, method_names
 from docl.services.sampling import (
     _THRESHOLD_MIN,
-    METHODS,
     _top_k_by_threshold,
-    draw,
     gumbel_topk,
     random_order,
     shuffle_draw,
@@ -101,7 +100,7 @@ def test_large_gumbel_draws_follow_the_exponential_race_law() -> None:
     assert abs(np.mean(shares) - expected) < 150, (np.mean(shares), expected)
 
 
-@pytest.mark.parametrize("method", list(METHODS))
+@pytest.mark.parametrize("method", method_names())
 @pytest.mark.parametrize("exp3", [False, True])
 def test_unshuffled_draw_then_shuffle_is_the_shuffled_draw(method: str, exp3: bool) -> None:
     rng = np.random.default_rng(3)

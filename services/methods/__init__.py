@@ -1,0 +1,316 @@
+"""Selection methods: one :class:`SelectionMethod` object per method, in one registry.
+
+A method is everything the service needs to know about it, in one place:
+
+* ``name`` — what ``POST /v1/runs`` accepts as ``method``;
+* ``params`` — a pydantic model of its own parameters (``method_params`` on the
+  wire), validated when the run is created (422 on an unknown or bad one);
+* ``signal`` — the per-sample signal its draws read: ``"docl"`` / ``"docl-nr"``
+  (the score the reports maintain), ``"loss"`` (each sample's last task loss:
+  the run keeps a loss column in Redis) or ``"none"``;
+* ``size`` — its subset-size schedule over the plan (``full``, ``shrink``,
+  ``grow``; ``drawn``: the plan reserves the whole data set and the draw decides
+  how many samples the epoch trains on);
+* ``draw`` — a pure function of a :class:`DrawContext` (numpy, seeded Generator)
+  returning a :class:`~docl.services.sampling.Draw`;
+* ``weights`` — whether its draws carry per-sample loss weights;
+* ``uniform`` — a uniform control (its draws read no signal: the plain local
+  loop can draw it without a server);
+* ``l2_phases`` / ``diversity`` — its defaults for ``params.l2_phases`` and
+  ``params.diversity``.
+
+Everything else — which Redis columns a run has, the CLI help, which methods the
+local baseline may run — is derived from the registry. The built-in methods live
+in :mod:`.builtin` (the DoCL family) and :mod:`.infobatch`.
+
+Adding a method: write one module that builds a :class:`SelectionMethod` and
+either call :func:`register_method` on import, or expose it through the entry
+point group ``docl.methods`` (``[project.entry-points."docl.methods"]`` in your
+package's pyproject: ``mymethod = "my_pkg.selection:METHOD"``), or name it in
+``DOCL_METHODS=my_pkg.selection:METHOD`` when starting ``docl serve``. The
+object may be a :class:`SelectionMethod`, a list of them, or a callable
+returning either. See docs/methods.md.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from docl.services.sampling import Draw
+
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "ENV_VAR",
+    "Draw",
+    "DrawContext",
+    "NoParams",
+    "SelectionMethod",
+    "Signal",
+    "SizeSchedule",
+    "draw",
+    "get_method",
+    "load_plugins",
+    "method_names",
+    "register_method",
+    "registry",
+    "validate_method_params",
+]
+
+log = logging.getLogger("docl.services")
+
+#: The entry point group third-party packages register methods under.
+ENTRY_POINT_GROUP = "docl.methods"
+#: Comma-separated ``module:object`` specs imported at server start (besides entry points).
+ENV_VAR = "DOCL_METHODS"
+
+Signal = Literal["docl", "docl-nr", "loss", "none"]
+SizeSchedule = Literal["full", "shrink", "grow", "drawn"]
+_NAME_CHARS = set("abcdefghijklmnopqrstuvwxyz0123456789-_")
+
+
+class NoParams(BaseModel):
+    """A method without parameters of its own (``method_params`` must be empty)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+@dataclass(frozen=True)
+class DrawContext:
+    """Everything a draw may read. Arrays are (n,); NaN means "not known yet"."""
+
+    k: int  # how many samples the plan asks for (a ``drawn`` method returns at most k)
+    scores: np.ndarray  # the score column (float32; NaN = never scored)
+    losses: np.ndarray  # each sample's last task loss (NaN = never visited / not kept)
+    rng: np.random.Generator  # the epoch's Generator: the only source of randomness
+    params: BaseModel  # the method's own validated parameters (``method_params``)
+    tau: float = 3.0  # run params the DoCL family reads
+    normalize: str = "std"
+    exp3: bool = False  # return inclusion probabilities
+    episode: int = 1
+    epoch: int = 0  # this epoch's number and the plan's length
+    num_epochs: int = 1
+    shuffle: bool = True  # False: the selection before its final shuffle (see sampling.draw)
+
+    @property
+    def n(self) -> int:
+        return int(self.scores.shape[0])
+
+
+DrawFn = Callable[[DrawContext], Draw]
+
+
+@dataclass(frozen=True)
+class SelectionMethod:
+    """One selection method (see the module docstring for each field)."""
+
+    name: str
+    draw: DrawFn
+    signal: Signal = "none"
+    size: SizeSchedule = "shrink"
+    params: type[BaseModel] = NoParams
+    weights: bool = False
+    uniform: bool = False
+    l2_phases: bool = False
+    diversity: bool = False
+    summary: str = ""
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.name or not set(self.name) <= _NAME_CHARS or len(self.name) > 64:
+            raise ValueError(f"a method name is 1-64 characters of [a-z0-9_-], got {self.name!r}")
+        if self.signal not in ("docl", "docl-nr", "loss", "none"):
+            raise ValueError(f"signal must be docl, docl-nr, loss or none, got {self.signal!r}")
+        if self.size not in ("full", "shrink", "grow", "drawn"):
+            raise ValueError(f"size must be full, shrink, grow or drawn, got {self.size!r}")
+        if not callable(self.draw):
+            raise TypeError(f"method {self.name!r}: draw must be callable")
+
+    @property
+    def score_kind(self) -> str:
+        """Which score the reports maintain for this method's runs."""
+        return "docl-nr" if self.signal == "docl-nr" else "docl"
+
+    @property
+    def loss_column(self) -> bool:
+        """Whether the run keeps each sample's last loss (a column in Redis)."""
+        return self.signal == "loss"
+
+
+_REGISTRY: dict[str, SelectionMethod] = {}
+
+
+def register_method(method: SelectionMethod, *, replace: bool = False) -> SelectionMethod:
+    """Add ``method`` to the registry (``replace``: over one of the same name)."""
+    if not isinstance(method, SelectionMethod):
+        raise TypeError(f"expected a SelectionMethod, got {type(method).__name__}")
+    old = _REGISTRY.get(method.name)
+    if old is not None and old is not method and not replace:
+        raise ValueError(f"a method named {method.name!r} is already registered")
+    _REGISTRY[method.name] = method
+    return method
+
+
+def registry() -> dict[str, SelectionMethod]:
+    """Every registered method by name (a copy), built-ins first."""
+    return dict(_REGISTRY)
+
+
+def method_names() -> tuple[str, ...]:
+    return tuple(_REGISTRY)
+
+
+def get_method(name: str) -> SelectionMethod:
+    """The registered method ``name``, or a ValueError naming the known ones."""
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise ValueError(f"unknown method {name!r}; known: {', '.join(_REGISTRY)}") from None
+
+
+def validate_method_params(name: str, raw: Mapping[str, Any] | None) -> dict[str, Any]:
+    """``method_params`` validated by the method's model, with its defaults filled in.
+
+    Raises ValueError with a readable message (unknown method, unknown or bad field)."""
+    spec = get_method(name)
+    try:
+        model = spec.params.model_validate(dict(raw or {}))
+    except ValidationError as e:
+        parts = []
+        for err in e.errors():
+            loc = ".".join(str(x) for x in err.get("loc", ())) or "method_params"
+            parts.append(f"{loc}: {err.get('msg', 'invalid')}")
+        known = ", ".join(spec.params.model_fields) or "none"
+        raise ValueError(
+            f"invalid method_params for method {name!r} ({'; '.join(parts)}); "
+            f"its parameters: {known}"
+        ) from None
+    return model.model_dump(mode="json")
+
+
+def _load_object(obj: Any, origin: str) -> list[SelectionMethod]:
+    if isinstance(obj, SelectionMethod):
+        return [obj]
+    if callable(obj) and not isinstance(obj, type):
+        return _load_object(obj(), origin) if obj is not None else []
+    if obj is None:
+        return []
+    if isinstance(obj, Iterable):
+        out: list[SelectionMethod] = []
+        for o in obj:
+            out.extend(_load_object(o, origin))
+        return out
+    raise TypeError(f"{origin}: expected a SelectionMethod, a list of them or a callable")
+
+
+def _import_spec(spec: str) -> Any:
+    module, _, attr = spec.strip().partition(":")
+    if not module or not attr:
+        raise ValueError(f"{ENV_VAR} entries are 'module:object', got {spec!r}")
+    obj: Any = importlib.import_module(module)
+    for part in attr.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def load_plugins(env: Mapping[str, str] | None = None) -> list[str]:
+    """Register the methods of the ``docl.methods`` entry points and of ``$DOCL_METHODS``.
+
+    Called when the server starts. Returns the names registered. A plugin that
+    fails to load raises (a server that silently lacks a method would 422 the
+    runs that need it with a misleading message)."""
+    env = os.environ if env is None else env
+    names: list[str] = []
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        for m in _load_object(ep.load(), f"entry point {ep.name!r}"):
+            register_method(m, replace=True)
+            names.append(m.name)
+    for spec in filter(None, (s.strip() for s in env.get(ENV_VAR, "").split(","))):
+        for m in _load_object(_import_spec(spec), f"{ENV_VAR} entry {spec!r}"):
+            register_method(m, replace=True)
+            names.append(m.name)
+    if names:
+        log.info("selection methods from plugins: %s", ", ".join(names))
+    return names
+
+
+def draw(
+    method: str,
+    *,
+    k: int,
+    scores: np.ndarray,
+    losses: np.ndarray | None = None,
+    rng: np.random.Generator,
+    tau: float = 0.1,
+    normalize: str = "std",
+    exp3: bool = False,
+    episode: int = 1,
+    epoch: int = 0,
+    num_epochs: int = 1,
+    shuffle: bool = True,
+    method_params: Mapping[str, Any] | None = None,
+) -> Draw:
+    """Draw a selection epoch with the named method (a pure function of its inputs and rng).
+
+    n = len(scores). ``losses`` (n,) is the last task loss per sample (NaN = never
+    visited; None = all unknown). ``shuffle=False`` returns the selection before its
+    final shuffle; :func:`~docl.services.sampling.shuffle_draw` with the same
+    Generator then gives exactly the shuffled draw. A ``drawn``-size method returns
+    at most k samples; every other method exactly k.
+    """
+    spec = get_method(method)
+    s = np.asarray(scores)
+    if s.ndim != 1:
+        raise ValueError(f"scores must be a vector, got shape {s.shape}")
+    n = s.size
+    ls = np.full(n, np.nan) if losses is None else np.asarray(losses)
+    if ls.shape != (n,):
+        raise ValueError(f"losses must have shape ({n},), got {ls.shape}")
+    k = int(k)
+    if not 0 <= k <= n:
+        raise ValueError(f"k must lie in [0, {n}], got {k}")
+    if not tau > 0:
+        raise ValueError(f"tau must be > 0, got {tau}")
+    if normalize not in ("std", "none"):
+        raise ValueError(f"normalize must be 'std' or 'none', got {normalize!r}")
+    params = spec.params.model_validate(dict(method_params or {}))
+    ctx = DrawContext(
+        k=k,
+        scores=s,
+        losses=ls,
+        rng=rng,
+        params=params,
+        tau=float(tau),
+        normalize=normalize,
+        exp3=bool(exp3),
+        episode=int(episode),
+        epoch=int(epoch),
+        num_epochs=int(num_epochs),
+        shuffle=bool(shuffle),
+    )
+    d = spec.draw(ctx)
+    m = int(d.indices.shape[0])
+    if (m != k and spec.size != "drawn") or m > k:
+        raise ValueError(f"method {method!r} drew {m} samples, the plan asked for {k}")
+    if spec.weights and d.weights is None:
+        raise ValueError(f"method {method!r} declares weights but its draw returned none")
+    if not spec.weights and d.weights is not None:
+        raise ValueError(f"method {method!r} returned weights but does not declare weights=True")
+    if d.weights is not None and d.weights.shape != (m,):
+        raise ValueError(f"method {method!r}: weights must have shape ({m},)")
+    return d
+
+
+# The built-in methods register themselves on import (the DoCL family first).
+from docl.services.methods import builtin as _builtin  # noqa: E402
+from docl.services.methods import infobatch as _infobatch  # noqa: E402
+
+del _builtin, _infobatch
