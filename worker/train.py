@@ -103,6 +103,8 @@ def build_run(spec: TrainSpec, data: TaskData) -> RunCreate:
     if epochs is None and params.get("budget_batches") is None:
         epochs = int(data.defaults.get("epochs", 30))
     own = _method_fields(spec.method)
+    if own is None:  # a method only the remote server knows: it validates the rest itself
+        own = set(params) - set(RunParams.model_fields)
     method_params = {
         k: params.pop(k) for k in list(params) if k in own and k not in RunParams.model_fields
     }
@@ -276,8 +278,8 @@ def train(spec: TrainSpec) -> dict[str, Any]:
     return result
 
 
-def _method_fields(method: str) -> set[str]:
-    """The parameters of ``method`` per this machine's registry (plugins included); none
+def _method_fields(method: str) -> set[str] | None:
+    """The parameters of ``method`` per this machine's registry (plugins included); None
     when the method is not known here (a remote ``--server`` validates it itself)."""
     from docl.services import methods
 
@@ -285,7 +287,7 @@ def _method_fields(method: str) -> set[str]:
     try:
         return set(methods.get_method(method).params.model_fields)
     except ValueError:
-        return set()
+        return None
 
 
 def _check_early(spec: TrainSpec) -> None:
@@ -315,6 +317,8 @@ def _check_early(spec: TrainSpec) -> None:
             f"(methods {', '.join(uniform)}), not {spec.method!r}"
         )
     own = _method_fields(spec.method)
+    if own is None:  # only a remote --server knows it (checked above): it validates them
+        own = set(spec.params)
     unknown = sorted(set(spec.params) - set(RunParams.model_fields) - own)
     if unknown:
         raise TrainError(

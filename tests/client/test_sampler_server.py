@@ -452,3 +452,42 @@ def test_a_draw_waits_for_a_restarted_server_then_gives_up_after_the_tolerance(
             list(s2)
         assert 1.0 <= time.monotonic() - t0 < 10
         assert any("outage_tolerance is 1 s" in note for note in err.value.__notes__)
+
+
+def test_sampler_gives_each_batch_its_weights_and_reiterating_never_reprunes(
+    client: ScoreClient, run_id: str
+) -> None:
+    """An infobatch run: ``weights_for`` of every batch is the server's weights of those
+    indices, ``weighted_loss`` is mean(w·ℓ), padding samples (borrowed from the next rank)
+    get their own weights, and iterating the sampler again within an epoch yields the
+    same batches and weights (the reference code's sampler re-prunes on every pass)."""
+    n = 45
+    client.create_run(
+        run_id=run_id, num_samples=n, num_outputs=2, method="infobatch", epochs=4,
+        params={"batch_size": 4, "warmup_epochs": 1, "refresh": False, "seed": 3},
+    )  # fmt: skip
+    report_all(client, run_id, 0)
+    for rank in range(2):
+        bs = CurriculumBatchSampler(client, run_id, rank=rank, world_size=2, epoch=1, barrier=False)
+        flat = CurriculumSampler(client, run_id, rank=rank, world_size=2, epoch=1, barrier=False)
+        assert bs.current.weighted
+        whole = client.shard(run_id, 1)
+        assert whole.weights is not None
+        by_index = dict(zip(whole.indices.tolist(), whole.weights.tolist(), strict=True))
+        assert set(by_index.values()) <= {1.0, 2.0} and 2.0 in by_index.values()
+        first = [(b, bs.weights_for(b).tolist()) for b in bs]
+        second = [(b, bs.weights_for(b).tolist()) for b in bs]
+        assert first == second
+        for b, w in first:
+            assert w == [by_index[i] for i in b]
+            per = torch.arange(len(b), dtype=torch.float32) + 1.0
+            want = (torch.tensor(w) * per).mean()
+            torch.testing.assert_close(bs.weighted_loss(per, torch.tensor(b)), want)
+        order = list(flat)
+        assert list(flat) == order
+        assert flat.weights_for(order).tolist() == [by_index[i] for i in order]  # padding too
+    e0 = CurriculumSampler(client, run_id, epoch=0, barrier=False)  # warmup: unweighted
+    assert not e0.current.weighted
+    assert e0.weights_for([0, 1, 2]).tolist() == [1.0, 1.0, 1.0]
+    per = torch.tensor([1.0, 2.0, 6.0])
+    assert e0.weighted_loss(per, [0, 1, 2]).item() == pytest.approx(3.0)

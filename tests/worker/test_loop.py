@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -11,7 +12,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from docl.client import ScoreClient
+from docl.client import ScoreClient, Shard
+from docl.client.models import Epoch
 from docl.worker.loop import InjectedFault, LoopConfig, l2_loss, report_id, task_loss, train_loop
 from docl.worker.session import LocalSession
 from docl.worker.tasks import get_task
@@ -238,3 +240,61 @@ def test_the_task_defaults_fill_run_params_the_user_left_unset() -> None:
         assert getattr(run.params, key) == data.defaults[key], key
     mine = build_run(TrainSpec(task="distill", params={"lr_min": 0.003}), data)
     assert mine.params.lr_min == 0.003 and mine.params.lr_peak == data.defaults["lr_peak"]
+
+
+# ---------------------------------------------------------------------------
+# Per-sample weights: the loop trains on mean(w_i · ℓ_i)
+# ---------------------------------------------------------------------------
+
+
+class _OneWeightedEpoch:
+    """One selection epoch of every sample in one step, with the given weights."""
+
+    def __init__(self, n: int, weights: np.ndarray | None, lr: float) -> None:
+        self.n, self.weights, self.lr = n, weights, lr
+        self.num_epochs, self.total_steps = 1, 1
+
+    def epoch(self, e: int) -> Epoch:
+        return Epoch(epoch=0, episode=1, phase="select", loss="task", size=self.n, steps=1,
+                     lr_start=self.lr, lr_end=self.lr, lr_sum_start=0.0, batch_size=self.n,
+                     lr=[self.lr], seed=0, weighted=self.weights is not None)  # fmt: skip
+
+    def indices(self, e: int, rank: int, world: int) -> Shard:
+        return Shard(np.arange(self.n, dtype=np.int64), self.weights)
+
+
+class _KeepState(LocalSession):
+    state: dict[str, Any] | None = None
+
+    def save(self, metrics: dict[str, Any], state: dict[str, Any] | None) -> None:
+        self.state = state
+
+
+def test_the_loop_trains_on_the_weighted_mean_loss() -> None:
+    """One SGD step (no momentum, no weight decay) on the whole user task with weights w:
+    the parameters after it equal θ − lr·∇ mean(w_i · CE_i) computed here independently,
+    and differ from the unweighted step (so ignoring the weights fails this test)."""
+    data = get_task("tests.worker.user_task:make_task", n=80)
+    n, lr = data.num_samples, 0.5
+    w = np.random.default_rng(0).uniform(0.0, 3.0, n).astype(np.float32)
+
+    def manual(weights: np.ndarray | None) -> dict[str, torch.Tensor]:
+        model = data.make_model(0)
+        per = torch.nn.functional.cross_entropy(model(data.x_train), data.y_train, reduction="none")
+        loss = per.mean() if weights is None else (torch.tensor(weights) * per).mean()
+        loss.backward()
+        with torch.no_grad():
+            return {k: p - lr * p.grad for k, p in model.named_parameters()}  # type: ignore[operator]
+
+    cfg = LoopConfig(run_id="weighted", momentum=0.0, weight_decay=0.0, eval_every=0)
+    got = {}
+    for weights in (w, None):
+        session = _KeepState(checkpoint_dir=None)
+        train_loop(cfg, data, session, _OneWeightedEpoch(n, weights, lr))
+        assert session.state is not None
+        got[weights is None] = session.state["model"]
+    want_w, want_plain = manual(w), manual(None)
+    for k, v in want_w.items():
+        torch.testing.assert_close(got[False][k], v, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(got[True][k], want_plain[k], rtol=1e-5, atol=1e-6)
+    assert max((want_w[k] - want_plain[k]).abs().max().item() for k in want_w) > 1e-3

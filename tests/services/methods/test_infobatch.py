@@ -172,8 +172,8 @@ def test_params_are_validated_with_a_clear_message() -> None:
     assert validate_method_params("infobatch", {}) == {"prune_ratio": 0.5, "delta": 0.875}
     with pytest.raises(ValueError, match="prune_ratio"):
         validate_method_params("infobatch", {"prune_ratio": 1.0})
-    with pytest.raises(ValueError, match="ratio.*its parameters: prune_ratio, delta"):
+    with pytest.raises(ValueError, match=r"ratio.*its parameters: prune_ratio, delta"):
         validate_method_params("infobatch", {"ratio": 0.3})
-    with pytest.raises(ValueError, match="method_params for method 'docl'.*none"):
+    with pytest.raises(ValueError, match=r"method_params for method .docl.*none"):
         validate_method_params("docl", {"prune_ratio": 0.3})
     assert get_method("infobatch").loss_column and get_method("infobatch").weights

@@ -1,0 +1,76 @@
+"""A method defined outside docl (tests/services/methods/toy_method.py) reaches a real
+``docl serve`` through a real ``docl.methods`` entry point — a ``*.dist-info`` with an
+``entry_points.txt`` on the server's PYTHONPATH, as ``pip install`` of a plugin package
+would leave — and trains a run end to end (``docl.worker.train`` against that server).
+The same module named in ``$DOCL_METHODS`` works too. The shared test server, started
+without the plugin, refuses the method: the plugin is what made it known."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+from docl.client import ScoreClient
+from docl.services.embedded import ServerProcess
+from docl.worker.train import TrainSpec, train
+
+REPO = Path(__file__).resolve().parents[3]
+
+
+def _plugin_dist(root: Path) -> Path:
+    dist = root / "docl_toy_plugin-0.1.dist-info"
+    dist.mkdir(parents=True)
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: docl-toy-plugin\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text(
+        "[docl.methods]\ntoy-parity = tests.services.methods.toy_method:TOY\n"
+    )
+    return root
+
+
+def test_a_method_from_an_entry_point_trains_a_run_end_to_end(
+    server_factory: Callable[..., ServerProcess], redis_url: str, tmp_path: Path, run_id: str
+) -> None:
+    site = _plugin_dist(tmp_path / "site")
+    server = server_factory(
+        redis_url=redis_url,
+        env={"PYTHONPATH": f"{site}:{REPO}", "DOCL_KEEP_EPOCHS": "100"},
+    )
+    names = [m["name"] for m in httpx.get(f"{server.url}/v1/methods").json()["methods"]]
+    assert "toy-parity" in names
+    result = train(TrainSpec(
+        task="tests.worker.user_task:make_task", method="toy-parity", server=server.url,
+        run_id=run_id, epochs=5, workers=0, progress=False, checkpoint=False,
+        out=str(tmp_path / "out"),
+        params={"warmup_epochs": 1, "refresh": False, "k_min": 0.3, "gamma_k": 0.5,
+                "parity": 1, "weight": 0.5},
+    ))  # fmt: skip
+    assert 0.0 <= result["test_accuracy"] <= 1.0
+    with ScoreClient(server.url) as c:
+        run = c.get_run(run_id)
+        assert run.method == "toy-parity" and run.method_params == {"parity": 1, "weight": 0.5}
+        n = run.num_samples
+        for e in range(1, 5):  # the selection epochs: odd samples first, weight 0.5 each
+            ep = c.get_epoch(run_id, e)
+            sh = c.shard(run_id, e)
+            assert ep.weighted and ep.size <= n // 2
+            assert np.all(sh.indices % 2 == 1)
+            assert sh.weights is not None and np.all(sh.weights == np.float32(0.5))
+        assert run.counters.samples_reported > 0
+        c.delete_run(run_id)
+
+
+def test_docl_methods_env_var_registers_the_method(
+    server_factory: Callable[..., ServerProcess], redis_url: str, score_server: str
+) -> None:
+    r = httpx.post(f"{score_server}/v1/runs", json={
+        "num_samples": 10, "num_outputs": 2, "epochs": 2, "method": "toy-parity"})  # fmt: skip
+    assert r.status_code == 422 and "unknown method 'toy-parity'" in r.json()["detail"]
+    server = server_factory(
+        redis_url=redis_url,
+        env={"PYTHONPATH": str(REPO), "DOCL_METHODS": "tests.services.methods.toy_method:TOY"},
+    )
+    names = [m["name"] for m in httpx.get(f"{server.url}/v1/methods").json()["methods"]]
+    assert "toy-parity" in names
