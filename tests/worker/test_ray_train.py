@@ -19,17 +19,16 @@ EPOCHS = 5
 
 
 def _spec(server: str, run_id: str, out: Path, **kw: object) -> TrainSpec:
+    base: dict[str, object] = {"method": "docl", "params": PARAMS}
     return TrainSpec(
         task="digits",
-        method="docl",
         epochs=EPOCHS,
         workers=2,
         server=server,
         run_id=run_id,
-        params=PARAMS,
         out=str(out),
         progress=False,
-        **kw,  # type: ignore[arg-type]
+        **{**base, **kw},  # type: ignore[arg-type]
     )
 
 
@@ -60,6 +59,26 @@ def test_two_workers_train_through_the_server(
     assert visits.min() < EPOCHS == visits.max()  # selection epochs drew subsets
     lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [m["epoch"] for m in lines] == list(range(EPOCHS))
+    assert 0.5 < r["test_accuracy"] <= 1.0
+
+
+def test_two_workers_train_infobatch_on_its_weighted_pruned_epochs(
+    ray_cluster: str, worker_server: str, run_id: str, tmp_path: Path
+) -> None:
+    """``docl train --method infobatch`` through Ray: every rank trains each drawn
+    (pruned) epoch's steps, reports each sample once per epoch with the exact lr-sum,
+    and the run takes fewer batches than the plan reserved."""
+    params = {**PARAMS, "warmup_epochs": 1, "refresh": False}
+    r = train(_spec(worker_server, run_id, tmp_path, method="infobatch", params=params))
+    visits, reserved, dups = _check_server(worker_server, run_id, r["num_samples"])
+    with ScoreClient(worker_server) as client:
+        epochs = [client.get_epoch(run_id, e) for e in range(EPOCHS)]
+        weighted = [client.shard(run_id, e).weights for e in range(EPOCHS)]
+    assert dups == 0 and r["attempts"] == 1
+    assert [e.weighted for e in epochs] == [False] + [True] * (EPOCHS - 1)
+    assert any(w is not None and (w == 2.0).any() for w in weighted)  # pruned + reweighted
+    assert r["batches"] == sum(e.steps for e in epochs) < reserved
+    assert visits.min() < EPOCHS == visits.max()
     assert 0.5 < r["test_accuracy"] <= 1.0
 
 
