@@ -93,9 +93,12 @@ class OverheadResult:
 
 def measure_overhead(base: TrainSpec, *, repeats: int = 3) -> OverheadResult:
     """Train ``base`` ``repeats`` times each way, alternating (plain first)."""
-    if base.method not in ("random", "random-subset"):
+    from docl.services.methods import registry
+
+    uniform = [m.name for m in registry().values() if m.uniform]
+    if base.method not in uniform:
         raise TrainError(
-            "the plain loop draws uniformly: measure with method random or random-subset, "
+            f"the plain loop draws uniformly: measure with a uniform method ({', '.join(uniform)}), "
             f"not {base.method!r}"
         )
     res = OverheadResult(spec=base, repeats=repeats)

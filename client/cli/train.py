@@ -10,7 +10,7 @@ from typing import Annotated, Any
 import typer
 
 from docl.client.cli import app as _app
-from docl.client.cli._common import need_extra
+from docl.client.cli._common import method_names, need_extra
 
 
 def parse_assignments(items: list[str] | None, option: str) -> dict[str, Any]:
@@ -44,7 +44,8 @@ def train(
     method: Annotated[
         str,
         typer.Option(
-            help="Selection method: docl, docl-nr, random, random-subset, spl, mcl, top, bottom, alternate."
+            help=f"Selection method: {method_names()}. Its own parameters go in --param "
+            "(e.g. --param prune_ratio=0.3 for infobatch)."
         ),
     ] = "docl",
     epochs: Annotated[
@@ -122,8 +123,8 @@ def train(
         bool,
         typer.Option(
             "--local",
-            help="No server, no reports: the same loop with uniform draws (random, "
-            "random-subset) — the baseline that measures what the service costs.",
+            help=f"No server, no reports: the same loop with uniform draws ({method_names(uniform_only=True)}) "
+            "— the baseline that measures what the service costs.",
         ),
     ] = False,
     run_id: Annotated[str | None, typer.Option(help="Run id on the server [generated].")] = None,
@@ -217,7 +218,9 @@ from docl.client.cli.bench import bench_app  # noqa: E402
 @bench_app.command("overhead")
 def overhead(
     task: Annotated[str, typer.Option(help="Task to train.")] = "mnist1d",
-    method: Annotated[str, typer.Option(help="random or random-subset.")] = "random",
+    method: Annotated[
+        str, typer.Option(help=f"A uniform control: {method_names(uniform_only=True)}.")
+    ] = "random",
     epochs: Annotated[int, typer.Option(min=1, help="Epochs per training.")] = 10,
     repeats: Annotated[int, typer.Option(min=1, help="Trainings per side (median).")] = 3,
     workers: Annotated[
