@@ -30,8 +30,8 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 
-from docl.client.models import PlanEpoch, RunCreate, RunParams
 from docl.services.sampling import method_spec
+from docl.wire.models import PlanEpoch, RunCreate, RunParams
 
 
 @dataclass(frozen=True, eq=False)

@@ -1,6 +1,6 @@
 """Drawing an epoch's subset: pure numpy functions with a seeded Generator. No I/O.
 
-The method registry maps each method name (docl.client.models.METHODS) to how
+The method registry maps each method name (docl.wire.models.METHODS) to how
 it sizes and draws its subsets. Every draw is a pure function of its inputs and
 the Generator: same seed + same inputs -> same indices, in the same order.
 

@@ -1,4 +1,4 @@
-"""Binary encodings of the REST API (one module for both ends).
+"""Binary encodings of the REST API (one module for both ends; ``docl.client.wire`` re-exports it).
 
 The client encodes reports with :func:`encode_report`; the server decodes them
 with :func:`decode_report`. docs/api.md describes the same layouts byte by byte
@@ -61,8 +61,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-# Defined in errors.py (a DoclError and a ValueError), re-exported here for the codec's users.
-from docl.client.errors import WireError
+# Defined in docl.wire.errors (a DoclError and a ValueError), re-exported for the codec's users.
+from docl.wire.errors import WireError
 
 __all__ = [
     "INDICES_CONTENT_TYPE",

@@ -2,7 +2,7 @@
 
 These pydantic models are the contract between the score server, the SDK and
 the workers. They live here once: the server imports them, the client returns
-them. Field names follow the flow's nouns: run -> plan -> epoch -> indices ->
+them (``docl.client.models`` re-exports this module for SDK users). Field names follow the flow's nouns: run -> plan -> epoch -> indices ->
 report -> score. Extra fields may be added; the named ones are normative
 (see docs/api.md).
 """
@@ -19,6 +19,7 @@ __all__ = [
     "Epoch",
     "EpochDraw",
     "Histogram",
+    "Indices",
     "Loss",
     "Method",
     "Phase",
@@ -266,6 +267,20 @@ class Epoch(PlanEpoch):
     batch_size: int = Field(..., description="Global mini-batch size.")
     lr: list[float] = Field(..., description="The learning rate of each of this epoch's steps.")
     seed: int = Field(..., description="Seed this draw used.")
+
+
+class Indices(BaseModel):
+    """JSON form of ``GET …/epochs/{e}/indices`` (the binary form is the int64 array alone)."""
+
+    epoch: int
+    rank: int
+    world: int
+    offset: int = Field(
+        ..., description="Position of the first returned index within the rank's shard."
+    )
+    shard_size: int = Field(..., description="Length of the rank's whole shard.")
+    epoch_size: int = Field(..., description="Samples in the whole epoch (all ranks).")
+    indices: list[int]
 
 
 class Report(_Model):

@@ -43,8 +43,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from docl.client.models import Epoch, RunCreate
 from docl.client.sampler import default_outage_tolerance, ride_out
+from docl.wire.models import Epoch, RunCreate
 from docl.worker.session import Session
 from docl.worker.tasks import TaskData
 

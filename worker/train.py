@@ -33,7 +33,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from docl.client.models import RunCreate, RunParams
+from docl.wire.models import RunCreate, RunParams
 from docl.worker.loop import LoopConfig, train_loop
 from docl.worker.session import LocalSession
 from docl.worker.tasks import TaskData, get_task
@@ -272,7 +272,7 @@ def train(spec: TrainSpec) -> dict[str, Any]:
 
 
 def _check_early(spec: TrainSpec) -> None:
-    from docl.client.models import METHODS
+    from docl.wire.models import METHODS
 
     if spec.workers < 0:
         raise TrainError("workers must be >= 0 (0 = in-process)")

@@ -13,7 +13,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from docl.client.models import METHODS, RunCreate, RunParams
 from docl.services.plan import (
     EpochSpec,
     build_plan,
@@ -25,6 +24,7 @@ from docl.services.plan import (
     total_steps,
 )
 from docl.services.sampling import METHODS as SPECS
+from docl.wire.models import METHODS, RunCreate, RunParams
 
 
 def _run(method: str = "docl", n: int = 1000, epochs: int | None = 20, **params: Any) -> RunCreate:

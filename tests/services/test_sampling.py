@@ -14,7 +14,6 @@ import scipy.stats
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from docl.client.models import METHODS as WIRE_METHODS
 from docl.services.sampling import (
     METHODS,
     epoch_rng,
@@ -25,6 +24,7 @@ from docl.services.sampling import (
     uniform_epoch,
 )
 from docl.services.sampling import draw as draw_epoch
+from docl.wire.models import METHODS as WIRE_METHODS
 
 
 def _ordered_law(w: np.ndarray, k: int) -> dict[tuple[int, ...], float]:

@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import redis
 
-from docl.client import wire
-from docl.client.models import RunCreate
 from docl.services.config import Settings
 from docl.services.embedded import RedisProcess
 from docl.services.engine import Engine
 from docl.services.store import CAS_BYTES, RECORD_HEAD, RunLayout, Store
+from docl.wire import encoding as wire
+from docl.wire.models import RunCreate
 
 T = TypeVar("T")
 
