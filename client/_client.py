@@ -36,9 +36,9 @@ from typing import Any, Generic, TypeVar
 import httpx
 import numpy as np
 
-from docl.client import wire
 from docl.client.errors import APIError, TransportError, error_for_status
-from docl.client.models import (
+from docl.wire import encoding as wire
+from docl.wire.models import (
     Epoch,
     Plan,
     ReportAck,

@@ -58,10 +58,10 @@ from typing import Any
 
 import numpy as np
 
-from docl.client import wire
 from docl.client._client import ReportPoster, ScoreClient, _check_report_arrays
 from docl.client.errors import APIError, ServerError, TransportError
-from docl.client.models import ReportAck, ReportsAck
+from docl.wire import encoding as wire
+from docl.wire.models import ReportAck, ReportsAck
 
 __all__ = ["LrSum", "Reporter", "ReporterCounters", "track_lr"]
 

@@ -67,8 +67,8 @@ from torch.utils.data import Dataset, Sampler
 
 from docl.client._client import ScoreClient, to_numpy
 from docl.client.errors import APIError, ServerError, TransportError
-from docl.client.models import Epoch, RunParams
 from docl.client.reporter import LrSum, Reporter, track_lr
+from docl.wire.models import Epoch, RunParams
 
 __all__ = [
     "DEFAULT_OUTAGE_TOLERANCE",

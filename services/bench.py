@@ -37,8 +37,8 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from docl.client import wire
-from docl.client.wire import ReportArrays
+from docl.wire import encoding as wire
+from docl.wire.encoding import ReportArrays
 
 __all__ = ["DrawResult", "ReportResult", "run_service_bench"]
 

@@ -31,8 +31,8 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 
-from docl.client.models import PlanEpoch, RunCreate, RunParams
 from docl.services.methods import get_method
+from docl.wire.models import PlanEpoch, RunCreate, RunParams
 
 
 @dataclass(frozen=True, eq=False)

@@ -44,8 +44,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from docl.client._client import Shard
-from docl.client.models import Epoch, RunCreate
 from docl.client.sampler import default_outage_tolerance, ride_out
+from docl.wire.models import Epoch, RunCreate
 from docl.worker.session import Session
 from docl.worker.tasks import TaskData
 

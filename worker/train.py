@@ -33,7 +33,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from docl.client.models import RunCreate, RunParams
+from docl.wire.models import RunCreate, RunParams
 from docl.worker.loop import LoopConfig, train_loop
 from docl.worker.session import LocalSession
 from docl.worker.tasks import TaskData, get_task

@@ -10,8 +10,11 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.types import Receive, Scope, Send
 
-from docl.client.models import ReportAck, ReportsAck
-from docl.client.wire import (
+from docl.services.deps import EngineDep
+from docl.services.engine import Engine, report_arrays_from_json
+from docl.services.errors import ProblemError, Unprocessable, UnsupportedMediaType, problem_response
+from docl.services.routes._common import RUN_ID_DOC, problems
+from docl.wire.encoding import (
     REPORT_CONTENT_TYPE,
     REPORTS_CONTENT_TYPE,
     ReportArrays,
@@ -19,10 +22,7 @@ from docl.client.wire import (
     decode_report,
     decode_reports,
 )
-from docl.services.deps import EngineDep
-from docl.services.engine import Engine, report_arrays_from_json
-from docl.services.errors import ProblemError, Unprocessable, UnsupportedMediaType, problem_response
-from docl.services.routes._common import RUN_ID_DOC, problems
+from docl.wire.models import ReportAck, ReportsAck
 
 router = APIRouter(tags=["reports"])
 

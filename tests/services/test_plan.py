@@ -13,7 +13,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from docl.client.models import RunCreate, RunParams
 from docl.services.methods import method_names, registry
 from docl.services.plan import (
     EpochSpec,
@@ -25,6 +24,7 @@ from docl.services.plan import (
     plan_rows,
     total_steps,
 )
+from docl.wire.models import RunCreate, RunParams
 
 
 def _run(method: str = "docl", n: int = 1000, epochs: int | None = 20, **params: Any) -> RunCreate:

@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import redis
 
-from docl.client import wire
-from docl.client.models import RunCreate
 from docl.services.config import Settings
 from docl.services.embedded import RedisProcess
 from docl.services.engine import Engine
 from docl.services.store import CAS_BYTES, RECORD_HEAD, RunLayout, Store
+from docl.wire import encoding as wire
+from docl.wire.models import RunCreate
 
 T = TypeVar("T")
 
@@ -74,7 +74,7 @@ async def _train(
     table = rng.normal(size=(n, 3)).astype(np.float32)
     for e in range(epochs):
         ep = await engine.draw_epoch(run_id, e)
-        data, _, size = await engine.indices(run_id, e, rank=0, world=1, offset=0, limit=None)
+        data, _, _, size = await engine.indices(run_id, e, rank=0, world=1, offset=0, limit=None)
         idx = np.frombuffer(data, "<i8")
         assert idx.shape[0] == size == ep.size
         lr = ep.lr_sum_start
@@ -275,7 +275,7 @@ def test_score_log_is_folded_into_draws_and_compacted(redis_url: str, run_id: st
         rng = np.random.default_rng(0)
 
         async def report_all(e: int, lr: float) -> None:
-            data, _, _ = await engine.indices(run_id, e, rank=0, world=1, offset=0, limit=None)
+            data, _, _, _ = await engine.indices(run_id, e, rank=0, world=1, offset=0, limit=None)
             idx = np.frombuffer(data, "<i8")
             for j, batch in enumerate(np.array_split(idx, 4)):
                 out = rng.normal(size=(batch.size, 3)).astype(np.float32)
