@@ -20,7 +20,7 @@ the only difference is the session: :class:`StudySession` is a
 and keeps one record per epoch. Nothing in the loop or the server changes.
 
 The paper uses a fixed k (20% of the data); the experiment's study runs set
-``gamma_k = k_min = 0.2`` (``docl.worker.experiment.STUDY_PARAMS``) so that the
+``gamma_k = k_min = 0.2`` (``docl.lab.experiment.STUDY_PARAMS``) so that the
 ``shrink`` schedule of these methods reaches k = 0.2·n at the first selection
 epoch and stays there.
 """

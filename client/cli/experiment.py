@@ -71,7 +71,7 @@ def experiment(
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
     """Run the learning benchmark and write its table and plots."""
-    ex = need_extra("docl.worker.experiment", "worker")
+    ex = need_extra("docl.lab.experiment", "worker")
     try:
         spec = ex.ExperimentSpec(
             out=out,

@@ -21,7 +21,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from docl.worker.experiment import (
+from docl.lab.experiment import (
     CSV_COLUMNS,
     STUDY_METHODS,
     TASKS,

@@ -1,0 +1,210 @@
+"""Outputs: results.csv, results.md (tables, the bar, "pays here?"), summary.json."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from docl.lab.experiment.plots import plot_curves, plot_study
+from docl.lab.experiment.summary import mean_std, metric_of, summarize
+
+__all__ = ["CSV_COLUMNS", "render_markdown", "write_csv", "write_json_atomic", "write_outputs"]
+
+
+CSV_COLUMNS = (
+    "task", "variant", "method", "seed", "kind", "metric", "budget", "batches", "epochs",
+    "test", "val", "test_accuracy", "val_accuracy", "test_mse", "val_mse",
+    "wall_time", "train_time", "workers", "visited", "visits_total", "samples_scored",
+    "run_id", "params", "task_params",
+)  # fmt: skip
+
+
+def write_csv(rows: Iterable[dict[str, Any]], path: Path) -> None:
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(CSV_COLUMNS))
+        w.writeheader()
+        for r in rows:
+            rec = {k: r.get(k) for k in CSV_COLUMNS}
+            rec["test"] = metric_of(r, "test")
+            rec["val"] = metric_of(r, "val")
+            rec["params"] = json.dumps(r.get("params", {}), sort_keys=True)
+            rec["task_params"] = json.dumps(r.get("task_params", {}), sort_keys=True)
+            w.writerow({k: ("" if v is None else v) for k, v in rec.items()})
+
+
+def _cell(mean: float, std: float, metric: str, bold: bool) -> str:
+    if math.isnan(mean):
+        return "NaN (diverged)"
+    s = f"{100 * mean:.2f} ± {100 * std:.2f}" if metric == "accuracy" else f"{mean:.4f} ± {std:.4f}"
+    return f"**{s}**" if bold else s
+
+
+def _is_best(value: float, best: float, metric: str) -> bool:
+    return not math.isnan(value) and abs(value - best) <= 1e-12
+
+
+def render_markdown(summary: dict[str, Any]) -> str:
+    tasks = list(summary["tasks"])
+    lines = ["# docl experiment: results", ""]
+    if not tasks:
+        lines.append("(no benchmark runs)")
+    seeds = sorted(
+        {s for t in summary["tasks"].values() for p in t["variants"].values() for s in p["seeds"]}
+    )
+    for split, title in (("test", "Test"), ("val", "Validation")):
+        lines += [
+            f"## {title} metric at the shared batch budget",
+            "",
+            f"Mean ± std over seeds {seeds}. Classification: accuracy in %, higher is better; "
+            "regression (distill): MSE per output, lower is better. Bold: best in the column.",
+            "",
+            "| variant | "
+            + " | ".join(
+                f"{t} ({summary['tasks'][t]['metric']}, {_budget(summary, t)} batches)"
+                for t in tasks
+            )
+            + " |",
+            "|---|" + "---|" * len(tasks),
+        ]
+        for v in summary["variants"]:
+            cells = []
+            for t in tasks:
+                ts = summary["tasks"][t]
+                p = ts["variants"].get(v)
+                if p is None:
+                    cells.append("")
+                    continue
+                m, s = p[f"{split}_mean"], p[f"{split}_std"]
+                cells.append(
+                    _cell(m, s, ts["metric"], _is_best(m, ts[f"best_{split}"], ts["metric"]))
+                )
+            lines.append(f"| {v} | " + " | ".join(cells) + " |")
+        lines.append("")
+    lines += [
+        "## The bar: DoCL against random SGD and random-subset",
+        "",
+        "Gap = DoCL − baseline on the test metric (positive = DoCL better; MSE gaps are "
+        "baseline − DoCL). DoCL passes when the gap exceeds the pooled std "
+        "sqrt((s₁² + s₂²)/2). Reach ratio = the batches DoCL's mean test curve needs to "
+        "first reach random SGD's final mean test metric, divided by the batches random "
+        "SGD's own mean curve needs to first reach it (< 1: DoCL gets there sooner).",
+        "",
+        "| task | vs random: gap (pooled std) | passes | vs random-subset: gap (pooled std) | passes | reach ratio |",
+        "|---|---|---|---|---|---|",
+    ]
+    for t in tasks:
+        ts = summary["tasks"][t]
+        bar = ts.get("bar")
+        if not bar:
+            lines.append(f"| {t} | (no 'docl' run) | | | | |")
+            continue
+        cells = [t]
+        for base in ("random", "random-subset"):
+            b = bar.get(base)
+            if b is None:
+                cells += ["–", "–"]
+            else:
+                cells += [
+                    f"{_gap(b['gap'], ts['metric'])} ({_gap(b['pooled_std'], ts['metric'], sign=False)})",
+                    "yes" if b["passes"] else "**no**",
+                ]
+        rr = bar.get("reach_ratio")
+        cells.append("not reached" if rr is None else f"{rr:.2f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "## Batches to reach random SGD's final test metric",
+        "",
+        "First evaluation point (epoch end) at which the variant's mean test curve reaches "
+        "random SGD's final mean, in batches, and (in brackets) divided by random SGD's own "
+        "first-reach batches.",
+        "",
+        "| variant | " + " | ".join(tasks) + " |",
+        "|---|" + "---|" * len(tasks),
+    ]
+    for v in summary["variants"]:
+        cells = []
+        for t in tasks:
+            p = summary["tasks"][t]["variants"].get(v)
+            if p is None or "reach_ratio" not in p:
+                cells.append("")
+            elif p["reach_batches"] is None:
+                cells.append("not reached")
+            else:
+                cells.append(f"{int(p['reach_batches'])} ({p['reach_ratio']:.2f})")
+        lines.append(f"| {v} | " + " | ".join(cells) + " |")
+    if summary["study"]:
+        srows = summary["study"]
+        task = srows[0]["task"]
+        lines += [
+            "",
+            f"## The §3 study ({task}, k = 0.2·n per selection epoch; see study.png)",
+            "",
+            "| method | test accuracy (%) | seeds |",
+            "|---|---|---|",
+        ]
+        for m in dict.fromkeys(r["variant"] for r in srows):
+            vals = [metric_of(r, "test") for r in srows if r["variant"] == m]
+            mean, std = mean_std(vals)
+            lines.append(f"| {m} | {_cell(mean, std, 'accuracy', False)} | {len(vals)} |")
+    lines += ["", "## Wall time per run (s, mean over seeds)", "", "| variant | " + " | ".join(tasks) + " |",
+              "|---|" + "---|" * len(tasks)]  # fmt: skip
+    for v in summary["variants"]:
+        cells = []
+        for t in tasks:
+            p = summary["tasks"][t]["variants"].get(v)
+            cells.append("" if p is None else f"{p['wall_mean']:.1f}")
+        lines.append(f"| {v} | " + " | ".join(cells) + " |")
+    lines.append("")
+    return "\n".join(lines)
+
+
+def _budget(summary: dict[str, Any], task: str) -> int:
+    per = summary["tasks"][task]["variants"]
+    return max((p["batches"] for p in per.values()), default=0)
+
+
+def _gap(v: float, metric: str, sign: bool = True) -> str:
+    if math.isnan(v):
+        return "–"
+    if metric == "accuracy":
+        return f"{100 * v:+.2f}" if sign else f"{100 * v:.2f}"
+    return f"{v:+.4f}" if sign else f"{v:.4f}"
+
+
+def write_json_atomic(path: Path, doc: Any) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(doc, indent=1) + "\n")
+    os.replace(tmp, path)
+
+
+def write_outputs(
+    rows: Sequence[dict[str, Any]], out: Path, variants: Sequence[str] | None = None
+) -> dict[str, Any]:
+    """results.csv, results.md, curves.png and (with study runs) study.png."""
+    summary = summarize(rows, variants)
+    write_csv(rows, out / "results.csv")
+    (out / "results.md").write_text(render_markdown(summary))
+    plot_curves(summary, out / "curves.png")
+    if summary["study"]:
+        plot_study(summary["study"], out / "study.png")
+    slim = {
+        "tasks": {
+            t: {
+                **ts,
+                "variants": {
+                    v: {k: x for k, x in p.items() if k != "curve"}
+                    for v, p in ts["variants"].items()
+                },
+            }
+            for t, ts in summary["tasks"].items()
+        },
+        "variants": summary["variants"],
+    }
+    write_json_atomic(out / "summary.json", slim)
+    return summary
