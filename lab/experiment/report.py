@@ -85,6 +85,7 @@ def render_markdown(summary: dict[str, Any]) -> str:
                 )
             lines.append(f"| {v} | " + " | ".join(cells) + " |")
         lines.append("")
+    lines += _pays_section(summary, tasks)
     lines += [
         "## The bar: DoCL against random SGD and random-subset",
         "",
@@ -162,6 +163,58 @@ def render_markdown(summary: dict[str, Any]) -> str:
         lines.append(f"| {v} | " + " | ".join(cells) + " |")
     lines.append("")
     return "\n".join(lines)
+
+
+def _pays_section(summary: dict[str, Any], tasks: list[str]) -> list[str]:
+    """Per task, each method beside the controls at the equal batch budget, and one
+    sentence per method: does it pay here?"""
+    lines = [
+        "## Does it pay here?",
+        "",
+        "Each method's final test metric at the equal batch budget beside random SGD and "
+        "random-subset (uniform subsets of the same sizes, no selection) and, for a method "
+        "that trained fewer batches (infobatch), random SGD's own curve after that many "
+        "batches. A method pays when it beats every control by more than the pooled std "
+        "sqrt((s₁² + s₂²)/2) over the seeds. Reach = batches its mean test curve needs to "
+        "first reach random SGD's final mean (random SGD's own in the header).",
+        "",
+    ]
+    for t in tasks:
+        ts = summary["tasks"][t]
+        per = ts["variants"]
+        rows = [(v, p) for v, p in per.items() if "verdict" in p]
+        if not rows:
+            continue
+        m = ts["metric"]
+        rnd = per.get("random", {})
+        head = f"random SGD reach {int(rnd['reach_batches'])}" if rnd.get("reach_batches") else ""
+        lines += [
+            f"### {t} ({m}{', ' + head if head else ''})",
+            "",
+            "| method | test | batches | vs random SGD | vs random-subset | vs random SGD, same batches | reach | pays? |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for v, p in rows:
+            vs = p["verdict"]["vs"]
+            cells = [v, _cell(p["test_mean"], p["test_std"], m, False), str(p["batches"])]
+            for k in ("random", "random-subset", "random@same"):
+                c = vs.get(k)
+                cells.append(
+                    "–" if c is None
+                    else f"{_gap(c['gap'], m)} ({_gap(c['pooled_std'], m, sign=False)})"
+                )  # fmt: skip
+            reach = p.get("reach_batches")
+            cells.append(
+                "–"
+                if "reach_ratio" not in p
+                else ("not reached" if reach is None else str(int(reach)))
+            )
+            cells.append("**yes**" if p["verdict"]["pays"] else "no")
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+        lines += [f"- {p['verdict']['sentence']}" for _, p in rows]
+        lines.append("")
+    return lines
 
 
 def _budget(summary: dict[str, Any], task: str) -> int:

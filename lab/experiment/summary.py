@@ -10,7 +10,16 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["batches_to_reach", "mean_std", "metric_of", "row_line", "summarize"]
+__all__ = [
+    "CONTROLS",
+    "batches_to_reach",
+    "mean_std",
+    "metric_of",
+    "row_line",
+    "summarize",
+    "verdict",
+    "versus",
+]
 
 
 def row_line(row: dict[str, Any]) -> str:
@@ -133,6 +142,9 @@ def summarize(
                 p["reach_batches"] = reach
                 p["reach_ratio"] = reach / base if reach is not None and base else None
         task_sum["bar"] = _bar(per, hib)
+        for v, p in per.items():
+            if v not in CONTROLS:
+                p["verdict"] = verdict(v, per, metric)
         out["tasks"][t] = task_sum
     out["study"] = [r for r in rows if r.get("kind") == "study"]
     return out
@@ -145,19 +157,99 @@ def _best(values: Sequence[float], higher_is_better: bool) -> float:
     return max(v) if higher_is_better else min(v)
 
 
+def versus(mean: float, std: float, base_mean: float, base_std: float, hib: bool) -> dict[str, Any]:
+    """A variant against a baseline: the gap (> 0: the variant is better; MSE gaps are
+    baseline − variant), the pooled std sqrt((s₁² + s₂²)/2), and whether the gap
+    exceeds it."""
+    gap = (mean - base_mean) * (1 if hib else -1)
+    pooled = math.sqrt((std**2 + base_std**2) / 2)
+    return {"gap": gap, "pooled_std": pooled, "passes": bool(gap > pooled and gap > 0)}
+
+
 def _bar(per: dict[str, Any], hib: bool) -> dict[str, Any] | None:
     """DoCL (the variant labelled exactly 'docl') against random and random-subset:
-    the gap must exceed the pooled std sqrt((s1² + s2²) / 2) over the seeds."""
+    the gap must exceed the pooled std over the seeds."""
     if "docl" not in per:
         return None
     d = per["docl"]
     res: dict[str, Any] = {}
-    for base in ("random", "random-subset"):
-        if base not in per:
-            continue
-        b = per[base]
-        gap = (d["test_mean"] - b["test_mean"]) * (1 if hib else -1)  # > 0: DoCL better
-        pooled = math.sqrt((d["test_std"] ** 2 + b["test_std"] ** 2) / 2)
-        res[base] = {"gap": gap, "pooled_std": pooled, "passes": bool(gap > pooled and gap > 0)}
+    for base in CONTROLS:
+        if base in per:
+            b = per[base]
+            res[base] = versus(d["test_mean"], d["test_std"], b["test_mean"], b["test_std"], hib)
     res["reach_ratio"] = d.get("reach_ratio")
     return res
+
+
+#: The controls every method is compared with: random SGD, and uniform subsets of
+#: DoCL's sizes (the budgeted-random control: the same batches, no selection).
+CONTROLS = ("random", "random-subset")
+
+
+def _curve_at(curve: dict[str, list[float]], batches: float) -> tuple[float, float] | None:
+    """(mean, std) of a mean curve at its last evaluation point at or before ``batches``."""
+    best = None
+    for b, m, sd in zip(curve["batches"], curve["mean"], curve["std"], strict=True):
+        if b <= batches:
+            best = (m, sd)
+    return best
+
+
+def _num(v: float, metric: str, sign: bool = False) -> str:
+    if math.isnan(v):
+        return "–"
+    x = 100 * v if metric == "accuracy" else v
+    return f"{x:+.2f}" if sign and metric == "accuracy" else (
+        f"{x:.2f}" if metric == "accuracy" else (f"{x:+.4f}" if sign else f"{x:.4f}"))  # fmt: skip
+
+
+def verdict(variant: str, per: dict[str, Any], metric: str) -> dict[str, Any]:
+    """Does ``variant`` pay on this task? Its final test metric against each control:
+    random SGD and random-subset at the same batch budget and — when the variant
+    trained fewer batches than random SGD (e.g. infobatch prunes its epochs) — random
+    SGD's own curve after the same number of batches (the budgeted-random control for
+    that saving). It pays when it beats every control by more than the pooled std.
+    Returns the comparisons, ``pays`` and one sentence saying so."""
+    hib = _higher_is_better(metric)
+    p = per[variant]
+    vs: dict[str, Any] = {}
+    for base in CONTROLS:
+        if base in per:
+            b = per[base]
+            vs[base] = {**versus(p["test_mean"], p["test_std"], b["test_mean"], b["test_std"], hib),
+                        "mean": b["test_mean"], "std": b["test_std"]}  # fmt: skip
+    if "random" in per and p["batches"] < per["random"]["batches"]:
+        at = _curve_at(per["random"]["curve"], p["batches"])
+        if at is not None:
+            vs["random@same"] = {**versus(p["test_mean"], p["test_std"], at[0], at[1], hib),
+                                 "mean": at[0], "std": at[1]}  # fmt: skip
+    pays = bool(vs) and all(c["passes"] for c in vs.values())
+    names = {"random": "random SGD", "random-subset": "random-subset",
+             "random@same": f"random SGD after the same {p['batches']} batches"}  # fmt: skip
+    parts = [
+        f"{names[k]} {_num(c['mean'], metric)} ± {_num(c['std'], metric)} "
+        f"(gap {_num(c['gap'], metric, sign=True)}, pooled std {_num(c['pooled_std'], metric)})"
+        for k, c in vs.items()
+    ]
+    budget = per["random"]["batches"] if "random" in per else p["batches"]
+    used = f" after {p['batches']} of {budget} batches" if p["batches"] < budget else ""
+    word = "accuracy" if metric == "accuracy" else "MSE"
+    if not vs:
+        sentence = f"{variant}: no random / random-subset runs to compare with."
+    else:
+        sentence = (
+            f"{variant} {'pays' if pays else 'does not pay'} here: test {word} "
+            f"{_num(p['test_mean'], metric)} ± {_num(p['test_std'], metric)}{used} vs "
+            + "; ".join(parts)
+        )
+        reach = p.get("reach_batches")
+        if "reach_ratio" in p:
+            sentence += (
+                f"; it reaches random SGD's final {word} after "
+                + ("never" if reach is None else f"{int(reach)} batches")
+                + f" (random SGD: {int(per['random'].get('reach_batches') or 0)})"
+            )
+        sentence += "."
+        if p["n"] < 2:
+            sentence += " One seed: no spread to judge the gap by — not a verdict."
+    return {"vs": vs, "pays": pays, "sentence": sentence}

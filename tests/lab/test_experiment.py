@@ -181,6 +181,42 @@ def test_summary_means_stds_bar_and_reach_match_numpy() -> None:
     assert "**" in best_line  # the best mean is bold
 
 
+def test_pays_here_compares_each_method_with_every_control_like_numpy() -> None:
+    """Each non-control method gets a verdict: gap and pooled std against random SGD and
+    random-subset (final means), and — when it trained fewer batches — against random
+    SGD's curve at its own batch count; it pays only when every gap exceeds its pooled std."""
+    rng = np.random.default_rng(1)
+    curves = {
+        "random": rng.uniform(0.80, 0.85, size=(3, 6)),
+        "random-subset": rng.uniform(0.70, 0.75, size=(3, 6)),
+        "good": rng.uniform(0.95, 0.99, size=(3, 6)),  # beats both by far: pays
+        "short": rng.uniform(0.60, 0.99, size=(3, 4)),  # 4 epochs = 400 of 600 batches
+    }
+    rows = [_row("t", v, s, list(c[s])) for v, c in curves.items() for s in range(3)]
+    per = summarize(rows)["tasks"]["t"]["variants"]
+    assert "verdict" not in per["random"] and "verdict" not in per["random-subset"]
+    for v in ("good", "short"):
+        vs = per[v]["verdict"]["vs"]
+        final = curves[v][:, -1]
+        controls = {k: curves[k][:, -1] for k in ("random", "random-subset")}
+        if v == "short":  # random's curve after 400 batches = its 4th epoch
+            controls["random@same"] = curves["random"][:, 3]
+        assert set(vs) == set(controls)
+        want_pays = True
+        for k, b in controls.items():
+            gap = final.mean() - b.mean()
+            pooled = math.sqrt((final.std(ddof=1) ** 2 + b.std(ddof=1) ** 2) / 2)
+            assert vs[k]["gap"] == pytest.approx(gap)
+            assert vs[k]["pooled_std"] == pytest.approx(pooled)
+            want_pays &= bool(gap > pooled)
+        assert per[v]["verdict"]["pays"] == want_pays
+    assert per["good"]["verdict"]["pays"]
+    assert per["good"]["verdict"]["sentence"].startswith("good pays here: test accuracy")
+    md = render_markdown(summarize(rows))
+    assert "## Does it pay here?" in md
+    assert "- good pays here" in md and "after 400 of 600 batches" in md
+
+
 def test_summary_of_mse_prefers_lower_and_signs_the_gap() -> None:
     rows = [_row("d", "random", s, [0.9, 0.5 + 0.01 * s], "mse") for s in range(2)]
     rows += [_row("d", "docl", s, [0.8, 0.4 + 0.01 * s], "mse") for s in range(2)]
@@ -361,3 +397,35 @@ def test_a_run_through_ray_train_matches_the_same_run_in_process(
     for key in ("batches", "visits_total", "visited", "samples_scored"):
         assert rows["ray"][key] == rows["local"][key], key
     assert float(rows["ray"]["test"]) == pytest.approx(float(rows["local"]["test"]), abs=1e-9)
+
+
+@pytest.mark.slow
+def test_experiment_on_a_task_defined_outside_the_repo(tmp_path: Path) -> None:
+    """``docl experiment --tasks pkg.module:factory`` like ``docl train``: the user's task
+    (tests/worker/user_task.py), the controls, docl and infobatch, one seed; the report
+    answers "pays here?" for docl and infobatch."""
+    from docl.client.cli import _register, app
+
+    _register()
+    out = tmp_path / "user"
+    r = CliRunner().invoke(app, [
+        "experiment", "--tasks", "tests.worker.user_task:make_task",
+        "--methods", "random,random-subset,docl,infobatch", "--seeds", "1",
+        "--budget-batches", "120", "--study", "none", "--jobs", "2", "--no-progress",
+        "--out", str(out),
+    ])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    with open(out / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [x["variant"] for x in rows] == ["random", "random-subset", "docl", "infobatch"]
+    assert {x["task"] for x in rows} == {"tests.worker.user_task:make_task"}
+    batches = {x["variant"]: int(x["batches"]) for x in rows}
+    assert batches["random"] == batches["docl"] == 120
+    assert batches["infobatch"] < 120  # its pruned epochs took fewer batches
+    md = (out / "results.md").read_text()
+    assert "### tests.worker.user_task:make_task" in md
+    for m in ("docl", "infobatch"):
+        assert any(line.startswith(f"- {m} ") and " here: test accuracy" in line
+                   for line in md.splitlines()), md  # fmt: skip
+    assert "random SGD after the same" in md  # infobatch's budget-matched control
+    _png_ok(out / "curves.png")
