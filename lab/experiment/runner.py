@@ -87,20 +87,22 @@ def build_jobs(
     ray_runs: int = 0,
 ) -> list[Job]:
     """Every (task, variant, seed) run, then the study runs; the first ``ray_runs`` go through Ray."""
-    jobs: list[Job] = []
-    for t in tasks:
-        setup = task_setup(t)
+
+    def setup_of(name: str) -> tuple[dict[str, Any], int, dict[str, Any]]:
+        """(task params, budget, run params shared by every variant) of a task."""
+        setup = task_setup(name)
         tp = dict(setup.quick_task_params if quick else setup.task_params)
         b = budget if budget is not None else (setup.quick_budget if quick else setup.budget)
-        shared = {**setup.params, **(setup.quick_params if quick else {})}
+        return tp, b, {**setup.params, **(setup.quick_params if quick else {})}
+
+    jobs: list[Job] = []
+    for t in tasks:
+        tp, b, shared = setup_of(t)
         for v in variants:
             for s in seeds:
                 jobs.append(Job(t, v.label, v.method, int(s), int(b), tp, {**shared, **v.params}))
     if study_task:
-        setup = task_setup(study_task)
-        tp = dict(setup.quick_task_params if quick else setup.task_params)
-        b = budget if budget is not None else (setup.quick_budget if quick else setup.budget)
-        shared = {**setup.params, **(setup.quick_params if quick else {})}
+        tp, b, shared = setup_of(study_task)
         for m in STUDY_METHODS:
             for s in study_seeds:
                 prm = {**shared, **STUDY_PARAMS}
