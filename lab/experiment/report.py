@@ -172,9 +172,12 @@ def _pays_section(summary: dict[str, Any], tasks: list[str]) -> list[str]:
         "## Does it pay here?",
         "",
         "Each method's final test metric at the equal batch budget beside random SGD and "
-        "random-subset (uniform subsets of the same sizes, no selection) and, for a method "
-        "that trained fewer batches (infobatch), random SGD's own curve after that many "
-        "batches. A method pays when it beats every control by more than the pooled std "
+        "random-subset (uniform subsets of DoCL's sizes, no selection); for a method that "
+        "trained fewer batches (infobatch), random SGD's own curve after that many batches "
+        "(mid-schedule: its learning rate has not annealed yet) and the method's size-matched "
+        "control when it was run (infobatch-random: uniform subsets of InfoBatch's sizes, "
+        "weight 1, the same batches). A method pays when it beats every control by more than "
+        "the pooled std "
         "sqrt((s₁² + s₂²)/2) over the seeds. Reach = batches its mean test curve needs to "
         "first reach random SGD's final mean (random SGD's own in the header).",
         "",
@@ -191,13 +194,13 @@ def _pays_section(summary: dict[str, Any], tasks: list[str]) -> list[str]:
         lines += [
             f"### {t} ({m}{', ' + head if head else ''})",
             "",
-            "| method | test | batches | vs random SGD | vs random-subset | vs random SGD, same batches | reach | pays? |",
-            "|---|---|---|---|---|---|---|---|",
+            "| method | test | batches | vs random SGD | vs random-subset | vs random SGD, same batches | vs size-matched control | reach | pays? |",
+            "|---|---|---|---|---|---|---|---|---|",
         ]
         for v, p in rows:
             vs = p["verdict"]["vs"]
             cells = [v, _cell(p["test_mean"], p["test_std"], m, False), str(p["batches"])]
-            for k in ("random", "random-subset", "random@same"):
+            for k in ("random", "random-subset", "random@same", "control"):
                 c = vs.get(k)
                 cells.append(
                     "–" if c is None

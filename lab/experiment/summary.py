@@ -111,6 +111,7 @@ def summarize(
             tm, ts = mean_std([metric_of(r, "test") for r in vr])
             vm, vs = mean_std([metric_of(r, "val") for r in vr])
             per[v] = {
+                "method": vr[0].get("method", v.split("[")[0]),
                 "n": len(vr),
                 "seeds": [r["seed"] for r in vr],
                 "test_mean": tm,
@@ -142,8 +143,9 @@ def summarize(
                 p["reach_batches"] = reach
                 p["reach_ratio"] = reach / base if reach is not None and base else None
         task_sum["bar"] = _bar(per, hib)
+        controls = {*CONTROLS, *(c for c in map(_control_of, per) if c)}
         for v, p in per.items():
-            if v not in CONTROLS:
+            if v not in controls:
                 p["verdict"] = verdict(v, per, metric)
         out["tasks"][t] = task_sum
     out["study"] = [r for r in rows if r.get("kind") == "study"]
@@ -186,6 +188,18 @@ def _bar(per: dict[str, Any], hib: bool) -> dict[str, Any] | None:
 CONTROLS = ("random", "random-subset")
 
 
+def _control_of(variant: str, per: dict[str, Any] | None = None) -> str | None:
+    """The label of ``variant``'s size-matched control (its method's registry entry names
+    one: infobatch → infobatch-random), with the variant's own parameters."""
+    from docl.services.methods import registry
+
+    method = variant.split("[")[0]
+    spec = registry().get(method)
+    if spec is None or spec.control is None:
+        return None
+    return spec.control + variant[len(method) :]
+
+
 def _curve_at(curve: dict[str, list[float]], batches: float) -> tuple[float, float] | None:
     """(mean, std) of a mean curve at its last evaluation point at or before ``batches``."""
     best = None
@@ -218,6 +232,11 @@ def verdict(variant: str, per: dict[str, Any], metric: str) -> dict[str, Any]:
             b = per[base]
             vs[base] = {**versus(p["test_mean"], p["test_std"], b["test_mean"], b["test_std"], hib),
                         "mean": b["test_mean"], "std": b["test_std"]}  # fmt: skip
+    ctl = _control_of(variant)
+    if ctl is not None and ctl in per:
+        b = per[ctl]
+        vs["control"] = {**versus(p["test_mean"], p["test_std"], b["test_mean"], b["test_std"], hib),
+                         "mean": b["test_mean"], "std": b["test_std"], "label": ctl}  # fmt: skip
     if "random" in per and p["batches"] < per["random"]["batches"]:
         at = _curve_at(per["random"]["curve"], p["batches"])
         if at is not None:
@@ -225,7 +244,8 @@ def verdict(variant: str, per: dict[str, Any], metric: str) -> dict[str, Any]:
                                  "mean": at[0], "std": at[1]}  # fmt: skip
     pays = bool(vs) and all(c["passes"] for c in vs.values())
     names = {"random": "random SGD", "random-subset": "random-subset",
-             "random@same": f"random SGD after the same {p['batches']} batches"}  # fmt: skip
+             "random@same": f"random SGD after the same {p['batches']} batches",
+             "control": f"its size-matched control {ctl}"}  # fmt: skip
     parts = [
         f"{names[k]} {_num(c['mean'], metric)} ± {_num(c['std'], metric)} "
         f"(gap {_num(c['gap'], metric, sign=True)}, pooled std {_num(c['pooled_std'], metric)})"

@@ -17,7 +17,10 @@ A method is everything the service needs to know about it, in one place:
 * ``uniform`` — a uniform control (its draws read no signal: the plain local
   loop can draw it without a server);
 * ``l2_phases`` / ``diversity`` — its defaults for ``params.l2_phases`` and
-  ``params.diversity``.
+  ``params.diversity``;
+* ``control`` — the name of its size-matched control, when the generic ones
+  (``random``, ``random-subset``) do not match its sizes (``infobatch`` →
+  ``infobatch-random``); ``docl experiment`` compares the method with it.
 
 Everything else — which Redis columns a run has, the CLI help, which methods the
 local baseline may run — is derived from the registry. The built-in methods live
@@ -121,6 +124,7 @@ class SelectionMethod:
     uniform: bool = False
     l2_phases: bool = False
     diversity: bool = False
+    control: str | None = None  # the method's size-matched uniform control, if any
     summary: str = ""
     extra: Mapping[str, Any] = field(default_factory=dict)
 

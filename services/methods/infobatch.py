@@ -32,9 +32,17 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from docl.services.methods import DrawContext, SelectionMethod, register_method
-from docl.services.sampling import Draw, shuffle_draw
+from docl.services.sampling import Draw, shuffle_draw, uniform_epoch
 
-__all__ = ["INFOBATCH", "InfoBatchParams", "annealing_start", "infobatch_draw", "prune_by_loss"]
+__all__ = [
+    "INFOBATCH",
+    "INFOBATCH_RANDOM",
+    "InfoBatchParams",
+    "annealing_start",
+    "infobatch_draw",
+    "infobatch_random_draw",
+    "prune_by_loss",
+]
 
 
 class InfoBatchParams(BaseModel):
@@ -98,6 +106,21 @@ def infobatch_draw(ctx: DrawContext) -> Draw:
     return shuffle_draw(d, ctx.rng) if ctx.shuffle else d
 
 
+def infobatch_random_draw(ctx: DrawContext) -> Draw:
+    """The size-matched control of ``infobatch``: as many samples as InfoBatch's pruning
+    keeps this epoch (the same law, the same Generator), but drawn uniformly from all n,
+    every weight 1 — the same batches, no selection."""
+    p = ctx.params
+    assert isinstance(p, InfoBatchParams)
+    n = ctx.n
+    m = n
+    if ctx.epoch < annealing_start(ctx.num_epochs, p.delta):
+        m = int(prune_by_loss(ctx.losses, ctx.rng, p.prune_ratio)[0].shape[0])
+    m = min(m, ctx.k)
+    idx = uniform_epoch(n, ctx.rng, size=m, shuffle=ctx.shuffle)
+    return Draw(idx, np.full(m, m / n, np.float32) if ctx.exp3 and n else None)
+
+
 INFOBATCH = register_method(
     SelectionMethod(
         name="infobatch",
@@ -106,6 +129,18 @@ INFOBATCH = register_method(
         size="drawn",
         params=InfoBatchParams,
         weights=True,
+        control="infobatch-random",
         summary="InfoBatch: prune below-mean-loss samples with prob. r, reweight by 1/(1-r)",
+    )
+)
+
+INFOBATCH_RANDOM = register_method(
+    SelectionMethod(
+        name="infobatch-random",
+        draw=infobatch_random_draw,
+        signal="loss",
+        size="drawn",
+        params=InfoBatchParams,
+        summary="control: uniform subsets of InfoBatch's per-epoch sizes, weight 1",
     )
 )

@@ -215,6 +215,19 @@ def test_pays_here_compares_each_method_with_every_control_like_numpy() -> None:
     md = render_markdown(summarize(rows))
     assert "## Does it pay here?" in md
     assert "- good pays here" in md and "after 400 of 600 batches" in md
+    # a method whose registry entry names a size-matched control is compared with it too
+    ib = rng.uniform(0.80, 0.85, size=(3, 6))
+    ctl = rng.uniform(0.78, 0.83, size=(3, 6))
+    rows += [_row("t", "infobatch[prune_ratio=0.3]", s, list(ib[s])) for s in range(3)]
+    rows += [_row("t", "infobatch-random[prune_ratio=0.3]", s, list(ctl[s])) for s in range(3)]
+    per = summarize(rows)["tasks"]["t"]["variants"]
+    assert "verdict" not in per["infobatch-random[prune_ratio=0.3]"]
+    c = per["infobatch[prune_ratio=0.3]"]["verdict"]["vs"]["control"]
+    a_, b_ = ib[:, -1], ctl[:, -1]
+    assert c["gap"] == pytest.approx(a_.mean() - b_.mean())
+    assert c["pooled_std"] == pytest.approx(
+        math.sqrt((a_.std(ddof=1) ** 2 + b_.std(ddof=1) ** 2) / 2)
+    )
 
 
 def test_summary_of_mse_prefers_lower_and_signs_the_gap() -> None:

@@ -282,7 +282,7 @@ METHODS = {m: s for m, s in registry().items() if s.size != "drawn"}
 
 
 def test_registry_holds_the_builtin_methods_with_the_documented_schedules() -> None:
-    assert tuple(registry())[:10] == (*METHODS, "infobatch")
+    assert tuple(registry())[:11] == (*METHODS, "infobatch", "infobatch-random")
     sizes = {m: s.size for m, s in METHODS.items()}
     assert sizes == {
         "random": "full",
@@ -299,7 +299,12 @@ def test_registry_holds_the_builtin_methods_with_the_documented_schedules() -> N
     assert l2 == {"docl-nr", "top", "bottom", "alternate"}  # docl: task loss (docs/results.md)
     assert {m for m, s in METHODS.items() if s.diversity} == {"mcl"}
     assert METHODS["docl-nr"].score_kind == "docl-nr" and METHODS["docl"].score_kind == "docl"
-    assert {m for m, s in registry().items() if s.loss_column} == {"spl", "mcl", "infobatch"}
+    assert {m for m, s in registry().items() if s.loss_column} == {
+        "spl",
+        "mcl",
+        "infobatch",
+        "infobatch-random",
+    }
     assert {m for m, s in registry().items() if s.uniform} == {"random", "random-subset"}
     assert {m for m, s in registry().items() if s.weights} == {"infobatch"}
 

@@ -177,3 +177,31 @@ def test_params_are_validated_with_a_clear_message() -> None:
     with pytest.raises(ValueError, match=r"method_params for method .docl.*none"):
         validate_method_params("docl", {"prune_ratio": 0.3})
     assert get_method("infobatch").loss_column and get_method("infobatch").weights
+
+
+def test_the_control_keeps_infobatchs_count_uniformly_with_weight_one() -> None:
+    """infobatch-random: the same number of samples as infobatch's draw from the same
+    Generator and losses, chosen uniformly from all n (chi-square over many draws), no
+    weights; full data in the annealing epochs."""
+    n = 30
+    losses = np.random.default_rng(6).exponential(size=n)
+    counts = np.zeros(n)
+    draws = 3000
+    for seed in range(draws):
+        kw = {
+            "k": n,
+            "scores": np.zeros(n, np.float32),
+            "losses": losses,
+            "epoch": 0,
+            "num_epochs": 8,
+        }
+        ib = draw("infobatch", rng=np.random.default_rng(seed), **kw)  # type: ignore[arg-type]
+        ctl = draw("infobatch-random", rng=np.random.default_rng(seed), **kw)  # type: ignore[arg-type]
+        assert ctl.indices.size == ib.indices.size and ctl.weights is None
+        counts[ctl.indices] += 1 / ctl.indices.size
+    # each sample is equally likely (below-mean ones are NOT pruned preferentially)
+    assert scipy.stats.chisquare(counts * n, np.full(n, draws)).pvalue > 1e-3
+    last = draw("infobatch-random", k=n, scores=np.zeros(n, np.float32), losses=losses,
+                rng=np.random.default_rng(0), epoch=7, num_epochs=8)  # fmt: skip
+    assert np.array_equal(np.sort(last.indices), np.arange(n))
+    assert get_method("infobatch").control == "infobatch-random"
