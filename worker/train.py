@@ -325,6 +325,13 @@ def _check_early(spec: TrainSpec) -> None:
             f"unknown --param {', '.join(unknown)}; run parameters are: "
             f"{', '.join([*RunParams.model_fields, *sorted(own)])}"
         )
+    if spec.method in methods.method_names():  # the method's own parameters, checked here too
+        try:
+            methods.validate_method_params(
+                spec.method, {k: v for k, v in spec.params.items() if k in own}
+            )
+        except ValueError as e:
+            raise TrainError(str(e)) from None
     try:
         RunParams(**{k: v for k, v in spec.params.items() if k in RunParams.model_fields})
     except ValidationError as e:

@@ -51,6 +51,8 @@ def test_docl_train_starts_its_own_server_and_writes_results(tmp_path: Path) -> 
         (["--task", "nope"], "unknown task 'nope'"),
         (["--method", "best"], "unknown method 'best'"),
         (["--method", "docl", "--local"], "only draw uniformly"),
+        (["--method", "infobatch", "-p", "prune_ratio=2"], "method_params for method 'infobatch'"),
+        (["--method", "docl", "-p", "prune_ratio=0.3"], "unknown --param prune_ratio"),
         (["--task-param", "noise=2", "--task", "synthetic"], "noise"),
     ],
 )
