@@ -58,15 +58,17 @@ def plot_curves(summary: dict[str, Any], path: Path) -> None:
     for ax in list(axes.flat)[len(tasks) :]:
         ax.axis("off")
     handles, labels = axes.flat[0].get_legend_handles_labels()
+    # long variant labels: fewer columns, so the legend stays inside the figure
+    ncol = max(1, min(6, len(labels), 110 // max(12, max((len(x) for x in labels), default=1))))
     fig.legend(
         handles,
         labels,
         loc="lower center",
-        ncol=min(6, max(1, len(labels))),
+        ncol=ncol,
         fontsize=8,
         frameon=False,
     )
-    fig.tight_layout(rect=(0, 0.06 + 0.02 * (len(labels) // 6), 1, 1))
+    fig.tight_layout(rect=(0, 0.04 + 0.025 * math.ceil(len(labels) / ncol), 1, 1))
     fig.savefig(path, dpi=72, pil_kwargs={"optimize": True})
     plt.close(fig)
 

@@ -264,10 +264,12 @@ def verdict(variant: str, per: dict[str, Any], metric: str) -> dict[str, Any]:
         )
         reach = p.get("reach_batches")
         if "reach_ratio" in p:
+            own = int(per["random"].get("reach_batches") or 0)
             sentence += (
-                f"; it reaches random SGD's final {word} after "
-                + ("never" if reach is None else f"{int(reach)} batches")
-                + f" (random SGD: {int(per['random'].get('reach_batches') or 0)})"
+                f"; it never reaches random SGD's final {word} (random SGD: {own} batches)"
+                if reach is None
+                else f"; it reaches random SGD's final {word} after {int(reach)} batches "
+                f"(random SGD: {own})"
             )
         sentence += "."
         if p["n"] < 2:
