@@ -1,4 +1,4 @@
-"""`docl experiment`: the learning benchmark (does DoCL beat its baselines?).
+"""`docl experiment`: does a selection method pay on this task? (the learning benchmark)
 
 Runs every method / variant on every task for every seed at the same budget of
 training batches, through one shared score server and the real worker loop,
@@ -14,7 +14,7 @@ from typing import Annotated
 import typer
 
 from docl.client.cli import app as _app
-from docl.client.cli._common import need_extra
+from docl.client.cli._common import method_names, need_extra
 
 
 @_app.command()
@@ -24,13 +24,17 @@ def experiment(
     ),
     tasks: Annotated[
         str,
-        typer.Option(help="Comma-separated tasks: mnist1d, digits, synthetic, distill."),
+        typer.Option(
+            help="Comma-separated tasks: mnist1d, digits, synthetic, distill, or your own "
+            "'package.module:factory' returning a TaskData (as in docl train)."
+        ),
     ] = "mnist1d,digits,synthetic,distill",
     methods: Annotated[
         str,
         typer.Option(
-            help="Comma-separated methods or variants, e.g. "
-            "'random,random-subset,spl,mcl,docl-nr,docl,docl[tau=1,normalize=none]'."
+            help=f"Comma-separated methods ({method_names()}) or variants, e.g. "
+            "'random,random-subset,docl,infobatch,docl[tau=1,normalize=none],"
+            "infobatch[prune_ratio=0.3]'."
         ),
     ] = "random,random-subset,spl,mcl,docl-nr,docl",
     variants: Annotated[
