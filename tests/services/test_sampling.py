@@ -16,7 +16,6 @@ from hypothesis import strategies as st
 
 from docl.services.sampling import (
     METHODS,
-    epoch_rng,
     extreme_k,
     gumbel_topk,
     inclusion_probabilities,
@@ -24,6 +23,7 @@ from docl.services.sampling import (
     uniform_epoch,
 )
 from docl.services.sampling import draw as draw_epoch
+from docl.services.seeds import epoch_rng
 from docl.wire.models import METHODS as WIRE_METHODS
 
 
