@@ -30,7 +30,7 @@ from docl.services.engine import Engine
 from docl.services.errors import PayloadTooLarge, problem_response
 from docl.services.routes import epochs, health, plan, reports, runs, scores, stats
 from docl.services.routes import methods as method_routes
-from docl.services.store import Store
+from docl.services.store import RedisStore
 
 __all__ = ["GatewayMiddleware", "create_app"]
 
@@ -174,7 +174,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             embedded.start()
             url = embedded.unix_url
             log.info("embedded redis-server at %s (data dir %s)", url, embedded.data_dir)
-        store = Store.from_url(
+        store = RedisStore.from_url(
             url,
             timeout_s=settings.redis_timeout_s,
             max_connections=settings.redis_max_connections,

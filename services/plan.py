@@ -254,8 +254,3 @@ def plan_epoch(spec: EpochSpec) -> PlanEpoch:
         lr_end=spec.lr_end,
         lr_sum_start=spec.lr_sum_start,
     )
-
-
-def plan_rows(plan: list[EpochSpec]) -> list[PlanEpoch]:
-    """Every epoch as its wire row, so the route layer stays a one-liner."""
-    return [plan_epoch(e) for e in plan]

@@ -27,7 +27,7 @@ import os
 import re
 import time
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -108,12 +108,7 @@ def build_run(spec: TrainSpec, data: TaskData) -> RunCreate:
     method_params = {
         k: params.pop(k) for k in list(params) if k in own and k not in RunParams.model_fields
     }
-    unknown = sorted(set(params) - set(RunParams.model_fields))
-    if unknown:
-        raise TrainError(
-            f"unknown --param {', '.join(unknown)}; run parameters are: "
-            f"{', '.join([*RunParams.model_fields, *sorted(own)])}"
-        )
+    _check_param_names(params, own)
     run_id = spec.run_id or (
         f"{_safe_id(spec.task)}-{spec.method}-s{spec.seed}-{uuid.uuid4().hex[:8]}"
     )
@@ -278,6 +273,17 @@ def train(spec: TrainSpec) -> dict[str, Any]:
     return result
 
 
+def _check_param_names(params: dict[str, Any], own: set[str]) -> None:
+    """A TrainError naming every key that is neither a run parameter nor one of the
+    method's own (``own``)."""
+    unknown = sorted(set(params) - set(RunParams.model_fields) - own)
+    if unknown:
+        raise TrainError(
+            f"unknown --param {', '.join(unknown)}; run parameters are: "
+            f"{', '.join([*RunParams.model_fields, *sorted(own)])}"
+        )
+
+
 def _method_fields(method: str) -> set[str] | None:
     """The parameters of ``method`` per this machine's registry (plugins included); None
     when the method is not known here (a remote ``--server`` validates it itself)."""
@@ -319,12 +325,7 @@ def _check_early(spec: TrainSpec) -> None:
     own = _method_fields(spec.method)
     if own is None:  # only a remote --server knows it (checked above): it validates them
         own = set(spec.params)
-    unknown = sorted(set(spec.params) - set(RunParams.model_fields) - own)
-    if unknown:
-        raise TrainError(
-            f"unknown --param {', '.join(unknown)}; run parameters are: "
-            f"{', '.join([*RunParams.model_fields, *sorted(own)])}"
-        )
+    _check_param_names(spec.params, own)
     if spec.method in methods.method_names():  # the method's own parameters, checked here too
         try:
             methods.validate_method_params(
@@ -397,7 +398,3 @@ def _connect_ray(spec: TrainSpec) -> bool:
         cpus = max(os.cpu_count() or 1, spec.workers * int(spec.threads or 1))
         ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=True)
     return True
-
-
-def spec_dict(spec: TrainSpec) -> dict[str, Any]:
-    return asdict(spec)

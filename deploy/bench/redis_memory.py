@@ -42,7 +42,8 @@ import redis
 from docl.client import ScoreClient
 from docl.services.config import Settings
 from docl.services.embedded import RedisProcess, ServerProcess
-from docl.services.store import LOSS_METHODS, RECORD_HEAD, RunLayout
+from docl.services.layout import RECORD_HEAD, RunLayout
+from docl.services.methods import get_method
 
 DEFAULT_SAMPLES = {10: 200_000, 100: 50_000, 1000: 10_000}
 REDIS_CONF = Path(__file__).resolve().parents[1] / "redis" / "redis.conf"
@@ -164,7 +165,7 @@ def measure(c: int, n: int, epochs: int, batch: int, dtype: str, method: str, ao
         num_outputs=c,
         output_dtype=dtype,
         chunk_bytes=settings.chunk_bytes,
-        loss_column=method in LOSS_METHODS,
+        loss_column=get_method(method).loss_column,
         exp3=False,
     )
     kept = min(epochs, settings.keep_epochs)

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from docl.lab.experiment.plots import plot_curves, plot_study
-from docl.lab.experiment.summary import mean_std, metric_of, summarize
+from docl.lab.experiment.summary import CONTROLS, mean_std, metric_of, summarize
 
 __all__ = ["CSV_COLUMNS", "render_markdown", "write_csv", "write_json_atomic", "write_outputs"]
 
@@ -105,7 +105,7 @@ def render_markdown(summary: dict[str, Any]) -> str:
             lines.append(f"| {t} | (no 'docl' run) | | | | |")
             continue
         cells = [t]
-        for base in ("random", "random-subset"):
+        for base in CONTROLS:
             b = bar.get(base)
             if b is None:
                 cells += ["–", "–"]

@@ -184,7 +184,7 @@ def execute_job(job: Job, server: str, out: str, ray_address: str | None = None)
             eval_every=1,
         )
         if job.kind == "study":
-            from docl.worker.study import train_with_study
+            from docl.lab.study import train_with_study
 
             result, study = train_with_study(spec)
         else:

@@ -9,7 +9,8 @@ import uuid
 import numpy as np
 
 from docl.services.engine.runs import RunStage, RunState
-from docl.services.store import RunLayout
+from docl.services.layout import RunLayout
+from docl.services.storage import ClaimStatus
 
 __all__ = ["CacheStage", "RecordCache"]
 
@@ -136,7 +137,10 @@ class CacheStage(RunStage):
                 gen = cache.gen
                 cache.claiming = True
                 try:
-                    ok = await self.store.claim(st.layout, st.uid, cache.token) == 1
+                    ok = (
+                        await self.store.claim(st.layout, st.uid, cache.token)
+                        == ClaimStatus.CLAIMED
+                    )
                 finally:
                     cache.claiming = False
                 if ok and cache.gen == gen:

@@ -13,8 +13,9 @@ import numpy as np
 from docl.services import diversity, methods, plan, sampling
 from docl.services.engine.runs import RunStage, RunState, _plan_row
 from docl.services.errors import Conflict, Gone, NotFound, ServiceUnavailable, Unprocessable
+from docl.services.layout import DRAWN_MAX
 from docl.services.seeds import epoch_seed
-from docl.services.store import DRAWN_MAX, DrawInputs
+from docl.services.storage import CommitStatus, DrawInputs
 from docl.wire.models import Epoch
 
 __all__ = ["DrawStage"]
@@ -98,17 +99,17 @@ class DrawStage(RunStage):
                     f"(last drawn: {last if last >= 0 else 'none'}; next: {nxt})"
                 )
             status = await self._draw_and_commit(st, e)
-            if status in (0, 1):  # we or a concurrent caller stored it: both read the stored draw
+            if status.stored:  # we or a concurrent caller stored it: both read the stored draw
                 return await self.get_epoch(run_id, e)
-            # -1: the run was re-created under us; -2: someone drew e meanwhile out of our
-            # snapshot's order. Look again.
-            if status == -1:
+            # GONE: the run was re-created under us; OUT_OF_ORDER: someone drew e meanwhile
+            # out of our snapshot's order; EXPIRED: our temporary keys expired. Look again.
+            if status == CommitStatus.GONE:
                 self._runs.pop(run_id, None)
         raise ServiceUnavailable(
             f"could not draw epoch {epoch} of run {run_id!r}: the run kept changing"
         )
 
-    async def _draw_and_commit(self, st: RunState, e: int) -> int:
+    async def _draw_and_commit(self, st: RunState, e: int) -> CommitStatus:
         spec = st.plan[e]
         p = st.config.params
         t0 = time.perf_counter()
@@ -117,9 +118,9 @@ class DrawStage(RunStage):
         # folds the score log into it, and compacts the log with it afterwards.
         snap = await self.store.draw_inputs(st.layout, losses=st.layout.loss_column)
         if snap.uid != st.uid:
-            return -1
+            return CommitStatus.GONE
         if snap.last_epoch != e - 1:
-            return -2 if snap.last_epoch < e - 1 else 0
+            return CommitStatus.OUT_OF_ORDER if snap.last_epoch < e - 1 else CommitStatus.EXISTS
         records = None
         if select and spec.prune:
             records = await self.store.read_records(st.layout, 0, st.layout.num_samples)
@@ -149,7 +150,7 @@ class DrawStage(RunStage):
         status = await self.store.commit_epoch(
             st.layout, st.uid, e, doc, indices, drawn, incl_col, drop, weights=weights
         )
-        if status in (0, 1) and snap.log_count:
+        if status.stored and snap.log_count:
             await self.store.compact(st.layout, st.uid, snap)
         from docl.services import metrics
 
@@ -196,7 +197,7 @@ class DrawStage(RunStage):
         """The pure part of a draw: (indices in training order, inclusion probabilities,
         per-sample weights or None, info, the (n,) uint8 mask of drawn samples or None).
 
-        The selection is counted before it is shuffled (``sampling.draw(shuffle=False)``,
+        The selection is counted before it is shuffled (``methods.draw(shuffle=False)``,
         then ``shuffle_draw`` with the same Generator: the same draw): marking ~sorted
         positions is several times faster than random ones at n = 10M."""
         n = st.config.num_samples

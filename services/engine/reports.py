@@ -13,6 +13,7 @@ from docl.services.engine.cache import CacheStage, RecordCache
 from docl.services.engine.runs import RunState
 from docl.services.engine.validate import duplicate_positions, validate_reports
 from docl.services.errors import Conflict, ServiceUnavailable, Unprocessable
+from docl.services.storage import GatherStatus, ScatterStatus
 from docl.wire.encoding import ReportArrays
 from docl.wire.models import ReportAck
 
@@ -164,7 +165,7 @@ class ReportStage(CacheStage):
                     counters=(len(frames), int(idx.shape[0]), scored, skipped, first),
                     token=token,
                 )
-                if res.status == 1:
+                if res.status.applied:
                     revoked = token != "" and not res.leased
                     if cache is not None and cache.gen == gen:
                         if revoked:  # someone else wrote: this copy may be stale anywhere
@@ -179,14 +180,16 @@ class ReportStage(CacheStage):
                     metrics.SAMPLES_REPORTED.inc(int(idx.shape[0]))
                     metrics.SAMPLES_SCORED.inc(scored)
                     return st
-                if res.status == 0:  # some were applied before (the script counted them)
+                if (
+                    res.status == ScatterStatus.DUPLICATE
+                ):  # some were applied before (the script counted them)
                     for d in res.duplicates:
                         acks[live[d]] = self._duplicate(frames[d])
                     gone = {live[d] for d in res.duplicates}
                     live = [j for j in live if j not in gone]
                     rec = None
                     continue
-                if res.status == -1:
+                if res.status == ScatterStatus.GONE:
                     st = await self.state(run_id, fresh=True)  # 404 if gone, else a new run
                     validate_reports(st, [reps[j] for j in live])
                     cache = self._cache_for(st)
@@ -195,7 +198,7 @@ class ReportStage(CacheStage):
                         marked = None
                     rec = None
                     continue
-                # status 2: some samples changed since we read them; the script sent their
+                # CONFLICT: some samples changed since we read them; the script sent their
                 # current records: recompute from those (inclusion stays: same draw).
                 metrics.REPORT_CONFLICTS.inc()
                 assert res.current is not None
@@ -263,11 +266,11 @@ class ReportStage(CacheStage):
             if not missing_pos.size and max_epoch <= cache.last_epoch:
                 return rec, None, token, gen, st, cache, ()
             g = await self.store.gather(st.layout, st.uid, ids, idx[missing_pos])
-        if g.status == -1:
+        if g.status == GatherStatus.GONE:
             st = await self.state(run_id, fresh=True)  # 404 if gone, else a new run
             validate_reports(st, frames)
             return None, None, "", -1, st, self._cache_for(st), ()
-        if g.status == 0:
+        if g.status == GatherStatus.DUPLICATE:
             await self.store.count_duplicate(st.layout, len(g.duplicates))
             return None, None, "", -1, st, cache, g.duplicates
         if max_epoch > g.last_epoch:

@@ -17,10 +17,11 @@ import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from docl.services import methods, plan
+from docl.services import methods, plan, scoring
 from docl.services.config import Settings
 from docl.services.errors import Conflict, NotFound, Unprocessable
-from docl.services.store import RunLayout, Store
+from docl.services.layout import RunLayout
+from docl.services.storage import CreateStatus, Store
 from docl.wire.models import Plan, PlanEpoch, Run, RunCounters, RunCreate, RunList
 
 if TYPE_CHECKING:
@@ -47,7 +48,7 @@ class RunState:
     layout: RunLayout
     plan: list[plan.EpochSpec]
     created_at: float
-    score_kind: str
+    score_kind: scoring.ScoreKind
 
     @property
     def num_epochs(self) -> int:
@@ -173,16 +174,16 @@ class RunStage:
         status, _uid, stored = await self.store.create_run(
             layout, _canonical(config), uid, created_at
         )
-        if status == 2:
+        if status == CreateStatus.CONFLICT:
             raise Conflict(
                 f"run {run_id!r} exists with a different config; delete it first or choose another "
                 f"run_id (stored: {stored})"
             )
-        if status == 0:
+        if status == CreateStatus.CREATED:
             self._runs[run_id] = st
         st, meta = await self._checked_state(run_id)
         counters = await self.store.counters(st.layout)
-        return self._run_model(st, meta, counters), status == 0
+        return self._run_model(st, meta, counters), status == CreateStatus.CREATED
 
     async def get_run(self, run_id: str) -> Run:
         st, meta = await self._checked_state(run_id)

@@ -11,7 +11,7 @@ that fails and its first failing check, in the order the checks are listed in
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -112,21 +112,16 @@ def _sample_problems(st: RunState, reps: Sequence[ReportArrays]) -> list[tuple[i
     """The checks over samples, in order, each over every sample of ``reps`` at once
     (their shapes are valid): per check, the first failing (report, message) or None."""
     n, c = st.config.num_samples, st.config.num_outputs
-    sizes = np.array([r.indices.shape[0] for r in reps], dtype=np.int64)
-    starts = np.cumsum(sizes) - sizes
-
-    def cat(get: Callable[[ReportArrays], np.ndarray]) -> np.ndarray:
-        return get(reps[0]) if len(reps) == 1 else np.concatenate([get(r) for r in reps])
+    sizes = [int(r.indices.shape[0]) for r in reps]
+    one = len(reps) == 1
+    idx = reps[0].indices if one else np.concatenate([r.indices for r in reps])
+    tgt = reps[0].targets if one else np.concatenate([r.targets for r in reps])
+    out = reps[0].outputs if one else np.concatenate([r.outputs for r in reps])
 
     def at(bad: np.ndarray) -> tuple[int, int]:
         """(report, row within it) of the first True of a per-sample mask."""
-        row = int(np.flatnonzero(bad)[0])
-        j = int(np.searchsorted(starts, row, side="right")) - 1
-        return j, row - int(starts[j])
+        return _locate(sizes, int(np.flatnonzero(bad)[0]))
 
-    idx = cat(lambda r: r.indices)
-    tgt = cat(lambda r: r.targets)
-    out = cat(lambda r: r.outputs)
     found: list[tuple[int, str] | None] = []
     # targets: finite (regression) or class ids in [0, c)
     if st.config.task == "regression":
@@ -150,24 +145,36 @@ def _sample_problems(st: RunState, reps: Sequence[ReportArrays]) -> list[tuple[i
         j, i = at((idx < 0) | (idx >= n))
         found.append((j, f"indices[{i}] = {int(reps[j].indices[i])} is out of range [0, {n})"))
     # indices: no sample twice within one report
-    found.append(_duplicate_problem(reps, idx, sizes, starts, n))
+    found.append(_duplicate_problem(reps, idx, sizes, n))
     return found
 
 
+def _locate(sizes: list[int], row: int) -> tuple[int, int]:
+    """(report, row within it) of a row of the reports' samples one after the other."""
+    for j, b in enumerate(sizes):
+        if row < b:
+            return j, row
+        row -= b
+    raise IndexError(row)
+
+
 def _duplicate_problem(
-    reps: Sequence[ReportArrays], idx: np.ndarray, sizes: np.ndarray, starts: np.ndarray, n: int
+    reps: Sequence[ReportArrays], idx: np.ndarray, sizes: list[int], n: int
 ) -> tuple[int, str] | None:
+    # one sort of (report, index) pairs as one key (report · n + index)
     if len(reps) == 1:
-        key, seg = idx, None
+        key = np.sort(idx)
     else:
-        # one sort of (report, index) pairs as one key; an index out of range (already
-        # reported above) may collide with another report's key: a pair counts only
-        # when both halves are of the same report
-        seg = np.repeat(np.arange(len(reps), dtype=np.int64), sizes)
-        key = seg * n + idx
-    s = np.sort(key)
-    if not (s[1:] == s[:-1]).any():  # the usual case: one sort, no argsort
+        key = np.repeat(np.arange(len(reps), dtype=np.int64) * n, sizes)
+        key += idx
+        key.sort()
+    if not (key[1:] == key[:-1]).any():  # the usual case: one sort, no argsort
         return None
+    # Something repeats: find the first report with a repeat, and where. An index out
+    # of range (already reported above) may collide with another report's key: a pair
+    # counts only when both halves are of the same report.
+    seg = None if len(reps) == 1 else np.repeat(np.arange(len(reps), dtype=np.int64), sizes)
+    key = idx if seg is None else seg * n + idx
     order = np.argsort(key, kind="stable")
     ks = key[order]
     same = ks[1:] == ks[:-1]
@@ -182,7 +189,8 @@ def _duplicate_problem(
         js = seg[order][hits]
         h = int(hits[int(np.argmin(js))])
         j = int(js.min())
-    a, b = int(order[h]) - int(starts[j]), int(order[h + 1]) - int(starts[j])
+    start = sum(sizes[:j])
+    a, b = int(order[h]) - start, int(order[h + 1]) - start
     v = int(reps[j].indices[a])
     return j, (
         f"index {v} appears twice in one report (positions {a} and {b}); "

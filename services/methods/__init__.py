@@ -139,7 +139,7 @@ class SelectionMethod:
             raise TypeError(f"method {self.name!r}: draw must be callable")
 
     @property
-    def score_kind(self) -> str:
+    def score_kind(self) -> Literal["docl", "docl-nr"]:
         """Which score the reports maintain for this method's runs."""
         return "docl-nr" if self.signal == "docl-nr" else "docl"
 

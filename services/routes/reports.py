@@ -117,14 +117,6 @@ async def _answer(engine: Engine, run_id: str, content_type: str, body: bytes) -
     return Response(content=doc.model_dump_json(), media_type="application/json")
 
 
-def parse_report(content_type: str, body: bytes) -> ReportArrays:
-    """Decode a one-report body by its Content-Type (422/415 problems when it does not parse)."""
-    reps, multi = parse_reports(content_type, body)
-    if multi:
-        raise UnsupportedMediaType(f"expected one report, not {REPORTS_CONTENT_TYPE}")
-    return reps[0]
-
-
 def parse_reports(content_type: str, body: bytes) -> tuple[list[ReportArrays], bool]:
     """Decode a report body by its Content-Type: (reports, whether it was a multi-report
     body). 422/415 problems when it does not parse."""

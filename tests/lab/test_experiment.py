@@ -35,7 +35,7 @@ from docl.lab.experiment import (
     run_experiment,
     summarize,
 )
-from docl.worker.study import epoch_record
+from docl.lab.study import epoch_record
 
 # ---------------------------------------------------------------------------
 # Variants

@@ -17,13 +17,13 @@ from hypothesis import strategies as st
 from docl.services.methods import draw as draw_epoch
 from docl.services.methods import registry
 from docl.services.sampling import (
-    epoch_rng,
     extreme_k,
     gumbel_topk,
     inclusion_probabilities,
     standardize,
     uniform_epoch,
 )
+from docl.services.seeds import epoch_rng
 
 
 def _ordered_law(w: np.ndarray, k: int) -> dict[tuple[int, ...], float]:
