@@ -232,15 +232,19 @@ def load_plugins(env: Mapping[str, str] | None = None) -> list[str]:
     fails to load raises (a server that silently lacks a method would 422 the
     runs that need it with a misleading message)."""
     env = os.environ if env is None else env
-    names: list[str] = []
+    found: list[tuple[SelectionMethod, str]] = []
     for ep in entry_points(group=ENTRY_POINT_GROUP):
-        for m in _load_object(ep.load(), f"entry point {ep.name!r}"):
-            register_method(m, replace=True)
-            names.append(m.name)
+        origin = f"entry point {ep.name!r}"
+        found += [(m, origin) for m in _load_object(ep.load(), origin)]
     for spec in filter(None, (s.strip() for s in env.get(ENV_VAR, "").split(","))):
-        for m in _load_object(_import_spec(spec), f"{ENV_VAR} entry {spec!r}"):
-            register_method(m, replace=True)
-            names.append(m.name)
+        origin = f"{ENV_VAR} entry {spec!r}"
+        found += [(m, origin) for m in _load_object(_import_spec(spec), origin)]
+    names: list[str] = []
+    for m, origin in found:
+        if m.name in _BUILTIN and _REGISTRY[m.name] is not m:
+            raise ValueError(f"{origin}: a plugin may not replace the built-in method {m.name!r}")
+        register_method(m, replace=True)  # loading again (another call) is a no-op
+        names.append(m.name)
     if names:
         log.info("selection methods from plugins: %s", ", ".join(names))
     return names
@@ -318,3 +322,5 @@ from docl.services.methods import builtin as _builtin  # noqa: E402
 from docl.services.methods import infobatch as _infobatch  # noqa: E402
 
 del _builtin, _infobatch
+#: The methods docl ships (plugins may add methods, not replace these).
+_BUILTIN = frozenset(_REGISTRY)

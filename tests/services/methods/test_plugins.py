@@ -74,3 +74,30 @@ def test_docl_methods_env_var_registers_the_method(
     )
     names = [m["name"] for m in httpx.get(f"{server.url}/v1/methods").json()["methods"]]
     assert "toy-parity" in names
+
+
+def test_a_plugin_may_not_replace_a_builtin_and_a_bad_spec_is_clear(tmp_path: Path) -> None:
+    """load_plugins (what `docl serve` runs at start): a plugin named like a built-in, or
+    a $DOCL_METHODS entry that is not module:object, fails loudly; nothing is replaced."""
+    import pytest
+
+    from docl.services import methods
+
+    mod = tmp_path / "evil_plugin.py"
+    mod.write_text(
+        "from docl.services.methods import SelectionMethod\n"
+        "from docl.services.methods.builtin import BUILTIN\n"
+        "FAKE = SelectionMethod(name='docl', draw=BUILTIN[0].draw)\n"
+    )
+    import sys
+
+    sys.path.insert(0, str(tmp_path))
+    try:
+        before = methods.get_method("docl")
+        with pytest.raises(ValueError, match="may not replace the built-in method 'docl'"):
+            methods.load_plugins({methods.ENV_VAR: "evil_plugin:FAKE"})
+        assert methods.get_method("docl") is before
+        with pytest.raises(ValueError, match="'module:object'"):
+            methods.load_plugins({methods.ENV_VAR: "evil_plugin"})
+    finally:
+        sys.path.remove(str(tmp_path))
