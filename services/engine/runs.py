@@ -156,6 +156,8 @@ class RunStage:
             exp3=config.params.exp3,
         )
         need = layout.memory_bytes(self.settings.keep_epochs)
+        if methods.get_method(config.method).weights:  # float32 weights beside kept indices
+            need += 4 * config.num_samples * self.settings.keep_epochs
         if need > self.settings.max_run_bytes:
             raise Unprocessable(
                 f"this run would need about {need / 2**30:.1f} GiB of Redis memory "
