@@ -30,7 +30,8 @@ Both expose the drawn :class:`~docl.client.models.Epoch` as ``sampler.current``
 Per-sample weights. Some methods (``infobatch``) give each index of an epoch a
 loss weight (``current.weighted``); the loss to train on is mean(w_i · ℓ_i).
 One changed line: compute the per-sample loss (``reduction="none"``) and take
-``loss = sampler.weighted_loss(per_sample_loss, idx)`` with the batch's indices
+``loss = sampler.weighted_loss(per_sample_loss)`` — the batch is the next rows at
+the report cursor, as for ``report`` — or pass the batch's indices
 (``WithIndices`` yields them; a ``CurriculumBatchSampler`` loop has them).
 ``sampler.weights_for(idx)`` gives the weights alone (all 1 for unweighted epochs).
 
@@ -444,11 +445,24 @@ class _Curriculum:
             )
         return torch.as_tensor(vals[pos].copy(), dtype=torch.float32, device=device)
 
-    def weighted_loss(self, per_sample_loss: torch.Tensor, indices: Any) -> torch.Tensor:
+    def weighted_loss(self, per_sample_loss: torch.Tensor, indices: Any = None) -> torch.Tensor:
         """mean(w_i · ℓ_i) over the batch: the loss to train on (``reduction="none"``
-        losses in, one scalar out; the plain mean when the epoch is not weighted)."""
+        losses in, one scalar out; the plain mean when the epoch is not weighted).
+
+        ``indices`` None: the batch is the next B rows of this rank's epoch order, where
+        the next :meth:`report` starts (true for a ``DataLoader`` fed by this sampler,
+        as for ``report``) — call it before that batch's ``report``."""
         if not self.current.weighted:
             return per_sample_loss.mean()
+        if indices is None:
+            b = int(per_sample_loss.shape[0])
+            order = self._order()
+            if self._custom or self._cursor + b > order.shape[0]:
+                raise ValueError(
+                    f"epoch {self.epoch}, rank {self.rank}: {b} rows at cursor {self._cursor} "
+                    f"do not fit this rank's {order.shape[0]} indices; pass indices="
+                )
+            indices = order[self._cursor : self._cursor + b]
         w = self.weights_for(indices).to(per_sample_loss.device, per_sample_loss.dtype)
         return (w * per_sample_loss).mean()
 

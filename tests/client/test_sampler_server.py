@@ -486,6 +486,14 @@ def test_sampler_gives_each_batch_its_weights_and_reiterating_never_reprunes(
         order = list(flat)
         assert list(flat) == order
         assert flat.weights_for(order).tolist() == [by_index[i] for i in order]  # padding too
+    # the short way: a DataLoader fed by the sampler, no indices in the loop
+    with Reporter(client, run_id) as rep:
+        flat = CurriculumSampler(client, run_id, epoch=1, barrier=False, reporter=rep)
+        for b in torch.utils.data.DataLoader(range(n), batch_size=5, sampler=flat):
+            per = torch.rand(len(b))
+            want = (flat.weights_for(b) * per).mean()
+            torch.testing.assert_close(flat.weighted_loss(per), want)
+            flat.report(outputs=torch.zeros(len(b), 2), targets=b % 2, lr_sum=100.0)
     e0 = CurriculumSampler(client, run_id, epoch=0, barrier=False)  # warmup: unweighted
     assert not e0.current.weighted
     assert e0.weights_for([0, 1, 2]).tolist() == [1.0, 1.0, 1.0]
