@@ -40,8 +40,9 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import re
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib.metadata import entry_points
 from typing import Any, Literal
 
@@ -77,7 +78,7 @@ ENV_VAR = "DOCL_METHODS"
 
 Signal = Literal["docl", "docl-nr", "loss", "none"]
 SizeSchedule = Literal["full", "shrink", "grow", "drawn"]
-_NAME_CHARS = set("abcdefghijklmnopqrstuvwxyz0123456789-_")
+_NAME = re.compile(r"[a-z0-9][a-z0-9_\-]{0,63}")  # as wire.models.Method
 
 
 class NoParams(BaseModel):
@@ -101,7 +102,7 @@ class DrawContext:
     episode: int = 1
     epoch: int = 0  # this epoch's number and the plan's length
     num_epochs: int = 1
-    shuffle: bool = True  # False: the selection before its final shuffle (see sampling.draw)
+    shuffle: bool = True  # False: the selection before its final shuffle (see draw below)
 
     @property
     def n(self) -> int:
@@ -126,11 +127,13 @@ class SelectionMethod:
     diversity: bool = False
     control: str | None = None  # the method's size-matched uniform control, if any
     summary: str = ""
-    extra: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if not self.name or not set(self.name) <= _NAME_CHARS or len(self.name) > 64:
-            raise ValueError(f"a method name is 1-64 characters of [a-z0-9_-], got {self.name!r}")
+        if not _NAME.fullmatch(self.name):
+            raise ValueError(
+                f"a method name is 1-64 characters of [a-z0-9_-], starting with a letter "
+                f"or digit (what the wire accepts), got {self.name!r}"
+            )
         if self.signal not in ("docl", "docl-nr", "loss", "none"):
             raise ValueError(f"signal must be docl, docl-nr, loss or none, got {self.signal!r}")
         if self.size not in ("full", "shrink", "grow", "drawn"):
@@ -203,10 +206,10 @@ def validate_method_params(name: str, raw: Mapping[str, Any] | None) -> dict[str
 def _load_object(obj: Any, origin: str) -> list[SelectionMethod]:
     if isinstance(obj, SelectionMethod):
         return [obj]
-    if callable(obj) and not isinstance(obj, type):
-        return _load_object(obj(), origin) if obj is not None else []
     if obj is None:
         return []
+    if callable(obj) and not isinstance(obj, type):
+        return _load_object(obj(), origin)
     if isinstance(obj, Iterable):
         out: list[SelectionMethod] = []
         for o in obj:
