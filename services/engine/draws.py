@@ -135,7 +135,10 @@ class DrawStage(RunStage):
         drop = None
         old = e - self.settings.keep_epochs
         if old >= 0:
-            drop = (old, _stored_size(await self.store.epoch_json(st.layout, old), st.plan[old]))
+            size = int(st.plan[old].size)
+            if methods.get_method(st.config.method).size == "drawn":  # the draw chose it
+                size = _stored_size(await self.store.epoch_json(st.layout, old), st.plan[old])
+            drop = (old, size)
         info["timing"] = {"read_s": round(t_read - t0, 4), "draw_s": round(t_draw - t_read, 4)}
         doc = json.dumps(
             {

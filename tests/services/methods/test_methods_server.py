@@ -65,7 +65,9 @@ def _report_losses(c: ScoreClient, run_id: str, epoch: int, idx: np.ndarray, a: 
              lr_sum=float(epoch))  # fmt: skip
 
 
-def test_infobatch_epochs_over_http(score_server: str, http: httpx.Client, run_id: str) -> None:
+def test_infobatch_epochs_over_http(
+    score_server: str, http: httpx.Client, run_id: str, redis_url: str
+) -> None:
     n, bs, epochs = 60, 8, 8  # annealing from ⌈0.875·8⌉ = 7
     a = np.linspace(-3, 3, n)  # loss decreasing in a: the high-a samples are below the mean
     loss = np.log1p(np.exp(-a))
@@ -79,6 +81,7 @@ def test_infobatch_epochs_over_http(score_server: str, http: httpx.Client, run_i
         e0 = c.draw_epoch(run_id, 0)
         assert e0.phase == "warmup" and not e0.weighted and e0.size == n
         assert c.shard(run_id, 0).weights is None
+        assert "weights" not in http.get(f"/v1/runs/{run_id}/epochs/0/indices").json()
         _report_losses(c, run_id, 0, c.indices(run_id, 0), a)
         sizes = []
         for e in range(1, epochs):
@@ -113,8 +116,18 @@ def test_infobatch_epochs_over_http(score_server: str, http: httpx.Client, run_i
             sizes.append(ep.size)
             _report_losses(c, run_id, e, sh.indices, a)
         assert len(set(sizes[:-1])) > 1  # the pruning is random per epoch
-        j = http.get(f"/v1/runs/{run_id}/epochs/0/indices").json()
-        assert "weights" not in j  # absent for unweighted epochs
+        # the server keeps the last DOCL_KEEP_EPOCHS (4) epochs: an old epoch's indices AND
+        # weights are gone (its drawn size, not the plan's, names its chunks)
+        import redis
+
+        r = redis.Redis.from_url(redis_url)
+        try:
+            keys = {k.decode() for k in r.scan_iter(match=f"{{run:{run_id}}}:*")}
+        finally:
+            r.close()
+        assert not any(":weight:1:" in k or ":epoch:1:" in k for k in keys), keys
+        assert any(":weight:6:" in k for k in keys) and any(":epoch:6:" in k for k in keys)
+        assert http.get(f"/v1/runs/{run_id}/epochs/1/indices").status_code == 410
         c.delete_run(run_id)
 
 
