@@ -24,7 +24,8 @@ A method is everything the service needs to know about it, in one place:
 
 Everything else — which Redis columns a run has, the CLI help, which methods the
 local baseline may run — is derived from the registry. The built-in methods live
-in :mod:`.builtin` (the DoCL family) and :mod:`.infobatch`.
+in :mod:`.builtin` (the DoCL family) and :mod:`.infobatch`; every module of this
+package is imported when it is, so a new built-in method is one new module here.
 
 Adding a method: write one module that builds a :class:`SelectionMethod` and
 either call :func:`register_method` on import, or expose it through the entry
@@ -320,10 +321,17 @@ def draw(
     return d
 
 
-# The built-in methods register themselves on import (the DoCL family first).
-from docl.services.methods import builtin as _builtin  # noqa: E402
-from docl.services.methods import infobatch as _infobatch  # noqa: E402
+def _load_builtins() -> frozenset[str]:
+    """Import every module of this package: each registers its methods on import (the
+    DoCL family in ``builtin.py`` first, then the others by name), so a new built-in
+    method is one new module here, listed nowhere else."""
+    import pkgutil
 
-del _builtin, _infobatch
+    names = sorted(m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_"))
+    for name in sorted(names, key=lambda x: x != "builtin"):
+        importlib.import_module(f"{__name__}.{name}")
+    return frozenset(_REGISTRY)
+
+
 #: The methods docl ships (plugins may add methods, not replace these).
-_BUILTIN = frozenset(_REGISTRY)
+_BUILTIN = _load_builtins()
