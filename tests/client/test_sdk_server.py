@@ -184,6 +184,32 @@ def test_async_client_against_the_server(score_server: str, run_id: str) -> None
     asyncio.run(main())
 
 
+def test_async_shard_carries_the_weights_of_a_weighted_epoch(
+    score_server: str, run_id: str, client: ScoreClient
+) -> None:
+    """AsyncScoreClient.shard agrees with ScoreClient.shard, JSON and binary alike."""
+    client.create_run(run_id=run_id, num_samples=N, num_outputs=C, epochs=4, method="infobatch",
+                      params={"warmup_epochs": 1, "refresh": False, "batch_size": 4})  # fmt: skip
+    client.draw_epoch(run_id, 0)
+    idx = client.indices(run_id, 0)
+    client.report(run_id, epoch=0, indices=idx, outputs=np.outer(np.arange(N) % 7, np.ones(C)),
+                  targets=idx % C, lr_sum=0.0)  # fmt: skip
+    assert client.draw_epoch(run_id, 1).weighted
+    want = client.shard(run_id, 1, rank=1, world=2)
+    assert want.weights is not None and len(want) == want.weights.shape[0]
+
+    async def main() -> None:
+        async with AsyncScoreClient(score_server) as ac:
+            for binary in (False, True):
+                got = await ac.shard(run_id, 1, rank=1, world=2, binary=binary)
+                np.testing.assert_array_equal(got.indices, want.indices)
+                assert got.weights is not None and want.weights is not None
+                np.testing.assert_array_equal(got.weights, want.weights)
+
+    asyncio.run(main())
+    client.delete_run(run_id)
+
+
 def test_binary_and_json_give_the_same_results(score_server: str, run_id: str) -> None:
     """Two runs fed the same reports, one in binary and one in JSON, end with the same table."""
     with ScoreClient(score_server) as b, ScoreClient(score_server, binary=False) as j:
