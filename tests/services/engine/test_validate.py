@@ -14,7 +14,7 @@ import math
 import numpy as np
 import pytest
 
-from docl.services import plan, sampling
+from docl.services import methods, plan
 from docl.services.engine.runs import RunState
 from docl.services.engine.validate import validate_report, validate_reports
 from docl.services.errors import Unprocessable
@@ -35,7 +35,7 @@ def _state(task: str) -> RunState:
         layout=layout,
         plan=plan.build_plan(config),
         created_at=0.0,
-        score_kind=sampling.method_spec(config.method).score,
+        score_kind=methods.get_method(config.method).score_kind,
     )
 
 
