@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Request, Response
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.exceptions import RedisError
 from starlette.types import Receive, Scope, Send
 
 from docl.client.models import ReportAck, ReportsAck
@@ -21,7 +21,14 @@ from docl.client.wire import (
 )
 from docl.services.deps import EngineDep
 from docl.services.engine import Engine, report_arrays_from_json
-from docl.services.errors import ProblemError, Unprocessable, UnsupportedMediaType, problem_response
+from docl.services.errors import (
+    ProblemError,
+    Unprocessable,
+    UnsupportedMediaType,
+    problem_response,
+    redis_error_response,
+    unexpected_response,
+)
 from docl.services.routes._common import RUN_ID_DOC, problems
 
 router = APIRouter(tags=["reports"])
@@ -102,8 +109,17 @@ async def post_report(
     return await _answer(engine, run_id, request.headers.get("content-type", ""), body)
 
 
+#: JSON bodies larger than this are parsed in a worker thread, so the event loop keeps
+#: answering (/healthz, other reports) meanwhile; smaller ones cost less than the hop.
+JSON_INLINE_BYTES = 64 * 1024
+
+
 async def _answer(engine: Engine, run_id: str, content_type: str, body: bytes) -> Response:
-    reps, multi = parse_reports(content_type or "application/json", body)
+    ctype = content_type or "application/json"
+    if len(body) > JSON_INLINE_BYTES and not ctype.lower().startswith("application/vnd.docl."):
+        reps, multi = await asyncio.to_thread(parse_reports, ctype, body)
+    else:
+        reps, multi = parse_reports(ctype, body)
     acks = await engine.apply_reports(run_id, reps)
     # Serialized here (not through response_model) to keep the path lean.
     if not multi:
@@ -185,14 +201,8 @@ async def report_asgi(
             instance=path,
             headers=dict(e.headers) if e.headers else None,
         )
-    except (RedisConnectionError, RedisTimeoutError) as e:
-        from docl.services import metrics
-
-        metrics.REDIS_ERRORS.labels(kind=type(e).__name__).inc()
-        response = problem_response(
-            503,
-            f"the score store (Redis) is unavailable ({type(e).__name__}: {e}); retry shortly",
-            instance=path,
-            headers={"Retry-After": "1"},
-        )
+    except RedisError as e:  # the same mapping as every FastAPI route (errors.install)
+        response = redis_error_response(e, method="POST", path=path)
+    except Exception as e:
+        response = unexpected_response(e, method="POST", path=path)
     await response(scope, receive, send)
