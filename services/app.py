@@ -219,6 +219,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             yield
         finally:
+            reports.shutdown_json_pool()
             await store.close()
             if embedded is not None:
                 embedded.stop()

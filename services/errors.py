@@ -11,6 +11,7 @@ lost Redis connection a 503 with ``Retry-After``.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Sequence
 from http import HTTPStatus
 from typing import Any
@@ -144,6 +145,11 @@ def format_validation_errors(errors: Sequence[Any], *, limit: int = 5) -> str:
     return "; ".join(lines) or "invalid request"
 
 
+#: Redis up but refusing writes, as the raw reply says it (the store's own RESP client, or
+#: a write inside a script); redis-py turns OOM and READONLY into classes and drops the code.
+_REFUSED = re.compile(r"(?:^|[-:\s])(?:OOM|MISCONF|READONLY)\b")
+
+
 def redis_error_response(exc: Exception, *, method: str, path: str) -> JSONResponse:
     """The one mapping of a Redis error to an HTTP answer (both report paths and every route):
 
@@ -153,6 +159,7 @@ def redis_error_response(exc: Exception, *, method: str, path: str) -> JSONRespo
     * anything else Redis answers with an error: a 500 (a bug of ours), logged.
     """
     from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import OutOfMemoryError, ReadOnlyError
     from redis.exceptions import TimeoutError as RedisTimeoutError
 
     from docl.services import metrics
@@ -168,7 +175,7 @@ def redis_error_response(exc: Exception, *, method: str, path: str) -> JSONRespo
             headers={"Retry-After": "1"},
         )
     text = str(exc)
-    if text.startswith(("OOM", "MISCONF", "READONLY")):
+    if isinstance(exc, OutOfMemoryError | ReadOnlyError) or _REFUSED.search(text):
         metrics.REDIS_ERRORS.labels(kind=kind).inc()
         log.error("redis refused a write during %s %s: %s", method, path, text)
         return problem_response(
@@ -189,15 +196,25 @@ def unexpected_response(exc: Exception, *, method: str, path: str) -> JSONRespon
 
 def allowed_methods(request: Request) -> list[str]:
     """Every method some route of the app answers at this path (for ``Allow``): Starlette
-    names only the methods of the first route that matched the path."""
-    from starlette.routing import Match
+    names only the methods of the first route whose path matched. Read from the app's
+    OpenAPI paths and its undocumented plain routes (/docs, /openapi.json), compiled once."""
+    from starlette.routing import Route, compile_path
 
+    app = request.app
+    table: list[tuple[re.Pattern[str], set[str]]] | None = getattr(app.state, "allow_table", None)
+    if table is None:
+        table = []
+        for path, operations in app.openapi().get("paths", {}).items():
+            table.append((compile_path(path)[0], {m.upper() for m in operations}))
+        for route in app.router.routes:
+            if isinstance(route, Route) and route.methods:
+                table.append((route.path_regex, set(route.methods)))
+        app.state.allow_table = table
     methods: set[str] = set()
-    for route in request.app.router.routes:
-        match, _ = route.matches(request.scope)
-        if match != Match.NONE:
-            methods |= set(getattr(route, "methods", None) or ())
-    return sorted(methods)
+    for regex, ms in table:
+        if regex.match(request.url.path):
+            methods |= ms
+    return sorted(methods)  # HEAD only where a route answers it (plain Routes; not APIRoutes)
 
 
 def install(app: FastAPI) -> None:

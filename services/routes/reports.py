@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import multiprocessing as mp
 import re
-from typing import Annotated
+import threading
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Request, Response
 from redis.exceptions import RedisError
@@ -23,6 +27,7 @@ from docl.services.deps import EngineDep
 from docl.services.engine import Engine, report_arrays_from_json
 from docl.services.errors import (
     ProblemError,
+    ServiceUnavailable,
     Unprocessable,
     UnsupportedMediaType,
     problem_response,
@@ -109,15 +114,67 @@ async def post_report(
     return await _answer(engine, run_id, request.headers.get("content-type", ""), body)
 
 
-#: JSON bodies larger than this are parsed in a worker thread, so the event loop keeps
-#: answering (/healthz, other reports) meanwhile; smaller ones cost less than the hop.
+#: JSON bodies larger than this are parsed in a child process (:func:`parse_off_loop`);
+#: smaller ones cost less than the hop and are parsed in place.
 JSON_INLINE_BYTES = 64 * 1024
+
+_pool: ProcessPoolExecutor | None = None
+_pool_lock = threading.Lock()
+
+
+def _json_pool() -> ProcessPoolExecutor:
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            # spawn: a fork of a process with threads (uvicorn, redis, executors) is unsafe.
+            _pool = ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn"))
+        return _pool
+
+
+def shutdown_json_pool() -> None:
+    """Stop the JSON-parsing child process, if one was started (the app's lifespan end)."""
+    global _pool
+    with _pool_lock:
+        pool, _pool = _pool, None
+    if pool is not None:
+        pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _parse_in_child(content_type: str, body: bytes) -> tuple[str, Any]:
+    try:
+        return "ok", parse_reports(content_type, body)
+    except ProblemError as e:  # sent back as plain values: exceptions may not pickle
+        return "problem", (e.status_code, str(e.detail))
+
+
+async def parse_off_loop(content_type: str, body: bytes) -> tuple[list[ReportArrays], bool]:
+    """:func:`parse_reports` in a child process. Decoding JSON holds the interpreter for
+    the whole call (a thread would not help): a 1 MiB report of one-digit numbers takes
+    0.1-0.3 s of CPU here, which would stall every other request of this process."""
+    loop = asyncio.get_running_loop()
+    for attempt in range(2):
+        try:
+            kind, value = await loop.run_in_executor(
+                _json_pool(), _parse_in_child, content_type, body
+            )
+            break
+        except BrokenProcessPool:  # the child died (OOM killer, say): a new one, once
+            shutdown_json_pool()
+            if attempt:
+                raise ServiceUnavailable(
+                    "could not parse the JSON report: its parser died"
+                ) from None
+    if kind == "problem":
+        status, detail = value
+        raise (UnsupportedMediaType if status == 415 else Unprocessable)(detail)
+    reps, multi = value
+    return reps, multi
 
 
 async def _answer(engine: Engine, run_id: str, content_type: str, body: bytes) -> Response:
     ctype = content_type or "application/json"
     if len(body) > JSON_INLINE_BYTES and not ctype.lower().startswith("application/vnd.docl."):
-        reps, multi = await asyncio.to_thread(parse_reports, ctype, body)
+        reps, multi = await parse_off_loop(ctype, body)
     else:
         reps, multi = parse_reports(ctype, body)
     acks = await engine.apply_reports(run_id, reps)

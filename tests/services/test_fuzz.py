@@ -97,6 +97,46 @@ def _checks() -> list[Any]:
     return [by_name[name] for name in CHECK_NAMES]
 
 
+def _fuzz(
+    strategy: Any, name: str, url: str, checks: list[Any], figures: Figures, deadline: float
+) -> None:
+    """Up to EXAMPLES cases of one operation; failures are collected, not raised (no
+    shrinking: the figures and the first failures are what the test reports)."""
+
+    @settings(
+        max_examples=EXAMPLES,
+        deadline=None,
+        database=None,
+        derandomize=True,
+        phases=[Phase.explicit, Phase.generate],
+        suppress_health_check=list(HealthCheck),
+    )
+    @given(case=strategy)
+    def run(case: Any) -> None:
+        if time.monotonic() > deadline:
+            return
+        case.headers = {**(case.headers or {}), **AUTH}  # the real token, not a fuzzed one
+        try:
+            response = case.call(base_url=url, timeout=REQUEST_TIMEOUT_S)
+        except Exception as e:  # requests' Timeout / ConnectionError: a hang or a crash
+            figures.hangs += 1
+            figures.failures.append(f"{name}: no answer ({type(e).__name__}: {e})")
+            return
+        figures.requests += 1
+        figures.per_operation[name] += 1
+        figures.statuses[response.status_code] += 1
+        if response.status_code >= 500:
+            figures.server_errors += 1
+        try:
+            case.validate_response(response, checks=checks, headers=AUTH)
+        except (Exception, BaseExceptionGroup) as e:  # FailureGroup: checks that failed
+            figures.violations += 1
+            if len(figures.failures) < 20:
+                figures.failures.append(f"{name} [{response.status_code}]: {str(e)[:1500]}")
+
+    run()
+
+
 def test_fuzz_every_operation_finds_no_5xx_no_violation_no_hang(
     fuzz_server: ServerProcess, record_property: Any
 ) -> None:
@@ -117,42 +157,8 @@ def test_fuzz_every_operation_finds_no_5xx_no_violation_no_hang(
             if "{run_id}" in op.path and op.method.lower() != "delete":
                 ours = op.as_strategy(mode, path_parameters={"run_id": RUN})
                 strategy = st.one_of(ours, ours, strategy)
-
-            @settings(
-                max_examples=EXAMPLES,
-                deadline=None,
-                database=None,
-                derandomize=True,
-                phases=[Phase.explicit, Phase.generate],
-                suppress_health_check=list(HealthCheck),
-            )
-            @given(case=strategy)
-            def run(case: Any) -> None:
-                if time.monotonic() > deadline:
-                    return
-                case.headers = {**(case.headers or {}), **AUTH}  # the real token, not a fuzzed one
-                try:
-                    response = case.call(base_url=fuzz_server.url, timeout=REQUEST_TIMEOUT_S)
-                except Exception as e:  # requests' Timeout / ConnectionError: a hang or a crash
-                    figures.hangs += 1
-                    figures.failures.append(f"{name}: no answer ({type(e).__name__}: {e})")
-                    return
-                figures.requests += 1
-                figures.per_operation[name] += 1
-                figures.statuses[response.status_code] += 1
-                if response.status_code >= 500:
-                    figures.server_errors += 1
-                try:
-                    case.validate_response(response, checks=checks, headers=AUTH)
-                except (Exception, BaseExceptionGroup) as e:  # FailureGroup: checks that failed
-                    figures.violations += 1
-                    if len(figures.failures) < 20:
-                        figures.failures.append(
-                            f"{name} [{response.status_code}]: {str(e)[:1500]}"
-                        )
-
             try:
-                run()  # noqa: B023 - called at once, inside this iteration
+                _fuzz(strategy, name, fuzz_server.url, checks, figures, deadline)
             except Unsatisfiable:
                 # No invalid input exists for an operation without parameters or body.
                 assert mode == GenerationMode.NEGATIVE, name
