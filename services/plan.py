@@ -248,9 +248,7 @@ def plan_size(run: RunCreate, limits: PlanLimits) -> tuple[int, int]:
     budget = run.params.budget_batches if run.params.budget_batches is not None else math.inf
     epochs = steps = 0
     hint = "give fewer epochs, a smaller params.budget_batches or a larger params.batch_size"
-    for slot in _slots(run, limits.epochs):
-        if epochs >= max_epochs or steps >= budget:
-            break
+    for slot in _slots(run, limits.epochs):  # epochs >= 1 and budget >= 1: one at least
         s = int(min(slot.steps, budget - steps))
         if s > limits.epoch_steps:
             raise PlanTooLarge(
@@ -273,6 +271,8 @@ def plan_size(run: RunCreate, limits: PlanLimits) -> tuple[int, int]:
                 f"limit (DOCL_MAX_PLAN_STEPS); {hint}",
                 "DOCL_MAX_PLAN_STEPS",
             )
+        if epochs >= max_epochs or steps >= budget:
+            break  # before asking for the next epoch: its episode may never be started
     return epochs, steps
 
 
@@ -288,9 +288,7 @@ def build_plan(run: RunCreate, limits: PlanLimits | None = None) -> list[EpochSp
     plan: list[EpochSpec] = []
     lr_sum = 0.0
     used_steps = 0
-    for slot in _slots(run):
-        if len(plan) >= max_epochs or used_steps >= budget:
-            break
+    for slot in _slots(run):  # epochs >= 1 and budget >= 1: one at least
         r, steps = slot.row, slot.steps
         size, draw_size = r.size, r.draw_size
         if used_steps + steps > budget:  # the budget cuts this epoch short
@@ -318,6 +316,8 @@ def build_plan(run: RunCreate, limits: PlanLimits | None = None) -> list[EpochSp
         )
         lr_sum = _sequential_sum(lr_sum, epoch_lr)
         used_steps += steps
+        if len(plan) >= max_epochs or used_steps >= budget:
+            break  # before asking for the next epoch: its episode may never be started
     return plan
 
 
