@@ -165,27 +165,19 @@ def redis_error_response(exc: Exception, *, method: str, path: str) -> JSONRespo
     from docl.services import metrics
 
     kind = type(exc).__name__
-    if isinstance(exc, RedisConnectionError | RedisTimeoutError):
-        metrics.REDIS_ERRORS.labels(kind=kind).inc()
-        log.warning("redis unavailable during %s %s: %s", method, path, exc)
-        return problem_response(
-            503,
-            f"the score store (Redis) is unavailable ({kind}: {exc}); retry shortly",
-            instance=path,
-            headers={"Retry-After": "1"},
-        )
     text = str(exc)
-    if isinstance(exc, OutOfMemoryError | ReadOnlyError) or _REFUSED.search(text):
-        metrics.REDIS_ERRORS.labels(kind=kind).inc()
-        log.error("redis refused a write during %s %s: %s", method, path, text)
-        return problem_response(
-            503,
-            f"the score store (Redis) refuses writes: {text}",
-            instance=path,
-            headers={"Retry-After": "5"},
-        )
-    log.error("redis error in %s %s", method, path, exc_info=exc)
-    return problem_response(500, f"internal error: Redis said: {text}", instance=path)
+    if isinstance(exc, RedisConnectionError | RedisTimeoutError):
+        level, retry_after = logging.WARNING, 1
+        detail = f"the score store (Redis) is unavailable ({kind}: {text}); retry shortly"
+    elif isinstance(exc, OutOfMemoryError | ReadOnlyError) or _REFUSED.search(text):
+        level, retry_after = logging.ERROR, 5
+        detail = f"the score store (Redis) refuses writes ({kind}: {text}); retry later"
+    else:
+        log.error("redis error in %s %s", method, path, exc_info=exc)
+        return problem_response(500, f"internal error: Redis said: {text}", instance=path)
+    metrics.REDIS_ERRORS.labels(kind=kind).inc()
+    log.log(level, "redis error during %s %s: %s: %s", method, path, kind, text)
+    return problem_response(503, detail, instance=path, headers={"Retry-After": str(retry_after)})
 
 
 def unexpected_response(exc: Exception, *, method: str, path: str) -> JSONResponse:
