@@ -71,7 +71,8 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(
         64 * MiB,
         ge=1024,
-        description="Largest request body; bigger ones get 413 (Content-Length and streamed).",
+        description="Largest binary report body (application/vnd.docl.report(s).v1); bigger "
+        "ones get 413 (Content-Length and streamed). Other bodies: max_json_bytes.",
     )
     max_json_bytes: int = Field(
         1 * MiB,
