@@ -42,7 +42,7 @@ class Indices(BaseModel):
             "required": False,
             "content": {
                 "application/json": {
-                    "schema": {"$ref": "#/components/schemas/EpochDraw"},
+                    # the schema is FastAPI's: EpochDraw or null (no body), as the route reads it
                     "examples": {
                         "next": {"summary": "draw the next epoch", "value": {}},
                         "numbered": {"summary": "draw (or re-read) epoch 3", "value": {"epoch": 3}},
