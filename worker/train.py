@@ -25,9 +25,10 @@ from __future__ import annotations
 import json
 import os
 import re
+import secrets
 import time
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -147,6 +148,10 @@ def train(spec: TrainSpec) -> dict[str, Any]:
     ray_started = False
     try:
         if not spec.local and server is None:
+            if spec.ray_address and not spec.token:
+                # Its server listens off loopback, which `docl serve` refuses without a
+                # token: one for this job, passed to every worker with the server's URL.
+                spec = replace(spec, token=secrets.token_hex(16))
             server_proc, server = _start_server(spec)
         if server is not None:
             from docl.client import ScoreClient
