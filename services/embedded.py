@@ -48,6 +48,7 @@ __all__ = [
     "RedisStartError",
     "ServerProcess",
     "clean_stale_dirs",
+    "die_with_parent",
     "free_port",
     "redis_server_binary",
 ]
@@ -155,7 +156,8 @@ def redis_server_binary() -> str:
     )
 
 
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
+def die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
+    """Linux: SIGTERM this process when the thread that started it dies (call it in the child)."""
     # Linux: ask the kernel to SIGTERM redis-server when the process that started it
     # dies, so a SIGKILLed `docl serve` (or test run) leaves no orphan Redis behind.
     with contextlib.suppress(Exception):
@@ -304,7 +306,7 @@ class RedisProcess:
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.PIPE,
-                preexec_fn=_die_with_parent if self.die_with_parent else None,
+                preexec_fn=die_with_parent if self.die_with_parent else None,
             )
             try:
                 self._wait_ready(timeout)
@@ -541,7 +543,7 @@ class ServerProcess:
             stdout=self._log,
             stderr=subprocess.STDOUT,
             env=env,
-            preexec_fn=_die_with_parent,
+            preexec_fn=die_with_parent,
         )
         self._wait_ready(timeout)
         return self

@@ -24,6 +24,7 @@ from docl.client.wire import (
     decode_reports,
 )
 from docl.services.deps import EngineDep
+from docl.services.embedded import die_with_parent
 from docl.services.engine import Engine, report_arrays_from_json
 from docl.services.errors import (
     ProblemError,
@@ -127,7 +128,10 @@ def _json_pool() -> ProcessPoolExecutor:
     with _pool_lock:
         if _pool is None:
             # spawn: a fork of a process with threads (uvicorn, redis, executors) is unsafe.
-            _pool = ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn"))
+            # die_with_parent: a SIGKILLed server leaves no parser behind.
+            _pool = ProcessPoolExecutor(
+                max_workers=1, mp_context=mp.get_context("spawn"), initializer=die_with_parent
+            )
         return _pool
 
 

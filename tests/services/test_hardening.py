@@ -433,3 +433,36 @@ def test_serve_checks_the_address_before_binding(monkeypatch: pytest.MonkeyPatch
     assert bound == ["0.0.0.0", "0.0.0.0"]
     assert all(map(is_loopback, ["127.0.0.1", "127.1.2.3", "::1", "[::1]", "localhost"]))
     assert not any(map(is_loopback, ["0.0.0.0", "::", "10.0.0.1", "example.org", ""]))
+
+
+def _parser_child(server: ServerProcess) -> psutil.Process:
+    assert server.pid is not None
+    kids = [
+        p for p in psutil.Process(server.pid).children(recursive=True)
+        if "spawn_main" in " ".join(p.cmdline())
+    ]  # fmt: skip
+    assert len(kids) == 1, kids
+    return kids[0]
+
+
+@pytest.mark.parametrize("how", ["stop", "kill"])
+def test_the_json_parser_process_ends_with_its_server(how: str) -> None:
+    """Large JSON reports are decoded in a child process: it ends with the server, even a
+    SIGKILLed one (a parent-death signal), instead of lingering as an orphan."""
+    body = json.dumps({"report_id": "r", "epoch": 0, "indices": list(range(20000))}).encode()
+    assert len(body) > 64 * 1024
+    server = ServerProcess(env={"DOCL_API_TOKEN": TOKEN})
+    try:
+        server.start()
+        r = httpx.post(
+            server.url + "/v1/runs/no-such-run/reports",
+            content=body,
+            headers={**AUTH, "Content-Type": "application/json"},
+            timeout=60,
+        )
+        assert r.status_code == 422, r.text  # parsed in the child: a field is missing
+        child = _parser_child(server)
+        server.kill() if how == "kill" else server.stop()
+        child.wait(timeout=15)  # psutil.TimeoutExpired if it outlives the server
+    finally:
+        server.close()
