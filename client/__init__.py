@@ -32,7 +32,8 @@ from docl.client.errors import (
     ValidationError,
     WireError,
 )
-from docl.client.models import (
+from docl.client.reporter import LrSum, Reporter, ReporterCounters, track_lr
+from docl.wire.models import (
     Epoch,
     Plan,
     PlanEpoch,
@@ -42,7 +43,6 @@ from docl.client.models import (
     RunParams,
     Stats,
 )
-from docl.client.reporter import LrSum, Reporter, ReporterCounters, track_lr
 
 
 def _quiet_httpx() -> None:

@@ -3,7 +3,7 @@
 DoclError
 ├── TransportError          the server could not be reached (after retries)
 ├── WireError               a binary body does not follow its layout, or arrays
-│                           that cannot be encoded (also a ValueError; docl.client.wire)
+│                           that cannot be encoded (also a ValueError; docl.wire.encoding)
 └── APIError                the server answered with an RFC 9457 problem
     ├── BadRequestError         400
     ├── AuthenticationError     401 (missing or wrong token), 403
@@ -15,6 +15,9 @@ DoclError
 """
 
 from __future__ import annotations
+
+# The two roots the wire codec raises live with it (docl.wire imports nothing of the SDK).
+from docl.wire.errors import DoclError, WireError
 
 __all__ = [
     "APIError",
@@ -32,17 +35,8 @@ __all__ = [
 ]
 
 
-class DoclError(Exception):
-    """Base of every error the SDK raises."""
-
-
 class TransportError(DoclError):
     """The server could not be reached, or the connection broke, after all retries."""
-
-
-class WireError(DoclError, ValueError):
-    """A binary body does not follow its documented layout (see docl.client.wire),
-    or arrays given to the SDK cannot be encoded (wrong shapes or dtypes)."""
 
 
 class APIError(DoclError):

@@ -22,7 +22,6 @@ from typing import Any
 from fastapi import APIRouter, Depends, FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from docl.client.wire import REPORT_CONTENT_TYPE, REPORTS_CONTENT_TYPE
 from docl.services import errors, metrics
 from docl.services.config import Settings
 from docl.services.deps import bearer
@@ -31,7 +30,8 @@ from docl.services.engine import Engine
 from docl.services.errors import PayloadTooLarge, problem_response
 from docl.services.routes import epochs, health, plan, reports, runs, scores, stats
 from docl.services.routes._common import complete_openapi
-from docl.services.store import Store
+from docl.services.store import RedisStore
+from docl.wire.encoding import REPORT_CONTENT_TYPE, REPORTS_CONTENT_TYPE
 
 __all__ = ["GatewayMiddleware", "create_app"]
 
@@ -203,7 +203,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             embedded.start()
             url = embedded.unix_url
             log.info("embedded redis-server at %s (data dir %s)", url, embedded.data_dir)
-        store = Store.from_url(
+        store = RedisStore.from_url(
             url,
             timeout_s=settings.redis_timeout_s,
             max_connections=settings.redis_max_connections,

@@ -28,13 +28,13 @@ import re
 import secrets
 import time
 import uuid
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
-from docl.client.models import RunCreate, RunParams
+from docl.wire.models import RunCreate, RunParams
 from docl.worker.loop import LoopConfig, train_loop
 from docl.worker.session import LocalSession
 from docl.worker.tasks import TaskData, get_task
@@ -103,24 +103,22 @@ def build_run(spec: TrainSpec, data: TaskData) -> RunCreate:
     epochs = spec.epochs
     if epochs is None and params.get("budget_batches") is None:
         epochs = int(data.defaults.get("epochs", 30))
-    unknown = sorted(set(params) - set(RunParams.model_fields))
-    if unknown:
-        raise TrainError(
-            f"unknown --param {', '.join(unknown)}; run parameters are: "
-            f"{', '.join(RunParams.model_fields)}"
-        )
+    _check_param_names(params)
     run_id = spec.run_id or (
         f"{_safe_id(spec.task)}-{spec.method}-s{spec.seed}-{uuid.uuid4().hex[:8]}"
     )
     try:
-        return RunCreate(
-            run_id=run_id,
-            num_samples=data.num_samples,
-            num_outputs=data.num_outputs,
-            task=data.task,
-            method=spec.method,
-            epochs=epochs,
-            params=RunParams(**params),
+        # model_validate: RunCreate is strict, and the method's name is checked here
+        return RunCreate.model_validate(
+            {
+                "run_id": run_id,
+                "num_samples": data.num_samples,
+                "num_outputs": data.num_outputs,
+                "task": data.task,
+                "method": spec.method,
+                "epochs": epochs,
+                "params": RunParams(**params),
+            }
         )
     except ValidationError as e:
         raise TrainError(f"invalid run config: {_pydantic_message(e)}") from e
@@ -276,8 +274,18 @@ def train(spec: TrainSpec) -> dict[str, Any]:
     return result
 
 
+def _check_param_names(params: dict[str, Any]) -> None:
+    """A TrainError naming every key that is not a run parameter."""
+    unknown = sorted(set(params) - set(RunParams.model_fields))
+    if unknown:
+        raise TrainError(
+            f"unknown --param {', '.join(unknown)}; run parameters are: "
+            f"{', '.join(RunParams.model_fields)}"
+        )
+
+
 def _check_early(spec: TrainSpec) -> None:
-    from docl.client.models import METHODS
+    from docl.wire.models import METHODS
 
     if spec.workers < 0:
         raise TrainError("workers must be >= 0 (0 = in-process)")
@@ -298,12 +306,7 @@ def _check_early(spec: TrainSpec) -> None:
             f"--local trains without the score server, so it can only draw uniformly "
             f"(methods random, random-subset), not {spec.method!r}"
         )
-    unknown = sorted(set(spec.params) - set(RunParams.model_fields))
-    if unknown:
-        raise TrainError(
-            f"unknown --param {', '.join(unknown)}; run parameters are: "
-            f"{', '.join(RunParams.model_fields)}"
-        )
+    _check_param_names(spec.params)
     try:
         RunParams(**spec.params)
     except ValidationError as e:
@@ -369,7 +372,3 @@ def _connect_ray(spec: TrainSpec) -> bool:
         cpus = max(os.cpu_count() or 1, spec.workers * int(spec.threads or 1))
         ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=True)
     return True
-
-
-def spec_dict(spec: TrainSpec) -> dict[str, Any]:
-    return asdict(spec)

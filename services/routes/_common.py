@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from docl.client.models import Problem
 from docl.services.errors import PROBLEM_CONTENT_TYPE
+from docl.wire.models import Problem
 
 __all__ = ["RUN_ID_DOC", "complete_openapi", "problems"]
 
@@ -69,7 +69,7 @@ def complete_openapi(doc: dict[str, Any]) -> dict[str, Any]:
       limits) and 500; on ``/v1`` also 401, 503 and, with parameters or a body, 422; and the
       problem+json content of any error response declared without one.
     """
-    from docl.client.models import Report
+    from docl.wire.models import Report
 
     schemas = doc.setdefault("components", {}).setdefault("schemas", {})
     schemas.setdefault(

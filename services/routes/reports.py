@@ -14,15 +14,6 @@ from fastapi import APIRouter, Path, Request, Response
 from redis.exceptions import RedisError
 from starlette.types import Receive, Scope, Send
 
-from docl.client.models import ReportAck, ReportsAck
-from docl.client.wire import (
-    REPORT_CONTENT_TYPE,
-    REPORTS_CONTENT_TYPE,
-    ReportArrays,
-    WireError,
-    decode_report,
-    decode_reports,
-)
 from docl.services.deps import EngineDep
 from docl.services.embedded import die_with_parent
 from docl.services.engine import Engine, report_arrays_from_json
@@ -36,6 +27,15 @@ from docl.services.errors import (
     unexpected_response,
 )
 from docl.services.routes._common import RUN_ID_DOC, problems
+from docl.wire.encoding import (
+    REPORT_CONTENT_TYPE,
+    REPORTS_CONTENT_TYPE,
+    ReportArrays,
+    WireError,
+    decode_report,
+    decode_reports,
+)
+from docl.wire.models import ReportAck, ReportsAck
 
 router = APIRouter(tags=["reports"])
 
@@ -192,14 +192,6 @@ async def _answer(engine: Engine, run_id: str, content_type: str, body: bytes) -
         duplicates=sum(a.duplicate for a in acks),
     )
     return Response(content=doc.model_dump_json(), media_type="application/json")
-
-
-def parse_report(content_type: str, body: bytes) -> ReportArrays:
-    """Decode a one-report body by its Content-Type (422/415 problems when it does not parse)."""
-    reps, multi = parse_reports(content_type, body)
-    if multi:
-        raise UnsupportedMediaType(f"expected one report, not {REPORTS_CONTENT_TYPE}")
-    return reps[0]
 
 
 def parse_reports(content_type: str, body: bytes) -> tuple[list[ReportArrays], bool]:
