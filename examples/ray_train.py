@@ -13,7 +13,8 @@ background reporter.
     python examples/ray_train.py --server http://127.0.0.1:8000 --workers 2
 
 On a cluster: start the server where the workers can reach it
-(``docl serve --host 0.0.0.0``) and pass ``--ray-address auto`` (or
+(``docl serve --host 0.0.0.0 --token T``; workers read ``DOCL_API_TOKEN=T``) and
+pass ``--ray-address auto`` (or
 ``ray job submit -- python examples/ray_train.py --server http://HOST:8000``).
 """
 

@@ -30,7 +30,9 @@ from docl.services.engine import Engine
 from docl.services.errors import PayloadTooLarge, problem_response
 from docl.services.routes import epochs, health, plan, reports, runs, scores, stats
 from docl.services.routes import methods as method_routes
+from docl.services.routes._common import complete_openapi
 from docl.services.store import RedisStore
+from docl.wire.encoding import REPORT_CONTENT_TYPE, REPORTS_CONTENT_TYPE
 
 __all__ = ["GatewayMiddleware", "create_app"]
 
@@ -58,8 +60,9 @@ class GatewayMiddleware:
         self.app = app
         self.fast_reports = settings.fast_reports
         self.max_body = settings.max_body_bytes
+        self.max_json = min(settings.max_json_bytes, settings.max_body_bytes)
         token = settings.api_token.get_secret_value() if settings.api_token else None
-        self.expected = f"Bearer {token}".encode() if token else None
+        self.token = token.encode() if token else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -81,15 +84,16 @@ class GatewayMiddleware:
             if rejected is not None:
                 await rejected(scope, receive, send_wrapper)
                 return
+            limit = self._body_limit(scope)
             if method == "POST" and self.fast_reports:
                 m = reports.FAST_PATH.match(path)
                 if m is not None:
                     label = _REPORTS_LABEL
                     engine = scope["app"].state.engine
-                    limited = self._limited(receive)
+                    limited = self._limited(receive, limit)
                     await reports.report_asgi(engine, m.group(1), scope, limited, send_wrapper)
                     return
-            await self.app(scope, self._limited(receive), send_wrapper)
+            await self.app(scope, self._limited(receive, limit), send_wrapper)
         finally:
             if label is None:
                 route = scope.get("route")
@@ -101,9 +105,21 @@ class GatewayMiddleware:
             metrics.HTTP_REQUESTS.labels(method, label, str(status_holder[0])).inc()
             metrics.HTTP_SECONDS.labels(method, label).observe(time.perf_counter() - t0)
 
+    def _body_limit(self, scope: Scope) -> tuple[int, str]:
+        """(limit, its setting) for this request's body: the binary report encodings may
+        use DOCL_MAX_BODY_BYTES; everything else is JSON (or refused), parsed while holding
+        the interpreter, and gets the smaller DOCL_MAX_JSON_BYTES."""
+        for k, v in scope["headers"]:
+            if k == b"content-type":
+                ctype = v.split(b";")[0].strip().lower()
+                if ctype in _BINARY_TYPES:
+                    return self.max_body, "DOCL_MAX_BODY_BYTES"
+                break
+        return self.max_json, "DOCL_MAX_JSON_BYTES"
+
     def _reject(self, scope: Scope, path: str) -> Any:
         headers = dict(scope["headers"])
-        if self.expected is not None and path.startswith("/v1"):
+        if self.token is not None and path.startswith("/v1"):
             got = headers.get(b"authorization")
             if got is None:
                 return problem_response(
@@ -112,7 +128,11 @@ class GatewayMiddleware:
                     instance=path,
                     headers={"WWW-Authenticate": 'Bearer realm="docl"'},
                 )
-            if not hmac.compare_digest(got, self.expected):
+            # RFC 9110 §11.1: the scheme is case-insensitive ("bearer", "BEARER").
+            scheme, _, credentials = got.partition(b" ")
+            if scheme.lower() != b"bearer" or not hmac.compare_digest(
+                credentials.strip(b" \t"), self.token
+            ):
                 return problem_response(
                     401,
                     "wrong bearer token",
@@ -125,18 +145,19 @@ class GatewayMiddleware:
                 size = int(length)
             except ValueError:
                 return problem_response(400, "Content-Length is not a number", instance=path)
-            if size > self.max_body:
+            limit, setting = self._body_limit(scope)
+            if size > limit:
                 return problem_response(
                     413,
                     f"request body of {size} bytes is over this server's limit of "
-                    f"{self.max_body} bytes (DOCL_MAX_BODY_BYTES)",
+                    f"{limit} bytes ({setting}){_hint(setting)}",
                     instance=path,
                 )
         return None
 
-    def _limited(self, receive: Receive) -> Receive:
+    def _limited(self, receive: Receive, limit: tuple[int, str]) -> Receive:
         """Count the streamed body: a chunked or lying client hits the same 413."""
-        limit = self.max_body
+        most, setting = limit
         seen = 0
 
         async def wrapped() -> Message:
@@ -144,13 +165,23 @@ class GatewayMiddleware:
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
-                if seen > limit:
+                if seen > most:
                     raise PayloadTooLarge(
-                        f"request body is over this server's limit of {limit} bytes (DOCL_MAX_BODY_BYTES)"
+                        f"request body is over this server's limit of {most} bytes "
+                        f"({setting}){_hint(setting)}"
                     )
             return message
 
         return wrapped
+
+
+_BINARY_TYPES = (REPORT_CONTENT_TYPE.encode(), REPORTS_CONTENT_TYPE.encode())
+
+
+def _hint(setting: str) -> str:
+    if setting == "DOCL_MAX_JSON_BYTES":
+        return f"; send large reports in the binary encoding ({REPORT_CONTENT_TYPE})"
+    return ""
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -168,6 +199,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 data_dir=settings.data_dir,
                 appendonly=settings.data_dir is not None,
                 appendfsync=settings.embedded_appendfsync,
+                tcp=False,  # its owner-only Unix socket is the only way in
             )
             # Started from this (the main) thread on purpose: the child's parent-death
             # signal is tied to the thread that forked it, and executor threads come and go.
@@ -190,6 +222,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             yield
         finally:
+            reports.shutdown_json_pool()
             await store.close()
             if embedded is not None:
                 embedded.stop()
@@ -227,4 +260,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(v1)
     app.include_router(health.router)
     app.add_middleware(GatewayMiddleware, settings=settings)
+    fastapi_openapi = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        return complete_openapi(fastapi_openapi())  # in place on FastAPI's cached document
+
+    app.openapi = openapi  # type: ignore[method-assign]
     return app

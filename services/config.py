@@ -14,6 +14,8 @@ from typing import Literal
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from docl.services.plan import PlanLimits
+
 __all__ = ["Settings"]
 
 MiB = 1 << 20
@@ -56,6 +58,11 @@ class Settings(BaseSettings):
     api_token: SecretStr | None = Field(
         None, description="When set, every /v1 route needs 'Authorization: Bearer <token>'."
     )
+    insecure: bool = Field(
+        False,
+        description="Let `docl serve` listen on a non-loopback address without api_token "
+        "(refused otherwise: anyone who reaches the port could read, reset or delete every run).",
+    )
     fast_reports: bool = Field(
         True,
         description="Serve POST /v1/runs/{run}/reports by a bare ASGI handler, bypassing FastAPI's "
@@ -64,7 +71,36 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(
         64 * MiB,
         ge=1024,
-        description="Largest request body; bigger ones get 413 (Content-Length and streamed).",
+        description="Largest binary report body (application/vnd.docl.report(s).v1); bigger "
+        "ones get 413 (Content-Length and streamed). Other bodies: max_json_bytes.",
+    )
+    max_json_bytes: int = Field(
+        1 * MiB,
+        ge=1024,
+        description="Largest JSON request body (every route; reports included; 413 above). "
+        "JSON reports over 64 KiB are parsed in a child process (decoding holds the "
+        "interpreter: a 1 MiB report of one-digit numbers costs 0.1-0.3 s of CPU); larger "
+        "reports use the binary encodings.",
+    )
+
+    # -- the plan: checked in closed form before anything is built (422 above) ---------
+    max_plan_epochs: int = Field(
+        100_000,
+        ge=1,
+        description="Most epochs in a run's plan, and in any one episode of it (the warmup "
+        "included: an episode's learning-rate schedule is laid out at once).",
+    )
+    max_plan_steps: int = Field(
+        10_000_000,
+        ge=1,
+        description="Most optimizer steps in a run's plan (epochs × steps, or budget_batches), "
+        "and in any one episode of it. The plan keeps one float64 learning rate per step.",
+    )
+    max_epoch_steps: int = Field(
+        1_000_000,
+        ge=1,
+        description="Most optimizer steps in one epoch (ceil(size / batch_size)): a drawn epoch "
+        "carries one learning rate per step.",
     )
 
     # -- the store ---------------------------------------------------------------------
@@ -99,3 +135,12 @@ class Settings(BaseSettings):
     max_page_bytes: int = Field(
         64 * MiB, ge=1024, description="Largest slice of per-sample records one /scores page reads."
     )
+
+    @property
+    def plan_limits(self) -> PlanLimits:
+        """The plan bounds above, as :func:`docl.services.plan.plan_size` takes them."""
+        return PlanLimits(
+            epochs=self.max_plan_epochs,
+            steps=self.max_plan_steps,
+            epoch_steps=self.max_epoch_steps,
+        )

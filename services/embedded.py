@@ -12,6 +12,16 @@ production, on the same code path: nothing here is a mock.
 
 The port is chosen once (a free one unless given) and kept across restarts, so
 clients reconnect to the same URL.
+
+Who can reach it. ``docl serve`` starts it with ``tcp=False``: no TCP listener at
+all (``port 0``), only a Unix socket in an owner-only (0700) directory, socket mode
+0700 — other local users cannot connect. A TCP one (``tcp=True``, what the tests and
+benchmarks use to kill and restart a Redis by URL) binds loopback, needs a random
+``requirepass`` (in :attr:`RedisProcess.url`) and has ``CONFIG`` and ``DEBUG``
+disabled, so a local user who finds the port can neither read the runs nor make
+Redis write files. A temporary data directory (``docl-redis-*`` in the temp dir)
+holds a ``docl-owner`` file; a new RedisProcess removes the directories of owners
+that died without cleaning up (SIGKILL).
 """
 
 from __future__ import annotations
@@ -20,17 +30,97 @@ import contextlib
 import ctypes
 import importlib.util
 import os
+import secrets
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import Literal
 
-__all__ = ["RedisProcess", "RedisStartError", "ServerProcess", "free_port", "redis_server_binary"]
+__all__ = [
+    "RedisProcess",
+    "RedisStartError",
+    "ServerProcess",
+    "clean_stale_dirs",
+    "die_with_parent",
+    "free_port",
+    "redis_server_binary",
+]
+
+#: Prefix of the temporary data directories; each holds an OWNER_FILE.
+TMP_PREFIX = "docl-redis-"
+OWNER_FILE = "docl-owner"
+
+
+def _start_time(pid: int) -> str | None:
+    """The kernel's start time of process ``pid`` (field 22 of /proc/pid/stat), or None
+    when there is no such process: with the pid it names one process across pid reuse."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return raw.rsplit(")", 1)[1].split()[19]
+
+
+def _owner_line() -> str:
+    return f"{os.getpid()} {_start_time(os.getpid())}\n"
+
+
+def _owner_alive(directory: Path) -> bool | None:
+    """Whether the process that made ``directory`` still runs (None: no owner file)."""
+    try:
+        pid_text, _, start = (directory / OWNER_FILE).read_text().strip().partition(" ")
+        pid = int(pid_text)
+    except (OSError, ValueError):
+        return None
+    return _start_time(pid) == start
+
+
+def _socket_answers(path: Path) -> bool:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(0.5)
+        try:
+            s.connect(str(path))
+        except OSError:
+            return False
+    return True
+
+
+def _stale_dirs(tmp: Path) -> Iterator[Path]:
+    uid = os.getuid()
+    for d in tmp.glob(TMP_PREFIX + "*"):
+        try:
+            st = d.lstat()
+        except OSError:
+            continue
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != uid:
+            continue  # not a directory (a symlink, say) or somebody else's: never touched
+        alive = _owner_alive(d)
+        sock = d / "redis.sock"
+        if alive or (alive is None and not sock.exists()):
+            continue  # owner running, or a directory we cannot judge
+        if sock.exists() and _socket_answers(sock):
+            continue  # its Redis still serves (started without a parent-death signal)
+        yield d
+
+
+def clean_stale_dirs(tmp: str | os.PathLike[str] | None = None) -> list[Path]:
+    """Remove this user's temporary embedded-Redis directories whose owner process died
+    (SIGKILL leaves them behind: no ``stop()`` ran) and whose Redis no longer answers.
+    Returns what was removed."""
+    removed = []
+    for d in _stale_dirs(Path(tmp or tempfile.gettempdir())):
+        shutil.rmtree(d, ignore_errors=True)
+        if not d.exists():
+            removed.append(d)
+    return removed
+
 
 AppendFsync = Literal["always", "everysec", "no"]
 
@@ -66,7 +156,8 @@ def redis_server_binary() -> str:
     )
 
 
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
+def die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
+    """Linux: SIGTERM this process when the thread that started it dies (call it in the child)."""
     # Linux: ask the kernel to SIGTERM redis-server when the process that started it
     # dies, so a SIGKILLed `docl serve` (or test run) leaves no orphan Redis behind.
     with contextlib.suppress(Exception):
@@ -91,7 +182,11 @@ class RedisProcess:
         die_with_parent: SIGTERM the child when this process dies (Linux only).
         unixsocket: also listen on ``<data_dir>/redis.sock`` (:attr:`unix_url`): a Unix
             socket skips the TCP stack and is what ``docl serve`` uses for its embedded
-            Redis. Skipped when the path would be too long for a socket address.
+            Redis. When the path would be too long for a socket address, the socket goes
+            into a private temporary directory instead.
+        tcp: listen on ``host:port`` too, with a random password (``requirepass``, part
+            of :attr:`url` and :attr:`unix_url`) and CONFIG/DEBUG disabled. False
+            (``docl serve``): the owner-only Unix socket is the only way in.
         extra_args: more ``--name value`` arguments for redis-server.
     """
 
@@ -108,13 +203,19 @@ class RedisProcess:
         extra_args: tuple[str, ...] = (),
         binary: str | None = None,
         unixsocket: bool = True,
+        tcp: bool = True,
     ) -> None:
         self.host = host
+        self.tcp = tcp
         self._fixed_port = port is not None
         self.port = port or 0
+        self.password: str | None = secrets.token_hex(16) if tcp else None
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
+        self._sock_tmp: tempfile.TemporaryDirectory[str] | None = None
         if data_dir is None:
-            self._tmp = tempfile.TemporaryDirectory(prefix="docl-redis-")
+            clean_stale_dirs()
+            self._tmp = tempfile.TemporaryDirectory(prefix=TMP_PREFIX)  # mode 0700
+            (Path(self._tmp.name) / OWNER_FILE).write_text(_owner_line())
             data_dir = self._tmp.name
         self.data_dir = Path(data_dir)
         self.appendonly = appendonly
@@ -125,21 +226,32 @@ class RedisProcess:
         self.binary = binary or redis_server_binary()
         self.proc: subprocess.Popen[bytes] | None = None
         sock = self.data_dir.resolve() / "redis.sock"
-        self.socket_path: Path | None = sock if unixsocket and len(str(sock)) < 100 else None
+        if (unixsocket or not tcp) and len(str(sock)) >= 100:  # too long for sun_path
+            self._sock_tmp = tempfile.TemporaryDirectory(prefix=TMP_PREFIX)
+            (Path(self._sock_tmp.name) / OWNER_FILE).write_text(_owner_line())
+            sock = Path(self._sock_tmp.name) / "redis.sock"
+        self.socket_path: Path | None = sock if unixsocket or not tcp else None
 
     # -- addresses --------------------------------------------------------------
     @property
     def url(self) -> str:
+        """``redis://:<password>@127.0.0.1:<port>/0``; :attr:`unix_url` without TCP."""
+        if not self.tcp:
+            return self.unix_url
         if not self.port:
             raise RedisStartError("redis-server has not been started yet (no port)")
-        return f"redis://{self.host}:{self.port}/0"
+        return f"redis://{self._auth}{self.host}:{self.port}/0"
 
     @property
     def unix_url(self) -> str:
         """``unix://<data_dir>/redis.sock?db=0`` when the Unix socket is on, else :attr:`url`."""
         if self.socket_path is None:
             return self.url
-        return f"unix://{self.socket_path}?db=0"
+        return f"unix://{self._auth}{self.socket_path}?db=0"
+
+    @property
+    def _auth(self) -> str:
+        return f":{self.password}@" if self.password else ""
 
     @property
     def pid(self) -> int | None:
@@ -156,11 +268,11 @@ class RedisProcess:
     def _argv(self) -> list[str]:
         argv = [
             self.binary,
-            "--port", str(self.port),
+            "--port", str(self.port if self.tcp else 0),  # 0: no TCP listener at all
             "--bind", self.host,
             "--dir", str(self.data_dir),
             "--daemonize", "no",
-            "--protected-mode", "no",
+            "--protected-mode", "yes",
             "--logfile", str(self.log_path),
             "--appendonly", "yes" if self.appendonly else "no",
             "--appendfsync", self.appendfsync,
@@ -169,6 +281,11 @@ class RedisProcess:
         ]  # fmt: skip
         if self.socket_path is not None:
             argv += ["--unixsocket", str(self.socket_path), "--unixsocketperm", "700"]
+        if self.password:
+            argv += ["--requirepass", self.password]
+            # A client that found the port and the password still cannot make Redis
+            # write files (CONFIG SET dir/dbfilename) or crash it (DEBUG).
+            argv += ["--rename-command", "CONFIG", "", "--rename-command", "DEBUG", ""]
         if not self.save_rdb:
             argv += ["--save", ""]
         argv += list(self.extra_args)
@@ -179,17 +296,17 @@ class RedisProcess:
         if self.running():
             return self
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        attempts = 1 if self._fixed_port else 5
+        attempts = 1 if self._fixed_port or not self.tcp else 5
         last_error = ""
         for _ in range(attempts):
-            if not self._fixed_port and not self.port:
+            if self.tcp and not self._fixed_port and not self.port:
                 self.port = free_port(self.host)
             self.proc = subprocess.Popen(
                 self._argv(),
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.PIPE,
-                preexec_fn=_die_with_parent if self.die_with_parent else None,
+                preexec_fn=die_with_parent if self.die_with_parent else None,
             )
             try:
                 self._wait_ready(timeout)
@@ -230,13 +347,34 @@ class RedisProcess:
             f"redis-server did not answer PING within {timeout} s\n{self._log_tail()}"
         )
 
+    def _connect(self, timeout: float) -> socket.socket:
+        """A raw connection (TCP when on, else the Unix socket), authenticated."""
+        if self.tcp:
+            s = socket.create_connection((self.host, self.port), timeout=timeout)
+        else:
+            assert self.socket_path is not None
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.settimeout(timeout)
+            try:
+                s.connect(str(self.socket_path))
+            except OSError:
+                s.close()
+                raise
+        if self.password:
+            pw = self.password.encode()
+            s.sendall(b"*2\r\n$4\r\nAUTH\r\n$%d\r\n%s\r\n" % (len(pw), pw))
+            if not s.recv(64).startswith(b"+OK"):
+                s.close()
+                raise ConnectionRefusedError("AUTH refused")
+        return s
+
     def ping(self, timeout: float = 1.0) -> bool:
         """True when the server answers PING (a raw RESP exchange: no client library needed).
 
         A server still loading its AOF answers ``-LOADING``: that is not ready.
         """
         try:
-            with socket.create_connection((self.host, self.port), timeout=timeout) as s:
+            with self._connect(timeout) as s:
                 s.sendall(b"*1\r\n$4\r\nPING\r\n")
                 return s.recv(64).startswith(b"+PONG")
         except OSError:
@@ -245,7 +383,7 @@ class RedisProcess:
     def _server_pid(self, timeout: float) -> int | None:
         """process_id from INFO server of whatever answers on our port (None: nothing/loading)."""
         try:
-            with socket.create_connection((self.host, self.port), timeout=timeout) as s:
+            with self._connect(timeout) as s:
                 s.sendall(b"*2\r\n$4\r\nINFO\r\n$6\r\nserver\r\n")
                 data = b""
                 while b"process_id:" not in data or not data.endswith(b"\r\n"):
@@ -286,9 +424,10 @@ class RedisProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
         self._reap()
-        if self._tmp is not None:
-            self._tmp.cleanup()
-            self._tmp = None
+        for tmp in (self._tmp, self._sock_tmp):
+            if tmp is not None:
+                tmp.cleanup()
+        self._tmp = self._sock_tmp = None
 
     def restart(self, *, kill: bool = False, timeout: float = 15.0) -> RedisProcess:
         """Stop (or kill) and start again on the same port with the same data dir."""
@@ -317,7 +456,8 @@ class RedisProcess:
 
     def __repr__(self) -> str:
         state = "running" if self.running() else "stopped"
-        return f"RedisProcess({self.host}:{self.port}, dir={self.data_dir}, {state})"
+        where = f"{self.host}:{self.port}" if self.tcp else str(self.socket_path)
+        return f"RedisProcess({where}, dir={self.data_dir}, {state})"
 
 
 class ServerProcess:
@@ -403,7 +543,7 @@ class ServerProcess:
             stdout=self._log,
             stderr=subprocess.STDOUT,
             env=env,
-            preexec_fn=_die_with_parent,
+            preexec_fn=die_with_parent,
         )
         self._wait_ready(timeout)
         return self

@@ -11,6 +11,7 @@ lost Redis connection a 503 with ``Retry-After``.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Sequence
 from http import HTTPStatus
 from typing import Any
@@ -33,9 +34,12 @@ __all__ = [
     "Unauthorized",
     "Unprocessable",
     "UnsupportedMediaType",
+    "allowed_methods",
     "format_validation_errors",
     "install",
     "problem_response",
+    "redis_error_response",
+    "unexpected_response",
 ]
 
 log = logging.getLogger("docl.services")
@@ -141,19 +145,96 @@ def format_validation_errors(errors: Sequence[Any], *, limit: int = 5) -> str:
     return "; ".join(lines) or "invalid request"
 
 
+#: Redis up but refusing writes, as the raw reply says it (the store's own RESP client, or
+#: a write inside a script); redis-py turns OOM and READONLY into classes and drops the code.
+_REFUSED = re.compile(r"(?:^|[-:\s])(?:OOM|MISCONF|READONLY)\b")
+
+
+def redis_error_response(exc: Exception, *, method: str, path: str) -> JSONResponse:
+    """The one mapping of a Redis error to an HTTP answer (both report paths and every route):
+
+    * the connection is lost, times out or Redis is still loading: 503, Retry-After 1;
+    * Redis is up but refuses writes (``OOM``, ``MISCONF``: a failing disk, ``READONLY``:
+      a replica): 503, Retry-After 5;
+    * anything else Redis answers with an error: a 500 (a bug of ours), logged.
+    """
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import OutOfMemoryError, ReadOnlyError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+
+    from docl.services import metrics
+
+    kind = type(exc).__name__
+    text = str(exc)
+    if isinstance(exc, RedisConnectionError | RedisTimeoutError):
+        level, retry_after = logging.WARNING, 1
+        detail = f"the score store (Redis) is unavailable ({kind}: {text}); retry shortly"
+    elif isinstance(exc, OutOfMemoryError | ReadOnlyError) or _REFUSED.search(text):
+        level, retry_after = logging.ERROR, 5
+        detail = f"the score store (Redis) refuses writes ({kind}: {text}); retry later"
+    else:
+        log.error("redis error in %s %s", method, path, exc_info=exc)
+        return problem_response(500, f"internal error: Redis said: {text}", instance=path)
+    metrics.REDIS_ERRORS.labels(kind=kind).inc()
+    log.log(level, "redis error during %s %s: %s: %s", method, path, kind, text)
+    return problem_response(503, detail, instance=path, headers={"Retry-After": str(retry_after)})
+
+
+def unexpected_response(exc: Exception, *, method: str, path: str) -> JSONResponse:
+    """A 500 problem for an exception nobody expected (logged with its traceback)."""
+    log.error("unhandled error in %s %s", method, path, exc_info=exc)
+    return problem_response(500, f"internal error: {type(exc).__name__}: {exc}", instance=path)
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """Every method some route of the app answers at this path (for ``Allow``): Starlette
+    names only the methods of the first route whose path matched. Read from the app's
+    OpenAPI paths and its undocumented plain routes (/docs, /openapi.json), compiled once."""
+    from starlette.routing import Route, compile_path
+
+    app = request.app
+    table: list[tuple[re.Pattern[str], set[str]]] | None = getattr(app.state, "allow_table", None)
+    if table is None:
+        table = []
+        for path, operations in app.openapi().get("paths", {}).items():
+            table.append((compile_path(path)[0], {m.upper() for m in operations}))
+        for route in app.router.routes:
+            if isinstance(route, Route) and route.methods:
+                table.append((route.path_regex, set(route.methods)))
+        app.state.allow_table = table
+    methods: set[str] = set()
+    for regex, ms in table:
+        if regex.match(request.url.path):
+            methods |= ms
+    return sorted(methods)  # HEAD only where a route answers it (plain Routes; not APIRoutes)
+
+
 def install(app: FastAPI) -> None:
     """Register the problem+json handlers on ``app``."""
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
-        if not isinstance(exc, ProblemError) and exc.status_code == 404 and detail == "Not Found":
+        status = exc.status_code
+        headers = dict(exc.headers) if exc.headers else None
+        if not isinstance(exc, ProblemError) and status == 404 and detail == "Not Found":
             detail = f"no route {request.method} {request.url.path}"
+        elif status == 405:
+            allow = allowed_methods(request)
+            headers = {**(headers or {}), "Allow": ", ".join(allow)}
+            detail = f"{request.method} is not allowed on {request.url.path}; allowed: {', '.join(allow)}"
+        elif status == 400 and isinstance(exc.__cause__, ValueError | RecursionError):
+            # FastAPI answers 400 when the body is not UTF-8 or nests deeper than Python's
+            # json can go; any other undecodable JSON is a 422 (json_invalid), as here.
+            why = (
+                "nested too deeply" if isinstance(exc.__cause__, RecursionError) else exc.__cause__
+            )
+            status, detail = 422, f"body: Invalid JSON: {why}"
         return problem_response(
-            exc.status_code,
+            status,
             detail,
             instance=request.url.path,
-            headers=dict(exc.headers) if exc.headers else None,
+            headers=headers,
             type=getattr(exc, "type", "about:blank"),
         )
 
@@ -163,49 +244,13 @@ def install(app: FastAPI) -> None:
             422, format_validation_errors(exc.errors()), instance=request.url.path
         )
 
-    from redis.exceptions import ConnectionError as RedisConnectionError
-    from redis.exceptions import TimeoutError as RedisTimeoutError
+    from redis.exceptions import RedisError
 
-    async def _redis_down(request: Request, exc: Exception) -> JSONResponse:
-        from docl.services import metrics
+    async def _redis(request: Request, exc: Exception) -> JSONResponse:
+        return redis_error_response(exc, method=request.method, path=request.url.path)
 
-        metrics.REDIS_ERRORS.labels(kind=type(exc).__name__).inc()
-        log.warning("redis unavailable during %s %s: %s", request.method, request.url.path, exc)
-        return problem_response(
-            503,
-            f"the score store (Redis) is unavailable ({type(exc).__name__}: {exc}); retry shortly",
-            instance=request.url.path,
-            headers={"Retry-After": "1"},
-        )
-
-    app.add_exception_handler(RedisConnectionError, _redis_down)
-    app.add_exception_handler(RedisTimeoutError, _redis_down)
-
-    from redis.exceptions import ResponseError
-
-    async def _redis_refused(request: Request, exc: Exception) -> JSONResponse:
-        text = str(exc)
-        if text.startswith(("OOM", "MISCONF", "READONLY")):
-            # Redis is up but refuses writes: out of memory, a failing disk, a replica.
-            log.error(
-                "redis refused a write during %s %s: %s", request.method, request.url.path, text
-            )
-            return problem_response(
-                503,
-                f"the score store (Redis) refuses writes: {text}",
-                instance=request.url.path,
-                headers={"Retry-After": "5"},
-            )
-        log.exception("redis error in %s %s", request.method, request.url.path)
-        return problem_response(
-            500, f"internal error: Redis said: {text}", instance=request.url.path
-        )
-
-    app.add_exception_handler(ResponseError, _redis_refused)
+    app.add_exception_handler(RedisError, _redis)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error in %s %s", request.method, request.url.path)
-        return problem_response(
-            500, f"internal error: {type(exc).__name__}: {exc}", instance=request.url.path
-        )
+        return unexpected_response(exc, method=request.method, path=request.url.path)

@@ -27,6 +27,7 @@ Rules (docs/architecture.md "The plan", docs/algorithm.md for a worked example):
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, fields
 
 import numpy as np
@@ -102,10 +103,12 @@ def subset_size(size_schedule: str, n: int, params: RunParams, decays: int) -> i
     if size_schedule in ("full", "drawn"):  # drawn: the plan reserves n, the draw decides
         return n
     kmin = min_subset(params, n)
+    factor = params.gamma_k**decays  # may underflow to 0.0 after many decays
     if size_schedule == "shrink":
-        return min(n, max(kmin, _ceil(n * params.gamma_k**decays)))
+        return min(n, max(kmin, _ceil(n * factor)))
     if size_schedule == "grow":
-        return min(n, max(kmin, _ceil(kmin / params.gamma_k**decays)))
+        grown = kmin / factor if factor > 0 else math.inf
+        return n if grown >= n else max(kmin, _ceil(grown))
     raise ValueError(f"unknown size schedule {size_schedule!r}")
 
 
@@ -124,8 +127,30 @@ def episode_length(params: RunParams, j: int) -> int:
 
 def cosine_lr(peak: float, floor: float, steps: int) -> np.ndarray:
     """lr(s) = floor + ½(peak - floor)(1 + cos(π s / S)) for s = 0..S-1 (float64)."""
-    s = np.arange(steps, dtype=np.float64)
-    return floor + 0.5 * (peak - floor) * (1.0 + np.cos(np.pi * s / steps))
+    return _cosine(peak, floor, steps, 0, steps)
+
+
+def _cosine(peak: float, floor: float, total: int, start: int, stop: int) -> np.ndarray:
+    """cosine_lr(peak, floor, total)[start:stop], without building the other steps."""
+    s = np.arange(start, stop, dtype=np.float64)
+    return floor + 0.5 * (peak - floor) * (1.0 + np.cos(np.pi * s / total))
+
+
+class PlanTooLarge(ValueError):
+    """A plan over one of the server's limits; ``setting`` names the limit's variable."""
+
+    def __init__(self, message: str, setting: str) -> None:
+        super().__init__(message)
+        self.setting = setting
+
+
+@dataclass(frozen=True)
+class PlanLimits:
+    """The server's bounds on a plan (``DOCL_MAX_PLAN_EPOCHS`` etc., services.config)."""
+
+    epochs: int  # epochs in the plan, and in any one episode of it (the warmup included)
+    steps: int  # optimizer steps in the plan
+    epoch_steps: int  # optimizer steps in one epoch
 
 
 @dataclass(frozen=True)
@@ -139,8 +164,25 @@ class _Row:
     select_index: int
 
 
-def build_plan(run: RunCreate) -> list[EpochSpec]:
-    """Every epoch of the run (see the module docstring for the rules)."""
+@dataclass(frozen=True)
+class _Slot:
+    """One epoch of the uncut plan: its row, its steps and where they lie in its episode."""
+
+    episode: int
+    row: _Row
+    steps: int
+    episode_steps: int  # S: the episode's learning-rate schedule spans this many steps
+    offset: int  # steps of the episode before this epoch
+    peak: float
+    floor: float
+
+
+def _slots(run: RunCreate, max_episode_epochs: int | None = None) -> Iterator[_Slot]:
+    """Every epoch of the uncut (endless) plan, lazily, from integers only: nothing is
+    computed for an epoch the caller does not ask for, except the sizes of the
+    episode it lies in (the schedule of an episode spans all of it). With
+    ``max_episode_epochs`` an episode longer than that raises :class:`PlanTooLarge`
+    before any of its rows is built."""
     p = run.params
     n = run.num_samples
     bs = p.batch_size
@@ -148,62 +190,135 @@ def build_plan(run: RunCreate) -> list[EpochSpec]:
     l2 = spec.l2_phases if p.l2_phases is None else p.l2_phases
     phase_loss = "l2" if l2 else "task"
     prune = spec.diversity if p.diversity is None else p.diversity
+
+    def too_long(what: str, count: int | str) -> PlanTooLarge:
+        if isinstance(count, int) and count > 10**15:
+            count = f"about {float(count):.3g}"
+        return PlanTooLarge(
+            f"{what} would have {count} epochs, over this server's limit of "
+            f"{max_episode_epochs} epochs per episode (DOCL_MAX_PLAN_EPOCHS): an episode's "
+            "learning-rate schedule is laid out at once",
+            "DOCL_MAX_PLAN_EPOCHS",
+        )
+
+    if p.warmup_epochs > 0:
+        if max_episode_epochs is not None and p.warmup_epochs > max_episode_epochs:
+            raise too_long("the warmup (params.warmup_epochs)", p.warmup_epochs)
+        row = _Row("warmup", phase_loss, n, n, False, 0.0, -1)
+        steps = _steps(n, bs)
+        total = p.warmup_epochs * steps
+        for i in range(p.warmup_epochs):
+            yield _Slot(0, row, steps, total, i * steps, p.lr_peak, p.lr_min)
+    episode = 1
+    length = p.episode_epochs
+    select_index = 0
+    while True:
+        if max_episode_epochs is not None and length + p.refresh > max_episode_epochs:
+            raise too_long(f"episode {episode}", length + p.refresh)
+        rows: list[_Row] = []
+        for _ in range(length):
+            decays = episode if p.k_decay == "episode" else select_index + 1
+            k = subset_size(spec.size, n, p, decays)
+            size = min(k, _ceil(p.gamma_k_prime * k)) if prune else k
+            lam = lambda_at(p, select_index)
+            rows.append(_Row("select", "task", max(1, size), k, prune, lam, select_index))
+            select_index += 1
+        if p.refresh:
+            rows.append(_Row("refresh", phase_loss, n, n, False, 0.0, -1))
+        steps_of = [_steps(r.size, bs) for r in rows]
+        total = sum(steps_of)
+        decay = p.lr_decay**episode
+        offset = 0
+        for r, steps in zip(rows, steps_of, strict=True):
+            yield _Slot(episode, r, steps, total, offset, p.lr_peak * decay, p.lr_min * decay)
+            offset += steps
+        # L_{j+1} = max(L_j + 1, round_half_up(L_j · growth)), without overflowing a float
+        grown = length * p.episode_growth + 0.5
+        if not math.isfinite(grown):
+            raise too_long(f"episode {episode + 1}", "more than 1e308")
+        length = max(length + 1, math.floor(grown))
+        episode += 1
+
+
+def plan_size(run: RunCreate, limits: PlanLimits) -> tuple[int, int]:
+    """(epochs, steps) of the run's plan, counted from integers only (no learning
+    rates, no arrays), stopping at the first limit it passes with :class:`PlanTooLarge`.
+    Costs at most ~2 × ``limits.epochs`` cheap iterations: check this before
+    :func:`build_plan` allocates anything."""
     max_epochs = run.epochs if run.epochs is not None else math.inf
-    budget = p.budget_batches if p.budget_batches is not None else math.inf
+    budget = run.params.budget_batches if run.params.budget_batches is not None else math.inf
+    epochs = steps = 0
+    hint = "give fewer epochs, a smaller params.budget_batches or a larger params.batch_size"
+    for slot in _slots(run, limits.epochs):  # epochs >= 1 and budget >= 1: one at least
+        s = int(min(slot.steps, budget - steps))
+        if s > limits.epoch_steps:
+            raise PlanTooLarge(
+                f"epoch {epochs} would have {s} steps (size {slot.row.size}, batch_size "
+                f"{run.params.batch_size}), over this server's limit of {limits.epoch_steps} "
+                "steps per epoch (DOCL_MAX_EPOCH_STEPS); use a larger params.batch_size",
+                "DOCL_MAX_EPOCH_STEPS",
+            )
+        epochs += 1
+        steps += s
+        if epochs > limits.epochs:
+            raise PlanTooLarge(
+                f"the plan would have more than {limits.epochs} epochs, this server's limit "
+                f"(DOCL_MAX_PLAN_EPOCHS); {hint}",
+                "DOCL_MAX_PLAN_EPOCHS",
+            )
+        if steps > limits.steps:
+            raise PlanTooLarge(
+                f"the plan would have more than {limits.steps} optimizer steps, this server's "
+                f"limit (DOCL_MAX_PLAN_STEPS); {hint}",
+                "DOCL_MAX_PLAN_STEPS",
+            )
+        if epochs >= max_epochs or steps >= budget:
+            break  # before asking for the next epoch: its episode may never be started
+    return epochs, steps
+
+
+def build_plan(run: RunCreate, limits: PlanLimits | None = None) -> list[EpochSpec]:
+    """Every epoch of the run (see the module docstring for the rules). With ``limits``
+    the plan is first sized by :func:`plan_size` (:class:`PlanTooLarge` when over)."""
+    if limits is not None:
+        plan_size(run, limits)
+    bs = run.params.batch_size
+    max_epochs = run.epochs if run.epochs is not None else math.inf
+    budget = run.params.budget_batches if run.params.budget_batches is not None else math.inf
 
     plan: list[EpochSpec] = []
     lr_sum = 0.0
     used_steps = 0
-    select_index = 0
-    episode = 0
-    while len(plan) < max_epochs and used_steps < budget:
-        rows: list[_Row] = []
-        if episode == 0:
-            rows = [_Row("warmup", phase_loss, n, n, False, 0.0, -1)] * p.warmup_epochs
-        else:
-            for _ in range(episode_length(p, episode)):
-                decays = episode if p.k_decay == "episode" else select_index + 1
-                k = subset_size(spec.size, n, p, decays)
-                size = min(k, _ceil(p.gamma_k_prime * k)) if prune else k
-                lam = lambda_at(p, select_index)
-                rows.append(_Row("select", "task", max(1, size), k, prune, lam, select_index))
-                select_index += 1
-            if p.refresh:
-                rows.append(_Row("refresh", phase_loss, n, n, False, 0.0, -1))
-        decay = p.lr_decay**episode
-        lr = cosine_lr(p.lr_peak * decay, p.lr_min * decay, sum(_steps(r.size, bs) for r in rows))
-        offset = 0
-        for r in rows:
-            if len(plan) >= max_epochs or used_steps >= budget:
-                break
-            steps = _steps(r.size, bs)
-            epoch_lr = lr[offset : offset + steps]
-            offset += steps
-            size, draw_size = r.size, r.draw_size
-            if used_steps + steps > budget:  # the budget cuts this epoch short
-                steps = int(budget - used_steps)
-                epoch_lr = epoch_lr[:steps]
-                size = min(size, steps * bs)
-                draw_size = draw_size if r.prune else size
-            plan.append(
-                EpochSpec(
-                    epoch=len(plan),
-                    episode=episode,
-                    phase=r.phase,
-                    loss=r.loss,
-                    size=size,
-                    steps=steps,
-                    lr=epoch_lr.copy(),
-                    lr_sum_start=lr_sum,
-                    draw_size=draw_size,
-                    prune=r.prune,
-                    lam=r.lam,
-                    select_index=r.select_index,
-                )
+    for slot in _slots(run):  # epochs >= 1 and budget >= 1: one at least
+        r, steps = slot.row, slot.steps
+        size, draw_size = r.size, r.draw_size
+        if used_steps + steps > budget:  # the budget cuts this epoch short
+            steps = int(budget - used_steps)
+            size = min(size, steps * bs)
+            draw_size = draw_size if r.prune else size
+        epoch_lr = _cosine(
+            slot.peak, slot.floor, slot.episode_steps, slot.offset, slot.offset + steps
+        )
+        plan.append(
+            EpochSpec(
+                epoch=len(plan),
+                episode=slot.episode,
+                phase=r.phase,
+                loss=r.loss,
+                size=size,
+                steps=steps,
+                lr=epoch_lr,
+                lr_sum_start=lr_sum,
+                draw_size=draw_size,
+                prune=r.prune,
+                lam=r.lam,
+                select_index=r.select_index,
             )
-            lr_sum = _sequential_sum(lr_sum, epoch_lr)
-            used_steps += steps
-        episode += 1
+        )
+        lr_sum = _sequential_sum(lr_sum, epoch_lr)
+        used_steps += steps
+        if len(plan) >= max_epochs or used_steps >= budget:
+            break  # before asking for the next epoch: its episode may never be started
     return plan
 
 

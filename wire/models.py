@@ -53,11 +53,23 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+#: Bodies a client sends are validated strictly: a JSON ``true`` is not the number 1,
+#: ``0`` is not ``false`` and ``"5"`` is not 5 (an int is still a valid float), and
+#: floats must be finite (a JSON ``1e400`` reads as infinity).
+_STRICT = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+
+#: Largest learning rate a plan accepts: far above any real schedule, and small enough
+#: that a plan's sum of learning rates (at most DOCL_MAX_PLAN_STEPS of them) stays finite.
+MAX_LR = 1e6
+
+
 class RunParams(_Model):
     """Hyper-parameters of a run. Every field has a default; the plan is a pure
     function of (num_samples, method, epochs, params)."""
 
-    seed: int = Field(0, ge=0, description="Seed of every draw of this run.")
+    model_config = _STRICT
+
+    seed: int = Field(0, ge=0, le=2**63 - 1, description="Seed of every draw of this run.")
     batch_size: int = Field(
         128, ge=1, description="Global mini-batch size; steps per epoch = ceil(size / batch_size)."
     )
@@ -80,8 +92,12 @@ class RunParams(_Model):
         None,
         description="Train warmup/refresh epochs with the L2 loss on softmax (None: the method's default).",
     )
-    lr_peak: float = Field(0.1, gt=0, description="Peak learning rate of the first episode.")
-    lr_min: float = Field(0.001, ge=0, description="Floor learning rate of the first episode.")
+    lr_peak: float = Field(
+        0.1, gt=0, le=MAX_LR, description="Peak learning rate of the first episode."
+    )
+    lr_min: float = Field(
+        0.001, ge=0, le=MAX_LR, description="Floor learning rate of the first episode (<= lr_peak)."
+    )
     lr_decay: float = Field(
         0.85, gt=0, le=1, description="Peak and floor are multiplied by this per episode."
     )
@@ -137,6 +153,15 @@ class RunParams(_Model):
         "float32", description="Width of each stored output g_i."
     )
 
+    @model_validator(mode="after")
+    def _floor_below_peak(self) -> RunParams:
+        if self.lr_min > self.lr_peak:
+            raise ValueError(
+                f"lr_min ({self.lr_min}) must not exceed lr_peak ({self.lr_peak}): "
+                "the cosine schedule goes from lr_peak down to lr_min"
+            )
+        return self
+
 
 class RunCreate(_Model):
     """Body of ``POST /v1/runs``."""
@@ -172,6 +197,8 @@ class RunCreate(_Model):
 
     model_config = ConfigDict(
         extra="forbid",
+        strict=True,
+        allow_inf_nan=False,
         json_schema_extra={
             "examples": [
                 {
@@ -244,6 +271,8 @@ class Plan(BaseModel):
 class EpochDraw(_Model):
     """Body of ``POST /v1/runs/{run}/epochs``: empty draws the next epoch."""
 
+    model_config = _STRICT
+
     epoch: int | None = Field(None, ge=0, description="Draw (or re-read) this epoch.")
 
 
@@ -304,6 +333,7 @@ class Report(_Model):
 
     model_config = ConfigDict(
         extra="forbid",
+        strict=True,  # no bool-as-int; NaN/Inf are refused with their position by the engine
         json_schema_extra={
             "examples": [
                 {

@@ -25,9 +25,10 @@ from __future__ import annotations
 import json
 import os
 import re
+import secrets
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -113,15 +114,18 @@ def build_run(spec: TrainSpec, data: TaskData) -> RunCreate:
         f"{_safe_id(spec.task)}-{spec.method}-s{spec.seed}-{uuid.uuid4().hex[:8]}"
     )
     try:
-        return RunCreate(
-            run_id=run_id,
-            num_samples=data.num_samples,
-            num_outputs=data.num_outputs,
-            task=data.task,
-            method=spec.method,
-            method_params=method_params,
-            epochs=epochs,
-            params=RunParams(**params),
+        # model_validate: RunCreate is strict, and the method's name is checked here
+        return RunCreate.model_validate(
+            {
+                "run_id": run_id,
+                "num_samples": data.num_samples,
+                "num_outputs": data.num_outputs,
+                "task": data.task,
+                "method": spec.method,
+                "method_params": method_params,
+                "epochs": epochs,
+                "params": RunParams(**params),
+            }
         )
     except ValidationError as e:
         raise TrainError(f"invalid run config: {_pydantic_message(e)}") from e
@@ -149,6 +153,10 @@ def train(spec: TrainSpec) -> dict[str, Any]:
     ray_started = False
     try:
         if not spec.local and server is None:
+            if spec.ray_address and not spec.token:
+                # Its server listens off loopback, which `docl serve` refuses without a
+                # token: one for this job, passed to every worker with the server's URL.
+                spec = replace(spec, token=secrets.token_hex(16))
             server_proc, server = _start_server(spec)
         if server is not None:
             from docl.client import ScoreClient

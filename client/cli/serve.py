@@ -52,6 +52,14 @@ def serve(
     log_level: Annotated[
         str | None, typer.Option(help="uvicorn log level (env DOCL_LOG_LEVEL; default info).")
     ] = None,
+    insecure: Annotated[
+        bool,
+        typer.Option(
+            "--insecure",
+            help="Listen on a non-loopback --host without a token (env DOCL_INSECURE): anyone "
+            "who reaches the port can then read, reset or delete every run.",
+        ),
+    ] = False,
 ) -> None:
     """Run the docl score server.
 
@@ -61,7 +69,9 @@ def serve(
 
         docl serve --data-dir ./docl-data             # embedded Redis that persists (AOF)
 
-        docl serve --host 0.0.0.0 --redis-url redis://redis:6379/0 --workers 4
+        docl serve --host 0.0.0.0 --token "$(openssl rand -hex 32)" --workers 4
+
+    Off loopback a token is required (or --insecure, for those who mean it).
     """
     need_extra("fastapi", "server")
     need_extra("uvicorn", "server")
@@ -79,6 +89,7 @@ def serve(
             "data_dir": data_dir,
             "api_token": token,
             "log_level": log_level,
+            "insecure": insecure or None,
         }.items()
         if v is not None
     }
@@ -87,6 +98,14 @@ def serve(
     except Exception as e:  # pydantic's ValidationError: show it plainly
         typer.echo(f"invalid settings: {e}", err=True)
         raise typer.Exit(code=2) from e
+    if settings.api_token is None and not settings.insecure and not is_loopback(settings.host):
+        typer.echo(
+            f"docl serve: refusing to listen on {settings.host} without a token (anyone who "
+            "reaches it could read, reset or delete every run): give --token or DOCL_API_TOKEN, "
+            "or --insecure if you mean it",
+            err=True,
+        )
+        raise typer.Exit(code=2)
 
     if settings.workers == 1:
         from docl.services.app import create_app
@@ -113,10 +132,12 @@ def serve(
                 data_dir=settings.data_dir,
                 appendonly=settings.data_dir is not None,
                 appendfsync=settings.embedded_appendfsync,
+                tcp=False,  # its owner-only Unix socket is the only way in
             ).start()
             env["DOCL_REDIS_URL"] = embedded.unix_url
             typer.echo(
-                f"embedded redis-server at {embedded.url} (data dir {embedded.data_dir})", err=True
+                f"embedded redis-server at {embedded.unix_url} (data dir {embedded.data_dir})",
+                err=True,
             )
         os.environ.update(env)
         # prometheus-client's multiprocess mode: one metrics file per worker, summed on /metrics.
@@ -134,3 +155,15 @@ def serve(
         if embedded is not None:
             embedded.stop()
         shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (a bind address) is reachable from this machine only."""
+    import ipaddress
+
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to any interface

@@ -167,7 +167,8 @@ class RunStage:
             )
         created_at = time.time()
         uid = uuid.uuid4().hex
-        try:
+        try:  # sized from integers first (PlanTooLarge, a ValueError), then built
+            await asyncio.to_thread(plan.plan_size, config, self.settings.plan_limits)
             st = await asyncio.to_thread(self._build_state, run_id, uid, config, layout, created_at)
         except ValueError as e:
             raise Unprocessable(f"invalid run config: {e}") from None

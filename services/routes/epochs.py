@@ -27,7 +27,7 @@ EpochPath = Annotated[int, Path(ge=0, description="Epoch number, from 0.")]
             "required": False,
             "content": {
                 "application/json": {
-                    "schema": {"$ref": "#/components/schemas/EpochDraw"},
+                    # the schema is FastAPI's: EpochDraw or null (no body), as the route reads it
                     "examples": {
                         "next": {"summary": "draw the next epoch", "value": {}},
                         "numbered": {"summary": "draw (or re-read) epoch 3", "value": {"epoch": 3}},

@@ -2,17 +2,30 @@
 
 from __future__ import annotations
 
+import asyncio
+import multiprocessing as mp
 import re
-from typing import Annotated
+import threading
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Request, Response
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.exceptions import RedisError
 from starlette.types import Receive, Scope, Send
 
 from docl.services.deps import EngineDep
+from docl.services.embedded import die_with_parent
 from docl.services.engine import Engine, report_arrays_from_json
-from docl.services.errors import ProblemError, Unprocessable, UnsupportedMediaType, problem_response
+from docl.services.errors import (
+    ProblemError,
+    ServiceUnavailable,
+    Unprocessable,
+    UnsupportedMediaType,
+    problem_response,
+    redis_error_response,
+    unexpected_response,
+)
 from docl.services.routes._common import RUN_ID_DOC, problems
 from docl.wire.encoding import (
     REPORT_CONTENT_TYPE,
@@ -102,8 +115,72 @@ async def post_report(
     return await _answer(engine, run_id, request.headers.get("content-type", ""), body)
 
 
+#: JSON bodies larger than this are parsed in a child process (:func:`parse_off_loop`);
+#: smaller ones cost less than the hop and are parsed in place.
+JSON_INLINE_BYTES = 64 * 1024
+
+_pool: ProcessPoolExecutor | None = None
+_pool_lock = threading.Lock()
+
+
+def _json_pool() -> ProcessPoolExecutor:
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            # spawn: a fork of a process with threads (uvicorn, redis, executors) is unsafe.
+            # die_with_parent: a SIGKILLed server leaves no parser behind.
+            _pool = ProcessPoolExecutor(
+                max_workers=1, mp_context=mp.get_context("spawn"), initializer=die_with_parent
+            )
+        return _pool
+
+
+def shutdown_json_pool() -> None:
+    """Stop the JSON-parsing child process, if one was started (the app's lifespan end)."""
+    global _pool
+    with _pool_lock:
+        pool, _pool = _pool, None
+    if pool is not None:
+        pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _parse_in_child(content_type: str, body: bytes) -> tuple[str, Any]:
+    try:
+        return "ok", parse_reports(content_type, body)
+    except ProblemError as e:  # sent back as plain values: exceptions may not pickle
+        return "problem", (e.status_code, str(e.detail))
+
+
+async def parse_off_loop(content_type: str, body: bytes) -> tuple[list[ReportArrays], bool]:
+    """:func:`parse_reports` in a child process. Decoding JSON holds the interpreter for
+    the whole call (a thread would not help): a 1 MiB report of one-digit numbers takes
+    0.1-0.3 s of CPU here, which would stall every other request of this process."""
+    loop = asyncio.get_running_loop()
+    for attempt in range(2):
+        try:
+            kind, value = await loop.run_in_executor(
+                _json_pool(), _parse_in_child, content_type, body
+            )
+            break
+        except BrokenProcessPool:  # the child died (OOM killer, say): a new one, once
+            shutdown_json_pool()
+            if attempt:
+                raise ServiceUnavailable(
+                    "could not parse the JSON report: its parser died"
+                ) from None
+    if kind == "problem":
+        status, detail = value
+        raise (UnsupportedMediaType if status == 415 else Unprocessable)(detail)
+    reps, multi = value
+    return reps, multi
+
+
 async def _answer(engine: Engine, run_id: str, content_type: str, body: bytes) -> Response:
-    reps, multi = parse_reports(content_type or "application/json", body)
+    ctype = content_type or "application/json"
+    if len(body) > JSON_INLINE_BYTES and not ctype.lower().startswith("application/vnd.docl."):
+        reps, multi = await parse_off_loop(ctype, body)
+    else:
+        reps, multi = parse_reports(ctype, body)
     acks = await engine.apply_reports(run_id, reps)
     # Serialized here (not through response_model) to keep the path lean.
     if not multi:
@@ -177,14 +254,8 @@ async def report_asgi(
             instance=path,
             headers=dict(e.headers) if e.headers else None,
         )
-    except (RedisConnectionError, RedisTimeoutError) as e:
-        from docl.services import metrics
-
-        metrics.REDIS_ERRORS.labels(kind=type(e).__name__).inc()
-        response = problem_response(
-            503,
-            f"the score store (Redis) is unavailable ({type(e).__name__}: {e}); retry shortly",
-            instance=path,
-            headers={"Retry-After": "1"},
-        )
+    except RedisError as e:  # the same mapping as every FastAPI route (errors.install)
+        response = redis_error_response(e, method="POST", path=path)
+    except Exception as e:
+        response = unexpected_response(e, method="POST", path=path)
     await response(scope, receive, send)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import stat
 import subprocess
 import sys
 import time
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import psutil
 import pytest
 import redis
 
@@ -131,3 +133,69 @@ def test_docl_serve_rejects_bad_settings() -> None:
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert out.returncode == 2 and "port" in out.stderr
+
+
+# -- issue 10: who can reach the embedded Redis -----------------------------------------------
+def _redis_child(server: ServerProcess) -> psutil.Process:
+    assert server.pid is not None
+    for _ in range(100):
+        kids = [
+            p for p in psutil.Process(server.pid).children(recursive=True)
+            if "redis-server" in p.name()
+        ]  # fmt: skip
+        if kids:
+            return kids[0]
+        time.sleep(0.05)
+    raise AssertionError("docl serve has no redis-server child")
+
+
+def _data_dir(redis_proc: psutil.Process) -> Path:
+    """The directory of the Unix socket the embedded Redis listens on (its data dir)."""
+    paths = {c.laddr for c in redis_proc.net_connections(kind="unix") if c.laddr}
+    assert len(paths) == 1, paths
+    return Path(paths.pop()).parent
+
+
+def test_docl_serve_embedded_redis_listens_on_an_owner_only_unix_socket_alone() -> None:
+    with ServerProcess() as server:
+        child = _redis_child(server)
+        tcp = [c for c in child.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN]
+        assert tcp == [], f"the embedded Redis listens on TCP: {tcp}"
+        data_dir = _data_dir(child)
+        sock = data_dir / "redis.sock"
+        assert stat.S_ISSOCK(sock.stat().st_mode)
+        assert stat.S_IMODE(sock.stat().st_mode) & 0o077 == 0, oct(sock.stat().st_mode)
+        assert stat.S_IMODE(data_dir.stat().st_mode) & 0o077 == 0, oct(data_dir.stat().st_mode)
+        assert httpx.get(server.url + "/readyz", timeout=10).status_code == 200
+
+
+def test_a_tcp_redis_process_needs_its_password_and_has_no_config_or_debug() -> None:
+    with RedisProcess() as proc:
+        assert proc.password and proc.password in proc.url
+        anonymous = redis.Redis(host="127.0.0.1", port=proc.port, socket_timeout=5)
+        with pytest.raises(redis.exceptions.AuthenticationError):
+            anonymous.get("k")
+        anonymous.close()
+        r = redis.Redis.from_url(proc.url)
+        r.set("k", "v")
+        for cmd in (("CONFIG", "SET", "dir", "/tmp"), ("DEBUG", "SLEEP", "0")):
+            with pytest.raises(redis.exceptions.ResponseError, match="unknown command"):
+                r.execute_command(*cmd)
+        r.close()
+
+
+def test_a_sigkilled_servers_data_dir_is_removed_by_the_next_start() -> None:
+    server = ServerProcess()
+    try:
+        server.start()
+        child = _redis_child(server)
+        data_dir = _data_dir(child)
+        assert data_dir.name.startswith("docl-redis-") and data_dir.is_dir()
+        server.kill()  # SIGKILL: no lifespan shutdown, no cleanup
+        child.wait(timeout=15)  # its Redis follows (parent-death signal)
+        assert data_dir.is_dir(), "left behind, as a crash leaves it"
+        with RedisProcess(tcp=False) as fresh:  # what the next `docl serve` starts
+            assert not data_dir.exists(), f"{data_dir} of a dead server is still there"
+            assert fresh.data_dir.is_dir() and fresh.ping()
+    finally:
+        server.close()

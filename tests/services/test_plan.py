@@ -13,15 +13,21 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from docl.services.config import Settings
 from docl.services.methods import method_names, registry
 from docl.services.plan import (
     EpochSpec,
+    PlanLimits,
+    PlanTooLarge,
     build_plan,
     cosine_lr,
     episode_length,
     lambda_at,
     lr_sum_at,
+    min_subset,
     plan_epoch,
+    plan_size,
+    subset_size,
     total_steps,
 )
 from docl.wire.models import RunCreate, RunParams
@@ -271,3 +277,111 @@ def test_cosine_lr_formula() -> None:
     lr = cosine_lr(1.0, 0.1, 4)
     np.testing.assert_allclose(lr, [1.0, 0.1 + 0.45 * (1 + math.cos(math.pi / 4)), 0.55,
                                     0.1 + 0.45 * (1 + math.cos(3 * math.pi / 4))])  # fmt: skip
+
+
+# -- issue 10: the plan is sized from integers before anything is built --------------------
+@settings(max_examples=60, deadline=None)
+@given(
+    method=st.sampled_from(method_names()),
+    n=st.integers(1, 3000),
+    bs=st.integers(1, 700),
+    epochs=st.one_of(st.none(), st.integers(1, 60)),
+    budget=st.one_of(st.none(), st.integers(1, 400)),
+    warmup=st.integers(0, 4),
+    k_decay=st.sampled_from(["episode", "epoch"]),
+    refresh=st.booleans(),
+    limit_epochs=st.integers(1, 80),
+    limit_steps=st.integers(1, 5000),
+    limit_epoch_steps=st.integers(1, 800),
+)
+def test_plan_size_counts_what_build_plan_builds_or_names_the_limit(
+    method: str, n: int, bs: int, epochs: int | None, budget: int | None, warmup: int,
+    k_decay: str, refresh: bool, limit_epochs: int, limit_steps: int, limit_epoch_steps: int,
+) -> None:  # fmt: skip
+    if epochs is None and budget is None:
+        epochs = 10
+    run = _run(method, n, epochs, batch_size=bs, budget_batches=budget, warmup_epochs=warmup,
+               k_decay=k_decay, refresh=refresh)  # fmt: skip
+    limits = PlanLimits(epochs=limit_epochs, steps=limit_steps, epoch_steps=limit_epoch_steps)
+    plan = build_plan(run)  # unbounded: the reference
+    # the rules, checked on the built plan (an independent count)
+    episodes: dict[int, int] = {}
+    for e in plan:
+        episodes[e.episode] = episodes.get(e.episode, 0) + 1
+    over = (
+        len(plan) > limit_epochs
+        or total_steps(plan) > limit_steps
+        or max(e.steps for e in plan) > limit_epoch_steps
+        or (warmup > limit_epochs and 0 in episodes)
+        or any(episode_length(run.params, j) + refresh > limit_epochs for j in episodes if j)
+    )
+    if over:
+        with pytest.raises(PlanTooLarge) as err:
+            plan_size(run, limits)
+        assert err.value.setting in str(err.value)
+        assert err.value.setting in (
+            "DOCL_MAX_PLAN_EPOCHS",
+            "DOCL_MAX_PLAN_STEPS",
+            "DOCL_MAX_EPOCH_STEPS",
+        )
+        with pytest.raises(PlanTooLarge):
+            build_plan(run, limits)
+    else:
+        assert plan_size(run, limits) == (len(plan), total_steps(plan))
+        assert build_plan(run, limits) == plan
+
+
+@pytest.mark.parametrize(
+    ("body", "setting"),
+    [
+        ({"num_samples": 1000, "params": {"budget_batches": 10**10}}, "DOCL_MAX_PLAN_EPOCHS"),
+        ({"num_samples": 10**6, "epochs": 1000, "params": {"batch_size": 1}}, "DOCL_MAX_PLAN_STEPS"),
+        ({"num_samples": 100, "params": {"warmup_epochs": 10**13, "budget_batches": 1}}, "DOCL_MAX_PLAN_EPOCHS"),
+        ({"num_samples": 100, "epochs": 3, "params": {"warmup_epochs": 0, "episode_epochs": 10**12}}, "DOCL_MAX_PLAN_EPOCHS"),
+        ({"num_samples": 100, "params": {"budget_batches": 10**6, "episode_growth": 1e300}}, "DOCL_MAX_PLAN_EPOCHS"),
+        ({"num_samples": 2 * 10**6, "epochs": 1, "params": {"batch_size": 1}}, "DOCL_MAX_EPOCH_STEPS"),
+    ],
+)  # fmt: skip
+def test_the_issues_plans_are_refused_at_once(body: dict[str, Any], setting: str) -> None:
+    """Before: the first never finished (7 GB), the second took 2.7 GB in 7.5 s, the third
+    raised MemoryError; the fifth OverflowError."""
+    import time
+
+    run = RunCreate.model_validate({"num_outputs": 2, **body})
+    t0 = time.perf_counter()
+    with pytest.raises(PlanTooLarge) as err:
+        plan_size(run, Settings().plan_limits)
+    assert err.value.setting == setting and setting in str(err.value)
+    assert time.perf_counter() - t0 < 2.0
+
+
+def test_a_plan_at_the_limits_builds_in_bounded_time() -> None:
+    """The largest plan the default limits let through (100k epochs) is sized and built in
+    seconds, so building it cannot outlive its request by much."""
+    import time
+
+    run = _run("docl", 12_800, 100_000, batch_size=128)
+    limits = Settings().plan_limits
+    t0 = time.perf_counter()
+    epochs, steps = plan_size(run, limits)
+    plan = build_plan(run)
+    took = time.perf_counter() - t0
+    assert (epochs, steps) == (len(plan), total_steps(plan)) and epochs == limits.epochs
+    assert took < 30, took
+
+
+def test_an_episode_the_plan_never_reaches_is_never_built() -> None:
+    """A plan that ends with the warmup does not look at episode 1 (10^12 epochs long)."""
+    run = _run("docl", 100, 3, warmup_epochs=3, episode_epochs=10**12)
+    assert plan_size(run, Settings().plan_limits) == (3, 3)
+    assert [e.phase for e in build_plan(run)] == ["warmup"] * 3
+
+
+def test_a_tiny_gamma_k_does_not_divide_by_zero() -> None:
+    """γ_k^decays underflows to 0 after enough decays: the grow schedule reaches n (before:
+    ZeroDivisionError or OverflowError, a 500)."""
+    p = RunParams(gamma_k=1e-300)
+    assert subset_size("grow", 1000, p, 2) == 1000
+    assert subset_size("shrink", 1000, p, 2) == min_subset(p, 1000)
+    plan = build_plan(_run("spl", 1000, 20, gamma_k=1e-300))
+    assert {e.size for e in plan if e.phase == "select"} == {1000}

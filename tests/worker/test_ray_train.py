@@ -100,3 +100,16 @@ def test_a_killed_worker_is_restarted_and_training_finishes_without_double_count
     # by the restarted group under the same report ids: recognised, not counted.
     assert dups >= 1
     assert int(visits.sum()) == sum(p.size for p in ScoreClient(worker_server).plan(run_id).epochs)
+
+
+def test_joining_a_cluster_without_a_server_starts_one_with_a_token(
+    ray_cluster: str, run_id: str, tmp_path: Path
+) -> None:
+    """`docl train --ray-address ...` without --server starts `docl serve` on 0.0.0.0,
+    which refuses to run without a token: the job makes one and hands it to its workers."""
+    spec = _spec("", run_id, tmp_path, ray_address=ray_cluster)
+    spec.server, spec.workers, spec.epochs = None, 1, 2
+    r = train(spec)
+    assert r["workers"] == 1 and r["attempts"] == 1
+    assert r["reporter"]["sent"] == r["batches"] > 0 and r["reporter"]["dropped"] == 0
+    assert spec.token is None  # the caller's spec is left as it was
