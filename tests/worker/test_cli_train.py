@@ -95,3 +95,44 @@ def test_gpu_without_cuda_and_a_curriculum_overhead_are_refused(
     r = CliRunner().invoke(app, args)
     assert r.exit_code == 2, r.output
     assert message in r.output
+
+
+def test_a_server_that_does_not_answer_fails_fast_in_a_few_lines(tmp_path: Path) -> None:
+    """A wrong or unstarted --server is a typo until proven otherwise: the real
+    command (default: one Ray worker) exits non-zero within 15 s, in at most 3
+    lines, before any Ray starts or any file is written."""
+    import time
+
+    out = tmp_path / "out"
+    t0 = time.monotonic()
+    r = _docl("train", "--server", "http://127.0.0.1:1", "--out", str(out), timeout=60)
+    took = time.monotonic() - t0
+    assert r.returncode != 0
+    assert took < 15, f"took {took:.1f} s"
+    lines = r.stderr.strip().splitlines()
+    assert 1 <= len(lines) <= 3, r.stderr
+    assert "no score server answers at http://127.0.0.1:1" in r.stderr
+    assert "docl serve" in r.stderr  # says what to do
+    assert not out.exists()
+
+
+def test_a_server_address_that_is_not_a_docl_server_is_named(tmp_path: Path) -> None:
+    """Something answers, but not docl (here: a plain HTTP server with no /healthz)."""
+    import threading
+    from http.server import HTTPServer, SimpleHTTPRequestHandler
+
+    class Quiet(SimpleHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+    httpd = HTTPServer(("127.0.0.1", 0), Quiet)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{httpd.server_address[1]}"
+        r = _docl("train", "--server", url, "--workers", "0", "--out", str(tmp_path / "o"), timeout=60)
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    assert r.returncode == 2
+    assert f"{url} answers, but not as a docl score server (GET /healthz: HTTP 404)" in r.stderr
+    assert len(r.stderr.strip().splitlines()) <= 3, r.stderr
