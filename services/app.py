@@ -184,7 +184,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             # signal is tied to the thread that forked it, and executor threads come and go.
             embedded.start()
             url = embedded.unix_url
-            log.info("embedded redis-server at %s (data dir %s)", url, embedded.data_dir)
+            log.info("%s", embedded.describe())
         store = Store.from_url(
             url,
             timeout_s=settings.redis_timeout_s,

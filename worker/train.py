@@ -374,12 +374,14 @@ def _start_server(spec: TrainSpec) -> tuple[Any, str]:
     from docl.services.embedded import ServerProcess
 
     env = {"DOCL_API_TOKEN": spec.token} if spec.token else {}
+    # info: OUT/server.log then says where it listened and where its Redis kept
+    # the data (no line per request: uvicorn's access log is off at info).
     if not spec.ray_address:
-        proc = ServerProcess(env=env).start()
+        proc = ServerProcess(env=env, log_level="info").start()
         return proc, proc.url
     from ray.util import get_node_ip_address
 
-    proc = ServerProcess(host="0.0.0.0", env=env).start()
+    proc = ServerProcess(host="0.0.0.0", env=env, log_level="info").start()
     return proc, f"http://{get_node_ip_address()}:{proc.port}"
 
 
@@ -392,8 +394,20 @@ def _connect_ray(spec: TrainSpec) -> bool:
     if spec.ray_address:
         ray.init(address=spec.ray_address, log_to_driver=True)
     else:
+        import logging
+
+        from docl.worker import ray_quiet
+
+        for key, value in ray_quiet.ENV.items():
+            os.environ.setdefault(key, value)
         cpus = max(os.cpu_count() or 1, spec.workers * int(spec.threads or 1))
-        ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=True)
+        ray.init(
+            num_cpus=cpus,
+            include_dashboard=False,
+            log_to_driver=True,  # the workers' epoch lines
+            logging_level=logging.ERROR,  # the driver's start-up and token notices
+            runtime_env={"worker_process_setup_hook": ray_quiet.SETUP_HOOK},
+        )
     return True
 
 

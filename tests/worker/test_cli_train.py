@@ -39,7 +39,12 @@ def test_docl_train_starts_its_own_server_and_writes_results(tmp_path: Path) -> 
     assert [m["phase"] for m in lines] == ["warmup", "warmup", "select", "refresh"]
     assert lines[-1]["batches"] == result["batches"]
     assert all(0.0 <= m["test_accuracy"] <= 1.0 for m in lines)
-    assert (out / "server.log").exists()  # the job's own server, stopped at the end
+    log = (out / "server.log").read_text()  # the job's own server, stopped at the end
+    assert "Uvicorn running on http://127.0.0.1:" in log, log
+    assert "embedded redis-server at unix://" in log and "removed at exit" in log, log
+    assert "Shutting down" in log, log
+    epoch_lines = [x for x in r.stdout.splitlines() if x.startswith("epoch ")]
+    assert len(epoch_lines) == 4 and all(" wall " in x for x in epoch_lines), r.stdout
 
 
 @pytest.mark.parametrize(
