@@ -134,7 +134,9 @@ def test_a_server_address_that_is_not_a_docl_server_is_named(tmp_path: Path) -> 
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
     try:
         url = f"http://127.0.0.1:{httpd.server_address[1]}"
-        r = _docl("train", "--server", url, "--workers", "0", "--out", str(tmp_path / "o"), timeout=60)
+        r = _docl(
+            "train", "--server", url, "--workers", "0", "--out", str(tmp_path / "o"), timeout=60
+        )
     finally:
         httpd.shutdown()
         httpd.server_close()
