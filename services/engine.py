@@ -71,8 +71,10 @@ def epoch_seed(run_seed: int, epoch: int) -> int:
 
 
 def _canonical(config: RunCreate) -> str:
+    # Without a task_name the JSON is what it was before the field existed (stored runs match).
+    exclude = {"run_id"} | ({"task_name"} if config.task_name is None else set())
     return json.dumps(
-        config.model_dump(mode="json", exclude={"run_id"}), sort_keys=True, separators=(",", ":")
+        config.model_dump(mode="json", exclude=exclude), sort_keys=True, separators=(",", ":")
     )
 
 
@@ -359,6 +361,7 @@ class Engine:
             num_samples=st.config.num_samples,
             num_outputs=st.config.num_outputs,
             task=st.config.task,
+            task_name=st.config.task_name,
             method=st.config.method,
             epochs=st.num_epochs,
             params=st.config.params,

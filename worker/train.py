@@ -117,6 +117,7 @@ def build_run(spec: TrainSpec, data: TaskData) -> RunCreate:
             num_samples=data.num_samples,
             num_outputs=data.num_outputs,
             task=data.task,
+            task_name=spec.task,
             method=spec.method,
             epochs=epochs,
             params=RunParams(**params),

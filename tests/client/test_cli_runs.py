@@ -24,7 +24,7 @@ def populated(score_server: str, run_id: str) -> Iterator[tuple[str, str]]:
     """A run with two epochs reported, so it has visits, lr-sums and some scores."""
     with ScoreClient(score_server) as c:
         c.create_run(
-            run_id=run_id, num_samples=25, num_outputs=3, epochs=5,
+            run_id=run_id, num_samples=25, num_outputs=3, epochs=5, task_name="mnist1d",
             params={"batch_size": 5, "warmup_epochs": 2},
         )  # fmt: skip
         rng = np.random.default_rng(0)
@@ -49,6 +49,8 @@ def test_runs_list_shows_the_run(populated: tuple[str, str]) -> None:
     server, run_id = populated
     table = invoke("runs", "list", "--server", server)
     assert run_id in table and "docl" in table and "2/5" in table  # epochs drawn / planned
+    row = next(line for line in table.splitlines() if run_id in line)
+    assert "mnist1d" in row and "classification" not in row  # the task's name, not its kind
     runs = json.loads(invoke("runs", "list", "--server", server, "--json"))
     mine = [r for r in runs if r["run_id"] == run_id]
     assert len(mine) == 1 and mine[0]["counters"]["reports"] == 10

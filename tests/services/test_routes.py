@@ -219,6 +219,19 @@ def test_metrics_count_requests_by_route(client: TestClient, run_id: str) -> Non
     assert "docl_http_request_seconds_bucket" in text and "docl_reports_total" in text
 
 
+def test_task_name_is_kept_and_optional(client: TestClient, run_id: str) -> None:
+    _run(client, run_id, task_name="mnist1d")
+    assert client.get(f"/v1/runs/{run_id}").json()["task_name"] == "mnist1d"
+    _run(client, run_id + "-b")  # without one: null, and a re-create is the same config
+    assert client.get(f"/v1/runs/{run_id}-b").json()["task_name"] is None
+    body = {"run_id": run_id + "-b", "num_samples": 30, "num_outputs": 3, "epochs": 3,
+            "params": {"warmup_epochs": 1}}  # fmt: skip
+    assert client.post("/v1/runs", json=body).status_code == 200
+    r = client.post("/v1/runs", json={**body, "run_id": run_id + "-c", "task_name": "x" * 201})
+    assert r.status_code == 422 and "task_name" in r.text
+    assert client.get(f"/v1/runs/{run_id}-c").status_code == 404  # changed nothing
+
+
 def test_docs_pages_are_labelled_in_metrics(client: TestClient) -> None:
     for path in ("/docs", "/openapi.json", "/docs/assets/swagger-ui.css", "/no/such/page"):
         client.get(path)
