@@ -30,7 +30,7 @@ def experiment(
         str,
         typer.Option(
             help="Comma-separated methods or variants, e.g. "
-            "'random,random-subset,spl,mcl,docl-nr,docl,docl[tau=1,normalize=none]'."
+            "'random,random-subset,spl,mcl,docl-nr,docl,docl\\[tau=1,normalize=none]'."
         ),
     ] = "random,random-subset,spl,mcl,docl-nr,docl",
     variants: Annotated[

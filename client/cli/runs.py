@@ -47,7 +47,7 @@ ServerOpt = Annotated[
         "--server",
         "-s",
         envvar="DOCL_SERVER",
-        help="Score server URL [env DOCL_SERVER; default http://127.0.0.1:8000].",
+        help="Score server URL (default http://127.0.0.1:8000).",
         show_default=False,
     ),
 ]
@@ -56,7 +56,7 @@ TokenOpt = Annotated[
     typer.Option(
         "--token",
         envvar="DOCL_API_TOKEN",
-        help="API token, when the server requires one [env DOCL_API_TOKEN].",
+        help="API token, when the server requires one.",
         show_default=False,
     ),
 ]

@@ -48,7 +48,7 @@ def train(
         ),
     ] = "docl",
     epochs: Annotated[
-        int | None, typer.Option(min=1, help="Epochs of the plan [default: the task's, 30].")
+        int | None, typer.Option(min=1, help="Epochs of the plan (default: the task's, 30).")
     ] = None,
     budget_batches: Annotated[
         int | None,
@@ -83,7 +83,7 @@ def train(
     out: Annotated[
         Path | None,
         typer.Option(
-            help="Output directory: metrics.jsonl, result.json, checkpoints [default: out/RUN_ID]."
+            help="Output directory: metrics.jsonl, result.json, checkpoints (default: out/RUN_ID)."
         ),
     ] = None,
     param: Annotated[
@@ -103,11 +103,11 @@ def train(
         ),
     ] = None,
     weight_decay: Annotated[
-        float | None, typer.Option(min=0.0, help="SGD weight decay [default: the task's].")
+        float | None, typer.Option(min=0.0, help="SGD weight decay (default: the task's).")
     ] = None,
     momentum: Annotated[float, typer.Option(min=0.0, help="SGD momentum.")] = 0.9,
     threads: Annotated[
-        int | None, typer.Option(min=1, help="torch threads (and Ray CPUs) per worker [1].")
+        int | None, typer.Option(min=1, help="torch threads (and Ray CPUs) per worker (default 1).")
     ] = None,
     gpu: Annotated[
         bool,
@@ -126,7 +126,7 @@ def train(
             "random-subset) — the baseline that measures what the service costs.",
         ),
     ] = False,
-    run_id: Annotated[str | None, typer.Option(help="Run id on the server [generated].")] = None,
+    run_id: Annotated[str | None, typer.Option(help="Run id on the server (default: generated).")] = None,
     eval_every: Annotated[
         int, typer.Option(min=0, help="Evaluate every N epochs (0 = only at the end).")
     ] = 1,
