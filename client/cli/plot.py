@@ -180,7 +180,7 @@ def metrics(
         file = p / "metrics.jsonl" if p.is_dir() else p
         try:
             rows, result = load_metrics(p)
-            series = _series(rows, x, y)
+            xy = _series(rows, x, y)
         except ValueError as e:
             reason = (
                 "empty (a run that failed?)" if not file.is_file() or not file.stat().st_size else e
@@ -191,7 +191,7 @@ def metrics(
         key = name if label is None else _group_label(file, rows, result, label)
         if label is None and key in groups:  # two runs with one name: tell them apart
             key = f"{name} ({file.parent.name})"
-        groups[key].append(series)
+        groups[key].append(xy)
         files.append(file)
         task = result.get("task") or (rows[0].get("task") if rows else None)
         if task is not None and str(task) not in tasks:

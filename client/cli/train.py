@@ -126,7 +126,9 @@ def train(
             "random-subset) — the baseline that measures what the service costs.",
         ),
     ] = False,
-    run_id: Annotated[str | None, typer.Option(help="Run id on the server (default: generated).")] = None,
+    run_id: Annotated[
+        str | None, typer.Option(help="Run id on the server (default: generated).")
+    ] = None,
     eval_every: Annotated[
         int, typer.Option(min=0, help="Evaluate every N epochs (0 = only at the end).")
     ] = 1,
