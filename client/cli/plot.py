@@ -1,6 +1,6 @@
 """`docl plot`: PNG figures of a run's scores and of training curves.
 
-    docl plot scores RUN -o scores.png                 # score and visit histograms (from the server)
+    docl plot scores RUN                               # score and visit histograms -> out/RUN/scores.png
     docl plot metrics out/*/metrics.jsonl              # test accuracy vs batches, one line per run -> out/metrics.png
     docl plot metrics out/docl-* --label method        # one line per method (mean ± std over seeds)
 
@@ -46,9 +46,16 @@ def scores(
     run_id: RunArg,
     server: ServerOpt = None,
     token: TokenOpt = None,
-    out: Annotated[Path, typer.Option("--out", "-o", help="PNG file to write.")] = Path(
-        "scores.png"
-    ),
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            "-o",
+            help="PNG file to write (default: out/RUN/scores.png, beside what `docl train` "
+            "writes for the run).",
+            show_default=False,
+        ),
+    ] = None,
     bins: Annotated[int, typer.Option(min=1, help="Histogram bins.")] = 50,
 ) -> None:
     """Histogram of a run's per-sample scores (scored samples only) and of visits per sample."""
@@ -75,10 +82,11 @@ def scores(
     ax2.set_title(f"{int(v.sum())} visits in total")
     fig.suptitle(f"{run.run_id}: {run.method}, {run.task}, n={run.num_samples}")
     fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120)
+    target = out if out is not None else Path("out") / run_id / "scores.png"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(target, dpi=120)
     plt.close(fig)
-    typer.echo(f"wrote {out}")
+    typer.echo(f"wrote {target}")
 
 
 def load_metrics(path: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:

@@ -126,6 +126,13 @@ def test_plot_scores_and_metrics_write_pngs(populated: tuple[str, str], tmp_path
     png = tmp_path / "scores.png"
     invoke("plot", "scores", run_id, "--server", server, "-o", str(png))
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    with pytest.MonkeyPatch.context() as mp:  # default: out/RUN/scores.png, not ./scores.png
+        mp.chdir(cwd)
+        assert f"out/{run_id}/scores.png" in invoke("plot", "scores", run_id, "--server", server)
+    assert (cwd / "out" / run_id / "scores.png").read_bytes()[:4] == b"\x89PNG"
+    assert sorted(p.name for p in cwd.iterdir()) == ["out"]
     # two seeds of one method (mean ± std) and one of another, as `docl train --out` leaves them
     for name, method, acc in (("a", "docl", 0.5), ("b", "docl", 0.6), ("c", "random", 0.4)):
         d = tmp_path / name
