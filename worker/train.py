@@ -35,10 +35,11 @@ from pydantic import ValidationError
 
 from docl.client.models import RunCreate, RunParams
 from docl.worker.loop import LoopConfig, train_loop
+from docl.worker.probe import probe_server
 from docl.worker.session import LocalSession
 from docl.worker.tasks import TaskData, get_task
 
-__all__ = ["TrainError", "TrainSpec", "build_run", "probe_server", "train"]
+__all__ = ["TrainError", "TrainSpec", "build_run", "train"]
 
 
 class TrainError(ValueError):
@@ -131,7 +132,9 @@ def train(spec: TrainSpec) -> dict[str, Any]:
     t_start = time.perf_counter()
     _check_early(spec)  # the cheap checks first: a typo must not wait for a dataset
     if spec.server is not None and not spec.local:
-        probe_server(spec.server, spec.token)
+        problem = probe_server(spec.server, spec.token)
+        if problem is not None:
+            raise TrainError(problem)
     data = get_task(spec.task, **spec.task_params)
     run = build_run(spec, data)
     assert run.run_id is not None
@@ -306,35 +309,6 @@ def _check_early(spec: TrainSpec) -> None:
         RunParams(**spec.params)
     except ValidationError as e:
         raise TrainError(f"invalid run config: {_pydantic_message(e)}") from e
-
-
-def probe_server(url: str, token: str | None = None, *, timeout: float = 5.0) -> None:
-    """Fail fast on a server address that does not answer at start-up.
-
-    Outages are waited out once a run is going (``outage_tolerance``); before
-    it starts, an address that never answered is almost always a typo or a
-    server that was not started, so it is a :class:`TrainError` within seconds.
-    """
-    import httpx
-
-    from docl.client import APIError, ScoreClient, ServerError, TransportError
-
-    limits = httpx.Timeout(timeout, connect=min(timeout, 3.0))
-    with ScoreClient(url, token=token, timeout=limits, retries=1) as client:
-        try:
-            client.health()
-        except TransportError as e:
-            cause = str(e).rsplit(": ", 1)[-1]  # the last reason, e.g. "Connection refused"
-            raise TrainError(
-                f"no score server answers at {url} ({cause}); start one with `docl serve`, "
-                "or leave out --server to have one started for this job"
-            ) from None
-        except ServerError:
-            pass  # it answers: a restart in progress is an outage, waited out below
-        except APIError as e:
-            raise TrainError(
-                f"{url} answers, but not as a docl score server (GET /healthz: HTTP {e.status})"
-            ) from None
 
 
 def _tree_cpu_seconds(pid: int | None) -> float | None:

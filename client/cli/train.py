@@ -163,6 +163,13 @@ def train(
         docl train --task my_pkg.data:make_task --workers 4 --ray-address auto \\
             --server http://scores.internal:8000
     """
+    if server is not None and not local:
+        from docl.worker.probe import probe_server
+
+        problem = probe_server(server, token)  # before torch and Ray: a typo fails in seconds
+        if problem is not None:
+            typer.echo(f"docl train: {problem}", err=True)
+            raise typer.Exit(code=2)
     need_extra("torch", "worker")
     if workers > 0:
         need_extra("ray.train", "worker")

@@ -143,3 +143,11 @@ def test_a_server_address_that_is_not_a_docl_server_is_named(tmp_path: Path) -> 
     assert r.returncode == 2
     assert f"{url} answers, but not as a docl score server (GET /healthz: HTTP 404)" in r.stderr
     assert len(r.stderr.strip().splitlines()) <= 3, r.stderr
+
+
+def test_train_from_python_probes_the_server_too(tmp_path: Path) -> None:
+    from docl.worker.train import TrainError, TrainSpec, train
+
+    with pytest.raises(TrainError, match="no score server answers at http://127.0.0.1:1"):
+        train(TrainSpec(task="digits", server="http://127.0.0.1:1", out=str(tmp_path / "o")))
+    assert not (tmp_path / "o").exists()
