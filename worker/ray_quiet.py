@@ -4,8 +4,8 @@ Light on purpose (no torch import): :func:`setup_worker` runs in every process
 of that Ray, as its ``worker_process_setup_hook``.
 
 - Ray Train's PlacementGroupCleaner asks the State API (served by the dashboard,
-  which is off) about the controller every second and warns each time it
-  cannot: about 15 lines per minute of training. Only its errors get through.
+  which is off) about the controller every few seconds and warns each time it
+  cannot: 14 lines in one `make demo`. Only its errors get through.
 - The PreemptionWatcher actor (spot-node preemption) logs an E-level line at
   start-up; one machine has no preemption, so it is not started
   (:data:`ENV`).

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -148,6 +149,8 @@ def test_a_server_address_that_is_not_a_docl_server_is_named(tmp_path: Path) -> 
 def test_train_from_python_probes_the_server_too(tmp_path: Path) -> None:
     from docl.worker.train import TrainError, TrainSpec, train
 
-    with pytest.raises(TrainError, match="no score server answers at http://127.0.0.1:1"):
+    with pytest.raises(
+        TrainError, match=re.escape("no score server answers at http://127.0.0.1:1")
+    ):
         train(TrainSpec(task="digits", server="http://127.0.0.1:1", out=str(tmp_path / "o")))
     assert not (tmp_path / "o").exists()

@@ -1,7 +1,7 @@
 """The quiet local Ray of `docl train` names things Ray really has: were Ray to
 rename the cleaner's module or the watcher's switch, the noise would come back
-silently (measured: 15 PlacementGroupCleaner warnings, one PreemptionWatcher
-E-line and two token notices per `make demo` before; none after)."""
+silently (measured: 14 PlacementGroupCleaner warnings, one PreemptionWatcher
+E-line and three driver notices in one `make demo` before; none after)."""
 
 from __future__ import annotations
 
