@@ -98,9 +98,11 @@ def test_api_error_keeps_status_detail_title_after_pickling() -> None:
 
 
 def test_an_invalid_method_is_a_docl_error_and_nothing_is_sent() -> None:
-    # Port 1 answers nothing: had a request been sent, this would be a TransportError.
+    """A method name no method can have (a well-formed unknown one is the server's
+    to refuse: a 422, also a DoclError). Port 1 answers nothing: had a request
+    been sent, this would be a TransportError."""
     with ScoreClient("http://127.0.0.1:1", retries=0) as c, pytest.raises(DoclError) as info:
-        c.create_run(num_samples=10, num_outputs=2, epochs=3, method="no-such-method")
+        c.create_run(num_samples=10, num_outputs=2, epochs=3, method="Not a method!")
     assert type(info.value) is InvalidRequestError
     assert isinstance(info.value, ValueError)
     assert str(info.value).startswith("invalid run: method:"), str(info.value)
