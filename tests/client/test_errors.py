@@ -108,3 +108,14 @@ def test_an_invalid_method_is_a_docl_error_and_nothing_is_sent() -> None:
     assert str(info.value).startswith("invalid run: method:"), str(info.value)
     with ScoreClient("http://127.0.0.1:1", retries=0) as c, pytest.raises(InvalidRequestError):
         c.create_run(num_samples=-5, num_outputs=2, epochs=3)
+
+
+def test_an_unknown_method_is_a_docl_error_whoever_refuses_it(score_server: str) -> None:
+    """A well-formed method name no method has: refused by the SDK's model or by
+    the server (422), a DoclError either way, and no run is created."""
+    with ScoreClient(score_server) as c:
+        with pytest.raises(DoclError) as info:
+            c.create_run(run_id="t-unknown-method", num_samples=10, num_outputs=2, epochs=3,
+                         method="nosuchmethod")  # fmt: skip
+        assert "method" in str(info.value)
+        assert all(r.run_id != "t-unknown-method" for r in c.list_runs())
