@@ -33,7 +33,8 @@ from docl.client.errors import (
     ValidationError,
     WireError,
 )
-from docl.client.models import (
+from docl.client.reporter import LrSum, Reporter, ReporterCounters, track_lr
+from docl.wire.models import (
     Epoch,
     Plan,
     PlanEpoch,
@@ -43,7 +44,6 @@ from docl.client.models import (
     RunParams,
     Stats,
 )
-from docl.client.reporter import LrSum, Reporter, ReporterCounters, track_lr
 
 
 def _quiet_httpx() -> None:

@@ -3,8 +3,8 @@
 DoclError
 ├── TransportError          the server could not be reached (after retries)
 ├── WireError               a binary body does not follow its layout, or arrays
-│                           that cannot be encoded (also a ValueError; docl.client.wire)
-├── InvalidRequestError     the arguments of a call do not validate (e.g. an unknown
+│                           that cannot be encoded (also a ValueError; docl.wire.encoding)
+├── InvalidRequestError     the arguments of a call do not validate (e.g. a malformed
 │                           ``method=``); nothing was sent (also a ValueError)
 └── APIError                the server answered with an RFC 9457 problem
     ├── BadRequestError         400
@@ -19,6 +19,9 @@ DoclError
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
+
+# The two roots the wire codec raises live with it (docl.wire imports nothing of the SDK).
+from docl.wire.errors import DoclError, WireError
 
 if TYPE_CHECKING:
     from pydantic import ValidationError as PydanticValidationError
@@ -40,17 +43,8 @@ __all__ = [
 ]
 
 
-class DoclError(Exception):
-    """Base of every error the SDK raises."""
-
-
 class TransportError(DoclError):
     """The server could not be reached, or the connection broke, after all retries."""
-
-
-class WireError(DoclError, ValueError):
-    """A binary body does not follow its documented layout (see docl.client.wire),
-    or arrays given to the SDK cannot be encoded (wrong shapes or dtypes)."""
 
 
 class InvalidRequestError(DoclError, ValueError):

@@ -30,7 +30,7 @@ from docl.services.embedded import RedisProcess
 from docl.services.engine import Engine
 from docl.services.errors import PayloadTooLarge, problem_response
 from docl.services.routes import epochs, health, index, plan, reports, runs, scores, stats
-from docl.services.store import Store
+from docl.services.store import RedisStore
 
 __all__ = ["GatewayMiddleware", "create_app"]
 
@@ -185,7 +185,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             embedded.start()
             url = embedded.unix_url
             log.info("%s", embedded.describe())
-        store = Store.from_url(
+        store = RedisStore.from_url(
             url,
             timeout_s=settings.redis_timeout_s,
             max_connections=settings.redis_max_connections,

@@ -20,7 +20,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from docl.services.config import Settings
 from docl.services.engine import Engine
-from docl.services.store import Store
+from docl.services.storage import Store
 
 __all__ = [
     "EngineDep",

@@ -20,7 +20,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from docl.client.models import Problem
+from docl.wire.models import Problem
 
 __all__ = [
     "PROBLEM_CONTENT_TYPE",

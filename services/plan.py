@@ -30,8 +30,8 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 
-from docl.client.models import PlanEpoch, RunCreate, RunParams
 from docl.services.sampling import method_spec
+from docl.wire.models import PlanEpoch, RunCreate, RunParams
 
 
 @dataclass(frozen=True, eq=False)
@@ -242,8 +242,3 @@ def plan_epoch(spec: EpochSpec) -> PlanEpoch:
         lr_end=spec.lr_end,
         lr_sum_start=spec.lr_sum_start,
     )
-
-
-def plan_rows(plan: list[EpochSpec]) -> list[PlanEpoch]:
-    """Every epoch as its wire row, so the route layer stays a one-liner."""
-    return [plan_epoch(e) for e in plan]

@@ -1,6 +1,6 @@
 """Drawing an epoch's subset: pure numpy functions with a seeded Generator. No I/O.
 
-The method registry maps each method name (docl.client.models.METHODS) to how
+The method registry maps each method name (docl.wire.models.METHODS) to how
 it sizes and draws its subsets. Every draw is a pure function of its inputs and
 the Generator: same seed + same inputs -> same indices, in the same order.
 
@@ -9,6 +9,11 @@ Conventions shared by every function here:
   training order (shuffled), distinct;
 * NaN in `scores` / `losses` means "not known yet" (never scored / never
   visited) and is treated optimistically, so unknown samples get explored.
+
+Size: a little over the house's ~500 lines: the samplers' numerics (Gumbel-top-k,
+inclusion probabilities, uniform epochs) and the per-method draws that use them.
+The per-method part (``MethodSpec``, ``METHODS``, ``_uniform`` … ``_alternate``) is
+to move to a method registry (``services/methods/``, issue 9).
 """
 
 from __future__ import annotations
@@ -27,12 +32,6 @@ _STD_FLOOR = float(np.finfo(np.float32).tiny)
 
 #: gumbel_topk keys are float32 (fast) when the finite logits span at most this.
 FLOAT32_KEY_SPAN = 1e4
-
-
-def epoch_rng(seed: int, epoch: int) -> np.random.Generator:
-    """The Generator of one epoch's draw: independent streams per (run seed, epoch),
-    so drawing epoch e again (idempotent re-draw, another replica) gives the same subset."""
-    return np.random.default_rng([int(seed), int(epoch)])
 
 
 def uniform_epoch(

@@ -1,4 +1,5 @@
-"""The one module that talks to Redis.
+"""The one module that talks to Redis: :class:`RedisStore`, the engine's
+:class:`~docl.services.storage.Store` on Redis (with its RESP client, ``resp.py``).
 
 Layout of a run (every key shares the hash tag ``{run:<id>}``, so a Redis
 Cluster keeps a run on one slot; see docs/architecture.md "The store"):
@@ -16,17 +17,7 @@ Cluster keeps a run on one slot; see docs/architecture.md "The store"):
     {run:<id>}:incl:<k>      string  chunk k of Exp3 inclusion probabilities, float32 (exp3 only)
     docl:runs                set     every run id (for GET /v1/runs)
 
-A record is ``RECORD_HEAD`` bytes of state followed by the stored output g_i:
-
-    offset  size  field
-    0       8     lr_sum of the last visit, float64 (meaningless while visits = 0)
-    8       4     visits, uint32 (0 = never seen)
-    12      4     score, float32 (NaN = unset; the score column holds the same value)
-    16      4     loss of the last visit, float32
-    20      4     zero padding
-    24      c·w   g_i, float32 (w = 4) or float16 (w = 2) per ``params.output_dtype``
-    ...           zero padding up to a multiple of 8
-
+A record is fixed-width; its format is in ``layout.py`` (:class:`RunLayout`).
 Records are created lazily: a chunk grows as samples are first written, and a
 record that was never written reads as zeros (visits = 0: never seen). The
 score and loss columns are NaN-filled when the run is created.
@@ -35,17 +26,18 @@ Every write of a report happens in one Lua script (``lua/scatter.lua``) that
 checks the report's dedup marker and compares each sample's stored (lr_sum,
 visits) with what was read at gather time — a compare-and-set — before writing
 anything; see docs/architecture.md for why this and not MULTI/EXEC.
+
+Size: over the house's ~500 lines: one class, :class:`RedisStore`, one method per
+store operation (each a Redis round trip or a Lua script call with its argument
+packing). The pure layout (``layout.py``), the protocol and result types
+(``storage.py``) and the RESP client (``resp.py``) are already out; what is left is
+the one module that talks to Redis, kept whole so that rule stays checkable.
 """
 
 from __future__ import annotations
 
-import asyncio
-import json
-import math
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
-from functools import cached_property
 from importlib import resources
 from typing import Any
 
@@ -53,52 +45,44 @@ import numpy as np
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
-from redis.exceptions import BusyLoadingError as RedisBusyLoadingError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import NoScriptError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-__all__ = [
-    "COUNTER_FIELDS",
-    "LOSS_METHODS",
-    "RECORD_HEAD",
-    "RUNS_INDEX",
-    "Applied",
-    "DrawInputs",
-    "Gathered",
-    "RunLayout",
-    "Store",
-]
-
-#: Bytes of per-sample state before g_i in a record.
-RECORD_HEAD = 24
-#: Bytes of the record head that the compare-and-set compares (lr_sum + visits).
-CAS_BYTES = 12
-#: The fields of a run's counters hash (see the layout above).
-COUNTER_FIELDS = (
-    "reports",
-    "duplicates",
-    "samples_reported",
-    "samples_scored",
-    "samples_skipped",
-    "visited",
+from docl.services import storage
+from docl.services.layout import (
+    CAS_BYTES,
+    COUNTER_FIELDS,
+    RUNS_INDEX,
+    RunLayout,
+    fold_log,
+    run_prefix,
 )
-#: The global set of run ids.
-RUNS_INDEX = "docl:runs"
-#: Methods whose draws read the last-loss column (the others skip writing it).
-LOSS_METHODS = frozenset({"spl", "mcl"})
-#: Selection counts saturate here (uint16).
-DRAWN_MAX = 65535
+
+# Re-exported for callers written before layout.py (import them from there).
+from docl.services.layout import DRAWN_MAX as DRAWN_MAX
+from docl.services.layout import LOSS_METHODS as LOSS_METHODS
+from docl.services.layout import RECORD_HEAD as RECORD_HEAD
+from docl.services.resp import RespClient
+from docl.services.storage import (
+    Applied,
+    ClaimStatus,
+    CommitStatus,
+    CompactStatus,
+    CreateStatus,
+    DrawInputs,
+    Gathered,
+    GatherStatus,
+    ScatterStatus,
+)
+
+__all__ = ["RedisStore", "Store"]
+
 _NAN32 = np.array([np.nan], dtype="<f4").tobytes()
 
 
 def _script(name: str) -> str:
     return resources.files("docl.services").joinpath("lua", f"{name}.lua").read_text()
-
-
-def run_prefix(run_id: str) -> str:
-    """The hash-tagged prefix of every key of run ``run_id``."""
-    return f"{{run:{run_id}}}"
 
 
 def _counters(raw: dict[Any, Any]) -> dict[str, int]:
@@ -111,183 +95,6 @@ def _counters(raw: dict[Any, Any]) -> dict[str, int]:
 
 def _s(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def _chunk_keys(prefix: str, name: str, total: int, per_chunk: int) -> tuple[str, ...]:
-    count = max(1, math.ceil(total / per_chunk))
-    return tuple(f"{prefix}:{name}:{k}" for k in range(count))
-
-
-@dataclass(frozen=True)
-class RunLayout:
-    """Where and how a run's state is laid out in Redis: a pure function of its config.
-
-    Stored in the run's meta at creation, so a later change of ``chunk_bytes``
-    does not move an existing run's data.
-    """
-
-    run_id: str
-    num_samples: int
-    num_outputs: int
-    output_dtype: str  # "float32" | "float16"
-    chunk_bytes: int
-    loss_column: bool
-    exp3: bool
-
-    # -- sizes ----------------------------------------------------------------------------
-    @property
-    def out_width(self) -> int:
-        return 2 if self.output_dtype == "float16" else 4
-
-    @cached_property
-    def rec_size(self) -> int:
-        raw = RECORD_HEAD + self.num_outputs * self.out_width
-        return raw + (-raw) % 8
-
-    def per_chunk(self, itemsize: int) -> int:
-        return max(1, self.chunk_bytes // itemsize)
-
-    @cached_property
-    def rec_per_chunk(self) -> int:
-        return self.per_chunk(self.rec_size)
-
-    @cached_property
-    def col_per_chunk(self) -> int:
-        return self.per_chunk(4)
-
-    @property
-    def drawn_per_chunk(self) -> int:
-        return self.per_chunk(2)
-
-    @property
-    def idx_per_chunk(self) -> int:
-        return self.per_chunk(8)
-
-    def memory_bytes(self, keep_epochs: int) -> int:
-        """Redis bytes of the run's per-sample state when every sample has been reported."""
-        n = self.num_samples
-        # record + score column + one epoch of score-log entries + counts + indices
-        per_sample = self.rec_size + 4 + 8 + 2 + 8 * keep_epochs
-        per_sample += 4 if self.loss_column else 0
-        per_sample += 4 if self.exp3 else 0
-        return n * per_sample
-
-    # -- numpy views ----------------------------------------------------------------------
-    @cached_property
-    def rec_dtype(self) -> np.dtype[Any]:
-        out = "<f2" if self.output_dtype == "float16" else "<f4"
-        return np.dtype(
-            {
-                "names": ["lr_sum", "visits", "score", "loss", "g"],
-                "formats": ["<f8", "<u4", "<f4", "<f4", (out, (self.num_outputs,))],
-                "offsets": [0, 8, 12, 16, RECORD_HEAD],
-                "itemsize": self.rec_size,
-            }
-        )
-
-    # -- keys -----------------------------------------------------------------------------
-    @property
-    def prefix(self) -> str:
-        return run_prefix(self.run_id)
-
-    @property
-    def meta_key(self) -> str:
-        return f"{self.prefix}:meta"
-
-    @property
-    def counters_key(self) -> str:
-        return f"{self.prefix}:counters"
-
-    @property
-    def reports_key(self) -> str:
-        return f"{self.prefix}:reports"
-
-    @property
-    def epochs_key(self) -> str:
-        return f"{self.prefix}:epochs"
-
-    @property
-    def scorelog_key(self) -> str:
-        return f"{self.prefix}:scorelog"
-
-    @cached_property
-    def log_dtype(self) -> np.dtype[Any]:
-        """One entry of the score log: (index uint32, score float32[, loss float32])."""
-        fields = [("i", "<u4"), ("s", "<f4")]
-        if self.loss_column:
-            fields.append(("l", "<f4"))
-        return np.dtype(fields)
-
-    @cached_property
-    def rec_keys(self) -> tuple[str, ...]:
-        return _chunk_keys(self.prefix, "rec", self.num_samples, self.rec_per_chunk)
-
-    @cached_property
-    def score_keys(self) -> tuple[str, ...]:
-        return _chunk_keys(self.prefix, "score", self.num_samples, self.col_per_chunk)
-
-    @cached_property
-    def loss_keys(self) -> tuple[str, ...]:
-        if not self.loss_column:
-            return ()
-        return _chunk_keys(self.prefix, "loss", self.num_samples, self.col_per_chunk)
-
-    @cached_property
-    def drawn_keys(self) -> tuple[str, ...]:
-        return _chunk_keys(self.prefix, "drawn", self.num_samples, self.drawn_per_chunk)
-
-    @cached_property
-    def incl_keys(self) -> tuple[str, ...]:
-        if not self.exp3:
-            return ()
-        return _chunk_keys(self.prefix, "incl", self.num_samples, self.col_per_chunk)
-
-    def epoch_keys(self, epoch: int, size: int) -> tuple[str, ...]:
-        return _chunk_keys(self.prefix, f"epoch:{epoch}", size, self.idx_per_chunk)
-
-    def static_keys(self) -> tuple[str, ...]:
-        """Every key of the run except the per-epoch index chunks."""
-        return (
-            self.meta_key,
-            self.counters_key,
-            self.reports_key,
-            self.epochs_key,
-            self.scorelog_key,
-            *self.rec_keys,
-            *self.score_keys,
-            *self.loss_keys,
-            *self.drawn_keys,
-            *self.incl_keys,
-        )
-
-    # -- (de)serialisation -----------------------------------------------------------------
-    def to_json(self) -> str:
-        return json.dumps(
-            {
-                "num_samples": self.num_samples,
-                "num_outputs": self.num_outputs,
-                "output_dtype": self.output_dtype,
-                "chunk_bytes": self.chunk_bytes,
-                "loss_column": self.loss_column,
-                "exp3": self.exp3,
-                "rec_size": self.rec_size,
-                "record_head": RECORD_HEAD,
-            },
-            sort_keys=True,
-        )
-
-    @classmethod
-    def from_json(cls, run_id: str, text: str | bytes) -> RunLayout:
-        d = json.loads(text)
-        return cls(
-            run_id=run_id,
-            num_samples=int(d["num_samples"]),
-            num_outputs=int(d["num_outputs"]),
-            output_dtype=str(d["output_dtype"]),
-            chunk_bytes=int(d["chunk_bytes"]),
-            loss_column=bool(d["loss_column"]),
-            exp3=bool(d["exp3"]),
-        )
 
 
 def _ranges(start: int, stop: int, per_chunk: int) -> list[tuple[int, int, int]]:
@@ -318,241 +125,14 @@ def _chunks_of(data: bytes, itemsize: int, per_chunk: int) -> list[bytes]:
     return [data[i : i + step] for i in range(0, len(data), step)]
 
 
-@dataclass(frozen=True)
-class Gathered:
-    """What ``gather`` read for one request."""
-
-    status: int  # -1 gone/re-created, 0 duplicate(s), 1 ok
-    last_epoch: int
-    records: np.ndarray | None  # (B,) rec_dtype, a writable copy
-    inclusion: np.ndarray | None  # (B,) float32 or None
-    duplicates: tuple[int, ...] = ()  # status 0: 0-based positions of the applied report_ids
-
-
-@dataclass(frozen=True)
-class Applied:
-    """Result of ``scatter``: -1 gone, 0 duplicate(s), 1 applied, 2 conflict.
-
-    On a conflict, ``conflicts`` are the 0-based positions (over all the samples
-    sent) whose stored state differs from what the caller computed from, and
-    ``current`` their records as stored now (nothing was written). On status 0,
-    ``duplicates`` are the 0-based positions of the reports already applied
-    (nothing was written but the duplicates counter). ``leased``: applied under
-    the caller's write lease, without the per-sample compare.
-    """
-
-    status: int
-    conflicts: tuple[int, ...] = ()
-    current: np.ndarray | None = None
-    duplicates: tuple[int, ...] = ()
-    leased: bool = False
-
-
-@dataclass(frozen=True)
-class DrawInputs:
-    """A consistent snapshot of what an epoch draw reads."""
-
-    uid: str | None
-    last_epoch: int
-    scores: np.ndarray | None  # (n,) float32
-    losses: np.ndarray | None  # (n,) float32
-    drawn: np.ndarray  # (n,) uint16
-    inclusion: np.ndarray | None  # (n,) float32
-    log_base: int = 0  # score-log entries trimmed before this snapshot
-    log_count: int = 0  # score-log entries folded into `scores`/`losses` here
-
-
 def _f64_indices(indices: np.ndarray) -> bytes:
     # Lua numbers are doubles; struct.unpack('<d') is the cheapest way to read them there.
     return np.ascontiguousarray(indices, dtype="<f8").tobytes()
 
 
-def fold_log(
-    layout: RunLayout, entries: Sequence[bytes], scores: np.ndarray, losses: np.ndarray | None
-) -> None:
-    """Apply score-log entries, oldest first, to full (n,) score/loss columns in place.
-
-    Later entries win: NumPy's assignment through an index array that repeats a
-    position keeps the last value (documented behaviour for 1-D arrays)."""
-    if not entries:
-        return
-    log = np.frombuffer(b"".join(entries), dtype=layout.log_dtype)
-    idx = log["i"].astype(np.intp)
-    scores[idx] = log["s"]
-    if losses is not None and layout.loss_column:
-        losses[idx] = log["l"]
-
-
-class _RespClient:
-    """A minimal async RESP2 client for the two hot scripts (gather, scatter).
-
-    Commands are packed by hand (big arguments are written without copying) and
-    replies parsed by ``hiredis.Reader``: redis-py's generic command path costs
-    more per call than the whole read-modify-write of a small report. Every
-    other command goes through redis-py. Errors map to redis-py's exception
-    classes, so callers see one error vocabulary. A connection error is retried
-    once on a fresh connection: both scripts are safe to run twice.
-    """
-
-    def __init__(self, url: str, *, timeout_s: float, max_idle: int = 64) -> None:
-        from urllib.parse import parse_qs, unquote, urlsplit
-
-        u = urlsplit(url)
-        if u.scheme not in ("redis", "unix"):
-            raise ValueError(f"fast path supports redis:// and unix:// URLs, not {u.scheme}://")
-        self.path = unquote(u.path) if u.scheme == "unix" else None
-        self.host = u.hostname or "127.0.0.1"
-        self.port = u.port or 6379
-        self.password = unquote(u.password) if u.password else None
-        self.username = unquote(u.username) if u.username else None
-        db = parse_qs(u.query).get("db", [None])[0]
-        if db is None and u.scheme == "redis" and u.path.strip("/"):
-            db = u.path.strip("/")
-        self.db = int(db) if db else 0
-        self.timeout_s = timeout_s
-        self.max_idle = max_idle
-        #: Connection failures seen: a Redis restart shows up here (the record caches
-        #: of the engine start over when it moves).
-        self.resets = 0
-        self._idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter, Any]] = []
-
-    @staticmethod
-    def pack(args: Sequence[bytes | str | int | float | memoryview]) -> list[bytes]:
-        parts: list[bytes] = [b"*%d\r\n" % len(args)]
-        for a in args:
-            if isinstance(a, bytes):
-                b = a
-            elif isinstance(a, str):
-                b = a.encode()
-            elif isinstance(a, memoryview | bytearray):
-                # big values (draws) are passed as views: written out without a copy
-                v = memoryview(a).cast("B")
-                parts += (b"$%d\r\n" % v.nbytes, v, b"\r\n")  # type: ignore[arg-type]
-                continue
-            else:
-                b = repr(a).encode()
-            if len(b) > 4096:
-                parts.append(b"$%d\r\n" % len(b))
-                parts.append(b)
-                parts.append(b"\r\n")
-            else:
-                parts.append(b"$%d\r\n%b\r\n" % (len(b), b))
-        return parts
-
-    async def _open(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, Any]:
-        import hiredis
-
-        if self.path is not None:
-            reader, writer = await asyncio.open_unix_connection(self.path, limit=1 << 22)
-        else:
-            reader, writer = await asyncio.open_connection(self.host, self.port, limit=1 << 22)
-        conn = (reader, writer, hiredis.Reader())
-        setup: list[list[bytes | str | int | float]] = []
-        if self.password:
-            setup.append(
-                ["AUTH", self.username, self.password] if self.username else ["AUTH", self.password]
-            )
-        if self.db:
-            setup.append(["SELECT", self.db])
-        for cmd in setup:
-            (reply,) = await self._roundtrip(conn, self.pack(cmd))
-            if isinstance(reply, Exception):
-                writer.close()
-                raise RedisConnectionError(f"Redis refused {cmd[0]!r}: {reply}")
-        return conn
-
-    @staticmethod
-    async def _roundtrip(
-        conn: tuple[asyncio.StreamReader, asyncio.StreamWriter, Any],
-        parts: list[bytes],
-        count: int = 1,
-    ) -> list[Any]:
-        reader, writer, parser = conn
-        writer.writelines(parts)
-        await writer.drain()
-        replies: list[Any] = []
-        while len(replies) < count:
-            reply = parser.gets()
-            if reply is not False:
-                replies.append(reply)
-                continue
-            data = await reader.read(1 << 20)
-            if not data:
-                raise ConnectionResetError("Redis closed the connection")
-            parser.feed(data)
-        return replies
-
-    async def _exchange(self, parts: list[bytes], count: int) -> list[Any]:
-        """Send packed commands, read ``count`` replies. A broken connection is retried
-        once on a fresh one (after a Redis restart every pooled connection is dead:
-        they are all dropped)."""
-        for attempt in (0, 1):
-            conn = self._idle.pop() if self._idle else None
-            try:
-                if conn is None:
-                    conn = await asyncio.wait_for(self._open(), self.timeout_s)
-                async with asyncio.timeout(self.timeout_s):
-                    replies = await self._roundtrip(conn, parts, count)
-            except (OSError, asyncio.IncompleteReadError, ConnectionError) as e:
-                if conn is not None:
-                    conn[1].close()
-                while self._idle:
-                    self._idle.pop()[1].close()
-                self.resets += 1  # Redis may have restarted (and lost writes): see Engine
-                if attempt == 0:
-                    continue
-                raise RedisConnectionError(f"Redis connection failed: {e}") from e
-            except TimeoutError as e:
-                if conn is not None:
-                    conn[1].close()
-                raise RedisTimeoutError(f"Redis did not answer within {self.timeout_s} s") from e
-            except BaseException:
-                if conn is not None:  # cancelled mid-reply: the connection is out of sync
-                    conn[1].close()
-                raise
-            if len(self._idle) < self.max_idle:
-                self._idle.append(conn)
-            else:
-                conn[1].close()
-            return replies
-        raise AssertionError("unreachable")
-
-    @staticmethod
-    def _raise_for(reply: Any) -> None:
-        import hiredis
-
-        if isinstance(reply, hiredis.ReplyError):
-            text = str(reply)
-            if text.startswith(("LOADING", "BUSY", "MASTERDOWN")):
-                raise RedisBusyLoadingError(text)
-            if text.startswith("NOSCRIPT"):
-                raise NoScriptError(text)
-            raise ResponseError(text)
-
-    async def call(self, args: Sequence[bytes | str | int | float | memoryview]) -> Any:
-        """Send one command, return its reply (an error reply raises)."""
-        (reply,) = await self._exchange(self.pack(args), 1)
-        self._raise_for(reply)
-        return reply
-
-    async def call_many(
-        self, commands: Sequence[Sequence[bytes | str | int | float | memoryview]]
-    ) -> list[Any]:
-        """Pipeline several commands on one connection; an error reply raises."""
-        replies = await self._exchange(
-            [p for cmd in commands for p in self.pack(cmd)], len(commands)
-        )
-        for reply in replies:
-            self._raise_for(reply)
-        return replies
-
-    async def close(self) -> None:
-        while self._idle:
-            self._idle.pop()[1].close()
-
-
-class Store:
-    """Async access to the state of every run. Stateless itself: safe to share per process."""
+class RedisStore:
+    """Async access to the state of every run, on Redis: the :class:`~docl.services.storage.Store`
+    the engine uses. Stateless itself: safe to share per process."""
 
     def __init__(
         self,
@@ -570,10 +150,10 @@ class Store:
         self._commit = redis.register_script(_script("commit_epoch"))
         self._compact = redis.register_script(_script("compact"))
         self._claim = redis.register_script(_script("claim"))
-        self._fast: _RespClient | None = None
+        self._fast: RespClient | None = None
         if fast_url is not None:
             try:
-                self._fast = _RespClient(fast_url, timeout_s=timeout_s)
+                self._fast = RespClient(fast_url, timeout_s=timeout_s)
             except ValueError:  # e.g. rediss://: the hot path uses redis-py too
                 self._fast = None
 
@@ -585,7 +165,7 @@ class Store:
         timeout_s: float = 30.0,
         max_connections: int = 64,
         dedup_ttl_s: float = 7 * 86400.0,
-    ) -> Store:
+    ) -> RedisStore:
         # redis-py re-sends a command after a connection error or timeout; every
         # script here is safe to re-run (dedup marker, compare-and-set, first-wins).
         client = aioredis.Redis.from_url(
@@ -639,8 +219,9 @@ class Store:
     # -- runs -----------------------------------------------------------------------------
     async def create_run(
         self, layout: RunLayout, config_json: str, uid: str, created_at: float
-    ) -> tuple[int, str, str | None]:
-        """Create the run once. Returns (0 created | 1 same config | 2 other config, uid, stored config)."""
+    ) -> tuple[CreateStatus, str, str | None]:
+        """Create the run once. Returns (CREATED | EXISTS with the same config | CONFLICT
+        with another config, uid, stored config); see lua/create.lua."""
         n = layout.num_samples
         per = layout.col_per_chunk
         col_keys = (*layout.score_keys, *layout.loss_keys)
@@ -650,10 +231,10 @@ class Store:
             keys=[layout.meta_key, *col_keys],
             args=[config_json, uid, repr(created_at), layout.to_json(), _NAN32, *counts],
         )
-        status = int(res[0])
+        status = CreateStatus(int(res[0]))
         stored_uid = _s(res[1])
         stored = _s(res[2]) if len(res) > 2 else None
-        if status == 0:
+        if status == CreateStatus.CREATED:
             await self.redis.sadd(RUNS_INDEX, layout.run_id)
         return status, stored_uid, stored
 
@@ -777,12 +358,12 @@ class Store:
             log_count=len(log),
         )
 
-    async def compact(self, layout: RunLayout, uid: str, snap: DrawInputs) -> int:
+    async def compact(self, layout: RunLayout, uid: str, snap: DrawInputs) -> CompactStatus:
         """Write the score (and loss) column of a snapshot back and drop the log entries
-        it folded in. Returns 1, or 0 when another process compacted meanwhile (nothing
+        it folded in. Returns INSTALLED, or MOVED when another process compacted meanwhile (nothing
         changes then: its columns already hold these entries); see lua/compact.lua."""
         if snap.log_count == 0 or snap.scores is None:
-            return 1
+            return CompactStatus.INSTALLED
         nonce = uuid.uuid4().hex[:12]
         finals = list(layout.score_keys)
         values = _chunk_views(snap.scores, "<f4", layout.col_per_chunk)
@@ -793,7 +374,7 @@ class Store:
         await self._set_many(temps, values)
         keys = [layout.meta_key, layout.scorelog_key, *finals, *temps]
         args = [uid, snap.log_base, snap.log_count, len(finals)]
-        return int(await self._run(self._compact, keys, args))
+        return CompactStatus(int(await self._run(self._compact, keys, args)))
 
     async def _set_many(self, keys: Sequence[str], values: Sequence[bytes | memoryview]) -> None:
         """SET each key (expiring in 10 min: temporary keys a crash would leave behind)."""
@@ -818,8 +399,8 @@ class Store:
         drawn: np.ndarray,
         inclusion: np.ndarray | None,
         drop_epoch: tuple[int, int] | None,
-    ) -> int:
-        """Store epoch ``epoch`` if nobody did yet. Returns the script's status (see commit_epoch.lua).
+    ) -> CommitStatus:
+        """Store epoch ``epoch`` if nobody did yet; see lua/commit_epoch.lua.
 
         The big values (indices: 8 bytes per sample; selection counts; Exp3 inclusion)
         are first written with plain SETs to temporary keys (expiring, in case this
@@ -841,7 +422,7 @@ class Store:
         await self._set_many(temps, values)
         keys = [layout.meta_key, layout.epochs_key, *finals, *temps, *drop]
         args: list[Any] = [uid, epoch, epoch_json, len(finals), len(drop)]
-        return int(await self._run(self._commit, keys, args))
+        return CommitStatus(int(await self._run(self._commit, keys, args)))
 
     async def epoch_json(self, layout: RunLayout, epoch: int) -> str | None:
         raw = await self.redis.hget(layout.epochs_key, str(epoch))
@@ -965,8 +546,8 @@ class Store:
                 *ids,
             ],
         )
-        status = int(res[0])
-        if status != 1:
+        status = GatherStatus(int(res[0]))
+        if status != GatherStatus.OK:
             last = int(res[1]) if len(res) > 1 else -1
             dups = tuple(int(j) - 1 for j in res[2:])
             return Gathered(status, last, None, None, dups)
@@ -974,10 +555,10 @@ class Store:
         incl = np.frombuffer(res[3], dtype="<f4") if incl_keys else None
         return Gathered(status, int(res[1]), records, incl)
 
-    async def claim(self, layout: RunLayout, uid: str, token: str) -> int:
-        """Take the run's write lease for ``token`` (1), or -1: the run is gone or was
-        re-created. See lua/claim.lua and lua/scatter.lua."""
-        return int(await self._run(self._claim, [layout.meta_key], [uid, token]))
+    async def claim(self, layout: RunLayout, uid: str, token: str) -> ClaimStatus:
+        """Take the run's write lease for ``token`` (CLAIMED), or GONE: the run is gone or
+        was re-created. See lua/claim.lua and lua/scatter.lua."""
+        return ClaimStatus(int(await self._run(self._claim, [layout.meta_key], [uid, token])))
 
     async def last_epoch(self, layout: RunLayout) -> int:
         raw = await self.redis.hget(layout.meta_key, "last_epoch")
@@ -1052,11 +633,17 @@ class Store:
             ],
         )
         if isinstance(res, list):
-            if int(res[0]) == 0:
-                return Applied(0, duplicates=tuple(int(j) - 1 for j in res[1:]))
+            if ScatterStatus(int(res[0])) == ScatterStatus.DUPLICATE:
+                dups = tuple(int(j) - 1 for j in res[1:])
+                return Applied(ScatterStatus.DUPLICATE, duplicates=dups)
             current = np.frombuffer(bytearray(res[1]), dtype=layout.rec_dtype)
-            return Applied(2, tuple(int(j) - 1 for j in res[2:]), current)
-        status = int(res)
-        if status == 3:
-            return Applied(1)
-        return Applied(status, leased=status == 1)
+            return Applied(ScatterStatus.CONFLICT, tuple(int(j) - 1 for j in res[2:]), current)
+        return Applied(ScatterStatus(int(res)))
+
+
+#: The name before the :class:`~docl.services.storage.Store` protocol existed.
+Store = RedisStore
+
+
+def _satisfies_the_protocol(store: RedisStore) -> storage.Store:
+    return store  # mypy checks RedisStore against the engine's Store protocol here

@@ -1,4 +1,4 @@
-"""The wheel holds every module of the three import packages, their data files
+"""The wheel holds every module of the five import packages, their data files
 and the `docl` entry point (the package-dir mapping is easy to get wrong: a
 sub-package left out of ``packages`` installs fine in editable mode and is
 missing from the wheel)."""
@@ -13,7 +13,13 @@ import zipfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = {"services": "docl/services", "worker": "docl/worker", "client": "docl/client"}
+PACKAGES = {
+    "wire": "docl/wire",
+    "services": "docl/services",
+    "worker": "docl/worker",
+    "client": "docl/client",
+    "lab": "docl/lab",
+}
 
 
 def _expected_files() -> set[str]:

@@ -43,8 +43,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from docl.client.models import Epoch, RunCreate
 from docl.client.sampler import default_outage_tolerance, ride_out
+from docl.wire.models import Epoch, RunCreate
 from docl.worker.session import Session
 from docl.worker.tasks import TaskData
 
@@ -162,6 +162,9 @@ class LocalEpochs:
 
     Only for methods whose draws are uniform (``random``, ``random-subset``):
     this is the baseline that measures what the service costs, not a curriculum.
+    Each epoch's seed and draw are the server's (``services.seeds.epoch_rng`` and
+    ``sampling.uniform_epoch``), so a local run trains on exactly the indices the
+    score server would have sent.
     """
 
     def __init__(self, run: RunCreate) -> None:
@@ -178,19 +181,22 @@ class LocalEpochs:
 
     def epoch(self, e: int) -> Epoch:
         from docl.services.plan import plan_epoch
+        from docl.services.seeds import epoch_seed
 
         p = self.plan[e]
         return Epoch(
             **plan_epoch(p).model_dump(),  # the same row the server's plan and epochs carry
             batch_size=self.run.params.batch_size,
             lr=[float(v) for v in p.lr],
-            seed=self.run.params.seed,
+            seed=epoch_seed(self.run.params.seed, e),
         )
 
     def indices(self, e: int, rank: int, world: int) -> np.ndarray:
-        size = self.plan[e].size
-        rng = np.random.default_rng([self.run.params.seed, e])
-        chosen = rng.permutation(self.run.num_samples)[:size]
+        from docl.services.sampling import uniform_epoch
+        from docl.services.seeds import epoch_rng
+
+        size = int(self.plan[e].size)
+        chosen = uniform_epoch(self.run.num_samples, epoch_rng(self.run.params.seed, e), size=size)
         return chosen[rank * size // world : (rank + 1) * size // world]
 
 

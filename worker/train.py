@@ -27,13 +27,13 @@ import os
 import re
 import time
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
-from docl.client.models import RunCreate, RunParams
+from docl.wire.models import RunCreate, RunParams
 from docl.worker.loop import LoopConfig, train_loop
 from docl.worker.probe import probe_server
 from docl.worker.session import LocalSession
@@ -103,12 +103,7 @@ def build_run(spec: TrainSpec, data: TaskData) -> RunCreate:
     epochs = spec.epochs
     if epochs is None and params.get("budget_batches") is None:
         epochs = int(data.defaults.get("epochs", 30))
-    unknown = sorted(set(params) - set(RunParams.model_fields))
-    if unknown:
-        raise TrainError(
-            f"unknown --param {', '.join(unknown)}; run parameters are: "
-            f"{', '.join(RunParams.model_fields)}"
-        )
+    _check_param_names(params)
     run_id = spec.run_id or (
         f"{_safe_id(spec.task)}-{spec.method}-s{spec.seed}-{uuid.uuid4().hex[:8]}"
     )
@@ -277,8 +272,18 @@ def train(spec: TrainSpec) -> dict[str, Any]:
     return result
 
 
+def _check_param_names(params: dict[str, Any]) -> None:
+    """A TrainError naming every key that is not a run parameter."""
+    unknown = sorted(set(params) - set(RunParams.model_fields))
+    if unknown:
+        raise TrainError(
+            f"unknown --param {', '.join(unknown)}; run parameters are: "
+            f"{', '.join(RunParams.model_fields)}"
+        )
+
+
 def _check_early(spec: TrainSpec) -> None:
-    from docl.client.models import METHODS
+    from docl.wire.models import METHODS
 
     if spec.workers < 0:
         raise TrainError("workers must be >= 0 (0 = in-process)")
@@ -299,12 +304,7 @@ def _check_early(spec: TrainSpec) -> None:
             f"--local trains without the score server, so it can only draw uniformly "
             f"(methods random, random-subset), not {spec.method!r}"
         )
-    unknown = sorted(set(spec.params) - set(RunParams.model_fields))
-    if unknown:
-        raise TrainError(
-            f"unknown --param {', '.join(unknown)}; run parameters are: "
-            f"{', '.join(RunParams.model_fields)}"
-        )
+    _check_param_names(spec.params)
     try:
         RunParams(**spec.params)
     except ValidationError as e:
@@ -384,7 +384,3 @@ def _connect_ray(spec: TrainSpec) -> bool:
             runtime_env={"worker_process_setup_hook": ray_quiet.SETUP_HOOK},
         )
     return True
-
-
-def spec_dict(spec: TrainSpec) -> dict[str, Any]:
-    return asdict(spec)

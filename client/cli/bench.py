@@ -82,7 +82,7 @@ def service(
     (binary reports, one uvicorn worker) beside the same read-modify-write in-process,
     and epoch-draw time beside numpy's Gumbel-top-k alone; ratios printed."""
     need_extra("fastapi", "server")
-    from docl.services.bench import run_service_bench
+    from docl.lab.bench_service import run_service_bench
 
     run_service_bench(
         redis_url=redis_url,
@@ -115,7 +115,7 @@ def store(
     dedup marker only (fast, but concurrent writers lose updates) and with WATCH of
     the record chunk too (safe, but every concurrent write aborts the others)."""
     need_extra("redis", "server")
-    from docl.services.bench import run_store_bench
+    from docl.lab.bench_store import run_store_bench
 
     run_store_bench(
         redis_url=redis_url, num_samples=n, batch=batch, width=width, clients=clients,

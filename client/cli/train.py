@@ -179,6 +179,10 @@ def train(
     from docl.worker.train import TrainError, TrainSpec
     from docl.worker.train import train as run_training
 
+    # typed as a dict of Any: TrainSpec keeps its own default when the option is absent
+    tolerance: dict[str, Any] = (
+        {} if outage_tolerance is None else {"outage_tolerance": outage_tolerance}
+    )
     spec = TrainSpec(
         task=task,
         method=method,
@@ -201,7 +205,7 @@ def train(
         local=local,
         eval_every=eval_every,
         progress=sys.stdout.isatty() if progress is None else progress,
-        **({} if outage_tolerance is None else {"outage_tolerance": outage_tolerance}),
+        **tolerance,
     )
     try:
         result = run_training(spec)
@@ -251,7 +255,7 @@ def overhead(
     """
     need_extra("torch", "worker")
     need_extra("fastapi", "server")
-    from docl.worker.overhead import format_overhead, measure_overhead
+    from docl.lab.overhead import format_overhead, measure_overhead
     from docl.worker.tasks import TaskError
     from docl.worker.train import TrainError, TrainSpec
 

@@ -42,7 +42,7 @@ import redis
 from docl.client import ScoreClient
 from docl.services.config import Settings
 from docl.services.embedded import RedisProcess, ServerProcess
-from docl.services.store import LOSS_METHODS, RECORD_HEAD, RunLayout
+from docl.services.layout import LOSS_METHODS, RECORD_HEAD, RunLayout
 
 DEFAULT_SAMPLES = {10: 200_000, 100: 50_000, 1000: 10_000}
 REDIS_CONF = Path(__file__).resolve().parents[1] / "redis" / "redis.conf"

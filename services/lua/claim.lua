@@ -6,7 +6,10 @@
 --
 -- The caller claims with an EMPTY cache generation and fills it only with what it reads
 -- or writes after this call returned, so while meta.writer holds the token, the copy
--- and Redis agree. Returns 1, or -1 when the run does not exist or was re-created.
+-- and Redis agree.
+--
+-- Returns a ClaimStatus (services/storage.py): 1 CLAIMED, or -1 GONE when the run does not
+-- exist or was re-created.
 if redis.call('HGET', KEYS[1], 'uid') ~= ARGV[1] then
   return -1
 end

@@ -16,9 +16,13 @@
 -- ARGV[4]  F
 -- ARGV[5]  number of keys to drop
 --
--- Returns -1: run gone or re-created; -2: e is not last_epoch + 1 (out of order);
---          0: epoch e was already drawn; 1: committed. The temporary keys are deleted
---          in every case but 1, where they became the final keys.
+-- Returns a CommitStatus (services/storage.py):
+--   -1 GONE          the run does not exist or was re-created
+--   -2 OUT_OF_ORDER  e is not last_epoch + 1
+--   -3 EXPIRED       a temporary key expired before this call (the caller stalled)
+--    0 EXISTS        epoch e was already drawn
+--    1 COMMITTED
+-- The temporary keys are deleted in every case but COMMITTED, where they became the final keys.
 local F = tonumber(ARGV[4])
 local function discard()
   for j = 3 + F, 2 + 2 * F do

@@ -14,8 +14,9 @@
 -- ARGV[3]  C, log entries folded into the new columns
 -- ARGV[4]  F
 --
--- Returns 1: installed, the C oldest entries dropped, log_base = B + C;
---         0: log_base moved (someone else compacted) or the run changed: temporary
+-- Returns a CompactStatus (services/storage.py):
+--         1 INSTALLED: the C oldest entries dropped, log_base = B + C;
+--         0 MOVED: log_base moved (someone else compacted) or the run changed: temporary
 --            keys deleted, nothing else touched. Entries appended after the snapshot
 --            stay in the log either way.
 local F = tonumber(ARGV[4])

@@ -9,8 +9,9 @@
 -- ARGV[5]    the 4-byte little-endian float32 NaN pattern
 -- ARGV[6..]  the number of values in each chunk of KEYS[2..], in the same order
 --
--- Returns {0, uid} created; {1, uid} exists with the same config;
--- {2, uid, config} exists with a different config (nothing written).
+-- Returns {status, ...} with status a CreateStatus (services/storage.py): {0 CREATED, uid};
+-- {1 EXISTS, uid} with the same config; {2 CONFLICT, uid, config} with a different
+-- config (nothing written).
 local meta = KEYS[1]
 local existing = redis.call('HGET', meta, 'config')
 if existing then

@@ -13,13 +13,13 @@
 -- ARGV[7]  inclusion values per chunk
 -- ARGV[8 .. 7+F]  the report_ids of the request (F >= 0)
 --
--- Returns {status, last_epoch, records, inclusion}:
---   status -1: the run does not exist, or was re-created (uid differs); nothing else returned
---   status  0: {0, last_epoch, j1, ...}: the report_ids at 1-based positions j1, ... were
---              already applied (duplicates); nothing read
---   status  1: records = B records of ARGV[3] bytes in the order of ARGV[2] (a record never
---              written reads as zeros: visits = 0 = never seen); inclusion = B float32
---              ("" when I = 0; 0 = never drawn with Exp3)
+-- Returns {status, last_epoch, records, inclusion}, status a GatherStatus (services/storage.py):
+--   -1 GONE       the run does not exist, or was re-created (uid differs); nothing else returned
+--    0 DUPLICATE  {0, last_epoch, j1, ...}: the report_ids at 1-based positions j1, ... were
+--                 already applied (duplicates); nothing read
+--    1 OK         records = B records of ARGV[3] bytes in the order of ARGV[2] (a record never
+--                 written reads as zeros: visits = 0 = never seen); inclusion = B float32
+--                 ("" when I = 0; 0 = never drawn with Exp3)
 local meta = redis.call('HMGET', KEYS[1], 'uid', 'last_epoch')
 if meta[1] ~= ARGV[1] then
   return {-1}

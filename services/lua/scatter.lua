@@ -29,14 +29,15 @@
 -- compare is skipped: one redis.call per sample instead of two. Every write made without
 -- the lease deletes meta.writer, which revokes whoever held it.
 --
--- Returns
---   -1              the run does not exist or was re-created: nothing written
---   {0, j1, ...}    the reports at 1-based positions j1, ... were already applied: NOTHING
+-- Returns a ScatterStatus (services/storage.py), alone or first in a table:
+--   -1 GONE         the run does not exist or was re-created: nothing written
+--   {0 DUPLICATE, j1, ...}
+--                   the reports at 1-based positions j1, ... were already applied: NOTHING
 --                   is written but the duplicates counter (+1 each); the caller drops them
 --                   and sends the others again
---    1              applied under the caller's lease (no compare)
---    3              applied after comparing every sample (the caller holds no lease)
---   {2, records, p1, ...}
+--    1 LEASED       applied under the caller's lease (no compare)
+--    3 COMPARED     applied after comparing every sample (the caller holds no lease)
+--   {2 CONFLICT, records, p1, ...}
 --                   conflict: the samples at 1-based positions p1, ... (over all S) are not
 --                   in the state the caller computed from (another report changed them, or
 --                   the caller's copy was stale). NOTHING is written. `records` holds their

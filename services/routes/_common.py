@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from docl.client.models import Problem
 from docl.services.errors import PROBLEM_CONTENT_TYPE
+from docl.wire.models import Problem
 
 __all__ = ["RUN_ID_DOC", "problems"]
 

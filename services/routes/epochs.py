@@ -5,31 +5,16 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Body, Path, Query, Request, Response
-from pydantic import BaseModel, Field
 
-from docl.client.models import Epoch, EpochDraw
-from docl.client.wire import INDICES_CONTENT_TYPE
 from docl.services.deps import EngineDep
 from docl.services.routes._common import RUN_ID_DOC, problems
+from docl.wire.encoding import INDICES_CONTENT_TYPE
+from docl.wire.models import Epoch, EpochDraw, Indices
 
 router = APIRouter(tags=["epochs"])
 
 RunIdPath = Annotated[str, Path(description=RUN_ID_DOC)]
 EpochPath = Annotated[int, Path(ge=0, description="Epoch number, from 0.")]
-
-
-class Indices(BaseModel):
-    """JSON form of ``GET …/epochs/{e}/indices`` (the binary form is the int64 array alone)."""
-
-    epoch: int
-    rank: int
-    world: int
-    offset: int = Field(
-        ..., description="Position of the first returned index within the rank's shard."
-    )
-    shard_size: int = Field(..., description="Length of the rank's whole shard.")
-    epoch_size: int = Field(..., description="Samples in the whole epoch (all ranks).")
-    indices: list[int]
 
 
 @router.post(

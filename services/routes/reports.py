@@ -10,8 +10,11 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.types import Receive, Scope, Send
 
-from docl.client.models import ReportAck, ReportsAck
-from docl.client.wire import (
+from docl.services.deps import EngineDep
+from docl.services.engine import Engine, report_arrays_from_json
+from docl.services.errors import ProblemError, Unprocessable, UnsupportedMediaType, problem_response
+from docl.services.routes._common import RUN_ID_DOC, problems
+from docl.wire.encoding import (
     REPORT_CONTENT_TYPE,
     REPORTS_CONTENT_TYPE,
     ReportArrays,
@@ -19,10 +22,7 @@ from docl.client.wire import (
     decode_report,
     decode_reports,
 )
-from docl.services.deps import EngineDep
-from docl.services.engine import Engine, report_arrays_from_json
-from docl.services.errors import ProblemError, Unprocessable, UnsupportedMediaType, problem_response
-from docl.services.routes._common import RUN_ID_DOC, problems
+from docl.wire.models import ReportAck, ReportsAck
 
 router = APIRouter(tags=["reports"])
 
@@ -115,14 +115,6 @@ async def _answer(engine: Engine, run_id: str, content_type: str, body: bytes) -
         duplicates=sum(a.duplicate for a in acks),
     )
     return Response(content=doc.model_dump_json(), media_type="application/json")
-
-
-def parse_report(content_type: str, body: bytes) -> ReportArrays:
-    """Decode a one-report body by its Content-Type (422/415 problems when it does not parse)."""
-    reps, multi = parse_reports(content_type, body)
-    if multi:
-        raise UnsupportedMediaType(f"expected one report, not {REPORTS_CONTENT_TYPE}")
-    return reps[0]
 
 
 def parse_reports(content_type: str, body: bytes) -> tuple[list[ReportArrays], bool]:

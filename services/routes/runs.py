@@ -6,9 +6,9 @@ from typing import Annotated
 
 from fastapi import APIRouter, Body, Path, Response, status
 
-from docl.client.models import Run, RunCreate, RunList
 from docl.services.deps import EngineDep
 from docl.services.routes._common import RUN_ID_DOC, problems
+from docl.wire.models import Run, RunCreate, RunList
 
 router = APIRouter(tags=["runs"])
 

@@ -6,10 +6,10 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Request, Response
 
-from docl.client.models import Scores
-from docl.client.wire import SCORES_CONTENT_TYPE, encode_scores
 from docl.services.deps import EngineDep
 from docl.services.routes._common import RUN_ID_DOC, problems
+from docl.wire.encoding import SCORES_CONTENT_TYPE, encode_scores
+from docl.wire.models import Scores
 
 router = APIRouter(tags=["scores"])
 

@@ -6,9 +6,9 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path
 
-from docl.client.models import Stats
 from docl.services.deps import EngineDep
 from docl.services.routes._common import RUN_ID_DOC, problems
+from docl.wire.models import Stats
 
 router = APIRouter(tags=["stats"])
 

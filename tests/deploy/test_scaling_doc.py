@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 
 from docl.services.config import Settings
-from docl.services.store import RunLayout
+from docl.services.layout import RunLayout
 from tests.deploy.deploy_util import REPO, manifest, option_value
 
 DOC = (REPO / "docs" / "scaling.md").read_text()

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import redis
 
-from docl.client import wire
 from docl.services.embedded import RedisProcess, RedisStartError, ServerProcess
+from docl.wire import encoding as wire
 
 
 def test_redis_process_kill_restart_keeps_port_and_aof_data(tmp_path: Path) -> None:

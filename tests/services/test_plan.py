@@ -13,7 +13,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from docl.client.models import METHODS, RunCreate, RunParams
 from docl.services.plan import (
     EpochSpec,
     build_plan,
@@ -21,10 +20,11 @@ from docl.services.plan import (
     episode_length,
     lambda_at,
     lr_sum_at,
-    plan_rows,
+    plan_epoch,
     total_steps,
 )
 from docl.services.sampling import METHODS as SPECS
+from docl.wire.models import METHODS, RunCreate, RunParams
 
 
 def _run(method: str = "docl", n: int = 1000, epochs: int | None = 20, **params: Any) -> RunCreate:
@@ -117,9 +117,9 @@ def test_overrides_of_l2_phases_and_diversity() -> None:
     assert {e.loss for e in plan} == {"task"}  # no warmup/refresh left to use L2
 
 
-def test_plan_rows_and_lr_sum_at() -> None:
+def test_plan_epoch_rows_and_lr_sum_at() -> None:
     plan = build_plan(_run(epochs=10))
-    rows = plan_rows(plan)
+    rows = [plan_epoch(e) for e in plan]
     assert [r.epoch for r in rows] == list(range(10))
     for r, e in zip(rows, plan, strict=True):
         assert (r.phase, r.loss, r.size, r.steps) == (e.phase, e.loss, e.size, e.steps)

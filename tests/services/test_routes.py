@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from docl.client import wire
 from docl.services.app import create_app
 from docl.services.config import Settings
 from docl.services.errors import format_validation_errors
+from docl.wire import encoding as wire
 
 
 @pytest.fixture

@@ -14,10 +14,8 @@ import scipy.stats
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from docl.client.models import METHODS as WIRE_METHODS
 from docl.services.sampling import (
     METHODS,
-    epoch_rng,
     extreme_k,
     gumbel_topk,
     inclusion_probabilities,
@@ -25,6 +23,8 @@ from docl.services.sampling import (
     uniform_epoch,
 )
 from docl.services.sampling import draw as draw_epoch
+from docl.services.seeds import epoch_rng
+from docl.wire.models import METHODS as WIRE_METHODS
 
 
 def _ordered_law(w: np.ndarray, k: int) -> dict[tuple[int, ...], float]:

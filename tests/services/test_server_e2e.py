@@ -1,7 +1,7 @@
 """The score server end to end, over real HTTP, against real redis-server processes.
 
 Every test talks to a ``docl serve`` child process (uvicorn) with httpx and the
-binary encodings of ``docl.client.wire``; nothing is mocked. Scores are checked
+binary encodings of ``docl.wire.encoding``; nothing is mocked. Scores are checked
 against the pure core (``scoring.score_report`` applied to the same inputs by an
 independent reference table kept in the test) and, for samples seen exactly
 twice, against the DESIGN §1 formula written out by hand.
@@ -18,9 +18,9 @@ import httpx
 import numpy as np
 import pytest
 
-from docl.client import wire
 from docl.services.embedded import RedisProcess, ServerProcess
 from docl.services.scoring import score_report
+from docl.wire import encoding as wire
 
 BIN = {"Content-Type": wire.REPORT_CONTENT_TYPE}
 

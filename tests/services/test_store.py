@@ -10,12 +10,14 @@ import numpy as np
 import pytest
 import redis
 
-from docl.client import wire
-from docl.client.models import RunCreate
 from docl.services.config import Settings
 from docl.services.embedded import RedisProcess
 from docl.services.engine import Engine
-from docl.services.store import CAS_BYTES, RECORD_HEAD, RunLayout, Store
+from docl.services.layout import CAS_BYTES, RECORD_HEAD, RunLayout
+from docl.services.storage import CommitStatus, CreateStatus, GatherStatus, ScatterStatus
+from docl.services.store import RedisStore as Store
+from docl.wire import encoding as wire
+from docl.wire.models import RunCreate
 
 T = TypeVar("T")
 
@@ -122,7 +124,7 @@ def test_scatter_compare_and_set_writes_nothing_on_conflict(redis_url: str, run_
         store = Store.from_url(redis_url)
         lay = _layout(run_id, n=50, c=2)
         status, uid, _ = await store.create_run(lay, '{"x":1}', "uid-1", 0.0)
-        assert status == 0
+        assert status == CreateStatus.CREATED
         r = redis.Redis.from_url(redis_url)
         r.hset(lay.meta_key, "last_epoch", 0)
         idx = np.array([4, 9, 30])
@@ -137,22 +139,26 @@ def test_scatter_compare_and_set_writes_nothing_on_conflict(redis_url: str, run_
             )  # fmt: skip
 
         g = await store.gather(lay, uid, "a", idx)
-        assert g.status == 1 and g.records is not None and (g.records["visits"] == 0).all()
-        assert (await write("a", g.records, 1.0)).status == 1
+        assert (
+            g.status == GatherStatus.OK
+            and g.records is not None
+            and (g.records["visits"] == 0).all()
+        )
+        assert (await write("a", g.records, 1.0)).status == ScatterStatus.COMPARED
         # "b" computed from the state before "a" wrote: a conflict on every sample
         before = {k: r.dump(k) for k in r.scan_iter(match=f"{lay.prefix}:*")}
         res = await write("b", g.records, 2.0)
-        assert res.status == 2 and res.conflicts == (0, 1, 2)
+        assert res.status == ScatterStatus.CONFLICT and res.conflicts == (0, 1, 2)
         assert res.current is not None and (res.current["visits"] == 1).all()
         assert (res.current["lr_sum"] == 1.0).all()
         assert {k: r.dump(k) for k in r.scan_iter(match=f"{lay.prefix}:*")} == before
         # recomputed from the current rows it goes through; a replay of "a" is a duplicate
-        assert (await write("b", res.current, 2.0)).status == 1
-        assert (await write("a", res.current, 3.0)).status == 0
-        assert (await store.gather(lay, uid, "a", idx)).status == 0
+        assert (await write("b", res.current, 2.0)).status == ScatterStatus.COMPARED
+        assert (await write("a", res.current, 3.0)).status == ScatterStatus.DUPLICATE
+        assert (await store.gather(lay, uid, "a", idx)).status == GatherStatus.DUPLICATE
         # a caller holding another incarnation's uid is told so and writes nothing
-        assert (await write("c", res.current, 4.0)).status == 2
-        assert (await store.gather(lay, "other-uid", "c", idx)).status == -1
+        assert (await write("c", res.current, 4.0)).status == ScatterStatus.CONFLICT
+        assert (await store.gather(lay, "other-uid", "c", idx)).status == GatherStatus.GONE
         counters = await store.counters(lay)
         assert counters["reports"] == 2 and counters["duplicates"] == 1
         await store.close()
@@ -177,10 +183,14 @@ def test_dedup_markers_expire_after_the_ttl(redis_url: str, run_id: str) -> None
                                       counters=(1, 1, 0, 0, 0))  # fmt: skip
             return res.status
 
-        assert await scatter("old", 100.0, rows) == 1
+        assert await scatter("old", 100.0, rows) == ScatterStatus.COMPARED
         rows["visits"], rows["lr_sum"] = 1, 100.0
-        assert await scatter("old", 105.0, rows) == 0  # within the TTL: a duplicate
-        assert await scatter("new", 120.0, rows) == 1  # trims markers older than 110
+        assert (
+            await scatter("old", 105.0, rows) == ScatterStatus.DUPLICATE
+        )  # within the TTL: a duplicate
+        assert (
+            await scatter("new", 120.0, rows) == ScatterStatus.COMPARED
+        )  # trims markers older than 110
         rows["visits"], rows["lr_sum"] = 2, 120.0
         members = await store.redis.zrange(lay.reports_key, 0, -1)
         assert members == [b"new"]
@@ -199,15 +209,28 @@ def test_commit_epoch_first_wins_in_order_and_drops_old_indices(
         drawn = np.zeros(20, np.uint16)
         perm = np.random.default_rng(0).permutation(20)
         assert (
-            await store.commit_epoch(lay, uid, 1, "{}", perm, drawn, None, None) == -2
+            await store.commit_epoch(lay, uid, 1, "{}", perm, drawn, None, None)
+            == CommitStatus.OUT_OF_ORDER
         )  # out of order
-        assert await store.commit_epoch(lay, uid, 0, '{"w":1}', perm, drawn + 1, None, None) == 1
-        assert await store.commit_epoch(lay, uid, 0, '{"w":2}', perm[::-1], drawn, None, None) == 0
+        assert (
+            await store.commit_epoch(lay, uid, 0, '{"w":1}', perm, drawn + 1, None, None)
+            == CommitStatus.COMMITTED
+        )
+        assert (
+            await store.commit_epoch(lay, uid, 0, '{"w":2}', perm[::-1], drawn, None, None)
+            == CommitStatus.EXISTS
+        )
         assert await store.epoch_json(lay, 0) == '{"w":1}'
         assert await store.read_indices(lay, 0, 20, 3, 9) == perm[3:9].astype("<i8").tobytes()
         assert (await store.read_column(lay, "drawn", 0, 20) == 1).all()
-        assert await store.commit_epoch(lay, "stale-uid", 1, "{}", perm, drawn, None, None) == -1
-        assert await store.commit_epoch(lay, uid, 1, "{}", perm, drawn, None, (0, 20)) == 1
+        assert (
+            await store.commit_epoch(lay, "stale-uid", 1, "{}", perm, drawn, None, None)
+            == CommitStatus.GONE
+        )
+        assert (
+            await store.commit_epoch(lay, uid, 1, "{}", perm, drawn, None, (0, 20))
+            == CommitStatus.COMMITTED
+        )
         assert await store.read_indices(lay, 0, 20, 0, 5) is None  # dropped
         assert await store.epoch_json(lay, 0) == '{"w":1}'  # the epoch itself is still known
         deleted = await store.delete_run(lay)
@@ -229,11 +252,11 @@ def test_fast_client_survives_script_flush_and_a_redis_restart(
         _, uid, _ = await store.create_run(lay, "{}", "u", 0.0)
         await store.redis.script_flush()
         g = await store.gather(lay, uid, "a", np.array([1, 2]))  # NOSCRIPT -> loaded again
-        assert g.status == 1
+        assert g.status == GatherStatus.OK
         proc.kill()
         proc.start()
         g = await store.gather(lay, uid, "a", np.array([1, 2]))  # reconnects, reloads
-        assert g.status == 1 and g.records is not None and g.records.shape == (2,)
+        assert g.status == GatherStatus.OK and g.records is not None and g.records.shape == (2,)
         proc.kill()
         with pytest.raises(redis.exceptions.ConnectionError):
             await store.gather(lay, uid, "a", np.array([1]))

@@ -21,6 +21,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
+from docl.lab.study import epoch_record
 from docl.worker.experiment import (
     CSV_COLUMNS,
     STUDY_METHODS,
@@ -35,7 +36,6 @@ from docl.worker.experiment import (
     run_experiment,
     summarize,
 )
-from docl.worker.study import epoch_record
 
 # ---------------------------------------------------------------------------
 # Variants

@@ -12,7 +12,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from docl.client import ScoreClient
-from docl.worker.loop import InjectedFault, LoopConfig, l2_loss, report_id, task_loss, train_loop
+from docl.wire.models import RunCreate, RunParams
+from docl.worker.loop import (
+    InjectedFault,
+    LocalEpochs,
+    LoopConfig,
+    l2_loss,
+    report_id,
+    task_loss,
+    train_loop,
+)
 from docl.worker.session import LocalSession
 from docl.worker.tasks import get_task
 from docl.worker.train import TrainError, TrainSpec, build_run, train
@@ -238,3 +247,29 @@ def test_the_task_defaults_fill_run_params_the_user_left_unset() -> None:
         assert getattr(run.params, key) == data.defaults[key], key
     mine = build_run(TrainSpec(task="distill", params={"lr_min": 0.003}), data)
     assert mine.params.lr_min == 0.003 and mine.params.lr_peak == data.defaults["lr_peak"]
+
+
+@pytest.mark.parametrize("method", ["random", "random-subset"])
+def test_a_local_run_draws_exactly_the_servers_epochs(
+    score_server: str, run_id: str, method: str
+) -> None:
+    """One seed derivation: LocalEpochs (no server) gives every epoch the seed and, on
+    every rank, the indices the score server draws for the same run."""
+    params = RunParams(seed=11, batch_size=16, warmup_epochs=1, episode_epochs=2)
+    run = RunCreate(
+        run_id=f"{run_id[:40]}-{method}", num_samples=97, num_outputs=3, method=method,  # type: ignore[arg-type]
+        epochs=7, params=params,
+    )  # fmt: skip
+    local = LocalEpochs(run)
+    sizes = set()
+    with ScoreClient(score_server) as client:
+        client.create_run(run)
+        for e in range(local.num_epochs):
+            ep = client.draw_epoch(run.run_id, e)
+            assert ep.seed == local.epoch(e).seed
+            sizes.add(ep.size)
+            for world in (1, 3):
+                for rank in range(world):
+                    served = np.asarray(client.indices(run.run_id, e, rank=rank, world=world))
+                    np.testing.assert_array_equal(served, local.indices(e, rank, world))
+    assert len(sizes) > 1 or method == "random"  # random-subset's selection epochs shrink

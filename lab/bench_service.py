@@ -18,7 +18,7 @@ samples again with a larger lr_sum, and the best pass of each kind is kept: on
 a machine shared with other work, a neighbour's burst slows one pass or the
 other at random, and the best pass is the closest to what the code can do.
 
-The load generator is a separate process speaking HTTP/1.1 over raw asyncio
+The load generator (:mod:`docl.lab.loadgen`) is a separate process speaking HTTP/1.1 over raw asyncio
 streams with pre-encoded requests (encoding a report is the client's cost, not
 the server's), ``clients`` keep-alive connections, each sending its next report
 when the previous one is answered (closed loop). On a 2-core machine the load
@@ -29,31 +29,20 @@ from __future__ import annotations
 
 import asyncio
 import json
-import multiprocessing as mp
 import time
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 
-from docl.client import wire
-from docl.client.wire import ReportArrays
+from docl.lab.loadgen import http_pass, report_bodies, run_loop
+from docl.wire import encoding as wire
+from docl.wire.encoding import ReportArrays
 
 __all__ = ["DrawResult", "ReportResult", "run_service_bench"]
 
 Echo = Callable[[str], None]
-T = TypeVar("T")
-
-
-def _run(coro: Coroutine[Any, Any, T]) -> T:
-    """Run on uvloop when installed: the server runs on it (uvicorn's default), so the
-    in-process limit and the load generator should too."""
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover - uvloop comes with uvicorn[standard]
-        return asyncio.run(coro)
-    return uvloop.run(coro)
 
 
 @dataclass
@@ -93,122 +82,6 @@ class DrawResult:
     @property
     def ratio(self) -> float:
         return self.limit_s / self.service_s if self.service_s else float("nan")
-
-
-# -- the load generator (a separate process) ---------------------------------------------------
-def _bodies(
-    run_id: str,
-    indices: np.ndarray,
-    batch: int,
-    width: int,
-    lr_sum: float,
-    prefix: str,
-    seed: int,
-    frames: int = 1,
-) -> list[bytes]:
-    """Request bodies: one binary report of `batch` samples each, or (frames > 1)
-    multi-report bodies of `frames` such reports."""
-    rng = np.random.default_rng(seed)
-    reports = []
-    for j in range(0, indices.shape[0], batch):
-        idx = indices[j : j + batch]
-        outputs = rng.normal(size=(idx.shape[0], width)).astype(np.float32)
-        reports.append(
-            wire.encode_report(
-                report_id=f"{prefix}-{j // batch}",
-                epoch=0,
-                lr_sum=lr_sum,
-                indices=idx,
-                outputs=outputs,
-                targets=idx % width,
-            )
-        )
-    if frames == 1:
-        return reports
-    return [wire.encode_reports(reports[k : k + frames]) for k in range(0, len(reports), frames)]
-
-
-async def _drive(
-    host: str, port: int, requests: Sequence[bytes], clients: int
-) -> tuple[float, list[float], int]:
-    """Send every request over `clients` keep-alive connections; (seconds, latencies, errors)."""
-    queue: asyncio.Queue[bytes] = asyncio.Queue()
-    for r in requests:
-        queue.put_nowait(r)
-    latencies: list[float] = []
-    errors = 0
-
-    async def worker() -> None:
-        nonlocal errors
-        reader, writer = await asyncio.open_connection(host, port)
-        try:
-            while True:
-                try:
-                    req = queue.get_nowait()
-                except asyncio.QueueEmpty:
-                    return
-                t0 = time.perf_counter()
-                writer.write(req)
-                head = await reader.readuntil(b"\r\n\r\n")
-                length = 0
-                for line in head.split(b"\r\n"):
-                    if line[:15].lower() == b"content-length:":
-                        length = int(line[15:])
-                body = await reader.readexactly(length)
-                latencies.append(time.perf_counter() - t0)
-                ok = b'"duplicates":0' in body or b'"duplicate":false' in body
-                if not head.startswith(b"HTTP/1.1 200") or not ok:
-                    errors += 1
-        finally:
-            writer.close()
-
-    t0 = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(clients)))
-    return time.perf_counter() - t0, latencies, errors
-
-
-def _loadgen(
-    host: str, port: int, path: str, spec: dict[str, Any], clients: int, conn: Any
-) -> None:  # pragma: no cover - runs in a child process
-    bodies = _bodies(**spec)
-    ctype = wire.REPORTS_CONTENT_TYPE if spec.get("frames", 1) > 1 else wire.REPORT_CONTENT_TYPE
-    head = (
-        f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: {ctype}\r\nContent-Length: "
-    ).encode()
-    requests = [head + str(len(b)).encode() + b"\r\n\r\n" + b for b in bodies]
-    conn.send("ready")
-    conn.recv()  # start signal: generation is not timed
-    seconds, lat, errors = _run(_drive(host, port, requests, clients))
-    conn.send((seconds, lat, errors))
-    conn.close()
-
-
-def _http_pass(
-    url: str, run_id: str, spec: dict[str, Any], clients: int
-) -> tuple[float, np.ndarray, int]:
-    from urllib.parse import urlsplit
-
-    u = urlsplit(url)
-    ctx = mp.get_context("spawn")
-    parent, child = ctx.Pipe()
-    proc = ctx.Process(
-        target=_loadgen,
-        args=(u.hostname, u.port, f"/v1/runs/{run_id}/reports", spec, clients, child),
-        daemon=True,
-    )
-    proc.start()
-    try:
-        if not parent.poll(300) or parent.recv() != "ready":
-            raise RuntimeError("load generator did not start")
-        parent.send("go")
-        if not parent.poll(600):
-            raise RuntimeError("load generator did not finish within 600 s")
-        seconds, lat, errors = parent.recv()
-    finally:
-        proc.join(timeout=30)
-        if proc.is_alive():
-            proc.kill()
-    return float(seconds), np.asarray(lat), int(errors)
 
 
 # -- the in-process limit ------------------------------------------------------------------------
@@ -275,9 +148,9 @@ async def _bench_target(
 
     from docl.services.config import Settings
     from docl.services.engine import Engine
-    from docl.services.store import Store
+    from docl.services.store import RedisStore
 
-    store = Store.from_url(redis_url, timeout_s=120)
+    store = RedisStore.from_url(redis_url, timeout_s=120)
     await store.load_scripts()
     engine = Engine(store, Settings(redis_url=redis_url))
     info = aioredis.Redis.from_url(redis_url)
@@ -333,7 +206,7 @@ async def _bench_reports(
 
     Each run has one writer — the benchmark's engine or the server — as a run has in
     production (one server process): each keeps its run's write lease (see
-    engine.RecordCache) after its warm-up pass. Sharing one run would make the two
+    engine.cache.RecordCache) after its warm-up pass. Sharing one run would make the two
     revoke each other's lease at every pass and measure the recovery instead."""
     n = num_samples if width <= 100 else min(num_samples, 200_000)
     per = batch * frames
@@ -358,11 +231,11 @@ async def _bench_reports(
     spec: dict[str, Any] = {"indices": idx, "batch": batch, "width": width, "frames": frames}
     # Warm-up passes (not timed): every sample visited once by its run's writer, so the
     # measured passes score every sample they touch.
-    warm = _arrays(_bodies(runs["limit"], **spec, lr_sum=0.0, prefix="warm", seed=1), frames)
+    warm = _arrays(report_bodies(runs["limit"], **spec, lr_sum=0.0, prefix="warm", seed=1), frames)
     await _inprocess_pass(engine, runs["limit"], warm, clients)
     del warm
     await asyncio.to_thread(
-        _http_pass, server_url, runs["http"],
+        http_pass, server_url, runs["http"],
         {"run_id": runs["http"], **spec, "lr_sum": 0.0, "prefix": "warm", "seed": 1}, clients,
     )  # fmt: skip
     # Alternate in-process and HTTP passes and keep the best of each: other
@@ -373,7 +246,7 @@ async def _bench_reports(
     for rnd in range(rounds):
         lr = float(rnd + 1)
         lim = _arrays(
-            _bodies(runs["limit"], **spec, lr_sum=lr, prefix=f"p{rnd}", seed=2 + rnd), frames
+            report_bodies(runs["limit"], **spec, lr_sum=lr, prefix=f"p{rnd}", seed=2 + rnd), frames
         )
         r0 = await redis_cpu()
         lim_s, lim_lat, e1 = await _inprocess_pass(engine, runs["limit"], lim, clients)
@@ -381,7 +254,7 @@ async def _bench_reports(
         del lim
         r0, s0 = await redis_cpu(), _proc_cpu(server_pid)
         http_s, lat, e2 = await asyncio.to_thread(
-            _http_pass, server_url, runs["http"],
+            http_pass, server_url, runs["http"],
             {"run_id": runs["http"], **spec, "lr_sum": lr, "prefix": f"p{rnd}", "seed": 100 + rnd},
             clients,
         )  # fmt: skip
@@ -549,7 +422,7 @@ def run_service_bench(
                         "server process and of Redis during the best HTTP pass"
                     )
                     echo(_REPORT_HEAD)
-                    reps, _ = _run(
+                    reps, _ = run_loop(
                         _bench_target(
                             name,
                             url,
@@ -574,7 +447,7 @@ def run_service_bench(
                         "Gumbel-top-k (limit)"
                     )
                     echo(_DRAW_HEAD)
-                    _, drs = _run(
+                    _, drs = run_loop(
                         _bench_target(
                             name,
                             url,
@@ -608,195 +481,3 @@ def run_service_bench(
     if bad:
         echo(f"\n{bad} report(s) failed or were miscounted: see above")
     return result
-
-
-# -- the store's write path: Lua compare-and-set vs MULTI/EXEC ---------------------------------
-@dataclass
-class StoreResult:
-    variant: str
-    shared: bool
-    samples_per_s: float
-    redis_us_per_sample: float  # Redis CPU (INFO cpu) per written sample
-    aborted: int  # attempts retried: EXEC refused (WATCH), or a compare-and-set conflict (Lua)
-    lost_updates: int  # Σ expected visits − Σ stored visits (must be 0 for a safe variant)
-
-
-async def _store_variant(
-    variant: str,
-    url: str,
-    *,
-    n: int,
-    batch: int,
-    width: int,
-    clients: int,
-    reports: int,
-    shared: bool,
-) -> StoreResult:
-    """Each of `clients` tasks writes `reports` reports of `batch` samples (read, +1 visit, write).
-
-    ``shared``: every other report of each task hits a pool of 4·B samples shared
-    by every task, so concurrent writers meet on the same samples (what the
-    compare-and-set is for); otherwise the tasks write disjoint samples (the
-    normal case: each sample is in one rank's shard), which measures cost alone."""
-    import redis.asyncio as aioredis
-
-    from docl.services.store import RunLayout, Store, _RespClient
-
-    lay = RunLayout(f"sb-{variant}-{int(shared)}", n, width, "float32", 64 << 20, False, False)
-    store = Store.from_url(url)
-    plain = aioredis.Redis.from_url(url)
-    await store.create_run(lay, "{}", "uid", 0.0)
-    await plain.hset(lay.meta_key, "last_epoch", 0)
-    rs = lay.rec_size
-    rng = np.random.default_rng(0)
-    shared_pool = rng.permutation(n)[: batch * 4]
-    own = np.array_split(rng.permutation(np.setdiff1d(np.arange(n), shared_pool)), clients)
-    expected = np.zeros(n, np.int64)
-    plans: list[list[np.ndarray]] = []
-    for k in range(clients):
-        mine = []
-        for j in range(reports):
-            pool = shared_pool if shared and j % 2 else own[k]
-            idx = rng.choice(pool, size=min(batch, pool.shape[0]), replace=False)
-            expected[idx] += 1
-            mine.append(idx)
-        plans.append(mine)
-    aborted = 0
-
-    async def lua_task(k: int) -> None:
-        nonlocal aborted
-        for j, idx in enumerate(plans[k]):
-            g = await store.gather(lay, "uid", f"{k}-{j}", idx)
-            assert g.records is not None
-            rows = g.records
-            # Until applied, as the server's retries plus the client's do: under this much
-            # contention (8 writers on 4·B shared samples) a report can take dozens of tries.
-            for _ in range(10_000):
-                new = rows.copy()
-                new["visits"] += 1
-                new["lr_sum"] += 1.0
-                res = await store.scatter(
-                    lay, "uid", f"{k}-{j}", now=time.time(), indices=idx, expected=rows,
-                    write=np.ones(idx.shape[0], bool), records=new,
-                    scores=np.zeros(idx.shape[0], np.float32), losses=np.zeros(idx.shape[0], np.float32),
-                    counters=(1, idx.shape[0], 0, 0, 0),
-                )  # fmt: skip
-                if res.status == 1:
-                    break
-                aborted += 1  # a compare-and-set that found changed samples: retried
-                assert res.current is not None
-                rows = rows.copy()
-                rows[np.asarray(res.conflicts)] = res.current
-            else:
-                raise RuntimeError(f"report {k}-{j} was never applied")
-
-    async def multi_task(k: int, watch_records: bool) -> None:
-        nonlocal aborted
-        client = _RespClient(url, timeout_s=60)
-        rec_key = lay.rec_keys[0]
-        score_key = lay.score_keys[0]
-        for j, idx in enumerate(plans[k]):
-            marker = f"{lay.prefix}:rid:{k}-{j}"
-            while True:
-                watch = ["WATCH", marker, rec_key] if watch_records else ["WATCH", marker]
-                reads = [watch, ["EXISTS", marker]] + [
-                    ["GETRANGE", rec_key, int(i) * rs, int(i) * rs + rs - 1] for i in idx
-                ]
-                replies = await client.call_many(reads)
-                if replies[1]:
-                    await client.call(["UNWATCH"])
-                    break
-                rows = np.frombuffer(
-                    b"".join(r.ljust(rs, b"\0") for r in replies[2:]), lay.rec_dtype
-                ).copy()
-                rows["visits"] += 1
-                rows["lr_sum"] += 1.0
-                raw = rows.tobytes()
-                tx: list[list[Any]] = [["MULTI"]]
-                for m, i in enumerate(idx):
-                    tx.append(["SETRANGE", rec_key, int(i) * rs, raw[m * rs : (m + 1) * rs]])
-                    tx.append(["SETRANGE", score_key, int(i) * 4, b"\0\0\0\0"])
-                tx += [["SET", marker, "1", "EX", 86400], ["EXEC"]]
-                out = await client.call_many(tx)
-                if out[-1] is None:  # WATCH fired: another client wrote a watched key
-                    aborted += 1
-                    continue
-                break
-        await client.close()
-
-    r = aioredis.Redis.from_url(url)
-
-    async def cpu() -> float:
-        info = await r.info("cpu")
-        return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
-
-    c0 = await cpu()
-    t0 = time.perf_counter()
-    if variant == "lua-cas":
-        await asyncio.gather(*(lua_task(k) for k in range(clients)))
-    else:
-        await asyncio.gather(
-            *(multi_task(k, variant == "multi-watch-records") for k in range(clients))
-        )
-    seconds = time.perf_counter() - t0
-    c1 = await cpu()
-    stored = await store.read_records(lay, 0, n)
-    lost = int(expected.sum() - stored["visits"].astype(np.int64).sum())
-    await store.delete_run(lay)
-    await store.close()
-    await plain.aclose()
-    await r.aclose()
-    total = int(expected.sum())
-    return StoreResult(variant, shared, total / seconds, 1e6 * (c1 - c0) / total, aborted, lost)
-
-
-def run_store_bench(
-    *,
-    redis_url: str | None = None,
-    num_samples: int = 100_000,
-    batch: int = 256,
-    width: int = 10,
-    clients: int = 8,
-    reports: int = 40,
-    echo: Echo = print,
-) -> list[StoreResult]:
-    """Compare the report write path's atomicity options on one Redis (``docl bench store``)."""
-    from docl.services.embedded import RedisProcess
-
-    redis = RedisProcess() if redis_url is None else None
-    url = redis.start().unix_url if redis is not None else redis_url
-    assert url is not None
-    echo(
-        f"docl bench store: n = {num_samples:,}, B = {batch}, c = {width}, {clients} concurrent "
-        f"writers x {reports} reports; 'shared': every other report hits samples all writers share"
-    )
-    echo(
-        f"{'variant':<22} {'samples':<9} {'samples/s':>10} {'redis us/sample':>16} {'aborted':>8}"
-        f" {'lost updates':>13}"
-    )
-    results = []
-    try:
-        for shared in (False, True):
-            for variant in ("lua-cas", "multi-watch-marker", "multi-watch-records"):
-                res = _run(
-                    _store_variant(
-                        variant,
-                        url,
-                        n=num_samples,
-                        batch=batch,
-                        width=width,
-                        clients=clients,
-                        reports=reports,
-                        shared=shared,
-                    )
-                )
-                results.append(res)
-                echo(
-                    f"{res.variant:<22} {'shared' if shared else 'disjoint':<9}"
-                    f" {res.samples_per_s:>10,.0f} {res.redis_us_per_sample:>16.2f}"
-                    f" {res.aborted:>8} {res.lost_updates:>13}"
-                )
-    finally:
-        if redis is not None:
-            redis.stop()
-    return results

@@ -1,0 +1,264 @@
+"""Epochs: draw each epoch once (scores → sampling → optional diversity pruning),
+store it, re-read it, and serve each rank's shard of its indices."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any
+
+import numpy as np
+
+from docl.services import diversity, plan, sampling
+from docl.services.engine.runs import RunStage, RunState, _plan_row
+from docl.services.errors import Conflict, Gone, NotFound, ServiceUnavailable, Unprocessable
+from docl.services.layout import DRAWN_MAX
+from docl.services.seeds import epoch_seed
+from docl.services.storage import CommitStatus, DrawInputs
+from docl.wire.models import Epoch
+
+__all__ = ["DrawStage"]
+
+
+def _mask(n: int, idx: np.ndarray) -> np.ndarray:
+    """(n,) uint8: 1 at ``idx``."""
+    if idx.shape[0] == n:
+        return np.ones(n, dtype=np.uint8)  # a draw of every sample (uniform epochs)
+    hit = np.zeros(n, dtype=np.uint8)
+    hit[idx] = 1
+    return hit
+
+
+class DrawStage(RunStage):
+    """The engine's epoch routes."""
+
+    def _epoch_model(self, st: RunState, epoch: int, seed: int) -> Epoch:
+        spec = st.plan[epoch]
+        return Epoch(
+            **_plan_row(spec),
+            batch_size=st.config.params.batch_size,
+            lr=[float(x) for x in np.asarray(spec.lr, dtype=np.float64)],
+            seed=seed,
+        )
+
+    def _check_epoch_number(self, st: RunState, epoch: int) -> None:
+        if epoch < 0:
+            raise Unprocessable(f"epoch must be >= 0, got {epoch}")
+        if epoch >= st.num_epochs:
+            raise Unprocessable(
+                f"epoch {epoch} is beyond the plan: run {st.run_id!r} has {st.num_epochs} epochs "
+                f"(0..{st.num_epochs - 1})"
+            )
+
+    async def get_epoch(self, run_id: str, epoch: int) -> Epoch:
+        st = await self.state(run_id)
+        self._check_epoch_number(st, epoch)
+        raw = await self.store.epoch_json(st.layout, epoch)
+        if raw is None:
+            st = await self.state(run_id, fresh=True)  # maybe re-created meanwhile
+            raw = await self.store.epoch_json(st.layout, epoch)
+            if raw is None:
+                raise NotFound(f"epoch {epoch} of run {run_id!r} has not been drawn yet")
+        return self._epoch_model(st, epoch, int(json.loads(raw)["seed"]))
+
+    async def draw_epoch(self, run_id: str, epoch: int | None) -> Epoch:
+        """Draw epoch ``epoch`` (default: the next one) once; later calls return the stored draw."""
+        for _ in range(3):
+            st, meta = await self._checked_state(run_id)
+            last = int(meta.get("last_epoch", "-1"))
+            e = last + 1 if epoch is None else epoch
+            if epoch is None and e >= st.num_epochs:
+                raise Conflict(
+                    f"every epoch of run {run_id!r} has been drawn ({st.num_epochs} in its plan)"
+                )
+            self._check_epoch_number(st, e)
+            if e <= last:
+                return await self.get_epoch(run_id, e)
+            if e > last + 1:
+                nxt = f"epoch {last + 1}" if last + 1 < st.num_epochs else "none"
+                raise Conflict(
+                    f"epoch {e} cannot be drawn before epoch {last + 1}: epochs are drawn in order "
+                    f"(last drawn: {last if last >= 0 else 'none'}; next: {nxt})"
+                )
+            status = await self._draw_and_commit(st, e)
+            if status.stored:  # we or a concurrent caller stored it: both read the stored draw
+                return await self.get_epoch(run_id, e)
+            # GONE: the run was re-created under us; OUT_OF_ORDER: someone drew e meanwhile
+            # out of our snapshot's order; EXPIRED: our temporary keys expired. Look again.
+            if status == CommitStatus.GONE:
+                self._runs.pop(run_id, None)
+        raise ServiceUnavailable(
+            f"could not draw epoch {epoch} of run {run_id!r}: the run kept changing"
+        )
+
+    async def _draw_and_commit(self, st: RunState, e: int) -> CommitStatus:
+        spec = st.plan[e]
+        p = st.config.params
+        t0 = time.perf_counter()
+        select = spec.phase == "select"
+        # Always the whole snapshot (losses too when the run keeps them): the draw
+        # folds the score log into it, and compacts the log with it afterwards.
+        snap = await self.store.draw_inputs(st.layout, losses=st.layout.loss_column)
+        if snap.uid != st.uid:
+            return CommitStatus.GONE
+        if snap.last_epoch != e - 1:
+            return CommitStatus.OUT_OF_ORDER if snap.last_epoch < e - 1 else CommitStatus.EXISTS
+        records = None
+        if select and spec.prune:
+            records = await self.store.read_records(st.layout, 0, st.layout.num_samples)
+        t_read = time.perf_counter()
+        seed = epoch_seed(p.seed, e)
+        # Every O(n) numpy step runs in a worker thread: the event loop keeps serving
+        # reports meanwhile (numpy releases the GIL for most of it).
+        indices, drawn, incl_col, info = await asyncio.to_thread(
+            self._draw_counted, st, spec, seed, snap, records
+        )
+        t_draw = time.perf_counter()
+        drop = None
+        old = e - self.settings.keep_epochs
+        if old >= 0:
+            drop = (old, int(st.plan[old].size))
+        info["timing"] = {"read_s": round(t_read - t0, 4), "draw_s": round(t_draw - t_read, 4)}
+        doc = json.dumps(
+            {
+                "epoch": e,
+                "seed": seed,
+                "size": int(indices.shape[0]),
+                "drawn_at": time.time(),
+                **info,
+            }
+        )
+        status = await self.store.commit_epoch(
+            st.layout, st.uid, e, doc, indices, drawn, incl_col, drop
+        )
+        if status.stored and snap.log_count:
+            await self.store.compact(st.layout, st.uid, snap)
+        from docl.services import metrics
+
+        metrics.DRAW_SECONDS.labels(phase=spec.phase).observe(time.perf_counter() - t0)
+        return status
+
+    def _draw_counted(
+        self,
+        st: RunState,
+        spec: plan.EpochSpec,
+        seed: int,
+        snap: DrawInputs,
+        records: np.ndarray | None,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, dict[str, Any]]:
+        """The draw plus the columns it updates: selection counts and Exp3 inclusion."""
+        indices, inclusion, info, hit = self._draw(
+            st, spec, seed, snap.scores, snap.losses, records
+        )
+        # Selection counts (uint16, saturating): one scatter of bytes into a mask and
+        # a sequential add is ~2x faster than drawn[indices] += 1 at n = 10M.
+        if hit is None:
+            hit = np.zeros(st.layout.num_samples, dtype=np.uint8)
+            hit[indices] = 1
+        drawn = snap.drawn + hit
+        if drawn.size and int(snap.drawn.max()) >= DRAWN_MAX:
+            drawn[(snap.drawn == DRAWN_MAX)] = DRAWN_MAX  # no wrap-around past the cap
+        incl_col = None
+        if st.layout.exp3:
+            base = snap.inclusion
+            incl_col = base.copy() if base is not None else np.zeros(st.layout.num_samples, "<f4")
+            incl_col[indices] = inclusion
+        return indices, drawn, incl_col, info
+
+    def _draw(
+        self,
+        st: RunState,
+        spec: plan.EpochSpec,
+        seed: int,
+        scores: np.ndarray | None,
+        losses: np.ndarray | None,
+        records: np.ndarray | None,
+    ) -> tuple[np.ndarray, np.ndarray, dict[str, Any], np.ndarray | None]:
+        """The pure part of a draw: (indices in training order, inclusion probabilities,
+        info, the (n,) uint8 mask of drawn samples or None).
+
+        The selection is counted before it is shuffled (``sampling.draw(shuffle=False)``,
+        then ``shuffle_draw`` with the same Generator: the same draw): marking ~sorted
+        positions is several times faster than random ones at n = 10M."""
+        n = st.config.num_samples
+        p = st.config.params
+        rng = np.random.default_rng(seed)
+        size = int(spec.size)
+        info: dict[str, Any] = {}
+        if spec.phase != "select":
+            sel = sampling.uniform_epoch(n, rng, size=size, shuffle=False)
+            order = sampling.random_order(sel, rng)
+            incl = np.full(order.shape[0], size / n, dtype=np.float32)
+            return np.ascontiguousarray(order, dtype=np.int64), incl, info, _mask(n, sel)
+        k = int(spec.draw_size) if spec.draw_size > 0 else size
+        sc = scores if scores is not None else np.full(n, np.nan, np.float32)
+        prune = records is not None and spec.prune and size < k
+        d = sampling.draw(
+            st.config.method,
+            k=k,
+            scores=sc,
+            losses=losses,
+            rng=rng,
+            tau=p.tau,
+            normalize=p.normalize,
+            exp3=p.exp3,
+            episode=int(spec.episode),
+            shuffle=prune,
+        )
+        hit = None
+        if not prune:
+            hit = _mask(n, d.indices)
+            d = sampling.shuffle_draw(d, rng)
+        idx = np.asarray(d.indices, dtype=np.int64)
+        incl = (
+            np.asarray(d.inclusion, dtype=np.float32)
+            if d.inclusion is not None
+            else np.full(idx.shape[0], idx.shape[0] / n, dtype=np.float32)
+        )
+        if records is not None and spec.prune and size < idx.shape[0]:
+            # Diversity (Eq. 15) on the stored outputs g_i of the drawn samples; the
+            # modular part is the standardized score (mcl: the standardized loss).
+            feats = records["g"][idx].astype(np.float32)
+            base = losses if st.config.method == "mcl" and losses is not None else sc
+            modular = sampling.standardize(np.asarray(base, dtype=np.float32), p.normalize)[idx]
+            pos = diversity.facility_location_greedy(
+                feats, modular, size, lam=float(spec.lam), rng=rng
+            )
+            keep = np.zeros(idx.shape[0], dtype=bool)
+            keep[np.asarray(pos, dtype=np.int64)] = True
+            idx, incl = idx[keep], incl[keep]  # keeps the drawn (shuffled) training order
+            info = {"drawn": int(keep.shape[0]), "lambda": float(spec.lam)}
+        return idx[:size], incl[:size], info, hit if idx.shape[0] <= size else None
+
+    async def indices(
+        self, run_id: str, epoch: int, *, rank: int, world: int, offset: int, limit: int | None
+    ) -> tuple[bytes, int, int]:
+        """(int64 bytes of rank's shard [offset, offset+limit), shard length, epoch size)."""
+        if world < 1:
+            raise Unprocessable(f"world must be >= 1, got {world}")
+        if not 0 <= rank < world:
+            raise Unprocessable(f"rank must be in [0, world) = [0, {world}), got {rank}")
+        if offset < 0:
+            raise Unprocessable(f"offset must be >= 0, got {offset}")
+        if limit is not None and limit < 0:
+            raise Unprocessable(f"limit must be >= 0, got {limit}")
+        st = await self.state(run_id)
+        self._check_epoch_number(st, epoch)
+        raw = await self.store.epoch_json(st.layout, epoch)
+        if raw is None:
+            st = await self.state(run_id, fresh=True)
+            raw = await self.store.epoch_json(st.layout, epoch)
+            if raw is None:
+                raise NotFound(f"epoch {epoch} of run {run_id!r} has not been drawn yet")
+        size = int(json.loads(raw)["size"])
+        lo, hi = rank * size // world, (rank + 1) * size // world
+        start = min(hi, lo + offset)
+        stop = hi if limit is None else min(hi, start + limit)
+        data = await self.store.read_indices(st.layout, epoch, size, start, stop)
+        if data is None:
+            raise Gone(
+                f"the indices of epoch {epoch} were dropped (the server keeps the last "
+                f"{self.settings.keep_epochs} epochs' indices; DOCL_KEEP_EPOCHS)"
+            )
+        return data, hi - lo, size

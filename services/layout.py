@@ -1,0 +1,260 @@
+"""How a run's state is laid out: the fixed-width record, the columns, the key names.
+
+A pure function of the run's config (no I/O): the engine reads records in this
+format whatever the store behind it, and the store (``store.py``, the Redis
+implementation) cuts the columns into chunks and names the keys from it. Every
+key of a run shares the hash tag ``{run:<id>}`` (:func:`run_prefix`), so a Redis
+Cluster keeps a run on one slot.
+
+A record is ``RECORD_HEAD`` bytes of state followed by the stored output g_i:
+
+    offset  size  field
+    0       8     lr_sum of the last visit, float64 (meaningless while visits = 0)
+    8       4     visits, uint32 (0 = never seen)
+    12      4     score, float32 (NaN = unset; the score column holds the same value)
+    16      4     loss of the last visit, float32
+    20      4     zero padding
+    24      c·w   g_i, float32 (w = 4) or float16 (w = 2) per ``params.output_dtype``
+    ...           zero padding up to a multiple of 8
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "CAS_BYTES",
+    "COUNTER_FIELDS",
+    "DRAWN_MAX",
+    "LOSS_METHODS",
+    "RECORD_HEAD",
+    "RUNS_INDEX",
+    "RunLayout",
+    "fold_log",
+    "run_prefix",
+]
+
+#: Bytes of per-sample state before g_i in a record.
+RECORD_HEAD = 24
+#: Bytes of the record head that the compare-and-set compares (lr_sum + visits).
+CAS_BYTES = 12
+#: The fields of a run's counters hash (see the layout above).
+COUNTER_FIELDS = (
+    "reports",
+    "duplicates",
+    "samples_reported",
+    "samples_scored",
+    "samples_skipped",
+    "visited",
+)
+#: The global set of run ids.
+RUNS_INDEX = "docl:runs"
+#: Methods whose draws read the last-loss column (the others skip writing it).
+LOSS_METHODS = frozenset({"spl", "mcl"})
+#: Selection counts saturate here (uint16).
+DRAWN_MAX = 65535
+
+
+def run_prefix(run_id: str) -> str:
+    """The hash-tagged prefix of every key of run ``run_id``."""
+    return f"{{run:{run_id}}}"
+
+
+def _chunk_keys(prefix: str, name: str, total: int, per_chunk: int) -> tuple[str, ...]:
+    count = max(1, math.ceil(total / per_chunk))
+    return tuple(f"{prefix}:{name}:{k}" for k in range(count))
+
+
+@dataclass(frozen=True)
+class RunLayout:
+    """Where and how a run's state is laid out in Redis: a pure function of its config.
+
+    Stored in the run's meta at creation, so a later change of ``chunk_bytes``
+    does not move an existing run's data.
+    """
+
+    run_id: str
+    num_samples: int
+    num_outputs: int
+    output_dtype: str  # "float32" | "float16"
+    chunk_bytes: int
+    loss_column: bool
+    exp3: bool
+
+    # -- sizes ----------------------------------------------------------------------------
+    @property
+    def out_width(self) -> int:
+        return 2 if self.output_dtype == "float16" else 4
+
+    @cached_property
+    def rec_size(self) -> int:
+        raw = RECORD_HEAD + self.num_outputs * self.out_width
+        return raw + (-raw) % 8
+
+    def per_chunk(self, itemsize: int) -> int:
+        return max(1, self.chunk_bytes // itemsize)
+
+    @cached_property
+    def rec_per_chunk(self) -> int:
+        return self.per_chunk(self.rec_size)
+
+    @cached_property
+    def col_per_chunk(self) -> int:
+        return self.per_chunk(4)
+
+    @property
+    def drawn_per_chunk(self) -> int:
+        return self.per_chunk(2)
+
+    @property
+    def idx_per_chunk(self) -> int:
+        return self.per_chunk(8)
+
+    def memory_bytes(self, keep_epochs: int) -> int:
+        """Redis bytes of the run's per-sample state when every sample has been reported."""
+        n = self.num_samples
+        # record + score column + one epoch of score-log entries + counts + indices
+        per_sample = self.rec_size + 4 + 8 + 2 + 8 * keep_epochs
+        per_sample += 4 if self.loss_column else 0
+        per_sample += 4 if self.exp3 else 0
+        return n * per_sample
+
+    # -- numpy views ----------------------------------------------------------------------
+    @cached_property
+    def rec_dtype(self) -> np.dtype[Any]:
+        out = "<f2" if self.output_dtype == "float16" else "<f4"
+        return np.dtype(
+            {
+                "names": ["lr_sum", "visits", "score", "loss", "g"],
+                "formats": ["<f8", "<u4", "<f4", "<f4", (out, (self.num_outputs,))],
+                "offsets": [0, 8, 12, 16, RECORD_HEAD],
+                "itemsize": self.rec_size,
+            }
+        )
+
+    # -- keys -----------------------------------------------------------------------------
+    @property
+    def prefix(self) -> str:
+        return run_prefix(self.run_id)
+
+    @property
+    def meta_key(self) -> str:
+        return f"{self.prefix}:meta"
+
+    @property
+    def counters_key(self) -> str:
+        return f"{self.prefix}:counters"
+
+    @property
+    def reports_key(self) -> str:
+        return f"{self.prefix}:reports"
+
+    @property
+    def epochs_key(self) -> str:
+        return f"{self.prefix}:epochs"
+
+    @property
+    def scorelog_key(self) -> str:
+        return f"{self.prefix}:scorelog"
+
+    @cached_property
+    def log_dtype(self) -> np.dtype[Any]:
+        """One entry of the score log: (index uint32, score float32[, loss float32])."""
+        fields = [("i", "<u4"), ("s", "<f4")]
+        if self.loss_column:
+            fields.append(("l", "<f4"))
+        return np.dtype(fields)
+
+    @cached_property
+    def rec_keys(self) -> tuple[str, ...]:
+        return _chunk_keys(self.prefix, "rec", self.num_samples, self.rec_per_chunk)
+
+    @cached_property
+    def score_keys(self) -> tuple[str, ...]:
+        return _chunk_keys(self.prefix, "score", self.num_samples, self.col_per_chunk)
+
+    @cached_property
+    def loss_keys(self) -> tuple[str, ...]:
+        if not self.loss_column:
+            return ()
+        return _chunk_keys(self.prefix, "loss", self.num_samples, self.col_per_chunk)
+
+    @cached_property
+    def drawn_keys(self) -> tuple[str, ...]:
+        return _chunk_keys(self.prefix, "drawn", self.num_samples, self.drawn_per_chunk)
+
+    @cached_property
+    def incl_keys(self) -> tuple[str, ...]:
+        if not self.exp3:
+            return ()
+        return _chunk_keys(self.prefix, "incl", self.num_samples, self.col_per_chunk)
+
+    def epoch_keys(self, epoch: int, size: int) -> tuple[str, ...]:
+        return _chunk_keys(self.prefix, f"epoch:{epoch}", size, self.idx_per_chunk)
+
+    def static_keys(self) -> tuple[str, ...]:
+        """Every key of the run except the per-epoch index chunks."""
+        return (
+            self.meta_key,
+            self.counters_key,
+            self.reports_key,
+            self.epochs_key,
+            self.scorelog_key,
+            *self.rec_keys,
+            *self.score_keys,
+            *self.loss_keys,
+            *self.drawn_keys,
+            *self.incl_keys,
+        )
+
+    # -- (de)serialisation -----------------------------------------------------------------
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "num_samples": self.num_samples,
+                "num_outputs": self.num_outputs,
+                "output_dtype": self.output_dtype,
+                "chunk_bytes": self.chunk_bytes,
+                "loss_column": self.loss_column,
+                "exp3": self.exp3,
+                "rec_size": self.rec_size,
+                "record_head": RECORD_HEAD,
+            },
+            sort_keys=True,
+        )
+
+    @classmethod
+    def from_json(cls, run_id: str, text: str | bytes) -> RunLayout:
+        d = json.loads(text)
+        return cls(
+            run_id=run_id,
+            num_samples=int(d["num_samples"]),
+            num_outputs=int(d["num_outputs"]),
+            output_dtype=str(d["output_dtype"]),
+            chunk_bytes=int(d["chunk_bytes"]),
+            loss_column=bool(d["loss_column"]),
+            exp3=bool(d["exp3"]),
+        )
+
+
+def fold_log(
+    layout: RunLayout, entries: Sequence[bytes], scores: np.ndarray, losses: np.ndarray | None
+) -> None:
+    """Apply score-log entries, oldest first, to full (n,) score/loss columns in place.
+
+    Later entries win: NumPy's assignment through an index array that repeats a
+    position keeps the last value (documented behaviour for 1-D arrays)."""
+    if not entries:
+        return
+    log = np.frombuffer(b"".join(entries), dtype=layout.log_dtype)
+    idx = log["i"].astype(np.intp)
+    scores[idx] = log["s"]
+    if losses is not None and layout.loss_column:
+        losses[idx] = log["l"]

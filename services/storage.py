@@ -1,0 +1,254 @@
+"""The seam between the engine and the storage of runs: the :class:`Store` protocol.
+
+The engine (``services/engine/``) is typed against this protocol, never against
+the Redis implementation (``store.RedisStore``, which satisfies it: mypy checks
+the assignment at the bottom of ``store.py``). A second backend — e.g. a
+cluster-aware store for runs larger than one node (docs/scaling.md) — implements
+these methods and is handed to ``Engine(store, settings)``; the engine does not
+change.
+
+Each atomic operation reports how it went with a named status. On Redis every
+one of them is one Lua script (``services/lua/<name>.lua``), whose header
+documents its KEYS/ARGV and returns these same numbers under the same names:
+
+========================  ====================  =========================
+enum                      script                caller
+========================  ====================  =========================
+:class:`CreateStatus`     create.lua            ``Store.create_run``
+:class:`GatherStatus`     gather.lua            ``Store.gather``
+:class:`ScatterStatus`    scatter.lua           ``Store.scatter``
+:class:`CommitStatus`     commit_epoch.lua      ``Store.commit_epoch``
+:class:`CompactStatus`    compact.lua           ``Store.compact``
+:class:`ClaimStatus`      claim.lua             ``Store.claim``
+========================  ====================  =========================
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Protocol
+
+import numpy as np
+
+from docl.services.layout import RunLayout
+
+__all__ = [
+    "Applied",
+    "ClaimStatus",
+    "CommitStatus",
+    "CompactStatus",
+    "CreateStatus",
+    "DrawInputs",
+    "GatherStatus",
+    "Gathered",
+    "ScatterStatus",
+    "Store",
+]
+
+
+class CreateStatus(IntEnum):
+    """create.lua: creating a run."""
+
+    CREATED = 0
+    EXISTS = 1  # with the same config: nothing written
+    CONFLICT = 2  # with a different config: nothing written
+
+
+class GatherStatus(IntEnum):
+    """gather.lua: reading a request's records."""
+
+    GONE = -1  # the run does not exist or was re-created (uid differs)
+    DUPLICATE = 0  # some report_ids were already applied: nothing read
+    OK = 1
+
+
+class ScatterStatus(IntEnum):
+    """scatter.lua: applying a group of reports atomically."""
+
+    GONE = -1  # the run does not exist or was re-created: nothing written
+    DUPLICATE = 0  # some reports were already applied: nothing written but the counter
+    LEASED = 1  # applied under the caller's write lease (no per-sample compare)
+    CONFLICT = 2  # some samples changed since they were read: nothing written
+    COMPARED = 3  # applied after comparing every sample (no lease held)
+
+    @property
+    def applied(self) -> bool:
+        return self in (ScatterStatus.LEASED, ScatterStatus.COMPARED)
+
+
+class CommitStatus(IntEnum):
+    """commit_epoch.lua: storing a drawn epoch (the first committer of epoch e wins)."""
+
+    EXPIRED = -3  # a temporary key expired before the commit (the caller stalled): nothing changes
+    OUT_OF_ORDER = -2  # e is not last_epoch + 1
+    GONE = -1  # the run does not exist or was re-created
+    EXISTS = 0  # epoch e was drawn already (by someone else)
+    COMMITTED = 1
+
+    @property
+    def stored(self) -> bool:
+        """Epoch e is stored now (by this call or an earlier one): read it back."""
+        return self in (CommitStatus.EXISTS, CommitStatus.COMMITTED)
+
+
+class CompactStatus(IntEnum):
+    """compact.lua: folding the score log into the columns."""
+
+    MOVED = 0  # someone else compacted meanwhile (or the run changed): nothing changed
+    INSTALLED = 1
+
+
+class ClaimStatus(IntEnum):
+    """claim.lua: taking a run's write lease."""
+
+    GONE = -1  # the run does not exist or was re-created
+    CLAIMED = 1
+
+
+@dataclass(frozen=True)
+class Gathered:
+    """What ``gather`` read for one request."""
+
+    status: GatherStatus
+    last_epoch: int
+    records: np.ndarray | None  # (B,) rec_dtype, a writable copy
+    inclusion: np.ndarray | None  # (B,) float32 or None
+    duplicates: tuple[int, ...] = ()  # DUPLICATE: 0-based positions of the applied report_ids
+
+
+@dataclass(frozen=True)
+class Applied:
+    """Result of ``scatter`` (:class:`ScatterStatus`).
+
+    On a conflict, ``conflicts`` are the 0-based positions (over all the samples
+    sent) whose stored state differs from what the caller computed from, and
+    ``current`` their records as stored now (nothing was written). On DUPLICATE,
+    ``duplicates`` are the 0-based positions of the reports already applied
+    (nothing was written but the duplicates counter).
+    """
+
+    status: ScatterStatus
+    conflicts: tuple[int, ...] = ()
+    current: np.ndarray | None = None
+    duplicates: tuple[int, ...] = ()
+
+    @property
+    def leased(self) -> bool:
+        """Applied under the caller's write lease, without the per-sample compare."""
+        return self.status == ScatterStatus.LEASED
+
+
+@dataclass(frozen=True)
+class DrawInputs:
+    """A consistent snapshot of what an epoch draw reads."""
+
+    uid: str | None
+    last_epoch: int
+    scores: np.ndarray | None  # (n,) float32
+    losses: np.ndarray | None  # (n,) float32
+    drawn: np.ndarray  # (n,) uint16
+    inclusion: np.ndarray | None  # (n,) float32
+    log_base: int = 0  # score-log entries trimmed before this snapshot
+    log_count: int = 0  # score-log entries folded into `scores`/`losses` here
+
+
+class Store(Protocol):
+    """What the engine needs from the storage of runs (``store.RedisStore`` on Redis).
+
+    Every method is atomic where its docstring in ``store.py`` says so; a run's
+    incarnation is named by its ``uid`` and every mutating call checks it (GONE
+    when the run was deleted or re-created).
+    """
+
+    @property
+    def resets(self) -> int:
+        """Moves when the store may have lost writes (e.g. a Redis restart): a record
+        cache must not outlive a change of it."""
+        ...
+
+    async def ping(self) -> bool: ...
+
+    async def close(self) -> None: ...
+
+    # -- runs
+    async def create_run(
+        self, layout: RunLayout, config_json: str, uid: str, created_at: float
+    ) -> tuple[CreateStatus, str, str | None]: ...
+
+    async def run_meta(self, run_id: str) -> dict[str, str] | None: ...
+
+    async def run_metas(
+        self, run_ids: list[str]
+    ) -> list[tuple[dict[str, str] | None, dict[str, int]]]: ...
+
+    async def counters(self, layout: RunLayout) -> dict[str, int]: ...
+
+    async def count_duplicate(self, layout: RunLayout, count: int = 1) -> None: ...
+
+    async def list_run_ids(self) -> list[str]: ...
+
+    async def forget_run_id(self, run_id: str) -> None: ...
+
+    async def delete_run(self, layout: RunLayout) -> int: ...
+
+    # -- epochs
+    async def draw_inputs(self, layout: RunLayout, *, losses: bool) -> DrawInputs: ...
+
+    async def commit_epoch(
+        self,
+        layout: RunLayout,
+        uid: str,
+        epoch: int,
+        epoch_json: str,
+        indices: np.ndarray,
+        drawn: np.ndarray,
+        inclusion: np.ndarray | None,
+        drop_epoch: tuple[int, int] | None,
+    ) -> CommitStatus: ...
+
+    async def compact(self, layout: RunLayout, uid: str, snap: DrawInputs) -> CompactStatus: ...
+
+    async def epoch_json(self, layout: RunLayout, epoch: int) -> str | None: ...
+
+    async def read_indices(
+        self, layout: RunLayout, epoch: int, size: int, start: int, stop: int
+    ) -> bytes | None: ...
+
+    # -- records and columns
+    async def read_records(self, layout: RunLayout, start: int, stop: int) -> np.ndarray: ...
+
+    async def current_scores(self, layout: RunLayout) -> np.ndarray: ...
+
+    async def read_column(
+        self, layout: RunLayout, name: str, start: int, stop: int
+    ) -> np.ndarray: ...
+
+    # -- reports
+    async def gather(
+        self,
+        layout: RunLayout,
+        uid: str,
+        report_ids: str | Sequence[str],
+        indices: np.ndarray,
+    ) -> Gathered: ...
+
+    async def claim(self, layout: RunLayout, uid: str, token: str) -> ClaimStatus: ...
+
+    async def scatter(
+        self,
+        layout: RunLayout,
+        uid: str,
+        report_id: str | Sequence[str],
+        *,
+        now: float,
+        indices: np.ndarray,
+        expected: np.ndarray,
+        write: np.ndarray,
+        records: np.ndarray,
+        scores: np.ndarray,
+        losses: np.ndarray,
+        counters: tuple[int, int, int, int, int],
+        token: str = "",
+    ) -> Applied: ...

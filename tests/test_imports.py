@@ -1,0 +1,203 @@
+"""The import direction of the five packages, checked on the source (an AST walk).
+
+    wire      the wire contract             imports no other docl package
+    services  the score server              imports wire (and itself)
+    client    the SDK (client/cli aside)     imports wire (and itself)
+    worker    training                       imports client, wire, and the server's pure
+                                             math: services.{plan, sampling, scoring, seeds}
+                                             (+ services.embedded: it starts `docl serve`
+                                             as a child process, nothing of the server
+                                             runs in the worker's process)
+    lab       benchmarks and harnesses       anything but the CLI
+    cli       client/cli, the commands       anything (imports are lazy, per command)
+
+Every import counts, also one inside a function. Within services, the Redis
+client (``redis``, ``redis.asyncio``, ``hiredis``) is imported by ``store.py`` and
+its RESP client ``resp.py`` only (``redis.exceptions`` may be used for error
+mapping anywhere), and the engine goes through the ``storage.Store`` protocol,
+never ``store.py``. docs/architecture.md states the same rules.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+FOLDERS = ("wire", "services", "worker", "client", "lab")
+
+#: services modules a worker may import (pure math, or a process launcher; see above)
+WORKER_MAY_USE = {"plan", "sampling", "scoring", "seeds", "embedded"}
+#: the only services modules that import a Redis client
+REDIS_MODULES = {"services/store.py", "services/resp.py"}
+#: files that break the direction today, and why; each entry is a debt with an owner
+PENDING = {
+    "worker/study.py": "re-export of docl.lab.study for worker/experiment.py until that "
+    "module moves to lab/ (issue 9)",
+}
+
+
+def layer(path: str) -> str:
+    """The layer of a repository-relative source path."""
+    if path.startswith("client/cli/"):
+        return "cli"
+    return path.split("/", 1)[0]
+
+
+def _module_of(path: str) -> str:
+    """``services/engine/runs.py`` -> ``docl.services.engine.runs``."""
+    parts = path[: -len(".py")].split("/")
+    if parts[-1] == "__init__":
+        parts = parts[:-1]
+    return ".".join(["docl", *parts])
+
+
+def imports_of(path: str, source: str) -> list[tuple[int, str]]:
+    """(line, absolute module name) of every import in ``source``, at any depth."""
+    out: list[tuple[int, str]] = []
+    package = _module_of(path).rsplit(".", 0 if path.endswith("__init__.py") else 1)[0]
+    for node in ast.walk(ast.parse(source, filename=path)):
+        if isinstance(node, ast.Import):
+            out += [(node.lineno, a.name) for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")
+                anchor = anchor[: len(anchor) - (node.level - 1)]
+                base = ".".join([*anchor, base] if base else anchor)
+            if base == "docl" or base.startswith("docl."):
+                # `from docl.services import plan` imports docl.services.plan: name the
+                # imported names under their module (a class's layer is its module's)
+                out += [(node.lineno, f"{base}.{a.name}") for a in node.names]
+            else:
+                out.append((node.lineno, base))
+    return out
+
+
+def _within(module: str, package: str) -> bool:
+    return module == package or module.startswith(package + ".")
+
+
+def violation(path: str, module: str) -> str | None:
+    """Why ``path`` may not import ``module`` (None: allowed)."""
+    here = layer(path)
+    if module.split(".")[0] in ("redis", "hiredis") and here == "services":
+        is_client = not module.startswith("redis.exceptions")
+        if is_client and path not in REDIS_MODULES:
+            return "only services/store.py (and its resp.py) import a Redis client"
+        return None
+    if not module.startswith("docl.") or module.count(".") < 1:
+        return None
+    parts = module.split(".")
+    target = "cli" if parts[1:3] == ["client", "cli"] else parts[1]
+    if target not in (*FOLDERS, "cli"):
+        return None
+    if path.startswith("services/engine/") and _within(module, "docl.services.store"):
+        return "the engine uses the storage.Store protocol, not the Redis store"
+    if here == "services" and _within(module, "docl.services.resp") and path not in REDIS_MODULES:
+        return "only services/store.py uses the RESP client"
+    allowed = {
+        "wire": {"wire"},
+        "services": {"wire", "services"},
+        "client": {"wire", "client"},
+        "worker": {"wire", "client", "worker"},
+        "lab": {"wire", "services", "client", "worker", "lab"},
+        "cli": {"wire", "services", "client", "worker", "lab", "cli"},
+    }[here]
+    if target in allowed:
+        return None
+    if here == "worker" and target == "services" and parts[2:3] and parts[2] in WORKER_MAY_USE:
+        return None
+    return f"{here} may not import {module}"
+
+
+def check(sources: dict[str, str]) -> list[str]:
+    """Every forbidden import in ``sources`` (path -> text), as 'path:line: why'."""
+    found = []
+    for path, text in sorted(sources.items()):
+        if path in PENDING:
+            continue
+        for line, module in imports_of(path, text):
+            why = violation(path, module)
+            if why is not None:
+                found.append(f"{path}:{line}: {why}")
+    return found
+
+
+def _tree() -> dict[str, str]:
+    return {
+        p.relative_to(ROOT).as_posix(): p.read_text()
+        for folder in FOLDERS
+        for p in (ROOT / folder).rglob("*.py")
+        if "__pycache__" not in p.parts
+    }
+
+
+def test_the_tree_follows_the_import_direction() -> None:
+    tree = _tree()
+    assert len(tree) > 60 and {layer(p) for p in tree} == {*FOLDERS, "cli"}
+    docl_imports = [
+        m for p, t in tree.items() for _, m in imports_of(p, t) if m.startswith("docl.")
+    ]
+    assert len(docl_imports) > 150  # the walk sees the imports, lazy ones included
+    assert check(tree) == []
+    for path in PENDING:  # a debt paid is removed from the list
+        assert (
+            path in tree
+            and check({path: tree[path]}) == []
+            and any(violation(path, m) for _, m in imports_of(path, tree[path]))
+        ), f"{path} no longer needs its PENDING entry"
+
+
+@pytest.mark.parametrize(
+    ("path", "source"),
+    [
+        ("wire/models.py", "from docl.client.errors import DoclError\n"),
+        ("wire/encoding.py", "from docl import services\n"),
+        ("services/app.py", "import docl.worker.loop\n"),
+        ("services/routes/runs.py", "def f():\n    from docl.client import ScoreClient\n"),
+        ("services/errors.py", "from docl.client.models import Problem\n"),
+        ("services/engine/reports.py", "from docl.services.store import RedisStore\n"),
+        ("services/engine/runs.py", "from ..store import RedisStore\n"),
+        ("services/app.py", "import redis.asyncio as aioredis\n"),
+        ("services/plan.py", "from docl.services.resp import RespClient\n"),
+        ("client/_client.py", "from docl.services import plan\n"),
+        ("client/reporter.py", "from docl.worker.loop import train_loop\n"),
+        ("worker/loop.py", "from docl.services.engine import Engine\n"),
+        ("worker/train.py", "from docl.services.store import RedisStore\n"),
+        ("worker/train.py", "from docl.lab.study import train_with_study\n"),
+        ("lab/bench_service.py", "from docl.client.cli import main\n"),
+    ],
+)
+def test_a_forbidden_import_is_caught(path: str, source: str) -> None:
+    assert len(check({path: source})) == 1
+
+
+@pytest.mark.parametrize(
+    ("path", "source"),
+    [
+        ("client/cli/serve.py", "def f():\n    from docl.services.app import create_app\n"),
+        ("worker/loop.py", "from docl.services.seeds import epoch_rng\n"),
+        ("worker/train.py", "from docl.services.embedded import ServerProcess\n"),
+        ("services/engine/runs.py", "from .validate import validate_reports\n"),
+        ("services/app.py", "from redis.exceptions import ConnectionError\n"),
+        ("lab/bench_store.py", "from docl.services.resp import RespClient\n"),
+        ("client/_client.py", "from docl.wire import encoding as wire\n"),
+    ],
+)
+def test_an_allowed_import_passes(path: str, source: str) -> None:
+    assert check({path: source}) == []
+
+
+def test_the_sdk_import_paths_re_export_the_wire_contract() -> None:
+    import docl.client.models as client_models
+    import docl.client.wire as client_wire
+    import docl.wire.encoding as encoding
+    import docl.wire.models as models
+
+    for shim, real in ((client_models, models), (client_wire, encoding)):
+        assert shim.__all__ == real.__all__
+        for name in real.__all__:
+            assert getattr(shim, name) is getattr(real, name), name
