@@ -14,9 +14,11 @@ venv: $(STAMP)
 # is already satisfied and pip never downloads a multi-GB CUDA wheel.
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --disable-pip-version-check torch==2.13.0
-	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[all,test]'
+	@echo "== installing docl into $(VENV): torch (CPU build), Ray, FastAPI, ... (a few minutes the first time)"
+	$(BIN)/python -m pip install --disable-pip-version-check --progress-bar on torch==2.13.0
+	$(BIN)/python -m pip install --disable-pip-version-check --progress-bar on -e '.[all,test]'
 	touch $(STAMP)
+	@echo "== installed; .venv/bin/docl is ready"
 
 demo: $(STAMP)
 	$(BIN)/docl train --task mnist1d --method docl --out out/demo

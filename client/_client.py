@@ -39,8 +39,9 @@ from typing import Any, Generic, TypeVar
 
 import httpx
 import numpy as np
+import pydantic
 
-from docl.client.errors import APIError, TransportError, error_for_status
+from docl.client.errors import APIError, InvalidRequestError, TransportError, error_for_status
 from docl.wire import encoding as wire
 from docl.wire.models import (
     Epoch,
@@ -429,7 +430,10 @@ class _Base:
     def _c_create_run(self, run: RunCreate | None, fields: dict[str, Any]) -> _Call[Run]:
         if run is not None and fields:
             raise TypeError("give a RunCreate or keyword fields, not both")
-        body = run if run is not None else RunCreate.model_validate(fields)
+        try:
+            body = run if run is not None else RunCreate.model_validate(fields)
+        except pydantic.ValidationError as e:
+            raise InvalidRequestError.from_pydantic(e, "run") from None
         if body.run_id is None:
             # Chosen here, not by the server, so that a retried create is the same create.
             body = body.model_copy(update={"run_id": f"run-{uuid.uuid4().hex[:16]}"})

@@ -4,6 +4,8 @@ DoclError
 ├── TransportError          the server could not be reached (after retries)
 ├── WireError               a binary body does not follow its layout, or arrays
 │                           that cannot be encoded (also a ValueError; docl.wire.encoding)
+├── InvalidRequestError     the arguments of a call do not validate (e.g. a malformed
+│                           ``method=``); nothing was sent (also a ValueError)
 └── APIError                the server answered with an RFC 9457 problem
     ├── BadRequestError         400
     ├── AuthenticationError     401 (missing or wrong token), 403
@@ -16,8 +18,13 @@ DoclError
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 # The two roots the wire codec raises live with it (docl.wire imports nothing of the SDK).
 from docl.wire.errors import DoclError, WireError
+
+if TYPE_CHECKING:
+    from pydantic import ValidationError as PydanticValidationError
 
 __all__ = [
     "APIError",
@@ -25,6 +32,7 @@ __all__ = [
     "BadRequestError",
     "ConflictError",
     "DoclError",
+    "InvalidRequestError",
     "NotFoundError",
     "PayloadTooLargeError",
     "ServerError",
@@ -37,6 +45,19 @@ __all__ = [
 
 class TransportError(DoclError):
     """The server could not be reached, or the connection broke, after all retries."""
+
+
+class InvalidRequestError(DoclError, ValueError):
+    """The arguments of an SDK call do not validate (an unknown ``method=``, a
+    negative size…); the request was not sent. The message names each field."""
+
+    @classmethod
+    def from_pydantic(cls, e: PydanticValidationError, what: str) -> InvalidRequestError:
+        parts = []
+        for err in e.errors():
+            loc = ".".join(str(p) for p in err["loc"]) or what
+            parts.append(f"{loc}: {err['msg']}")
+        return cls(f"invalid {what}: {'; '.join(parts)}")
 
 
 class APIError(DoclError):
@@ -57,6 +78,20 @@ class APIError(DoclError):
         self.title = title
         self.type = type
         super().__init__(f"{status} {title}: {detail}" if title else f"{status}: {detail}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # The default (``cls(*self.args)``) would call __init__ with the message alone.
+        return (
+            _rebuild_api_error,
+            (type(self), self.status, self.detail, self.title, self.type),
+            self.__dict__.copy(),
+        )
+
+
+def _rebuild_api_error(
+    cls: type[APIError], status: int, detail: str, title: str, type: str
+) -> APIError:
+    return cls(status, detail, title=title, type=type)
 
 
 class BadRequestError(APIError):

@@ -8,6 +8,9 @@ by tests/worker/test_examples.py). Run it against a score server (``docl serve``
     python examples/plain_ddp.py --server http://127.0.0.1:8000
     torchrun --standalone --nproc_per_node 2 examples/plain_ddp.py --server http://127.0.0.1:8000
 
+Each start is a new run (``plain-ddp-`` and torchrun's rendezvous id, which
+every rank shares, or a random suffix); ``--run-id`` names one yourself.
+
 ``CurriculumSampler.connect`` creates the run (every rank sends the same
 config: created once, then a no-op), makes the client, a background reporter
 and a learning-rate tracker on ``opt``; the sampler gives each rank its share
@@ -49,7 +52,7 @@ def make_data(
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--server", help="score server URL (default: $DOCL_SERVER)")  # docl
-    p.add_argument("--run-id", default="plain-ddp-example", help="run on the server")  # docl
+    p.add_argument("--run-id", default=f"plain-ddp-{os.environ.get('TORCHELASTIC_RUN_ID', os.urandom(4).hex())}", help="run on the server [new each time]")  # docl  # fmt: skip
     p.add_argument("--samples", type=int, default=2000)
     p.add_argument("--epochs", type=int, default=8)
     p.add_argument("--batch-size", type=int, default=64)
@@ -72,6 +75,7 @@ def main() -> None:
 
     for epoch in range(args.epochs):
         sampler.set_epoch(epoch)
+        total = 0.0
         for xb, yb in loader:
             out = net(xb)  # (b, 4) logits
             loss = F.cross_entropy(out, yb)
@@ -79,6 +83,9 @@ def main() -> None:
             loss.backward()
             sampler.report(outputs=out, targets=yb)  # docl: the sampler knows the indices
             opt.step()
+            total += loss.item()
+        if rank == 0:
+            print(f"epoch {epoch} loss {total / max(1, len(loader)):.4f}", flush=True)
 
     if distributed:
         dist.barrier()

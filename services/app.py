@@ -20,6 +20,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI
+from starlette.routing import Mount, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from docl.services import errors, methods, metrics
@@ -28,7 +29,7 @@ from docl.services.deps import bearer
 from docl.services.embedded import RedisProcess
 from docl.services.engine import Engine
 from docl.services.errors import PayloadTooLarge, problem_response
-from docl.services.routes import epochs, health, plan, reports, runs, scores, stats
+from docl.services.routes import epochs, health, index, plan, reports, runs, scores, stats
 from docl.services.routes import methods as method_routes
 from docl.services.routes._common import complete_openapi
 from docl.services.store import RedisStore
@@ -99,7 +100,7 @@ class GatewayMiddleware:
                 route = scope.get("route")
                 label = getattr(route, "path_format", None) or getattr(route, "path", None)
                 if label is None:
-                    label = "unmatched"
+                    label = _plain_route_label(scope, path)
                 elif path.startswith("/v1/") and not label.startswith("/v1"):
                     label = "/v1" + label  # the route of a router included under /v1
             metrics.HTTP_REQUESTS.labels(method, label, str(status_holder[0])).inc()
@@ -184,6 +185,19 @@ def _hint(setting: str) -> str:
     return ""
 
 
+def _plain_route_label(scope: Scope, path: str) -> str:
+    """The metrics label of a request no FastAPI route matched: Starlette's own
+    routes (``/openapi.json``) by their path, a mount (the Swagger UI's assets)
+    by its prefix, anything else ``unmatched`` (404s must not grow the label set)."""
+    for route in getattr(scope.get("app"), "routes", ()):
+        prefix = getattr(route, "path", None)
+        if isinstance(route, Mount) and prefix and path.startswith(prefix + "/"):
+            return prefix + "/{path}"
+        if isinstance(route, Route) and prefix == path:
+            return path
+    return "unmatched"
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """The score server app. ``settings`` default: read from ``DOCL_*`` environment variables."""
     settings = settings or Settings()
@@ -205,7 +219,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             # signal is tied to the thread that forked it, and executor threads come and go.
             embedded.start()
             url = embedded.unix_url
-            log.info("embedded redis-server at %s (data dir %s)", url, embedded.data_dir)
+            log.info("%s", embedded.describe())
         store = RedisStore.from_url(
             url,
             timeout_s=settings.redis_timeout_s,
@@ -238,6 +252,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version=ver,
         description=_DESCRIPTION,
         lifespan=lifespan,
+        docs_url=None,  # served by routes.index with local assets (no CDN)
+        redoc_url=None,
         openapi_tags=[
             {"name": "runs", "description": "Create, list, read and delete runs."},
             {"name": "methods", "description": "The selection methods this server knows."},
@@ -259,6 +275,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         v1.include_router(module.router)
     app.include_router(v1)
     app.include_router(health.router)
+    index.install(app)
     app.add_middleware(GatewayMiddleware, settings=settings)
     fastapi_openapi = app.openapi
 

@@ -454,6 +454,16 @@ class RedisProcess:
     ) -> None:
         self.stop()
 
+    def describe(self) -> str:
+        """One line for a log: where it listens, where its data lives, whether it stays."""
+        if self._tmp is not None:
+            keep = "a temporary directory, removed at exit; --data-dir keeps the state"
+        elif self.appendonly:
+            keep = f"AOF on (fsync {self.appendfsync}): the state survives restarts"
+        else:
+            keep = "no AOF: the state is lost at exit"
+        return f"embedded redis-server at {self.unix_url}, data in {self.data_dir} ({keep})"
+
     def __repr__(self) -> str:
         state = "running" if self.running() else "stopped"
         where = f"{self.host}:{self.port}" if self.tcp else str(self.socket_path)

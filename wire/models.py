@@ -175,6 +175,13 @@ class RunCreate(_Model):
         description="c: logits per sample (classification) or target width (regression).",
     )
     task: Task = "classification"
+    task_name: str | None = Field(
+        None,
+        max_length=200,
+        pattern=r"^[\x20-\x7e]*$",
+        description="What is trained, e.g. 'mnist1d' or 'my_pkg.data:make_task' (shown by "
+        "`docl runs list`); `task` is its kind.",
+    )
     method: Method = "docl"
     method_params: dict[str, Any] = Field(
         default_factory=dict,
@@ -230,6 +237,7 @@ class Run(BaseModel):
     num_samples: int
     num_outputs: int
     task: Task
+    task_name: str | None = None
     method: Method
     method_params: dict[str, Any] = Field(default_factory=dict)
     epochs: int = Field(..., description="Number of epochs in the plan.")

@@ -520,5 +520,5 @@ def _epoch_line(m: dict[str, Any]) -> str:
     return (
         f"epoch {m['epoch']:>3} {m['phase']:<7} loss={m['loss']:<4} size {m['size']:>6} "
         f"train_loss {m['train_loss']:.4f} test_acc {acc_s}{mse} "
-        f"batches {m['batches']:>6} {m['wall_time']:.1f}s"
+        f"batches {m['batches']:>6} wall {m['wall_time']:.1f}s"
     )

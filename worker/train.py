@@ -36,6 +36,7 @@ from pydantic import ValidationError
 
 from docl.wire.models import RunCreate, RunParams
 from docl.worker.loop import LoopConfig, train_loop
+from docl.worker.probe import probe_server
 from docl.worker.session import LocalSession
 from docl.worker.tasks import TaskData, get_task
 
@@ -121,6 +122,7 @@ def build_run(spec: TrainSpec, data: TaskData) -> RunCreate:
                 "num_samples": data.num_samples,
                 "num_outputs": data.num_outputs,
                 "task": data.task,
+                "task_name": spec.task,
                 "method": spec.method,
                 "method_params": method_params,
                 "epochs": epochs,
@@ -135,6 +137,10 @@ def train(spec: TrainSpec) -> dict[str, Any]:
     """Run one training job (see the module docs); return what ``result.json`` holds."""
     t_start = time.perf_counter()
     _check_early(spec)  # the cheap checks first: a typo must not wait for a dataset
+    if spec.server is not None and not spec.local:
+        problem = probe_server(spec.server, spec.token)
+        if problem is not None:
+            raise TrainError(problem)
     data = get_task(spec.task, **spec.task_params)
     run = build_run(spec, data)
     assert run.run_id is not None
@@ -385,12 +391,14 @@ def _start_server(spec: TrainSpec) -> tuple[Any, str]:
     from docl.services.embedded import ServerProcess
 
     env = {"DOCL_API_TOKEN": spec.token} if spec.token else {}
+    # info: OUT/server.log then says where it listened and where its Redis kept
+    # the data (no line per request: uvicorn's access log is off at info).
     if not spec.ray_address:
-        proc = ServerProcess(env=env).start()
+        proc = ServerProcess(env=env, log_level="info").start()
         return proc, proc.url
     from ray.util import get_node_ip_address
 
-    proc = ServerProcess(host="0.0.0.0", env=env).start()
+    proc = ServerProcess(host="0.0.0.0", env=env, log_level="info").start()
     return proc, f"http://{get_node_ip_address()}:{proc.port}"
 
 
@@ -403,6 +411,18 @@ def _connect_ray(spec: TrainSpec) -> bool:
     if spec.ray_address:
         ray.init(address=spec.ray_address, log_to_driver=True)
     else:
+        import logging
+
+        from docl.worker import ray_quiet
+
+        for key, value in ray_quiet.ENV.items():
+            os.environ.setdefault(key, value)
         cpus = max(os.cpu_count() or 1, spec.workers * int(spec.threads or 1))
-        ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=True)
+        ray.init(
+            num_cpus=cpus,
+            include_dashboard=False,
+            log_to_driver=True,  # the workers' epoch lines
+            logging_level=logging.ERROR,  # the driver's start-up and token notices
+            runtime_env={"worker_process_setup_hook": ray_quiet.SETUP_HOOK},
+        )
     return True

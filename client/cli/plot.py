@@ -1,7 +1,8 @@
 """`docl plot`: PNG figures of a run's scores and of training curves.
 
-    docl plot scores RUN -o scores.png                 # score and visit histograms (from the server)
-    docl plot metrics out/docl out/random -o acc.png   # test accuracy vs batches, one line per method
+    docl plot scores RUN                               # score and visit histograms -> out/RUN/scores.png
+    docl plot metrics out/*/metrics.jsonl              # test accuracy vs batches, one line per run -> out/metrics.png
+    docl plot metrics out/docl-* --label method        # one line per method (mean ± std over seeds)
 
 matplotlib comes with the ``worker`` extra; it is imported only when a command runs.
 """
@@ -9,6 +10,7 @@ matplotlib comes with the ``worker`` extra; it is imported only when a command r
 from __future__ import annotations
 
 import json
+import os
 from collections import defaultdict
 from pathlib import Path
 from typing import Annotated, Any
@@ -44,9 +46,16 @@ def scores(
     run_id: RunArg,
     server: ServerOpt = None,
     token: TokenOpt = None,
-    out: Annotated[Path, typer.Option("--out", "-o", help="PNG file to write.")] = Path(
-        "scores.png"
-    ),
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            "-o",
+            help="PNG file to write (default: out/RUN/scores.png, beside what `docl train` "
+            "writes for the run).",
+            show_default=False,
+        ),
+    ] = None,
     bins: Annotated[int, typer.Option(min=1, help="Histogram bins.")] = 50,
 ) -> None:
     """Histogram of a run's per-sample scores (scored samples only) and of visits per sample."""
@@ -73,15 +82,17 @@ def scores(
     ax2.set_title(f"{int(v.sum())} visits in total")
     fig.suptitle(f"{run.run_id}: {run.method}, {run.task}, n={run.num_samples}")
     fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120)
+    target = out if out is not None else Path("out") / run_id / "scores.png"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(target, dpi=120)
     plt.close(fig)
-    typer.echo(f"wrote {out}")
+    typer.echo(f"wrote {target}")
 
 
 def load_metrics(path: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Rows of a metrics.jsonl (a file, or a directory holding one) and the run's
-    result.json beside it ({} when absent)."""
+    result.json beside it ({} when absent or unreadable). A missing file is a
+    ``BadParameter``; a line that is not JSON a ``ValueError`` naming it."""
     file = path / "metrics.jsonl" if path.is_dir() else path
     if not file.is_file():
         raise typer.BadParameter(
@@ -93,30 +104,40 @@ def load_metrics(path: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
             try:
                 rows.append(json.loads(line))
             except json.JSONDecodeError as e:
-                raise typer.BadParameter(f"{file}:{n} is not JSON: {e}") from e
+                raise ValueError(f"line {n} is not JSON ({e})") from None
     result_file = file.parent / "result.json"
-    result = json.loads(result_file.read_text()) if result_file.is_file() else {}
+    try:
+        result = json.loads(result_file.read_text()) if result_file.is_file() else {}
+    except (OSError, json.JSONDecodeError):
+        result = {}
     return rows, result
 
 
-def _label(path: Path, rows: list[dict[str, Any]], result: dict[str, Any], key: str) -> str:
-    for source in (result, rows[0] if rows else {}):
-        if key in source:
-            return str(source[key])
-    return path.name if path.is_dir() else path.parent.name
+def _run_name(file: Path, rows: list[dict[str, Any]], result: dict[str, Any]) -> str:
+    """``task · method · seed N`` from result.json (else the rows), else the run's directory."""
+    src = {**(rows[0] if rows else {}), **result}
+    parts = [str(src[k]) for k in ("task", "method") if src.get(k) is not None]
+    if src.get("seed") is not None:
+        parts.append(f"seed {src['seed']}")
+    return " · ".join(parts) or file.parent.name
 
 
-def _series(
-    rows: list[dict[str, Any]], x: str, y: str, file: Path
-) -> tuple[np.ndarray, np.ndarray]:
+def _series(rows: list[dict[str, Any]], x: str, y: str) -> tuple[np.ndarray, np.ndarray]:
     pts = [(r[x], r[y]) for r in rows if r.get(x) is not None and r.get(y) is not None]
     if not pts:
         keys = sorted({k for r in rows for k in r})
-        raise typer.BadParameter(
-            f"{file} has no rows with both '{x}' and '{y}'; its keys: {', '.join(keys)}"
-        )
+        raise ValueError(f"no rows with both '{x}' and '{y}' (its keys: {', '.join(keys)})")
     a = np.asarray(pts, dtype=float)
     return a[:, 0], a[:, 1]
+
+
+def _default_out(files: list[Path]) -> Path:
+    """Beside the runs: ``out/metrics.png`` for ``out/*/metrics.jsonl`` (the runs'
+    common parent), a run's own directory for one run."""
+    dirs = [f.resolve().parent for f in files]
+    if len(set(dirs)) == 1:
+        return dirs[0] / "metrics.png"
+    return Path(os.path.commonpath(dirs)) / "metrics.png"
 
 
 @plot_app.command("metrics")
@@ -131,28 +152,63 @@ def metrics(
     x: Annotated[str, typer.Option("--x", help="Key for the x axis.")] = "batches",
     y: Annotated[str, typer.Option("--y", help="Key for the y axis.")] = "test_accuracy",
     label: Annotated[
-        str,
+        str | None,
         typer.Option(
-            help="Key (in result.json or the rows) naming each line; runs with the same label "
-            "are drawn as their mean ± std (e.g. several seeds)."
+            help="Group runs by this key (in result.json or the rows, e.g. 'method'): one "
+            "line per value, the mean ± std of runs that share x values (e.g. several "
+            "seeds). Default: one line per run, named task · method · seed.",
+            show_default=False,
         ),
-    ] = "method",
-    out: Annotated[Path, typer.Option("--out", "-o", help="PNG file to write.")] = Path(
-        "metrics.png"
-    ),
-    title: Annotated[str | None, typer.Option(help="Figure title.")] = None,
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            "-o",
+            help="PNG file to write (default: metrics.png in the runs' common parent "
+            "directory, e.g. out/metrics.png for out/*/metrics.jsonl).",
+            show_default=False,
+        ),
+    ] = None,
+    title: Annotated[
+        str | None, typer.Option(help="Figure title (default: what is plotted, and the tasks).")
+    ] = None,
 ) -> None:
-    """Training curves (default: test accuracy vs optimizer steps), one line per label.
+    """Training curves (default: test accuracy vs optimizer steps), one line per run.
 
-    Runs that share a label and the same x values are averaged: a line for the
-    mean and a band for ± one standard deviation, like the paper's Figure 4.
+    A file that is empty or not JSON (e.g. from a run that failed) is skipped
+    with a warning. With --label, runs that share a value and the same x values
+    are averaged: a line for the mean and a band for ± one standard deviation,
+    like the paper's Figure 4.
     """
     groups: dict[str, list[tuple[np.ndarray, np.ndarray]]] = defaultdict(list)
+    files: list[Path] = []
+    tasks: list[str] = []
     for p in paths:
-        rows, result = load_metrics(p)
-        groups[_label(p, rows, result, label)].append(_series(rows, x, y, p))
+        file = p / "metrics.jsonl" if p.is_dir() else p
+        try:
+            rows, result = load_metrics(p)
+            xy = _series(rows, x, y)
+        except ValueError as e:
+            reason = (
+                "empty (a run that failed?)" if not file.is_file() or not file.stat().st_size else e
+            )
+            typer.echo(f"warning: skipped {file}: {reason}", err=True)
+            continue
+        name = _run_name(file, rows, result)
+        key = name if label is None else _group_label(file, rows, result, label)
+        if label is None and key in groups:  # two runs with one name: tell them apart
+            key = f"{name} ({file.parent.name})"
+        groups[key].append(xy)
+        files.append(file)
+        task = result.get("task") or (rows[0].get("task") if rows else None)
+        if task is not None and str(task) not in tasks:
+            tasks.append(str(task))
+    if not groups:
+        typer.echo(f"error: nothing to plot: no file has rows with '{x}' and '{y}'", err=True)
+        raise typer.Exit(1)
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = plt.subplots(figsize=(8, 5))
     for name, series in sorted(groups.items()):
         xs0 = series[0][0]
         if len(series) > 1 and all(
@@ -160,7 +216,7 @@ def metrics(
         ):
             ys = np.stack([s[1] for s in series])
             mean, std = ys.mean(axis=0), ys.std(axis=0)
-            (line,) = ax.plot(xs0, mean, label=f"{name} (n={len(series)})")
+            (line,) = ax.plot(xs0, mean, label=f"{name} (mean of {len(series)})")
             ax.fill_between(xs0, mean - std, mean + std, alpha=0.2, color=line.get_color())
         else:
             color = None
@@ -175,13 +231,23 @@ def metrics(
                 color = line.get_color()
     ax.set_xlabel(x)
     ax.set_ylabel(y)
-    if title:
-        ax.set_title(title)
+    runs = sum(len(v) for v in groups.values())
+    default_title = f"{y} vs {x}: {runs} run(s)" + (f" on {', '.join(tasks)}" if tasks else "")
+    ax.set_title(title or default_title)
     ax.grid(True, alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize="small")
     fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120)
+    target = out if out is not None else _default_out(files)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(target, dpi=120)
     plt.close(fig)
-    n = sum(len(s) for s in groups.values())
-    typer.echo(f"wrote {out} ({n} run(s), {len(groups)} line(s))")
+    typer.echo(f"wrote {target} ({runs} run(s), {len(groups)} line(s)):")
+    for name in sorted(groups):
+        typer.echo(f"  {name}")
+
+
+def _group_label(file: Path, rows: list[dict[str, Any]], result: dict[str, Any], key: str) -> str:
+    for source in (result, rows[0] if rows else {}):
+        if key in source:
+            return str(source[key])
+    return file.parent.name

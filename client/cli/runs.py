@@ -47,7 +47,7 @@ ServerOpt = Annotated[
         "--server",
         "-s",
         envvar="DOCL_SERVER",
-        help="Score server URL [env DOCL_SERVER; default http://127.0.0.1:8000].",
+        help="Score server URL (default http://127.0.0.1:8000).",
         show_default=False,
     ),
 ]
@@ -56,7 +56,7 @@ TokenOpt = Annotated[
     typer.Option(
         "--token",
         envvar="DOCL_API_TOKEN",
-        help="API token, when the server requires one [env DOCL_API_TOKEN].",
+        help="API token, when the server requires one.",
         show_default=False,
     ),
 ]
@@ -150,7 +150,7 @@ def list_runs(server: ServerOpt = None, token: TokenOpt = None, as_json: JsonOpt
         table.add_row(
             r.run_id,
             r.method,
-            r.task,
+            r.task_name or "-",
             str(r.num_samples),
             str(r.num_outputs),
             f"{r.epochs_drawn}/{r.epochs}",
@@ -189,7 +189,7 @@ def show(
 
     con = _console()
     con.print(
-        f"[bold]{run.run_id}[/bold]  {run.method} · {run.task} · n={run.num_samples} · c={run.num_outputs}"
+        f"[bold]{run.run_id}[/bold]  {run.method} · {run.task_name or '-'} ({run.task}) · n={run.num_samples} · c={run.num_outputs}"
     )
     con.print(
         f"epochs drawn {run.epochs_drawn}/{run.epochs} (last {run.last_epoch if run.last_epoch is not None else '-'}), "

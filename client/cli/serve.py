@@ -14,6 +14,20 @@ from docl.client.cli import app as _app
 from docl.client.cli._common import need_extra
 
 
+def _log_to_stderr(logger: str, level: str) -> None:
+    """Show ``logger``'s records on stderr the way uvicorn shows its own."""
+    import logging
+
+    from uvicorn.logging import DefaultFormatter
+
+    handler = logging.StreamHandler()
+    handler.setFormatter(DefaultFormatter("%(levelprefix)s %(message)s"))
+    log = logging.getLogger(logger)
+    log.addHandler(handler)
+    log.setLevel(level.upper() if level.lower() != "trace" else "DEBUG")
+    log.propagate = False
+
+
 @_app.command()
 def serve(
     host: Annotated[
@@ -110,6 +124,7 @@ def serve(
     if settings.workers == 1:
         from docl.services.app import create_app
 
+        _log_to_stderr("docl", settings.log_level)  # e.g. where the embedded Redis keeps its data
         uvicorn.run(
             create_app(settings),
             host=settings.host,
@@ -135,10 +150,7 @@ def serve(
                 tcp=False,  # its owner-only Unix socket is the only way in
             ).start()
             env["DOCL_REDIS_URL"] = embedded.unix_url
-            typer.echo(
-                f"embedded redis-server at {embedded.unix_url} (data dir {embedded.data_dir})",
-                err=True,
-            )
+            typer.echo(f"INFO:     {embedded.describe()}", err=True)
         os.environ.update(env)
         # prometheus-client's multiprocess mode: one metrics file per worker, summed on /metrics.
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir

@@ -49,7 +49,7 @@ def train(
         ),
     ] = "docl",
     epochs: Annotated[
-        int | None, typer.Option(min=1, help="Epochs of the plan [default: the task's, 30].")
+        int | None, typer.Option(min=1, help="Epochs of the plan (default: the task's, 30).")
     ] = None,
     budget_batches: Annotated[
         int | None,
@@ -84,7 +84,7 @@ def train(
     out: Annotated[
         Path | None,
         typer.Option(
-            help="Output directory: metrics.jsonl, result.json, checkpoints [default: out/RUN_ID]."
+            help="Output directory: metrics.jsonl, result.json, checkpoints (default: out/RUN_ID)."
         ),
     ] = None,
     param: Annotated[
@@ -104,11 +104,11 @@ def train(
         ),
     ] = None,
     weight_decay: Annotated[
-        float | None, typer.Option(min=0.0, help="SGD weight decay [default: the task's].")
+        float | None, typer.Option(min=0.0, help="SGD weight decay (default: the task's).")
     ] = None,
     momentum: Annotated[float, typer.Option(min=0.0, help="SGD momentum.")] = 0.9,
     threads: Annotated[
-        int | None, typer.Option(min=1, help="torch threads (and Ray CPUs) per worker [1].")
+        int | None, typer.Option(min=1, help="torch threads (and Ray CPUs) per worker (default 1).")
     ] = None,
     gpu: Annotated[
         bool,
@@ -127,7 +127,9 @@ def train(
             "— the baseline that measures what the service costs.",
         ),
     ] = False,
-    run_id: Annotated[str | None, typer.Option(help="Run id on the server [generated].")] = None,
+    run_id: Annotated[
+        str | None, typer.Option(help="Run id on the server (default: generated).")
+    ] = None,
     eval_every: Annotated[
         int, typer.Option(min=0, help="Evaluate every N epochs (0 = only at the end).")
     ] = 1,
@@ -162,6 +164,13 @@ def train(
         docl train --task my_pkg.data:make_task --workers 4 --ray-address auto \\
             --server http://scores.internal:8000
     """
+    if server is not None and not local:
+        from docl.worker.probe import probe_server
+
+        problem = probe_server(server, token)  # before torch and Ray: a typo fails in seconds
+        if problem is not None:
+            typer.echo(f"docl train: {problem}", err=True)
+            raise typer.Exit(code=2)
     need_extra("torch", "worker")
     if workers > 0:
         need_extra("ray.train", "worker")

@@ -61,12 +61,16 @@ def main() -> None:
 
     for epoch in range(args.epochs):
         sampler.set_epoch(epoch)
+        total = 0.0
         for xb, yb in loader:
             out = net(xb)  # (b, 4) logits
             loss = F.cross_entropy(out, yb)
             opt.zero_grad()
             loss.backward()
             opt.step()
+            total += loss.item()
+        if rank == 0:
+            print(f"epoch {epoch} loss {total / max(1, len(loader)):.4f}", flush=True)
 
     if distributed:
         dist.barrier()

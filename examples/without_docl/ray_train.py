@@ -63,7 +63,7 @@ def train_func(config: dict[str, Any]) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--name", default="ray-train-example", help="the Ray Train run's name")
+    p.add_argument("--name", default=f"ray-train-example-{os.urandom(4).hex()}", help="the Ray Train run's name [new each time]")  # fmt: skip
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--samples", type=int, default=2000)
     p.add_argument("--epochs", type=int, default=6)
@@ -72,6 +72,8 @@ def main() -> None:
     p.add_argument("--storage", default="out/ray-example", help="Ray Train storage path")
     args = p.parse_args()
 
+    # print() in train_func once: Ray Train's patched print would also log each line.
+    os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
     if args.ray_address:
         ray.init(address=args.ray_address)
     trainer = TorchTrainer(

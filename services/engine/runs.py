@@ -33,8 +33,10 @@ log = logging.getLogger("docl.services")
 
 
 def _canonical(config: RunCreate) -> str:
+    # Without a task_name the JSON is what it was before the field existed (stored runs match).
+    exclude = {"run_id"} | ({"task_name"} if config.task_name is None else set())
     return json.dumps(
-        config.model_dump(mode="json", exclude={"run_id"}), sort_keys=True, separators=(",", ":")
+        config.model_dump(mode="json", exclude=exclude), sort_keys=True, separators=(",", ":")
     )
 
 
@@ -126,6 +128,7 @@ class RunStage:
             num_samples=st.config.num_samples,
             num_outputs=st.config.num_outputs,
             task=st.config.task,
+            task_name=st.config.task_name,
             method=st.config.method,
             method_params=st.config.method_params,
             epochs=st.num_epochs,

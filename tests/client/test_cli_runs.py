@@ -24,7 +24,7 @@ def populated(score_server: str, run_id: str) -> Iterator[tuple[str, str]]:
     """A run with two epochs reported, so it has visits, lr-sums and some scores."""
     with ScoreClient(score_server) as c:
         c.create_run(
-            run_id=run_id, num_samples=25, num_outputs=3, epochs=5,
+            run_id=run_id, num_samples=25, num_outputs=3, epochs=5, task_name="mnist1d",
             params={"batch_size": 5, "warmup_epochs": 2},
         )  # fmt: skip
         rng = np.random.default_rng(0)
@@ -49,6 +49,8 @@ def test_runs_list_shows_the_run(populated: tuple[str, str]) -> None:
     server, run_id = populated
     table = invoke("runs", "list", "--server", server)
     assert run_id in table and "docl" in table and "2/5" in table  # epochs drawn / planned
+    row = next(line for line in table.splitlines() if run_id in line)
+    assert "mnist1d" in row and "classification" not in row  # the task's name, not its kind
     runs = json.loads(invoke("runs", "list", "--server", server, "--json"))
     mine = [r for r in runs if r["run_id"] == run_id]
     assert len(mine) == 1 and mine[0]["counters"]["reports"] == 10
@@ -124,6 +126,13 @@ def test_plot_scores_and_metrics_write_pngs(populated: tuple[str, str], tmp_path
     png = tmp_path / "scores.png"
     invoke("plot", "scores", run_id, "--server", server, "-o", str(png))
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    with pytest.MonkeyPatch.context() as mp:  # default: out/RUN/scores.png, not ./scores.png
+        mp.chdir(cwd)
+        assert f"out/{run_id}/scores.png" in invoke("plot", "scores", run_id, "--server", server)
+    assert (cwd / "out" / run_id / "scores.png").read_bytes()[:4] == b"\x89PNG"
+    assert sorted(p.name for p in cwd.iterdir()) == ["out"]
     # two seeds of one method (mean ± std) and one of another, as `docl train --out` leaves them
     for name, method, acc in (("a", "docl", 0.5), ("b", "docl", 0.6), ("c", "random", 0.4)):
         d = tmp_path / name
@@ -133,12 +142,62 @@ def test_plot_scores_and_metrics_write_pngs(populated: tuple[str, str], tmp_path
         (d / "result.json").write_text(json.dumps({"method": method, "test_accuracy": acc}))
     curves = tmp_path / "acc.png"
     out = invoke("plot", "metrics", str(tmp_path / "a"), str(tmp_path / "b"), str(tmp_path / "c" / "metrics.jsonl"),
-                 "-o", str(curves))  # fmt: skip
+                 "--label", "method", "-o", str(curves))  # fmt: skip
     assert "3 run(s), 2 line(s)" in out and curves.read_bytes()[:4] == b"\x89PNG"
     res = runner.invoke(
         app, ["plot", "metrics", str(tmp_path / "a"), "--y", "nope", "-o", str(curves)]
     )
     assert res.exit_code != 0 and "test_accuracy" in res.output  # names the keys it has
+
+
+def _train_out(d: Path, task: str, method: str, seed: int, accs: list[float]) -> None:
+    """What `docl train --out d` leaves: metrics.jsonl (one row per epoch) and result.json."""
+    d.mkdir(parents=True)
+    rows = [{"epoch": e, "batches": 75 * (e + 1), "test_accuracy": a} for e, a in enumerate(accs)]
+    (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    result = {"task": task, "method": method, "seed": seed, "test_accuracy": accs[-1]}
+    (d / "result.json").write_text(json.dumps(result))
+
+
+def test_plot_metrics_draws_one_labelled_line_per_run_into_the_out_dir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The README's `docl plot metrics out/*/metrics.jsonl`: one line per run even
+    where two runs share a method, named by task, method and seed; the PNG lands
+    beside the runs, not in the current directory; a failed run's empty (or
+    broken) metrics.jsonl is skipped with a warning."""
+    pytest.importorskip("matplotlib")
+    out_dir = tmp_path / "out"
+    _train_out(out_dir / "demo", "mnist1d", "docl", 0, [0.4, 0.7, 0.9])
+    _train_out(out_dir / "digits", "digits", "docl", 0, [0.5, 0.8, 0.95])
+    _train_out(out_dir / "digits-s1", "digits", "docl", 1, [0.55, 0.85, 0.96])
+    (out_dir / "failed").mkdir()
+    (out_dir / "failed" / "metrics.jsonl").write_text("")
+    (out_dir / "broken").mkdir()
+    (out_dir / "broken" / "metrics.jsonl").write_text('{"epoch": 0, "batches": 7\n')
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    files = sorted(str(p) for p in out_dir.glob("*/metrics.jsonl"))
+    res = runner.invoke(app, ["plot", "metrics", *files])
+    assert res.exit_code == 0, res.output
+    assert "3 run(s), 3 line(s)" in res.stdout
+    lines = [x.strip() for x in res.stdout.splitlines()[1:]]
+    assert lines == ["digits · docl · seed 0", "digits · docl · seed 1", "mnist1d · docl · seed 0"]
+    assert f"warning: skipped {out_dir / 'failed' / 'metrics.jsonl'}: empty" in res.stderr
+    assert (
+        f"warning: skipped {out_dir / 'broken' / 'metrics.jsonl'}: line 1 is not JSON" in res.stderr
+    )
+    png = out_dir / "metrics.png"
+    assert f"wrote {png}" in res.stdout and png.read_bytes()[:4] == b"\x89PNG"
+    assert list(cwd.iterdir()) == []  # nothing in the current directory
+    # two runs with the same task, method and seed stay two lines, told apart by directory
+    _train_out(tmp_path / "again" / "demo", "mnist1d", "docl", 0, [0.4, 0.7, 0.8])
+    res = runner.invoke(app, ["plot", "metrics", str(out_dir / "demo"), str(tmp_path / "again" / "demo"), "-o", str(tmp_path / "two.png")])  # fmt: skip
+    assert res.exit_code == 0 and "2 run(s), 2 line(s)" in res.stdout, res.output
+    # nothing left to plot: one clear line, non-zero
+    res = runner.invoke(app, ["plot", "metrics", files[-1]])  # the empty one
+    assert res.exit_code == 1 and "nothing to plot" in res.stderr
 
 
 def test_runs_list_keeps_a_long_run_id_on_one_line(score_server: str, run_id: str) -> None:

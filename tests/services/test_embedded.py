@@ -72,7 +72,11 @@ def _report(http: httpx.Client, run_id: str, epoch: int, rid: str, lr: float) ->
 def test_docl_serve_embedded_redis_persists_in_a_data_dir(
     server_factory: Callable[..., ServerProcess], tmp_path: Path, run_id: str
 ) -> None:
-    server = server_factory(data_dir=tmp_path / "state")
+    server = server_factory(data_dir=tmp_path / "state", log_level="info")
+    # docl serve says that its Redis is embedded, and where the data lives
+    state = (tmp_path / "state").resolve()
+    assert f"embedded redis-server at unix://{state}/redis.sock" in server.log_text()
+    assert f"data in {tmp_path / 'state'} (AOF on" in server.log_text(), server.log_text()
     with httpx.Client(base_url=server.url, timeout=30) as http:
         assert (
             http.post(
@@ -99,6 +103,7 @@ def test_docl_serve_with_workers_shares_one_embedded_redis(
     server = server_factory(workers=2, data_dir=tmp_path)
     sock = tmp_path / "redis.sock"
     assert sock.exists()  # the parent started one redis-server, on a Unix socket
+    assert f"data in {tmp_path} (AOF on" in server.log_text(), server.log_text()
     with httpx.Client(base_url=server.url, timeout=30) as http:
         assert (
             http.post(

@@ -219,6 +219,56 @@ def test_metrics_count_requests_by_route(client: TestClient, run_id: str) -> Non
     assert "docl_http_request_seconds_bucket" in text and "docl_reports_total" in text
 
 
+def test_task_name_is_kept_and_optional(client: TestClient, run_id: str) -> None:
+    _run(client, run_id, task_name="mnist1d")
+    assert client.get(f"/v1/runs/{run_id}").json()["task_name"] == "mnist1d"
+    _run(client, run_id + "-b")  # without one: null, and a re-create is the same config
+    assert client.get(f"/v1/runs/{run_id}-b").json()["task_name"] is None
+    body = {"run_id": run_id + "-b", "num_samples": 30, "num_outputs": 3, "epochs": 3,
+            "params": {"warmup_epochs": 1}}  # fmt: skip
+    assert client.post("/v1/runs", json=body).status_code == 200
+    r = client.post("/v1/runs", json={**body, "run_id": run_id + "-c", "task_name": "x" * 201})
+    assert r.status_code == 422 and "task_name" in r.text
+    assert client.get(f"/v1/runs/{run_id}-c").status_code == 404  # changed nothing
+
+
+def test_docs_pages_are_labelled_in_metrics(client: TestClient) -> None:
+    for path in ("/docs", "/openapi.json", "/docs/assets/swagger-ui.css", "/no/such/page"):
+        client.get(path)
+    text = client.get("/metrics").text
+    for route, status in (
+        ("/docs", 200),
+        ("/openapi.json", 200),
+        ("/docs/assets/{path}", 200),
+        ("unmatched", 404),
+    ):
+        assert f'docl_http_requests_total{{method="GET",route="{route}",status="{status}"}}' in text
+
+
+def test_root_says_what_the_server_is(client: TestClient) -> None:
+    r = client.get("/")
+    assert r.status_code == 200
+    body = r.json()
+    assert body["name"] == "docl score server" and body["version"]
+    for key in ("docs", "openapi", "healthz", "readyz", "metrics"):
+        assert client.get(body[key]).status_code == 200, key  # every link answers
+    assert body["api"] == "/v1"
+
+
+def test_swagger_ui_is_served_without_a_cdn(client: TestClient) -> None:
+    import re
+
+    html = client.get("/docs").text
+    assets = re.findall(r"""(?:src|href)=['"]([^'"]+)['"]""", html)
+    assert any(a.endswith("swagger-ui-bundle.js") for a in assets), html
+    assert any(a.endswith("swagger-ui.css") for a in assets), html
+    for url in assets:
+        assert url.startswith("/"), f"{url} is not served by this server"
+        r = client.get(url)
+        assert r.status_code == 200 and len(r.content) > 100, url
+    assert "SwaggerUIBundle" in client.get("/docs/assets/swagger-ui-bundle.js").text
+
+
 def test_format_validation_errors_is_readable() -> None:
     errs = [
         {

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -39,7 +40,12 @@ def test_docl_train_starts_its_own_server_and_writes_results(tmp_path: Path) -> 
     assert [m["phase"] for m in lines] == ["warmup", "warmup", "select", "refresh"]
     assert lines[-1]["batches"] == result["batches"]
     assert all(0.0 <= m["test_accuracy"] <= 1.0 for m in lines)
-    assert (out / "server.log").exists()  # the job's own server, stopped at the end
+    log = (out / "server.log").read_text()  # the job's own server, stopped at the end
+    assert "Uvicorn running on http://127.0.0.1:" in log, log
+    assert "embedded redis-server at unix://" in log and "removed at exit" in log, log
+    assert "Shutting down" in log, log
+    epoch_lines = [x for x in r.stdout.splitlines() if x.startswith("epoch ")]
+    assert len(epoch_lines) == 4 and all(" wall " in x for x in epoch_lines), r.stdout
 
 
 @pytest.mark.parametrize(
@@ -97,3 +103,56 @@ def test_gpu_without_cuda_and_a_curriculum_overhead_are_refused(
     r = CliRunner().invoke(app, args)
     assert r.exit_code == 2, r.output
     assert message in r.output
+
+
+def test_a_server_that_does_not_answer_fails_fast_in_a_few_lines(tmp_path: Path) -> None:
+    """A wrong or unstarted --server is a typo until proven otherwise: the real
+    command (default: one Ray worker) exits non-zero within 15 s, in at most 3
+    lines, before any Ray starts or any file is written."""
+    import time
+
+    out = tmp_path / "out"
+    t0 = time.monotonic()
+    r = _docl("train", "--server", "http://127.0.0.1:1", "--out", str(out), timeout=60)
+    took = time.monotonic() - t0
+    assert r.returncode != 0
+    assert took < 15, f"took {took:.1f} s"
+    lines = r.stderr.strip().splitlines()
+    assert 1 <= len(lines) <= 3, r.stderr
+    assert "no score server answers at http://127.0.0.1:1" in r.stderr
+    assert "docl serve" in r.stderr  # says what to do
+    assert not out.exists()
+
+
+def test_a_server_address_that_is_not_a_docl_server_is_named(tmp_path: Path) -> None:
+    """Something answers, but not docl (here: a plain HTTP server with no /healthz)."""
+    import threading
+    from http.server import HTTPServer, SimpleHTTPRequestHandler
+
+    class Quiet(SimpleHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+    httpd = HTTPServer(("127.0.0.1", 0), Quiet)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{httpd.server_address[1]}"
+        r = _docl(
+            "train", "--server", url, "--workers", "0", "--out", str(tmp_path / "o"), timeout=60
+        )
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    assert r.returncode == 2
+    assert f"{url} answers, but not as a docl score server (GET /healthz: HTTP 404)" in r.stderr
+    assert len(r.stderr.strip().splitlines()) <= 3, r.stderr
+
+
+def test_train_from_python_probes_the_server_too(tmp_path: Path) -> None:
+    from docl.worker.train import TrainError, TrainSpec, train
+
+    with pytest.raises(
+        TrainError, match=re.escape("no score server answers at http://127.0.0.1:1")
+    ):
+        train(TrainSpec(task="digits", server="http://127.0.0.1:1", out=str(tmp_path / "o")))
+    assert not (tmp_path / "o").exists()

@@ -97,49 +97,94 @@ def _check_visits(client: ScoreClient, run_id: str, world: int, n: int) -> None:
     assert np.isfinite(got.scores).sum() > 0
 
 
-def test_plain_ddp_example_with_torchrun(worker_server: str, run_id: str, tmp_path: Path) -> None:
+def _new_runs(url: str, before: set[str], prefix: str) -> list[str]:
+    with ScoreClient(url) as client:
+        runs = client.list_runs()
+    return sorted(r.run_id for r in runs if r.run_id not in before and r.run_id.startswith(prefix))
+
+
+def _run_ids(url: str) -> set[str]:
+    with ScoreClient(url) as client:
+        return {r.run_id for r in client.list_runs()}
+
+
+def test_plain_ddp_example_runs_twice_in_a_row_and_shows_progress(
+    score_server: str, tmp_path: Path
+) -> None:
+    """The README's one-process command, twice against one server (whose default
+    keeps 4 epochs' indices): each start is a new run, so the second does not
+    reattach to the finished first and die with 410 Gone."""
+    before = _run_ids(score_server)
+    for attempt in range(2):
+        r = subprocess.run(
+            [sys.executable, str(EXAMPLES / "plain_ddp.py"), "--server", score_server,
+             "--samples", "400", "--epochs", "6"],
+            capture_output=True, text=True, timeout=120, cwd=tmp_path,
+        )  # fmt: skip
+        assert r.returncode == 0, (attempt, r.stderr[-3000:])
+        epochs = [line for line in r.stdout.splitlines() if line.startswith("epoch ")]
+        assert [line.split()[1] for line in epochs] == [str(e) for e in range(6)]  # progress
+        assert "test_accuracy" in r.stdout
+    assert len(_new_runs(score_server, before, "plain-ddp-")) == 2
+
+
+def test_plain_ddp_example_with_torchrun_twice(worker_server: str, tmp_path: Path) -> None:
+    """The torchrun form without --run-id, twice: the two ranks of a launch share
+    one new run (torchrun's rendezvous id), and every trained visit is counted."""
     torchrun = Path(sys.executable).with_name("torchrun")
     n = 1001  # odd: the ranks' shares differ by one and the shorter one is padded
-    r = subprocess.run(
-        [
-            str(torchrun), "--standalone", "--nproc_per_node", "2",
-            str(EXAMPLES / "plain_ddp.py"),
-            "--server", worker_server, "--run-id", run_id,
-            "--samples", str(n), "--epochs", "7",
-        ],
-        capture_output=True, text=True, timeout=300, cwd=tmp_path,
-    )  # fmt: skip
-    assert r.returncode == 0, r.stderr[-3000:]
-    acc = float(r.stdout.split("test_accuracy")[1].split()[0])
-    assert acc > 0.6  # four blobs, chance 0.25
+    before = _run_ids(worker_server)
+    for attempt in range(2):
+        r = subprocess.run(
+            [
+                str(torchrun), "--standalone", "--nproc_per_node", "2",
+                str(EXAMPLES / "plain_ddp.py"),
+                "--server", worker_server, "--samples", str(n), "--epochs", "7",
+            ],
+            capture_output=True, text=True, timeout=300, cwd=tmp_path,
+        )  # fmt: skip
+        assert r.returncode == 0, (attempt, r.stderr[-3000:])
+        acc = float(r.stdout.split("test_accuracy")[1].split()[0])
+        assert acc > 0.6  # four blobs, chance 0.25
+    runs = _new_runs(worker_server, before, "plain-ddp-")
+    assert len(runs) == 2, runs  # one per launch: the two ranks of a launch agreed
     with ScoreClient(worker_server) as client:
-        plan = client.plan(run_id)
-        # 5 warmup epochs (full data), then selection epochs on a subset.
-        assert [e.phase for e in plan.epochs][4:] == ["warmup", "select", "select"]
-        assert plan.epochs[-1].size < n
-        _check_visits(client, run_id, 2, n)
+        for run_id in runs:
+            plan = client.plan(run_id)
+            # 5 warmup epochs (full data), then selection epochs on a subset.
+            assert [e.phase for e in plan.epochs][4:] == ["warmup", "select", "select"]
+            assert plan.epochs[-1].size < n
+            _check_visits(client, run_id, 2, n)
 
 
 @pytest.mark.ray
 @pytest.mark.slow
-def test_ray_train_example(
-    ray_cluster: str, worker_server: str, run_id: str, tmp_path: Path
-) -> None:
+def test_ray_train_example_twice(ray_cluster: str, worker_server: str, tmp_path: Path) -> None:
+    """The README's command twice in a row against one server, without --name:
+    each start is a new run; each epoch line is printed once."""
     env = {**os.environ, "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2"}
     n = 1001
-    r = subprocess.run(
-        [
-            sys.executable, str(EXAMPLES / "ray_train.py"),
-            "--server", worker_server, "--name", run_id, "--ray-address", ray_cluster,
-            "--workers", "2", "--samples", str(n), "--epochs", "6",
-            "--storage", str(tmp_path / "ray"),
-        ],
-        capture_output=True, text=True, timeout=400, env=env, cwd=tmp_path,
-    )  # fmt: skip
-    assert r.returncode == 0, (r.stdout[-2000:], r.stderr[-3000:])
-    assert "training finished" in r.stdout
-    # Ray's workers log at INFO: httpx's per-request lines would show (docl.client quiets them).
-    assert "HTTP Request" not in r.stdout + r.stderr
+    before = _run_ids(worker_server)
+    for attempt in range(2):
+        r = subprocess.run(
+            [
+                sys.executable, str(EXAMPLES / "ray_train.py"),
+                "--server", worker_server, "--ray-address", ray_cluster,
+                "--workers", "2", "--samples", str(n), "--epochs", "6",
+                "--storage", str(tmp_path / "ray"),
+            ],
+            capture_output=True, text=True, timeout=400, env=env, cwd=tmp_path,
+        )  # fmt: skip
+        assert r.returncode == 0, (attempt, r.stdout[-2000:], r.stderr[-3000:])
+        assert "training finished" in r.stdout
+        # Ray's workers log at INFO: httpx's per-request lines would show (docl.client quiets them).
+        assert "HTTP Request" not in r.stdout + r.stderr
+        out = r.stdout + r.stderr
+        for e in range(6):  # once each, not also through Ray Train's patched print
+            assert out.count(f"epoch {e} loss ") == 1, out[-3000:]
+    runs = _new_runs(worker_server, before, "ray-train-example-")
+    assert len(runs) == 2, runs
     with ScoreClient(worker_server) as client:
-        assert client.plan(run_id).epochs[-1].phase == "select"
-        _check_visits(client, run_id, 2, n)
+        for run_id in runs:
+            assert client.plan(run_id).epochs[-1].phase == "select"
+            _check_visits(client, run_id, 2, n)
