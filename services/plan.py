@@ -143,6 +143,10 @@ class PlanTooLarge(ValueError):
         super().__init__(message)
         self.setting = setting
 
+    def __reduce__(self) -> tuple[type[PlanTooLarge], tuple[str, str]]:
+        # pickled across processes (the JSON-report child, Ray workers): keep both arguments
+        return (type(self), (str(self), self.setting))
+
 
 @dataclass(frozen=True)
 class PlanLimits:

@@ -3,6 +3,8 @@ score them in numpy, and scatter the result (one atomic script per group)."""
 
 from __future__ import annotations
 
+import asyncio
+import random
 import time
 from collections.abc import Sequence
 
@@ -21,7 +23,15 @@ __all__ = ["MAX_GROUP_REPORTS", "MAX_GROUP_SAMPLES", "ReportStage", "report_grou
 
 #: A report whose samples keep being changed by other reports between its gather
 #: and its scatter is retried this many times before the client is told to retry.
-MAX_REPORT_ATTEMPTS = 8
+#: Each conflict loses to one concurrent writer of the same samples, so this bounds
+#: how many such writers a report can outwait (the ranks of one epoch touch disjoint
+#: samples; contention comes from retries and from several servers' write leases).
+MAX_REPORT_ATTEMPTS = 32
+#: After the n-th conflict, wait uniform(0, min(cap, base·2ⁿ)) seconds before
+#: recomputing, so that writers which keep colliding spread out instead of
+#: re-colliding in lock step (full jitter, as for any optimistic compare-and-set).
+CONFLICT_BACKOFF_BASE_S = 0.0005
+CONFLICT_BACKOFF_CAP_S = 0.02
 
 #: Most samples one scatter script call writes: a script blocks Redis while it runs
 #: (~2-5 µs per sample here), so a large multi-report request is applied in pieces.
@@ -115,6 +125,7 @@ class ReportStage(CacheStage):
             rec: np.ndarray | None = None
             inclusion: np.ndarray | None = None
             token, gen = "", -1
+            conflicts = 0
             for _attempt in range(MAX_REPORT_ATTEMPTS):
                 if not live:
                     return st
@@ -213,6 +224,9 @@ class ReportStage(CacheStage):
                         else:
                             cache.put(idx[pos], res.current)
                 token = ""  # the retry compares (a new lease is claimed by later reports)
+                conflicts += 1
+                cap = min(CONFLICT_BACKOFF_CAP_S, CONFLICT_BACKOFF_BASE_S * 2**conflicts)
+                await asyncio.sleep(random.uniform(0.0, cap))
             raise ServiceUnavailable(
                 f"report {reps[live[0]].report_id!r}: its samples kept being changed by "
                 "concurrent reports; retry"
