@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -38,8 +37,8 @@ import torch
 from docl.client import ScoreClient
 from docl.worker.loop import LoopConfig, train_loop
 from docl.worker.session import LocalSession
-from docl.worker.tasks import TaskData, get_task
-from docl.worker.train import TrainError, TrainSpec, build_run
+from docl.worker.tasks import TaskData
+from docl.worker.train import TrainError, TrainSpec, prepare_job
 
 __all__ = ["StudySession", "epoch_record", "train_with_study", "true_class_probability"]
 
@@ -137,22 +136,13 @@ def train_with_study(spec: TrainSpec) -> tuple[dict[str, Any], list[dict[str, An
     if spec.server is None or spec.workers != 0:
         raise TrainError("the study runs in-process (workers=0) against a running server")
     t_start = time.perf_counter()
-    data = get_task(spec.task, **spec.task_params)
-    run = build_run(spec, data)
-    assert run.run_id is not None
-    out = Path(spec.out or Path("out") / run.run_id)
-    out.mkdir(parents=True, exist_ok=True)
-    metrics_path = out / "metrics.jsonl"
-    metrics_path.write_text("")
-    weight_decay = (
-        spec.weight_decay
-        if spec.weight_decay is not None
-        else float(data.defaults.get("weight_decay", 5e-4))
-    )
+    job = prepare_job(spec)
+    data, run, out, metrics_path = job.data, job.run, job.out, job.metrics_path
+    weight_decay = job.weight_decay
     with ScoreClient(spec.server, token=spec.token) as client:
         client.create_run(run)
         cfg = LoopConfig(
-            run_id=run.run_id,
+            run_id=job.run_id,
             server=spec.server,
             token=spec.token,
             seed=spec.seed,
@@ -163,7 +153,7 @@ def train_with_study(spec: TrainSpec) -> tuple[dict[str, Any], list[dict[str, An
             metrics_path=str(metrics_path.resolve()),
             checkpoint=True,  # the loop hands the model's state to session.save
         )
-        session = StudySession(data, client, run.run_id, spec.seed)
+        session = StudySession(data, client, job.run_id, spec.seed)
         t_train = time.perf_counter()
         final = train_loop(cfg, data, session)
         train_time = time.perf_counter() - t_train
@@ -172,7 +162,7 @@ def train_with_study(spec: TrainSpec) -> tuple[dict[str, Any], list[dict[str, An
         "task": spec.task,
         "method": run.method,
         "seed": spec.seed,
-        "run_id": run.run_id,
+        "run_id": job.run_id,
         "test_accuracy": final.get("test_accuracy"),
         "batches": final.get("batches", 0),
         "train_time": train_time,

@@ -133,6 +133,36 @@ def build_run(spec: TrainSpec, data: TaskData) -> RunCreate:
         raise TrainError(f"invalid run config: {_pydantic_message(e)}") from e
 
 
+@dataclass(frozen=True)
+class Job:
+    """What every job starts from (``train`` and the study's alike)."""
+
+    data: TaskData
+    run: RunCreate
+    run_id: str
+    out: Path  # the output folder
+    metrics_path: Path  # OUT/metrics.jsonl, emptied
+    weight_decay: float  # the spec's, else the task's default
+
+
+def prepare_job(spec: TrainSpec) -> Job:
+    """Load the task, build the run, and make the output folder with an empty
+    ``metrics.jsonl`` (a fresh job starts the file empty)."""
+    data = get_task(spec.task, **spec.task_params)
+    run = build_run(spec, data)
+    assert run.run_id is not None  # build_run names every run
+    out = Path(spec.out or Path("out") / run.run_id)
+    out.mkdir(parents=True, exist_ok=True)
+    metrics_path = out / "metrics.jsonl"
+    metrics_path.write_text("")
+    weight_decay = (
+        spec.weight_decay
+        if spec.weight_decay is not None
+        else float(data.defaults.get("weight_decay", 5e-4))
+    )
+    return Job(data, run, run.run_id, out, metrics_path, weight_decay)
+
+
 def train(spec: TrainSpec) -> dict[str, Any]:
     """Run one training job (see the module docs); return what ``result.json`` holds."""
     t_start = time.perf_counter()
@@ -141,18 +171,9 @@ def train(spec: TrainSpec) -> dict[str, Any]:
         problem = probe_server(spec.server, spec.token)
         if problem is not None:
             raise TrainError(problem)
-    data = get_task(spec.task, **spec.task_params)
-    run = build_run(spec, data)
-    assert run.run_id is not None
-    out = Path(spec.out or Path("out") / run.run_id)
-    out.mkdir(parents=True, exist_ok=True)
-    metrics_path = out / "metrics.jsonl"
-    metrics_path.write_text("")  # a fresh job: start the file empty
-    weight_decay = (
-        spec.weight_decay
-        if spec.weight_decay is not None
-        else float(data.defaults.get("weight_decay", 5e-4))
-    )
+    job = prepare_job(spec)
+    data, run, out, metrics_path = job.data, job.run, job.out, job.metrics_path
+    weight_decay = job.weight_decay
 
     server_proc = None
     server = spec.server
@@ -177,11 +198,11 @@ def train(spec: TrainSpec) -> dict[str, Any]:
                 ride_out(
                     lambda: client.create_run(run),
                     tolerance=tolerance,
-                    what=f"creating run {run.run_id!r}",
+                    what=f"creating run {job.run_id!r}",
                 )
 
         cfg = LoopConfig(
-            run_id=run.run_id,
+            run_id=job.run_id,
             server=server,
             token=spec.token,
             local_run=run.model_dump(mode="json") if spec.local else None,
@@ -225,7 +246,7 @@ def train(spec: TrainSpec) -> dict[str, Any]:
                     cpus_per_worker=float(spec.threads or 1),
                     max_failures=spec.max_failures,
                     storage_path=str(out / "ray"),
-                    name=run.run_id,
+                    name=job.run_id,
                 ),
             )
             history = outcome.history
@@ -258,7 +279,7 @@ def train(spec: TrainSpec) -> dict[str, Any]:
         "task": spec.task,
         "method": run.method,
         "seed": spec.seed,
-        "run_id": run.run_id,
+        "run_id": job.run_id,
         "workers": spec.workers,
         "local": spec.local,
         "test_accuracy": final.get("test_accuracy"),
