@@ -41,9 +41,10 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
-from typing import Literal
+from typing import Any, BinaryIO, Literal
 
 __all__ = [
+    "RedisClusterProcess",
     "RedisProcess",
     "RedisStartError",
     "ServerProcess",
@@ -156,6 +157,27 @@ def redis_server_binary() -> str:
     )
 
 
+def _read_reply(f: BinaryIO) -> Any:
+    """One RESP2 reply from a buffered socket file."""
+    line = f.readline()
+    if not line.endswith(b"\r\n"):
+        raise RedisStartError("redis-server closed the connection")
+    kind, rest = line[:1], line[1:-2]
+    if kind == b"+":
+        return rest
+    if kind == b"-":
+        raise RedisStartError(rest.decode(errors="replace"))
+    if kind == b":":
+        return int(rest)
+    if kind == b"$":
+        n = int(rest)
+        return None if n < 0 else f.read(n + 2)[:-2]
+    if kind == b"*":
+        n = int(rest)
+        return None if n < 0 else [_read_reply(f) for _ in range(n)]
+    raise RedisStartError(f"unexpected reply {line[:40]!r}")
+
+
 def die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
     """Linux: SIGTERM this process when the thread that started it dies (call it in the child)."""
     # Linux: ask the kernel to SIGTERM redis-server when the process that started it
@@ -187,6 +209,8 @@ class RedisProcess:
         tcp: listen on ``host:port`` too, with a random password (``requirepass``, part
             of :attr:`url` and :attr:`unix_url`) and CONFIG/DEBUG disabled. False
             (``docl serve``): the owner-only Unix socket is the only way in.
+        password: the ``requirepass`` of a TCP one (default: a random one); the nodes
+            of a :class:`RedisClusterProcess` share one.
         extra_args: more ``--name value`` arguments for redis-server.
     """
 
@@ -204,12 +228,13 @@ class RedisProcess:
         binary: str | None = None,
         unixsocket: bool = True,
         tcp: bool = True,
+        password: str | None = None,
     ) -> None:
         self.host = host
         self.tcp = tcp
         self._fixed_port = port is not None
         self.port = port or 0
-        self.password: str | None = secrets.token_hex(16) if tcp else None
+        self.password: str | None = (password or secrets.token_hex(16)) if tcp else None
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         self._sock_tmp: tempfile.TemporaryDirectory[str] | None = None
         if data_dir is None:
@@ -368,6 +393,19 @@ class RedisProcess:
                 raise ConnectionRefusedError("AUTH refused")
         return s
 
+    def command(self, *args: str | int, timeout: float = 5.0) -> Any:
+        """Send one command over a raw connection and return its reply (RESP2: bytes,
+        int, list; an error reply raises :class:`RedisStartError`). For setting a node
+        up (CLUSTER MEET/ADDSLOTS), not for data: the store talks through ``store.py``."""
+        with self._connect(timeout) as s:
+            parts = [b"*%d\r\n" % len(args)]
+            for a in args:
+                b = str(a).encode()
+                parts.append(b"$%d\r\n%b\r\n" % (len(b), b))
+            s.sendall(b"".join(parts))
+            with s.makefile("rb") as f:
+                return _read_reply(f)
+
     def ping(self, timeout: float = 1.0) -> bool:
         """True when the server answers PING (a raw RESP exchange: no client library needed).
 
@@ -468,6 +506,128 @@ class RedisProcess:
         state = "running" if self.running() else "stopped"
         where = f"{self.host}:{self.port}" if self.tcp else str(self.socket_path)
         return f"RedisProcess({where}, dir={self.data_dir}, {state})"
+
+
+def _cluster_port(host: str) -> int:
+    """A free port whose cluster bus port (port + 10000, Redis 6) is free too."""
+    for _ in range(100):
+        port = free_port(host)
+        if port > 55535:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind((host, port + 10000))
+            except OSError:
+                continue
+        return port
+    raise RedisStartError("no free port pair (port, port + 10000) for a cluster node")
+
+
+class RedisClusterProcess:
+    """A real Redis Cluster of ``primaries`` redis-server processes (no replicas) on free
+    loopback ports: cluster mode on, one password for all (``requirepass`` and
+    ``masterauth``), the 16384 slots split evenly, joined with CLUSTER MEET. Tests and
+    benchmarks use it; :attr:`url` is the ``redis+cluster://`` URL ``docl serve`` takes.
+
+        with RedisClusterProcess(primaries=3) as cluster:
+            print(cluster.url)   # redis+cluster://:<password>@127.0.0.1:<port of node 0>
+            cluster.nodes[1]     # a RedisProcess: .port, .pid, .command("CLUSTER", "INFO")
+    """
+
+    SLOTS = 16384
+
+    def __init__(
+        self, *, primaries: int = 3, host: str = "127.0.0.1", node_timeout_ms: int = 5000
+    ) -> None:
+        if primaries < 1:
+            raise ValueError("a cluster needs at least one primary")
+        self.password = secrets.token_hex(16)
+        timeout = str(node_timeout_ms)
+        args = ("--cluster-enabled", "yes", "--cluster-node-timeout", timeout)
+        self.nodes = [
+            RedisProcess(
+                host=host,
+                port=_cluster_port(host),
+                password=self.password,
+                unixsocket=False,
+                extra_args=(*args, "--masterauth", self.password),
+            )
+            for _ in range(primaries)
+        ]
+        for node in self.nodes:  # its own nodes.conf, in its own (temporary) data dir
+            node.extra_args += ("--cluster-config-file", str(node.data_dir / "nodes.conf"))
+
+    @property
+    def url(self) -> str:
+        """``redis+cluster://:<password>@<host>:<port of the first node>`` (the client
+        discovers the other nodes from it)."""
+        first = self.nodes[0]
+        return f"redis+cluster://:{self.password}@{first.host}:{first.port}"
+
+    def slot_ranges(self) -> list[tuple[int, int]]:
+        """The [first, last] slots of each node, in node order (an even split)."""
+        n = len(self.nodes)
+        bounds = [self.SLOTS * i // n for i in range(n + 1)]
+        return [(bounds[i], bounds[i + 1] - 1) for i in range(n)]
+
+    def start(self, timeout: float = 30.0) -> RedisClusterProcess:
+        """Start every node, assign the slots, join them, wait for ``cluster_state:ok``
+        on every node. Stops what it started when that fails."""
+        try:
+            for node in self.nodes:
+                node.start()
+            for node, (lo, hi) in zip(self.nodes, self.slot_ranges(), strict=True):
+                node.command("CLUSTER", "ADDSLOTS", *range(lo, hi + 1))
+            first = self.nodes[0]
+            for node in self.nodes[1:]:
+                node.command("CLUSTER", "MEET", first.host, first.port)
+            self.wait_ok(timeout)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def info(self, node: int = 0) -> dict[str, str]:
+        """CLUSTER INFO of node ``node`` as a dict."""
+        raw = self.nodes[node].command("CLUSTER", "INFO")
+        pairs = (line.split(":", 1) for line in raw.decode().splitlines() if ":" in line)
+        return {k: v for k, v in pairs}
+
+    def wait_ok(self, timeout: float = 30.0) -> None:
+        """Until every node says ``cluster_state:ok`` and knows every other node."""
+        deadline = time.monotonic() + timeout
+        want = str(len(self.nodes))
+        last: dict[str, str] = {}
+        while time.monotonic() < deadline:
+            infos = [self.info(i) for i in range(len(self.nodes))]
+            if all(i.get("cluster_state") == "ok" and i.get("cluster_known_nodes") == want
+                   for i in infos):  # fmt: skip
+                return
+            last = infos[0]
+            time.sleep(0.05)
+        raise RedisStartError(f"the cluster did not reach cluster_state:ok in {timeout} s: {last}")
+
+    def node_of_slot(self, slot: int) -> int:
+        """The index in :attr:`nodes` of the node that owns ``slot`` (from our split)."""
+        for i, (lo, hi) in enumerate(self.slot_ranges()):
+            if lo <= slot <= hi:
+                return i
+        raise ValueError(f"slot {slot} out of range")
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+
+    def __enter__(self) -> RedisClusterProcess:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
 
 
 class ServerProcess:

@@ -40,16 +40,17 @@ the one module that talks to Redis, kept whole so that rule stays checkable.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from importlib import resources
 from typing import Any
 
 import numpy as np
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, RedisClusterException, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from docl.services import storage
@@ -78,7 +79,29 @@ from docl.services.storage import (
     ScatterStatus,
 )
 
-__all__ = ["RedisStore", "Store"]
+__all__ = ["CLUSTER_SCHEMES", "ClusterStateError", "RedisStore", "Store", "cluster_url"]
+
+#: URL schemes of a Redis Cluster -> the scheme redis-py's client takes for one of its nodes.
+CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
+
+
+class ClusterStateError(RuntimeError):
+    """The Redis Cluster answers but is not serving (``cluster_state`` is not ``ok``:
+    slots not covered, a primary down without a replica): a configuration error."""
+
+
+def cluster_url(url: str) -> str | None:
+    """The redis-py URL of a node of a ``redis+cluster://`` (``rediss+cluster://``) URL,
+    None for any other URL."""
+    scheme, sep, rest = url.partition("://")
+    plain = CLUSTER_SCHEMES.get(scheme.lower())
+    return f"{plain}://{rest}" if sep and plain else None
+
+
+def _redirected(e: ResponseError) -> bool:
+    """A MOVED/ASK/TRYAGAIN reply: the slot is (being) served by another node."""
+    return str(e).startswith(("MOVED", "ASK", "TRYAGAIN"))
+
 
 _NAN32 = np.array([np.nan], dtype="<f4").tobytes()
 
@@ -134,17 +157,29 @@ def _f64_indices(indices: np.ndarray) -> bytes:
 
 class RedisStore:
     """Async access to the state of every run, on Redis: the :class:`~docl.services.storage.Store`
-    the engine uses. Stateless itself: safe to share per process."""
+    the engine uses. Stateless itself: safe to share per process.
+
+    On a Redis Cluster (``redis`` a :class:`RedisCluster`, :meth:`from_url` with a
+    ``redis+cluster://`` URL) every command and script touches the keys of one run, which
+    share the slot of its hash tag, so each runs on the node owning that slot; the hot path
+    (``RespClient``) keeps one client per node and sends a run's commands to the node the
+    cluster client's slot table names. A MOVED/ASK reply (slots moving) sends that call
+    through redis-py instead, which follows the redirection and refreshes the table.
+    """
 
     def __init__(
         self,
-        redis: aioredis.Redis,
+        redis: aioredis.Redis | RedisCluster,
         *,
         dedup_ttl_s: float = 7 * 86400.0,
         fast_url: str | None = None,
         timeout_s: float = 30.0,
     ) -> None:
         self.redis = redis
+        self.cluster: RedisCluster | None = redis if isinstance(redis, RedisCluster) else None
+        self._timeout_s = timeout_s
+        self._fast_url = fast_url
+        self._fast_nodes: dict[str, RespClient] = {}
         self.dedup_ttl_s = dedup_ttl_s
         self._create = redis.register_script(_script("create"))
         self._gather = redis.register_script(_script("gather"))
@@ -153,7 +188,7 @@ class RedisStore:
         self._compact = redis.register_script(_script("compact"))
         self._claim = redis.register_script(_script("claim"))
         self._fast: RespClient | None = None
-        if fast_url is not None:
+        if fast_url is not None and self.cluster is None:
             try:
                 self._fast = RespClient(fast_url, timeout_s=timeout_s)
             except ValueError:  # e.g. rediss://: the hot path uses redis-py too
@@ -168,21 +203,47 @@ class RedisStore:
         max_connections: int = 64,
         dedup_ttl_s: float = 7 * 86400.0,
     ) -> RedisStore:
+        """A store on ``url``: ``redis://``, ``rediss://``, ``unix://`` (one Redis) or
+        ``redis+cluster://`` / ``rediss+cluster://`` (a Redis Cluster: any node's
+        address; the others are discovered from it; ``max_connections`` is per node)."""
         # redis-py re-sends a command after a connection error or timeout; every
         # script here is safe to re-run (dedup marker, compare-and-set, first-wins).
-        client = aioredis.Redis.from_url(
-            url,
-            socket_timeout=timeout_s,
-            socket_connect_timeout=min(timeout_s, 5.0),
-            max_connections=max_connections,
-            health_check_interval=30,
-            retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=3),
-            retry_on_error=[RedisConnectionError, RedisTimeoutError],
-        )
+        options: dict[str, Any] = {
+            "socket_timeout": timeout_s,
+            "socket_connect_timeout": min(timeout_s, 5.0),
+            "max_connections": max_connections,
+            "health_check_interval": 30,
+            "retry": Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=3),
+            "retry_on_error": [RedisConnectionError, RedisTimeoutError],
+        }
+        node_url = cluster_url(url)
+        client: aioredis.Redis | RedisCluster
+        if node_url is not None:
+            client = RedisCluster.from_url(node_url, **options)
+            url = node_url  # the hot path's per-node clients take its credentials
+        else:
+            client = aioredis.Redis.from_url(url, **options)
         return cls(client, dedup_ttl_s=dedup_ttl_s, fast_url=url, timeout_s=timeout_s)
 
+    async def check_cluster(self) -> None:
+        """On a cluster: raise :class:`ClusterStateError` unless it serves every slot
+        (``cluster_state:ok``). Nothing on a single Redis."""
+        if self.cluster is None:
+            return
+        info = await self.cluster.cluster_info()
+        state = _s(info.get("cluster_state", "?"))
+        if state != "ok":
+            raise ClusterStateError(
+                f"the Redis Cluster is not serving: cluster_state={state} (slots assigned "
+                f"{_s(info.get('cluster_slots_assigned', '?'))}/16384, ok "
+                f"{_s(info.get('cluster_slots_ok', '?'))}); see docs/scaling.md"
+            )
+
     async def load_scripts(self) -> None:
-        """Load every Lua script (EVALSHA later; redis-py reloads after a Redis restart)."""
+        """Load every Lua script (EVALSHA later; redis-py reloads after a Redis restart).
+        On a cluster, check its state first (:meth:`check_cluster`) and load on every
+        primary."""
+        await self.check_cluster()
         for s in (
             self._create,
             self._gather,
@@ -194,29 +255,68 @@ class RedisStore:
             s.sha = await self.redis.script_load(s.script)
 
     async def ping(self) -> bool:
+        """Redis answers (on a cluster: and serves every slot)."""
+        if self.cluster is not None:
+            try:
+                await self.check_cluster()
+            except ClusterStateError:
+                return False
+            return True
         return bool(await self.redis.ping())
 
     @property
     def resets(self) -> int:
         """How many times the hot path's connections to Redis failed (0 without it): a
         Redis restart moves this, and a record cache must not outlive one."""
-        return self._fast.resets if self._fast is not None else 0
+        fast = [self._fast] if self._fast is not None else []
+        return sum(c.resets for c in [*fast, *self._fast_nodes.values()])
 
     async def close(self) -> None:
-        if self._fast is not None:
-            await self._fast.close()
+        for c in [self._fast, *self._fast_nodes.values()]:
+            if c is not None:
+                await c.close()
         await self.redis.aclose()
 
-    async def _run(self, script: Any, keys: Sequence[str], args: Sequence[Any]) -> Any:
-        """EVALSHA a hot script through the fast client (redis-py's Script otherwise)."""
-        if self._fast is None:
-            return await script(keys=list(keys), args=list(args))
-        cmd = ["EVALSHA", script.sha, len(keys), *keys, *args]
+    def _fast_for(self, key: str) -> RespClient | None:
+        """The hot-path client for ``key``: the one client on a single Redis; on a
+        cluster, the client of the node that owns the key's slot in redis-py's slot
+        table (None before that table is loaded, or over TLS: redis-py then)."""
+        if self.cluster is None:
+            return self._fast
+        if self._fast_url is None or not self._fast_url.startswith("redis://"):
+            return None
         try:
-            return await self._fast.call(cmd)
-        except NoScriptError:  # Redis restarted (or SCRIPT FLUSH): load it again, once
-            await self._fast.call(["SCRIPT", "LOAD", script.script])
-            return await self._fast.call(cmd)
+            node = self.cluster.get_node_from_key(key)
+        except (RedisClusterException, KeyError, IndexError):
+            return None  # slot table not loaded yet: redis-py loads it on its first command
+        if node is None:
+            return None
+        client = self._fast_nodes.get(node.name)
+        if client is None:
+            u = self._fast_url.split("://", 1)[1]
+            auth = u.rsplit("@", 1)[0] + "@" if "@" in u else ""
+            client = RespClient(
+                f"redis://{auth}{node.host}:{node.port}/0", timeout_s=self._timeout_s
+            )
+            self._fast_nodes[node.name] = client
+        return client
+
+    async def _run(self, script: Any, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        """EVALSHA a hot script through the fast client (redis-py's Script otherwise, and
+        after a MOVED/ASK reply from a cluster node)."""
+        fast = self._fast_for(keys[0])
+        if fast is not None:
+            cmd = ["EVALSHA", script.sha, len(keys), *keys, *args]
+            try:
+                try:
+                    return await fast.call(cmd)
+                except NoScriptError:  # Redis restarted (or SCRIPT FLUSH): load it again, once
+                    await fast.call(["SCRIPT", "LOAD", script.script])
+                    return await fast.call(cmd)
+            except ResponseError as e:
+                if not _redirected(e):
+                    raise
+        return await script(keys=list(keys), args=list(args))
 
     # -- runs -----------------------------------------------------------------------------
     async def create_run(
@@ -282,7 +382,7 @@ class RedisStore:
         # Epoch index chunks and anything a future layout adds: sweep the prefix.
         # The run id alphabet [A-Za-z0-9_.-] has no glob characters.
         batch: list[bytes] = []
-        async for key in self.redis.scan_iter(match=f"{layout.prefix}:*", count=1000):
+        async for key in self._scan(f"{layout.prefix}:*"):
             batch.append(key)
             if len(batch) >= 1000:
                 deleted += int(await self.redis.unlink(*batch))
@@ -294,18 +394,30 @@ class RedisStore:
 
     async def run_keys(self, layout: RunLayout) -> list[str]:
         """Every key of the run that exists (tests and tools use this)."""
-        return sorted(
-            [_s(k) async for k in self.redis.scan_iter(match=f"{layout.prefix}:*", count=1000)]
-        )
+        return sorted([_s(k) async for k in self._scan(f"{layout.prefix}:*")])
+
+    def _scan(self, match: str) -> AsyncIterator[bytes]:
+        """SCAN for ``match``; on a cluster, on every primary (a run's keys are on the node
+        owning its slot, or on two while that slot migrates)."""
+        if self.cluster is not None:
+            return self.cluster.scan_iter(
+                match=match, count=1000, target_nodes=RedisCluster.PRIMARIES
+            )
+        return self.redis.scan_iter(match=match, count=1000)
 
     # -- epochs ---------------------------------------------------------------------------
     async def _transaction(self, commands: Sequence[Sequence[Any]]) -> list[Any]:
         """The replies of ``commands`` run in one MULTI/EXEC: a consistent snapshot. Through
         the fast client when there is one (it reads big replies 1 MB at a time; redis-py
         64 KB), else a redis-py transaction."""
-        if self._fast is not None:
-            replies = await self._fast.call_many([["MULTI"], *commands, ["EXEC"]])
-            return list(replies[-1])
+        fast = self._fast_for(str(commands[0][1]))  # every command here names a key
+        if fast is not None:
+            try:
+                replies = await fast.call_many([["MULTI"], *commands, ["EXEC"]])
+                return list(replies[-1])
+            except ResponseError as e:  # a queued command was MOVED: EXEC aborted
+                if not _redirected(e):
+                    raise
         pipe = self.redis.pipeline(transaction=True)
         for cmd in commands:
             pipe.execute_command(*cmd)
@@ -383,9 +495,14 @@ class RedisStore:
         writes: list[list[Any]] = [
             ["SET", k, v, "PX", 600_000] for k, v in zip(keys, values, strict=True)
         ]
-        if self._fast is not None:
-            await self._fast.call_many(writes)
-            return
+        fast = self._fast_for(keys[0])
+        if fast is not None:
+            try:
+                await fast.call_many(writes)
+                return
+            except ResponseError as e:
+                if not _redirected(e):
+                    raise
         pipe = self.redis.pipeline(transaction=False)
         for k, v in zip(keys, values, strict=True):
             pipe.set(k, v, px=600_000)

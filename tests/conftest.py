@@ -10,6 +10,10 @@ Session-scoped (shared by every test of the run; use a unique ``run_id``):
 ``redis_server``   a :class:`docl.services.embedded.RedisProcess` (no persistence).
                    Do NOT kill it: use ``redis_factory`` for a Redis you may kill.
 ``redis_url``      its ``redis://127.0.0.1:<port>/0``.
+``redis_cluster``  a :class:`docl.services.embedded.RedisClusterProcess`: 3 primaries, one
+                   password, slots split evenly (started on first use, ~2 s). Do NOT kill it.
+``store_url``      parametrized: ``redis_url`` ("redis") and the cluster's ``redis+cluster://``
+                   URL ("cluster"); a test taking it runs against both.
 ``score_server``   base URL (``http://127.0.0.1:<port>``) of a ``docl serve`` child
                    process (one uvicorn worker) using ``redis_server``. Do not
                    restart it: use ``server_factory``.
@@ -22,6 +26,8 @@ Function-scoped:
                    -> a started RedisProcess you own (kill/restart it freely).
 ``server_factory`` ``server_factory(redis_url=..., env={"DOCL_API_TOKEN": "t"}, workers=1)``
                    -> a started ServerProcess (``.url``, ``.stop()``, ``.restart()``, ``.kill()``).
+``sync_redis``     ``sync_redis(url)`` -> a synchronous redis-py client for a ``redis://``/``unix://``
+                   or ``redis+cluster://`` URL (closed at teardown): to look at or poke keys.
 ``run_snapshot``   ``run_snapshot(redis_url, run_id)`` -> {key: DUMP bytes} of every key of
                    the run (plus whether it is in the run index): compare two snapshots
                    to prove that a request changed nothing.
@@ -39,7 +45,7 @@ from typing import Any
 import httpx
 import pytest
 
-from docl.services.embedded import RedisProcess, ServerProcess
+from docl.services.embedded import RedisClusterProcess, RedisProcess, ServerProcess
 
 
 @pytest.fixture(scope="session")
@@ -55,6 +61,51 @@ def redis_server() -> Iterator[RedisProcess]:
 @pytest.fixture(scope="session")
 def redis_url(redis_server: RedisProcess) -> str:
     return redis_server.url
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[RedisClusterProcess]:
+    cluster = RedisClusterProcess(primaries=3)
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture(params=["redis", "cluster"])
+def store_url(request: pytest.FixtureRequest) -> str:
+    if request.param == "cluster":
+        return str(request.getfixturevalue("redis_cluster").url)
+    return str(request.getfixturevalue("redis_url"))
+
+
+def _sync_client(url: str) -> Any:
+    """A synchronous redis-py client for a single-Redis or a ``redis+cluster://`` URL."""
+    import redis
+    from redis.cluster import RedisCluster
+
+    from docl.services.store import cluster_url
+
+    node_url = cluster_url(url)
+    if node_url is not None:
+        return RedisCluster.from_url(node_url)
+    return redis.Redis.from_url(url)
+
+
+@pytest.fixture
+def sync_redis() -> Iterator[Callable[[str], Any]]:
+    made: list[Any] = []
+
+    def make(url: str) -> Any:
+        made.append(_sync_client(url))
+        return made[-1]
+
+    try:
+        yield make
+    finally:
+        for client in made:
+            client.close()
 
 
 @pytest.fixture(scope="session")
@@ -112,9 +163,7 @@ def server_factory() -> Iterator[Callable[..., ServerProcess]]:
 
 
 def _snapshot(url: str, run_id: str) -> dict[str, Any]:
-    import redis
-
-    client = redis.Redis.from_url(url)
+    client = _sync_client(url)
     try:
         out: dict[str, Any] = {}
         for key in sorted(client.scan_iter(match=f"{{run:{run_id}}}:*", count=1000)):

@@ -103,15 +103,15 @@ async def _train(
 
 @pytest.mark.parametrize("exp3", [False, True])
 def test_tiny_chunks_give_the_same_results_as_one_chunk(
-    redis_url: str, run_id: str, exp3: bool
+    store_url: str, sync_redis: Callable[[str], Any], run_id: str, exp3: bool
 ) -> None:
     """Every chunked path (records, columns, epoch indices, selection counts) at chunk
     sizes of a few hundred bytes agrees with the single-chunk layout."""
     n = 300
-    one = run(_train(_engine(redis_url), run_id + "a", n, 5, exp3=exp3))
-    many = run(_train(_engine(redis_url, chunk_bytes=256), run_id + "b", n, 5, exp3=exp3))
+    one = run(_train(_engine(store_url), run_id + "a", n, 5, exp3=exp3))
+    many = run(_train(_engine(store_url, chunk_bytes=256), run_id + "b", n, 5, exp3=exp3))
     lay = RunLayout.from_json(
-        run_id + "b", redis.Redis.from_url(redis_url).hget(f"{{run:{run_id}b}}:meta", "layout")
+        run_id + "b", sync_redis(store_url).hget(f"{{run:{run_id}b}}:meta", "layout")
     )
     assert len(lay.rec_keys) > 10 and len(lay.score_keys) > 3 and len(lay.epoch_keys(0, n)) > 5
     for a, b in zip(one, many, strict=True):
@@ -119,13 +119,15 @@ def test_tiny_chunks_give_the_same_results_as_one_chunk(
     assert one[1].sum() > n  # samples were visited several times
 
 
-def test_scatter_compare_and_set_writes_nothing_on_conflict(redis_url: str, run_id: str) -> None:
+def test_scatter_compare_and_set_writes_nothing_on_conflict(
+    store_url: str, sync_redis: Callable[[str], Any], run_id: str
+) -> None:
     async def scenario() -> None:
-        store = Store.from_url(redis_url)
+        store = Store.from_url(store_url)
         lay = _layout(run_id, n=50, c=2)
         status, uid, _ = await store.create_run(lay, '{"x":1}', "uid-1", 0.0)
         assert status == CreateStatus.CREATED
-        r = redis.Redis.from_url(redis_url)
+        r = sync_redis(store_url)
         r.hset(lay.meta_key, "last_epoch", 0)
         idx = np.array([4, 9, 30])
 
@@ -166,9 +168,9 @@ def test_scatter_compare_and_set_writes_nothing_on_conflict(redis_url: str, run_
     run(scenario())
 
 
-def test_dedup_markers_expire_after_the_ttl(redis_url: str, run_id: str) -> None:
+def test_dedup_markers_expire_after_the_ttl(store_url: str, run_id: str) -> None:
     async def scenario() -> None:
-        store = Store.from_url(redis_url, dedup_ttl_s=10.0)
+        store = Store.from_url(store_url, dedup_ttl_s=10.0)
         lay = _layout(run_id, n=10, c=1)
         _, uid, _ = await store.create_run(lay, "{}", "u", 0.0)
         idx = np.array([1])
@@ -200,10 +202,10 @@ def test_dedup_markers_expire_after_the_ttl(redis_url: str, run_id: str) -> None
 
 
 def test_commit_epoch_first_wins_in_order_and_drops_old_indices(
-    redis_url: str, run_id: str
+    store_url: str, run_id: str
 ) -> None:
     async def scenario() -> None:
-        store = Store.from_url(redis_url)
+        store = Store.from_url(store_url)
         lay = _layout(run_id, n=20, c=1)
         _, uid, _ = await store.create_run(lay, "{}", "u", 0.0)
         drawn = np.zeros(20, np.uint16)
@@ -274,12 +276,14 @@ def test_heads_compared_are_lr_sum_and_visits() -> None:
     assert head == np.float64(1.5).tobytes() + np.uint32(3).tobytes()
 
 
-def test_score_log_is_folded_into_draws_and_compacted(redis_url: str, run_id: str) -> None:
+def test_score_log_is_folded_into_draws_and_compacted(
+    store_url: str, sync_redis: Callable[[str], Any], run_id: str
+) -> None:
     """Reports append their scores to the log; a draw folds the log into the score
     column it draws from and compacts it; stats read through the log."""
 
     async def scenario() -> None:
-        engine = _engine(redis_url)
+        engine = _engine(store_url)
         n = 64
         await engine.create_run(
             RunCreate(
@@ -294,7 +298,7 @@ def test_score_log_is_folded_into_draws_and_compacted(redis_url: str, run_id: st
         st = await engine.state(run_id)
         lay = st.layout
         assert lay.loss_column  # spl keeps the loss column: the log carries losses too
-        r = redis.Redis.from_url(redis_url)
+        r = sync_redis(store_url)
         rng = np.random.default_rng(0)
 
         async def report_all(e: int, lr: float) -> None:
