@@ -32,7 +32,7 @@ from docl.services.errors import PayloadTooLarge, problem_response
 from docl.services.routes import epochs, health, index, plan, reports, runs, scores, stats
 from docl.services.routes import methods as method_routes
 from docl.services.routes._common import complete_openapi
-from docl.services.store import RedisStore
+from docl.services.store import ClusterStateError, RedisStore
 from docl.wire.encoding import REPORT_CONTENT_TYPE, REPORTS_CONTENT_TYPE
 
 __all__ = ["GatewayMiddleware", "create_app"]
@@ -228,6 +228,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         try:
             await store.load_scripts()
+        except ClusterStateError:  # a cluster that answers but does not serve: refuse to start
+            await store.close()
+            raise
         except Exception as e:  # Redis not up yet: scripts load on first use (NOSCRIPT -> load)
             log.warning("could not load Lua scripts at start-up (%s); /readyz will say so", e)
         app.state.engine = Engine(store, settings)

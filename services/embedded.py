@@ -393,14 +393,14 @@ class RedisProcess:
                 raise ConnectionRefusedError("AUTH refused")
         return s
 
-    def command(self, *args: str | int, timeout: float = 5.0) -> Any:
+    def command(self, *args: str | bytes | int, timeout: float = 5.0) -> Any:
         """Send one command over a raw connection and return its reply (RESP2: bytes,
         int, list; an error reply raises :class:`RedisStartError`). For setting a node
         up (CLUSTER MEET/ADDSLOTS), not for data: the store talks through ``store.py``."""
         with self._connect(timeout) as s:
             parts = [b"*%d\r\n" % len(args)]
             for a in args:
-                b = str(a).encode()
+                b = a if isinstance(a, bytes) else str(a).encode()
                 parts.append(b"$%d\r\n%b\r\n" % (len(b), b))
             s.sendall(b"".join(parts))
             with s.makefile("rb") as f:

@@ -219,7 +219,8 @@ class RedisStore:
         node_url = cluster_url(url)
         client: aioredis.Redis | RedisCluster
         if node_url is not None:
-            client = RedisCluster.from_url(node_url, **options)
+            # partial coverage loads: check_cluster then names the state (not redis-py's error)
+            client = RedisCluster.from_url(node_url, require_full_coverage=False, **options)
             url = node_url  # the hot path's per-node clients take its credentials
         else:
             client = aioredis.Redis.from_url(url, **options)
@@ -230,14 +231,17 @@ class RedisStore:
         (``cluster_state:ok``). Nothing on a single Redis."""
         if self.cluster is None:
             return
-        info = await self.cluster.cluster_info()
-        state = _s(info.get("cluster_state", "?"))
-        if state != "ok":
-            raise ClusterStateError(
-                f"the Redis Cluster is not serving: cluster_state={state} (slots assigned "
-                f"{_s(info.get('cluster_slots_assigned', '?'))}/16384, ok "
-                f"{_s(info.get('cluster_slots_ok', '?'))}); see docs/scaling.md"
-            )
+        infos = await self.cluster.cluster_info(target_nodes=RedisCluster.PRIMARIES)
+        if "cluster_state" in infos:  # one primary: its reply itself
+            infos = {"the primary": infos}
+        for node, info in infos.items():
+            state = _s(info.get("cluster_state", "?"))
+            if state != "ok":
+                raise ClusterStateError(
+                    f"the Redis Cluster is not serving: {node} says cluster_state={state} "
+                    f"(slots assigned {_s(info.get('cluster_slots_assigned', '?'))}/16384, "
+                    f"ok {_s(info.get('cluster_slots_ok', '?'))}); see docs/scaling.md"
+                )
 
     async def load_scripts(self) -> None:
         """Load every Lua script (EVALSHA later; redis-py reloads after a Redis restart).
@@ -256,11 +260,8 @@ class RedisStore:
 
     async def ping(self) -> bool:
         """Redis answers (on a cluster: and serves every slot)."""
-        if self.cluster is not None:
-            try:
-                await self.check_cluster()
-            except ClusterStateError:
-                return False
+        if self.cluster is not None:  # raises ClusterStateError: /readyz says why
+            await self.check_cluster()
             return True
         return bool(await self.redis.ping())
 

