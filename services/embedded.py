@@ -406,6 +406,17 @@ class RedisProcess:
             with s.makefile("rb") as f:
                 return _read_reply(f)
 
+    def scan_keys(self, match: str) -> list[bytes]:
+        """Every key of this one server matching the glob ``match`` (a raw SCAN: on a
+        cluster node, only what that node holds)."""
+        out: list[bytes] = []
+        cursor: bytes = b"0"
+        while True:
+            cursor, keys = self.command("SCAN", cursor, "MATCH", match, "COUNT", 1000)
+            out += keys
+            if cursor == b"0":
+                return out
+
     def ping(self, timeout: float = 1.0) -> bool:
         """True when the server answers PING (a raw RESP exchange: no client library needed).
 
@@ -606,6 +617,26 @@ class RedisClusterProcess:
             last = infos[0]
             time.sleep(0.05)
         raise RedisStartError(f"the cluster did not reach cluster_state:ok in {timeout} s: {last}")
+
+    def node_of_key(self, key: str) -> int:
+        """The index in :attr:`nodes` of the node that owns ``key``'s slot (the slot asked
+        of the cluster, CLUSTER KEYSLOT; the owner from the split at start)."""
+        return self.node_of_slot(int(self.nodes[0].command("CLUSTER", "KEYSLOT", key)))
+
+    def run_ids_on_every_node(self, stem: str, per_node: int = 1) -> list[str]:
+        """``per_node`` run ids (``<stem>-<k>``) whose hash tag lands on each node, node by
+        node: to spread runs over the cluster on purpose (tests, benchmarks)."""
+        from docl.services.layout import run_prefix
+
+        found: list[list[str]] = [[] for _ in self.nodes]
+        k = 0
+        while any(len(ids) < per_node for ids in found):
+            rid = f"{stem}-{k}"
+            ids = found[self.node_of_key(f"{run_prefix(rid)}:meta")]
+            if len(ids) < per_node:
+                ids.append(rid)
+            k += 1
+        return [rid for ids in found for rid in ids]
 
     def node_of_slot(self, slot: int) -> int:
         """The index in :attr:`nodes` of the node that owns ``slot`` (from our split)."""

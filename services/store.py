@@ -231,9 +231,9 @@ class RedisStore:
         (``cluster_state:ok``). Nothing on a single Redis."""
         if self.cluster is None:
             return
-        infos = await self.cluster.cluster_info(target_nodes=RedisCluster.PRIMARIES)
-        if "cluster_state" in infos:  # one primary: its reply itself
-            infos = {"the primary": infos}
+        raw: dict[str, Any] = await self.cluster.cluster_info(target_nodes=RedisCluster.PRIMARIES)
+        # one primary: its reply itself; several: {node name: reply}
+        infos: dict[str, Any] = {"the primary": raw} if "cluster_state" in raw else raw
         for node, info in infos.items():
             state = _s(info.get("cluster_state", "?"))
             if state != "ok":

@@ -18,7 +18,7 @@ import httpx
 import numpy as np
 import pytest
 
-from docl.services.embedded import RedisProcess, ServerProcess
+from docl.services.embedded import RedisClusterProcess, RedisProcess, ServerProcess
 from docl.services.scoring import score_report
 from docl.wire import encoding as wire
 
@@ -967,3 +967,42 @@ def test_every_method_draws_its_plan(
     assert stats["epochs_drawn"] == len(plan)
     assert stats["visits_total"] == sum(row["size"] for row in plan)
     assert stats["scored"] > 0
+
+
+# -- on a Redis Cluster (issue 13, phase 1) ---------------------------------------------------
+def test_docl_serve_on_a_redis_cluster_spreads_runs_over_its_nodes(
+    server_factory: Callable[..., ServerProcess],
+    redis_cluster: RedisClusterProcess,
+    run_id: str,
+    run_snapshot: Callable[..., dict[str, Any]],
+) -> None:
+    """A real ``docl serve --redis-url redis+cluster://…``: runs whose hash tags fall on
+    different nodes are created, drawn and reported; each lives on its node alone; the
+    counters count every report once; a deleted run leaves no key on any node."""
+    server = server_factory(redis_url=redis_cluster.url)
+    ids = redis_cluster.run_ids_on_every_node(run_id, per_node=2)
+    nodes = redis_cluster.nodes
+    with httpx.Client(base_url=server.url, timeout=30) as http:
+        for rid in ids:
+            create(http, rid)
+            acked = _report_epoch(http, rid, 0, "c") + _report_epoch(http, rid, 1, "c")
+            got = http.get(f"/v1/runs/{rid}").json()
+            assert got["counters"]["reports"] == acked and got["last_epoch"] == 1
+            _, visits, _ = get_scores(http, rid)
+            sizes = [http.get(f"/v1/runs/{rid}/epochs/{e}").json()["size"] for e in (0, 1)]
+            assert int(visits.sum()) == sum(sizes)  # each report applied exactly once
+            owner = redis_cluster.node_of_key(f"{{run:{rid}}}:meta")
+            held = [len(node.scan_keys(f"{{run:{rid}}}:*")) for node in nodes]
+            assert held[owner] > 5 and sum(held) == held[owner], held
+        owners = {redis_cluster.node_of_key(f"{{run:{rid}}}:meta") for rid in ids}
+        assert owners == set(range(len(nodes)))  # the runs are spread over every node
+        listed = {r["run_id"] for r in http.get("/v1/runs").json()["runs"]}
+        assert set(ids) <= listed
+        gone, kept = ids[0], ids[1:]
+        assert http.delete(f"/v1/runs/{gone}").status_code == 204
+        assert all(node.scan_keys(f"{{run:{gone}}}:*") == [] for node in nodes)
+        assert run_snapshot(redis_cluster.url, gone) == {"<in docl:runs>": False}
+        assert http.get(f"/v1/runs/{gone}").status_code == 404
+        for rid in kept:  # the others are untouched
+            assert http.get(f"/v1/runs/{rid}").json()["last_epoch"] == 1
+        assert http.get("/readyz").status_code == 200

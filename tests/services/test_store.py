@@ -492,31 +492,6 @@ def test_a_group_is_scored_in_one_call_exactly_as_report_by_report(
 
 
 # -- a Redis Cluster (issue 13, phase 1: each run on the slot of its hash tag) --------------
-def _ids_on_every_node(cluster: RedisClusterProcess, stem: str, per_node: int = 1) -> list[str]:
-    """Run ids whose slot (asked of the cluster: CLUSTER KEYSLOT) is on each node in turn."""
-    found: dict[int, list[str]] = {i: [] for i in range(len(cluster.nodes))}
-    k = 0
-    while any(len(v) < per_node for v in found.values()):
-        rid = f"{stem}-{k}"
-        slot = cluster.nodes[0].command("CLUSTER", "KEYSLOT", f"{{run:{rid}}}:meta")
-        node = cluster.node_of_slot(int(slot))
-        if len(found[node]) < per_node:
-            found[node].append(rid)
-        k += 1
-    return [rid for ids in found.values() for rid in ids]
-
-
-def _keys_on(node: RedisProcess, prefix: str) -> list[bytes]:
-    """Keys matching ``prefix*`` on this one node (a raw SCAN, no cluster client)."""
-    out: list[bytes] = []
-    cursor = b"0"
-    while True:
-        cursor, keys = node.command("SCAN", cursor.decode(), "MATCH", f"{prefix}*", "COUNT", 1000)
-        out += keys
-        if cursor == b"0":
-            return out
-
-
 def test_cluster_runs_live_on_the_node_of_their_slot_and_the_hot_path_goes_there(
     redis_cluster: RedisClusterProcess, run_id: str
 ) -> None:
@@ -524,14 +499,14 @@ def test_cluster_runs_live_on_the_node_of_their_slot_and_the_hot_path_goes_there
         store = Store.from_url(redis_cluster.url)
         await store.load_scripts()
         assert store.cluster is not None and store._fast is None
-        ids = _ids_on_every_node(redis_cluster, run_id)
+        ids = redis_cluster.run_ids_on_every_node(run_id)
         stored: dict[str, int] = {}
         for node_index, rid in enumerate(ids):
             lay = _layout(rid, n=30, c=2)
             _, uid, _ = await store.create_run(lay, "{}", "u", 0.0)
             g = await store.gather(lay, uid, "a", np.array([1, 2, 3]))
             assert g.status == GatherStatus.OK
-            where = [len(_keys_on(node, lay.prefix)) for node in redis_cluster.nodes]
+            where = [len(node.scan_keys(f"{lay.prefix}:*")) for node in redis_cluster.nodes]
             assert where[node_index] >= 2 and sum(where) == where[node_index], where
             stored[rid] = where[node_index]
         # one hot-path client per node, each reached through the slot table
@@ -540,7 +515,7 @@ def test_cluster_runs_live_on_the_node_of_their_slot_and_the_hot_path_goes_there
         for rid in ids:
             lay = _layout(rid, n=30, c=2)
             assert await store.delete_run(lay) == stored[rid]
-            assert all(_keys_on(node, lay.prefix) == [] for node in redis_cluster.nodes)
+            assert all(node.scan_keys(f"{lay.prefix}:*") == [] for node in redis_cluster.nodes)
         await store.close()
 
     run(scenario())
@@ -574,9 +549,9 @@ def test_cluster_store_follows_a_slot_moved_to_another_node(run_id: str) -> None
             g = await store.gather(lay, uid, "a", idx)
             assert g.status == GatherStatus.OK and g.records is not None
             slot = int(cluster.nodes[0].command("CLUSTER", "KEYSLOT", lay.meta_key))
-            src = cluster.node_of_slot(slot)
+            src = cluster.node_of_key(lay.meta_key)
             _move_slot(cluster, slot, src, 1 - src)
-            assert _keys_on(cluster.nodes[src], lay.prefix) == []
+            assert cluster.nodes[src].scan_keys(f"{lay.prefix}:*") == []
             new = g.records.copy()
             new["visits"], new["lr_sum"] = 1, 2.0
             res = await store.scatter(
@@ -590,7 +565,7 @@ def test_cluster_store_follows_a_slot_moved_to_another_node(run_id: str) -> None
             assert store._fast_nodes[f"{dst.host}:{dst.port}"]._idle  # its connection, used
             assert g2.records is not None and (g2.records["visits"] == 1).all()
             assert (await store.counters(lay))["reports"] == 1
-            assert len(_keys_on(dst, lay.prefix)) >= 4  # meta, score, counters, reports, rec
+            assert len(dst.scan_keys(f"{lay.prefix}:*")) >= 4  # meta, score, counters, reports, rec
             await store.close()
 
         run(scenario())
