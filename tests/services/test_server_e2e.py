@@ -9,7 +9,10 @@ twice, against the DESIGN §1 formula written out by hand.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -1006,3 +1009,20 @@ def test_docl_serve_on_a_redis_cluster_spreads_runs_over_its_nodes(
         for rid in kept:  # the others are untouched
             assert http.get(f"/v1/runs/{rid}").json()["last_epoch"] == 1
         assert http.get("/readyz").status_code == 200
+
+
+def test_docl_serve_refuses_a_cluster_that_does_not_serve_every_slot() -> None:
+    with RedisClusterProcess(primaries=2) as cluster:
+        lo, _ = cluster.slot_ranges()[1]
+        cluster.nodes[1].command("CLUSTER", "DELSLOTS", *range(lo, lo + 10))
+        deadline = time.monotonic() + 10
+        while cluster.info(1)["cluster_state"] != "fail" and time.monotonic() < deadline:
+            time.sleep(0.02)
+        out = subprocess.run(
+            [sys.executable, "-c", "from docl.client.cli import main; main()", "serve",
+             "--port", "0", "--redis-url", cluster.url],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+    assert out.returncode != 0
+    assert "ClusterStateError" in out.stderr and "cluster_state=fail" in out.stderr
+    assert "slots assigned 16374/16384" in out.stderr
