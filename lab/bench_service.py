@@ -145,19 +145,30 @@ async def _bench_target(
 ) -> tuple[list[ReportResult], list[DrawResult]]:
     import httpx
     import redis.asyncio as aioredis
+    from redis.asyncio.cluster import RedisCluster
 
     from docl.services.config import Settings
     from docl.services.engine import Engine
-    from docl.services.store import RedisStore
+    from docl.services.store import RedisStore, cluster_url
 
     store = RedisStore.from_url(redis_url, timeout_s=120)
     await store.load_scripts()
     engine = Engine(store, Settings(redis_url=redis_url))
-    info = aioredis.Redis.from_url(redis_url)
+    node_url = cluster_url(redis_url)
+    info: Any = (
+        RedisCluster.from_url(node_url)
+        if node_url is not None
+        else aioredis.Redis.from_url(redis_url)
+    )
 
     async def redis_cpu() -> float:
-        cpu = await info.info("cpu")
-        return float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"])
+        """CPU seconds of Redis so far: of every primary on a cluster."""
+        if node_url is None:
+            cpus = [await info.info("cpu")]
+        else:
+            raw = await info.info("cpu", target_nodes=RedisCluster.PRIMARIES)
+            cpus = [raw] if "used_cpu_user" in raw else list(raw.values())
+        return sum(float(c["used_cpu_user"]) + float(c["used_cpu_sys"]) for c in cpus)
 
     reports: list[ReportResult] = []
     draws: list[DrawResult] = []
