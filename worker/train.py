@@ -348,7 +348,10 @@ def _method_fields(method: str) -> set[str] | None:
 def _check_early(spec: TrainSpec) -> None:
     from docl.services import methods
 
-    methods.load_plugins()
+    try:
+        methods.load_plugins()
+    except ValueError as e:  # e.g. a $DOCL_METHODS module that is not importable
+        raise TrainError(str(e)) from None
     if spec.workers < 0:
         raise TrainError("workers must be >= 0 (0 = in-process)")
     if spec.outage_tolerance is not None and not spec.outage_tolerance >= 0:

@@ -38,6 +38,7 @@ returning either. See docs/methods.md.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import logging
 import os
@@ -229,6 +230,17 @@ def _import_spec(spec: str) -> Any:
     return obj
 
 
+def _loaded(load: Callable[[], Any], origin: str) -> Any:
+    """``load()``, with an import failure said in one line that names the plugin."""
+    try:
+        return load()
+    except (ImportError, AttributeError) as e:
+        raise ValueError(
+            f"{origin} cannot be loaded ({type(e).__name__}: {e}); is its package installed, "
+            "or on PYTHONPATH?"
+        ) from e
+
+
 def load_plugins(env: Mapping[str, str] | None = None) -> list[str]:
     """Register the methods of the ``docl.methods`` entry points and of ``$DOCL_METHODS``.
 
@@ -239,10 +251,11 @@ def load_plugins(env: Mapping[str, str] | None = None) -> list[str]:
     found: list[tuple[SelectionMethod, str]] = []
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         origin = f"entry point {ep.name!r}"
-        found += [(m, origin) for m in _load_object(ep.load(), origin)]
+        found += [(m, origin) for m in _load_object(_loaded(ep.load, origin), origin)]
     for spec in filter(None, (s.strip() for s in env.get(ENV_VAR, "").split(","))):
         origin = f"{ENV_VAR} entry {spec!r}"
-        found += [(m, origin) for m in _load_object(_import_spec(spec), origin)]
+        obj = _loaded(functools.partial(_import_spec, spec), origin)
+        found += [(m, origin) for m in _load_object(obj, origin)]
     names: list[str] = []
     for m, origin in found:
         if m.name in _BUILTIN and _REGISTRY[m.name] is not m:

@@ -101,3 +101,43 @@ def test_a_plugin_may_not_replace_a_builtin_and_a_bad_spec_is_clear(tmp_path: Pa
             methods.load_plugins({methods.ENV_VAR: "evil_plugin"})
     finally:
         sys.path.remove(str(tmp_path))
+
+
+def test_a_plugin_that_cannot_be_imported_is_one_line_from_serve_and_train(
+    tmp_path: Path,
+) -> None:
+    """docs/methods.md's recipe with the package not importable (not installed, not on
+    PYTHONPATH): load_plugins names the entry and the cause, and `docl serve` and
+    `docl train` say it in one line (exit 2), not a traceback, before anything starts."""
+    import pytest
+    from typer.testing import CliRunner
+
+    from docl.client.cli import _register, app
+    from docl.services import methods
+
+    env = {methods.ENV_VAR: "no_such_pkg_xyz.selection:METHOD"}
+    with pytest.raises(ValueError, match=r"DOCL_METHODS entry 'no_such_pkg_xyz.selection:METHOD'"):
+        methods.load_plugins(env)
+    _register()
+    for args in (
+        ["serve", "--port", "0"],
+        [
+            "train",
+            "--task",
+            "digits",
+            "--method",
+            "docl",
+            "--workers",
+            "0",
+            "--out",
+            str(tmp_path / "o"),
+        ],
+    ):
+        r = CliRunner().invoke(app, args, env=env)
+        assert r.exit_code == 2, (args, r.output)
+        assert r.exception is None or isinstance(r.exception, SystemExit), r.exception
+        lines = r.output.strip().splitlines()
+        assert len(lines) == 1, r.output
+        assert "DOCL_METHODS entry 'no_such_pkg_xyz.selection:METHOD' cannot be loaded" in lines[0]
+        assert "No module named 'no_such_pkg_xyz'" in lines[0] and "PYTHONPATH" in lines[0]
+    assert not (tmp_path / "o").exists()
