@@ -211,8 +211,13 @@ def train(spec: TrainSpec) -> dict[str, Any]:
                     metrics_path.unlink(missing_ok=True)
                     with contextlib.suppress(OSError):
                         out.rmdir()  # only when nothing else is in it
+                    hint = (
+                        " (give it with --token or DOCL_API_TOKEN)"
+                        if e.status in (401, 403)
+                        else ""
+                    )
                     raise TrainError(
-                        f"the score server at {server} refused run {job.run_id!r}: {e.detail}"
+                        f"the score server at {server} refused run {job.run_id!r}: {e.detail}{hint}"
                     ) from None
 
         cfg = LoopConfig(

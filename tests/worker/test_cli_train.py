@@ -7,6 +7,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -165,6 +166,25 @@ def test_a_method_the_server_does_not_know_is_one_line_not_a_traceback(
     assert lines[0].startswith(f"docl train: the score server at {score_server} refused run")
     assert "unknown method 'docll'; known: random," in lines[0]
     assert not out.exists()
+
+
+def test_a_server_that_needs_a_token_says_how_to_give_one(
+    server_factory: Any, tmp_path: Path
+) -> None:
+    from typer.testing import CliRunner
+
+    from docl.client.cli import _register, app
+
+    url = server_factory(env={"DOCL_API_TOKEN": "s3cret"}).url
+    _register()
+    r = CliRunner().invoke(
+        app,
+        ["train", "--server", url, "--workers", "0", "--task", "digits", "--out", str(tmp_path)],
+        env={"DOCL_API_TOKEN": None},
+    )
+    assert r.exit_code == 2, r.output
+    assert "needs 'Authorization: Bearer <token>'" in r.output
+    assert r.output.rstrip().endswith("(give it with --token or DOCL_API_TOKEN)"), r.output
 
 
 def test_train_from_python_probes_the_server_too(tmp_path: Path) -> None:
