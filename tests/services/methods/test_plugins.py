@@ -141,3 +141,26 @@ def test_a_plugin_that_cannot_be_imported_is_one_line_from_serve_and_train(
         assert "DOCL_METHODS entry 'no_such_pkg_xyz.selection:METHOD' cannot be loaded" in lines[0]
         assert "No module named 'no_such_pkg_xyz'" in lines[0] and "PYTHONPATH" in lines[0]
     assert not (tmp_path / "o").exists()
+
+
+def test_the_docs_name_every_built_in_method() -> None:
+    """docs/methods.md's table has one row per built-in method (with its size schedule
+    and weights), and docs/training.md and docs/api.md name each of them: the lists
+    had missed `infobatch-random` after it was added."""
+    import re
+
+    from docl.services import methods
+
+    builtin = [methods.get_method(n) for n in sorted(methods._BUILTIN)]  # what docl ships
+    docs = Path(__file__).resolve().parents[3] / "docs"
+    table = (docs / "methods.md").read_text().split("## Built-in methods", 1)[1]
+    rows = {}
+    for line in table.split("\n## ", 1)[0].splitlines():
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if len(cells) == 5:
+            for name in re.findall(r"`([a-z-]+)`", cells[0]):
+                rows[name] = (cells[2], "yes" in cells[3])
+    assert rows == {m.name: (m.size, m.weights) for m in builtin}
+    for page in ("training.md", "api.md"):
+        named = set(re.findall(r"`([a-z-]+)`", (docs / page).read_text()))
+        assert {m.name for m in builtin} <= named, page
