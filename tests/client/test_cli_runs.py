@@ -119,6 +119,7 @@ def test_runs_delete_and_errors_exit_1_with_the_servers_detail(populated: tuple[
         app, ["runs", "list", "--server", "http://127.0.0.1:9"]
     )  # nothing listens on 9
     assert res.exit_code == 1 and "cannot reach" in res.output
+    assert "start one with `docl serve`, or name yours with --server" in res.output
 
 
 def test_plot_scores_and_metrics_write_pngs(populated: tuple[str, str], tmp_path: Path) -> None:
