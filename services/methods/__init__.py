@@ -43,6 +43,7 @@ import importlib
 import logging
 import os
 import re
+import sys
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from importlib.metadata import entry_points
@@ -64,6 +65,7 @@ __all__ = [
     "SizeSchedule",
     "draw",
     "get_method",
+    "import_module_here",
     "load_plugins",
     "method_names",
     "register_method",
@@ -220,11 +222,26 @@ def _load_object(obj: Any, origin: str) -> list[SelectionMethod]:
     raise TypeError(f"{origin}: expected a SelectionMethod, a list of them or a callable")
 
 
+def import_module_here(module_name: str) -> Any:
+    """Import ``module_name``; failing that, once more with the working directory on
+    sys.path (as ``python -m`` and uvicorn have it: a console script's sys.path starts
+    at its own bin directory, so ``my_pkg`` next to the user would not be found).
+    ``docl train --task my_pkg.data:make_task`` and ``$DOCL_METHODS`` both use it."""
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError:
+        cwd = os.getcwd()
+        if cwd in sys.path or "" in sys.path:
+            raise
+        sys.path.append(cwd)
+        return importlib.import_module(module_name)
+
+
 def _import_spec(spec: str) -> Any:
     module, _, attr = spec.strip().partition(":")
     if not module or not attr:
         raise ValueError(f"{ENV_VAR} entries are 'module:object', got {spec!r}")
-    obj: Any = importlib.import_module(module)
+    obj: Any = import_module_here(module)
     for part in attr.split("."):
         obj = getattr(obj, part)
     return obj

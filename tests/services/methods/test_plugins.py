@@ -164,3 +164,31 @@ def test_the_docs_name_every_built_in_method() -> None:
     for page in ("training.md", "api.md"):
         named = set(re.findall(r"`([a-z-]+)`", (docs / page).read_text()))
         assert {m.name for m in builtin} <= named, page
+
+
+def test_a_plugin_next_to_the_user_loads_as_a_task_there_does(tmp_path: Path) -> None:
+    """docs/methods.md's recipe run from the folder that holds ``my_pkg/`` (as a
+    console script such as `docl` runs: its sys.path has its own folder, not the
+    working directory): $DOCL_METHODS finds the module, as `--task my_pkg.data:…` does."""
+    import os
+    import subprocess
+    import sys
+
+    here = tmp_path / "project"
+    (here / "cwd_pkg").mkdir(parents=True)
+    (here / "cwd_pkg" / "__init__.py").write_text("")
+    (here / "cwd_pkg" / "selection.py").write_text(
+        "from docl.services.methods import SelectionMethod\n"
+        "from docl.services.methods.builtin import BUILTIN\n"
+        "METHOD = SelectionMethod(name='cwd-top', draw=BUILTIN[0].draw)\n"
+    )
+    script = tmp_path / "bin" / "probe.py"  # a script elsewhere, like a console script
+    script.parent.mkdir()
+    script.write_text("from docl.services import methods\nprint(methods.load_plugins())\n")
+    env = {**os.environ, "DOCL_METHODS": "cwd_pkg.selection:METHOD"}
+    env.pop("PYTHONPATH", None)
+    r = subprocess.run(
+        [sys.executable, str(script)], cwd=here, env=env, capture_output=True, text=True
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.strip() == "['cwd-top']"
