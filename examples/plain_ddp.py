@@ -50,7 +50,9 @@ def make_data(
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--server", help="score server URL (default: $DOCL_SERVER)")  # docl
     p.add_argument("--run-id", default=f"plain-ddp-{os.environ.get('TORCHELASTIC_RUN_ID', os.urandom(4).hex())}", help="run on the server [new each time]")  # docl  # fmt: skip
     p.add_argument("--samples", type=int, default=2000)

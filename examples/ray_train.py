@@ -74,7 +74,9 @@ def train_func(config: dict[str, Any]) -> None:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--server", help="score server URL (default: $DOCL_SERVER)")  # docl
     p.add_argument("--name", default=f"ray-train-example-{os.urandom(4).hex()}", help="the Ray Train run's name [new each time]")  # fmt: skip
     p.add_argument("--workers", type=int, default=2)

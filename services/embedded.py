@@ -22,6 +22,11 @@ disabled, so a local user who finds the port can neither read the runs nor make
 Redis write files. A temporary data directory (``docl-redis-*`` in the temp dir)
 holds a ``docl-owner`` file; a new RedisProcess removes the directories of owners
 that died without cleaning up (SIGKILL).
+
+Size: over the house's ~500 lines: the real child processes docl starts, each one
+class with its whole lifecycle (config, start, readiness, kill/restart, stop):
+:class:`RedisProcess` with the stale-directory sweep, and :class:`ServerProcess`
+(a ``docl serve``), which share the start-and-wait and parent-death helpers.
 """
 
 from __future__ import annotations

@@ -24,6 +24,10 @@ buffers the reports and retries them (same ``report_id``: applied once), the
 end-of-epoch flush waits for them (up to ``flush_timeout``), and the epoch draw
 and index fetch wait for the server to come back (up to ``outage_tolerance``
 seconds, logging that they wait): training resumes where it was.
+
+Size: a little over the house's ~500 lines: the loop is meant to be read top to
+bottom in one file (the phases above); its epoch sources (:class:`ServerEpochs`,
+:class:`LocalEpochs`) and losses are its own inputs and stay beside it.
 """
 
 from __future__ import annotations

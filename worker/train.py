@@ -22,6 +22,7 @@ What it does, in order:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -34,6 +35,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from docl.client.errors import APIError
 from docl.wire.models import RunCreate, RunParams
 from docl.worker.loop import LoopConfig, train_loop
 from docl.worker.probe import probe_server
@@ -195,11 +197,28 @@ def train(spec: TrainSpec) -> dict[str, Any]:
                 else default_outage_tolerance()
             )
             with ScoreClient(server, token=spec.token) as client:
-                ride_out(
-                    lambda: client.create_run(run),
-                    tolerance=tolerance,
-                    what=f"creating run {job.run_id!r}",
-                )
+                try:
+                    ride_out(
+                        lambda: client.create_run(run),
+                        tolerance=tolerance,
+                        what=f"creating run {job.run_id!r}",
+                    )
+                except APIError as e:
+                    if e.status >= 500:
+                        raise
+                    # The server's registry (plugins included) decides, e.g. an unknown
+                    # method: one line, as for the checks made here, and no empty folder.
+                    metrics_path.unlink(missing_ok=True)
+                    with contextlib.suppress(OSError):
+                        out.rmdir()  # only when nothing else is in it
+                    hint = (
+                        " (give it with --token or DOCL_API_TOKEN)"
+                        if e.status in (401, 403)
+                        else ""
+                    )
+                    raise TrainError(
+                        f"the score server at {server} refused run {job.run_id!r}: {e.detail}{hint}"
+                    ) from None
 
         cfg = LoopConfig(
             run_id=job.run_id,
@@ -334,7 +353,10 @@ def _method_fields(method: str) -> set[str] | None:
 def _check_early(spec: TrainSpec) -> None:
     from docl.services import methods
 
-    methods.load_plugins()
+    try:
+        methods.load_plugins()
+    except ValueError as e:  # e.g. a $DOCL_METHODS module that is not importable
+        raise TrainError(str(e)) from None
     if spec.workers < 0:
         raise TrainError("workers must be >= 0 (0 = in-process)")
     if spec.outage_tolerance is not None and not spec.outage_tolerance >= 0:

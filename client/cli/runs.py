@@ -73,10 +73,16 @@ def connect(server: str | None, token: str | None) -> Iterator[ScoreClient]:
     try:
         yield client
     except APIError as e:
-        typer.echo(f"error: {e.status} {e.title or ''}: {e.detail}".replace("  ", " "), err=True)
+        hint = " (give it with --token or DOCL_API_TOKEN)" if e.status in (401, 403) else ""
+        line = f"error: {e.status} {e.title or ''}: {e.detail}".replace("  ", " ")
+        typer.echo(line + hint, err=True)
         raise typer.Exit(1) from e
     except TransportError as e:
-        typer.echo(f"error: cannot reach the score server at {client.base_url}: {e}", err=True)
+        typer.echo(
+            f"error: cannot reach the score server at {client.base_url}: {e} (start one with "
+            "`docl serve`, or name yours with --server or DOCL_SERVER)",
+            err=True,
+        )
         raise typer.Exit(1) from e
     except DoclError as e:
         typer.echo(f"error: {e}", err=True)

@@ -80,9 +80,9 @@ def serve(
 
     Examples:
 
-        docl serve                                    # embedded Redis, 127.0.0.1:8000
+        docl serve                           # embedded Redis, 127.0.0.1:8000
 
-        docl serve --data-dir ./docl-data             # embedded Redis that persists (AOF)
+        docl serve --data-dir ./docl-data    # embedded Redis that persists (AOF)
 
         docl serve --host 0.0.0.0 --token "$(openssl rand -hex 32)" --workers 4
 
@@ -121,6 +121,14 @@ def serve(
             err=True,
         )
         raise typer.Exit(code=2)
+
+    from docl.services import methods
+
+    try:  # what create_app does in each worker; here a broken plugin is one line
+        methods.load_plugins()
+    except ValueError as e:
+        typer.echo(f"docl serve: {e}", err=True)
+        raise typer.Exit(code=2) from None
 
     if settings.workers == 1:
         from docl.services.app import create_app

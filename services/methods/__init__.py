@@ -38,10 +38,12 @@ returning either. See docs/methods.md.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import logging
 import os
 import re
+import sys
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from importlib.metadata import entry_points
@@ -63,6 +65,7 @@ __all__ = [
     "SizeSchedule",
     "draw",
     "get_method",
+    "import_module_here",
     "load_plugins",
     "method_names",
     "register_method",
@@ -219,14 +222,40 @@ def _load_object(obj: Any, origin: str) -> list[SelectionMethod]:
     raise TypeError(f"{origin}: expected a SelectionMethod, a list of them or a callable")
 
 
+def import_module_here(module_name: str) -> Any:
+    """Import ``module_name``; failing that, once more with the working directory on
+    sys.path (as ``python -m`` and uvicorn have it: a console script's sys.path starts
+    at its own bin directory, so ``my_pkg`` next to the user would not be found).
+    ``docl train --task my_pkg.data:make_task`` and ``$DOCL_METHODS`` both use it."""
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError:
+        cwd = os.getcwd()
+        if cwd in sys.path or "" in sys.path:
+            raise
+        sys.path.append(cwd)
+        return importlib.import_module(module_name)
+
+
 def _import_spec(spec: str) -> Any:
     module, _, attr = spec.strip().partition(":")
     if not module or not attr:
         raise ValueError(f"{ENV_VAR} entries are 'module:object', got {spec!r}")
-    obj: Any = importlib.import_module(module)
+    obj: Any = import_module_here(module)
     for part in attr.split("."):
         obj = getattr(obj, part)
     return obj
+
+
+def _loaded(load: Callable[[], Any], origin: str) -> Any:
+    """``load()``, with an import failure said in one line that names the plugin."""
+    try:
+        return load()
+    except (ImportError, AttributeError) as e:
+        raise ValueError(
+            f"{origin} cannot be loaded ({type(e).__name__}: {e}); is its package installed, "
+            "or on PYTHONPATH?"
+        ) from e
 
 
 def load_plugins(env: Mapping[str, str] | None = None) -> list[str]:
@@ -239,10 +268,11 @@ def load_plugins(env: Mapping[str, str] | None = None) -> list[str]:
     found: list[tuple[SelectionMethod, str]] = []
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         origin = f"entry point {ep.name!r}"
-        found += [(m, origin) for m in _load_object(ep.load(), origin)]
+        found += [(m, origin) for m in _load_object(_loaded(ep.load, origin), origin)]
     for spec in filter(None, (s.strip() for s in env.get(ENV_VAR, "").split(","))):
         origin = f"{ENV_VAR} entry {spec!r}"
-        found += [(m, origin) for m in _load_object(_import_spec(spec), origin)]
+        obj = _loaded(functools.partial(_import_spec, spec), origin)
+        found += [(m, origin) for m in _load_object(obj, origin)]
     names: list[str] = []
     for m, origin in found:
         if m.name in _BUILTIN and _REGISTRY[m.name] is not m:

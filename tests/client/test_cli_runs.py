@@ -7,6 +7,7 @@ import csv
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -118,6 +119,7 @@ def test_runs_delete_and_errors_exit_1_with_the_servers_detail(populated: tuple[
         app, ["runs", "list", "--server", "http://127.0.0.1:9"]
     )  # nothing listens on 9
     assert res.exit_code == 1 and "cannot reach" in res.output
+    assert "start one with `docl serve`, or name yours with --server" in res.output
 
 
 def test_plot_scores_and_metrics_write_pngs(populated: tuple[str, str], tmp_path: Path) -> None:
@@ -211,3 +213,15 @@ def test_runs_list_keeps_a_long_run_id_on_one_line(score_server: str, run_id: st
     finally:
         with ScoreClient(score_server) as c:
             c.delete_run(long_id, missing_ok=True)
+
+
+def test_a_missing_or_wrong_token_says_how_to_give_one(server_factory: Any) -> None:
+    url = server_factory(env={"DOCL_API_TOKEN": "s3cret"}).url
+    for extra, detail in (([], "needs 'Authorization: Bearer"), (["--token", "x"], "wrong")):
+        r = runner.invoke(
+            app, ["runs", "list", "--server", url, *extra], env={"DOCL_API_TOKEN": None}
+        )
+        assert r.exit_code == 1, r.output
+        assert detail in r.output and "(give it with --token or DOCL_API_TOKEN)" in r.output
+    r = runner.invoke(app, ["runs", "list", "--server", url, "--token", "s3cret"])
+    assert r.exit_code == 0, r.output

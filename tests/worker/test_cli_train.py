@@ -7,6 +7,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -146,6 +147,44 @@ def test_a_server_address_that_is_not_a_docl_server_is_named(tmp_path: Path) -> 
     assert r.returncode == 2
     assert f"{url} answers, but not as a docl score server (GET /healthz: HTTP 404)" in r.stderr
     assert len(r.stderr.strip().splitlines()) <= 3, r.stderr
+
+
+def test_a_method_the_server_does_not_know_is_one_line_not_a_traceback(
+    score_server: str, tmp_path: Path
+) -> None:
+    """With --server the server's registry decides (it may hold plugins this
+    machine lacks): its 422 reaches the user as one line, exit 2, no folder left."""
+    out = tmp_path / "o"
+    r = _docl(
+        "train", "--server", score_server, "--workers", "0", "--task", "digits",
+        "--method", "docll", "--out", str(out), timeout=120,
+    )  # fmt: skip
+    assert r.returncode == 2, r.stderr
+    assert "Traceback" not in r.stderr, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, r.stderr
+    assert lines[0].startswith(f"docl train: the score server at {score_server} refused run")
+    assert "unknown method 'docll'; known: random," in lines[0]
+    assert not out.exists()
+
+
+def test_a_server_that_needs_a_token_says_how_to_give_one(
+    server_factory: Any, tmp_path: Path
+) -> None:
+    from typer.testing import CliRunner
+
+    from docl.client.cli import _register, app
+
+    url = server_factory(env={"DOCL_API_TOKEN": "s3cret"}).url
+    _register()
+    r = CliRunner().invoke(
+        app,
+        ["train", "--server", url, "--workers", "0", "--task", "digits", "--out", str(tmp_path)],
+        env={"DOCL_API_TOKEN": None},
+    )
+    assert r.exit_code == 2, r.output
+    assert "needs 'Authorization: Bearer <token>'" in r.output
+    assert r.output.rstrip().endswith("(give it with --token or DOCL_API_TOKEN)"), r.output
 
 
 def test_train_from_python_probes_the_server_too(tmp_path: Path) -> None:

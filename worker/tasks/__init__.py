@@ -19,16 +19,15 @@ build (MNIST-1D is generated once and cached, see :mod:`.mnist1d`).
 
 from __future__ import annotations
 
-import importlib
 import inspect
-import os
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
 from torch import nn
+
+from docl.services.methods import import_module_here
 
 __all__ = [
     "TaskData",
@@ -155,27 +154,13 @@ def _resolve(name: str) -> TaskFactory:
         )
     module_name, _, attr = name.partition(":")
     try:
-        module = _import_here(module_name)
+        module = import_module_here(module_name)
     except ImportError as e:
         raise TaskError(f"task {name!r}: cannot import module {module_name!r}: {e}") from e
     factory = getattr(module, attr, None)
     if not callable(factory):
         raise TaskError(f"task {name!r}: module {module_name!r} has no callable {attr!r}")
     return factory
-
-
-def _import_here(module_name: str) -> Any:
-    """Import ``module_name``; failing that, once more with the working directory on
-    sys.path (as ``python -m`` and uvicorn have it: a console script's sys.path starts
-    at its own bin directory, so ``my_pkg`` next to the user would not be found)."""
-    try:
-        return importlib.import_module(module_name)
-    except ModuleNotFoundError:
-        cwd = os.getcwd()
-        if cwd in sys.path or "" in sys.path:
-            raise
-        sys.path.append(cwd)
-        return importlib.import_module(module_name)
 
 
 def get_task(name: str, **params: Any) -> TaskData:

@@ -101,3 +101,94 @@ def test_a_plugin_may_not_replace_a_builtin_and_a_bad_spec_is_clear(tmp_path: Pa
             methods.load_plugins({methods.ENV_VAR: "evil_plugin"})
     finally:
         sys.path.remove(str(tmp_path))
+
+
+def test_a_plugin_that_cannot_be_imported_is_one_line_from_serve_and_train(
+    tmp_path: Path,
+) -> None:
+    """docs/methods.md's recipe with the package not importable (not installed, not on
+    PYTHONPATH): load_plugins names the entry and the cause, and `docl serve` and
+    `docl train` say it in one line (exit 2), not a traceback, before anything starts."""
+    import pytest
+    from typer.testing import CliRunner
+
+    from docl.client.cli import _register, app
+    from docl.services import methods
+
+    env = {methods.ENV_VAR: "no_such_pkg_xyz.selection:METHOD"}
+    with pytest.raises(ValueError, match=r"DOCL_METHODS entry 'no_such_pkg_xyz.selection:METHOD'"):
+        methods.load_plugins(env)
+    _register()
+    for args in (
+        ["serve", "--port", "0"],
+        [
+            "train",
+            "--task",
+            "digits",
+            "--method",
+            "docl",
+            "--workers",
+            "0",
+            "--out",
+            str(tmp_path / "o"),
+        ],
+    ):
+        r = CliRunner().invoke(app, args, env=env)
+        assert r.exit_code == 2, (args, r.output)
+        assert r.exception is None or isinstance(r.exception, SystemExit), r.exception
+        lines = r.output.strip().splitlines()
+        assert len(lines) == 1, r.output
+        assert "DOCL_METHODS entry 'no_such_pkg_xyz.selection:METHOD' cannot be loaded" in lines[0]
+        assert "No module named 'no_such_pkg_xyz'" in lines[0] and "PYTHONPATH" in lines[0]
+    assert not (tmp_path / "o").exists()
+
+
+def test_the_docs_name_every_built_in_method() -> None:
+    """docs/methods.md's table has one row per built-in method (with its size schedule
+    and weights), and docs/training.md and docs/api.md name each of them: the lists
+    had missed `infobatch-random` after it was added."""
+    import re
+
+    from docl.services import methods
+
+    builtin = [methods.get_method(n) for n in sorted(methods._BUILTIN)]  # what docl ships
+    docs = Path(__file__).resolve().parents[3] / "docs"
+    table = (docs / "methods.md").read_text().split("## Built-in methods", 1)[1]
+    rows = {}
+    for line in table.split("\n## ", 1)[0].splitlines():
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if len(cells) == 5:
+            for name in re.findall(r"`([a-z-]+)`", cells[0]):
+                rows[name] = (cells[2], "yes" in cells[3])
+    assert rows == {m.name: (m.size, m.weights) for m in builtin}
+    for page in ("training.md", "api.md"):
+        named = set(re.findall(r"`([a-z-]+)`", (docs / page).read_text()))
+        assert {m.name for m in builtin} <= named, page
+
+
+def test_a_plugin_next_to_the_user_loads_as_a_task_there_does(tmp_path: Path) -> None:
+    """docs/methods.md's recipe run from the folder that holds ``my_pkg/`` (as a
+    console script such as `docl` runs: its sys.path has its own folder, not the
+    working directory): $DOCL_METHODS finds the module, as `--task my_pkg.data:…` does."""
+    import os
+    import subprocess
+    import sys
+
+    here = tmp_path / "project"
+    (here / "cwd_pkg").mkdir(parents=True)
+    (here / "cwd_pkg" / "__init__.py").write_text("")
+    (here / "cwd_pkg" / "selection.py").write_text(
+        "from docl.services.methods import SelectionMethod\n"
+        "from docl.services.methods.builtin import BUILTIN\n"
+        "METHOD = SelectionMethod(name='cwd-top', draw=BUILTIN[0].draw)\n"
+    )
+    script = tmp_path / "bin" / "probe.py"  # a script elsewhere, like a console script
+    script.parent.mkdir()
+    script.write_text("from docl.services import methods\nprint(methods.load_plugins())\n")
+    env = {**os.environ, "DOCL_METHODS": "cwd_pkg.selection:METHOD"}
+    env.pop("PYTHONPATH", None)
+    r = subprocess.run(
+        [sys.executable, str(script)], cwd=here, env=env, capture_output=True, text=True
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.strip() == "['cwd-top']"
