@@ -46,7 +46,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
-from typing import Any, BinaryIO, Literal
+from typing import Any, BinaryIO, Literal, Self
 
 __all__ = [
     "RedisClusterProcess",
@@ -193,7 +193,32 @@ def die_with_parent() -> None:  # pragma: no cover - runs in the child before ex
         libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
-class RedisProcess:
+class _Started:
+    """``with X(...) as x:`` starts ``x`` and closes it at the end (every process here)."""
+
+    def start(self) -> Self:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Stop, and drop whatever else the object holds (default: just stop)."""
+        self.stop()
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class RedisProcess(_Started):
     """One redis-server child process with a data directory.
 
     Args:
@@ -496,18 +521,6 @@ class RedisProcess:
             self._reap()
         return self.start(timeout=timeout)
 
-    # -- context manager --------------------------------------------------------
-    def __enter__(self) -> RedisProcess:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
     def describe(self) -> str:
         """One line for a log: where it listens, where its data lives, whether it stays."""
         if self._tmp is not None:
@@ -539,7 +552,7 @@ def _cluster_port(host: str) -> int:
     raise RedisStartError("no free port pair (port, port + 10000) for a cluster node")
 
 
-class RedisClusterProcess:
+class RedisClusterProcess(_Started):
     """A real Redis Cluster of ``primaries`` redis-server processes (no replicas) on free
     loopback ports: cluster mode on, one password for all (``requirepass`` and
     ``masterauth``), the 16384 slots split evenly, joined with CLUSTER MEET. Tests and
@@ -654,19 +667,8 @@ class RedisClusterProcess:
         for node in self.nodes:
             node.stop()
 
-    def __enter__(self) -> RedisClusterProcess:
-        return self.start()
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-
-class ServerProcess:
+class ServerProcess(_Started):
     """A real score server: ``docl serve`` in a child process on a free port.
 
     Used by the tests (``score_server`` fixtures), the service benchmark and
@@ -810,14 +812,3 @@ class ServerProcess:
         with contextlib.suppress(OSError):
             self._log.close()
             os.unlink(self._log.name)
-
-    def __enter__(self) -> ServerProcess:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
