@@ -20,6 +20,10 @@ Cluster keeps a run on one slot; see docs/architecture.md "The store"):
     {run:<id>}:incl:<k>      string  chunk k of Exp3 inclusion probabilities, float32 (exp3 only)
     docl:runs                set     every run id (for GET /v1/runs)
 
+On a Redis Cluster (a ``redis+cluster://`` URL, :meth:`RedisStore.from_url`) every
+command, script and MULTI names the keys of one run, so it runs on the node that owns
+the run's slot; see :class:`RedisStore` and docs/scaling.md.
+
 A record is fixed-width; its format is in ``layout.py`` (:class:`RunLayout`).
 Records are created lazily: a chunk grows as samples are first written, and a
 record that was never written reads as zeros (visits = 0: never seen). The
