@@ -537,54 +537,81 @@ class RedisProcess(_Started):
         return f"RedisProcess({where}, dir={self.data_dir}, {state})"
 
 
-def _cluster_port(host: str) -> int:
-    """A free port whose cluster bus port (port + 10000, Redis 6) is free too."""
+def _cluster_port(host: str, taken: set[int]) -> int:
+    """A free port whose cluster bus port (port + 10000, Redis 6) is free too, neither of
+    them in ``taken`` (the pairs of the cluster's other nodes); adds both to ``taken``."""
     for _ in range(100):
         port = free_port(host)
-        if port > 55535:
+        if port > 55535 or {port, port + 10000} & taken:
             continue
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
             try:
                 s.bind((host, port + 10000))
             except OSError:
                 continue
+        taken |= {port, port + 10000}
         return port
     raise RedisStartError("no free port pair (port, port + 10000) for a cluster node")
 
 
 class RedisClusterProcess(_Started):
-    """A real Redis Cluster of ``primaries`` redis-server processes (no replicas) on free
-    loopback ports: cluster mode on, one password for all (``requirepass`` and
-    ``masterauth``), the 16384 slots split evenly, joined with CLUSTER MEET. Tests and
+    """A real Redis Cluster of ``primaries`` redis-server processes on free loopback
+    ports, each with ``replicas`` replicas: cluster mode on, one password for all
+    (``requirepass`` and ``masterauth``), the 16384 slots split evenly over the primaries,
+    joined with CLUSTER MEET, replicas attached with CLUSTER REPLICATE. Tests and
     benchmarks use it; :attr:`url` is the ``redis+cluster://`` URL ``docl serve`` takes.
 
         with RedisClusterProcess(primaries=3) as cluster:
             print(cluster.url)   # redis+cluster://:<password>@127.0.0.1:<port of node 0>
             cluster.nodes[1]     # a RedisProcess: .port, .pid, .command("CLUSTER", "INFO")
+
+    ``cluster.nodes`` are the primaries (as started: a failover does not reorder them),
+    ``cluster.replicas[i]`` replicates ``cluster.nodes[i % primaries]``. ``appendonly`` /
+    ``appendfsync`` are every node's AOF settings; ``node_timeout_ms`` is how long a node
+    must be unreachable before the others mark it failed and promote a replica.
     """
 
     SLOTS = 16384
 
     def __init__(
-        self, *, primaries: int = 3, host: str = "127.0.0.1", node_timeout_ms: int = 5000
+        self,
+        *,
+        primaries: int = 3,
+        replicas: int = 0,
+        host: str = "127.0.0.1",
+        node_timeout_ms: int = 5000,
+        appendonly: bool = False,
+        appendfsync: AppendFsync = "everysec",
     ) -> None:
         if primaries < 1:
             raise ValueError("a cluster needs at least one primary")
+        if replicas < 0:
+            raise ValueError("replicas per primary must be >= 0")
         self.password = secrets.token_hex(16)
         timeout = str(node_timeout_ms)
         args = ("--cluster-enabled", "yes", "--cluster-node-timeout", timeout)
-        self.nodes = [
-            RedisProcess(
+        taken: set[int] = set()
+
+        def node() -> RedisProcess:
+            p = RedisProcess(
                 host=host,
-                port=_cluster_port(host),
+                port=_cluster_port(host, taken),
                 password=self.password,
                 unixsocket=False,
+                appendonly=appendonly,
+                appendfsync=appendfsync,
                 extra_args=(*args, "--masterauth", self.password),
-            )
-            for _ in range(primaries)
-        ]
-        for node in self.nodes:  # its own nodes.conf, in its own (temporary) data dir
-            node.extra_args += ("--cluster-config-file", str(node.data_dir / "nodes.conf"))
+            )  # its own nodes.conf, in its own (temporary) data dir
+            p.extra_args += ("--cluster-config-file", str(p.data_dir / "nodes.conf"))
+            return p
+
+        self.nodes = [node() for _ in range(primaries)]
+        self.replicas = [node() for _ in range(primaries * replicas)]
+
+    @property
+    def processes(self) -> list[RedisProcess]:
+        """Every node: the primaries, then the replicas."""
+        return [*self.nodes, *self.replicas]
 
     @property
     def url(self) -> str:
@@ -603,32 +630,48 @@ class RedisClusterProcess(_Started):
         """Start every node, assign the slots, join them, wait for ``cluster_state:ok``
         on every node. Stops what it started when that fails."""
         try:
-            for node in self.nodes:
+            for node in self.processes:
                 node.start()
             for node, (lo, hi) in zip(self.nodes, self.slot_ranges(), strict=True):
                 node.command("CLUSTER", "ADDSLOTS", *range(lo, hi + 1))
             first = self.nodes[0]
-            for node in self.nodes[1:]:
+            for node in self.processes[1:]:
                 node.command("CLUSTER", "MEET", first.host, first.port)
             self.wait_ok(timeout)
+            for i, replica in enumerate(self.replicas):
+                primary = self.nodes[i % len(self.nodes)]
+                replica.command("CLUSTER", "REPLICATE", primary.command("CLUSTER", "MYID"))
+            self.wait_replicated(timeout)
         except BaseException:
             self.stop()
             raise
         return self
 
-    def info(self, node: int = 0) -> dict[str, str]:
-        """CLUSTER INFO of node ``node`` as a dict."""
-        raw = self.nodes[node].command("CLUSTER", "INFO")
+    def info(self, node: int | RedisProcess = 0, section: str = "CLUSTER") -> dict[str, str]:
+        """CLUSTER INFO (or ``INFO <section>`` for another section) of a node, as a dict:
+        ``node`` a process or an index in :attr:`nodes`."""
+        proc = self.nodes[node] if isinstance(node, int) else node
+        cmd = ("CLUSTER", "INFO") if section == "CLUSTER" else ("INFO", section)
+        raw = proc.command(*cmd)
         pairs = (line.split(":", 1) for line in raw.decode().splitlines() if ":" in line)
-        return {k: v for k, v in pairs}
+        return {k: v.strip() for k, v in pairs}
+
+    def wait_replicated(self, timeout: float = 30.0) -> None:
+        """Until every replica's link to its primary is up (its first sync done)."""
+        deadline = time.monotonic() + timeout
+        for replica in self.replicas:
+            while self.info(replica, "replication").get("master_link_status") != "up":
+                if time.monotonic() > deadline:
+                    raise RedisStartError(f"replica :{replica.port} did not sync in {timeout} s")
+                time.sleep(0.05)
 
     def wait_ok(self, timeout: float = 30.0) -> None:
-        """Until every node says ``cluster_state:ok`` and knows every other node."""
+        """Until every live node says ``cluster_state:ok`` and knows every other node."""
         deadline = time.monotonic() + timeout
-        want = str(len(self.nodes))
+        want = str(len(self.processes))
         last: dict[str, str] = {}
         while time.monotonic() < deadline:
-            infos = [self.info(i) for i in range(len(self.nodes))]
+            infos = [self.info(p) for p in self.processes if p.running()]
             if all(i.get("cluster_state") == "ok" and i.get("cluster_known_nodes") == want
                    for i in infos):  # fmt: skip
                 return
@@ -664,7 +707,7 @@ class RedisClusterProcess(_Started):
         raise ValueError(f"slot {slot} out of range")
 
     def stop(self) -> None:
-        for node in self.nodes:
+        for node in self.processes:
             node.stop()
 
 

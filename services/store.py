@@ -102,6 +102,10 @@ def cluster_url(url: str) -> str | None:
     return f"{plain}://{rest}" if sep and plain else None
 
 
+#: what a fast-path call may raise that :meth:`RedisStore._hand_over` may pass to redis-py
+_FAST_PATH_ERRORS = (ResponseError, RedisConnectionError, RedisTimeoutError)
+
+
 def _redirected(e: ResponseError) -> bool:
     """A MOVED/ASK/TRYAGAIN reply: the slot is (being) served by another node."""
     return str(e).startswith(("MOVED", "ASK", "TRYAGAIN"))
@@ -306,9 +310,21 @@ class RedisStore:
             self._fast_nodes[node.name] = client
         return client
 
+    def _hand_over(self, e: Exception) -> bool:
+        """Whether a call the fast path failed goes through redis-py instead: after a
+        MOVED/ASK/TRYAGAIN reply (slots moving: redis-py follows the redirection) and, on a
+        cluster, after a lost connection or a timeout (a primary died: redis-py re-reads the
+        topology, and once a replica is promoted the slot table, hence the fast path,
+        names it). On a single Redis a connection error stays an error (the caller
+        answers 503 and the client retries). The call is safe to send twice: every script
+        is (dedup marker, compare-and-set, first-wins)."""
+        if isinstance(e, ResponseError):
+            return _redirected(e)
+        return self.cluster is not None
+
     async def _run(self, script: Any, keys: Sequence[str], args: Sequence[Any]) -> Any:
         """EVALSHA a hot script through the fast client (redis-py's Script otherwise, and
-        after a MOVED/ASK reply from a cluster node)."""
+        when :meth:`_hand_over` says so)."""
         fast = self._fast_for(keys[0])
         if fast is not None:
             cmd = ["EVALSHA", script.sha, len(keys), *keys, *args]
@@ -318,8 +334,8 @@ class RedisStore:
                 except NoScriptError:  # Redis restarted (or SCRIPT FLUSH): load it again, once
                     await fast.call(["SCRIPT", "LOAD", script.script])
                     return await fast.call(cmd)
-            except ResponseError as e:
-                if not _redirected(e):
+            except _FAST_PATH_ERRORS as e:
+                if not self._hand_over(e):
                     raise
         return await script(keys=list(keys), args=list(args))
 
@@ -420,8 +436,8 @@ class RedisStore:
             try:
                 replies = await fast.call_many([["MULTI"], *commands, ["EXEC"]])
                 return list(replies[-1])
-            except ResponseError as e:  # a queued command was MOVED: EXEC aborted
-                if not _redirected(e):
+            except _FAST_PATH_ERRORS as e:  # e.g. a queued command was MOVED: EXEC aborted
+                if not self._hand_over(e):
                     raise
         pipe = self.redis.pipeline(transaction=True)
         for cmd in commands:
@@ -505,8 +521,8 @@ class RedisStore:
             try:
                 await fast.call_many(writes)
                 return
-            except ResponseError as e:
-                if not _redirected(e):
+            except _FAST_PATH_ERRORS as e:
+                if not self._hand_over(e):
                     raise
         pipe = self.redis.pipeline(transaction=False)
         for k, v in zip(keys, values, strict=True):
