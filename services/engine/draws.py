@@ -214,7 +214,8 @@ class DrawStage(RunStage):
             incl = np.full(order.shape[0], size / n, dtype=np.float32)
             return np.ascontiguousarray(order, dtype=np.int64), incl, None, info, _mask(n, sel)
         k = int(spec.draw_size) if spec.draw_size > 0 else size
-        sc = scores if scores is not None else np.full(n, np.nan, np.float32)
+        # no score column (a method whose signal is not the score): a read-only NaN view
+        sc = scores if scores is not None else np.broadcast_to(np.float32(np.nan), (n,))
         prune = records is not None and spec.prune and size < k
         method = methods.get_method(st.config.method)
         d = methods.draw(

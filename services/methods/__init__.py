@@ -313,7 +313,8 @@ def draw(
     if s.ndim != 1:
         raise ValueError(f"scores must be a vector, got shape {s.shape}")
     n = s.size
-    ls = np.full(n, np.nan) if losses is None else np.asarray(losses)
+    # unknown losses: a read-only all-NaN view, not an (n,) array allocated every draw
+    ls = np.broadcast_to(np.float64(np.nan), (n,)) if losses is None else np.asarray(losses)
     if ls.shape != (n,):
         raise ValueError(f"losses must have shape ({n},), got {ls.shape}")
     k = int(k)
