@@ -432,8 +432,9 @@ class _Curriculum:
         if not self.current.weighted:
             return torch.ones(idx.shape[0], dtype=torch.float32, device=device)
         if self._lookup is None or self._lookup[0] != self.epoch:
-            keys = np.concatenate([k for k, _ in self._weight_sources()])
-            vals = np.concatenate([w for _, w in self._weight_sources()])
+            sources = self._weight_sources()
+            keys = np.concatenate([k for k, _ in sources])
+            vals = np.concatenate([w for _, w in sources])
             order = np.argsort(keys, kind="stable")
             self._lookup = (self.epoch, keys[order], vals[order])
         _, keys, vals = self._lookup
