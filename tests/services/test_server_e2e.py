@@ -13,7 +13,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -1091,3 +1091,109 @@ def test_report_stream_survives_sigkill_of_the_runs_primary(
         assert failed  # the kill did interrupt the stream
         print(f"failover: last failed attempt {max(failed) - killed_at[0]:.2f} s after the "
               f"kill, {len(failed)} attempts failed")  # fmt: skip
+
+
+# -- durability: WAIT for replicas (DOCL_REDIS_WAIT_REPLICAS) --------------------------------
+WAIT_MS = 500
+
+
+@pytest.fixture(scope="module")
+def replicated_cluster() -> Iterator[RedisClusterProcess]:
+    """The failover test's shape: 3 primaries with one replica each, AOF fsync always."""
+    with RedisClusterProcess(
+        primaries=3, replicas=1, appendonly=True, appendfsync="always"
+    ) as cluster:
+        yield cluster
+
+
+def _replica_reader(cluster: RedisClusterProcess, run_id: str) -> Any:
+    """A connection to the replica of the run's primary that reads its own copy (READONLY)."""
+    import redis
+
+    replica = cluster.replicas[cluster.node_of_key(f"{{run:{run_id}}}:meta")]
+    conn = redis.Redis(
+        host=replica.host, port=replica.port, password=cluster.password,
+        single_connection_client=True,
+    )  # fmt: skip
+    conn.execute_command("READONLY")
+    return conn
+
+
+def _waiting_server(
+    server_factory: Callable[..., ServerProcess], cluster: RedisClusterProcess
+) -> ServerProcess:
+    env = {"DOCL_REDIS_WAIT_REPLICAS": "1", "DOCL_REDIS_WAIT_MS": str(WAIT_MS)}
+    return server_factory(redis_url=cluster.url, env=env)
+
+
+def test_with_wait_on_every_acknowledged_report_is_on_the_replica(
+    replicated_cluster: RedisClusterProcess,
+    server_factory: Callable[..., ServerProcess],
+    run_id: str,
+) -> None:
+    """DOCL_REDIS_WAIT_REPLICAS=1: the moment a report is acknowledged, the replica of the
+    run's primary already holds it (its dedup marker and the run's report count, read
+    from the replica itself right after each 200, with no pause)."""
+    server = _waiting_server(server_factory, replicated_cluster)
+    replica = _replica_reader(replicated_cluster, run_id)
+    rng = np.random.default_rng(1)
+    with httpx.Client(base_url=server.url, timeout=30) as http:
+        create(http, run_id, num_samples=96)
+        draw(http, run_id, 0)
+        batches = np.array_split(shard(http, run_id, 0), 12)
+        for k, b in enumerate(batches):
+            out = rng.normal(size=(b.size, 4)).astype(np.float32)
+            r = report(http, run_id, rid=f"r{k}", epoch=0, lr_sum=0.1, idx=b, out=out, tgt=b % 4)
+            assert r.status_code == 200 and not r.json()["duplicate"], r.text
+            assert replica.zscore(f"{{run:{run_id}}}:reports", f"r{k}") is not None
+            assert int(replica.hget(f"{{run:{run_id}}}:counters", "reports")) == k + 1
+    replica.close()
+
+
+def test_with_wait_on_a_stopped_replica_gives_503_and_the_resend_is_applied_once(
+    replicated_cluster: RedisClusterProcess,
+    server_factory: Callable[..., ServerProcess],
+    run_id: str,
+) -> None:
+    """SIGSTOP the replica of the run's primary: a report is applied on the primary but
+    not acknowledged: 503 after ~DOCL_REDIS_WAIT_MS, naming the setting. After SIGCONT
+    the same report id is re-sent: acknowledged (as a duplicate), counted once, every
+    sample visited once, and the replica has it. Without WAIT the report would be a 200
+    that a failover at that moment loses."""
+    import os
+    import signal
+
+    server = _waiting_server(server_factory, replicated_cluster)
+    owner = replicated_cluster.node_of_key(f"{{run:{run_id}}}:meta")
+    replica_proc = replicated_cluster.replicas[owner]
+    assert replica_proc.pid is not None
+    rng = np.random.default_rng(2)
+    with httpx.Client(base_url=server.url, timeout=30) as http:
+        create(http, run_id, num_samples=48)
+        draw(http, run_id, 0)
+        a, b = np.array_split(shard(http, run_id, 0), 2)
+        out_a, out_b = (rng.normal(size=(x.size, 4)).astype(np.float32) for x in (a, b))
+        first = report(http, run_id, rid="a", epoch=0, lr_sum=0.1, idx=a, out=out_a, tgt=a % 4)
+        assert first.status_code == 200, first.text
+        os.kill(replica_proc.pid, signal.SIGSTOP)
+        try:
+            t0 = time.monotonic()
+            r = report(http, run_id, rid="b", epoch=0, lr_sum=0.2, idx=b, out=out_b, tgt=b % 4)
+            took = time.monotonic() - t0
+            assert r.status_code == 503, r.text
+            assert "DOCL_REDIS_WAIT_REPLICAS=1" in r.json()["detail"]
+            assert r.headers["Retry-After"] == "1"
+            assert WAIT_MS / 1000 * 0.9 <= took < WAIT_MS / 1000 + 3.0, took
+            # applied on the primary all the same (acknowledging it is what was refused)
+            assert http.get(f"/v1/runs/{run_id}").json()["counters"]["reports"] == 2
+        finally:
+            os.kill(replica_proc.pid, signal.SIGCONT)
+        again = report(http, run_id, rid="b", epoch=0, lr_sum=0.2, idx=b, out=out_b, tgt=b % 4)
+        assert again.status_code == 200 and again.json()["duplicate"], again.text
+        counters = http.get(f"/v1/runs/{run_id}").json()["counters"]
+        _, visits, _ = get_scores(http, run_id)
+    assert counters["reports"] == 2 and counters["duplicates"] == 1
+    assert (visits == 1).all(), visits
+    replica = _replica_reader(replicated_cluster, run_id)
+    assert int(replica.hget(f"{{run:{run_id}}}:counters", "reports")) == 2
+    replica.close()

@@ -16,7 +16,7 @@ from docl.services.embedded import RedisClusterProcess, RedisProcess
 from docl.services.engine import Engine
 from docl.services.layout import CAS_BYTES, RECORD_HEAD, RunLayout
 from docl.services.storage import CommitStatus, CreateStatus, GatherStatus, ScatterStatus
-from docl.services.store import ClusterStateError
+from docl.services.store import ClusterStateError, NotReplicated
 from docl.services.store import RedisStore as Store
 from docl.wire import encoding as wire
 from docl.wire.models import RunCreate
@@ -199,6 +199,49 @@ def test_dedup_markers_expire_after_the_ttl(store_url: str, run_id: str) -> None
         members = await store.redis.zrange(lay.reports_key, 0, -1)
         assert members == [b"new"]
         await store.close()
+
+    run(scenario())
+
+
+def test_wait_for_replicas_refuses_the_ack_but_keeps_the_write_and_a_resend_is_a_duplicate(
+    store_url: str, run_id: str
+) -> None:
+    """``wait_replicas`` asks for more replicas than there are (none here): the report's
+    script applies, then WAIT on the same connection counts 0 of 1 within ``wait_ms``, so
+    :class:`NotReplicated` is raised after ~wait_ms. A re-send of the same report id is a
+    duplicate (counted once, also WAITed for); with WAIT off nothing is waited for."""
+
+    async def scenario() -> None:
+        store = Store.from_url(store_url, wait_replicas=1, wait_ms=150)
+        lay = _layout(run_id, n=10, c=1)
+        _, uid, _ = await store.create_run(lay, "{}", "u", 0.0)
+        idx, rows = np.array([3, 7]), np.zeros(2, lay.rec_dtype)
+        new = rows.copy()
+        new["visits"], new["lr_sum"] = 1, 0.5
+        kw: dict[str, Any] = dict(
+            now=100.0, indices=idx, expected=rows, write=np.ones(2, bool), records=new,
+            scores=np.zeros(2, np.float32), losses=np.zeros(2, np.float32),
+            counters=(1, 2, 0, 0, 2),
+        )  # fmt: skip
+        t0 = time.monotonic()
+        with pytest.raises(NotReplicated, match=r"only 0 of 1 replica.*DOCL_REDIS_WAIT_REPLICAS=1"):
+            await store.scatter(lay, uid, "r1", **kw)
+        assert 0.14 <= time.monotonic() - t0 < 5.0  # WAIT waited its 150 ms
+        assert (await store.counters(lay))["reports"] == 1  # applied on the primary
+        with pytest.raises(NotReplicated):  # the duplicate's count waits too
+            await store.scatter(lay, uid, "r1", **kw)
+        with pytest.raises(NotReplicated):
+            await store.count_duplicate(lay)
+        plain = Store.from_url(store_url)  # WAIT off: acknowledged at once
+        assert (await plain.scatter(lay, uid, "r1", **kw)).status == ScatterStatus.DUPLICATE
+        counters = await plain.counters(lay)
+        assert counters["reports"] == 1 and counters["duplicates"] == 3
+        records = await plain.read_records(lay, 0, 10)
+        assert records["visits"].tolist() == [0, 0, 0, 1, 0, 0, 0, 1, 0, 0]
+        with pytest.raises(ValueError, match="wait_ms"):
+            Store.from_url(store_url, wait_replicas=1, wait_ms=0)  # WAIT n 0 blocks forever
+        await store.close()
+        await plain.close()
 
     run(scenario())
 
