@@ -290,6 +290,7 @@ def test_commit_epoch_first_wins_in_order_and_drops_old_indices(
 def test_fast_client_survives_script_flush_and_a_redis_restart(
     redis_factory: Callable[..., RedisProcess], run_id: str
 ) -> None:
+    # single Redis only: it restarts the Redis (a cluster node's loss: the failover test)
     proc = redis_factory(appendonly=True, appendfsync="always")
 
     async def scenario() -> None:
@@ -415,20 +416,25 @@ def _rep(rid: str, lr: float, idx: np.ndarray, seed: int, c: int = 3) -> wire.Re
 
 
 def test_write_lease_skips_the_compare_until_another_writer_revokes_it(
-    redis_factory: Callable[..., RedisProcess], run_id: str
+    store_url: str, sync_redis: Callable[[str], Any], run_id: str
 ) -> None:
     """Two engines (two server processes) on one run. The lease holder's reports write
     with one SETRANGE per sample and no GETRANGE; the other engine's write revokes
     the lease, and the holder's next report compares, recomputes what changed, and
     ends with exactly the state of the same reports applied one by one elsewhere."""
-    proc = redis_factory()
-    r = redis.Redis.from_url(proc.unix_url)
+    r = sync_redis(store_url)
 
     def calls(cmd: str) -> int:
-        return int(r.info("commandstats").get(f"cmdstat_{cmd}", {}).get("calls", 0))
+        """Calls of ``cmd`` so far (summed over the primaries of a cluster)."""
+        if isinstance(r, redis.RedisCluster):
+            per_node = r.info("commandstats", target_nodes=redis.RedisCluster.PRIMARIES)
+            stats = list(per_node.values())
+        else:
+            stats = [r.info("commandstats")]
+        return sum(int(st.get(f"cmdstat_{cmd}", {}).get("calls", 0)) for st in stats)
 
     async def scenario() -> None:
-        a, b, ref = _engine(proc.unix_url), _engine(proc.unix_url), _engine(proc.unix_url)
+        a, b, ref = _engine(store_url), _engine(store_url), _engine(store_url)
         for eng, rid in ((a, run_id), (ref, run_id + "-ref")):
             await eng.create_run(
                 RunCreate(run_id=rid, num_samples=64, num_outputs=3, epochs=2,
