@@ -232,12 +232,24 @@ def test_wait_for_replicas_refuses_the_ack_but_keeps_the_write_and_a_resend_is_a
             await store.scatter(lay, uid, "r1", **kw)
         with pytest.raises(NotReplicated):
             await store.count_duplicate(lay)
+        # Without the hot path (TLS, or a call handed over to redis-py): one Redis WAITs
+        # in a redis-py pipeline (one connection); a cluster applies the write and answers
+        # at once (redis-py would send WAIT to every primary, on other connections).
+        slow = Store(store.redis, wait_replicas=1, wait_ms=150)
+        kw2 = {**kw, "indices": np.array([5]), "expected": rows[:1], "write": np.ones(1, bool),
+               "records": new[:1], "scores": np.zeros(1, np.float32),
+               "losses": np.zeros(1, np.float32), "counters": (1, 1, 0, 0, 1)}  # fmt: skip
+        t0 = time.monotonic()
+        with pytest.raises(NotReplicated):
+            await slow.scatter(lay, uid, "r2", **kw2)
+        waited = time.monotonic() - t0
+        assert waited >= 0.14 if slow.cluster is None else waited < 0.14
         plain = Store.from_url(store_url)  # WAIT off: acknowledged at once
         assert (await plain.scatter(lay, uid, "r1", **kw)).status == ScatterStatus.DUPLICATE
         counters = await plain.counters(lay)
-        assert counters["reports"] == 1 and counters["duplicates"] == 3
+        assert counters["reports"] == 2 and counters["duplicates"] == 3
         records = await plain.read_records(lay, 0, 10)
-        assert records["visits"].tolist() == [0, 0, 0, 1, 0, 0, 0, 1, 0, 0]
+        assert records["visits"].tolist() == [0, 0, 0, 1, 0, 1, 0, 1, 0, 0]
         with pytest.raises(ValueError, match="wait_ms"):
             Store.from_url(store_url, wait_replicas=1, wait_ms=0)  # WAIT n 0 blocks forever
         await store.close()
