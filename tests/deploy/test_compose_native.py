@@ -463,17 +463,26 @@ class NativeCompose:
 
 @pytest.fixture
 def stack() -> Iterator[NativeCompose]:
-    # A short path: Ray's Unix sockets live under --temp-dir (107-byte limit).
-    root = Path(tempfile.mkdtemp(prefix="dcl-", dir="/tmp"))
     shell = {
         "RAY_AUTH_MODE": "token",
         "RAY_AUTH_TOKEN": secrets.token_hex(32),
         "DOCL_API_TOKEN": secrets.token_hex(16),
         "DEMO_EPOCHS": "2",  # the demo's length: a tiny run
     }
+    with _native_stack(shell) as nc:
+        yield nc
+
+
+@contextlib.contextmanager
+def _native_stack(
+    shell: Mapping[str, str], profiles: frozenset[str] = frozenset()
+) -> Iterator[NativeCompose]:
+    """A NativeCompose in a fresh short temp dir (Ray's Unix sockets live under
+    --temp-dir: 107-byte limit); stopped, checked for leftovers and removed at the end."""
+    root = Path(tempfile.mkdtemp(prefix="dcl-", dir="/tmp"))
     nc: NativeCompose | None = None
     try:
-        nc = NativeCompose(root, shell)
+        nc = NativeCompose(root, shell, profiles)
         yield nc
     finally:
         left = []
@@ -582,18 +591,8 @@ CLUSTER_SERVICES = [f"redis-node-{i}" for i in range(6)] + [
 
 @pytest.fixture
 def cluster_stack() -> Iterator[NativeCompose]:
-    root = Path(tempfile.mkdtemp(prefix="dcl-", dir="/tmp"))
-    nc: NativeCompose | None = None
-    try:
-        nc = NativeCompose(root, {"DOCL_API_TOKEN": secrets.token_hex(16)}, frozenset({"cluster"}))
+    with _native_stack({"DOCL_API_TOKEN": secrets.token_hex(16)}, frozenset({"cluster"})) as nc:
         yield nc
-    finally:
-        left = []
-        if nc is not None:
-            nc.stop()
-            left = nc.leftovers()
-        shutil.rmtree(root, ignore_errors=True)
-        assert not left, f"processes left behind: {[(p.pid, p.name()) for p in left]}"
 
 
 def _cli(stack: NativeCompose, node: str, *args: str) -> str:
