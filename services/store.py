@@ -208,6 +208,11 @@ class RedisStore:
     ) -> None:
         if wait_replicas < 0 or wait_ms < 1:
             raise ValueError("wait_replicas must be >= 0 and wait_ms >= 1 (WAIT 0 blocks forever)")
+        if wait_replicas and wait_ms >= 1000 * timeout_s:
+            raise ValueError(
+                f"wait_ms ({wait_ms}, DOCL_REDIS_WAIT_MS) must be below the Redis command "
+                f"timeout ({timeout_s} s, DOCL_REDIS_TIMEOUT_S): a WAIT would time out first"
+            )
         self.redis = redis
         #: after each report's script: WAIT for this many replicas (0: do not wait), wait_ms
         self.wait_replicas = wait_replicas
@@ -258,6 +263,11 @@ class RedisStore:
         }
         node_url = cluster_url(url)
         client: aioredis.Redis | RedisCluster
+        if node_url is not None and wait_replicas and not node_url.startswith("redis://"):
+            raise ValueError(
+                "DOCL_REDIS_WAIT_REPLICAS needs the hot path's per-node connections, which a "
+                'TLS cluster (rediss+cluster://) does not have; see docs/scaling.md "Failover"'
+            )
         if node_url is not None:
             # partial coverage loads: check_cluster then names the state (not redis-py's error)
             client = RedisCluster.from_url(node_url, require_full_coverage=False, **options)

@@ -252,6 +252,10 @@ def test_wait_for_replicas_refuses_the_ack_but_keeps_the_write_and_a_resend_is_a
         assert records["visits"].tolist() == [0, 0, 0, 1, 0, 1, 0, 1, 0, 0]
         with pytest.raises(ValueError, match="wait_ms"):
             Store.from_url(store_url, wait_replicas=1, wait_ms=0)  # WAIT n 0 blocks forever
+        with pytest.raises(ValueError, match="DOCL_REDIS_TIMEOUT_S"):
+            Store.from_url(store_url, wait_replicas=1, wait_ms=5000, timeout_s=5.0)
+        with pytest.raises(ValueError, match="rediss"):  # TLS cluster: no hot path to WAIT on
+            Store.from_url("rediss+cluster://127.0.0.1:1", wait_replicas=1)
         await store.close()
         await plain.close()
 
