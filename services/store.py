@@ -106,11 +106,11 @@ class NotReplicated(RedisError):
     acknowledged it within ``wait_ms`` (``WAIT``): it could still be lost in a failover.
     The server answers 503; the client re-sends with the same report id (deduplicated)."""
 
-    def __init__(self, acked: int, wanted: int, wait_ms: int) -> None:
+    def __init__(self, acked: int, wanted: int, wait_ms: int, why: str = "") -> None:
+        what = why or f"only {acked} of {wanted} replica(s) acknowledged it within {wait_ms} ms"
         super().__init__(
-            f"the report was applied on the primary but only {acked} of {wanted} replica(s) "
-            f"acknowledged it within {wait_ms} ms (DOCL_REDIS_WAIT_REPLICAS={wanted}, "
-            f"DOCL_REDIS_WAIT_MS={wait_ms}); re-send it with the same report_id"
+            f"the report was applied on the primary but {what} (DOCL_REDIS_WAIT_REPLICAS="
+            f"{wanted}, DOCL_REDIS_WAIT_MS={wait_ms}); re-send it with the same report_id"
         )
         self.acked, self.wanted, self.wait_ms = acked, wanted, wait_ms
 
@@ -432,7 +432,8 @@ class RedisStore:
             # the write's: apply the write (redis-py follows a redirection) and let the
             # client re-send; the re-sent report is a duplicate whose count WAITs here.
             await plain()
-            raise NotReplicated(0, self.wait_replicas, self.wait_ms)
+            why = "its replication could not be checked (the call went through redis-py)"
+            raise NotReplicated(0, self.wait_replicas, self.wait_ms, why)
         if fast is None:  # one Redis through redis-py (TLS): a pipeline is one connection
             pipe = self.redis.pipeline(transaction=False)
             await plain(pipe)
