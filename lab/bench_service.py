@@ -158,13 +158,17 @@ async def _bench_target(
     import redis.asyncio as aioredis
     from redis.asyncio.cluster import RedisCluster
 
+    from docl.services import sampling
     from docl.services.config import Settings
     from docl.services.engine import Engine
     from docl.services.store import RedisStore, cluster_url
 
     store = RedisStore.from_url(redis_url, timeout_s=120)
     await store.load_scripts()
-    engine = Engine(store, Settings(redis_url=redis_url))
+    settings = Settings(redis_url=redis_url)
+    engine = Engine(store, settings)
+    # the in-process draw math runs on as many threads as the server's (DOCL_DRAW_THREADS)
+    sampling.set_draw_threads(settings.draw_threads)
     node_url = cluster_url(redis_url)
     info: Any = (
         RedisCluster.from_url(node_url)
