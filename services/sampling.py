@@ -19,6 +19,7 @@ to move to a method registry (``services/methods/``, issue 9).
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -221,20 +222,45 @@ def standardize(scores: np.ndarray, normalize: str) -> np.ndarray:
     all_scored = n_scored == out.size
     vals = out if all_scored else out[finite]
     if normalize == "std":
-        mean = float(vals.mean(dtype=np.float64))
-        std = float(vals.std(dtype=np.float64))
+        mean, std = _moments(vals)
         if not std > _STD_FLOOR or not np.isfinite(std):
             out[finite] = 0.0
             top = 0.0
         else:
-            np.subtract(out, mean, out=out)
-            np.divide(out, std, out=out)
+            _pieces(out, lambda x: np.divide(np.subtract(x, mean, out=x), std, out=x))
             top = float(out.max()) if all_scored else float(out[finite].max())
     else:
         top = float(vals.max())
     if not all_scored:
         out[~finite] = top
     return out
+
+
+def _pieces(x: np.ndarray, fn: Callable[[np.ndarray], _T]) -> list[_T]:
+    """[fn(piece) for each piece of x]: one piece below PARALLEL_MIN, else pieces of
+    _KEY_PIECE items on the draw thread pool (fn must only touch its piece)."""
+    n = x.shape[0]
+    if n < PARALLEL_MIN:
+        return [fn(x)]
+    return _parallel_map(
+        lambda j: fn(x[j * _KEY_PIECE : (j + 1) * _KEY_PIECE]), -(-n // _KEY_PIECE)
+    )
+
+
+def _moments(vals: np.ndarray) -> tuple[float, float]:
+    """(mean, population std) of a float32 vector, accumulated in float64 (in pieces on
+    the thread pool from PARALLEL_MIN items up: sums, then squared deviations)."""
+    n = vals.shape[0]
+    if n < PARALLEL_MIN:
+        return float(vals.mean(dtype=np.float64)), float(vals.std(dtype=np.float64))
+    mean = math.fsum(_pieces(vals, lambda x: float(x.sum(dtype=np.float64)))) / n
+
+    def squares(x: np.ndarray) -> float:
+        d = x.astype(np.float64)
+        d -= mean
+        return float(np.dot(d, d))
+
+    return mean, math.sqrt(math.fsum(_pieces(vals, squares)) / n)
 
 
 def _as_logits(logits: np.ndarray) -> np.ndarray:

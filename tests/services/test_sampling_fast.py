@@ -145,6 +145,22 @@ def test_pieced_gumbel_keys_follow_the_sequential_law() -> None:
     assert scipy.stats.chisquare(observed, expected).pvalue > 1e-3
 
 
+@pytest.mark.usefixtures("tiny_parallel")
+@pytest.mark.parametrize("unscored", [0, 3])
+def test_pieced_standardize_matches_nan_reductions(unscored: int) -> None:
+    """Moments summed piece by piece (pieces of 3 on 2 threads) give numpy's nanmean /
+    nanstd; unscored samples get the largest standardized score."""
+    rng = np.random.default_rng(8)
+    x = (rng.normal(size=17) * 5 + 2).astype(np.float32)
+    x[rng.choice(17, unscored, replace=False)] = np.nan
+    got = sampling.standardize(x, "std")
+    mean = np.nanmean(x.astype(np.float64))
+    std = np.nanstd(x.astype(np.float64))
+    want = ((x.astype(np.float64) - mean) / std).astype(np.float32)
+    want[np.isnan(x)] = np.nanmax(want)
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+
+
 def test_parallel_draws_do_not_depend_on_the_number_of_threads(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
