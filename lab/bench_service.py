@@ -202,7 +202,9 @@ async def _bench_target(
                     echo(_report_row(res))
         for n in draw_sizes:
             draws.append(
-                await _bench_draw(target, engine, http, f"bench-{stamp}-draw{n}", n, draw_repeats)
+                await _bench_draw(
+                    target, engine, http, f"bench-{stamp}-draw{n}", n, draw_repeats, server_pid
+                )
             )
             echo(_draw_row(draws[-1]))
     await info.aclose()
@@ -322,8 +324,32 @@ async def _bench_reports(
     )
 
 
+def _peak_rss_mb(pid: int | None, *, reset: bool = False) -> float:
+    """A process's peak resident memory (VmHWM) in MiB, NaN when unknown; ``reset``
+    restarts the peak from the current size first (``/proc/<pid>/clear_refs``)."""
+    if pid is None:
+        return float("nan")
+    try:
+        if reset:
+            with open(f"/proc/{pid}/clear_refs", "w") as f:
+                f.write("5")
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
+
+
 async def _bench_draw(
-    target: str, engine: Any, http: Any, run_id: str, n: int, repeats: int
+    target: str,
+    engine: Any,
+    http: Any,
+    run_id: str,
+    n: int,
+    repeats: int,
+    server_pid: int | None = None,
 ) -> DrawResult:
     from docl.services import sampling
     from docl.services.seeds import epoch_seed
@@ -336,6 +362,7 @@ async def _bench_draw(
     read: list[float] = []  # the server's own timing of the draw (stored in the epoch's JSON)
     compute: list[float] = []
     math: list[float] = []
+    peak: list[float] = []  # the server process's peak RSS during the POST, MiB
     k = 0
     tau = 0.1
     for rep in range(repeats):
@@ -353,9 +380,11 @@ async def _bench_draw(
         r.raise_for_status()
         st = await engine.state(rid)
         await engine.store.write_column(st.layout, "score", scores)
+        _peak_rss_mb(server_pid, reset=True)
         t0 = time.perf_counter()
         r = await http.post(f"/v1/runs/{rid}/epochs", json={"epoch": 0})
         service.append(time.perf_counter() - t0)
+        peak.append(_peak_rss_mb(server_pid))
         r.raise_for_status()
         k = int(r.json()["size"])
         timing = json.loads(await engine.store.epoch_json(st.layout, 0) or "{}").get("timing", {})
@@ -394,6 +423,7 @@ async def _bench_draw(
             "read_s": float(np.median(read)),
             "compute_s": float(np.median(compute)),
             "math_s": float(np.median(math)),
+            "server_peak_mib": max(peak),
         },
     )
 
@@ -405,7 +435,7 @@ _REPORT_HEAD = (
 )
 _DRAW_HEAD = (
     f"{'redis':<9} {'n':>11} {'k':>11} {'draw s':>8} {'read s':>7} {'math s':>7} {'rest s':>7}"
-    f" {'numpy s':>8} {'ratio':>6} {'in-proc':>8} {'ratio':>6}"
+    f" {'numpy s':>8} {'ratio':>6} {'in-proc':>8} {'ratio':>6} {'srv MiB':>8}"
 )
 
 
@@ -425,6 +455,7 @@ def _draw_row(d: DrawResult) -> str:
         f"{d.target:<9} {d.num_samples:>11,} {d.k:>11,} {d.service_s:>8.3f}"
         f" {b.get('read_s', float('nan')):>7.3f} {b.get('compute_s', float('nan')):>7.3f}"
         f" {rest:>7.3f} {d.limit_s:>8.3f} {d.ratio:>6.2f} {d.math_s:>8.3f} {d.math_ratio:>6.2f}"
+        f" {b.get('server_peak_mib', float('nan')):>8,.0f}"
     )
 
 
@@ -507,7 +538,7 @@ def run_service_bench(
                         "math: its draw math, rest: HTTP + commit + re-read) vs numpy "
                         "standardize + Gumbel-top-k (numpy s) and vs the draw's whole math "
                         "in-process (in-proc: + shuffle + counts, on the draw threads); numpy s: one "
-                        "thread; ratio = baseline / draw s"
+                        "thread; ratio = baseline / draw s; srv MiB: the server's peak RSS during the POST"
                     )
                     echo(_DRAW_HEAD)
                     _, drs = run_loop(
@@ -524,6 +555,7 @@ def run_service_bench(
                             draw_repeats=repeats,
                             rounds=repeats,
                             echo=echo,
+                            server_pid=server.pid,
                         )
                     )
                 all_reports += reps

@@ -37,3 +37,4 @@ def test_bench_service_quick_prints_the_tables(tmp_path: Path) -> None:
     assert b["read_s"] > 0 and b["compute_s"] > 0 and b["math_s"] > 0
     assert b["read_s"] + b["compute_s"] < draw["service_s"]
     assert draw["math_ratio"] == b["math_s"] / draw["service_s"]
+    assert 20 < b["server_peak_mib"] < 4096  # a Python process with numpy and the app loaded
