@@ -112,7 +112,12 @@ class NotReplicated(RedisError):
             f"the report was applied on the primary but {what} (DOCL_REDIS_WAIT_REPLICAS="
             f"{wanted}, DOCL_REDIS_WAIT_MS={wait_ms}); re-send it with the same report_id"
         )
-        self.acked, self.wanted, self.wait_ms = acked, wanted, wait_ms
+        self.acked, self.wanted, self.wait_ms, self.why = acked, wanted, wait_ms, why
+
+    def __reduce__(self) -> tuple[type[NotReplicated], tuple[int, int, int, str]]:
+        # args holds the message, not the constructor's arguments: pickle (Ray, a
+        # process pool) must rebuild it from the fields
+        return type(self), (self.acked, self.wanted, self.wait_ms, self.why)
 
 
 def cluster_url(url: str) -> str | None:
