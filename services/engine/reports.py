@@ -197,6 +197,8 @@ class ReportStage(CacheStage):
                         else:
                             acks[j] = ReportAck(accepted=b, scored=sc, duplicate=False)
                     metrics.REPORTS.labels(result="applied").inc(len(frames) - len(dup))
+                    if res.skipped is not None:
+                        metrics.REPORTS_COMPLETED.inc()
                     metrics.SAMPLES_REPORTED.inc(int(idx.shape[0]))
                     metrics.SAMPLES_SCORED.inc(scored)
                     return st
