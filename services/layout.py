@@ -212,15 +212,17 @@ class RunLayout:
         report without samples here, which touches no shard)."""
         idx = np.asarray(indices, dtype=np.int64)
         owner = idx // self.shard_samples
-        rep_of = np.repeat(np.arange(len(sizes)), np.asarray(sizes, dtype=np.int64))
         starts = np.cumsum([0, *sizes[:-1]], dtype=np.int64)
         homes = np.array(
             [int(owner[s]) if z else -1 for s, z in zip(starts, sizes, strict=True)], np.int64
         )
+        order = np.argsort(owner, kind="stable")  # positions grouped by shard, in order
+        cuts = np.flatnonzero(np.diff(owner[order])) + 1
+        rep_of = None if len(sizes) == 1 else np.repeat(np.arange(len(sizes)), sizes)
         parts = []
-        for j in np.unique(owner).tolist():
-            pos = np.flatnonzero(owner == j)
-            parts.append((int(j), pos, np.unique(rep_of[pos]).tolist()))
+        for pos in np.split(order, cuts) if idx.shape[0] else []:
+            reps = [0] if rep_of is None else np.unique(rep_of[pos]).tolist()
+            parts.append((int(owner[pos[0]]), pos, reps))
         return parts, homes
 
     # -- numpy views ----------------------------------------------------------------------

@@ -1140,7 +1140,7 @@ class RedisStore:
             lo = layout.shard_bounds(j)[0]
             live, done = list(reps), set[int]()
             while live:
-                p = pos[np.isin(rep_of[pos], live)]
+                p = pos if len(live) == len(reps) else pos[np.isin(rep_of[pos], live)]
                 w = write[p]
                 rows = wpos[p[w]]
                 res = await self.scatter(
