@@ -25,6 +25,13 @@
 --           as a duplicate only when it was applied on every shard it touches)
 -- ARGV[14 .. 13+F]  the F report_ids
 --
+-- A sharded run (docs/architecture.md "Sharded runs"): the caller runs this script once
+-- per shard part, with that shard's keys ({run:<id>:<j>.<salt>}:...), shard-local
+-- indices, and the ids of the reports with samples on that shard: the SAME report ids on
+-- every shard, so each shard dedups its own part and a report is applied once on each
+-- shard it touches. The caller counts a report as a duplicate only when every shard it
+-- touches has its marker.
+--
 -- The write lease. A server process that keeps a copy of the run's records (its record
 -- cache) may claim the run by writing a token unique to it into meta.writer (see
 -- store.claim). While meta.writer still holds the caller's token, nobody else has written
