@@ -76,12 +76,23 @@ class DrawResult:
     num_samples: int
     k: int
     service_s: float  # POST /epochs end to end (median of repeats)
-    limit_s: float  # numpy standardize + gumbel_topk alone (median)
+    limit_s: float  # numpy standardize + gumbel_topk alone, one thread (median)
+    # read_s / compute_s: the server's own timing of its snapshot read and its draw math
+    # (the epoch's JSON); math_s: the same math in-process on the same scores (medians)
     breakdown: dict[str, float] = field(default_factory=dict)
 
     @property
     def ratio(self) -> float:
         return self.limit_s / self.service_s if self.service_s else float("nan")
+
+    @property
+    def math_s(self) -> float:
+        """The draw's whole math (standardize, Gumbel-top-k, shuffle, counts) in-process."""
+        return self.breakdown.get("math_s", float("nan"))
+
+    @property
+    def math_ratio(self) -> float:
+        return self.math_s / self.service_s if self.service_s else float("nan")
 
 
 # -- the in-process limit ------------------------------------------------------------------------
@@ -147,13 +158,17 @@ async def _bench_target(
     import redis.asyncio as aioredis
     from redis.asyncio.cluster import RedisCluster
 
+    from docl.services import sampling
     from docl.services.config import Settings
     from docl.services.engine import Engine
     from docl.services.store import RedisStore, cluster_url
 
     store = RedisStore.from_url(redis_url, timeout_s=120)
     await store.load_scripts()
-    engine = Engine(store, Settings(redis_url=redis_url))
+    settings = Settings(redis_url=redis_url)
+    engine = Engine(store, settings)
+    # the in-process draw math runs on as many threads as the server's (DOCL_DRAW_THREADS)
+    sampling.set_draw_threads(settings.draw_threads)
     node_url = cluster_url(redis_url)
     info: Any = (
         RedisCluster.from_url(node_url)
@@ -187,7 +202,9 @@ async def _bench_target(
                     echo(_report_row(res))
         for n in draw_sizes:
             draws.append(
-                await _bench_draw(target, engine, http, f"bench-{stamp}-draw{n}", n, draw_repeats)
+                await _bench_draw(
+                    target, engine, http, f"bench-{stamp}-draw{n}", n, draw_repeats, server_pid
+                )
             )
             echo(_draw_row(draws[-1]))
     await info.aclose()
@@ -307,15 +324,45 @@ async def _bench_reports(
     )
 
 
+def _peak_rss_mb(pid: int | None, *, reset: bool = False) -> float:
+    """A process's peak resident memory (VmHWM) in MiB, NaN when unknown; ``reset``
+    restarts the peak from the current size first (``/proc/<pid>/clear_refs``)."""
+    if pid is None:
+        return float("nan")
+    try:
+        if reset:
+            with open(f"/proc/{pid}/clear_refs", "w") as f:
+                f.write("5")
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
+
+
 async def _bench_draw(
-    target: str, engine: Any, http: Any, run_id: str, n: int, repeats: int
+    target: str,
+    engine: Any,
+    http: Any,
+    run_id: str,
+    n: int,
+    repeats: int,
+    server_pid: int | None = None,
 ) -> DrawResult:
     from docl.services import sampling
+    from docl.services.seeds import epoch_seed
+    from docl.services.storage import DrawInputs
 
     # One selection epoch first (warmup_epochs = 0); each repeat is a fresh run so
     # every POST really draws (a second POST of the same epoch only re-reads it).
     scores = np.random.default_rng(5).normal(size=n).astype(np.float32)
     service: list[float] = []
+    read: list[float] = []  # the server's own timing of the draw (stored in the epoch's JSON)
+    compute: list[float] = []
+    math: list[float] = []
+    peak: list[float] = []  # the server process's peak RSS during the POST, MiB
     k = 0
     tau = 0.1
     for rep in range(repeats):
@@ -333,25 +380,51 @@ async def _bench_draw(
         r.raise_for_status()
         st = await engine.state(rid)
         await engine.store.write_column(st.layout, "score", scores)
+        _peak_rss_mb(server_pid, reset=True)
         t0 = time.perf_counter()
         r = await http.post(f"/v1/runs/{rid}/epochs", json={"epoch": 0})
         service.append(time.perf_counter() - t0)
+        peak.append(_peak_rss_mb(server_pid))
         r.raise_for_status()
         k = int(r.json()["size"])
+        timing = json.loads(await engine.store.epoch_json(st.layout, 0) or "{}").get("timing", {})
+        read.append(float(timing.get("read_s", "nan")))
+        compute.append(float(timing.get("draw_s", "nan")))
         (await http.delete(f"/v1/runs/{rid}")).raise_for_status()
-    limit: list[float] = []
-    for rep in range(repeats):
-        rng = np.random.default_rng(rep)
+        # The same draw's math in this process, without Redis or HTTP: what the
+        # server computes in its worker thread, from a snapshot already in memory.
+        snap = DrawInputs(
+            uid=st.uid, last_epoch=-1, scores=scores, losses=None,
+            drawn=np.zeros(n, dtype="<u2"), inclusion=None,
+        )  # fmt: skip
+        seed = epoch_seed(st.config.params.seed, 0)
         t0 = time.perf_counter()
-        logits = sampling.standardize(scores, "std") / np.float32(tau)
-        sampling.gumbel_topk(logits, k, rng)
-        limit.append(time.perf_counter() - t0)
+        engine._draw_counted(st, st.plan[0], seed, snap, None)
+        math.append(time.perf_counter() - t0)
+    limit: list[float] = []
+    threads = sampling._POOL_SIZE
+    sampling.set_draw_threads(1)  # the baseline: plain numpy in one thread, whatever the pool
+    try:
+        for rep in range(repeats):
+            rng = np.random.default_rng(rep)
+            t0 = time.perf_counter()
+            logits = sampling.standardize(scores, "std") / np.float32(tau)
+            sampling.gumbel_topk(logits, k, rng)
+            limit.append(time.perf_counter() - t0)
+    finally:
+        sampling.set_draw_threads(threads)
     return DrawResult(
         target=target,
         num_samples=n,
         k=k,
         service_s=float(np.median(service)),
         limit_s=float(np.median(limit)),
+        breakdown={
+            "read_s": float(np.median(read)),
+            "compute_s": float(np.median(compute)),
+            "math_s": float(np.median(math)),
+            "server_peak_mib": max(peak),
+        },
     )
 
 
@@ -360,7 +433,10 @@ _REPORT_HEAD = (
     f" {'limit/s':>10} {'lim p50':>7} {'lim p99':>7} {'ratio':>6} {'srv us':>6} {'rds us':>6}"
     f" {'err':>4}"
 )
-_DRAW_HEAD = f"{'redis':<9} {'n':>10} {'k':>10} {'draw s':>8} {'numpy s':>8} {'ratio':>6}"
+_DRAW_HEAD = (
+    f"{'redis':<9} {'n':>11} {'k':>11} {'draw s':>8} {'read s':>7} {'math s':>7} {'rest s':>7}"
+    f" {'numpy s':>8} {'ratio':>6} {'in-proc':>8} {'ratio':>6} {'srv MiB':>8}"
+)
 
 
 def _report_row(r: ReportResult) -> str:
@@ -373,9 +449,13 @@ def _report_row(r: ReportResult) -> str:
 
 
 def _draw_row(d: DrawResult) -> str:
+    b = d.breakdown
+    rest = d.service_s - b.get("read_s", 0.0) - b.get("compute_s", 0.0)
     return (
-        f"{d.target:<9} {d.num_samples:>10,} {d.k:>10,} {d.service_s:>8.3f} {d.limit_s:>8.3f}"
-        f" {d.ratio:>6.2f}"
+        f"{d.target:<9} {d.num_samples:>11,} {d.k:>11,} {d.service_s:>8.3f}"
+        f" {b.get('read_s', float('nan')):>7.3f} {b.get('compute_s', float('nan')):>7.3f}"
+        f" {rest:>7.3f} {d.limit_s:>8.3f} {d.ratio:>6.2f} {d.math_s:>8.3f} {d.math_ratio:>6.2f}"
+        f" {b.get('server_peak_mib', float('nan')):>8,.0f}"
     )
 
 
@@ -454,8 +534,11 @@ def run_service_bench(
                 drs: list[DrawResult] = []
                 if draw_sizes:
                     echo(
-                        "draws: POST /epochs of a selection epoch vs numpy standardize + "
-                        "Gumbel-top-k (limit)"
+                        "draws: POST /epochs of a selection epoch (read: the server's snapshot read, "
+                        "math: its draw math, rest: HTTP + commit + re-read) vs numpy "
+                        "standardize + Gumbel-top-k (numpy s) and vs the draw's whole math "
+                        "in-process (in-proc: + shuffle + counts, on the draw threads); numpy s: one "
+                        "thread; ratio = baseline / draw s; srv MiB: the server's peak RSS during the POST"
                     )
                     echo(_DRAW_HEAD)
                     _, drs = run_loop(
@@ -472,6 +555,7 @@ def run_service_bench(
                             draw_repeats=repeats,
                             rounds=repeats,
                             echo=echo,
+                            server_pid=server.pid,
                         )
                     )
                 all_reports += reps
@@ -483,7 +567,7 @@ def run_service_bench(
         "cpus": os.cpu_count(),
         "quick": quick,
         "reports": [{**asdict(r), "ratio": r.ratio} for r in all_reports],
-        "draws": [{**asdict(d), "ratio": d.ratio} for d in all_draws],
+        "draws": [{**asdict(d), "ratio": d.ratio, "math_ratio": d.math_ratio} for d in all_draws],
     }
     if json_path:
         with open(json_path, "w") as f:

@@ -23,7 +23,7 @@ from fastapi import APIRouter, Depends, FastAPI
 from starlette.routing import Mount, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from docl.services import errors, methods, metrics
+from docl.services import errors, methods, metrics, sampling
 from docl.services.config import Settings
 from docl.services.deps import bearer
 from docl.services.embedded import RedisProcess
@@ -203,6 +203,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     # Selection methods of the docl.methods entry points and $DOCL_METHODS (docs/methods.md).
     methods.load_plugins()
+    sampling.set_draw_threads(settings.draw_threads)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

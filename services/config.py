@@ -116,6 +116,13 @@ class Settings(BaseSettings):
         description="Index lists of this many most recent epochs are kept; older ones are dropped "
         "(their plan row, seed and selection counts stay).",
     )
+    draw_threads: int = Field(
+        0,
+        ge=0,
+        le=256,
+        description="Threads that compute the pieces of a draw of 4M+ samples (0 = min(8, CPUs); "
+        "1 = none). The draw for a seed is the same whatever this is.",
+    )
     chunk_bytes: int = Field(
         64 * MiB,
         ge=64,

@@ -19,9 +19,16 @@ to move to a method registry (``services/methods/``, issue 9).
 
 from __future__ import annotations
 
+import math
+import os
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
+
+_T = TypeVar("_T")
 
 #: standardize treats a spread at or below this (the smallest normal float32)
 #: as none: dividing by a subnormal std would overflow float32.
@@ -64,6 +71,48 @@ _THRESHOLD_MIN = 1 << 17
 #: random_order sorts by random keys from this many values up (Fisher-Yates below).
 _SORT_SHUFFLE_MIN = 1 << 16
 
+#: From this many items up, the Gumbel keys and the shuffle of a draw are computed in
+#: fixed pieces on a thread pool (numpy releases the GIL in these loops). The pieces, not
+#: the number of threads, fix the random streams: a seed gives the same draw on any machine.
+PARALLEL_MIN = 1 << 22
+#: Items per piece of the parallel Gumbel keys.
+_KEY_PIECE = 1 << 20
+#: Blocks of the parallel shuffle (:func:`_blocked_order`).
+_SHUFFLE_BLOCKS = 8
+#: Most threads a draw uses (:func:`set_draw_threads`; the server's ``DOCL_DRAW_THREADS``).
+_POOL_SIZE = min(8, os.cpu_count() or 1)
+_POOL: ThreadPoolExecutor | None = None
+
+
+def set_draw_threads(threads: int) -> None:
+    """Run the pieces of large draws on up to ``threads`` threads (1 = in the caller's
+    thread; 0 = the default, min(8, CPUs)). The draws themselves do not change."""
+    global _POOL, _POOL_SIZE
+    if threads < 0:
+        raise ValueError(f"threads must be >= 0, got {threads}")
+    size = threads or min(8, os.cpu_count() or 1)
+    if size != _POOL_SIZE and _POOL is not None:
+        _POOL.shutdown(wait=False)
+        _POOL = None
+    _POOL_SIZE = size
+
+
+def _parallel_map(fn: Callable[[int], _T], count: int) -> list[_T]:
+    """[fn(0), ..., fn(count - 1)], on the draw thread pool when it has more than one thread.
+    The results never depend on how many threads ran them."""
+    global _POOL
+    if _POOL_SIZE <= 1 or count <= 1:
+        return [fn(j) for j in range(count)]
+    if _POOL is None:
+        _POOL = ThreadPoolExecutor(max_workers=_POOL_SIZE, thread_name_prefix="docl-draw")
+    return list(_POOL.map(fn, range(count)))
+
+
+def _streams(rng: np.random.Generator, count: int) -> list[np.random.Generator]:
+    """``count`` independent Generators, derived from one draw of ``rng`` (deterministic)."""
+    root = np.random.SeedSequence(int(rng.integers(0, 2**63)))
+    return [np.random.default_rng(child) for child in root.spawn(count)]
+
 
 def random_order(values: np.ndarray, rng: np.random.Generator, *, key_bits: int = 32) -> np.ndarray:
     """A uniformly random permutation of the 1-D `values`, as a new array. Exact in law.
@@ -95,6 +144,14 @@ def random_order(values: np.ndarray, rng: np.random.Generator, *, key_bits: int 
         out = v.copy()
         rng.shuffle(out)
         return out
+    if k >= PARALLEL_MIN:
+        return _blocked_order(v, rng, _SHUFFLE_BLOCKS, key_bits)
+    return _sorted_order(v, rng, key_bits)
+
+
+def _sorted_order(v: np.ndarray, rng: np.random.Generator, key_bits: int) -> np.ndarray:
+    """:func:`random_order` of values in [0, 2^32) by sorting i.i.d. random keys."""
+    k = v.shape[0]
     # uint64, uniform, from the same stream as rng (deterministic for a seed)
     keys = np.asarray(rng.bit_generator.random_raw(k), dtype=np.uint64)
     np.bitwise_and(keys, np.uint64(((1 << key_bits) - 1) << (64 - key_bits)), out=keys)
@@ -113,6 +170,33 @@ def random_order(values: np.ndarray, rng: np.random.Generator, *, key_bits: int 
         for a, b in zip(starts.tolist(), ends.tolist(), strict=True):
             rng.shuffle(out[a:b])
     return out.astype(v.dtype, copy=False)
+
+
+def _blocked_order(
+    v: np.ndarray, rng: np.random.Generator, blocks: int, key_bits: int
+) -> np.ndarray:
+    """:func:`random_order` of values in [0, 2^32), its sorts on the thread pool.
+
+    Each output position gets an i.i.d. uniform label in [0, blocks); the input is cut
+    into consecutive blocks of the labels' counts; block j is shuffled on its own
+    (:func:`_sorted_order`, its own random stream) and fills the positions labelled j,
+    in order. Exact in law: given the counts c, the positions of each block are a
+    uniformly random partition (probability Π c_j! / k!) and each block's order is
+    uniform (1 / c_j!), so every permutation has probability 1 / k!, whatever c."""
+    k = v.shape[0]
+    labels = rng.integers(0, blocks, size=k, dtype=np.uint8)
+    bounds = np.concatenate([[0], np.cumsum(np.bincount(labels, minlength=blocks))])
+    gens = _streams(rng, blocks)
+    out = np.empty_like(v)
+
+    def block(j: int) -> None:  # disjoint writes: one thread per block
+        part = v[int(bounds[j]) : int(bounds[j + 1])]
+        if part.shape[0] > 1:
+            part = _sorted_order(part, gens[j], key_bits)
+        out[np.flatnonzero(labels == j)] = part
+
+    _parallel_map(block, blocks)
+    return out
 
 
 def standardize(scores: np.ndarray, normalize: str) -> np.ndarray:
@@ -138,20 +222,45 @@ def standardize(scores: np.ndarray, normalize: str) -> np.ndarray:
     all_scored = n_scored == out.size
     vals = out if all_scored else out[finite]
     if normalize == "std":
-        mean = float(vals.mean(dtype=np.float64))
-        std = float(vals.std(dtype=np.float64))
+        mean, std = _moments(vals)
         if not std > _STD_FLOOR or not np.isfinite(std):
             out[finite] = 0.0
             top = 0.0
         else:
-            np.subtract(out, mean, out=out)
-            np.divide(out, std, out=out)
+            _pieces(out, lambda x: np.divide(np.subtract(x, mean, out=x), std, out=x))
             top = float(out.max()) if all_scored else float(out[finite].max())
     else:
         top = float(vals.max())
     if not all_scored:
         out[~finite] = top
     return out
+
+
+def _pieces(x: np.ndarray, fn: Callable[[np.ndarray], _T]) -> list[_T]:
+    """[fn(piece) for each piece of x]: one piece below PARALLEL_MIN, else pieces of
+    _KEY_PIECE items on the draw thread pool (fn must only touch its piece)."""
+    n = x.shape[0]
+    if n < PARALLEL_MIN:
+        return [fn(x)]
+    return _parallel_map(
+        lambda j: fn(x[j * _KEY_PIECE : (j + 1) * _KEY_PIECE]), -(-n // _KEY_PIECE)
+    )
+
+
+def _moments(vals: np.ndarray) -> tuple[float, float]:
+    """(mean, population std) of a float32 vector, accumulated in float64 (in pieces on
+    the thread pool from PARALLEL_MIN items up: sums, then squared deviations)."""
+    n = vals.shape[0]
+    if n < PARALLEL_MIN:
+        return float(vals.mean(dtype=np.float64)), float(vals.std(dtype=np.float64))
+    mean = math.fsum(_pieces(vals, lambda x: float(x.sum(dtype=np.float64)))) / n
+
+    def squares(x: np.ndarray) -> float:
+        d = x.astype(np.float64)
+        d -= mean
+        return float(np.dot(d, d))
+
+    return mean, math.sqrt(math.fsum(_pieces(vals, squares)) / n)
 
 
 def _as_logits(logits: np.ndarray) -> np.ndarray:
@@ -227,12 +336,14 @@ def gumbel_topk(
     # <= ~1e-3, far below the Gumbel noise's unit scale), float64 otherwise
     dtype = np.float32 if top - low <= FLOAT32_KEY_SPAN else np.float64
     keys: np.ndarray = np.empty(n, dtype)
-    with np.errstate(over="ignore"):  # hugely negative -> -inf: weight 0 anyway
-        np.subtract(z, top, out=keys, casting="unsafe")  # <= 0
-    e = rng.standard_exponential(n, dtype=dtype)
-    np.maximum(e, np.finfo(dtype).tiny, out=e)
-    np.log(e, out=e)
-    np.subtract(keys, e, out=keys)
+    if n >= PARALLEL_MIN:  # the same keys piece by piece, each piece its own stream
+        gens = _streams(rng, -(-n // _KEY_PIECE))
+        _parallel_map(
+            lambda j: _gumbel_keys(z, top, keys, gens[j], j * _KEY_PIECE, _KEY_PIECE),
+            len(gens),
+        )
+    else:
+        _gumbel_keys(z, top, keys, rng, 0, n)
     if k == n:
         idx = np.arange(n)
     elif n >= _THRESHOLD_MIN:
@@ -242,6 +353,19 @@ def gumbel_topk(
     if ordered:
         idx = idx[np.argsort(keys[idx], kind="stable")[::-1]]  # largest key = first draw
     return idx.astype(np.int64, copy=False)
+
+
+def _gumbel_keys(
+    z: np.ndarray, top: float, keys: np.ndarray, rng: np.random.Generator, lo: int, size: int
+) -> None:
+    """keys[lo:lo+size] = (z - top) - log(E), E ~ Exp(1) i.i.d. from ``rng`` (keys' dtype)."""
+    out = keys[lo : lo + size]
+    with np.errstate(over="ignore"):  # hugely negative -> -inf: weight 0 anyway
+        np.subtract(z[lo : lo + size], top, out=out, casting="unsafe")  # <= 0
+    e = rng.standard_exponential(out.shape[0], dtype=keys.dtype)
+    np.maximum(e, np.finfo(keys.dtype).tiny, out=e)
+    np.log(e, out=e)
+    np.subtract(out, e, out=out)
 
 
 def _top_k_by_threshold(keys: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:

@@ -99,6 +99,35 @@ def service(
     )
 
 
+@bench_app.command("draw")
+def draw(
+    n: Annotated[
+        list[int] | None,
+        typer.Option("--n", min=1, help="Scores per draw (repeatable) (default 10M)."),
+    ] = None,
+    threads: Annotated[
+        list[int] | None,
+        typer.Option(
+            "--threads",
+            "-t",
+            min=1,
+            help="Thread counts (repeatable) (default 2 and min(8, CPUs)).",
+        ),
+    ] = None,
+    repeats: Annotated[int, typer.Option(min=1, help="Repeats per row (best kept).")] = 3,
+) -> None:
+    """Time a draw's pure math (standardize, Gumbel-top-k, shuffle) against its own
+    one-thread figures: how draws of 4M+ samples scale with the draw thread pool."""
+    from docl.lab.bench_draw import run_draw_bench
+
+    run_draw_bench(
+        sizes=tuple(n) if n else (10_000_000,),
+        threads=tuple(threads or ()),
+        repeats=repeats,
+        echo=typer.echo,
+    )
+
+
 @bench_app.command("store")
 def store(
     redis_url: Annotated[

@@ -32,3 +32,9 @@ def test_bench_service_quick_prints_the_tables(tmp_path: Path) -> None:
     assert rep["p50_ms"] <= rep["p99_ms"]
     (draw,) = result["draws"]
     assert draw["k"] == 90_000 and draw["service_s"] > 0 and draw["limit_s"] > 0
+    # the server's own timing of its read and its math fit inside the end-to-end time
+    b = draw["breakdown"]
+    assert b["read_s"] > 0 and b["compute_s"] > 0 and b["math_s"] > 0
+    assert b["read_s"] + b["compute_s"] < draw["service_s"]
+    assert draw["math_ratio"] == b["math_s"] / draw["service_s"]
+    assert 20 < b["server_peak_mib"] < 4096  # a Python process with numpy and the app loaded

@@ -100,6 +100,90 @@ def test_large_gumbel_draws_follow_the_exponential_race_law() -> None:
     assert abs(np.mean(shares) - expected) < 150, (np.mean(shares), expected)
 
 
+@pytest.fixture
+def tiny_parallel(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The parallel paths of large draws, at sizes small enough to test their law:
+    from 4 items up, Gumbel keys in pieces of 3, shuffles in 3 blocks, on 2 threads."""
+    monkeypatch.setattr(sampling, "PARALLEL_MIN", 4)
+    monkeypatch.setattr(sampling, "_KEY_PIECE", 3)
+    monkeypatch.setattr(sampling, "_SHUFFLE_BLOCKS", 3)
+    monkeypatch.setattr(sampling, "_POOL_SIZE", 2)
+
+
+@pytest.mark.usefixtures("tiny_parallel")
+@pytest.mark.parametrize("key_bits", [2, 31])
+def test_blocked_shuffle_is_uniform_over_all_permutations(key_bits: int) -> None:
+    """The parallel shuffle (labels, blocks shuffled on their own, scattered back):
+    every one of the 120 orders of 5 values equally often (chi-square)."""
+    values = np.array([3, 1, 4, 15, 9], dtype=np.int64)
+    perms = {p: j for j, p in enumerate(itertools.permutations(values.tolist()))}
+    draws = 8_000
+    counts = np.zeros(len(perms))
+    rng = np.random.default_rng(3)
+    for _ in range(draws):
+        got = random_order(values, rng, key_bits=key_bits)
+        counts[perms[tuple(got.tolist())]] += 1
+    assert scipy.stats.chisquare(counts, np.full(len(perms), draws / len(perms))).pvalue > 1e-3
+
+
+@pytest.mark.usefixtures("tiny_parallel")
+def test_pieced_gumbel_keys_follow_the_sequential_law() -> None:
+    """Gumbel keys drawn piece by piece (3 pieces of 3, each its own stream): the ordered
+    2-of-7 draws ∝ w follow the law of two successive draws without replacement."""
+    w = np.array([1.0, 2.0, 3.0, 0.5, 4.0, 1.5, 2.5])
+    logits = np.log(w)
+    p = w / w.sum()
+    draws = 10_000
+    counts: dict[tuple[int, int], int] = {}
+    rng = np.random.default_rng(4)
+    for _ in range(draws):
+        a, b = gumbel_topk(logits, 2, rng, ordered=True).tolist()
+        counts[(a, b)] = counts.get((a, b), 0) + 1
+    pairs = [(a, b) for a in range(7) for b in range(7) if a != b]
+    expected = np.array([p[a] * p[b] / (1 - p[a]) for a, b in pairs]) * draws
+    observed = np.array([counts.get(pr, 0) for pr in pairs])
+    assert scipy.stats.chisquare(observed, expected).pvalue > 1e-3
+
+
+@pytest.mark.usefixtures("tiny_parallel")
+@pytest.mark.parametrize("unscored", [0, 3])
+def test_pieced_standardize_matches_nan_reductions(unscored: int) -> None:
+    """Moments summed piece by piece (pieces of 3 on 2 threads) give numpy's nanmean /
+    nanstd; unscored samples get the largest standardized score."""
+    rng = np.random.default_rng(8)
+    x = (rng.normal(size=17) * 5 + 2).astype(np.float32)
+    x[rng.choice(17, unscored, replace=False)] = np.nan
+    got = sampling.standardize(x, "std")
+    mean = np.nanmean(x.astype(np.float64))
+    std = np.nanstd(x.astype(np.float64))
+    want = ((x.astype(np.float64) - mean) / std).astype(np.float32)
+    want[np.isnan(x)] = np.nanmax(want)
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+
+
+def test_parallel_draws_do_not_depend_on_the_number_of_threads(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A seed gives the same draw on any machine: the pieces, not the threads, fix the
+    streams. At the real sizes (n >= PARALLEL_MIN), 1 thread and 3 threads agree."""
+    n = sampling.PARALLEL_MIN + 12_345
+    logits = np.random.default_rng(6).normal(size=n).astype(np.float32)
+    got = []
+    monkeypatch.setattr(sampling, "_POOL", None)  # restored after the test, with the size
+    monkeypatch.setattr(sampling, "_POOL_SIZE", sampling._POOL_SIZE)
+    for threads in (1, 3):
+        sampling.set_draw_threads(threads)
+        rng = np.random.default_rng(7)
+        sel = gumbel_topk(logits, n // 2, rng)
+        got.append((sel, random_order(sel, rng)))
+    np.testing.assert_array_equal(got[0][0], got[1][0])
+    np.testing.assert_array_equal(got[0][1], got[1][1])
+    np.testing.assert_array_equal(np.sort(got[0][1]), np.sort(got[0][0]))  # a permutation
+    sampling.set_draw_threads(0)
+    with pytest.raises(ValueError, match="threads must be >= 0"):
+        sampling.set_draw_threads(-1)
+
+
 @pytest.mark.parametrize("method", method_names())
 @pytest.mark.parametrize("exp3", [False, True])
 def test_unshuffled_draw_then_shuffle_is_the_shuffled_draw(method: str, exp3: bool) -> None:
