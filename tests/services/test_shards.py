@@ -125,6 +125,11 @@ def test_a_sharded_store_reads_back_its_columns_and_records_across_shards(
             assert status.name == "CREATED" and uid == "u1"
             again = await store.create_run(lay, '{"x":1}', "u2", 2.0)  # idempotent: EXISTS
             assert again[0].name == "EXISTS" and again[1] == "u1"
+            # a create that died before shard 3 was made: the retry makes it (with the uid)
+            await store.redis.unlink(*lay.shard(3).static_keys())
+            assert (await store.draw_inputs(lay, losses=True)).uid is None  # seen as broken
+            assert (await store.create_run(lay, '{"x":1}', "u3", 3.0))[0].name == "EXISTS"
+            assert await store.redis.hget(lay.shard(3).meta_key, "uid") == b"u1"
             assert np.isnan(await store.read_column(lay, "score", 0, N)).all()  # NaN-filled
             await store.write_column(lay, "score", scores)
             await store.write_column(lay, "loss", losses)
