@@ -156,9 +156,14 @@ def test_a_sharded_store_reads_back_its_columns_and_records_across_shards(
 # -- servers -----------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def twin_servers(redis_cluster: RedisClusterProcess, redis_url: str) -> Iterator[tuple[str, str]]:
-    """(sharded on the cluster, unsharded on one Redis): two real ``docl serve``."""
-    sharded = ServerProcess(redis_url=redis_cluster.url, env={"DOCL_SHARD_SAMPLES": str(M)})
-    plain = ServerProcess(redis_url=redis_url)
+    """(sharded on the cluster, unsharded on one Redis): two real ``docl serve``, with
+    512-byte chunks (a shard's records span 6 chunks, its scores 1: chunk and shard
+    boundaries differ)."""
+    chunks = {"DOCL_CHUNK_BYTES": "512"}
+    sharded = ServerProcess(
+        redis_url=redis_cluster.url, env={"DOCL_SHARD_SAMPLES": str(M), **chunks}
+    )
+    plain = ServerProcess(redis_url=redis_url, env=chunks)
     try:
         sharded.start()
         plain.start()
