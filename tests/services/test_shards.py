@@ -389,7 +389,10 @@ def test_a_sharded_report_stream_survives_sigkill_of_a_shards_primary(
     shards: the primary holding shard 0 is SIGKILLed with reports in flight, whose parts
     on the other shards may be applied already; every sender re-sends its report with the
     same id until acknowledged. Then every sample is visited exactly once and each report
-    counted once. (With the per-shard dedup disabled, the re-sends double visits.)"""
+    counted once. Checked by hand against two broken stores: with the per-shard dedup
+    disabled a re-sent part is applied again and its report counted twice (its samples'
+    second write is stale, same lr_sum, so the counters catch it, not the visits); with a
+    report taken as a duplicate once ANY shard has its marker, samples lose their visit."""
     with RedisClusterProcess(
         primaries=3, replicas=1, appendonly=True, appendfsync="always", node_timeout_ms=1000
     ) as cluster:
