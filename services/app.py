@@ -226,6 +226,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             timeout_s=settings.redis_timeout_s,
             max_connections=settings.redis_max_connections,
             dedup_ttl_s=settings.dedup_ttl_s,
+            wait_replicas=settings.redis_wait_replicas,
+            wait_ms=settings.redis_wait_ms,
         )
         try:
             await store.load_scripts()

@@ -50,6 +50,22 @@ class Settings(BaseSettings):
     redis_max_connections: int = Field(
         64, ge=1, description="Connection pool size per server process."
     )
+    redis_wait_replicas: int = Field(
+        0,
+        ge=0,
+        le=16,
+        description="Durability across a failover: acknowledge a report only once this many "
+        "replicas of its primary have it (Redis WAIT after the report's script, same "
+        "connection); fewer within redis_wait_ms: 503, the client re-sends (deduplicated). "
+        "0 = off: replication is asynchronous, a failover may lose the last acknowledged "
+        'reports. At most the replicas per primary (docs/scaling.md "Failover").',
+    )
+    redis_wait_ms: int = Field(
+        1000,
+        ge=1,
+        le=60_000,
+        description="How long a report waits for redis_wait_replicas replicas (ms).",
+    )
 
     # -- the HTTP server ---------------------------------------------------------------
     host: str = "127.0.0.1"

@@ -657,12 +657,19 @@ class RedisClusterProcess(_Started):
         return {k: v.strip() for k, v in pairs}
 
     def wait_replicated(self, timeout: float = 30.0) -> None:
-        """Until every replica's link to its primary is up (its first sync done)."""
+        """Until every replica's link to its primary is up (its first sync done) and every
+        node's CLUSTER NODES knows the replicas as replicas (the roles are gossiped: a
+        client asking another node right after REPLICATE would still see a primary)."""
         deadline = time.monotonic() + timeout
         for replica in self.replicas:
             while self.info(replica, "replication").get("master_link_status") != "up":
                 if time.monotonic() > deadline:
                     raise RedisStartError(f"replica :{replica.port} did not sync in {timeout} s")
+                time.sleep(0.05)
+        for node in self.processes:
+            while node.command("CLUSTER", "NODES").count(b"slave") < len(self.replicas):
+                if time.monotonic() > deadline:
+                    raise RedisStartError(f"node :{node.port} did not learn the replicas")
                 time.sleep(0.05)
 
     def wait_ok(self, timeout: float = 30.0) -> None:

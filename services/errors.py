@@ -156,6 +156,8 @@ def redis_error_response(exc: Exception, *, method: str, path: str) -> JSONRespo
     * the connection is lost, times out or Redis is still loading: 503, Retry-After 1;
     * Redis is up but refuses writes (``OOM``, ``MISCONF``: a failing disk, ``READONLY``:
       a replica): 503, Retry-After 5;
+    * a report applied but not on enough replicas in time (``DOCL_REDIS_WAIT_REPLICAS``,
+      :class:`~docl.services.store.NotReplicated`): 503, Retry-After 1;
     * anything else Redis answers with an error: a 500 (a bug of ours), logged.
     """
     from redis.exceptions import ConnectionError as RedisConnectionError
@@ -163,10 +165,14 @@ def redis_error_response(exc: Exception, *, method: str, path: str) -> JSONRespo
     from redis.exceptions import TimeoutError as RedisTimeoutError
 
     from docl.services import metrics
+    from docl.services.store import NotReplicated
 
     kind = type(exc).__name__
     text = str(exc)
-    if isinstance(exc, RedisConnectionError | RedisTimeoutError):
+    if isinstance(exc, NotReplicated):
+        level, retry_after = logging.WARNING, 1
+        detail = f"not yet durable: {text}"
+    elif isinstance(exc, RedisConnectionError | RedisTimeoutError):
         level, retry_after = logging.WARNING, 1
         detail = f"the score store (Redis) is unavailable ({kind}: {text}); retry shortly"
     elif isinstance(exc, OutOfMemoryError | ReadOnlyError) or _REFUSED.search(text):

@@ -55,7 +55,7 @@ from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, RedisClusterException, ResponseError
+from redis.exceptions import NoScriptError, RedisClusterException, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from docl.services import storage
@@ -84,7 +84,14 @@ from docl.services.storage import (
     ScatterStatus,
 )
 
-__all__ = ["CLUSTER_SCHEMES", "ClusterStateError", "RedisStore", "Store", "cluster_url"]
+__all__ = [
+    "CLUSTER_SCHEMES",
+    "ClusterStateError",
+    "NotReplicated",
+    "RedisStore",
+    "Store",
+    "cluster_url",
+]
 
 #: URL schemes of a Redis Cluster -> the scheme redis-py's client takes for one of its nodes.
 CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
@@ -93,6 +100,20 @@ CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
 class ClusterStateError(RuntimeError):
     """The Redis Cluster answers but is not serving (``cluster_state`` is not ``ok``:
     slots not covered, a primary down without a replica): a configuration error."""
+
+
+class NotReplicated(RedisError):
+    """A write was applied on the primary but fewer replicas than ``wait_replicas``
+    acknowledged it within ``wait_ms`` (``WAIT``): it could still be lost in a failover.
+    The server answers 503; the client re-sends with the same report id (deduplicated)."""
+
+    def __init__(self, acked: int, wanted: int, wait_ms: int, why: str = "") -> None:
+        what = why or f"only {acked} of {wanted} replica(s) acknowledged it within {wait_ms} ms"
+        super().__init__(
+            f"the report was applied on the primary but {what} (DOCL_REDIS_WAIT_REPLICAS="
+            f"{wanted}, DOCL_REDIS_WAIT_MS={wait_ms}); re-send it with the same report_id"
+        )
+        self.acked, self.wanted, self.wait_ms = acked, wanted, wait_ms
 
 
 def cluster_url(url: str) -> str | None:
@@ -225,8 +246,20 @@ class RedisStore:
         dedup_ttl_s: float = 7 * 86400.0,
         fast_url: str | None = None,
         timeout_s: float = 30.0,
+        wait_replicas: int = 0,
+        wait_ms: int = 1000,
     ) -> None:
+        if wait_replicas < 0 or wait_ms < 1:
+            raise ValueError("wait_replicas must be >= 0 and wait_ms >= 1 (WAIT 0 blocks forever)")
+        if wait_replicas and wait_ms >= 1000 * timeout_s:
+            raise ValueError(
+                f"wait_ms ({wait_ms}, DOCL_REDIS_WAIT_MS) must be below the Redis command "
+                f"timeout ({timeout_s} s, DOCL_REDIS_TIMEOUT_S): a WAIT would time out first"
+            )
         self.redis = redis
+        #: after each report's script: WAIT for this many replicas (0: do not wait), wait_ms
+        self.wait_replicas = wait_replicas
+        self.wait_ms = wait_ms
         self.cluster: RedisCluster | None = redis if isinstance(redis, RedisCluster) else None
         self._timeout_s = timeout_s
         self._fast_url = fast_url
@@ -253,10 +286,14 @@ class RedisStore:
         timeout_s: float = 30.0,
         max_connections: int = 64,
         dedup_ttl_s: float = 7 * 86400.0,
+        wait_replicas: int = 0,
+        wait_ms: int = 1000,
     ) -> RedisStore:
         """A store on ``url``: ``redis://``, ``rediss://``, ``unix://`` (one Redis) or
         ``redis+cluster://`` / ``rediss+cluster://`` (a Redis Cluster: any node's
-        address; the others are discovered from it; ``max_connections`` is per node)."""
+        address; the others are discovered from it; ``max_connections`` is per node).
+        ``wait_replicas`` > 0: each report is acknowledged only once that many replicas
+        have it (:meth:`_replicated`)."""
         # redis-py re-sends a command after a connection error or timeout; every
         # script here is safe to re-run (dedup marker, compare-and-set, first-wins).
         options: dict[str, Any] = {
@@ -269,13 +306,25 @@ class RedisStore:
         }
         node_url = cluster_url(url)
         client: aioredis.Redis | RedisCluster
+        if node_url is not None and wait_replicas and not node_url.startswith("redis://"):
+            raise ValueError(
+                "DOCL_REDIS_WAIT_REPLICAS needs the hot path's per-node connections, which a "
+                'TLS cluster (rediss+cluster://) does not have; see docs/scaling.md "Failover"'
+            )
         if node_url is not None:
             # partial coverage loads: check_cluster then names the state (not redis-py's error)
             client = RedisCluster.from_url(node_url, require_full_coverage=False, **options)
             url = node_url  # the hot path's per-node clients take its credentials
         else:
             client = aioredis.Redis.from_url(url, **options)
-        return cls(client, dedup_ttl_s=dedup_ttl_s, fast_url=url, timeout_s=timeout_s)
+        return cls(
+            client,
+            dedup_ttl_s=dedup_ttl_s,
+            fast_url=url,
+            timeout_s=timeout_s,
+            wait_replicas=wait_replicas,
+            wait_ms=wait_ms,
+        )
 
     async def check_cluster(self) -> None:
         """On a cluster: raise :class:`ClusterStateError` unless it serves every slot
@@ -382,6 +431,61 @@ class RedisStore:
                     raise
         return await script(keys=list(keys), args=list(args))
 
+    async def _run_replicated(self, script: Any, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        """:meth:`_run`, then WAIT for the replicas (:meth:`_replicated`)."""
+        return await self._replicated(["EVALSHA", script.sha, len(keys), *keys, *args], script)
+
+    async def _replicated(self, cmd: list[Any], script: Any = None) -> Any:
+        """Send ``cmd`` (a write whose first key is ``cmd[1]``, or ``EVALSHA`` of ``script``:
+        ``[EVALSHA, sha, numkeys, *keys, *args]``), then, when :attr:`wait_replicas` > 0,
+        ``WAIT wait_replicas wait_ms`` on the same connection, in one round trip: WAIT
+        counts the replicas that have this connection's writes. Fewer than asked raises
+        :class:`NotReplicated` (the write stays applied: re-sending it is deduplicated)."""
+        keys: list[Any] = cmd[3 : 3 + int(cmd[2])] if script is not None else cmd[1:2]
+        args: list[Any] = cmd[3 + len(keys) :]
+
+        async def plain(client: Any = None) -> Any:
+            if script is not None:
+                if client is None:
+                    return await self._run(script, keys, args)
+                return await script(keys=keys, args=args, client=client)
+            if client is None:
+                return await self.redis.execute_command(*cmd)
+            return client.execute_command(*cmd)
+
+        if not self.wait_replicas:
+            return await plain()
+        wait: list[Any] = ["WAIT", self.wait_replicas, self.wait_ms]
+        fast = self._fast_for(keys[0])
+        reply: Any = None
+        acked: Any = None
+        if fast is not None:
+            try:
+                try:
+                    reply, acked = await fast.call_many([cmd, wait])
+                except NoScriptError:
+                    await fast.call(["SCRIPT", "LOAD", script.script])
+                    reply, acked = await fast.call_many([cmd, wait])
+            except _FAST_PATH_ERRORS as e:
+                if not self._hand_over(e):
+                    raise
+                fast = None
+        if fast is None and self.cluster is not None:
+            # redis-py sends a keyless WAIT to every primary, on other connections than
+            # the write's: apply the write (redis-py follows a redirection) and let the
+            # client re-send; the re-sent report is a duplicate whose count WAITs here.
+            await plain()
+            why = "its replication could not be checked (the call went through redis-py)"
+            raise NotReplicated(0, self.wait_replicas, self.wait_ms, why)
+        if fast is None:  # one Redis through redis-py (TLS): a pipeline is one connection
+            pipe = self.redis.pipeline(transaction=False)
+            await plain(pipe)
+            pipe.execute_command(*wait)
+            reply, acked = await pipe.execute()
+        if int(acked) < self.wait_replicas:
+            raise NotReplicated(int(acked), self.wait_replicas, self.wait_ms)
+        return reply
+
     # -- runs -----------------------------------------------------------------------------
     async def create_run(
         self, layout: RunLayout, config_json: str, uid: str, created_at: float
@@ -441,7 +545,8 @@ class RedisStore:
         return out
 
     async def count_duplicate(self, layout: RunLayout, count: int = 1) -> None:
-        await self.redis.hincrby(layout.counters_key, "duplicates", count)
+        # a write, so its WAIT also covers the earlier write of the report it duplicates
+        await self._replicated(["HINCRBY", layout.counters_key, "duplicates", count])
 
     async def counters(self, layout: RunLayout) -> dict[str, int]:
         """Every counter of the run (see ``_counters``); of a sharded run, the sums over
@@ -881,7 +986,7 @@ class RedisStore:
         log["s"] = scores
         if layout.loss_column:
             log["l"] = losses
-        res = await self._run(
+        res = await self._run_replicated(
             self._scatter,
             [
                 layout.meta_key,

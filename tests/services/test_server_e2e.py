@@ -13,7 +13,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -137,6 +137,36 @@ class Reference:
         return int(upd.scored.sum())
 
 
+# -- single Redis and a Redis Cluster ---------------------------------------------------------
+# Every test below taking ``http``, ``server_url`` or ``store_url`` runs twice: against the
+# session's single Redis (with conftest's ``score_server``) and against the session's
+# 3-primary cluster (``redis_cluster``, with a ``docl serve`` on it shared by this module).
+# Tests that kill or restart a single Redis take ``redis_factory`` instead (single only).
+
+
+@pytest.fixture(scope="module")
+def cluster_score_server(redis_cluster: RedisClusterProcess) -> Iterator[str]:
+    """Base URL of a ``docl serve --redis-url redis+cluster://…`` on ``redis_cluster``."""
+    with ServerProcess(redis_url=redis_cluster.url) as server:
+        yield server.url
+
+
+@pytest.fixture
+def server_url(store_url: str, request: pytest.FixtureRequest) -> str:
+    """The score server on ``store_url``: conftest's ``score_server`` for the single Redis,
+    ``cluster_score_server`` for the cluster."""
+    if store_url.startswith("redis+cluster://"):
+        return str(request.getfixturevalue("cluster_score_server"))
+    return str(request.getfixturevalue("score_server"))
+
+
+@pytest.fixture
+def http(server_url: str) -> Iterator[httpx.Client]:
+    """conftest's ``http``, on ``server_url`` (so on both backends)."""
+    with httpx.Client(base_url=server_url, timeout=30.0) as client:
+        yield client
+
+
 # -- the flow --------------------------------------------------------------------------------
 def test_full_flow_matches_the_pure_core(http: httpx.Client, run_id: str) -> None:
     n, c, world = 48, 4, 2
@@ -202,7 +232,7 @@ def test_full_flow_matches_the_pure_core(http: httpx.Client, run_id: str) -> Non
 
 
 def test_replayed_report_is_a_duplicate_and_changes_nothing(
-    http: httpx.Client, run_id: str, redis_url: str, run_snapshot: Callable[..., dict[str, Any]]
+    http: httpx.Client, run_id: str, store_url: str, run_snapshot: Callable[..., dict[str, Any]]
 ) -> None:
     create(http, run_id)
     draw(http, run_id)
@@ -210,7 +240,7 @@ def test_replayed_report_is_a_duplicate_and_changes_nothing(
     out = np.arange(32, dtype=np.float32).reshape(8, 4)
     first = report(http, run_id, rid="once", epoch=0, lr_sum=0.0, idx=idx, out=out, tgt=idx % 4)
     assert first.json() == {"accepted": 8, "scored": 0, "duplicate": False}
-    before = run_snapshot(redis_url, run_id)
+    before = run_snapshot(store_url, run_id)
     for as_json in (False, True):  # the same report_id in either encoding, other contents even
         again = report(
             http,
@@ -228,7 +258,7 @@ def test_replayed_report_is_a_duplicate_and_changes_nothing(
             "scored": 0,
             "duplicate": True,
         }
-    after = run_snapshot(redis_url, run_id)
+    after = run_snapshot(store_url, run_id)
     counters_key = f"{{run:{run_id}}}:counters"
     assert {k: v for k, v in after.items() if k != counters_key} == {
         k: v for k, v in before.items() if k != counters_key
@@ -277,7 +307,7 @@ def frame(rid: str, epoch: int, lr: float, idx: np.ndarray, out: np.ndarray, c: 
 
 
 def test_multi_report_body_applies_each_report_once_in_order(
-    http: httpx.Client, run_id: str, redis_url: str, run_snapshot: Callable[..., dict[str, Any]]
+    http: httpx.Client, run_id: str, store_url: str, run_snapshot: Callable[..., dict[str, Any]]
 ) -> None:
     """Each report of a multi-report body is applied as if it had come alone, in order —
     also when two of them name the same sample — and acknowledged one by one; a replay
@@ -315,12 +345,12 @@ def test_multi_report_body_applies_each_report_once_in_order(
     counters = http.get(f"/v1/runs/{run_id}").json()["counters"]
     assert (counters["reports"], counters["samples_scored"]) == (5, 13)
 
-    before = run_snapshot(redis_url, run_id)
+    before = run_snapshot(store_url, run_id)
     again = http.post(f"/v1/runs/{run_id}/reports", content=body, headers=MULTI).json()
     assert [x["duplicate"] for x in again["reports"]] == [True] * 5
     assert (again["scored"], again["duplicates"]) == (0, 5)
     counters_key = f"{{run:{run_id}}}:counters"
-    after = run_snapshot(redis_url, run_id)
+    after = run_snapshot(store_url, run_id)
     assert {k: v for k, v in after.items() if k != counters_key} == {
         k: v for k, v in before.items() if k != counters_key
     }
@@ -340,7 +370,7 @@ def test_multi_report_body_applies_each_report_once_in_order(
 
 
 def test_multi_report_body_with_a_bad_report_changes_nothing(
-    http: httpx.Client, run_id: str, redis_url: str, run_snapshot: Callable[..., dict[str, Any]]
+    http: httpx.Client, run_id: str, store_url: str, run_snapshot: Callable[..., dict[str, Any]]
 ) -> None:
     create(http, run_id)
     draw(http, run_id)
@@ -348,7 +378,7 @@ def test_multi_report_body_with_a_bad_report_changes_nothing(
     ones = np.ones((8, 4), np.float32)
     good = frame("g1", 0, 0.0, idx[:8], ones)
     http.post(f"/v1/runs/{run_id}/reports", content=wire.encode_reports([good]), headers=MULTI)
-    before = run_snapshot(redis_url, run_id)
+    before = run_snapshot(store_url, run_id)
     out_of_range = frame("bad", 0, 1.0, np.array([1, 2, 99, 3, 4, 5, 6, 7]), ones)
     nan = ones.copy()
     nan[2, 1] = np.nan
@@ -389,7 +419,7 @@ def test_multi_report_body_with_a_bad_report_changes_nothing(
     for broken in (body[:-3], body[:20], b"DOCM" + body[4:8] + b"\0\0\0\0" + body[12:]):
         r = http.post(f"/v1/runs/{run_id}/reports", content=broken, headers=MULTI)
         assert r.status_code == 422 and "multi-report" in r.json()["detail"], r.text
-    assert run_snapshot(redis_url, run_id) == before
+    assert run_snapshot(store_url, run_id) == before
 
 
 # -- epochs ----------------------------------------------------------------------------------
@@ -463,7 +493,7 @@ def test_seeded_draws_are_reproducible(http: httpx.Client, run_id: str) -> None:
 
 
 def test_runs_list_get_delete(
-    http: httpx.Client, run_id: str, redis_url: str, run_snapshot: Callable[..., dict[str, Any]]
+    http: httpx.Client, run_id: str, store_url: str, run_snapshot: Callable[..., dict[str, Any]]
 ) -> None:
     create(http, run_id)
     draw(http, run_id)
@@ -480,9 +510,9 @@ def test_runs_list_get_delete(
     )
     ids = [r["run_id"] for r in http.get("/v1/runs").json()["runs"]]
     assert run_id in ids
-    assert len(run_snapshot(redis_url, run_id)) > 5
+    assert len(run_snapshot(store_url, run_id)) > 5
     assert http.delete(f"/v1/runs/{run_id}").status_code == 204
-    assert run_snapshot(redis_url, run_id) == {"<in docl:runs>": False}  # every key dropped
+    assert run_snapshot(store_url, run_id) == {"<in docl:runs>": False}  # every key dropped
     assert http.get(f"/v1/runs/{run_id}").status_code == 404
     assert http.delete(f"/v1/runs/{run_id}").status_code == 404
     assert run_id not in [r["run_id"] for r in http.get("/v1/runs").json()["runs"]]
@@ -625,7 +655,7 @@ def _bad_requests(run_id: str, n: int, c: int) -> list[tuple[str, int, str, dict
 
 
 def test_every_bad_request_gets_a_4xx_problem_and_changes_nothing(
-    http: httpx.Client, run_id: str, redis_url: str, run_snapshot: Callable[..., dict[str, Any]]
+    http: httpx.Client, run_id: str, store_url: str, run_snapshot: Callable[..., dict[str, Any]]
 ) -> None:
     n, c = 48, 4
     create(http, run_id, num_samples=n, num_outputs=c)
@@ -642,13 +672,13 @@ def test_every_bad_request_gets_a_4xx_problem_and_changes_nothing(
         tgt=idx % c,
     )
     for what, status, path, kwargs in _bad_requests(run_id, n, c):
-        before = run_snapshot(redis_url, run_id)
+        before = run_snapshot(store_url, run_id)
         r = http.post(path, **kwargs)
         assert r.status_code == status, f"{what}: {r.status_code} {r.text}"
         assert r.headers["content-type"].startswith("application/problem+json"), what
         problem = r.json()
         assert problem["status"] == status and len(problem["detail"]) > 10, what
-        assert run_snapshot(redis_url, run_id) == before, f"{what} changed Redis"
+        assert run_snapshot(store_url, run_id) == before, f"{what} changed Redis"
     # GETs with bad parameters
     for path, params in (
         (f"/v1/runs/{run_id}/epochs/0/indices", {"rank": 2, "world": 2}),
@@ -663,7 +693,7 @@ def test_every_bad_request_gets_a_4xx_problem_and_changes_nothing(
 
 
 def test_unknown_run_is_404_and_creates_nothing(
-    http: httpx.Client, run_id: str, redis_url: str, run_snapshot: Callable[..., dict[str, Any]]
+    http: httpx.Client, run_id: str, store_url: str, run_snapshot: Callable[..., dict[str, Any]]
 ) -> None:
     ghost = run_id + "-ghost"
     body = wire.encode_report(
@@ -688,19 +718,19 @@ def test_unknown_run_is_404_and_creates_nothing(
         r = http.request(method, path, **kwargs)
         assert r.status_code == 404, (method, path, r.text)
         assert "ghost" in r.json()["detail"]
-    assert run_snapshot(redis_url, ghost) == {"<in docl:runs>": False}
+    assert run_snapshot(store_url, ghost) == {"<in docl:runs>": False}
     assert http.get("/v1/nothing-here").json()["status"] == 404
 
 
 def test_body_limit_413_by_header_and_by_stream(
-    server_factory: Callable[..., ServerProcess], redis_url: str, run_id: str,
+    server_factory: Callable[..., ServerProcess], store_url: str, run_id: str,
     run_snapshot: Callable[..., dict[str, Any]],
 ) -> None:  # fmt: skip
-    server = server_factory(redis_url=redis_url, env={"DOCL_MAX_BODY_BYTES": "4096"})
+    server = server_factory(redis_url=store_url, env={"DOCL_MAX_BODY_BYTES": "4096"})
     with httpx.Client(base_url=server.url, timeout=30) as http:
         create(http, run_id, num_outputs=100)
         draw(http, run_id)
-        before = run_snapshot(redis_url, run_id)
+        before = run_snapshot(store_url, run_id)
         idx = np.arange(20)
         big = wire.encode_report(
             report_id="big",
@@ -721,7 +751,7 @@ def test_body_limit_413_by_header_and_by_stream(
         r = http.post(f"/v1/runs/{run_id}/reports", content=chunks(), headers=BIN)
         assert r.status_code == 413, r.text
         assert r.headers["content-type"].startswith("application/problem+json")
-        assert run_snapshot(redis_url, run_id) == before
+        assert run_snapshot(store_url, run_id) == before
         small = wire.encode_report(
             report_id="small",
             epoch=0,
@@ -736,9 +766,9 @@ def test_body_limit_413_by_header_and_by_stream(
 
 
 def test_token_auth(
-    server_factory: Callable[..., ServerProcess], redis_url: str, run_id: str
+    server_factory: Callable[..., ServerProcess], store_url: str, run_id: str
 ) -> None:
-    server = server_factory(redis_url=redis_url, env={"DOCL_API_TOKEN": "s3cret"})
+    server = server_factory(redis_url=store_url, env={"DOCL_API_TOKEN": "s3cret"})
     with httpx.Client(base_url=server.url, timeout=30) as http:
         for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "s3cret"}):
             r = http.get("/v1/runs", headers=headers)
@@ -789,9 +819,9 @@ def _report_epoch(http: httpx.Client, run_id: str, e: int, prefix: str) -> int:
 
 
 def test_server_restart_loses_nothing(
-    server_factory: Callable[..., ServerProcess], redis_url: str, run_id: str
+    server_factory: Callable[..., ServerProcess], store_url: str, run_id: str
 ) -> None:
-    server = server_factory(redis_url=redis_url)
+    server = server_factory(redis_url=store_url)
     with httpx.Client(base_url=server.url, timeout=30) as http:
         create(http, run_id)
         _report_epoch(http, run_id, 0, "p")
@@ -819,6 +849,7 @@ def test_redis_killed_with_aof_loses_no_acknowledged_report(
     server_factory: Callable[..., ServerProcess],
     run_id: str,
 ) -> None:
+    # single Redis only: it SIGKILLs and restarts one Redis (the cluster's: the failover test)
     redis = redis_factory(appendonly=True, appendfsync="always")
     server = server_factory(redis_url=redis.url)
     with httpx.Client(base_url=server.url, timeout=30) as http:
@@ -842,17 +873,17 @@ def test_redis_killed_with_aof_loses_no_acknowledged_report(
 
 # -- concurrency -----------------------------------------------------------------------------
 def test_concurrent_clients_each_sample_scored_exactly_once_per_report(
-    score_server: str, run_id: str
+    server_url: str, run_id: str
 ) -> None:
     n, c, clients, rounds = 600, 4, 6, 4
-    with httpx.Client(base_url=score_server, timeout=30) as http:
+    with httpx.Client(base_url=server_url, timeout=30) as http:
         create(http, run_id, num_samples=n, num_outputs=c)
         draw(http, run_id)
     parts = np.array_split(np.random.default_rng(1).permutation(n), clients)
     errors: list[str] = []
 
     def client(k: int) -> None:
-        with httpx.Client(base_url=score_server, timeout=30) as http:
+        with httpx.Client(base_url=server_url, timeout=30) as http:
             mine = parts[k]
             for rnd in range(rounds):
                 for b, batch in enumerate(np.array_split(mine, 5)):
@@ -876,7 +907,7 @@ def test_concurrent_clients_each_sample_scored_exactly_once_per_report(
     for t in threads:
         t.join()
     assert not errors
-    with httpx.Client(base_url=score_server, timeout=30) as http:
+    with httpx.Client(base_url=server_url, timeout=30) as http:
         _, visits, lrs = get_scores(http, run_id)
         assert (visits == rounds).all()
         assert (lrs == rounds - 1).all()
@@ -886,18 +917,18 @@ def test_concurrent_clients_each_sample_scored_exactly_once_per_report(
     assert counters["samples_scored"] == n * (rounds - 1)
 
 
-def test_racing_reports_of_the_same_samples_lose_no_update(score_server: str, run_id: str) -> None:
+def test_racing_reports_of_the_same_samples_lose_no_update(server_url: str, run_id: str) -> None:
     """Reports that touch the SAME samples concurrently: the compare-and-set keeps the
     visit counts exact (a lost update would leave Σ visits below the applied count)."""
     n, c, clients, per = 64, 4, 6, 10
-    with httpx.Client(base_url=score_server, timeout=30) as http:
+    with httpx.Client(base_url=server_url, timeout=30) as http:
         create(http, run_id, num_samples=n, num_outputs=c)
         draw(http, run_id)
     idx = np.arange(n)
 
     def client(k: int) -> list[dict[str, Any]]:
         acks = []
-        with httpx.Client(base_url=score_server, timeout=30) as http:
+        with httpx.Client(base_url=server_url, timeout=30) as http:
             for j in range(per):
                 lr = float(1 + j * clients + k)  # distinct lr-sums, interleaved across clients
                 out = np.full((n, c), lr, np.float32)
@@ -917,7 +948,7 @@ def test_racing_reports_of_the_same_samples_lose_no_update(score_server: str, ru
 
     with ThreadPoolExecutor(clients) as pool:
         acks = [a for part in pool.map(client, range(clients)) for a in part]
-    with httpx.Client(base_url=score_server, timeout=30) as http:
+    with httpx.Client(base_url=server_url, timeout=30) as http:
         _, visits, lrs = get_scores(http, run_id)
         counters = http.get(f"/v1/runs/{run_id}").json()["counters"]
     applied = counters["samples_reported"] - counters["samples_skipped"]
@@ -1091,3 +1122,109 @@ def test_report_stream_survives_sigkill_of_the_runs_primary(
         assert failed  # the kill did interrupt the stream
         print(f"failover: last failed attempt {max(failed) - killed_at[0]:.2f} s after the "
               f"kill, {len(failed)} attempts failed")  # fmt: skip
+
+
+# -- durability: WAIT for replicas (DOCL_REDIS_WAIT_REPLICAS) --------------------------------
+WAIT_MS = 500
+
+
+@pytest.fixture(scope="module")
+def replicated_cluster() -> Iterator[RedisClusterProcess]:
+    """The failover test's shape: 3 primaries with one replica each, AOF fsync always."""
+    with RedisClusterProcess(
+        primaries=3, replicas=1, appendonly=True, appendfsync="always"
+    ) as cluster:
+        yield cluster
+
+
+def _replica_reader(cluster: RedisClusterProcess, run_id: str) -> Any:
+    """A connection to the replica of the run's primary that reads its own copy (READONLY)."""
+    import redis
+
+    replica = cluster.replicas[cluster.node_of_key(f"{{run:{run_id}}}:meta")]
+    conn = redis.Redis(
+        host=replica.host, port=replica.port, password=cluster.password,
+        single_connection_client=True,
+    )  # fmt: skip
+    conn.execute_command("READONLY")
+    return conn
+
+
+def _waiting_server(
+    server_factory: Callable[..., ServerProcess], cluster: RedisClusterProcess
+) -> ServerProcess:
+    env = {"DOCL_REDIS_WAIT_REPLICAS": "1", "DOCL_REDIS_WAIT_MS": str(WAIT_MS)}
+    return server_factory(redis_url=cluster.url, env=env)
+
+
+def test_with_wait_on_every_acknowledged_report_is_on_the_replica(
+    replicated_cluster: RedisClusterProcess,
+    server_factory: Callable[..., ServerProcess],
+    run_id: str,
+) -> None:
+    """DOCL_REDIS_WAIT_REPLICAS=1: the moment a report is acknowledged, the replica of the
+    run's primary already holds it (its dedup marker and the run's report count, read
+    from the replica itself right after each 200, with no pause)."""
+    server = _waiting_server(server_factory, replicated_cluster)
+    replica = _replica_reader(replicated_cluster, run_id)
+    rng = np.random.default_rng(1)
+    with httpx.Client(base_url=server.url, timeout=30) as http:
+        create(http, run_id, num_samples=96)
+        draw(http, run_id, 0)
+        batches = np.array_split(shard(http, run_id, 0), 12)
+        for k, b in enumerate(batches):
+            out = rng.normal(size=(b.size, 4)).astype(np.float32)
+            r = report(http, run_id, rid=f"r{k}", epoch=0, lr_sum=0.1, idx=b, out=out, tgt=b % 4)
+            assert r.status_code == 200 and not r.json()["duplicate"], r.text
+            assert replica.zscore(f"{{run:{run_id}}}:reports", f"r{k}") is not None
+            assert int(replica.hget(f"{{run:{run_id}}}:counters", "reports")) == k + 1
+    replica.close()
+
+
+def test_with_wait_on_a_stopped_replica_gives_503_and_the_resend_is_applied_once(
+    replicated_cluster: RedisClusterProcess,
+    server_factory: Callable[..., ServerProcess],
+    run_id: str,
+) -> None:
+    """SIGSTOP the replica of the run's primary: a report is applied on the primary but
+    not acknowledged: 503 after ~DOCL_REDIS_WAIT_MS, naming the setting. After SIGCONT
+    the same report id is re-sent: acknowledged (as a duplicate), counted once, every
+    sample visited once, and the replica has it. Without WAIT the report would be a 200
+    that a failover at that moment loses."""
+    import os
+    import signal
+
+    server = _waiting_server(server_factory, replicated_cluster)
+    owner = replicated_cluster.node_of_key(f"{{run:{run_id}}}:meta")
+    replica_proc = replicated_cluster.replicas[owner]
+    assert replica_proc.pid is not None
+    rng = np.random.default_rng(2)
+    with httpx.Client(base_url=server.url, timeout=30) as http:
+        create(http, run_id, num_samples=48)
+        draw(http, run_id, 0)
+        a, b = np.array_split(shard(http, run_id, 0), 2)
+        out_a, out_b = (rng.normal(size=(x.size, 4)).astype(np.float32) for x in (a, b))
+        first = report(http, run_id, rid="a", epoch=0, lr_sum=0.1, idx=a, out=out_a, tgt=a % 4)
+        assert first.status_code == 200, first.text
+        os.kill(replica_proc.pid, signal.SIGSTOP)
+        try:
+            t0 = time.monotonic()
+            r = report(http, run_id, rid="b", epoch=0, lr_sum=0.2, idx=b, out=out_b, tgt=b % 4)
+            took = time.monotonic() - t0
+            assert r.status_code == 503, r.text
+            assert "DOCL_REDIS_WAIT_REPLICAS=1" in r.json()["detail"]
+            assert r.headers["Retry-After"] == "1"
+            assert WAIT_MS / 1000 * 0.9 <= took < WAIT_MS / 1000 + 3.0, took
+            # applied on the primary all the same (acknowledging it is what was refused)
+            assert http.get(f"/v1/runs/{run_id}").json()["counters"]["reports"] == 2
+        finally:
+            os.kill(replica_proc.pid, signal.SIGCONT)
+        again = report(http, run_id, rid="b", epoch=0, lr_sum=0.2, idx=b, out=out_b, tgt=b % 4)
+        assert again.status_code == 200 and again.json()["duplicate"], again.text
+        counters = http.get(f"/v1/runs/{run_id}").json()["counters"]
+        _, visits, _ = get_scores(http, run_id)
+    assert counters["reports"] == 2 and counters["duplicates"] == 1
+    assert (visits == 1).all(), visits
+    replica = _replica_reader(replicated_cluster, run_id)
+    assert int(replica.hget(f"{{run:{run_id}}}:counters", "reports")) == 2
+    replica.close()

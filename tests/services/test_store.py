@@ -16,7 +16,7 @@ from docl.services.embedded import RedisClusterProcess, RedisProcess
 from docl.services.engine import Engine
 from docl.services.layout import CAS_BYTES, RECORD_HEAD, RunLayout
 from docl.services.storage import CommitStatus, CreateStatus, GatherStatus, ScatterStatus
-from docl.services.store import ClusterStateError
+from docl.services.store import ClusterStateError, NotReplicated
 from docl.services.store import RedisStore as Store
 from docl.wire import encoding as wire
 from docl.wire.models import RunCreate
@@ -203,6 +203,66 @@ def test_dedup_markers_expire_after_the_ttl(store_url: str, run_id: str) -> None
     run(scenario())
 
 
+def test_wait_for_replicas_refuses_the_ack_but_keeps_the_write_and_a_resend_is_a_duplicate(
+    store_url: str, run_id: str
+) -> None:
+    """``wait_replicas`` asks for more replicas than there are (none here): the report's
+    script applies, then WAIT on the same connection counts 0 of 1 within ``wait_ms``, so
+    :class:`NotReplicated` is raised after ~wait_ms. A re-send of the same report id is a
+    duplicate (counted once, also WAITed for); with WAIT off nothing is waited for."""
+
+    async def scenario() -> None:
+        store = Store.from_url(store_url, wait_replicas=1, wait_ms=150)
+        lay = _layout(run_id, n=10, c=1)
+        _, uid, _ = await store.create_run(lay, "{}", "u", 0.0)
+        idx, rows = np.array([3, 7]), np.zeros(2, lay.rec_dtype)
+        new = rows.copy()
+        new["visits"], new["lr_sum"] = 1, 0.5
+        kw: dict[str, Any] = dict(
+            now=100.0, indices=idx, expected=rows, write=np.ones(2, bool), records=new,
+            scores=np.zeros(2, np.float32), losses=np.zeros(2, np.float32),
+            counters=(1, 2, 0, 0, 2),
+        )  # fmt: skip
+        t0 = time.monotonic()
+        with pytest.raises(NotReplicated, match=r"only 0 of 1 replica.*DOCL_REDIS_WAIT_REPLICAS=1"):
+            await store.scatter(lay, uid, "r1", **kw)
+        assert 0.14 <= time.monotonic() - t0 < 5.0  # WAIT waited its 150 ms
+        assert (await store.counters(lay))["reports"] == 1  # applied on the primary
+        with pytest.raises(NotReplicated):  # the duplicate's count waits too
+            await store.scatter(lay, uid, "r1", **kw)
+        with pytest.raises(NotReplicated):
+            await store.count_duplicate(lay)
+        # Without the hot path (TLS, or a call handed over to redis-py): one Redis WAITs
+        # in a redis-py pipeline (one connection); a cluster applies the write and answers
+        # at once (redis-py would send WAIT to every primary, on other connections).
+        slow = Store(store.redis, wait_replicas=1, wait_ms=150)
+        kw2 = {**kw, "indices": np.array([5]), "expected": rows[:1], "write": np.ones(1, bool),
+               "records": new[:1], "scores": np.zeros(1, np.float32),
+               "losses": np.zeros(1, np.float32), "counters": (1, 1, 0, 0, 1)}  # fmt: skip
+        t0 = time.monotonic()
+        why = "within 150 ms" if slow.cluster is None else "could not be checked"
+        with pytest.raises(NotReplicated, match=why):
+            await slow.scatter(lay, uid, "r2", **kw2)
+        waited = time.monotonic() - t0
+        assert waited >= 0.14 if slow.cluster is None else waited < 0.14
+        plain = Store.from_url(store_url)  # WAIT off: acknowledged at once
+        assert (await plain.scatter(lay, uid, "r1", **kw)).status == ScatterStatus.DUPLICATE
+        counters = await plain.counters(lay)
+        assert counters["reports"] == 2 and counters["duplicates"] == 3
+        records = await plain.read_records(lay, 0, 10)
+        assert records["visits"].tolist() == [0, 0, 0, 1, 0, 1, 0, 1, 0, 0]
+        with pytest.raises(ValueError, match="wait_ms"):
+            Store.from_url(store_url, wait_replicas=1, wait_ms=0)  # WAIT n 0 blocks forever
+        with pytest.raises(ValueError, match="DOCL_REDIS_TIMEOUT_S"):
+            Store.from_url(store_url, wait_replicas=1, wait_ms=5000, timeout_s=5.0)
+        with pytest.raises(ValueError, match="rediss"):  # TLS cluster: no hot path to WAIT on
+            Store.from_url("rediss+cluster://127.0.0.1:1", wait_replicas=1)
+        await store.close()
+        await plain.close()
+
+    run(scenario())
+
+
 def test_commit_epoch_first_wins_in_order_and_drops_old_indices(
     store_url: str, run_id: str
 ) -> None:
@@ -247,6 +307,7 @@ def test_commit_epoch_first_wins_in_order_and_drops_old_indices(
 def test_fast_client_survives_script_flush_and_a_redis_restart(
     redis_factory: Callable[..., RedisProcess], run_id: str
 ) -> None:
+    # single Redis only: it restarts the Redis (a cluster node's loss: the failover test)
     proc = redis_factory(appendonly=True, appendfsync="always")
 
     async def scenario() -> None:
@@ -372,20 +433,25 @@ def _rep(rid: str, lr: float, idx: np.ndarray, seed: int, c: int = 3) -> wire.Re
 
 
 def test_write_lease_skips_the_compare_until_another_writer_revokes_it(
-    redis_factory: Callable[..., RedisProcess], run_id: str
+    store_url: str, sync_redis: Callable[[str], Any], run_id: str
 ) -> None:
     """Two engines (two server processes) on one run. The lease holder's reports write
     with one SETRANGE per sample and no GETRANGE; the other engine's write revokes
     the lease, and the holder's next report compares, recomputes what changed, and
     ends with exactly the state of the same reports applied one by one elsewhere."""
-    proc = redis_factory()
-    r = redis.Redis.from_url(proc.unix_url)
+    r = sync_redis(store_url)
 
     def calls(cmd: str) -> int:
-        return int(r.info("commandstats").get(f"cmdstat_{cmd}", {}).get("calls", 0))
+        """Calls of ``cmd`` so far (summed over the primaries of a cluster)."""
+        if isinstance(r, redis.RedisCluster):
+            per_node = r.info("commandstats", target_nodes=redis.RedisCluster.PRIMARIES)
+            stats = list(per_node.values())
+        else:
+            stats = [r.info("commandstats")]
+        return sum(int(st.get(f"cmdstat_{cmd}", {}).get("calls", 0)) for st in stats)
 
     async def scenario() -> None:
-        a, b, ref = _engine(proc.unix_url), _engine(proc.unix_url), _engine(proc.unix_url)
+        a, b, ref = _engine(store_url), _engine(store_url), _engine(store_url)
         for eng, rid in ((a, run_id), (ref, run_id + "-ref")):
             await eng.create_run(
                 RunCreate(run_id=rid, num_samples=64, num_outputs=3, epochs=2,
