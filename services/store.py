@@ -1193,6 +1193,12 @@ class RedisStore:
             return Gathered(GatherStatus.GONE, last, None, None)
         dups = _whole_duplicates(len(ids), parts, [a for _, a in got])
         if dups:
+            if self.wait_replicas:  # what count_duplicate's WAIT does on one slot, per shard
+                hit = {
+                    j for (j, _, reps), _ in zip(parts, got, strict=True) if set(reps) & set(dups)
+                }
+                cmds = [["HINCRBY", layout.shard(j).counters_key, "duplicates", 0] for j in hit]
+                await asyncio.gather(*(self._replicated(c) for c in cmds))
             return Gathered(GatherStatus.DUPLICATE, last, None, None, dups)
         rec = np.zeros(idx.shape[0], dtype=layout.rec_dtype)
         for (_, pos, _), (g, _) in zip(parts, got, strict=True):

@@ -22,7 +22,8 @@
 -- ARGV[13]  counter increments "reports,samples_reported,samples_scored,samples_skipped,visited"
 --           and optionally ",d": what each duplicate report adds to the duplicates counter
 --           (default 1; a shard part of a sharded run sends 0: its caller counts a report
---           as a duplicate only when it was applied on every shard it touches)
+--           as a duplicate only when it was applied on every shard it touches; the counter
+--           is still written, by 0, so that a WAIT after the call covers the earlier apply)
 -- ARGV[14 .. 13+F]  the F report_ids
 --
 -- A sharded run (docs/architecture.md "Sharded runs"): the caller runs this script once
@@ -67,9 +68,8 @@ for j = 1, F do
 end
 if #dups > 1 then
   local per = tonumber(string.match(ARGV[13], '^[^,]*,[^,]*,[^,]*,[^,]*,[^,]*,(%d+)$') or '1')
-  if per > 0 then
-    redis.call('HINCRBY', KEYS[3], 'duplicates', per * (#dups - 1))
-  end
+  -- by 0 too: still a write, so a WAIT after this call covers the earlier apply it found
+  redis.call('HINCRBY', KEYS[3], 'duplicates', per * (#dups - 1))
   return dups
 end
 local idx = ARGV[5]

@@ -502,3 +502,73 @@ def test_two_servers_racing_on_the_same_samples_of_a_sharded_run_count_every_wri
     assert (visits[touched] >= 1).all() and (visits[~touched] == 0).all()
     np.testing.assert_array_equal(got_lr[touched], newest[touched])
     assert visited == int(touched.sum())  # first visits counted once, on their shard
+
+
+# -- durability: WAIT per shard (DOCL_REDIS_WAIT_REPLICAS) ------------------------------------------
+def test_with_wait_every_shard_of_an_acknowledged_report_is_on_its_replica(
+    server_factory: Callable[..., ServerProcess], run_id: str
+) -> None:
+    """DOCL_REDIS_WAIT_REPLICAS=1 on a sharded run (3 primaries + 3 replicas): right after
+    each 200, the replica of EVERY shard a report touched holds its marker. Then the
+    replica of shard 0's primary is SIGSTOPped: a report spanning shards is applied on the
+    primaries but answered 503; after SIGCONT its re-send is acknowledged as a duplicate,
+    counted once, and shard 0's replica holds it (the duplicate's WAIT covers it)."""
+    import os
+    import signal
+
+    import redis
+
+    with RedisClusterProcess(
+        primaries=3, replicas=1, appendonly=True, appendfsync="always"
+    ) as cluster:
+        env = {
+            "DOCL_SHARD_SAMPLES": "80",
+            "DOCL_REDIS_WAIT_REPLICAS": "1",
+            "DOCL_REDIS_WAIT_MS": "500",
+        }
+        server = server_factory(redis_url=cluster.url, env=env)
+        lay = _layout(run_id, shard_samples=80)
+
+        def replica_of(j: int) -> Any:
+            proc = cluster.replicas[cluster.node_of_key(lay.shard(j).meta_key)]
+            conn = redis.Redis(host=proc.host, port=proc.port, password=cluster.password,
+                               single_connection_client=True)  # fmt: skip
+            conn.execute_command("READONLY")
+            return conn, proc
+
+        readers = [replica_of(j)[0] for j in range(6)]
+        rng = np.random.default_rng(3)
+        with httpx.Client(base_url=server.url, timeout=30) as http:
+            create(http, run_id, num_samples=N, epochs=2)
+            draw(http, run_id, 0)
+            batches = np.array_split(shard(http, run_id, 0), 20)
+            outs = [rng.normal(size=(b.size, 4)).astype(np.float32) for b in batches]
+
+            def send(k: int) -> httpx.Response:
+                b = batches[k]
+                return report(http, run_id, rid=f"w{k}", epoch=0, lr_sum=0.1, idx=b, out=outs[k],
+                              tgt=b % 4)  # fmt: skip
+
+            for k in range(10):
+                r = send(k)
+                assert r.status_code == 200 and not r.json()["duplicate"], r.text
+                for j in sorted(set((batches[k] // 80).tolist())):
+                    assert readers[j].zscore(lay.shard(j).reports_key, f"w{k}") is not None, (k, j)
+            stopped = replica_of(0)[1]
+            k = next(k for k in range(10, 20) if (batches[k] // 80 == 0).any())
+            os.kill(stopped.pid, signal.SIGSTOP)
+            try:
+                r = send(k)
+                assert r.status_code == 503 and "DOCL_REDIS_WAIT_REPLICAS=1" in r.text, r.text
+            finally:
+                os.kill(stopped.pid, signal.SIGCONT)
+            again = send(k)
+            assert again.status_code == 200 and again.json()["duplicate"], again.text
+            assert readers[0].zscore(lay.shard(0).reports_key, f"w{k}") is not None
+            c = http.get(f"/v1/runs/{run_id}").json()["counters"]
+            _, visits, _ = get_scores(http, run_id)
+        assert c["reports"] == 11 and c["duplicates"] == 1
+        sent = np.concatenate([batches[i] for i in [*range(10), k]])
+        assert (visits[sent] == 1).all() and visits.sum() == sent.size
+        for conn in readers:
+            conn.close()
