@@ -13,7 +13,9 @@ connections, binary reports of ``batch`` samples) and the best pass is kept. Pri
 row: scored samples/s, p50/p99 latency, the run's Redis bytes per sample (``MEMORY
 USAGE`` of every key of the run, summed over the primaries) and the largest share of
 them on one primary (what sharding is for: a run bigger than one node), and the time
-of the next epoch's draw (``POST /epochs``). Every row is checked: the run must count
+of the next epoch's draw (``POST /epochs``), and with ``--draw-n N`` the draw of a
+selection epoch over N scores written straight into the run's shards (on a server with
+``DOCL_SHARD_SAMPLES = ceil(N / shards)``). Every row is checked: the run must count
 ``rounds · n`` scored samples.
 """
 
@@ -105,6 +107,46 @@ def _row(shards: int, num_samples: int, url: str, *, width: int, batch: int, cli
     }
 
 
+def _draw_row(shards: int, n: int, url: str) -> dict[str, float]:
+    """A selection epoch's ``POST /epochs`` over n scores written straight into the run's
+    columns (its shards'), on a server with ``DOCL_SHARD_SAMPLES = ceil(n / shards)``."""
+    import asyncio
+
+    import httpx
+
+    from docl.services.embedded import ServerProcess
+    from docl.services.layout import RunLayout
+    from docl.services.store import RedisStore
+
+    env = {"DOCL_SHARD_SAMPLES": str(math.ceil(n / shards))} if shards > 1 else {}
+    run_id = f"bench-shards-draw-{shards}-{int(time.time())}"
+    scores = np.random.default_rng(5).normal(size=n).astype(np.float32)
+
+    async def write_scores() -> None:
+        store = RedisStore.from_url(url, timeout_s=120)
+        try:
+            meta = await store.run_meta(run_id)
+            assert meta is not None
+            await store.write_column(RunLayout.from_json(run_id, meta["layout"]), "score", scores)
+        finally:
+            await store.close()
+
+    with (
+        ServerProcess(redis_url=url, env=env) as server,
+        httpx.Client(base_url=server.url, timeout=600) as http,
+    ):
+        body = {"run_id": run_id, "num_samples": n, "num_outputs": 1, "epochs": 1,
+                "params": {"warmup_epochs": 0, "batch_size": 1024, "tau": 0.1}}  # fmt: skip
+        http.post("/v1/runs", json=body).raise_for_status()
+        asyncio.run(write_scores())
+        t0 = time.perf_counter()
+        r = http.post(f"/v1/runs/{run_id}/epochs", json={"epoch": 0})
+        took = time.perf_counter() - t0
+        r.raise_for_status()
+        http.delete(f"/v1/runs/{run_id}").raise_for_status()
+    return {"draw_n_s": took}
+
+
 def run_bench(
     *,
     redis_url: str | None = None,
@@ -114,6 +156,7 @@ def run_bench(
     batch: int,
     clients: int,
     rounds: int,
+    draw_n: int = 0,
 ) -> list[dict[str, Any]]:
     """Every row (see the module docstring); starts a local 3-primary cluster without
     ``redis_url``."""
@@ -126,17 +169,22 @@ def run_bench(
     assert url is not None
     print(f"docl.lab.bench_shards: n = {num_samples:,}, c = {width}, batch = {batch}, "
           f"clients = {clients}, best of {rounds} passes; cluster {url.split('@')[-1]}")  # fmt: skip
+    big = f"draw {draw_n:.0e} s" if draw_n else ""
     print(f"{'shards':>6} {'samples/s':>10} {'p50 ms':>7} {'p99 ms':>7} {'B/sample':>9} "
-          f"{'top node':>8} {'draw s':>7} {'vs 1 shard':>10}")  # fmt: skip
+          f"{'top node':>8} {'draw s':>7} {'vs 1 shard':>10} {big:>12}")  # fmt: skip
     rows: list[dict[str, Any]] = []
     try:
         for s in shards:
             r = _row(s, num_samples, url, width=width, batch=batch, clients=clients, rounds=rounds)
+            if draw_n:
+                r.update(_draw_row(s, draw_n, url))
             rows.append(r)
             base = rows[0]["rate"]
             print(f"{r['shards']:>6} {r['rate']:>10,.0f} {r['p50_ms']:>7.2f} {r['p99_ms']:>7.2f} "
                   f"{r['bytes_per_sample']:>9.1f} {r['max_node_share']:>8.0%} {r['draw_s']:>7.3f} "
-                  f"{r['rate'] / base:>9.2f}x" + (f"  ! {r['errors']} errors" if r["errors"] else ""),
+                  f"{r['rate'] / base:>9.2f}x"
+                  + (f" {r['draw_n_s']:>12.3f}" if draw_n else "")
+                  + (f"  ! {r['errors']} errors" if r["errors"] else ""),
                   flush=True)  # fmt: skip
     finally:
         if cluster is not None:
@@ -156,12 +204,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--clients", type=int, default=8)
     p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--draw-n", type=int, default=0,
+                   help="also time a selection draw over this many scores (0: no)")  # fmt: skip
     a = p.parse_args(argv)
     shards = [int(s) for s in a.shards.split(",")]
     if not shards or shards[0] != 1 or min(shards) < 1:
         p.error("--shards must start with 1 (the unsharded baseline) and be >= 1")
     rows = run_bench(redis_url=a.redis_url, shards=shards, num_samples=a.num_samples,
-                     width=a.width, batch=a.batch, clients=a.clients, rounds=a.rounds)  # fmt: skip
+                     width=a.width, batch=a.batch, clients=a.clients, rounds=a.rounds,
+                     draw_n=a.draw_n)  # fmt: skip
     return 1 if any(r["errors"] for r in rows) else 0
 
 
