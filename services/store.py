@@ -961,21 +961,8 @@ class RedisStore:
         """
         ids = [report_id] if isinstance(report_id, str) else list(report_id)
         if layout.shards > 1:
-            return await self._sharded_scatter(
-                layout,
-                uid,
-                ids,
-                now=now,
-                indices=indices,
-                expected=expected,
-                write=write,
-                records=records,
-                scores=scores,
-                losses=losses,
-                token=token,
-                sizes=sizes,
-                scored=scored,
-            )
+            arrays = (indices, expected, write, records, scores, losses)
+            return await self._sharded_scatter(layout, uid, ids, now, token, arrays, sizes, scored)
         rs = layout.rec_size
         idx = np.asarray(indices)
         exp = np.ascontiguousarray(expected)
@@ -1212,15 +1199,9 @@ class RedisStore:
         layout: RunLayout,
         uid: str,
         ids: list[str],
-        *,
         now: float,
-        indices: np.ndarray,
-        expected: np.ndarray,
-        write: np.ndarray,
-        records: np.ndarray,
-        scores: np.ndarray,
-        losses: np.ndarray,
         token: str,
+        arrays: tuple[np.ndarray, ...],
         sizes: Sequence[int] | None,
         scored: np.ndarray | None,
     ) -> Applied:
@@ -1236,7 +1217,9 @@ class RedisStore:
         applied, and the caller's re-send finds them applied there; otherwise applied
         (LEASED only if every part written was), with ``duplicates`` the reports found
         applied on every shard they touch (all of them: DUPLICATE) and ``skipped`` the
-        samples left unwritten as parts applied before."""
+        samples left unwritten as parts applied before. ``arrays``: :meth:`scatter`'s
+        (indices, expected, write, records, scores, losses)."""
+        indices, expected, write, records, scores, losses = arrays
         sizes = _sizes(ids, indices, sizes)
         idx = np.asarray(indices, dtype=np.int64)
         write = np.asarray(write, dtype=bool)
