@@ -145,6 +145,14 @@ class Settings(BaseSettings):
         le=512 * MiB,
         description="Largest Redis string of a per-sample column (records, scores, indices).",
     )
+    shard_samples: int = Field(
+        0,
+        ge=0,
+        description="Samples per shard of a run created from now on (0 = no sharding). A run "
+        "with more samples is cut into shards of this many, each under its own hash tag, so a "
+        'Redis Cluster spreads its per-sample data over its nodes (docs/scaling.md "Sharded '
+        'runs"). Stored with the run: changing it does not move existing runs.',
+    )
     max_run_bytes: int = Field(
         16 * GiB,
         ge=1,

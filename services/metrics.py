@@ -35,6 +35,7 @@ __all__ = [
     "HTTP_SECONDS",
     "REDIS_ERRORS",
     "REPORTS",
+    "REPORTS_COMPLETED",
     "REPORT_CONFLICTS",
     "SAMPLES_REPORTED",
     "SAMPLES_SCORED",
@@ -76,6 +77,11 @@ REPORT_CONFLICTS = Counter(
 )
 DRAW_SECONDS = Histogram(
     "docl_draw_seconds", "Time to draw and store one epoch.", ["phase"], buckets=_LATENCY_BUCKETS
+)
+REPORTS_COMPLETED = Counter(
+    "docl_reports_completed_total",
+    "Requests to a sharded run whose reports were found applied on some of their shards "
+    "(a partial apply: a process or node died between shard parts) and completed on the rest.",
 )
 REDIS_ERRORS = Counter("docl_redis_errors_total", "Redis connection errors and timeouts.", ["kind"])
 

@@ -126,13 +126,21 @@ class Applied:
     sent) whose stored state differs from what the caller computed from, and
     ``current`` their records as stored now (nothing was written). On DUPLICATE,
     ``duplicates`` are the 0-based positions of the reports already applied
-    (nothing was written but the duplicates counter).
+    (nothing was written but the duplicates counter). A sharded run's scatter may also
+    be applied (LEASED/COMPARED) with ``duplicates`` set: those reports were applied
+    before on every shard they touch, the others now (see docs/architecture.md
+    "Sharded runs"); and its CONFLICT may follow parts applied on other shards, which a
+    re-send finds applied there.
     """
 
     status: ScatterStatus
     conflicts: tuple[int, ...] = ()
     current: np.ndarray | None = None
     duplicates: tuple[int, ...] = ()
+    #: A sharded run only (see ``RedisStore.scatter``): positions (over all the samples sent)
+    #: left unwritten because their report's part on their shard was applied before (a
+    #: retry completing a partial apply). Their stored records are not the ones sent.
+    skipped: np.ndarray | None = None
 
     @property
     def leased(self) -> bool:
@@ -152,6 +160,8 @@ class DrawInputs:
     inclusion: np.ndarray | None  # (n,) float32
     log_base: int = 0  # score-log entries trimmed before this snapshot
     log_count: int = 0  # score-log entries folded into `scores`/`losses` here
+    #: a sharded run: (log_base, log_count) of each shard's score log, in shard order
+    shard_logs: tuple[tuple[int, int], ...] = ()
 
 
 class Store(Protocol):
@@ -238,6 +248,8 @@ class Store(Protocol):
         uid: str,
         report_ids: str | Sequence[str],
         indices: np.ndarray,
+        *,
+        sizes: Sequence[int] | None = None,
     ) -> Gathered: ...
 
     async def claim(self, layout: RunLayout, uid: str, token: str) -> ClaimStatus: ...
@@ -257,4 +269,6 @@ class Store(Protocol):
         losses: np.ndarray,
         counters: tuple[int, int, int, int, int],
         token: str = "",
+        sizes: Sequence[int] | None = None,
+        scored: np.ndarray | None = None,
     ) -> Applied: ...

@@ -43,6 +43,7 @@ the one module that talks to Redis, kept whole so that rule stays checkable.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from importlib import resources
@@ -182,6 +183,48 @@ def _chunks_of(data: bytes, itemsize: int, per_chunk: int) -> list[bytes]:
     if not data:
         return [b""]
     return [data[i : i + step] for i in range(0, len(data), step)]
+
+
+def _sweep_pattern(layout: RunLayout) -> str:
+    """SCAN pattern of every key of the run: ``{run:<id>}:*``, and of a sharded run also
+    its shards' ``{run:<id>:<j>.<salt>}:*`` (a run id has no ':' or '}', so no other run's
+    keys match)."""
+    if layout.shards > 1:
+        return f"{{run:{layout.run_id}[:}}]*"
+    return f"{layout.prefix}:*"
+
+
+def _column(parts: Sequence[bytes | None], n: int, dtype: str, fill: float) -> np.ndarray:
+    """A column of n values from its chunks' GET replies: a read-only view of the reply
+    when it is one chunk; chunks never written (drawn/incl are lazy) read as ``fill``."""
+    one = len(parts) == 1 and parts[0] is not None
+    arr = np.frombuffer(parts[0] if one else b"".join(p or b"" for p in parts), dtype)  # type: ignore[arg-type]
+    if arr.shape[0] < n:
+        arr = np.concatenate([arr, np.full(n - arr.shape[0], fill, dtype=dtype)])
+    return arr[:n]
+
+
+def _sizes(ids: Sequence[str], indices: np.ndarray, sizes: Sequence[int] | None) -> list[int]:
+    """Samples per report: ``sizes``, or all of them for one report."""
+    if sizes is not None:
+        return [int(z) for z in sizes]
+    if len(ids) != 1:
+        raise ValueError("a sharded run's gather/scatter of several reports needs their sizes")
+    return [int(np.asarray(indices).shape[0])]
+
+
+def _whole_duplicates(
+    count: int, parts: Sequence[tuple[int, np.ndarray, list[int]]], applied: Sequence[set[int]]
+) -> tuple[int, ...]:
+    """Reports (of ``count``) whose marker every shard they touch has: ``applied[k]`` the
+    reports found applied on the shard of ``parts[k]``."""
+    touched: dict[int, int] = {}
+    seen: dict[int, int] = {}
+    for (_, _, reps), done in zip(parts, applied, strict=True):
+        for r in reps:
+            touched[r] = touched.get(r, 0) + 1
+            seen[r] = seen.get(r, 0) + (r in done)
+    return tuple(r for r in range(count) if touched.get(r, 0) and seen[r] == touched[r])
 
 
 def _f64_indices(indices: np.ndarray) -> bytes:
@@ -454,21 +497,31 @@ class RedisStore:
     ) -> tuple[CreateStatus, str, str | None]:
         """Create the run once. Returns (CREATED | EXISTS with the same config | CONFLICT
         with another config, uid, stored config); see lua/create.lua."""
+        status, stored_uid, stored = await self._create_one(layout, config_json, uid, created_at)
+        if layout.shards > 1 and status != CreateStatus.CONFLICT:
+            # after the run's meta (which decided the uid), every shard; again on a retry
+            # (EXISTS), which so completes a create that died half-way
+            await self._create_shards(layout, stored_uid, created_at)
+        if status == CreateStatus.CREATED:
+            await self.redis.sadd(RUNS_INDEX, layout.run_id)
+        return status, stored_uid, stored
+
+    async def _create_one(
+        self, layout: RunLayout, config_json: str, uid: str, created_at: float
+    ) -> tuple[CreateStatus, str, str | None]:
+        """create.lua on one slot: an unsharded run, a sharded run's own keys (its columns
+        live in the shards), or one shard."""
         n = layout.num_samples
         per = layout.col_per_chunk
-        col_keys = (*layout.score_keys, *layout.loss_keys)
+        col_keys = (*layout.score_keys, *layout.loss_keys) if layout.shards == 1 else ()
         sizes = [hi - lo for _, lo, hi in _ranges(0, n, per)]
         counts = sizes * (len(col_keys) // len(sizes))
         res = await self._create(
             keys=[layout.meta_key, *col_keys],
             args=[config_json, uid, repr(created_at), layout.to_json(), _NAN32, *counts],
         )
-        status = CreateStatus(int(res[0]))
-        stored_uid = _s(res[1])
         stored = _s(res[2]) if len(res) > 2 else None
-        if status == CreateStatus.CREATED:
-            await self.redis.sadd(RUNS_INDEX, layout.run_id)
-        return status, stored_uid, stored
+        return CreateStatus(int(res[0])), _s(res[1]), stored
 
     async def run_meta(self, run_id: str) -> dict[str, str] | None:
         """The run's meta hash (decoded), or None when the run does not exist."""
@@ -490,6 +543,9 @@ class RedisStore:
         for j in range(len(run_ids)):
             meta, counters = raw[2 * j], raw[2 * j + 1]
             m = {_s(k): _s(v) for k, v in meta.items()} if meta and b"config" in meta else None
+            if m is not None and '"shard_samples"' in m.get("layout", ""):  # a sharded run
+                out.append((m, await self.counters(RunLayout.from_json(run_ids[j], m["layout"]))))
+                continue
             out.append((m, _counters(counters)))
         return out
 
@@ -498,7 +554,10 @@ class RedisStore:
         await self._replicated(["HINCRBY", layout.counters_key, "duplicates", count])
 
     async def counters(self, layout: RunLayout) -> dict[str, int]:
-        """Every counter of the run (see ``_counters``)."""
+        """Every counter of the run (see ``_counters``); of a sharded run, the sums over
+        its own counters hash and every shard's."""
+        if layout.shards > 1:
+            return await self._sharded_counters(layout)
         return _counters(await self.redis.hgetall(layout.counters_key))
 
     async def list_run_ids(self) -> list[str]:
@@ -508,12 +567,17 @@ class RedisStore:
         await self.redis.srem(RUNS_INDEX, run_id)
 
     async def delete_run(self, layout: RunLayout) -> int:
-        """Drop every key of the run (known keys, then a SCAN sweep of its hash tag)."""
-        deleted = int(await self.redis.unlink(*layout.static_keys()))
+        """Drop every key of the run (known keys, then a SCAN sweep of its hash tag).
+        A sharded run: its shards first, its meta last, so a delete that died half-way
+        leaves a run that still exists (and a retry finishes it)."""
+        deleted = 0
+        for j in range(layout.shards if layout.shards > 1 else 0):
+            deleted += int(await self.redis.unlink(*layout.shard(j).static_keys()))
+        deleted += int(await self.redis.unlink(*layout.static_keys()))
         # Epoch index chunks and anything a future layout adds: sweep the prefix.
         # The run id alphabet [A-Za-z0-9_.-] has no glob characters.
         batch: list[bytes] = []
-        async for key in self._scan(f"{layout.prefix}:*"):
+        async for key in self._scan(_sweep_pattern(layout)):
             batch.append(key)
             if len(batch) >= 1000:
                 deleted += int(await self.redis.unlink(*batch))
@@ -525,7 +589,7 @@ class RedisStore:
 
     async def run_keys(self, layout: RunLayout) -> list[str]:
         """Every key of the run that exists (tests and tools use this)."""
-        return sorted([_s(k) async for k in self._scan(f"{layout.prefix}:*")])
+        return sorted([_s(k) async for k in self._scan(_sweep_pattern(layout))])
 
     def _scan(self, match: str) -> AsyncIterator[bytes]:
         """SCAN for ``match``; on a cluster, on every primary (a run's keys are on the node
@@ -559,7 +623,10 @@ class RedisStore:
         score log folded into the score (and loss) column (see :meth:`scatter`).
 
         The columns are read-only views of the replies (no copy) unless the log had to
-        be folded into them."""
+        be folded into them. A sharded run: one snapshot per shard (and one of the run's
+        meta and drawn/incl columns), read concurrently; see :meth:`_sharded_draw_inputs`."""
+        if layout.shards > 1:
+            return await self._sharded_draw_inputs(layout, losses=losses)
         cmds: list[list[Any]] = [
             ["HMGET", layout.meta_key, "uid", "last_epoch", "log_base"],
             ["LRANGE", layout.scorelog_key, 0, -1],
@@ -576,13 +643,8 @@ class RedisStore:
 
         def column(keys: tuple[str, ...], dtype: str, fill: float, writable: bool) -> np.ndarray:
             nonlocal pos
-            parts = raw[pos : pos + len(keys)]
+            arr = _column(raw[pos : pos + len(keys)], n, dtype, fill)
             pos += len(keys)
-            one = len(parts) == 1 and parts[0] is not None
-            arr = np.frombuffer(parts[0] if one else b"".join(p or b"" for p in parts), dtype)
-            if arr.shape[0] < n:  # a column chunk never written (drawn/incl are lazy)
-                arr = np.concatenate([arr, np.full(n - arr.shape[0], fill, dtype=dtype)])
-            arr = arr[:n]
             return arr.copy() if writable and not arr.flags.writeable else arr
 
         sc = column(layout.score_keys, "<f4", np.nan, bool(log))
@@ -609,6 +671,8 @@ class RedisStore:
         changes then: its columns already hold these entries); see lua/compact.lua."""
         if snap.log_count == 0 or snap.scores is None:
             return CompactStatus.INSTALLED
+        if layout.shards > 1:
+            return await self._sharded_compact(layout, uid, snap)
         nonce = uuid.uuid4().hex[:12]
         finals = list(layout.score_keys)
         values = _chunk_views(snap.scores, "<f4", layout.col_per_chunk)
@@ -719,6 +783,9 @@ class RedisStore:
 
     async def read_records(self, layout: RunLayout, start: int, stop: int) -> np.ndarray:
         """Records [start, stop) as a structured array (never-written ones are zeros)."""
+        if layout.shards > 1:
+            parts = await self._per_shard_range(layout, start, stop, self.read_records)
+            return np.concatenate(parts) if parts else np.empty(0, dtype=layout.rec_dtype)
         rs = layout.rec_size
         pipe = self.redis.pipeline(transaction=False)
         pieces = _ranges(start, stop, layout.rec_per_chunk)
@@ -734,6 +801,9 @@ class RedisStore:
 
     async def current_scores(self, layout: RunLayout) -> np.ndarray:
         """The whole score column with the score log folded in (what a draw would see)."""
+        if layout.shards > 1:
+            n = layout.num_samples
+            return np.concatenate(await self._per_shard_range(layout, 0, n, self._shard_scores))
         pipe = self.redis.pipeline(transaction=True)
         pipe.lrange(layout.scorelog_key, 0, -1)
         for k in layout.score_keys:
@@ -757,6 +827,13 @@ class RedisStore:
             keys, dtype, per, fill = layout.loss_keys, "<f4", layout.col_per_chunk, np.nan
         else:
             raise KeyError(f"no column {name!r} in this run")
+        if layout.shards > 1 and name != "drawn":  # the selection counts stay with the run
+
+            async def part(sub: RunLayout, lo: int, hi: int) -> np.ndarray:
+                return await self.read_column(sub, name, lo, hi)
+
+            parts = await self._per_shard_range(layout, start, stop, part)
+            return np.concatenate(parts) if parts else np.empty(0, dtype=dtype)
         w = np.dtype(dtype).itemsize
         pipe = self.redis.pipeline(transaction=False)
         pieces = _ranges(start, stop, per)
@@ -781,6 +858,11 @@ class RedisStore:
         data = np.ascontiguousarray(values, dtype="<f4")
         if data.shape != (layout.num_samples,):
             raise ValueError(f"{name} must have shape ({layout.num_samples},), got {data.shape}")
+        if layout.shards > 1:
+            for j in range(layout.shards):
+                lo, hi = layout.shard_bounds(j)
+                await self.write_column(layout.shard(j), name, data[lo:hi])
+            return
         parts = _chunks_of(data.tobytes(), 4, layout.col_per_chunk)
         pipe = self.redis.pipeline(transaction=True)
         for key, part in zip(keys, parts, strict=True):
@@ -795,10 +877,15 @@ class RedisStore:
         uid: str,
         report_ids: str | Sequence[str],
         indices: np.ndarray,
+        *,
+        sizes: Sequence[int] | None = None,
     ) -> Gathered:
         """Read the records (and Exp3 inclusion) of these samples, unless one of the
-        reports was already applied; see lua/gather.lua."""
+        reports was already applied; see lua/gather.lua. ``sizes``: samples per report
+        (needed for a sharded run with several reports; see :meth:`_sharded_gather`)."""
         ids = [report_ids] if isinstance(report_ids, str) else list(report_ids)
+        if layout.shards > 1:
+            return await self._sharded_gather(layout, uid, ids, indices, sizes)
         incl_keys = layout.incl_keys
         res = await self._run(
             self._gather,
@@ -825,7 +912,13 @@ class RedisStore:
 
     async def claim(self, layout: RunLayout, uid: str, token: str) -> ClaimStatus:
         """Take the run's write lease for ``token`` (CLAIMED), or GONE: the run is gone or
-        was re-created. See lua/claim.lua and lua/scatter.lua."""
+        was re-created. See lua/claim.lua and lua/scatter.lua. A sharded run: every shard
+        (each holds its own lease; a write without it revokes that shard's only)."""
+        if layout.shards > 1:
+            subs = [layout.shard(j) for j in range(layout.shards)]
+            got = await asyncio.gather(*(self.claim(sub, uid, token) for sub in subs))
+            ok = all(c == ClaimStatus.CLAIMED for c in got)
+            return ClaimStatus.CLAIMED if ok else ClaimStatus.GONE
         return ClaimStatus(int(await self._run(self._claim, [layout.meta_key], [uid, token])))
 
     async def last_epoch(self, layout: RunLayout) -> int:
@@ -847,6 +940,9 @@ class RedisStore:
         losses: np.ndarray,
         counters: tuple[int, int, int, int, int],
         token: str = "",
+        sizes: Sequence[int] | None = None,
+        scored: np.ndarray | None = None,
+        count_duplicates: bool = True,
     ) -> Applied:
         """Apply one or more reports' writes atomically; see lua/scatter.lua for the contract.
 
@@ -862,8 +958,16 @@ class RedisStore:
         score column: a ``redis.call`` costs microseconds, and the column is only
         read by draws and stats, which fold the log in (:func:`fold_log`) and
         compact it (:meth:`compact`).
+
+        A sharded run is applied per shard, atomically on each: see :meth:`_sharded_scatter`
+        (``sizes``: samples per report; ``scored``: the (S,) mask of scored samples, for
+        the per-shard counters). ``count_duplicates=False``: a duplicate adds nothing to the duplicates
+        counter (a shard's part: the sharded caller counts whole duplicates).
         """
         ids = [report_id] if isinstance(report_id, str) else list(report_id)
+        if layout.shards > 1:
+            arrays = (indices, expected, write, records, scores, losses)
+            return await self._sharded_scatter(layout, uid, ids, now, token, arrays, sizes, scored)
         rs = layout.rec_size
         idx = np.asarray(indices)
         exp = np.ascontiguousarray(expected)
@@ -896,7 +1000,7 @@ class RedisStore:
                 np.where(write, np.uint8(49), np.uint8(48)).astype(np.uint8).tobytes(),
                 np.ascontiguousarray(records).tobytes(),
                 log.tobytes(),
-                ",".join(str(int(v)) for v in counters),
+                ",".join(str(int(v)) for v in counters) + ("" if count_duplicates else ",0"),
                 *ids,
             ],
         )
@@ -907,6 +1011,290 @@ class RedisStore:
             current = np.frombuffer(bytearray(res[1]), dtype=layout.rec_dtype)
             return Applied(ScatterStatus.CONFLICT, tuple(int(j) - 1 for j in res[2:]), current)
         return Applied(ScatterStatus(int(res)))
+
+    # -- sharded runs (layout.shards > 1; docs/architecture.md "Sharded runs") -------------
+    async def _create_shards(self, layout: RunLayout, uid: str, created_at: float) -> None:
+        """Initialise every shard of a sharded run (create.lua on its meta, its columns
+        NaN-filled), with the run's uid as the shard's "config": a no-op on a shard already
+        made for this incarnation. A shard left by an earlier incarnation (a delete that
+        died half-way cannot leave one: it drops the run's meta last) is dropped and made
+        again."""
+
+        async def one(j: int) -> None:
+            sub = layout.shard(j)
+            mark = f'{{"shard_of":"{uid}"}}'
+            status, _, _ = await self._create_one(sub, mark, uid, created_at)
+            if status == CreateStatus.CONFLICT:
+                await self.redis.unlink(*sub.static_keys())
+                await self._create_one(sub, mark, uid, created_at)
+
+        await asyncio.gather(*(one(j) for j in range(layout.shards)))
+
+    async def _sharded_counters(self, layout: RunLayout) -> dict[str, int]:
+        keys = [layout.counters_key, *(layout.shard(j).counters_key for j in range(layout.shards))]
+        pipe = self.redis.pipeline(transaction=False)
+        for k in keys:
+            pipe.hgetall(k)
+        total = dict.fromkeys(COUNTER_FIELDS, 0)
+        for raw in await pipe.execute():
+            for k, v in _counters(raw).items():
+                total[k] += v
+        return total
+
+    async def _per_shard_range(
+        self, layout: RunLayout, start: int, stop: int, read: Any
+    ) -> list[Any]:
+        """``await read(shard layout, lo, hi)`` for the shard-local pieces of [start, stop),
+        concurrently, in order."""
+        calls = []
+        for j in range(layout.shards):
+            lo, hi = layout.shard_bounds(j)
+            a, b = max(start, lo), min(stop, hi)
+            if a < b:
+                calls.append(read(layout.shard(j), a - lo, b - lo))
+        return list(await asyncio.gather(*calls))
+
+    async def _shard_scores(self, sub: RunLayout, lo: int, hi: int) -> np.ndarray:
+        return (await self.current_scores(sub))[lo:hi]
+
+    async def _sharded_draw_inputs(self, layout: RunLayout, *, losses: bool) -> DrawInputs:
+        """The run's meta and drawn/incl columns in one MULTI, each shard's meta, score log
+        and columns in one MULTI per shard, all concurrently; the shards' columns
+        concatenated, each shard's log folded into its slice. The snapshot is consistent
+        per shard, not across shards: a report spanning shards may be seen on one and not
+        yet on another (as if it had arrived a moment later there)."""
+        n = layout.num_samples
+        run_cmds: list[list[Any]] = [["HMGET", layout.meta_key, "uid", "last_epoch"]]
+        run_cmds += [["GET", k] for k in layout.drawn_keys]
+        run_cmds += [["GET", k] for k in layout.incl_keys]
+        want_loss = losses and layout.loss_column
+        subs = [layout.shard(j) for j in range(layout.shards)]
+        shard_cmds = []
+        for sub in subs:
+            cmds: list[list[Any]] = [
+                ["HMGET", sub.meta_key, "uid", "log_base"],
+                ["LRANGE", sub.scorelog_key, 0, -1],
+            ]
+            cmds += [["GET", k] for k in sub.score_keys]
+            cmds += [["GET", k] for k in (sub.loss_keys if want_loss else ())]
+            shard_cmds.append(cmds)
+        run_raw, *shard_raw = await asyncio.gather(
+            self._transaction(run_cmds), *(self._transaction(c) for c in shard_cmds)
+        )
+        uid_b, last_b = run_raw[0]
+        nd = len(layout.drawn_keys)
+        drawn = _column(run_raw[1 : 1 + nd], n, "<u2", 0)
+        incl = _column(run_raw[1 + nd :], n, "<f4", 0.0) if layout.exp3 else None
+        sc = np.empty(n, dtype="<f4")
+        ls = np.empty(n, dtype="<f4") if want_loss else None
+        logs: list[tuple[int, int]] = []
+        uid = _s(uid_b) if uid_b is not None else None
+        for j, (sub, raw) in enumerate(zip(subs, shard_raw, strict=True)):
+            lo, hi = layout.shard_bounds(j)
+            s_uid, s_base = raw[0]
+            if s_uid is None or _s(s_uid) != uid:  # a shard missing or of another incarnation
+                uid = None
+            ns = len(sub.score_keys)
+            sc[lo:hi] = _column(raw[2 : 2 + ns], hi - lo, "<f4", np.nan)
+            if ls is not None:
+                ls[lo:hi] = _column(raw[2 + ns :], hi - lo, "<f4", np.nan)
+            fold_log(sub, raw[1], sc[lo:hi], None if ls is None else ls[lo:hi])
+            logs.append((int(s_base) if s_base is not None else 0, len(raw[1])))
+        return DrawInputs(
+            uid=uid,
+            last_epoch=int(last_b) if last_b is not None else -1,
+            scores=sc,
+            losses=ls,
+            drawn=drawn,
+            inclusion=incl,
+            log_count=sum(c for _, c in logs),
+            shard_logs=tuple(logs),
+        )
+
+    async def _sharded_compact(
+        self, layout: RunLayout, uid: str, snap: DrawInputs
+    ) -> CompactStatus:
+        """compact.lua on every shard whose log had entries in the snapshot, concurrently."""
+        assert snap.scores is not None
+        calls = []
+        for j, (base, count) in enumerate(snap.shard_logs):
+            if count == 0:
+                continue
+            lo, hi = layout.shard_bounds(j)
+            part = DrawInputs(
+                uid=snap.uid,
+                last_epoch=snap.last_epoch,
+                scores=snap.scores[lo:hi],
+                losses=None if snap.losses is None else snap.losses[lo:hi],
+                drawn=snap.drawn[lo:hi],
+                inclusion=None,
+                log_base=base,
+                log_count=count,
+            )
+            calls.append(self.compact(layout.shard(j), uid, part))
+        got = await asyncio.gather(*calls)
+        ok = all(c == CompactStatus.INSTALLED for c in got)
+        return CompactStatus.INSTALLED if ok else CompactStatus.MOVED
+
+    async def _read_inclusion(self, layout: RunLayout, idx: np.ndarray) -> np.ndarray:
+        """The run's Exp3 inclusion of samples ``idx`` (float32; 0 = never drawn)."""
+        per = layout.col_per_chunk
+        pipe = self.redis.pipeline(transaction=False)
+        for i in idx.tolist():
+            k = i // per
+            pipe.getrange(layout.incl_keys[k], 4 * (i - k * per), 4 * (i - k * per) + 3)
+        raw = await pipe.execute() if idx.shape[0] else []
+        return np.frombuffer(b"".join(r if len(r) == 4 else b"\0" * 4 for r in raw), "<f4")
+
+    async def _sharded_gather(
+        self,
+        layout: RunLayout,
+        uid: str,
+        ids: list[str],
+        indices: np.ndarray,
+        sizes: Sequence[int] | None,
+    ) -> Gathered:
+        """Gather each shard's part (its samples, the ids of the reports with samples
+        there) concurrently. A report is a DUPLICATE only when every shard it touches has
+        its marker; a report applied on some of its shards only (a partial apply: the
+        process died between shard parts) is read whole, and the scatter applies the
+        parts still missing."""
+        sizes = _sizes(ids, indices, sizes)
+        idx = np.asarray(indices, dtype=np.int64)
+        parts, _homes = layout.split(idx, sizes)
+
+        async def one(j: int, pos: np.ndarray, reps: list[int]) -> tuple[Gathered, set[int]]:
+            sub = layout.shard(j)
+            local = idx[pos] - layout.shard_bounds(j)[0]
+            g = await self.gather(sub, uid, [ids[r] for r in reps], local)
+            if g.status != GatherStatus.DUPLICATE:
+                return g, set()
+            applied = {reps[d] for d in g.duplicates}
+            return await self.gather(sub, uid, [], local), applied
+
+        meta, got = await asyncio.gather(
+            self.redis.hmget(layout.meta_key, ["uid", "last_epoch"]),
+            asyncio.gather(*(one(j, pos, reps) for j, pos, reps in parts)),
+        )
+        last = int(meta[1]) if meta[1] is not None else -1
+        if (
+            meta[0] is None
+            or _s(meta[0]) != uid
+            or any(g.status == GatherStatus.GONE for g, _ in got)
+        ):
+            return Gathered(GatherStatus.GONE, last, None, None)
+        dups = _whole_duplicates(len(ids), parts, [a for _, a in got])
+        if dups:
+            if self.wait_replicas:  # what count_duplicate's WAIT does on one slot, per shard
+                hit = {
+                    j for (j, _, reps), _ in zip(parts, got, strict=True) if set(reps) & set(dups)
+                }
+                cmds = [["HINCRBY", layout.shard(j).counters_key, "duplicates", 0] for j in hit]
+                await asyncio.gather(*(self._replicated(c) for c in cmds))
+            return Gathered(GatherStatus.DUPLICATE, last, None, None, dups)
+        rec = np.zeros(idx.shape[0], dtype=layout.rec_dtype)
+        for (_, pos, _), (g, _) in zip(parts, got, strict=True):
+            assert g.records is not None
+            rec[pos] = g.records
+        incl = await self._read_inclusion(layout, idx) if layout.exp3 else None
+        return Gathered(GatherStatus.OK, last, rec, incl)
+
+    async def _sharded_scatter(
+        self,
+        layout: RunLayout,
+        uid: str,
+        ids: list[str],
+        now: float,
+        token: str,
+        arrays: tuple[np.ndarray, ...],
+        sizes: Sequence[int] | None,
+        scored: np.ndarray | None,
+    ) -> Applied:
+        """Apply a group of reports on a sharded run: one scatter.lua per shard touched
+        (concurrently), each atomic on its shard, with the SAME report ids as dedup markers
+        on each. A shard that finds some of its reports' markers (their part there was
+        applied before: a retry after a partial apply) drops their samples and applies the
+        rest. Counters go to the shard of the samples; ``reports`` (and a whole duplicate's
+        ``duplicates``) once per report, on its home shard (that of its first sample).
+
+        Returns: GONE if any shard is gone; CONFLICT (positions over all the samples,
+        their current records) if any shard conflicted: the other shards' parts may be
+        applied, and the caller's re-send finds them applied there; otherwise applied
+        (LEASED only if every part written was), with ``duplicates`` the reports found
+        applied on every shard they touch (all of them: DUPLICATE) and ``skipped`` the
+        samples left unwritten as parts applied before. ``arrays``: :meth:`scatter`'s
+        (indices, expected, write, records, scores, losses)."""
+        indices, expected, write, records, scores, losses = arrays
+        sizes = _sizes(ids, indices, sizes)
+        idx = np.asarray(indices, dtype=np.int64)
+        write = np.asarray(write, dtype=bool)
+        sc_mask = np.zeros(idx.shape[0], bool) if scored is None else np.asarray(scored, bool)
+        parts, homes = layout.split(idx, sizes)
+        rep_of = np.repeat(np.arange(len(ids)), np.asarray(sizes, dtype=np.int64))
+        wpos = np.cumsum(write) - 1  # row of each written sample in records/scores/losses
+        first = write & (expected["visits"] == 0)
+
+        async def one(j: int, pos: np.ndarray, reps: list[int]) -> tuple[Applied, set[int]]:
+            sub = layout.shard(j)
+            lo = layout.shard_bounds(j)[0]
+            live, done = list(reps), set[int]()
+            while live:
+                p = pos if len(live) == len(reps) else pos[np.isin(rep_of[pos], live)]
+                w = write[p]
+                rows = wpos[p[w]]
+                res = await self.scatter(
+                    sub,
+                    uid,
+                    [ids[r] for r in live],
+                    now=now,
+                    indices=idx[p] - lo,
+                    expected=expected[p],
+                    write=w,
+                    records=records[rows],
+                    scores=scores[rows],
+                    losses=losses[rows],
+                    counters=(
+                        int(np.count_nonzero(homes[live] == j)),
+                        int(p.shape[0]),
+                        int(np.count_nonzero(sc_mask[p])),
+                        int(np.count_nonzero(~w)),
+                        int(np.count_nonzero(first[p])),
+                    ),
+                    token=token,
+                    count_duplicates=False,
+                )
+                if res.status != ScatterStatus.DUPLICATE:
+                    if res.status == ScatterStatus.CONFLICT:  # positions over all the samples
+                        res = Applied(
+                            res.status, tuple(int(p[c]) for c in res.conflicts), res.current
+                        )
+                    return res, done
+                done |= {live[d] for d in res.duplicates}
+                live = [r for r in live if r not in done]
+            return Applied(ScatterStatus.DUPLICATE), done
+
+        got = await asyncio.gather(*(one(j, pos, reps) for j, pos, reps in parts))
+        if any(a.status == ScatterStatus.GONE for a, _ in got):
+            return Applied(ScatterStatus.GONE)
+        bad = [a for a, _ in got if a.status == ScatterStatus.CONFLICT]
+        if bad:
+            current = np.concatenate([a.current for a in bad if a.current is not None])
+            return Applied(
+                ScatterStatus.CONFLICT, tuple(c for a in bad for c in a.conflicts), current
+            )
+        dups = _whole_duplicates(len(ids), parts, [d for _, d in got])
+        if dups:
+            await self.count_duplicate(layout, len(dups))
+        if len(dups) == len(ids):
+            return Applied(ScatterStatus.DUPLICATE, duplicates=dups)
+        # a sample is skipped when its report's part on ITS shard was found applied
+        skip = np.zeros(idx.shape[0], dtype=bool)
+        for (_, pos, _), (_, d) in zip(parts, got, strict=True):
+            if d:
+                skip[pos[np.isin(rep_of[pos], sorted(d))]] = True
+        leased = all(a.status == ScatterStatus.LEASED for a, _ in got if a.status.applied)
+        status = ScatterStatus.LEASED if leased and token else ScatterStatus.COMPARED
+        return Applied(status, duplicates=dups, skipped=skip if skip.any() else None)
 
 
 #: The name before the :class:`~docl.services.storage.Store` protocol existed.

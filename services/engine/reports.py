@@ -175,19 +175,30 @@ class ReportStage(CacheStage):
                     losses=upd.loss[write],
                     counters=(len(frames), int(idx.shape[0]), scored, skipped, first),
                     token=token,
+                    sizes=sizes,
+                    scored=upd.scored,
                 )
                 if res.status.applied:
                     revoked = token != "" and not res.leased
                     if cache is not None and cache.gen == gen:
                         if revoked:  # someone else wrote: this copy may be stale anywhere
                             cache.clear(self.store.resets)
+                        elif res.skipped is not None:  # a sharded run's parts applied before
+                            keep = ~res.skipped[write]
+                            cache.put(idx[write][keep], new[keep])
                         else:
                             cache.put(idx[write], new)
                     if cache is not None:
                         cache.note(conflict=revoked)
-                    for j, (b, sc) in zip(live, per_frame, strict=True):
-                        acks[j] = ReportAck(accepted=b, scored=sc, duplicate=False)
-                    metrics.REPORTS.labels(result="applied").inc(len(frames))
+                    dup = set(res.duplicates)  # a sharded run: applied before on every shard
+                    for k, (j, (b, sc)) in enumerate(zip(live, per_frame, strict=True)):
+                        if k in dup:
+                            acks[j] = self._duplicate(frames[k])
+                        else:
+                            acks[j] = ReportAck(accepted=b, scored=sc, duplicate=False)
+                    metrics.REPORTS.labels(result="applied").inc(len(frames) - len(dup))
+                    if res.skipped is not None:
+                        metrics.REPORTS_COMPLETED.inc()
                     metrics.SAMPLES_REPORTED.inc(int(idx.shape[0]))
                     metrics.SAMPLES_SCORED.inc(scored)
                     return st
@@ -265,8 +276,9 @@ class ReportStage(CacheStage):
         the gather found already applied (nothing read then)."""
         max_epoch = max(f.epoch for f in frames)
         ids = [f.report_id for f in frames]
+        sizes = [int(f.indices.shape[0]) for f in frames]
         if cache is None:
-            g = await self.store.gather(st.layout, st.uid, ids, idx)
+            g = await self.store.gather(st.layout, st.uid, ids, idx, sizes=sizes)
             missing_pos = None
             rec = None
             token, gen = "", -1
@@ -279,7 +291,10 @@ class ReportStage(CacheStage):
             missing_pos = np.flatnonzero(~cache.known[idx])
             if not missing_pos.size and max_epoch <= cache.last_epoch:
                 return rec, None, token, gen, st, cache, ()
-            g = await self.store.gather(st.layout, st.uid, ids, idx[missing_pos])
+            if missing_pos.size < idx.shape[0]:  # a sharded run: the sizes of what is read
+                owner = np.repeat(np.arange(len(sizes)), sizes)[missing_pos]
+                sizes = np.bincount(owner, minlength=len(sizes)).tolist()
+            g = await self.store.gather(st.layout, st.uid, ids, idx[missing_pos], sizes=sizes)
         if g.status == GatherStatus.GONE:
             st = await self.state(run_id, fresh=True)  # 404 if gone, else a new run
             validate_reports(st, frames)

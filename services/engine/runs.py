@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from docl.services import methods, plan, scoring
 from docl.services.config import Settings
 from docl.services.errors import Conflict, NotFound, Unprocessable
-from docl.services.layout import RunLayout
+from docl.services.layout import MAX_SHARDS, RunLayout
 from docl.services.storage import CreateStatus, Store
 from docl.wire.models import Plan, PlanEpoch, Run, RunCounters, RunCreate, RunList
 
@@ -157,6 +157,7 @@ class RunStage:
             chunk_bytes=self.settings.chunk_bytes,
             loss_column=methods.get_method(config.method).loss_column,
             exp3=config.params.exp3,
+            shard_samples=self._shard_samples(config.num_samples),
         )
         need = layout.memory_bytes(self.settings.keep_epochs)
         if methods.get_method(config.method).weights:  # float32 weights beside kept indices
@@ -190,6 +191,18 @@ class RunStage:
         st, meta = await self._checked_state(run_id)
         counters = await self.store.counters(st.layout)
         return self._run_model(st, meta, counters), status == CreateStatus.CREATED
+
+    def _shard_samples(self, n: int) -> int:
+        """Samples per shard of a new run of n samples (0: not sharded, n fits one shard)."""
+        m = self.settings.shard_samples
+        if m <= 0 or n <= m:
+            return 0
+        if -(-n // m) > MAX_SHARDS:
+            raise Unprocessable(
+                f"a run of {n} samples would need {-(-n // m)} shards of {m} samples, over "
+                f"{MAX_SHARDS}; this server's DOCL_SHARD_SAMPLES is too small for it"
+            )
+        return m
 
     async def get_run(self, run_id: str) -> Run:
         st, meta = await self._checked_state(run_id)

@@ -20,7 +20,18 @@
 -- ARGV[11]  new records of the samples to write, W x rs bytes, in order
 -- ARGV[12]  score-log entry: the W samples' (index, score[, loss]), appended as one item
 -- ARGV[13]  counter increments "reports,samples_reported,samples_scored,samples_skipped,visited"
+--           and optionally ",d": what each duplicate report adds to the duplicates counter
+--           (default 1; a shard part of a sharded run sends 0: its caller counts a report
+--           as a duplicate only when it was applied on every shard it touches; the counter
+--           is still written, by 0, so that a WAIT after the call covers the earlier apply)
 -- ARGV[14 .. 13+F]  the F report_ids
+--
+-- A sharded run (docs/architecture.md "Sharded runs"): the caller runs this script once
+-- per shard part, with that shard's keys ({run:<id>:<j>.<salt>}:...), shard-local
+-- indices, and the ids of the reports with samples on that shard: the SAME report ids on
+-- every shard, so each shard dedups its own part and a report is applied once on each
+-- shard it touches. The caller counts a report as a duplicate only when every shard it
+-- touches has its marker.
 --
 -- The write lease. A server process that keeps a copy of the run's records (its record
 -- cache) may claim the run by writing a token unique to it into meta.writer (see
@@ -56,7 +67,9 @@ for j = 1, F do
   end
 end
 if #dups > 1 then
-  redis.call('HINCRBY', KEYS[3], 'duplicates', #dups - 1)
+  local per = tonumber(string.match(ARGV[13], '^[^,]*,[^,]*,[^,]*,[^,]*,[^,]*,(%d+)$') or '1')
+  -- by 0 too: still a write, so a WAIT after this call covers the earlier apply it found
+  redis.call('HINCRBY', KEYS[3], 'duplicates', per * (#dups - 1))
   return dups
 end
 local idx = ARGV[5]
@@ -125,7 +138,7 @@ redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. ARGV[4])
 local names = {'reports', 'samples_reported', 'samples_scored', 'samples_skipped', 'visited'}
 local k = 1
 for v in string.gmatch(ARGV[13], '[^,]+') do
-  if v ~= '0' then
+  if v ~= '0' and names[k] then
     redis.call('HINCRBY', KEYS[3], names[k], v)
   end
   k = k + 1

@@ -1,0 +1,220 @@
+"""Sharded vs unsharded runs on a Redis Cluster: bytes per sample and report throughput.
+
+    python -m docl.lab.bench_shards                     # a local 3-primary cluster
+    python -m docl.lab.bench_shards --shards 1,3,6 --num-samples 200000 --width 10
+    python -m docl.lab.bench_shards --redis-url redis+cluster://:pw@host:port
+
+For each shard count (1 = unsharded: the same-run baseline) a real ``docl serve`` is
+started on the cluster with ``DOCL_SHARD_SAMPLES = ceil(n / shards)``; a run of n
+samples is created, its warm-up epoch drawn, every sample reported once (warm-up,
+untimed), then ``rounds`` timed passes report every sample again over HTTP (the load
+generator of ``docl bench service``: a separate process, ``clients`` keep-alive
+connections, binary reports of ``batch`` samples) and the best pass is kept. Printed per
+row: scored samples/s, p50/p99 latency, the run's Redis bytes per sample (``MEMORY
+USAGE`` of every key of the run, summed over the primaries) and the largest share of
+them on one primary (what sharding is for: a run bigger than one node), and the time
+of the next epoch's draw (``POST /epochs``), and with ``--draw-n N`` the draw of a
+selection epoch over N scores written straight into the run's shards (on a server with
+``DOCL_SHARD_SAMPLES = ceil(N / shards)``). Every row is checked: the run must count
+``rounds · n`` scored samples.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from typing import Any
+
+import numpy as np
+
+from docl.lab.loadgen import http_pass
+
+__all__ = ["main", "run_bench"]
+
+
+def _run_bytes(cluster_url: str, run_id: str) -> list[int]:
+    """Bytes of every key of the run (run and shard tags) on each primary."""
+    from redis.cluster import RedisCluster
+
+    from docl.services.store import cluster_url as node_url
+
+    url = node_url(cluster_url)
+    assert url is not None, "a redis+cluster:// URL"
+    rc = RedisCluster.from_url(url)
+    try:
+        out = []
+        for node in rc.get_primaries():
+            total = 0
+            for key in rc.scan_iter(match=f"{{run:{run_id}[:}}]*", count=1000, target_nodes=node):
+                total += int(rc.memory_usage(key, samples=0, target_nodes=node) or 0)
+            out.append(total)
+        return out
+    finally:
+        rc.close()
+
+
+def _row(shards: int, num_samples: int, url: str, *, width: int, batch: int, clients: int,
+         rounds: int) -> dict[str, Any]:  # fmt: skip
+    import httpx
+
+    from docl.services.embedded import ServerProcess
+
+    n = num_samples
+    env = {"DOCL_SHARD_SAMPLES": str(math.ceil(n / shards))} if shards > 1 else {}
+    run_id = f"bench-shards-{shards}-{int(time.time())}"
+    with (
+        ServerProcess(redis_url=url, env=env) as server,
+        httpx.Client(base_url=server.url, timeout=600) as http,
+    ):
+        body = {"run_id": run_id, "num_samples": n, "num_outputs": width, "epochs": 3,
+                "params": {"warmup_epochs": 1, "batch_size": batch}}  # fmt: skip
+        http.post("/v1/runs", json=body).raise_for_status()
+        http.post(f"/v1/runs/{run_id}/epochs", json={"epoch": 0}).raise_for_status()
+        idx = np.random.default_rng(1).permutation(n).astype(np.int64)
+        idx = idx[: n - n % batch]
+        spec: dict[str, Any] = {"run_id": run_id, "indices": idx, "batch": batch, "width": width}
+        http_pass(server.url, run_id, {**spec, "lr_sum": 0.0, "prefix": "warm", "seed": 1}, clients)
+        best: tuple[float, np.ndarray] | None = None
+        errors = 0
+        for rnd in range(rounds):
+            secs, lat, err = http_pass(
+                server.url, run_id,
+                {**spec, "lr_sum": float(rnd + 1), "prefix": f"p{rnd}", "seed": 2 + rnd}, clients,
+            )  # fmt: skip
+            errors += err
+            if best is None or secs < best[0]:
+                best = (secs, lat)
+        assert best is not None
+        run = http.get(f"/v1/runs/{run_id}").json()
+        if run["counters"]["samples_scored"] != rounds * idx.shape[0]:
+            errors += 1
+        per_node = _run_bytes(url, run_id)
+        t0 = time.perf_counter()
+        http.post(f"/v1/runs/{run_id}/epochs", json={"epoch": 1}).raise_for_status()
+        draw_s = time.perf_counter() - t0
+        http.delete(f"/v1/runs/{run_id}").raise_for_status()
+    return {
+        "shards": shards,
+        "rate": idx.shape[0] / best[0],
+        "p50_ms": 1e3 * float(np.percentile(best[1], 50)),
+        "p99_ms": 1e3 * float(np.percentile(best[1], 99)),
+        "bytes_per_sample": sum(per_node) / n,
+        "max_node_share": max(per_node) / max(1, sum(per_node)),
+        "draw_s": draw_s,
+        "errors": errors,
+    }
+
+
+def _draw_row(shards: int, n: int, url: str) -> dict[str, float]:
+    """A selection epoch's ``POST /epochs`` over n scores written straight into the run's
+    columns (its shards'), on a server with ``DOCL_SHARD_SAMPLES = ceil(n / shards)``."""
+    import asyncio
+
+    import httpx
+
+    from docl.services.embedded import ServerProcess
+    from docl.services.layout import RunLayout
+    from docl.services.store import RedisStore
+
+    env = {"DOCL_SHARD_SAMPLES": str(math.ceil(n / shards))} if shards > 1 else {}
+    run_id = f"bench-shards-draw-{shards}-{int(time.time())}"
+    scores = np.random.default_rng(5).normal(size=n).astype(np.float32)
+
+    async def write_scores() -> None:
+        store = RedisStore.from_url(url, timeout_s=120)
+        try:
+            meta = await store.run_meta(run_id)
+            assert meta is not None
+            await store.write_column(RunLayout.from_json(run_id, meta["layout"]), "score", scores)
+        finally:
+            await store.close()
+
+    with (
+        ServerProcess(redis_url=url, env=env) as server,
+        httpx.Client(base_url=server.url, timeout=600) as http,
+    ):
+        body = {"run_id": run_id, "num_samples": n, "num_outputs": 1, "epochs": 1,
+                "params": {"warmup_epochs": 0, "batch_size": 1024, "tau": 0.1}}  # fmt: skip
+        http.post("/v1/runs", json=body).raise_for_status()
+        asyncio.run(write_scores())
+        t0 = time.perf_counter()
+        r = http.post(f"/v1/runs/{run_id}/epochs", json={"epoch": 0})
+        took = time.perf_counter() - t0
+        r.raise_for_status()
+        http.delete(f"/v1/runs/{run_id}").raise_for_status()
+    return {"draw_n_s": took}
+
+
+def run_bench(
+    *,
+    redis_url: str | None = None,
+    shards: list[int],
+    num_samples: int,
+    width: int,
+    batch: int,
+    clients: int,
+    rounds: int,
+    draw_n: int = 0,
+) -> list[dict[str, Any]]:
+    """Every row (see the module docstring); starts a local 3-primary cluster without
+    ``redis_url``."""
+    from docl.services.embedded import RedisClusterProcess
+
+    cluster = RedisClusterProcess(primaries=3) if redis_url is None else None
+    if cluster is not None:
+        cluster.start()
+    url = redis_url if cluster is None else cluster.url
+    assert url is not None
+    print(f"docl.lab.bench_shards: n = {num_samples:,}, c = {width}, batch = {batch}, "
+          f"clients = {clients}, best of {rounds} passes; cluster {url.split('@')[-1]}")  # fmt: skip
+    big = f"draw {draw_n:.0e} s" if draw_n else ""
+    print(f"{'shards':>6} {'samples/s':>10} {'p50 ms':>7} {'p99 ms':>7} {'B/sample':>9} "
+          f"{'top node':>8} {'draw s':>7} {'vs 1 shard':>10} {big:>12}")  # fmt: skip
+    rows: list[dict[str, Any]] = []
+    try:
+        for s in shards:
+            r = _row(s, num_samples, url, width=width, batch=batch, clients=clients, rounds=rounds)
+            if draw_n:
+                r.update(_draw_row(s, draw_n, url))
+            rows.append(r)
+            base = rows[0]["rate"]
+            print(f"{r['shards']:>6} {r['rate']:>10,.0f} {r['p50_ms']:>7.2f} {r['p99_ms']:>7.2f} "
+                  f"{r['bytes_per_sample']:>9.1f} {r['max_node_share']:>8.0%} {r['draw_s']:>7.3f} "
+                  f"{r['rate'] / base:>9.2f}x"
+                  + (f" {r['draw_n_s']:>12.3f}" if draw_n else "")
+                  + (f"  ! {r['errors']} errors" if r["errors"] else ""),
+                  flush=True)  # fmt: skip
+    finally:
+        if cluster is not None:
+            cluster.stop()
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m docl.lab.bench_shards", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    p.add_argument(
+        "--redis-url", default=None, help="a redis+cluster:// URL (default: a local one)"
+    )
+    p.add_argument("--shards", default="1,3,6", help="shard counts, comma-separated; 1 first")
+    p.add_argument("--num-samples", type=int, default=200_000)
+    p.add_argument("--width", type=int, default=10, help="num_outputs c")
+    p.add_argument("--batch", type=int, default=256)
+    p.add_argument("--clients", type=int, default=8)
+    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--draw-n", type=int, default=0,
+                   help="also time a selection draw over this many scores (0: no)")  # fmt: skip
+    a = p.parse_args(argv)
+    shards = [int(s) for s in a.shards.split(",")]
+    if not shards or shards[0] != 1 or min(shards) < 1:
+        p.error("--shards must start with 1 (the unsharded baseline) and be >= 1")
+    rows = run_bench(redis_url=a.redis_url, shards=shards, num_samples=a.num_samples,
+                     width=a.width, batch=a.batch, clients=a.clients, rounds=a.rounds,
+                     draw_n=a.draw_n)  # fmt: skip
+    return 1 if any(r["errors"] for r in rows) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
