@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
@@ -1083,35 +1084,9 @@ def test_report_stream_survives_sigkill_of_the_runs_primary(
             assert size == 480 and sorted(idx.tolist()) == list(range(480))  # warm-up: all
             batches = np.array_split(idx, 60)
             outs = [rng.normal(size=(b.size, 4)).astype(np.float32) for b in batches]
-            lock = threading.Lock()
-            acked: list[float] = []  # when each report was acknowledged
-            failed: list[float] = []  # when each attempt that was not failed
-            killed_at: list[float] = []
-
-            def send(k: int) -> None:
-                deadline = time.monotonic() + 30
-                while True:  # until acknowledged, with the same report id
-                    try:
-                        r = report(http, run_id, rid=f"r{k}", epoch=0, lr_sum=0.1 * k,
-                                   idx=batches[k], out=outs[k], tgt=batches[k] % 4)  # fmt: skip
-                        if r.status_code == 200:
-                            break
-                        assert r.status_code >= 500, r.text  # Redis gone: a 5xx, never a 4xx
-                        last = f"{r.status_code} {r.text}"
-                    except httpx.TransportError as e:
-                        last = repr(e)
-                    with lock:
-                        failed.append(time.monotonic())
-                    assert time.monotonic() < deadline, f"no failover within 30 s: {last}"
-                    time.sleep(0.05)
-                with lock:
-                    acked.append(time.monotonic())
-                    if len(acked) == 20:  # the others' reports are in flight now
-                        cluster.nodes[owner].kill()
-                        killed_at.append(time.monotonic())
-
-            with ThreadPoolExecutor(4) as pool:
-                list(pool.map(send, range(len(batches))))
+            sent = stream_reports_through_a_kill(
+                http, run_id, batches, outs, kill=cluster.nodes[owner].kill
+            )
             assert cluster.info(replica, "replication")["role"] == "master"  # it took over
             got = http.get(f"/v1/runs/{run_id}").json()
             _, visits, _ = get_scores(http, run_id)
@@ -1119,9 +1094,63 @@ def test_report_stream_survives_sigkill_of_the_runs_primary(
             assert cluster.info(replica)["cluster_state"] == "ok"
         assert (visits == 1).all(), np.flatnonzero(visits != 1)  # none lost, none doubled
         assert got["counters"]["reports"] == len(batches)
-        assert failed  # the kill did interrupt the stream
-        print(f"failover: last failed attempt {max(failed) - killed_at[0]:.2f} s after the "
-              f"kill, {len(failed)} attempts failed")  # fmt: skip
+        assert sent.failed  # the kill did interrupt the stream
+        print(f"failover: last failed attempt {max(sent.failed) - sent.killed_at:.2f} s after "
+              f"the kill, {len(sent.failed)} attempts failed")  # fmt: skip
+
+
+@dataclass
+class KilledStream:
+    failed: list[float] = field(default_factory=list)  # when each attempt that failed ended
+    resent: set[int] = field(default_factory=set)  # the reports sent more than once
+    killed_at: float = 0.0
+
+
+def stream_reports_through_a_kill(
+    http: httpx.Client,
+    run_id: str,
+    batches: list[np.ndarray],
+    outs: list[np.ndarray],
+    *,
+    kill: Callable[[], None],
+    after: int = 20,
+) -> KilledStream:
+    """Four senders report ``batches`` of epoch 0 (report k has id ``r{k}``, lr_sum 0.1·k);
+    once ``after`` are acknowledged ``kill()`` runs, with the others in flight. Every
+    sender re-sends its report with the same id (as the SDK's Reporter does) until it is
+    acknowledged, for at most 30 s; a failed attempt must be a 5xx or a dropped
+    connection, never a 4xx, and only a re-sent report may be a duplicate."""
+    lock = threading.Lock()
+    acked: list[float] = []
+    got = KilledStream()
+
+    def send(k: int) -> None:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                r = report(http, run_id, rid=f"r{k}", epoch=0, lr_sum=0.1 * k,
+                           idx=batches[k], out=outs[k], tgt=batches[k] % 4)  # fmt: skip
+                if r.status_code == 200:
+                    assert r.json()["duplicate"] is False or k in got.resent, r.text
+                    break
+                assert r.status_code >= 500, r.text  # Redis gone: a 5xx, never a 4xx
+                last = f"{r.status_code} {r.text}"
+            except httpx.TransportError as e:
+                last = repr(e)
+            with lock:
+                got.failed.append(time.monotonic())
+                got.resent.add(k)
+            assert time.monotonic() < deadline, f"no failover within 30 s: {last}"
+            time.sleep(0.05)
+        with lock:
+            acked.append(time.monotonic())
+            if len(acked) == after:  # the others' reports are in flight now
+                kill()
+                got.killed_at = time.monotonic()
+
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(send, range(len(batches))))
+    return got
 
 
 # -- durability: WAIT for replicas (DOCL_REDIS_WAIT_REPLICAS) --------------------------------

@@ -10,8 +10,6 @@ cluster as when it is unsharded on one Redis (the math must not depend on shardi
 from __future__ import annotations
 
 import json
-import threading
-import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -23,7 +21,14 @@ import pytest
 from docl.services.embedded import RedisClusterProcess, ServerProcess
 from docl.services.layout import MAX_SHARDS, RunLayout, run_prefix
 from docl.wire import encoding as wire
-from tests.services.test_server_e2e import create, draw, get_scores, report, shard
+from tests.services.test_server_e2e import (
+    create,
+    draw,
+    get_scores,
+    report,
+    shard,
+    stream_reports_through_a_kill,
+)
 
 MANY = {"Content-Type": wire.REPORTS_CONTENT_TYPE}
 N = 480
@@ -408,36 +413,9 @@ def test_a_sharded_report_stream_survives_sigkill_of_a_shards_primary(
             idx = shard(http, run_id, 0)
             batches = np.array_split(idx, 60)  # shuffled: each spans ~5 of the 6 shards
             outs = [rng.normal(size=(b.size, 4)).astype(np.float32) for b in batches]
-            lock = threading.Lock()
-            acked: list[float] = []
-            failed: list[float] = []
-
-            def send(k: int) -> None:
-                deadline = time.monotonic() + 30
-                while True:  # until acknowledged, with the same report id
-                    try:
-                        r = report(http, run_id, rid=f"r{k}", epoch=0, lr_sum=0.1 * k,
-                                   idx=batches[k], out=outs[k], tgt=batches[k] % 4)  # fmt: skip
-                        if r.status_code == 200:
-                            assert r.json()["duplicate"] is False or k in resent, r.text
-                            break
-                        assert r.status_code >= 500, r.text  # Redis gone: a 5xx, never a 4xx
-                        last = f"{r.status_code} {r.text}"
-                    except httpx.TransportError as e:
-                        last = repr(e)
-                    with lock:
-                        failed.append(time.monotonic())
-                        resent.add(k)
-                    assert time.monotonic() < deadline, f"no failover within 30 s: {last}"
-                    time.sleep(0.05)
-                with lock:
-                    acked.append(time.monotonic())
-                    if len(acked) == 20:  # the others' reports are in flight now
-                        cluster.nodes[owner].kill()
-
-            resent: set[int] = set()
-            with ThreadPoolExecutor(4) as pool:
-                list(pool.map(send, range(len(batches))))
+            sent = stream_reports_through_a_kill(
+                http, run_id, batches, outs, kill=cluster.nodes[owner].kill
+            )
             assert cluster.info(replica, "replication")["role"] == "master"  # it took over
             got = http.get(f"/v1/runs/{run_id}").json()
             _, visits, _ = get_scores(http, run_id)
@@ -446,9 +424,9 @@ def test_a_sharded_report_stream_survives_sigkill_of_a_shards_primary(
         assert (visits == 1).all(), np.flatnonzero(visits != 1)  # none lost, none doubled
         assert got["counters"]["reports"] == len(batches)
         assert got["counters"]["samples_reported"] == N  # each sample counted once
-        assert failed  # the kill did interrupt the stream
-        print(f"sharded failover: {len(failed)} attempts failed, {len(resent)} reports re-sent, "
-              f"{completed:.0f} completed after a partial apply")  # fmt: skip
+        assert sent.failed  # the kill did interrupt the stream
+        print(f"sharded failover: {len(sent.failed)} attempts failed, {len(sent.resent)} "
+              f"reports re-sent, {completed:.0f} completed after a partial apply")  # fmt: skip
 
 
 def _metric(text: str, name: str) -> float:
