@@ -40,7 +40,7 @@ from docl.lab.loadgen import http_pass, report_bodies, run_loop
 from docl.wire import encoding as wire
 from docl.wire.encoding import ReportArrays
 
-__all__ = ["DrawResult", "ReportResult", "run_service_bench"]
+__all__ = ["DrawResult", "ReportResult", "report_run", "run_service_bench"]
 
 Echo = Callable[[str], None]
 
@@ -96,6 +96,18 @@ class DrawResult:
 
 
 # -- the in-process limit ------------------------------------------------------------------------
+def report_run(run_id: str, n: int, width: int, batch: int) -> dict[str, Any]:
+    """The body of ``POST /v1/runs`` for a report benchmark's run: one uniform
+    (warm-up) epoch of ``n`` samples, so every sample can be reported."""
+    return {
+        "run_id": run_id,
+        "num_samples": n,
+        "num_outputs": width,
+        "epochs": 1,
+        "params": {"warmup_epochs": 1, "batch_size": batch},
+    }
+
+
 async def _inprocess_pass(
     engine: Any, run_id: str, requests: list[list[ReportArrays]], clients: int
 ) -> tuple[float, np.ndarray, int]:
@@ -243,16 +255,7 @@ async def _bench_reports(
     m = min(m, n - n % batch)
     runs = {k: f"bench-{stamp}-b{batch}-k{frames}-c{width}-{k}" for k in ("limit", "http")}
     for run_id in runs.values():
-        r = await http.post(
-            "/v1/runs",
-            json={
-                "run_id": run_id,
-                "num_samples": n,
-                "num_outputs": width,
-                "epochs": 1,
-                "params": {"warmup_epochs": 1, "batch_size": batch},
-            },
-        )
+        r = await http.post("/v1/runs", json=report_run(run_id, n, width, batch))
         r.raise_for_status()
         (await http.post(f"/v1/runs/{run_id}/epochs", json={"epoch": 0})).raise_for_status()
     idx = np.random.default_rng(1).permutation(n)[:m].astype(np.int64)

@@ -23,6 +23,7 @@ from typing import Any
 import httpx
 import numpy as np
 
+from docl.lab.bench_service import report_run
 from docl.lab.loadgen import http_pass
 from docl.services.embedded import AppendFsync, RedisClusterProcess, ServerProcess
 
@@ -31,14 +32,7 @@ __all__ = ["main", "run_wait_bench"]
 
 def _prepare(server: str, run_id: str, n: int, width: int, batch: int) -> None:
     with httpx.Client(base_url=server, timeout=120) as http:
-        body = {
-            "run_id": run_id,
-            "num_samples": n,
-            "num_outputs": width,
-            "epochs": 1,
-            "params": {"warmup_epochs": 1, "batch_size": batch},
-        }
-        http.post("/v1/runs", json=body).raise_for_status()
+        http.post("/v1/runs", json=report_run(run_id, n, width, batch)).raise_for_status()
         http.post(f"/v1/runs/{run_id}/epochs", json={"epoch": 0}).raise_for_status()
 
 
