@@ -36,13 +36,16 @@ def _permutation_pvalue(
     values: np.ndarray, draws: int, rng: np.random.Generator, key_bits: int
 ) -> float:
     """Chi-square p-value of ``draws`` calls of random_order against every permutation
-    of ``values`` (distinct) being equally likely; each result keeps the dtype."""
-    perms = {p: j for j, p in enumerate(itertools.permutations(values.tolist()))}
+    of ``values`` (distinct) being equally likely; each result keeps the dtype and
+    leaves ``values`` untouched."""
+    before = values.tolist()
+    perms = {p: j for j, p in enumerate(itertools.permutations(before))}
     counts = np.zeros(len(perms))
     for _ in range(draws):
         got = random_order(values, rng, key_bits=key_bits)
         assert got.dtype == values.dtype
         counts[perms[tuple(got.tolist())]] += 1
+    assert values.tolist() == before  # a new array: the input is untouched
     return float(scipy.stats.chisquare(counts, np.full(len(perms), draws / len(perms))).pvalue)
 
 
@@ -124,6 +127,7 @@ def test_blocked_shuffle_is_uniform_over_all_permutations(key_bits: int) -> None
     assert _permutation_pvalue(values, 8_000, np.random.default_rng(3), key_bits) > 1e-3
 
 
+@pytest.mark.usefixtures("tiny_parallel")
 def test_pieced_gumbel_keys_follow_the_sequential_law() -> None:
     """Gumbel keys drawn piece by piece (3 pieces of 3, each its own stream): the ordered
     2-of-7 draws ∝ w follow the law of two successive draws without replacement."""
