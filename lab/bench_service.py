@@ -40,7 +40,7 @@ from docl.lab.loadgen import http_pass, report_bodies, run_loop
 from docl.wire import encoding as wire
 from docl.wire.encoding import ReportArrays
 
-__all__ = ["DrawResult", "ReportResult", "report_run", "run_service_bench"]
+__all__ = ["DrawResult", "ReportResult", "draw_run", "report_run", "run_service_bench"]
 
 Echo = Callable[[str], None]
 
@@ -96,15 +96,27 @@ class DrawResult:
 
 
 # -- the in-process limit ------------------------------------------------------------------------
-def report_run(run_id: str, n: int, width: int, batch: int) -> dict[str, Any]:
-    """The body of ``POST /v1/runs`` for a report benchmark's run: one uniform
-    (warm-up) epoch of ``n`` samples, so every sample can be reported."""
+def report_run(run_id: str, n: int, width: int, batch: int, epochs: int = 1) -> dict[str, Any]:
+    """The body of ``POST /v1/runs`` for a report benchmark's run: its first epoch is
+    uniform (warm-up) over ``n`` samples, so every sample can be reported."""
     return {
         "run_id": run_id,
         "num_samples": n,
         "num_outputs": width,
-        "epochs": 1,
+        "epochs": epochs,
         "params": {"warmup_epochs": 1, "batch_size": batch},
+    }
+
+
+def draw_run(run_id: str, n: int, tau: float) -> dict[str, Any]:
+    """The body of ``POST /v1/runs`` for a draw benchmark's run: its first epoch is a
+    selection epoch (no warm-up) over ``n`` scores, one output each."""
+    return {
+        "run_id": run_id,
+        "num_samples": n,
+        "num_outputs": 1,
+        "epochs": 1,
+        "params": {"warmup_epochs": 0, "batch_size": 1024, "tau": tau},
     }
 
 
@@ -370,16 +382,7 @@ async def _bench_draw(
     tau = 0.1
     for rep in range(repeats):
         rid = f"{run_id}-{rep}"
-        r = await http.post(
-            "/v1/runs",
-            json={
-                "run_id": rid,
-                "num_samples": n,
-                "num_outputs": 1,
-                "epochs": 1,
-                "params": {"warmup_epochs": 0, "batch_size": 1024, "tau": tau},
-            },
-        )
+        r = await http.post("/v1/runs", json=draw_run(rid, n, tau))
         r.raise_for_status()
         st = await engine.state(rid)
         await engine.store.write_column(st.layout, "score", scores)

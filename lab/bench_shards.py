@@ -55,21 +55,26 @@ def _run_bytes(cluster_url: str, run_id: str) -> list[int]:
         rc.close()
 
 
+def _shard_env(n: int, shards: int) -> dict[str, str]:
+    """The server setting that cuts a run of n samples into ``shards`` shards (none: 1)."""
+    return {"DOCL_SHARD_SAMPLES": str(math.ceil(n / shards))} if shards > 1 else {}
+
+
 def _row(shards: int, num_samples: int, url: str, *, width: int, batch: int, clients: int,
          rounds: int) -> dict[str, Any]:  # fmt: skip
     import httpx
 
+    from docl.lab.bench_service import report_run
     from docl.services.embedded import ServerProcess
 
     n = num_samples
-    env = {"DOCL_SHARD_SAMPLES": str(math.ceil(n / shards))} if shards > 1 else {}
+    env = _shard_env(n, shards)
     run_id = f"bench-shards-{shards}-{int(time.time())}"
     with (
         ServerProcess(redis_url=url, env=env) as server,
         httpx.Client(base_url=server.url, timeout=600) as http,
     ):
-        body = {"run_id": run_id, "num_samples": n, "num_outputs": width, "epochs": 3,
-                "params": {"warmup_epochs": 1, "batch_size": batch}}  # fmt: skip
+        body = report_run(run_id, n, width, batch, epochs=3)  # epoch 1: the draw timed below
         http.post("/v1/runs", json=body).raise_for_status()
         http.post(f"/v1/runs/{run_id}/epochs", json={"epoch": 0}).raise_for_status()
         idx = np.random.default_rng(1).permutation(n).astype(np.int64)
@@ -114,11 +119,12 @@ def _draw_row(shards: int, n: int, url: str) -> dict[str, float]:
 
     import httpx
 
+    from docl.lab.bench_service import draw_run
     from docl.services.embedded import ServerProcess
     from docl.services.layout import RunLayout
     from docl.services.store import RedisStore
 
-    env = {"DOCL_SHARD_SAMPLES": str(math.ceil(n / shards))} if shards > 1 else {}
+    env = _shard_env(n, shards)
     run_id = f"bench-shards-draw-{shards}-{int(time.time())}"
     scores = np.random.default_rng(5).normal(size=n).astype(np.float32)
 
@@ -135,9 +141,7 @@ def _draw_row(shards: int, n: int, url: str) -> dict[str, float]:
         ServerProcess(redis_url=url, env=env) as server,
         httpx.Client(base_url=server.url, timeout=600) as http,
     ):
-        body = {"run_id": run_id, "num_samples": n, "num_outputs": 1, "epochs": 1,
-                "params": {"warmup_epochs": 0, "batch_size": 1024, "tau": 0.1}}  # fmt: skip
-        http.post("/v1/runs", json=body).raise_for_status()
+        http.post("/v1/runs", json=draw_run(run_id, n, 0.1)).raise_for_status()
         asyncio.run(write_scores())
         t0 = time.perf_counter()
         r = http.post(f"/v1/runs/{run_id}/epochs", json={"epoch": 0})
