@@ -48,6 +48,16 @@ import pytest
 from docl.services.embedded import RedisClusterProcess, RedisProcess, ServerProcess
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under pytest-xdist (``make test`` runs ``-n 2 --dist loadgroup``) every test that
+    starts or joins Ray goes to one worker: they share one local Ray session there
+    (``ray_cluster``), and two Ray instances on a 2-core machine would only slow
+    each other down. A test is Ray's when it is marked ``ray`` or takes ``ray_cluster``."""
+    for item in items:
+        if item.get_closest_marker("ray") or "ray_cluster" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group("ray"))
+
+
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[RedisProcess]:
     proc = RedisProcess()

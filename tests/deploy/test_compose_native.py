@@ -56,7 +56,7 @@ from tests.deploy.deploy_util import (
     load_compose,
 )
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
+pytestmark = [pytest.mark.slow, pytest.mark.ray, pytest.mark.timeout(1200)]
 
 # Listening options whose value is one of the service's own ports.
 _PORT_FLAGS = ("--port", "--dashboard-port", "--ray-client-server-port")
