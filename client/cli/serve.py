@@ -91,6 +91,7 @@ def serve(
     need_extra("fastapi", "server")
     need_extra("uvicorn", "server")
     import uvicorn
+    from pydantic import ValidationError
 
     from docl.services.config import Settings
 
@@ -110,9 +111,11 @@ def serve(
     }
     try:
         settings = Settings(**overrides)
-    except Exception as e:  # pydantic's ValidationError: show it plainly
-        typer.echo(f"invalid settings: {e}", err=True)
-        raise typer.Exit(code=2) from e
+    except ValidationError as e:  # one line per bad setting, named as the user gives it
+        for err in e.errors():
+            name = "DOCL_" + "_".join(str(p) for p in err["loc"]).upper()
+            typer.echo(f"docl serve: invalid setting {name}: {err['msg']}", err=True)
+        raise typer.Exit(code=2) from None
     if settings.api_token is None and not settings.insecure and not is_loopback(settings.host):
         typer.echo(
             f"docl serve: refusing to listen on {settings.host} without a token (anyone who "
