@@ -133,6 +133,8 @@ def serve(
         typer.echo(f"docl serve: {e}", err=True)
         raise typer.Exit(code=2) from None
 
+    from docl.services.connections import protocol_for
+
     if settings.workers == 1:
         from docl.services.app import create_app
 
@@ -143,24 +145,21 @@ def serve(
             port=settings.port,
             log_level=settings.log_level,
             access_log=settings.log_level in ("debug", "trace"),
+            http=protocol_for(settings),
+            **_slow_client_bounds(settings),
         )
         return
 
     # Several workers: the embedded Redis (if any) is started once, here, and every
     # worker process gets its URL through the environment (they re-read Settings).
-    from docl.services.embedded import RedisProcess
+    from docl.services.embedded import RedisProcess, embedded_redis
 
     embedded: RedisProcess | None = None
     metrics_dir = tempfile.mkdtemp(prefix="docl-metrics-")
     env = {f"DOCL_{k.upper()}": str(v) for k, v in overrides.items() if k not in ("workers",)}
     try:
         if settings.redis_url is None:
-            embedded = RedisProcess(
-                data_dir=settings.data_dir,
-                appendonly=settings.data_dir is not None,
-                appendfsync=settings.embedded_appendfsync,
-                tcp=False,  # its owner-only Unix socket is the only way in
-            ).start()
+            embedded = embedded_redis(settings).start()
             env["DOCL_REDIS_URL"] = embedded.unix_url
             typer.echo(f"INFO:     {embedded.describe()}", err=True)
         os.environ.update(env)
@@ -174,11 +173,23 @@ def serve(
             workers=settings.workers,
             log_level=settings.log_level,
             access_log=settings.log_level in ("debug", "trace"),
+            # by name: each worker process reads its limits from the DOCL_* environment
+            http="docl.services.connections:DoclHttpProtocol",
+            **_slow_client_bounds(settings),
         )
     finally:
         if embedded is not None:
             embedded.stop()
         shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def _slow_client_bounds(settings: Any) -> dict[str, Any]:
+    """uvicorn's own bounds on idle and stalled connections, from the settings (the header
+    timeout and the connection cap are docl.services.connections' protocol's)."""
+    return {
+        "timeout_keep_alive": settings.keep_alive_s,
+        "timeout_graceful_shutdown": settings.shutdown_timeout_s,
+    }
 
 
 def is_loopback(host: str) -> bool:
