@@ -139,12 +139,12 @@ class Settings(BaseSettings):
         description="Open HTTP connections per server process; one more is answered 503 "
         "(Retry-After: 1) and closed at once. Keep it under the process's file limit.",
     )
-    keep_alive_s: float = Field(
-        5.0, gt=0, le=3600, description="An idle keep-alive connection is closed after this."
+    keep_alive_s: int = Field(
+        5, ge=1, le=3600, description="An idle keep-alive connection is closed after this."
     )
-    shutdown_timeout_s: float = Field(
-        10.0,
-        gt=0,
+    shutdown_timeout_s: int = Field(
+        10,
+        ge=1,
         le=3600,
         description="On SIGTERM, requests still running this many seconds later (a stalled "
         "upload, say) are cancelled and the server exits.",
