@@ -112,9 +112,12 @@ def serve(
     try:
         settings = Settings(**overrides)
     except ValidationError as e:  # one line per bad setting, named as the user gives it
-        for err in e.errors():
-            name = "DOCL_" + "_".join(str(p) for p in err["loc"]).upper()
-            typer.echo(f"docl serve: invalid setting {name}: {err['msg']}", err=True)
+        for err in e.errors():  # (no input value: it may be the token)
+            name = "_".join(str(p) for p in err["loc"])
+            typer.echo(
+                f"docl serve: invalid setting {name} (DOCL_{name.upper()}): {err['msg']}",
+                err=True,
+            )
         raise typer.Exit(code=2) from None
     if settings.api_token is None and not settings.insecure and not is_loopback(settings.host):
         typer.echo(
