@@ -45,7 +45,10 @@ async def create_run(
 
 
 @router.get(
-    "/runs", response_model=RunList, summary="List runs, one page at a time", responses=problems()
+    "/runs",
+    response_model=RunList,
+    summary="List runs, one page at a time",
+    responses=problems(422),
 )
 async def list_runs(
     engine: EngineDep,
