@@ -227,6 +227,12 @@ class Settings(BaseSettings):
         description="Per server process: the config, layout and plan of this many most "
         "recently used runs are kept in memory (an LRU); others are re-read from Redis.",
     )
+    run_cache_bytes: int = Field(
+        256 * MiB,
+        ge=1,
+        description="Per server process: most memory of the plans in the run cache together "
+        "(a plan keeps one float64 learning rate per step); the latest run is always kept.",
+    )
     record_cache_bytes: int = Field(
         1 * GiB,
         ge=0,

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import functools
 import json
 import logging
 import time
@@ -64,6 +65,11 @@ class RunState:
     def num_epochs(self) -> int:
         return len(self.plan)
 
+    @functools.cached_property
+    def nbytes(self) -> int:
+        """About what the plan holds in memory: its learning rates and ~200 B per epoch."""
+        return sum(int(s.lr.nbytes) + 200 for s in self.plan)
+
 
 def _plan_row(spec: plan.EpochSpec) -> dict[str, Any]:
     return plan.plan_epoch(spec).model_dump()
@@ -78,10 +84,15 @@ class QuotaExceeded(ProblemError):
 
 
 class RunCache:
-    """The ``size`` most recently used :class:`RunState` s of this process (an LRU)."""
+    """The most recently used :class:`RunState` s of this process (an LRU): at most
+    ``size`` of them and ``max_bytes`` of plans together (a plan keeps one float64
+    learning rate per step: up to 80 MB at DOCL_MAX_PLAN_STEPS), but always the
+    latest one."""
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, max_bytes: int) -> None:
         self.size = size
+        self.max_bytes = max_bytes
+        self.nbytes = 0
         self._d: OrderedDict[str, RunState] = OrderedDict()
 
     def get(self, run_id: str) -> RunState | None:
@@ -91,13 +102,18 @@ class RunCache:
         return st
 
     def __setitem__(self, run_id: str, st: RunState) -> None:
+        self.pop(run_id)
         self._d[run_id] = st
-        self._d.move_to_end(run_id)
-        while len(self._d) > self.size:
-            self._d.popitem(last=False)
+        self.nbytes += st.nbytes
+        while len(self._d) > 1 and (len(self._d) > self.size or self.nbytes > self.max_bytes):
+            self.nbytes -= self._d.popitem(last=False)[1].nbytes
 
     def pop(self, run_id: str, default: RunState | None = None) -> RunState | None:
-        return self._d.pop(run_id, default)
+        st = self._d.pop(run_id, None)
+        if st is None:
+            return default
+        self.nbytes -= st.nbytes
+        return st
 
     def __len__(self) -> int:
         return len(self._d)
@@ -122,7 +138,7 @@ class RunStage:
     def __init__(self, store: Store, settings: Settings) -> None:
         self.store = store
         self.settings = settings
-        self._runs = RunCache(settings.run_cache_size)
+        self._runs = RunCache(settings.run_cache_size, settings.run_cache_bytes)
         # run id -> its estimated Redis bytes, for DOCL_MAX_TOTAL_BYTES (ids of the run
         # index only: pruned at every create, so bounded by DOCL_MAX_RUNS)
         self._footprints: dict[str, int] = {}

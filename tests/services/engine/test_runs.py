@@ -134,3 +134,27 @@ def test_the_engine_keeps_a_bounded_number_of_run_states(redis_url: str) -> None
             await store.close()
 
     _run(main())
+
+
+def test_the_run_cache_is_bounded_in_plan_bytes_too(redis_url: str) -> None:
+    """DOCL_RUN_CACHE_BYTES: runs with 2,000-step plans (~16 kB of learning rates each)
+    under a 40 kB cap: never more than two in memory, whatever DOCL_RUN_CACHE_SIZE."""
+
+    async def main() -> None:
+        store = RedisStore.from_url(redis_url)
+        settings = Settings(redis_url=redis_url, run_cache_size=100, run_cache_bytes=40_000)
+        engine = Engine(store, settings)
+        ids = [f"lru-bytes-{i}-{id(engine)}" for i in range(6)]
+        try:
+            for rid in ids:
+                body = {**_body(rid, 2000), "epochs": 2, "params": {"batch_size": 2}}
+                await engine.create_run(RunCreate.model_validate(body))
+                assert engine._runs.nbytes <= 40_000 and 1 <= len(engine._runs) <= 2
+            await engine.list_runs(limit=1000)
+            assert engine._runs.nbytes <= 40_000 and len(engine._runs) <= 2
+        finally:
+            for rid in ids:
+                await engine.delete_run(rid)
+            await store.close()
+
+    _run(main())
