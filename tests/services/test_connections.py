@@ -211,3 +211,19 @@ def test_sigterm_with_a_stalled_upload_exits_within_the_shutdown_timeout() -> No
                 pytest.fail(f"still running {time.monotonic() - t0:.1f} s after SIGTERM")
             took = time.monotonic() - t0
     assert took <= 2 + SLACK_S, took
+
+
+def test_every_worker_of_docl_serve_workers_has_the_bounds() -> None:
+    """``--workers 2``: uvicorn gets the protocol by name and each worker process reads
+    its limits from the DOCL_* environment; a half header is closed there too, and a
+    stalled upload gets its 408."""
+    with ServerProcess(env=ENV, workers=2) as srv:
+        for _ in range(4):  # the kernel spreads connections over both workers
+            with socket.create_connection((srv.host, srv.port), timeout=10) as s:
+                s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+                data, took = _read_to_eof(s, HEADER_S + SLACK_S)
+            assert data.startswith(b"HTTP/1.1 408") and took <= HEADER_S + SLACK_S, data
+        with socket.create_connection((srv.host, srv.port), timeout=10) as s:
+            s.sendall(_upload_head(200) + b"{")
+            data, took = _read_to_eof(s, IDLE_S + SLACK_S)
+        assert data.startswith(b"HTTP/1.1 408") and b"DOCL_BODY_IDLE_TIMEOUT_S" in data, data
