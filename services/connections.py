@@ -31,13 +31,16 @@ from docl.services.config import Settings
 
 if TYPE_CHECKING:
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol as _Base
+
+    _Mixin = _Base
 else:
+    _Mixin = object
     try:  # what uvicorn's "auto" picks
         from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol as _Base
     except ImportError:  # pragma: no cover - httptools is part of uvicorn[standard]
         from uvicorn.protocols.http.h11_impl import H11Protocol as _Base
 
-__all__ = ["ConnectionLimits", "DoclHttpProtocol", "protocol_for"]
+__all__ = ["Bounded", "ConnectionLimits", "DoclHttpProtocol", "protocol_for"]
 
 log = logging.getLogger("docl.services")
 
@@ -66,10 +69,12 @@ def _canned(status: int, reason: str, detail: str, *extra: str) -> bytes:
     return ("\r\n".join(head) + "\r\n\r\n").encode() + body
 
 
-class DoclHttpProtocol(_Base):
-    """uvicorn's HTTP protocol with a header timeout and a connection cap (module doc).
+class Bounded(_Mixin):
+    """A header timeout and a connection cap (module doc) on top of one of uvicorn's HTTP
+    protocols (httptools' or h11's: both keep ``cycle``, ``server_state``, ``transport``
+    and call ``on_response_complete``).
 
-    ``limits`` is set by :func:`protocol_for`; when it is None (uvicorn given this class
+    ``limits`` is set by :func:`protocol_for`; when it is None (uvicorn given the class
     by name, e.g. in each of ``docl serve --workers N``'s processes) it is read once
     from the ``DOCL_*`` environment."""
 
@@ -157,6 +162,10 @@ class DoclHttpProtocol(_Base):
             log.warning("%s", message)
 
 
+class DoclHttpProtocol(Bounded, _Base):
+    """:class:`Bounded` on the protocol uvicorn's ``auto`` picks (httptools when present)."""
+
+
 _REFUSED = _canned(
     503,
     "Service Unavailable",
@@ -171,10 +180,9 @@ _HEADER_TIMEOUT = _canned(
 )
 
 
-def protocol_for(settings: Settings) -> type[DoclHttpProtocol]:
-    """:class:`DoclHttpProtocol` with ``settings``' limits (for ``uvicorn.run(http=...)``)."""
-    return type(
-        "DoclHttpProtocol",
-        (DoclHttpProtocol,),
-        {"limits": ConnectionLimits.from_settings(settings), "__module__": __name__},
-    )
+def protocol_for(settings: Settings, base: type | None = None) -> type[Bounded]:
+    """:class:`DoclHttpProtocol` with ``settings``' limits (for ``uvicorn.run(http=...)``);
+    ``base``: another of uvicorn's HTTP protocols to bound instead (h11's, say)."""
+    bases = (DoclHttpProtocol,) if base is None else (Bounded, base)
+    limits = ConnectionLimits.from_settings(settings)
+    return type("DoclHttpProtocol", bases, {"limits": limits, "__module__": __name__})

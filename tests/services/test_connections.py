@@ -15,6 +15,7 @@ import signal
 import socket
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import pytest
@@ -227,3 +228,63 @@ def test_every_worker_of_docl_serve_workers_has_the_bounds() -> None:
             s.sendall(_upload_head(200) + b"{")
             data, took = _read_to_eof(s, IDLE_S + SLACK_S)
         assert data.startswith(b"HTTP/1.1 408") and b"DOCL_BODY_IDLE_TIMEOUT_S" in data, data
+
+
+async def _hello(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    if scope["type"] != "http":
+        return
+    await send(
+        {"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"5")]}
+    )
+    await send({"type": "http.response.body", "body": b"hello"})
+
+
+@pytest.mark.parametrize("base", ["httptools", "h11"])
+def test_the_bounds_hold_on_both_of_uvicorns_http_protocols(base: str) -> None:
+    """The protocol alone, on a real uvicorn in this process, over httptools (what
+    ``auto`` picks) and h11 (uvicorn's fallback without httptools): a half header is
+    closed at the header timeout, a connection over the cap gets 503 at once."""
+    import threading
+
+    import uvicorn
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    from docl.services.config import Settings
+    from docl.services.connections import protocol_for
+    from docl.services.embedded import free_port
+
+    settings = Settings(header_timeout_s=1.0, max_connections=2)
+    proto = protocol_for(settings, {"httptools": HttpToolsProtocol, "h11": H11Protocol}[base])
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(_hello, host="127.0.0.1", port=port, http=proto, log_level="warning",
+                       lifespan="off")
+    )  # fmt: skip
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not server.started and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert server.started
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            s.settimeout(5)
+            first = b""
+            while not first.endswith(b"hello"):
+                first += s.recv(65536)
+            assert first.startswith(b"HTTP/1.1 200"), first
+            s.sendall(b"GET / HTTP/1.1\r\nHo")
+            data, took = _read_to_eof(s, 1.0 + SLACK_S)
+        assert data.startswith(b"HTTP/1.1 408") and 0.8 <= took <= 1.0 + SLACK_S, (data, took)
+        held = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(3)]
+        try:
+            readable, _, _ = select.select(held, [], [], 0.5)
+            assert len(readable) == 1 and readable[0].recv(65536).startswith(b"HTTP/1.1 503")
+        finally:
+            for s in held:
+                s.close()
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
