@@ -192,6 +192,7 @@ def _slow_client_bounds(settings: Any) -> dict[str, Any]:
     return {
         "timeout_keep_alive": settings.keep_alive_s,
         "timeout_graceful_shutdown": settings.shutdown_timeout_s,
+        "ws": "none",  # no WebSocket route: an Upgrade stays plain HTTP, under the same bounds
     }
 
 

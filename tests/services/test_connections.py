@@ -288,3 +288,17 @@ def test_the_bounds_hold_on_both_of_uvicorns_http_protocols(base: str) -> None:
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+def test_a_websocket_upgrade_is_plain_http_under_the_same_bounds(server: ServerProcess) -> None:
+    """docl has no WebSocket route: an Upgrade request is answered as HTTP (404 here),
+    not handed to a WebSocket protocol outside the bounds."""
+    with _connect(server) as s:
+        s.sendall(
+            b"GET /v1/ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+            b"Authorization: Bearer " + TOKEN.encode() + b"\r\n\r\n"
+        )
+        s.settimeout(5)
+        first = s.recv(65536)
+    assert first.startswith(b"HTTP/1.1 404"), first
