@@ -69,10 +69,10 @@ def _read_to_eof(sock: socket.socket, within: float) -> tuple[bytes, float]:
         data += chunk
 
 
-def _upload_head(length: int) -> bytes:
+def _upload_head(length: int, path: str = "/v1/runs", ctype: str = "application/json") -> bytes:
     return (
-        f"POST /v1/runs HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n"
-        f"Content-Type: application/json\r\nContent-Length: {length}\r\n\r\n"
+        f"POST {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n"
+        f"Content-Type: {ctype}\r\nContent-Length: {length}\r\n\r\n"
     ).encode()
 
 
@@ -127,9 +127,19 @@ def test_the_header_timeout_holds_again_after_a_response(server: ServerProcess) 
     assert data.startswith(b"HTTP/1.1 408"), data
 
 
-def test_a_stalled_upload_gets_408_within_the_idle_timeout(server: ServerProcess) -> None:
+@pytest.mark.parametrize(
+    ("path", "ctype"),
+    [
+        ("/v1/runs", "application/json"),
+        # the reports route, served by the gateway's bare ASGI handler (fast_reports)
+        ("/v1/runs/some-run/reports", "application/vnd.docl.report.v1"),
+    ],
+)
+def test_a_stalled_upload_gets_408_within_the_idle_timeout(
+    server: ServerProcess, path: str, ctype: str
+) -> None:
     with _connect(server) as s:
-        s.sendall(_upload_head(200) + b'{"num_samples": 10,')  # and then nothing
+        s.sendall(_upload_head(200, path, ctype) + b'{"num_samples": 10,')  # then nothing
         data, took = _read_to_eof(s, IDLE_S + SLACK_S)
     assert data.startswith(b"HTTP/1.1 408"), data
     assert b"DOCL_BODY_IDLE_TIMEOUT_S" in data and b"19 bytes received" in data
