@@ -229,6 +229,25 @@ def _check_report_arrays(
 # ---------------------------------------------------------------------------
 
 
+def _next_page(page: RunList, after: str | None) -> str | None:
+    """The cursor after ``page`` (None: it was the last); a server that hands back a cursor
+    that does not move forward would loop forever, so that is an error."""
+    if page.next is None:
+        return None
+    if after is not None and page.next <= after:
+        raise APIError(
+            200,
+            f"GET /v1/runs answered next={page.next!r} after {after!r}: the cursor must move "
+            "forward",
+            title="bad cursor",
+        )
+    return page.next
+
+
+def _oldest_first(pages: list[RunList]) -> list[Run]:
+    return sorted((r for p in pages for r in p.runs), key=lambda r: r.created_at)
+
+
 @dataclass
 class _Call(Generic[T]):
     """One request and how to read its answer; executed by either client's retry loop."""
@@ -447,14 +466,22 @@ class _Base:
     def _c_get_run(self, run_id: str) -> _Call[Run]:
         return _Call("GET", _run_path(run_id), _model(Run))
 
-    def _c_list_runs(self) -> _Call[list[Run]]:
-        def parse(resp: httpx.Response) -> list[Run]:
+    def _c_list_runs(self, after: str | None, limit: int | None) -> _Call[RunList]:
+        if limit is not None and (isinstance(limit, bool) or not 1 <= limit <= 1000):
+            raise InvalidRequestError(f"page_size must be in [1, 1000], got {limit!r}")
+
+        def parse(resp: httpx.Response) -> RunList:
             body = resp.json()
             if isinstance(body, list):  # tolerate a bare list
                 body = {"runs": body}
-            return RunList.model_validate(body).runs
+            return RunList.model_validate(body)
 
-        return _Call("GET", "/v1/runs", parse)
+        params: dict[str, Any] = {}
+        if after is not None:
+            params["after"] = after
+        if limit is not None:
+            params["limit"] = limit
+        return _Call("GET", "/v1/runs", parse, params=params or None)
 
     def _c_delete_run(self, run_id: str, missing_ok: bool) -> _Call[bool]:
         def parse(resp: httpx.Response) -> bool:
@@ -806,9 +833,20 @@ class ScoreClient(_Base):
         """Config, plan position (``last_epoch``, ``epochs_drawn``) and counters of a run."""
         return self._send(self._c_get_run(run_id))
 
-    def list_runs(self) -> list[Run]:
-        """Every run on the server."""
-        return self._send(self._c_list_runs())
+    def list_runs(self, *, page_size: int | None = None) -> list[Run]:
+        """Every run on the server, oldest first: follows ``GET /v1/runs`` page by page
+        (``page_size`` runs per request; default: the server's, 100)."""
+        pages: list[RunList] = []
+        after: str | None = None
+        while True:
+            pages.append(self._send(self._c_list_runs(after, page_size)))
+            after = _next_page(pages[-1], after)
+            if after is None:
+                return _oldest_first(pages)
+
+    def list_runs_page(self, *, after: str | None = None, limit: int | None = None) -> RunList:
+        """One page of runs in run-id order; ``.next`` is the ``after`` of the next page."""
+        return self._send(self._c_list_runs(after, limit))
 
     def delete_run(self, run_id: str, *, missing_ok: bool = False) -> bool:
         """Drop a run and all its data. Returns False when it did not exist and
@@ -1041,8 +1079,21 @@ class AsyncScoreClient(_Base):
     async def get_run(self, run_id: str) -> Run:
         return await self._send(self._c_get_run(run_id))
 
-    async def list_runs(self) -> list[Run]:
-        return await self._send(self._c_list_runs())
+    async def list_runs(self, *, page_size: int | None = None) -> list[Run]:
+        """See :meth:`ScoreClient.list_runs`."""
+        pages: list[RunList] = []
+        after: str | None = None
+        while True:
+            pages.append(await self._send(self._c_list_runs(after, page_size)))
+            after = _next_page(pages[-1], after)
+            if after is None:
+                return _oldest_first(pages)
+
+    async def list_runs_page(
+        self, *, after: str | None = None, limit: int | None = None
+    ) -> RunList:
+        """See :meth:`ScoreClient.list_runs_page`."""
+        return await self._send(self._c_list_runs(after, limit))
 
     async def delete_run(self, run_id: str, *, missing_ok: bool = False) -> bool:
         return await self._send(self._c_delete_run(run_id, missing_ok))

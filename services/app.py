@@ -6,12 +6,16 @@ The lifespan owns the Redis connection pool and, when no Redis URL is
 configured, an embedded redis-server (:class:`~docl.services.embedded.RedisProcess`)
 that lives and dies with the app. :class:`GatewayMiddleware` does, before any
 route runs and before a body is read: the bearer-token check of ``/v1`` routes,
-the body-size limit (``Content-Length`` and the streamed size) and the request
-metrics.
+the body-size limit (``Content-Length`` and the streamed size), the body timeouts
+(the whole body within ``DOCL_BODY_TIMEOUT_S``, no gap between chunks over
+``DOCL_BODY_IDLE_TIMEOUT_S``: 408 and the connection closed) and the request
+metrics. The header timeout and the connection cap are ``docl serve``'s HTTP
+protocol's (:mod:`docl.services.connections`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 import time
@@ -26,16 +30,16 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from docl.services import errors, methods, metrics, sampling
 from docl.services.config import Settings
 from docl.services.deps import bearer
-from docl.services.embedded import RedisProcess
+from docl.services.embedded import RedisProcess, embedded_redis
 from docl.services.engine import Engine
-from docl.services.errors import PayloadTooLarge, problem_response
+from docl.services.errors import PayloadTooLarge, ProblemError, problem_response
 from docl.services.routes import epochs, health, index, plan, reports, runs, scores, stats
 from docl.services.routes import methods as method_routes
 from docl.services.routes._common import complete_openapi
 from docl.services.store import ClusterStateError, RedisStore
 from docl.wire.encoding import REPORT_CONTENT_TYPE, REPORTS_CONTENT_TYPE
 
-__all__ = ["GatewayMiddleware", "create_app"]
+__all__ = ["GatewayMiddleware", "RequestTimeout", "create_app"]
 
 _REPORTS_LABEL = "/v1/runs/{run_id}/reports"
 
@@ -54,11 +58,23 @@ docs/api.md.
 """
 
 
+class RequestTimeout(ProblemError):
+    """408: the request body did not arrive in time; the connection is closed after it
+    (what is left of the body would otherwise be read as the next request)."""
+
+    status = 408
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail, headers={"Connection": "close"})
+
+
 class GatewayMiddleware:
-    """Auth, body limit and metrics in one pure-ASGI layer (cheaper than three)."""
+    """Auth, body limit and timeouts, and metrics in one pure-ASGI layer (cheaper than three)."""
 
     def __init__(self, app: ASGIApp, settings: Settings) -> None:
         self.app = app
+        self.body_timeout = settings.body_timeout_s
+        self.body_idle = settings.body_idle_timeout_s
         self.fast_reports = settings.fast_reports
         self.max_body = settings.max_body_bytes
         self.max_json = min(settings.max_json_bytes, settings.max_body_bytes)
@@ -157,13 +173,37 @@ class GatewayMiddleware:
         return None
 
     def _limited(self, receive: Receive, limit: tuple[int, str]) -> Receive:
-        """Count the streamed body: a chunked or lying client hits the same 413."""
+        """Count the streamed body (a chunked or lying client hits the same 413) and time
+        it: the whole body within DOCL_BODY_TIMEOUT_S of the headers, each chunk within
+        DOCL_BODY_IDLE_TIMEOUT_S of the one before (408 otherwise). Once the body is in,
+        receive() is passed through untimed (it then waits for a disconnect)."""
         most, setting = limit
         seen = 0
+        done = False
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.body_timeout
+        idle = self.body_idle
 
         async def wrapped() -> Message:
-            nonlocal seen
-            message = await receive()
+            nonlocal seen, done
+            if done:
+                return await receive()
+            now = loop.time()
+            whole = deadline <= now + idle  # the request's deadline comes first
+            try:
+                async with asyncio.timeout(min(deadline - now, idle)):
+                    message = await receive()
+            except TimeoutError:
+                if whole:
+                    why = (
+                        f"the request body did not arrive within {self.body_timeout:g} s "
+                        "(DOCL_BODY_TIMEOUT_S)"
+                    )
+                else:
+                    why = f"no byte of the request body for {idle:g} s (DOCL_BODY_IDLE_TIMEOUT_S)"
+                raise RequestTimeout(
+                    f"{why}; {seen} bytes received; the connection is closed"
+                ) from None
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > most:
@@ -171,6 +211,9 @@ class GatewayMiddleware:
                         f"request body is over this server's limit of {most} bytes "
                         f"({setting}){_hint(setting)}"
                     )
+                done = not message.get("more_body", False)
+            else:
+                done = True
             return message
 
         return wrapped
@@ -210,12 +253,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         embedded: RedisProcess | None = None
         url = settings.redis_url
         if url is None:
-            embedded = RedisProcess(
-                data_dir=settings.data_dir,
-                appendonly=settings.data_dir is not None,
-                appendfsync=settings.embedded_appendfsync,
-                tcp=False,  # its owner-only Unix socket is the only way in
-            )
+            embedded = embedded_redis(settings)
             # Started from this (the main) thread on purpose: the child's parent-death
             # signal is tied to the thread that forked it, and executor threads come and go.
             embedded.start()

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from docl.services.plan import PlanLimits
@@ -67,13 +67,23 @@ class Settings(BaseSettings):
         description="How long a report waits for redis_wait_replicas replicas (ms).",
     )
 
+    embedded_maxmemory_bytes: int | None = Field(
+        None,
+        ge=1 * MiB,
+        description="maxmemory of the embedded Redis, with maxmemory-policy noeviction: past it "
+        "every write is refused (503 + Retry-After, naming OOM) and nothing is evicted. None: "
+        "half of this machine's physical memory.",
+    )
+
     # -- the HTTP server ---------------------------------------------------------------
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
     workers: int = Field(1, ge=1, description="uvicorn worker processes (they share one Redis).")
     log_level: Literal["critical", "error", "warning", "info", "debug", "trace"] = "info"
     api_token: SecretStr | None = Field(
-        None, description="When set, every /v1 route needs 'Authorization: Bearer <token>'."
+        None,
+        description="When set, every /v1 route needs 'Authorization: Bearer <token>'. An empty "
+        "or whitespace-only value is refused at start-up (it would be no token at all).",
     )
     insecure: bool = Field(
         False,
@@ -98,6 +108,46 @@ class Settings(BaseSettings):
         "JSON reports over 64 KiB are parsed in a child process (decoding holds the "
         "interpreter: a 1 MiB report of one-digit numbers costs 0.1-0.3 s of CPU); larger "
         "reports use the binary encodings.",
+    )
+
+    # -- slow and many clients (docl serve's uvicorn; docs/api.md "Limits") -------------
+    header_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        le=3600,
+        description="A connection that has not sent a request's complete headers this many "
+        "seconds after it opened (or after its previous response) is closed.",
+    )
+    body_timeout_s: float = Field(
+        120.0,
+        gt=0,
+        le=86_400,
+        description="Most seconds to receive one request body (from its headers to its last "
+        "byte); past it: 408 and the connection is closed.",
+    )
+    body_idle_timeout_s: float = Field(
+        15.0,
+        gt=0,
+        le=3600,
+        description="Most seconds between two chunks of a request body; past it: 408 and the "
+        "connection is closed.",
+    )
+    max_connections: int = Field(
+        512,
+        ge=1,
+        le=1_000_000,
+        description="Open HTTP connections per server process; one more is answered 503 "
+        "(Retry-After: 1) and closed at once. Keep it under the process's file limit.",
+    )
+    keep_alive_s: int = Field(
+        5, ge=1, le=3600, description="An idle keep-alive connection is closed after this."
+    )
+    shutdown_timeout_s: int = Field(
+        10,
+        ge=1,
+        le=3600,
+        description="On SIGTERM, requests still running this many seconds later (a stalled "
+        "upload, say) are cancelled and the server exits.",
     )
 
     # -- the plan: checked in closed form before anything is built (422 above) ---------
@@ -158,6 +208,31 @@ class Settings(BaseSettings):
         ge=1,
         description="A run whose per-sample state would need more Redis memory is refused (422).",
     )
+    max_runs: int = Field(
+        10_000,
+        ge=1,
+        description="Most runs the server keeps (all token holders together: there is one "
+        "token); a create past it gets 403 until runs are deleted.",
+    )
+    max_total_bytes: int = Field(
+        64 * GiB,
+        ge=1,
+        description="Most estimated Redis memory of all runs together (each counted as "
+        "DOCL_MAX_RUN_BYTES counts it); a create past it gets 403.",
+    )
+    run_cache_size: int = Field(
+        256,
+        ge=1,
+        le=1_000_000,
+        description="Per server process: the config, layout and plan of this many most "
+        "recently used runs are kept in memory (an LRU); others are re-read from Redis.",
+    )
+    run_cache_bytes: int = Field(
+        256 * MiB,
+        ge=1,
+        description="Per server process: most memory of the plans in the run cache together "
+        "(a plan keeps one float64 learning rate per step); the latest run is always kept.",
+    )
     record_cache_bytes: int = Field(
         1 * GiB,
         ge=0,
@@ -167,6 +242,27 @@ class Settings(BaseSettings):
     max_page_bytes: int = Field(
         64 * MiB, ge=1024, description="Largest slice of per-sample records one /scores page reads."
     )
+
+    @field_validator("api_token")
+    @classmethod
+    def _a_token_is_something(cls, v: SecretStr | None) -> SecretStr | None:
+        """An empty token is no token: refused here, so that every entry point (``docl
+        serve``, ``create_app()``, the environment) refuses it before anything listens."""
+        if v is None:
+            return v
+        token = v.get_secret_value()
+        if not token.strip():
+            raise ValueError(
+                "the API token (--token / DOCL_API_TOKEN) is empty or whitespace, which would "
+                "leave every /v1 route open: give a real token, e.g. $(openssl rand -hex 32), "
+                "or unset it to run without one (loopback only)"
+            )
+        if token != token.strip(" \t") or any(c in token for c in "\r\n"):
+            raise ValueError(
+                "the API token (--token / DOCL_API_TOKEN) starts or ends with whitespace or "
+                "holds a line break: no Authorization header could carry it; remove them"
+            )
+        return v
 
     @property
     def plan_limits(self) -> PlanLimits:

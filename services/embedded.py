@@ -46,7 +46,10 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
-from typing import Any, BinaryIO, Literal, Self
+from typing import TYPE_CHECKING, Any, BinaryIO, Literal, Self
+
+if TYPE_CHECKING:  # no runtime import: the worker imports this module without the server extra
+    from docl.services.config import Settings
 
 __all__ = [
     "RedisClusterProcess",
@@ -55,6 +58,8 @@ __all__ = [
     "ServerProcess",
     "clean_stale_dirs",
     "die_with_parent",
+    "embedded_maxmemory",
+    "embedded_redis",
     "free_port",
     "redis_server_binary",
 ]
@@ -216,6 +221,29 @@ class _Started:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+def embedded_maxmemory(settings: Settings) -> int:
+    """The embedded Redis' maxmemory: DOCL_EMBEDDED_MAXMEMORY_BYTES, else half of this
+    machine's physical memory."""
+    if settings.embedded_maxmemory_bytes is not None:
+        return settings.embedded_maxmemory_bytes
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
+
+
+def embedded_redis(settings: Settings) -> RedisProcess:
+    """The (not yet started) embedded Redis of ``docl serve``: an owner-only Unix socket
+    and no TCP port, AOF when there is a data dir, and a ``maxmemory`` with
+    ``noeviction``: past it Redis refuses writes (the server answers 503 naming OOM)
+    instead of growing without bound or silently evicting runs."""
+    memory = ("--maxmemory", str(embedded_maxmemory(settings)), "--maxmemory-policy", "noeviction")
+    return RedisProcess(
+        data_dir=settings.data_dir,
+        appendonly=settings.data_dir is not None,
+        appendfsync=settings.embedded_appendfsync,
+        tcp=False,  # its owner-only Unix socket is the only way in
+        extra_args=memory,
+    )
 
 
 class RedisProcess(_Started):

@@ -250,7 +250,13 @@ class Run(BaseModel):
 
 
 class RunList(BaseModel):
+    """One page of ``GET /v1/runs``, in run-id order."""
+
     runs: list[Run]
+    next: str | None = Field(
+        None,
+        description="Cursor of the next page (pass it as `after`); null on the last page.",
+    )
 
 
 class PlanEpoch(BaseModel):

@@ -126,10 +126,23 @@ def _console() -> Any:
 
 
 @runs_app.command("list")
-def list_runs(server: ServerOpt = None, token: TokenOpt = None, as_json: JsonOpt = False) -> None:
+def list_runs(
+    server: ServerOpt = None,
+    token: TokenOpt = None,
+    as_json: JsonOpt = False,
+    page_size: Annotated[
+        int | None,
+        typer.Option(
+            "--page-size",
+            min=1,
+            max=1000,
+            help="Runs per request (the list follows every page; default: the server's, 100).",
+        ),
+    ] = None,
+) -> None:
     """List every run on the server: id, method, task, size, epochs drawn, reports."""
     with connect(server, token) as client:
-        runs = client.list_runs()
+        runs = client.list_runs(page_size=page_size)
     if as_json:
         typer.echo(json.dumps([r.model_dump(mode="json") for r in runs], indent=2))
         return

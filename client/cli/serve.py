@@ -91,6 +91,7 @@ def serve(
     need_extra("fastapi", "server")
     need_extra("uvicorn", "server")
     import uvicorn
+    from pydantic import ValidationError
 
     from docl.services.config import Settings
 
@@ -110,9 +111,14 @@ def serve(
     }
     try:
         settings = Settings(**overrides)
-    except Exception as e:  # pydantic's ValidationError: show it plainly
-        typer.echo(f"invalid settings: {e}", err=True)
-        raise typer.Exit(code=2) from e
+    except ValidationError as e:  # one line per bad setting, named as the user gives it
+        for err in e.errors():  # (no input value: it may be the token)
+            name = "_".join(str(p) for p in err["loc"])
+            typer.echo(
+                f"docl serve: invalid setting {name} (DOCL_{name.upper()}): {err['msg']}",
+                err=True,
+            )
+        raise typer.Exit(code=2) from None
     if settings.api_token is None and not settings.insecure and not is_loopback(settings.host):
         typer.echo(
             f"docl serve: refusing to listen on {settings.host} without a token (anyone who "
@@ -130,6 +136,8 @@ def serve(
         typer.echo(f"docl serve: {e}", err=True)
         raise typer.Exit(code=2) from None
 
+    from docl.services.connections import protocol_for
+
     if settings.workers == 1:
         from docl.services.app import create_app
 
@@ -140,24 +148,21 @@ def serve(
             port=settings.port,
             log_level=settings.log_level,
             access_log=settings.log_level in ("debug", "trace"),
+            http=protocol_for(settings),
+            **_slow_client_bounds(settings),
         )
         return
 
     # Several workers: the embedded Redis (if any) is started once, here, and every
     # worker process gets its URL through the environment (they re-read Settings).
-    from docl.services.embedded import RedisProcess
+    from docl.services.embedded import RedisProcess, embedded_redis
 
     embedded: RedisProcess | None = None
     metrics_dir = tempfile.mkdtemp(prefix="docl-metrics-")
     env = {f"DOCL_{k.upper()}": str(v) for k, v in overrides.items() if k not in ("workers",)}
     try:
         if settings.redis_url is None:
-            embedded = RedisProcess(
-                data_dir=settings.data_dir,
-                appendonly=settings.data_dir is not None,
-                appendfsync=settings.embedded_appendfsync,
-                tcp=False,  # its owner-only Unix socket is the only way in
-            ).start()
+            embedded = embedded_redis(settings).start()
             env["DOCL_REDIS_URL"] = embedded.unix_url
             typer.echo(f"INFO:     {embedded.describe()}", err=True)
         os.environ.update(env)
@@ -171,11 +176,24 @@ def serve(
             workers=settings.workers,
             log_level=settings.log_level,
             access_log=settings.log_level in ("debug", "trace"),
+            # by name: each worker process reads its limits from the DOCL_* environment
+            http="docl.services.connections:DoclHttpProtocol",
+            **_slow_client_bounds(settings),
         )
     finally:
         if embedded is not None:
             embedded.stop()
         shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def _slow_client_bounds(settings: Any) -> dict[str, Any]:
+    """uvicorn's own bounds on idle and stalled connections, from the settings (the header
+    timeout and the connection cap are docl.services.connections' protocol's)."""
+    return {
+        "timeout_keep_alive": settings.keep_alive_s,
+        "timeout_graceful_shutdown": settings.shutdown_timeout_s,
+        "ws": "none",  # no WebSocket route: an Upgrade stays plain HTTP, under the same bounds
+    }
 
 
 def is_loopback(host: str) -> bool:

@@ -2,24 +2,33 @@
 list and delete, and the plan route.
 
 A small per-process cache keeps each run's config, layout and plan (all
-immutable for the life of a run). A run deleted and re-created under the same
-id gets a new ``uid``; every script checks the uid it is given, so a stale cache
-is detected on the next Redis call and reloaded.
+immutable for the life of a run), the ``DOCL_RUN_CACHE_SIZE`` most recently used
+ones (:class:`RunCache`, an LRU: listing 10,000 runs must not keep 10,000 plans).
+A run deleted and re-created under the same id gets a new ``uid``; every script
+checks the uid it is given, so a stale cache is detected on the next Redis call
+and reloaded.
+
+What one token holder may keep on the server is bounded at create: at most
+``DOCL_MAX_RUNS`` runs and ``DOCL_MAX_TOTAL_BYTES`` of (estimated) Redis memory
+over all of them (403 above either), besides ``DOCL_MAX_RUN_BYTES`` for one run (422).
 """
 
 from __future__ import annotations
 
 import asyncio
+import bisect
+import functools
 import json
 import logging
 import time
 import uuid
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from docl.services import methods, plan, scoring
 from docl.services.config import Settings
-from docl.services.errors import Conflict, NotFound, Unprocessable
+from docl.services.errors import Conflict, NotFound, ProblemError, Unprocessable
 from docl.services.layout import MAX_SHARDS, RunLayout
 from docl.services.storage import CreateStatus, Store
 from docl.wire.models import Plan, PlanEpoch, Run, RunCounters, RunCreate, RunList
@@ -27,7 +36,7 @@ from docl.wire.models import Plan, PlanEpoch, Run, RunCounters, RunCreate, RunLi
 if TYPE_CHECKING:
     from docl.services.engine.cache import RecordCache
 
-__all__ = ["RunStage", "RunState"]
+__all__ = ["QuotaExceeded", "RunCache", "RunStage", "RunState"]
 
 log = logging.getLogger("docl.services")
 
@@ -56,9 +65,71 @@ class RunState:
     def num_epochs(self) -> int:
         return len(self.plan)
 
+    @functools.cached_property
+    def nbytes(self) -> int:
+        """About what the plan holds in memory: its learning rates and ~200 B per epoch."""
+        return sum(int(s.lr.nbytes) + 200 for s in self.plan)
+
 
 def _plan_row(spec: plan.EpochSpec) -> dict[str, Any]:
     return plan.plan_epoch(spec).model_dump()
+
+
+class QuotaExceeded(ProblemError):
+    """403: the server holds as many runs, or as much run memory, as a token holder may
+    keep (``DOCL_MAX_RUNS``, ``DOCL_MAX_TOTAL_BYTES``); deleting runs frees the quota.
+    Not 429: nothing changes by waiting, and clients retry 429."""
+
+    status = 403
+
+
+class RunCache:
+    """The most recently used :class:`RunState` s of this process (an LRU): at most
+    ``size`` of them and ``max_bytes`` of plans together (a plan keeps one float64
+    learning rate per step: up to 80 MB at DOCL_MAX_PLAN_STEPS), but always the
+    latest one."""
+
+    def __init__(self, size: int, max_bytes: int) -> None:
+        self.size = size
+        self.max_bytes = max_bytes
+        self.nbytes = 0
+        self._d: OrderedDict[str, RunState] = OrderedDict()
+
+    def get(self, run_id: str) -> RunState | None:
+        st = self._d.get(run_id)
+        if st is not None:
+            self._d.move_to_end(run_id)
+        return st
+
+    def __setitem__(self, run_id: str, st: RunState) -> None:
+        self.pop(run_id)
+        self._d[run_id] = st
+        self.nbytes += st.nbytes
+        while len(self._d) > 1 and (len(self._d) > self.size or self.nbytes > self.max_bytes):
+            self.nbytes -= self._d.popitem(last=False)[1].nbytes
+
+    def pop(self, run_id: str, default: RunState | None = None) -> RunState | None:
+        st = self._d.pop(run_id, None)
+        if st is None:
+            return default
+        self.nbytes -= st.nbytes
+        return st
+
+    def __len__(self) -> int:
+        return len(self._d)
+
+    def __contains__(self, run_id: object) -> bool:
+        return run_id in self._d
+
+
+def run_footprint(layout: RunLayout, method: str, keep_epochs: int) -> int:
+    """Estimated Redis bytes of a run's per-sample state (what DOCL_MAX_RUN_BYTES and
+    DOCL_MAX_TOTAL_BYTES count): the layout's columns, plus float32 weights beside the
+    kept index lists for a method that has them."""
+    need = layout.memory_bytes(keep_epochs)
+    if methods.get_method(method).weights:
+        need += 4 * layout.num_samples * keep_epochs
+    return need
 
 
 class RunStage:
@@ -67,7 +138,11 @@ class RunStage:
     def __init__(self, store: Store, settings: Settings) -> None:
         self.store = store
         self.settings = settings
-        self._runs: dict[str, RunState] = {}
+        self._runs = RunCache(settings.run_cache_size, settings.run_cache_bytes)
+        # run id -> its estimated Redis bytes, for DOCL_MAX_TOTAL_BYTES (ids of the run
+        # index only: pruned at every create, so bounded by DOCL_MAX_RUNS)
+        self._footprints: dict[str, int] = {}
+        self._create_lock = asyncio.Lock()  # quota check + create, one at a time per process
         self._caches: dict[str, RecordCache] = {}
         self._cache_bytes = 0
         self._owner = uuid.uuid4().hex  # this process's part of every lease token
@@ -159,9 +234,7 @@ class RunStage:
             exp3=config.params.exp3,
             shard_samples=self._shard_samples(config.num_samples),
         )
-        need = layout.memory_bytes(self.settings.keep_epochs)
-        if methods.get_method(config.method).weights:  # float32 weights beside kept indices
-            need += 4 * config.num_samples * self.settings.keep_epochs
+        need = run_footprint(layout, config.method, self.settings.keep_epochs)
         if need > self.settings.max_run_bytes:
             raise Unprocessable(
                 f"this run would need about {need / 2**30:.1f} GiB of Redis memory "
@@ -178,9 +251,13 @@ class RunStage:
             raise Unprocessable(f"invalid run config: {e}") from None
         if st.num_epochs == 0:
             raise Unprocessable("the run's plan has no epochs; give epochs >= 1 or a larger budget")
-        status, _uid, stored = await self.store.create_run(
-            layout, _canonical(config), uid, created_at
-        )
+        async with self._create_lock:
+            await self._check_quota(run_id, need)
+            status, _uid, stored = await self.store.create_run(
+                layout, _canonical(config), uid, created_at
+            )
+            if status == CreateStatus.CREATED:
+                self._footprints[run_id] = need
         if status == CreateStatus.CONFLICT:
             raise Conflict(
                 f"run {run_id!r} exists with a different config; delete it first or choose another "
@@ -191,6 +268,50 @@ class RunStage:
         st, meta = await self._checked_state(run_id)
         counters = await self.store.counters(st.layout)
         return self._run_model(st, meta, counters), status == CreateStatus.CREATED
+
+    async def _check_quota(self, run_id: str, need: int) -> None:
+        """403 when one more run, of ``need`` bytes, would be over DOCL_MAX_RUNS or
+        DOCL_MAX_TOTAL_BYTES. A run that exists already (a retried create) passes: its
+        create changes nothing. With several server processes, creates at the same
+        instant in different processes may overshoot by one run each."""
+        ids = await self.store.list_run_ids()
+        if run_id in ids:
+            return
+        cap = self.settings.max_runs
+        if len(ids) >= cap:
+            raise QuotaExceeded(
+                f"this server holds {len(ids)} runs, its limit (DOCL_MAX_RUNS = {cap}); "
+                "delete runs you no longer need (docl runs delete) to create new ones"
+            )
+        known = set(ids)
+        for rid in [r for r in self._footprints if r not in known]:
+            del self._footprints[rid]
+        unknown = [r for r in ids if r not in self._footprints]
+        for i in range(0, len(unknown), 1000):
+            batch = unknown[i : i + 1000]
+            for rid, (meta, _c) in zip(batch, await self.store.run_metas(batch), strict=True):
+                self._footprints[rid] = self._meta_footprint(rid, meta)
+        total = sum(self._footprints.values())
+        most = self.settings.max_total_bytes
+        if total + need > most:
+            raise QuotaExceeded(
+                f"this run would need about {need / 2**30:.2f} GiB of Redis memory and the "
+                f"server's runs hold about {total / 2**30:.2f} GiB already, over the limit of "
+                f"{most / 2**30:.2f} GiB for all runs together (DOCL_MAX_TOTAL_BYTES); delete "
+                "runs you no longer need, or create a smaller one"
+            )
+
+    def _meta_footprint(self, run_id: str, meta: dict[str, str] | None) -> int:
+        """A stored run's footprint from its meta (0 when gone or unreadable)."""
+        if meta is None:
+            return 0
+        try:
+            layout = RunLayout.from_json(run_id, meta["layout"])
+            method = str(json.loads(meta["config"]).get("method", "docl"))
+            return run_footprint(layout, method, self.settings.keep_epochs)
+        except (ValueError, KeyError, TypeError) as e:  # written by another version
+            log.warning("run %r: cannot size its meta (%s); counted as 0 bytes", run_id, e)
+            return 0
 
     def _shard_samples(self, n: int) -> int:
         """Samples per shard of a new run of n samples (0: not sharded, n fits one shard)."""
@@ -208,8 +329,13 @@ class RunStage:
         st, meta = await self._checked_state(run_id)
         return self._run_model(st, meta, await self.store.counters(st.layout))
 
-    async def list_runs(self) -> RunList:
-        ids = await self.store.list_run_ids()
+    async def list_runs(self, *, after: str | None = None, limit: int = 100) -> RunList:
+        """One page of runs in run-id order: the first ``limit`` ids after ``after``
+        (``next``: the cursor of the following page, None on the last one)."""
+        every = await self.store.list_run_ids()  # sorted
+        start = 0 if after is None else bisect.bisect_right(every, after)
+        ids = every[start : start + limit]
+        more = start + limit < len(every)
         runs: list[Run] = []
         for rid, (meta, counters) in zip(ids, await self.store.run_metas(ids), strict=True):
             if meta is None:  # deleted meanwhile, or a half-deleted leftover: tidy the index
@@ -226,8 +352,7 @@ class RunStage:
                     continue
                 self._runs[rid] = cached
             runs.append(self._run_model(cached, meta, counters))
-        runs.sort(key=lambda r: r.created_at)
-        return RunList(runs=runs)
+        return RunList(runs=runs, next=ids[-1] if more and ids else None)
 
     async def delete_run(self, run_id: str) -> None:
         meta = await self.store.run_meta(run_id)
@@ -237,6 +362,7 @@ class RunStage:
         layout = RunLayout.from_json(run_id, meta["layout"])
         await self.store.delete_run(layout)
         self._runs.pop(run_id, None)
+        self._footprints.pop(run_id, None)
         c = self._caches.pop(run_id, None)
         if c is not None:
             self._cache_bytes -= c.nbytes

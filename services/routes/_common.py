@@ -13,7 +13,9 @@ RUN_ID_DOC = "The run's id (letters, digits, '_', '.', '-'; at most 64 character
 
 _EXAMPLES: dict[int, str] = {
     401: "missing or wrong bearer token",
+    403: "this server holds 10000 runs, its limit (DOCL_MAX_RUNS = 10000); delete runs you no longer need (docl runs delete) to create new ones",
     404: "no run 'mnist1d-docl-0'",
+    408: "no byte of the request body for 15 s (DOCL_BODY_IDLE_TIMEOUT_S); the connection is closed",
     409: "epoch 7 cannot be drawn before epoch 5: epochs are drawn in order (last drawn: 4; next: epoch 5)",
     410: "the indices of epoch 2 were dropped (the server keeps the last 4 epochs' indices)",
     413: "request body of 80000000 bytes is over this server's limit of 67108864 bytes (DOCL_MAX_BODY_BYTES)",
@@ -24,7 +26,9 @@ _EXAMPLES: dict[int, str] = {
 }
 _TITLES = {
     401: "Unauthorized",
+    403: "Forbidden",
     404: "Not Found",
+    408: "Request Timeout",
     409: "Conflict",
     410: "Gone",
     413: "Content Too Large",
@@ -66,7 +70,8 @@ def complete_openapi(doc: dict[str, Any]) -> dict[str, Any]:
     * the schemas that ``openapi_extra`` bodies refer to (``Report``: the reports route
       reads its body itself, so FastAPI never sees the model);
     * the answers every operation can give whatever it does: 413 (the gateway's body
-      limits) and 500; on ``/v1`` also 401, 503 and, with parameters or a body, 422; and the
+      limits) and 500; with a body 408 (the gateway's body timeouts); on ``/v1`` also 401,
+      503 and, with parameters or a body, 422; and the
       problem+json content of any error response declared without one.
     """
     from docl.wire.models import Report
@@ -79,7 +84,7 @@ def complete_openapi(doc: dict[str, Any]) -> dict[str, Any]:
     for path, operations in doc.get("paths", {}).items():
         for operation in operations.values():
             responses = operation.setdefault("responses", {})
-            codes = [413, 500]
+            codes = [413, 500] + ([408] if operation.get("requestBody") else [])
             if path.startswith("/v1"):
                 codes += [401, 503]
                 if operation.get("parameters") or operation.get("requestBody"):

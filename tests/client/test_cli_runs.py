@@ -225,3 +225,16 @@ def test_a_missing_or_wrong_token_says_how_to_give_one(server_factory: Any) -> N
         assert detail in r.output and "(give it with --token or DOCL_API_TOKEN)" in r.output
     r = runner.invoke(app, ["runs", "list", "--server", url, "--token", "s3cret"])
     assert r.exit_code == 0, r.output
+
+
+def test_runs_list_follows_every_page(redis_factory: Any, server_factory: Any) -> None:
+    url = server_factory(redis_url=redis_factory().url).url
+    ids = [f"cli-page-{i}" for i in range(5)]
+    with ScoreClient(url) as c:
+        for rid in ids:
+            c.create_run(run_id=rid, num_samples=10, num_outputs=2, epochs=2)
+    r = runner.invoke(app, ["runs", "list", "--server", url, "--page-size", "2", "--json"])
+    assert r.exit_code == 0, r.output
+    assert [x["run_id"] for x in json.loads(r.output)] == ids
+    r = runner.invoke(app, ["runs", "list", "--server", url, "--page-size", "2"])
+    assert r.exit_code == 0 and "5 run(s)" in r.output, r.output

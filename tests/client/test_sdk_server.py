@@ -529,3 +529,29 @@ def test_a_reporter_left_open_flushes_at_exit(score_server: str, run_id: str) ->
     subprocess.run([sys.executable, "-c", script], check=True, timeout=120)
     with ScoreClient(score_server) as client:
         assert client.scores(run_id).visits[:10].tolist() == [1] * 10
+
+
+# -- issue 19: GET /v1/runs is paginated; list_runs follows every page -------------------------
+def test_list_runs_follows_every_page_oldest_first(
+    redis_factory: Callable[..., RedisProcess], server_factory: Callable[..., ServerProcess]
+) -> None:
+    """Five runs created z..v (ids sort the other way round from their age), pages of 2:
+    three requests, every run once, oldest first. Before the fix the SDK read one answer
+    and had no page_size."""
+    url = server_factory(redis_url=redis_factory().url).url
+    ids = ["z-run", "y-run", "x-run", "w-run", "v-run"]
+    with ScoreClient(url) as c:
+        for rid in ids:
+            c.create_run(run_id=rid, num_samples=10, num_outputs=2, epochs=2)
+        assert [r.run_id for r in c.list_runs(page_size=2)] == ids
+        assert [r.run_id for r in c.list_runs()] == ids
+        page = c.list_runs_page(limit=2)
+        assert [r.run_id for r in page.runs] == ["v-run", "w-run"] and page.next == "w-run"
+        last = c.list_runs_page(after="x-run", limit=2)
+        assert [r.run_id for r in last.runs] == ["y-run", "z-run"] and last.next is None
+
+    async def main() -> list[str]:
+        async with AsyncScoreClient(url) as ac:
+            return [r.run_id for r in await ac.list_runs(page_size=3)]
+
+    assert asyncio.run(main()) == ids

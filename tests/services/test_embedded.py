@@ -204,3 +204,46 @@ def test_a_sigkilled_servers_data_dir_is_removed_by_the_next_start() -> None:
             assert fresh.data_dir.is_dir() and fresh.ping()
     finally:
         server.close()
+
+
+# -- issue 19: the embedded Redis has a maxmemory and refuses writes past it -----------------
+def test_docl_serve_embedded_redis_has_a_maxmemory_of_half_the_ram_and_noeviction() -> None:
+    with ServerProcess() as server:
+        sock = _data_dir(_redis_child(server)) / "redis.sock"
+        client = redis.Redis(unix_socket_path=str(sock))
+        try:
+            config = client.config_get("maxmemory*")
+        finally:
+            client.close()
+    assert config["maxmemory-policy"] == "noeviction", config
+    half = psutil.virtual_memory().total // 2
+    assert abs(int(config["maxmemory"]) - half) < half // 100, config
+
+
+def test_past_the_embedded_maxmemory_writes_get_503_and_reads_still_work() -> None:
+    """DOCL_EMBEDDED_MAXMEMORY_BYTES = 8 MiB; runs of n = 100,000 NaN-fill a 400 kB score
+    column each at create. Before the fix all 60 creates were 201 (no maxmemory)."""
+    env = {"DOCL_EMBEDDED_MAXMEMORY_BYTES": str(8 << 20)}
+    with ServerProcess(env=env) as server, httpx.Client(base_url=server.url, timeout=30) as api:
+        made: list[str] = []
+        refused = None
+        for i in range(60):
+            body = {"run_id": f"oom-{i}", "num_samples": 100_000, "num_outputs": 3, "epochs": 2}
+            r = api.post("/v1/runs", json=body)
+            if r.status_code != 201:
+                refused = r
+                break
+            made.append(body["run_id"])
+        assert refused is not None, "60 runs of 400 kB each fit in 8 MiB: no maxmemory"
+        assert refused.status_code == 503, refused.text
+        detail = refused.json()["detail"]
+        assert "refuses writes" in detail and "maxmemory" in detail, detail
+        assert refused.headers["retry-after"] == "5"
+        assert 5 <= len(made) < 60, len(made)
+        assert api.get(f"/v1/runs/{made[0]}").status_code == 200  # reads still served
+        assert api.get("/readyz").status_code == 200
+        for rid in made[:5]:  # freeing memory makes writes work again
+            assert api.delete(f"/v1/runs/{rid}").status_code == 204
+        r = api.post("/v1/runs", json={"run_id": "oom-again", "num_samples": 1000,
+                                       "num_outputs": 3, "epochs": 2})  # fmt: skip
+        assert r.status_code == 201, r.text

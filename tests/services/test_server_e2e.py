@@ -493,6 +493,18 @@ def test_seeded_draws_are_reproducible(http: httpx.Client, run_id: str) -> None:
     )
 
 
+def _listed(http: httpx.Client) -> list[str]:
+    """Every run id of GET /v1/runs, page after page (the shared server holds many)."""
+    ids: list[str] = []
+    params: dict[str, Any] = {"limit": 1000}
+    while True:
+        body = http.get("/v1/runs", params=params).json()
+        ids += [r["run_id"] for r in body["runs"]]
+        if body["next"] is None:
+            return ids
+        params["after"] = body["next"]
+
+
 def test_runs_list_get_delete(
     http: httpx.Client, run_id: str, store_url: str, run_snapshot: Callable[..., dict[str, Any]]
 ) -> None:
@@ -509,14 +521,13 @@ def test_runs_list_get_delete(
         out=np.zeros((4, 4), np.float32),
         tgt=idx % 4,
     )
-    ids = [r["run_id"] for r in http.get("/v1/runs").json()["runs"]]
-    assert run_id in ids
+    assert run_id in _listed(http)
     assert len(run_snapshot(store_url, run_id)) > 5
     assert http.delete(f"/v1/runs/{run_id}").status_code == 204
     assert run_snapshot(store_url, run_id) == {"<in docl:runs>": False}  # every key dropped
     assert http.get(f"/v1/runs/{run_id}").status_code == 404
     assert http.delete(f"/v1/runs/{run_id}").status_code == 404
-    assert run_id not in [r["run_id"] for r in http.get("/v1/runs").json()["runs"]]
+    assert run_id not in _listed(http)
     # the id is free again, with another config
     create(http, run_id, num_samples=10)
     assert http.get(f"/v1/runs/{run_id}").json()["num_samples"] == 10
