@@ -122,6 +122,15 @@ class CacheStage(RunStage):
         self._cache_bytes += need
         return c
 
+    def _forget(self, cache: RecordCache | None) -> None:
+        """Start ``cache`` over (a new generation, whose lease is claimed anew): after a
+        write whose outcome it did not see — an error after the script was sent (503
+        NotReplicated, a timeout, a lost connection, a cancelled request) or a report
+        found applied by a call it never heard back from. The next report of its samples
+        reads them from Redis and its scatter compares them (docs/architecture.md)."""
+        if cache is not None:
+            cache.clear(self.store.resets)
+
     async def _acquire(self, st: RunState, cache: RecordCache, idx: np.ndarray) -> None:
         """Mark ``idx`` busy in ``cache`` once no other report of this process is applying
         one of them, after making sure the cache holds the run's write lease (claimed

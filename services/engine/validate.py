@@ -19,7 +19,23 @@ from docl.services.engine.runs import RunState
 from docl.services.errors import Unprocessable
 from docl.wire.encoding import ReportArrays
 
-__all__ = ["duplicate_positions", "validate_report", "validate_reports"]
+__all__ = [
+    "FLOAT16_MAX",
+    "MAX_OUTPUT_ABS",
+    "duplicate_positions",
+    "validate_report",
+    "validate_reports",
+]
+
+#: Largest |output| (and |regression target|) a report may carry: the score divides
+#: differences of outputs by learning-rate sums and multiplies them by residuals, and a
+#: result beyond float32 would be no score at all (issue 19: ±3.4e38 is finite float32
+#: but its arithmetic is not). Logits and regression outputs of a healthy model are
+#: many orders of magnitude below it.
+MAX_OUTPUT_ABS = 1e15
+#: A run that stores its outputs as float16 (``params.output_dtype``): its largest value.
+FLOAT16_MAX = 65504.0
+_RANGE_WHY = "a score computed from them could overflow float32 (docs/api.md, Limits)"
 
 
 def duplicate_positions(idx: np.ndarray) -> tuple[int, int, int] | None:
@@ -135,6 +151,15 @@ def _sample_problems(st: RunState, reps: Sequence[ReportArrays]) -> list[tuple[i
     if not np.isfinite(out).all():
         j, i = at(~np.isfinite(out).all(axis=1))
         found.append((j, f"outputs contain NaN or Inf (first in row {i})"))
+    # outputs (and regression targets): within the range the score's arithmetic holds
+    lim = FLOAT16_MAX if st.layout.output_dtype == "float16" else MAX_OUTPUT_ABS
+    if out.size and (float(out.max()) > lim or float(out.min()) < -lim):
+        j, i = at((np.abs(out) > lim).any(axis=1))
+        found.append((j, f"outputs beyond ±{lim:g} (first in row {i}): {_RANGE_WHY}"))
+    reg = st.config.task == "regression" and tgt.size
+    if reg and (float(tgt.max()) > MAX_OUTPUT_ABS or float(tgt.min()) < -MAX_OUTPUT_ABS):
+        j, i = at((np.abs(tgt) > MAX_OUTPUT_ABS).any(axis=1))
+        found.append((j, f"targets beyond ±{MAX_OUTPUT_ABS:g} (first in row {i})"))
     # features (optional, each report its own width): finite
     for j, rep in enumerate(reps):
         if rep.features is not None and not np.isfinite(rep.features).all():
