@@ -1257,3 +1257,56 @@ def test_with_wait_on_a_stopped_replica_gives_503_and_the_resend_is_applied_once
     replica = _replica_reader(replicated_cluster, run_id)
     assert int(replica.hget(f"{{run:{run_id}}}:counters", "reports")) == 2
     replica.close()
+
+
+def test_with_wait_a_report_refused_after_it_was_applied_leaves_no_stale_state(
+    server_factory: Callable[..., ServerProcess], run_id: str
+) -> None:
+    """Issue 19's reproducer: a primary + one replica (AOF always), WAIT 1 / 300 ms, one
+    report per epoch of all 64 samples. Epoch 1's report is sent while the replica is
+    SIGSTOPped: applied on the primary, answered 503. After SIGCONT its re-send is a
+    duplicate, and epoch 2's report must be computed from the stored rows (the 503'd
+    write included), not from the record cache's pre-report copy under a lease that
+    skips the compare: every sample ends with exactly 3 visits (2 before the fix)."""
+    import os
+    import signal
+
+    from docl.lab.crash import replicated_pair
+
+    with replicated_pair(appendonly=True, appendfsync="always") as (primary, replica):
+        assert replica.pid is not None
+        env = {"DOCL_REDIS_WAIT_REPLICAS": "1", "DOCL_REDIS_WAIT_MS": "300"}
+        server = server_factory(redis_url=primary.url, env=env)
+        rng = np.random.default_rng(19)
+        with httpx.Client(base_url=server.url, timeout=30) as http:
+            create(http, run_id, num_samples=64, epochs=3, params={"warmup_epochs": 3})
+
+            def send(e: int) -> httpx.Response:
+                idx = shard(http, run_id, e)
+                out = rng.normal(size=(idx.size, 4)).astype(np.float32)
+                return report(http, run_id, rid=f"e{e}", epoch=e, lr_sum=0.5 * (e + 1),
+                              idx=idx, out=out, tgt=idx % 4)  # fmt: skip
+
+            draw(http, run_id, 0)
+            assert send(0).status_code == 200
+            draw(http, run_id, 1)
+            idx1 = shard(http, run_id, 1)
+            out1 = rng.normal(size=(idx1.size, 4)).astype(np.float32)
+            body = {"rid": "e1", "epoch": 1, "lr_sum": 1.0, "idx": idx1, "out": out1,
+                    "tgt": idx1 % 4}  # fmt: skip
+            os.kill(replica.pid, signal.SIGSTOP)
+            try:
+                r = report(http, run_id, **body)
+                assert r.status_code == 503 and r.headers["Retry-After"] == "1", r.text
+                assert "not yet durable" in r.json()["detail"]
+            finally:
+                os.kill(replica.pid, signal.SIGCONT)
+            again = report(http, run_id, **body)
+            assert again.status_code == 200 and again.json()["duplicate"], again.text
+            draw(http, run_id, 2)
+            assert send(2).status_code == 200
+            _, visits, lrs = get_scores(http, run_id)
+            counters = http.get(f"/v1/runs/{run_id}").json()["counters"]
+    assert (visits == 3).all(), np.bincount(visits)  # none lost (2 before the fix)
+    assert (lrs == 1.5).all()
+    assert counters["reports"] == 3 and counters["duplicates"] == 1
