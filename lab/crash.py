@@ -85,6 +85,8 @@ class Tally:
     dropped: int = 0  # connections dropped without an answer (re-sent)
     counted: int = 0  # the run's `reports` counter at the end
     failed_over: bool = False  # a cluster: the killed primary came back as a replica
+    shard_503: int = 0  # 503s whose detail names the shard that failed (a sharded run)
+    shard_metric: float = 0.0  # docl_shard_unavailable_total at the end (every reason)
     details: list[str] = field(default_factory=list)  # the first few unexpected answers
 
     def row(self) -> str:
@@ -195,6 +197,7 @@ def _stream_epoch(
                 with lock:
                     if ok_503:
                         tally.retry_503 += 1
+                        tally.shard_503 += " shard " in r.json().get("detail", "")
                     elif r.status_code >= 500:
                         tally.bad_5xx += 1
                     if not ok_503 and len(tally.details) < 5:
@@ -306,6 +309,9 @@ def run_scenario(
         tally.doubled = int(np.maximum(v - epochs, 0).sum())
         run = _until_ok(lambda: http.get(f"/v1/runs/{run_id}"), "run").json()
         tally.counted = int(run["counters"]["reports"])
+        for line in http.get("/metrics").text.splitlines():
+            if line.startswith("docl_shard_unavailable_total{"):
+                tally.shard_metric += float(line.split()[-1])
         if sc.cluster:
             tally.failed_over = b"role:slave" in victim.command("INFO", "replication")
     return tally

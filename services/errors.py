@@ -253,7 +253,7 @@ def redis_error_response(exc: BaseException, *, method: str, path: str) -> JSONR
     included); anything it does not know is a 500 (a bug of ours), logged with its
     traceback."""
     from docl.services import metrics
-    from docl.services.store import ShardUnavailable
+    from docl.services.store import NotReplicated, ShardUnavailable
 
     kind = type(exc).__name__
     got = classify_store_error(exc)
@@ -266,6 +266,8 @@ def redis_error_response(exc: BaseException, *, method: str, path: str) -> JSONR
     metrics.REDIS_ERRORS.labels(kind=kind).inc()
     if isinstance(exc, ShardUnavailable):
         metrics.SHARD_UNAVAILABLE.labels(reason=exc.reason).inc()
+    elif isinstance(exc, NotReplicated) and exc.where:  # a shard's replicas did not ack
+        metrics.SHARD_UNAVAILABLE.labels(reason="not_replicated").inc()
     level = logging.ERROR if retry_after > 1 else logging.WARNING
     log.log(level, "redis error during %s %s: %s: %s", method, path, kind, exc)
     return problem_response(

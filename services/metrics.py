@@ -15,9 +15,9 @@ Names (all prefixed ``docl_``):
 - ``redis_errors_total{kind}``: Redis (Cluster) failures answered 503, by exception class
 - ``shard_unavailable_total{reason}``: requests to a sharded run answered 503 because one
   shard's node was unreachable, failing over or refusing writes (``unreachable`` |
-  ``failover`` | ``refused``); with ``DOCL_REDIS_WAIT_REPLICAS`` a shard whose replicas do
-  not acknowledge counts under ``redis_errors_total{kind="NotReplicated"}`` and its 503
-  names the shard
+  ``failover`` | ``refused``) or, with ``DOCL_REDIS_WAIT_REPLICAS``, its replicas did not
+  acknowledge in time (``not_replicated``: e.g. its replica was just promoted and has no
+  replica of its own yet); the 503 names the shard
 """
 
 from __future__ import annotations
@@ -98,7 +98,8 @@ REDIS_ERRORS = Counter(
 SHARD_UNAVAILABLE = Counter(
     "docl_shard_unavailable_total",
     "Requests to a sharded run answered 503 because one of its shards' Redis node was "
-    "unreachable, failing over or refusing writes: the run stalls until it is back.",
+    "unreachable, failing over, refusing writes or not acknowledged by enough replicas "
+    "(DOCL_REDIS_WAIT_REPLICAS): the run stalls until it is back.",
     ["reason"],
 )
 

@@ -862,7 +862,14 @@ def test_redis_killed_with_aof_loses_no_acknowledged_report(
         redis.kill()  # SIGKILL: no shutdown save, only what appendfsync=always put on disk
         r = http.get(f"/v1/runs/{run_id}")
         assert r.status_code == 503 and r.json()["status"] == 503  # a problem, not a hang or a 500
-        assert http.get("/readyz").status_code == 503
+        ready = http.get("/readyz")
+        assert ready.status_code == 503
+        # what failed, for the client; where the store lives, for the server's log only
+        for answer in (r, ready):
+            assert "Retry-After" in answer.headers
+            assert str(redis.port) not in answer.text and "127.0.0.1" not in answer.text
+            assert "score store" in answer.json()["detail"], answer.text
+        assert str(redis.port) in server.log_text()
         redis.start()
         after = get_scores(http, run_id)
         for a, b in zip(before, after, strict=True):
@@ -1058,6 +1065,21 @@ def test_docl_serve_refuses_a_cluster_that_does_not_serve_every_slot() -> None:
     assert out.returncode != 0
     assert "ClusterStateError" in out.stderr and "cluster_state=fail" in out.stderr
     assert "slots assigned 16374/16384" in out.stderr
+
+
+def test_docl_serve_refuses_a_plain_redis_url_on_a_cluster_node(
+    redis_cluster: RedisClusterProcess,
+) -> None:
+    """``--redis-url redis://…`` of a Redis Cluster node: refused at start, naming the
+    scheme to use (it used to start, say ready and answer every create with a 500)."""
+    node = redis_cluster.nodes[0]
+    out = subprocess.run(
+        [sys.executable, "-c", "from docl.client.cli import main; main()", "serve",
+         "--port", "0", "--redis-url", node.url],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert out.returncode != 0
+    assert "Redis Cluster (cluster_enabled:1)" in out.stderr and "redis+cluster://" in out.stderr
 
 
 def test_report_stream_survives_sigkill_of_the_runs_primary(
@@ -1310,3 +1332,36 @@ def test_with_wait_a_report_refused_after_it_was_applied_leaves_no_stale_state(
     assert (visits == 3).all(), np.bincount(visits)  # none lost (2 before the fix)
     assert (lrs == 1.5).all()
     assert counters["reports"] == 3 and counters["duplicates"] == 1
+
+
+def test_outputs_whose_score_would_overflow_float32_are_refused_and_change_nothing(
+    http: httpx.Client,
+    server_url: str,
+    store_url: str,
+    run_id: str,
+    run_snapshot: Callable[[str, str], dict[str, Any]],
+) -> None:
+    """±3.4e38 is finite float32 but its arithmetic is not: such outputs used to be
+    accepted and leave visited samples with NaN scores (read as "never scored"). Now
+    outputs beyond ±1e15 are a 422 naming the limit; a report whose score still comes out
+    non-finite (a learning-rate sum that advanced by 1e-30) is a 422 naming the sample;
+    neither writes anything; a visited sample's second visit is always scored."""
+    create(http, run_id, num_samples=8, epochs=2, params={"warmup_epochs": 2})
+    draw(http, run_id, 0)
+    idx = np.arange(8)
+    big = np.tile(np.array([3.4e38, -3.4e38, 0.0, 1.0], np.float32), (8, 1))
+    before = run_snapshot(store_url, run_id)
+    r = report(http, run_id, rid="huge", epoch=0, lr_sum=0.0, idx=idx, out=big, tgt=idx % 4)
+    assert r.status_code == 422 and "beyond ±1e+15" in r.json()["detail"], r.text
+    assert run_snapshot(store_url, run_id) == before
+    edge = np.tile(np.array([1e15, -1e15, 0.0, 1.0], np.float32), (8, 1))
+    ok = report(http, run_id, rid="a", epoch=0, lr_sum=0.0, idx=idx, out=edge, tgt=idx % 4)
+    assert ok.status_code == 200, ok.text
+    before = run_snapshot(store_url, run_id)
+    r = report(http, run_id, rid="b", epoch=0, lr_sum=1e-30, idx=idx, out=-edge, tgt=idx % 4)
+    assert r.status_code == 422 and "not finite in float32" in r.json()["detail"], r.text
+    assert run_snapshot(store_url, run_id) == before
+    r = report(http, run_id, rid="c", epoch=0, lr_sum=0.5, idx=idx, out=-edge, tgt=idx % 4)
+    assert r.status_code == 200 and r.json()["scored"] == 8, r.text
+    scores, visits, _ = get_scores(http, run_id)
+    assert (visits == 2).all() and np.isfinite(scores).all()
