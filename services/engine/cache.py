@@ -82,6 +82,11 @@ class RecordCache:
         self.resets = resets
         self.last_epoch = -1
 
+    def forget(self, idx: np.ndarray) -> None:
+        """Forget the rows at ``idx`` (read from Redis next time). The lease stands: a row
+        read after this is the stored state, whoever wrote it under our token."""
+        self.known[idx] = False
+
     def get(self, idx: np.ndarray) -> np.ndarray:
         """A copy of the rows at ``idx`` (records)."""
         return self._words[idx].view(self._dtype).reshape(-1)

@@ -71,6 +71,13 @@ def report_groups(reps: Sequence[ReportArrays]) -> list[list[int]]:
     return groups
 
 
+def _samples_of(frames: Sequence[ReportArrays], which: Sequence[int]) -> np.ndarray:
+    """The sample indices of ``frames[k]`` for k in ``which``."""
+    if not which:
+        return np.empty(0, dtype=np.int64)
+    return np.concatenate([frames[k].indices for k in which])
+
+
 def _reject_unscorable(
     frames: Sequence[ReportArrays], rec: np.ndarray, unscorable: np.ndarray
 ) -> None:
@@ -207,12 +214,15 @@ class ReportStage(CacheStage):
                 if res.status.applied:
                     revoked = token != "" and not res.leased
                     if cache is not None and cache.gen == gen:
-                        if revoked or res.skipped is not None or res.duplicates:
-                            # someone else wrote (this copy may be stale anywhere), or parts
-                            # of the group were applied before by a call whose outcome this
-                            # copy never saw (ours after an error, or a client's re-send
-                            # through another process): start over
+                        if revoked:  # someone else wrote: this copy may be stale anywhere
                             self._forget(cache)
+                        elif res.skipped is not None:  # a sharded run's parts applied before
+                            # by a call whose outcome this copy may never have seen (a
+                            # re-send after an error, the Redis client's own retry): those
+                            # rows are read again; the others are what was just written
+                            keep = ~res.skipped[write]
+                            cache.put(idx[write][keep], new[keep])
+                            cache.forget(idx[res.skipped])
                         else:
                             cache.put(idx[write], new)
                     if cache is not None:
@@ -233,8 +243,9 @@ class ReportStage(CacheStage):
                     res.status == ScatterStatus.DUPLICATE
                 ):  # some were applied before (the script counted them)
                     # by whom and when, this copy cannot tell (our own call whose reply was
-                    # lost and re-sent by the Redis client, say): their rows may be stale
-                    self._forget(cache)
+                    # lost and re-sent by the Redis client, say): their rows are read again
+                    if cache is not None and cache.gen == gen:
+                        cache.forget(_samples_of(frames, res.duplicates))
                     for d in res.duplicates:
                         acks[live[d]] = self._duplicate(frames[d])
                     gone = {live[d] for d in res.duplicates}
