@@ -154,11 +154,13 @@ def _stream_epoch(
     tally: Tally,
     *,
     kill_after: int | None,
+    kill: Callable[[], None],
     killed: threading.Event,
     timeout: float = 90.0,
 ) -> None:
     """Four senders report ``batches`` (ids ``e<e>-r<k>``); once ``kill_after`` are
-    acknowledged, ``killed`` is set (the caller kills Redis) with the others in flight."""
+    acknowledged, ``kill()`` runs (from that sender's thread, with the others in flight)
+    and ``killed`` is set (the caller restarts what was killed, from its own thread)."""
     lock = threading.Lock()
     rng = np.random.default_rng(1000 + e)
     outs = [rng.normal(size=(b.size, 4)).astype(np.float32) for b in batches]
@@ -189,7 +191,8 @@ def _stream_epoch(
                     if dup and not resent:  # only a re-send may find its report applied
                         tally.details.append(f"first send of e{e}-r{k} was a duplicate")
                     acked[0] += 1
-                    if acked[0] == kill_after:
+                    if acked[0] == kill_after:  # SIGKILL now, with the others in flight
+                        kill()
                         killed.set()
                 return
             if r is not None:
@@ -289,12 +292,12 @@ def run_scenario(
             streamer = threading.Thread(
                 target=_stream_epoch,
                 args=(http, run_id, e, parts, tally),
-                kwargs={"kill_after": kill_after, "killed": killed},
+                kwargs={"kill_after": kill_after, "kill": victim.kill, "killed": killed},
             )
             streamer.start()
-            if kill_after is not None:
-                killed.wait(120)
-                victim.kill()  # SIGKILL, from this (the main) thread: it also restarts it
+            if kill_after is not None and killed.wait(120):
+                # restarted from this (the main) thread: a child dies with the thread
+                # that started it (PR_SET_PDEATHSIG), and the senders' threads end
                 time.sleep(restart_s)
                 victim.start()
             streamer.join()
