@@ -1,9 +1,12 @@
 """Issue 19's crash scenarios (lab/crash.py) as tests: a report stream through a SIGKILL
-of Redis, on a primary + replica and on a real 3+3 cluster, with WAIT on (and a sharded
-run with WAIT off): nothing acknowledged is lost, nothing doubled, and every failure the
-senders saw was a 503 with Retry-After (never a 500). Before the fix the three WAIT
-scenarios lost 36-39 sample-visits each and the sharded one answered 36 × 500
-(CLUSTERDOWN); ``python -m docl.lab.crash`` prints the table."""
+of Redis, on a primary + replica and on a real 3+3 cluster (unsharded and sharded), with
+WAIT on: nothing acknowledged is lost, nothing doubled, and every failure the senders saw
+was a 503 with Retry-After (never a 500). Before the fix the three scenarios lost 36-39
+sample-visits each and the sharded one answered 36 × 500 (CLUSTERDOWN);
+``python -m docl.lab.crash`` prints the table, WAIT off included. Without WAIT a cluster
+failover may lose acknowledged reports by design (asynchronous replication,
+docs/scaling.md "Failover"), so those scenarios are not asserted here; the single-Redis
+one is test_server_e2e's test_redis_killed_with_aof_loses_no_acknowledged_report."""
 
 from __future__ import annotations
 
@@ -11,7 +14,7 @@ import pytest
 
 from docl.lab.crash import SCENARIOS, run_scenario
 
-CHOSEN = [sc for sc in SCENARIOS if sc.wait or sc.sharded]
+CHOSEN = [sc for sc in SCENARIOS if sc.wait]
 
 
 @pytest.mark.parametrize("sc", CHOSEN, ids=lambda sc: sc.name.replace(" ", "_"))
