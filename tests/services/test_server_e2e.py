@@ -9,6 +9,7 @@ twice, against the DESIGN §1 formula written out by hand.
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
 import threading
@@ -1281,57 +1282,76 @@ def test_with_wait_on_a_stopped_replica_gives_503_and_the_resend_is_applied_once
     replica.close()
 
 
-def test_with_wait_a_report_refused_after_it_was_applied_leaves_no_stale_state(
-    server_factory: Callable[..., ServerProcess], run_id: str
+@pytest.mark.parametrize("refusal", ["wait", "timeout"])
+def test_a_report_refused_after_it_was_applied_leaves_no_stale_state(
+    server_factory: Callable[..., ServerProcess], run_id: str, refusal: str
 ) -> None:
-    """Issue 19's reproducer: a primary + one replica (AOF always), WAIT 1 / 300 ms, one
-    report per epoch of all 64 samples. Epoch 1's report is sent while the replica is
-    SIGSTOPped: applied on the primary, answered 503. After SIGCONT its re-send is a
-    duplicate, and epoch 2's report must be computed from the stored rows (the 503'd
-    write included), not from the record cache's pre-report copy under a lease that
-    skips the compare: every sample ends with exactly 3 visits (2 before the fix)."""
+    """Issue 19's reproducer: one report per epoch of all 64 samples; epoch 1's report is
+    applied by Redis but answered 503, its re-send is a duplicate, and epoch 2's report
+    must be computed from the stored rows (the 503'd write included), not from the record
+    cache's pre-report copy under a write lease that skips the compare: every sample ends
+    with exactly 3 visits (2 before the fix).
+
+    ``wait``: a primary + one replica (AOF always), WAIT 1 / 300 ms, the replica
+    SIGSTOPped under epoch 1's report ("not yet durable"). ``timeout``: one Redis,
+    DOCL_REDIS_TIMEOUT_S=1, Redis itself SIGSTOPped under the report: a 503 saying Redis
+    did not answer in time (not re-sent by the fast client: it used to be taken for a lost
+    connection); whether or not the command ran, the run ends with every visit once."""
     import os
     import signal
 
     from docl.lab.crash import replicated_pair
 
-    with replicated_pair(appendonly=True, appendfsync="always") as (primary, replica):
-        assert replica.pid is not None
-        env = {"DOCL_REDIS_WAIT_REPLICAS": "1", "DOCL_REDIS_WAIT_MS": "300"}
+    with contextlib.ExitStack() as stack:
+        if refusal == "wait":
+            primary, stopped = stack.enter_context(
+                replicated_pair(appendonly=True, appendfsync="always")
+            )
+            env = {"DOCL_REDIS_WAIT_REPLICAS": "1", "DOCL_REDIS_WAIT_MS": "300"}
+        else:
+            primary = stopped = stack.enter_context(
+                RedisProcess(appendonly=True, appendfsync="always")
+            )
+            env = {"DOCL_REDIS_TIMEOUT_S": "1"}
+        assert stopped.pid is not None
         server = server_factory(redis_url=primary.url, env=env)
         rng = np.random.default_rng(19)
-        with httpx.Client(base_url=server.url, timeout=30) as http:
-            create(http, run_id, num_samples=64, epochs=3, params={"warmup_epochs": 3})
+        http = stack.enter_context(httpx.Client(base_url=server.url, timeout=30))
+        create(http, run_id, num_samples=64, epochs=3, params={"warmup_epochs": 3})
 
-            def send(e: int) -> httpx.Response:
-                idx = shard(http, run_id, e)
-                out = rng.normal(size=(idx.size, 4)).astype(np.float32)
-                return report(http, run_id, rid=f"e{e}", epoch=e, lr_sum=0.5 * (e + 1),
-                              idx=idx, out=out, tgt=idx % 4)  # fmt: skip
+        def send(e: int) -> httpx.Response:
+            idx = shard(http, run_id, e)
+            out = rng.normal(size=(idx.size, 4)).astype(np.float32)
+            return report(http, run_id, rid=f"e{e}", epoch=e, lr_sum=0.5 * (e + 1),
+                          idx=idx, out=out, tgt=idx % 4)  # fmt: skip
 
-            draw(http, run_id, 0)
-            assert send(0).status_code == 200
-            draw(http, run_id, 1)
-            idx1 = shard(http, run_id, 1)
-            out1 = rng.normal(size=(idx1.size, 4)).astype(np.float32)
-            body = {"rid": "e1", "epoch": 1, "lr_sum": 1.0, "idx": idx1, "out": out1,
-                    "tgt": idx1 % 4}  # fmt: skip
-            os.kill(replica.pid, signal.SIGSTOP)
-            try:
-                r = report(http, run_id, **body)
-                assert r.status_code == 503 and r.headers["Retry-After"] == "1", r.text
-                assert "not yet durable" in r.json()["detail"]
-            finally:
-                os.kill(replica.pid, signal.SIGCONT)
-            again = report(http, run_id, **body)
-            assert again.status_code == 200 and again.json()["duplicate"], again.text
-            draw(http, run_id, 2)
-            assert send(2).status_code == 200
-            _, visits, lrs = get_scores(http, run_id)
-            counters = http.get(f"/v1/runs/{run_id}").json()["counters"]
+        draw(http, run_id, 0)
+        assert send(0).status_code == 200
+        draw(http, run_id, 1)
+        idx1 = shard(http, run_id, 1)
+        out1 = rng.normal(size=(idx1.size, 4)).astype(np.float32)
+        body = {"rid": "e1", "epoch": 1, "lr_sum": 1.0, "idx": idx1, "out": out1,
+                "tgt": idx1 % 4}  # fmt: skip
+        os.kill(stopped.pid, signal.SIGSTOP)
+        try:
+            r = report(http, run_id, **body)
+            assert r.status_code == 503 and r.headers["Retry-After"] == "1", r.text
+            why = "not yet durable" if refusal == "wait" else "did not answer in time"
+            assert why in r.json()["detail"], r.text
+        finally:
+            os.kill(stopped.pid, signal.SIGCONT)
+        again = report(http, run_id, **body)
+        assert again.status_code == 200, again.text
+        # WAIT: applied, so a duplicate. A timeout: here the command given up on did not
+        # run (its connection was closed), and the re-send applied it: once either way.
+        assert again.json()["duplicate"] is (refusal == "wait"), again.text
+        draw(http, run_id, 2)
+        assert send(2).status_code == 200
+        _, visits, lrs = get_scores(http, run_id)
+        counters = http.get(f"/v1/runs/{run_id}").json()["counters"]
     assert (visits == 3).all(), np.bincount(visits)  # none lost (2 before the fix)
     assert (lrs == 1.5).all()
-    assert counters["reports"] == 3 and counters["duplicates"] == 1
+    assert counters["reports"] == 3 and counters["duplicates"] == (refusal == "wait")
 
 
 def test_outputs_whose_score_would_overflow_float32_are_refused_and_change_nothing(
