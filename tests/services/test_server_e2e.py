@@ -1051,6 +1051,17 @@ def test_docl_serve_on_a_redis_cluster_spreads_runs_over_its_nodes(
         assert http.get("/readyz").status_code == 200
 
 
+def _serve_refused(redis_url: str) -> subprocess.CompletedProcess[str]:
+    """``docl serve --redis-url redis_url``, which must exit at start (not serve)."""
+    out = subprocess.run(
+        [sys.executable, "-c", "from docl.client.cli import main; main()", "serve",
+         "--port", "0", "--redis-url", redis_url],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert out.returncode != 0, out.stderr
+    return out
+
+
 def test_docl_serve_refuses_a_cluster_that_does_not_serve_every_slot() -> None:
     with RedisClusterProcess(primaries=2) as cluster:
         lo, _ = cluster.slot_ranges()[1]
@@ -1058,12 +1069,7 @@ def test_docl_serve_refuses_a_cluster_that_does_not_serve_every_slot() -> None:
         deadline = time.monotonic() + 10
         while cluster.info(1)["cluster_state"] != "fail" and time.monotonic() < deadline:
             time.sleep(0.02)
-        out = subprocess.run(
-            [sys.executable, "-c", "from docl.client.cli import main; main()", "serve",
-             "--port", "0", "--redis-url", cluster.url],
-            capture_output=True, text=True, timeout=60,
-        )  # fmt: skip
-    assert out.returncode != 0
+        out = _serve_refused(cluster.url)
     assert "ClusterStateError" in out.stderr and "cluster_state=fail" in out.stderr
     assert "slots assigned 16374/16384" in out.stderr
 
@@ -1073,13 +1079,7 @@ def test_docl_serve_refuses_a_plain_redis_url_on_a_cluster_node(
 ) -> None:
     """``--redis-url redis://…`` of a Redis Cluster node: refused at start, naming the
     scheme to use (it used to start, say ready and answer every create with a 500)."""
-    node = redis_cluster.nodes[0]
-    out = subprocess.run(
-        [sys.executable, "-c", "from docl.client.cli import main; main()", "serve",
-         "--port", "0", "--redis-url", node.url],
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
-    assert out.returncode != 0
+    out = _serve_refused(redis_cluster.nodes[0].url)
     assert "Redis Cluster (cluster_enabled:1)" in out.stderr and "redis+cluster://" in out.stderr
 
 
