@@ -140,25 +140,28 @@ def _sample_problems(st: RunState, reps: Sequence[ReportArrays]) -> list[tuple[i
 
     found: list[tuple[int, str] | None] = []
     # targets: finite (regression) or class ids in [0, c)
+    tgt_finite = True
     if st.config.task == "regression":
-        if not np.isfinite(tgt).all():
+        tgt_finite = bool(np.isfinite(tgt).all())
+        if not tgt_finite:
             found.append((at(~np.isfinite(tgt).all(axis=1))[0], "targets contain NaN or Inf"))
     elif tgt.size and (int(tgt.min()) < 0 or int(tgt.max()) >= c):
         j, i = at((tgt < 0) | (tgt >= c))
         v = int(reps[j].targets[i])
         found.append((j, f"targets[{i}] = {v} is not a class id in [0, {c})"))
     # outputs: finite
-    if not np.isfinite(out).all():
+    finite = bool(np.isfinite(out).all())
+    if not finite:
         j, i = at(~np.isfinite(out).all(axis=1))
         found.append((j, f"outputs contain NaN or Inf (first in row {i})"))
     # outputs (and regression targets): within the range the score's arithmetic holds
     lim = FLOAT16_MAX if st.layout.output_dtype == "float16" else MAX_OUTPUT_ABS
-    if out.size and (float(out.max()) > lim or float(out.min()) < -lim):
-        j, i = at((np.abs(out) > lim).any(axis=1))
+    if (bad := _beyond(out, lim, finite)) is not None:
+        j, i = at(bad)
         found.append((j, f"outputs beyond ±{lim:g} (first in row {i}): {_RANGE_WHY}"))
-    reg = st.config.task == "regression" and tgt.size
-    if reg and (float(tgt.max()) > MAX_OUTPUT_ABS or float(tgt.min()) < -MAX_OUTPUT_ABS):
-        j, i = at((np.abs(tgt) > MAX_OUTPUT_ABS).any(axis=1))
+    reg = st.config.task == "regression"
+    if reg and (bad := _beyond(tgt, MAX_OUTPUT_ABS, tgt_finite)) is not None:
+        j, i = at(bad)
         found.append((j, f"targets beyond ±{MAX_OUTPUT_ABS:g} (first in row {i})"))
     # features (optional, each report its own width): finite
     for j, rep in enumerate(reps):
@@ -172,6 +175,18 @@ def _sample_problems(st: RunState, reps: Sequence[ReportArrays]) -> list[tuple[i
     # indices: no sample twice within one report
     found.append(_duplicate_problem(reps, idx, sizes, n))
     return found
+
+
+def _beyond(values: np.ndarray, lim: float, finite: bool = False) -> np.ndarray | None:
+    """The (rows,) mask of rows of ``values`` with a value beyond ±lim (NaN is not), or
+    None when there is none: two passes without a temporary when every value is finite."""
+    if not values.size:
+        return None
+    if finite and -lim <= float(values.min()) and float(values.max()) <= lim:
+        return None
+    with np.errstate(invalid="ignore"):
+        rows = (np.abs(values) > lim).reshape(values.shape[0], -1).any(axis=1)
+    return rows if rows.any() else None
 
 
 def _locate(sizes: list[int], row: int) -> tuple[int, int]:
