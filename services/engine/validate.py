@@ -140,27 +140,25 @@ def _sample_problems(st: RunState, reps: Sequence[ReportArrays]) -> list[tuple[i
 
     found: list[tuple[int, str] | None] = []
     # targets: finite (regression) or class ids in [0, c)
-    tgt_finite = True
-    if st.config.task == "regression":
-        tgt_finite = bool(np.isfinite(tgt).all())
-        if not tgt_finite:
-            found.append((at(~np.isfinite(tgt).all(axis=1))[0], "targets contain NaN or Inf"))
-    elif tgt.size and (int(tgt.min()) < 0 or int(tgt.max()) >= c):
+    reg = st.config.task == "regression"
+    tgt_ok = not reg or _within(tgt, MAX_OUTPUT_ABS)  # the usual case: two passes, no temporary
+    if reg and not tgt_ok and not np.isfinite(tgt).all():
+        found.append((at(~np.isfinite(tgt).all(axis=1))[0], "targets contain NaN or Inf"))
+    elif not reg and tgt.size and (int(tgt.min()) < 0 or int(tgt.max()) >= c):
         j, i = at((tgt < 0) | (tgt >= c))
         v = int(reps[j].targets[i])
         found.append((j, f"targets[{i}] = {v} is not a class id in [0, {c})"))
-    # outputs: finite
-    finite = bool(np.isfinite(out).all())
-    if not finite:
-        j, i = at(~np.isfinite(out).all(axis=1))
-        found.append((j, f"outputs contain NaN or Inf (first in row {i})"))
-    # outputs (and regression targets): within the range the score's arithmetic holds
+    # outputs: finite, and within the range the score's arithmetic holds (and so must
+    # regression targets be)
     lim = FLOAT16_MAX if st.layout.output_dtype == "float16" else MAX_OUTPUT_ABS
-    if (bad := _beyond(out, lim, finite)) is not None:
-        j, i = at(bad)
-        found.append((j, f"outputs beyond ±{lim:g} (first in row {i}): {_RANGE_WHY}"))
-    reg = st.config.task == "regression"
-    if reg and (bad := _beyond(tgt, MAX_OUTPUT_ABS, tgt_finite)) is not None:
+    if not _within(out, lim):
+        if not np.isfinite(out).all():
+            j, i = at(~np.isfinite(out).all(axis=1))
+            found.append((j, f"outputs contain NaN or Inf (first in row {i})"))
+        if (bad := _beyond(out, lim)) is not None:
+            j, i = at(bad)
+            found.append((j, f"outputs beyond ±{lim:g} (first in row {i}): {_RANGE_WHY}"))
+    if not tgt_ok and (bad := _beyond(tgt, MAX_OUTPUT_ABS)) is not None:
         j, i = at(bad)
         found.append((j, f"targets beyond ±{MAX_OUTPUT_ABS:g} (first in row {i})"))
     # features (optional, each report its own width): finite
@@ -177,13 +175,15 @@ def _sample_problems(st: RunState, reps: Sequence[ReportArrays]) -> list[tuple[i
     return found
 
 
-def _beyond(values: np.ndarray, lim: float, finite: bool = False) -> np.ndarray | None:
+def _within(values: np.ndarray, lim: float) -> bool:
+    """Every value finite and within ±lim: two reductions, no temporary (min and max are
+    NaN when a value is, and ±inf when one is)."""
+    return not values.size or (-lim <= float(values.min()) and float(values.max()) <= lim)
+
+
+def _beyond(values: np.ndarray, lim: float) -> np.ndarray | None:
     """The (rows,) mask of rows of ``values`` with a value beyond ±lim (NaN is not), or
-    None when there is none: two passes without a temporary when every value is finite."""
-    if not values.size:
-        return None
-    if finite and -lim <= float(values.min()) and float(values.max()) <= lim:
-        return None
+    None when there is none."""
     with np.errstate(invalid="ignore"):
         rows = (np.abs(values) > lim).reshape(values.shape[0], -1).any(axis=1)
     return rows if rows.any() else None
