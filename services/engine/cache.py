@@ -128,11 +128,14 @@ class CacheStage(RunStage):
         return c
 
     def _forget(self, cache: RecordCache | None) -> None:
-        """Start ``cache`` over (a new generation, whose lease is claimed anew): after a
-        write whose outcome it did not see — an error after the script was sent (503
-        NotReplicated, a timeout, a lost connection, a cancelled request) or a report
-        found applied by a call it never heard back from. The next report of its samples
-        reads them from Redis and its scatter compares them (docs/architecture.md)."""
+        """Start ``cache`` over (a new generation, whose lease is claimed anew): when the
+        lease was found revoked, and after a write whose outcome it did not see — an
+        error after the script was sent (503 NotReplicated, a timeout, a lost connection,
+        a cancelled request: the script may still land later, so the old token must not
+        vouch for anything). The next report claims the lease anew (or compares, while
+        another report holds rows) and reads its samples from Redis (docs/architecture.md,
+        "The write lease"). A
+        report merely found applied forgets its own rows instead (:meth:`RecordCache.forget`)."""
         if cache is not None:
             cache.clear(self.store.resets)
 
