@@ -45,7 +45,15 @@ from docl.services.embedded import RedisClusterProcess, RedisProcess, ServerProc
 from docl.services.layout import RunLayout
 from docl.wire import encoding as wire
 
-__all__ = ["SCENARIOS", "Scenario", "Tally", "main", "replicated_pair", "run_scenario"]
+__all__ = [
+    "SCENARIOS",
+    "Scenario",
+    "Tally",
+    "main",
+    "replicated_pair",
+    "run_scenario",
+    "stream_reports",
+]
 
 BIN = {"Content-Type": wire.REPORT_CONTENT_TYPE}
 WAIT_MS = 300
@@ -87,7 +95,10 @@ class Tally:
     failed_over: bool = False  # a cluster: the killed primary came back as a replica
     shard_503: int = 0  # 503s whose detail names the shard that failed (a sharded run)
     shard_metric: float = 0.0  # docl_shard_unavailable_total at the end (every reason)
-    details: list[str] = field(default_factory=list)  # the first few unexpected answers
+    details: list[str] = field(default_factory=list)  # every unexpected answer
+    failed: list[float] = field(default_factory=list)  # when each failed attempt ended
+    resent: set[str] = field(default_factory=set)  # the reports sent more than once
+    killed_at: float = 0.0  # when Redis was killed (time.monotonic)
 
     def row(self) -> str:
         return (
@@ -146,54 +157,53 @@ def replicated_pair(**kwargs: Any) -> Iterator[tuple[RedisProcess, RedisProcess]
         primary.stop()
 
 
-def _stream_epoch(
+def stream_reports(
     http: httpx.Client,
     run_id: str,
-    e: int,
-    batches: list[np.ndarray],
+    bodies: list[tuple[str, bytes]],
     tally: Tally,
     *,
-    kill_after: int | None,
-    kill: Callable[[], None],
-    killed: threading.Event,
+    kill: Callable[[], None] | None = None,
+    after: int = 0,
+    killed: threading.Event | None = None,
     timeout: float = 90.0,
-) -> None:
-    """Four senders report ``batches`` (ids ``e<e>-r<k>``); once ``kill_after`` are
-    acknowledged, ``kill()`` runs (from that sender's thread, with the others in flight)
-    and ``killed`` is set (the caller restarts what was killed, from its own thread)."""
+) -> Tally:
+    """Four senders post the binary reports ``bodies`` ((report id, body) each), each
+    re-sending its report with the same id until it is acknowledged (as the SDK's Reporter
+    does), for at most ``timeout`` s; once ``after`` are acknowledged, ``kill()`` runs from
+    that sender's thread, with the others in flight, and ``killed`` is set (the caller
+    restarts what was killed from its own thread: a child dies with the thread that
+    started it). Counts into ``tally``; its ``details`` name every answer that is
+    neither a 200 nor a 503 with Retry-After, a first send found already applied, and a
+    report not acknowledged in time: an empty list is a clean stream."""
     lock = threading.Lock()
-    rng = np.random.default_rng(1000 + e)
-    outs = [rng.normal(size=(b.size, 4)).astype(np.float32) for b in batches]
     acked = [0]
 
     def send(k: int) -> None:
-        b = batches[k]
-        body = wire.encode_report(
-            report_id=f"e{e}-r{k}", epoch=e, lr_sum=e + 0.001 * (k + 1), indices=b,
-            outputs=outs[k], targets=b % 4,
-        )  # fmt: skip
+        rid, body = bodies[k]
         deadline = time.monotonic() + timeout
-        resent = False
         while True:
             with lock:
                 tally.sent += 1
             try:
                 r = http.post(f"/v1/runs/{run_id}/reports", content=body, headers=BIN)
             except httpx.TransportError:
+                r = None
                 with lock:
                     tally.dropped += 1
-                r = None
             if r is not None and r.status_code == 200:
                 dup = bool(r.json()["duplicate"])
                 with lock:
                     tally.acked += 1
                     tally.duplicates += dup
-                    if dup and not resent:  # only a re-send may find its report applied
-                        tally.details.append(f"first send of e{e}-r{k} was a duplicate")
+                    if dup and rid not in tally.resent:  # only a re-send may be applied
+                        tally.details.append(f"the first send of {rid} was a duplicate")
                     acked[0] += 1
-                    if acked[0] == kill_after:  # SIGKILL now, with the others in flight
+                    if kill is not None and acked[0] == after:  # now, others in flight
                         kill()
-                        killed.set()
+                        tally.killed_at = time.monotonic()
+                        if killed is not None:
+                            killed.set()
                 return
             if r is not None:
                 ok_503 = r.status_code == 503 and "Retry-After" in r.headers
@@ -203,19 +213,36 @@ def _stream_epoch(
                         tally.shard_503 += " shard " in r.json().get("detail", "")
                     elif r.status_code >= 500:
                         tally.bad_5xx += 1
-                    if not ok_503 and len(tally.details) < 5:
-                        tally.details.append(f"{r.status_code} {r.text[:300]}")
+                    if not ok_503:
+                        tally.details.append(f"{rid}: {r.status_code} {r.text[:300]}")
                 if r.status_code < 500:  # a 4xx: the report itself is refused, never re-sent
                     return
-            resent = True
+            with lock:
+                tally.failed.append(time.monotonic())
+                tally.resent.add(rid)
             if time.monotonic() > deadline:
                 with lock:
-                    tally.details.append(f"e{e}-r{k}: not acknowledged within {timeout} s")
+                    tally.details.append(f"{rid}: not acknowledged within {timeout} s")
                 return
             time.sleep(0.05)
 
     with ThreadPoolExecutor(4) as pool:
-        list(pool.map(send, range(len(batches))))
+        list(pool.map(send, range(len(bodies))))
+    return tally
+
+
+def _epoch_bodies(e: int, batches: list[np.ndarray]) -> list[tuple[str, bytes]]:
+    """Epoch ``e``'s reports: ids ``e<e>-r<k>``, lr-sums above every earlier epoch's."""
+    rng = np.random.default_rng(1000 + e)
+    out = []
+    for k, b in enumerate(batches):
+        rid = f"e{e}-r{k}"
+        body = wire.encode_report(
+            report_id=rid, epoch=e, lr_sum=e + 0.001 * (k + 1), indices=b,
+            outputs=rng.normal(size=(b.size, 4)).astype(np.float32), targets=b % 4,
+        )  # fmt: skip
+        out.append((rid, body))
+    return out
 
 
 def run_scenario(
@@ -288,14 +315,17 @@ def run_scenario(
             parts = np.array_split(idx, batches)
             tally.reports += len(parts)
             killed = threading.Event()
-            kill_after = after if e == kill_epoch else None
             streamer = threading.Thread(
-                target=_stream_epoch,
-                args=(http, run_id, e, parts, tally),
-                kwargs={"kill_after": kill_after, "kill": victim.kill, "killed": killed},
+                target=stream_reports,
+                args=(http, run_id, _epoch_bodies(e, parts), tally),
+                kwargs={
+                    "kill": victim.kill if e == kill_epoch else None,
+                    "after": after,
+                    "killed": killed,
+                },
             )
             streamer.start()
-            if kill_after is not None and killed.wait(120):
+            if e == kill_epoch and killed.wait(120):
                 # restarted from this (the main) thread: a child dies with the thread
                 # that started it (PR_SET_PDEATHSIG), and the senders' threads end
                 time.sleep(restart_s)
@@ -340,7 +370,7 @@ def main(argv: list[str] | None = None) -> int:
             print("  (the killed primary was not replaced: no failover happened)", flush=True)
         if t.lost or t.doubled or t.bad_5xx or t.counted != t.reports or t.details:
             bad += 1
-            print(f"  counted {t.counted} of {t.reports} reports; {t.details}", flush=True)
+            print(f"  counted {t.counted} of {t.reports} reports; {t.details[:5]}", flush=True)
     return 1 if bad else 0
 
 

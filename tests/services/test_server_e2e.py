@@ -16,13 +16,13 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 import numpy as np
 import pytest
 
+from docl.lab.crash import Tally, stream_reports
 from docl.services.embedded import RedisClusterProcess, RedisProcess, ServerProcess
 from docl.services.scoring import score_report
 from docl.wire import encoding as wire
@@ -1122,13 +1122,6 @@ def test_report_stream_survives_sigkill_of_the_runs_primary(
               f"the kill, {len(sent.failed)} attempts failed")  # fmt: skip
 
 
-@dataclass
-class KilledStream:
-    failed: list[float] = field(default_factory=list)  # when each attempt that failed ended
-    resent: set[int] = field(default_factory=set)  # the reports sent more than once
-    killed_at: float = 0.0
-
-
 def stream_reports_through_a_kill(
     http: httpx.Client,
     run_id: str,
@@ -1137,42 +1130,21 @@ def stream_reports_through_a_kill(
     *,
     kill: Callable[[], None],
     after: int = 20,
-) -> KilledStream:
+) -> Tally:
     """Four senders report ``batches`` of epoch 0 (report k has id ``r{k}``, lr_sum 0.1·k);
     once ``after`` are acknowledged ``kill()`` runs, with the others in flight. Every
     sender re-sends its report with the same id (as the SDK's Reporter does) until it is
-    acknowledged, for at most 30 s; a failed attempt must be a 5xx or a dropped
-    connection, never a 4xx, and only a re-sent report may be a duplicate."""
-    lock = threading.Lock()
-    acked: list[float] = []
-    got = KilledStream()
-
-    def send(k: int) -> None:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                r = report(http, run_id, rid=f"r{k}", epoch=0, lr_sum=0.1 * k,
-                           idx=batches[k], out=outs[k], tgt=batches[k] % 4)  # fmt: skip
-                if r.status_code == 200:
-                    assert r.json()["duplicate"] is False or k in got.resent, r.text
-                    break
-                assert r.status_code >= 500, r.text  # Redis gone: a 5xx, never a 4xx
-                last = f"{r.status_code} {r.text}"
-            except httpx.TransportError as e:
-                last = repr(e)
-            with lock:
-                got.failed.append(time.monotonic())
-                got.resent.add(k)
-            assert time.monotonic() < deadline, f"no failover within 30 s: {last}"
-            time.sleep(0.05)
-        with lock:
-            acked.append(time.monotonic())
-            if len(acked) == after:  # the others' reports are in flight now
-                kill()
-                got.killed_at = time.monotonic()
-
-    with ThreadPoolExecutor(4) as pool:
-        list(pool.map(send, range(len(batches))))
+    acknowledged, for at most 30 s (``docl.lab.crash.stream_reports``). Every failed
+    attempt must be a 503 with Retry-After or a dropped connection (never a 4xx or a 500)
+    and only a re-sent report may be a duplicate."""
+    bodies = [
+        (f"r{k}", wire.encode_report(report_id=f"r{k}", epoch=0, lr_sum=0.1 * k, indices=b,
+                                     outputs=outs[k], targets=b % 4))
+        for k, b in enumerate(batches)
+    ]  # fmt: skip
+    got = stream_reports(http, run_id, bodies, Tally("kill"), kill=kill, after=after, timeout=30)
+    assert got.details == [], got.details[:5]
+    assert got.acked == len(batches)
     return got
 
 
