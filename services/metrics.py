@@ -12,7 +12,12 @@ Names (all prefixed ``docl_``):
 - ``reports_total{result}`` (applied | duplicate | rejected), ``samples_reported_total``,
   ``samples_scored_total``, ``report_conflicts_total`` (compare-and-set retries)
 - ``draw_seconds{phase}``: time to draw and store an epoch
-- ``redis_errors_total{kind}``: Redis unreachable or timing out
+- ``redis_errors_total{kind}``: Redis (Cluster) failures answered 503, by exception class
+- ``shard_unavailable_total{reason}``: requests to a sharded run answered 503 because one
+  shard's node was unreachable, failing over or refusing writes (``unreachable`` |
+  ``failover`` | ``refused``) or, with ``DOCL_REDIS_WAIT_REPLICAS``, its replicas did not
+  acknowledge in time (``not_replicated``: e.g. its replica was just promoted and has no
+  replica of its own yet); the 503 names the shard
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ __all__ = [
     "REPORT_CONFLICTS",
     "SAMPLES_REPORTED",
     "SAMPLES_SCORED",
+    "SHARD_UNAVAILABLE",
     "render",
 ]
 
@@ -83,7 +89,19 @@ REPORTS_COMPLETED = Counter(
     "Requests to a sharded run whose reports were found applied on some of their shards "
     "(a partial apply: a process or node died between shard parts) and completed on the rest.",
 )
-REDIS_ERRORS = Counter("docl_redis_errors_total", "Redis connection errors and timeouts.", ["kind"])
+REDIS_ERRORS = Counter(
+    "docl_redis_errors_total",
+    "Redis (Cluster) failures answered 503: lost connections, timeouts, failovers, refused "
+    "writes, reports not acknowledged by enough replicas.",
+    ["kind"],
+)
+SHARD_UNAVAILABLE = Counter(
+    "docl_shard_unavailable_total",
+    "Requests to a sharded run answered 503 because one of its shards' Redis node was "
+    "unreachable, failing over, refusing writes or not acknowledged by enough replicas "
+    "(DOCL_REDIS_WAIT_REPLICAS): the run stalls until it is back.",
+    ["reason"],
+)
 
 
 def render() -> tuple[bytes, str]:

@@ -125,6 +125,12 @@ class RespClient:
                     conn = await asyncio.wait_for(self._open(), self.timeout_s)
                 async with asyncio.timeout(self.timeout_s):
                     replies = await self._roundtrip(conn, parts, count)
+            except TimeoutError as e:  # before OSError, of which it is a subclass
+                # Not re-sent: Redis is slow or stuck, and the command may still run (it
+                # is in Redis' socket buffer); the engine forgets what it may have changed.
+                if conn is not None:
+                    conn[1].close()
+                raise RedisTimeoutError(f"Redis did not answer within {self.timeout_s} s") from e
             except (OSError, asyncio.IncompleteReadError, ConnectionError) as e:
                 if conn is not None:
                     conn[1].close()
@@ -134,10 +140,6 @@ class RespClient:
                 if attempt == 0:
                     continue
                 raise RedisConnectionError(f"Redis connection failed: {e}") from e
-            except TimeoutError as e:
-                if conn is not None:
-                    conn[1].close()
-                raise RedisTimeoutError(f"Redis did not answer within {self.timeout_s} s") from e
             except BaseException:
                 if conn is not None:  # cancelled mid-reply: the connection is out of sync
                     conn[1].close()

@@ -89,6 +89,7 @@ __all__ = [
     "ClusterStateError",
     "NotReplicated",
     "RedisStore",
+    "ShardUnavailable",
     "Store",
     "cluster_url",
 ]
@@ -107,18 +108,90 @@ class NotReplicated(RedisError):
     acknowledged it within ``wait_ms`` (``WAIT``): it could still be lost in a failover.
     The server answers 503; the client re-sends with the same report id (deduplicated)."""
 
-    def __init__(self, acked: int, wanted: int, wait_ms: int, why: str = "") -> None:
+    def __init__(
+        self, acked: int, wanted: int, wait_ms: int, why: str = "", where: str = ""
+    ) -> None:
         what = why or f"only {acked} of {wanted} replica(s) acknowledged it within {wait_ms} ms"
+        primary = f"the primary of {where}" if where else "the primary"
         super().__init__(
-            f"the report was applied on the primary but {what} (DOCL_REDIS_WAIT_REPLICAS="
+            f"the report was applied on {primary} but {what} (DOCL_REDIS_WAIT_REPLICAS="
             f"{wanted}, DOCL_REDIS_WAIT_MS={wait_ms}); re-send it with the same report_id"
         )
         self.acked, self.wanted, self.wait_ms, self.why = acked, wanted, wait_ms, why
+        self.where = where
 
-    def __reduce__(self) -> tuple[type[NotReplicated], tuple[int, int, int, str]]:
+    def __reduce__(self) -> tuple[type[NotReplicated], tuple[int, int, int, str, str]]:
         # args holds the message, not the constructor's arguments: pickle (Ray, a
         # process pool) must rebuild it from the fields
-        return type(self), (self.acked, self.wanted, self.wait_ms, self.why)
+        return type(self), (self.acked, self.wanted, self.wait_ms, self.why, self.where)
+
+
+class ShardUnavailable(RedisError):
+    """A shard of a sharded run could not be read or written: the Redis node serving its
+    slot is unreachable, failing over or refusing the call. A sharded run takes a report
+    (or draws) only while every shard it touches is served, so one down primary stalls
+    it; the server answers 503 naming the shard (never its address) and counts it in
+    ``docl_shard_unavailable_total{reason}``. ``reason``: ``unreachable``, ``failover``
+    (the cluster is moving the slot), ``refused`` (Redis refuses writes) or ``error``."""
+
+    def __init__(self, run_id: str, shard: int, shards: int, reason: str, kind: str) -> None:
+        super().__init__(
+            f"shard {shard} of {shards} of run {run_id!r} is unavailable ({reason}: {kind}): "
+            "a sharded run waits for the Redis primary of every shard a request touches "
+            '(docs/scaling.md, "Failover"); retry shortly'
+        )
+        self.run_id, self.shard, self.shards, self.reason, self.kind = (
+            run_id,
+            shard,
+            shards,
+            reason,
+            kind,
+        )
+
+    def __reduce__(self) -> tuple[type[ShardUnavailable], tuple[str, int, int, str, str]]:
+        return type(self), (self.run_id, self.shard, self.shards, self.reason, self.kind)
+
+
+def _shard_error(layout: RunLayout, shard: int, e: BaseException) -> BaseException:
+    """What a failed shard part of a sharded run raises: NotReplicated naming the shard,
+    ShardUnavailable for a store failure, anything else (a bug, a cancellation) as it is."""
+    from redis.exceptions import (
+        ClusterDownError,
+        ClusterError,
+        OutOfMemoryError,
+        ReadOnlyError,
+        TryAgainError,
+    )
+
+    where = f"shard {shard} of {layout.shards}"
+    if isinstance(e, NotReplicated):
+        return NotReplicated(e.acked, e.wanted, e.wait_ms, e.why, e.where or where)
+    if isinstance(e, ShardUnavailable) or not isinstance(e, RedisError | RedisClusterException):
+        return e
+    if isinstance(e, RedisConnectionError | RedisTimeoutError):
+        reason = "unreachable"
+    elif (
+        isinstance(e, ClusterDownError | ClusterError | TryAgainError | RedisClusterException)
+        or (isinstance(e, ResponseError) and _redirected(e))
+        or str(e).startswith(("CLUSTERDOWN", "MASTERDOWN"))
+    ):
+        reason = "failover"
+    elif isinstance(e, OutOfMemoryError | ReadOnlyError):
+        reason = "refused"
+    else:
+        return e  # an error reply we did not expect: a bug (500), not a shard down
+    return ShardUnavailable(layout.run_id, shard, layout.shards, reason, type(e).__name__)
+
+
+async def _all_parts(layout: RunLayout, calls: Sequence[tuple[int, Any]]) -> list[Any]:
+    """Await every shard part ``(shard, awaitable)`` to its end — none is left running
+    behind an error (a part still in flight could land after the caller gave up and
+    started over) — then raise the first failure as :func:`_shard_error` names it."""
+    got = await asyncio.gather(*(c for _, c in calls), return_exceptions=True)
+    for (j, _), g in zip(calls, got, strict=True):
+        if isinstance(g, BaseException):
+            raise _shard_error(layout, j, g) from g
+    return list(got)
 
 
 def cluster_url(url: str) -> str | None:
@@ -333,8 +406,20 @@ class RedisStore:
 
     async def check_cluster(self) -> None:
         """On a cluster: raise :class:`ClusterStateError` unless it serves every slot
-        (``cluster_state:ok``). Nothing on a single Redis."""
+        (``cluster_state:ok``). On a single Redis URL: raise it when that Redis is a
+        node of a cluster (``cluster_enabled:1``), naming the URL scheme to use: a plain
+        client there would see every run outside the node's slots answered ``MOVED``."""
         if self.cluster is None:
+            try:
+                info = await self.redis.info("cluster")
+            except ResponseError:  # INFO renamed or refused: nothing to check
+                return
+            if str(info.get("cluster_enabled", "0")) == "1":
+                raise ClusterStateError(
+                    "the Redis at this URL is a node of a Redis Cluster (cluster_enabled:1): "
+                    "give DOCL_REDIS_URL / --redis-url as redis+cluster://[:password@]host:port "
+                    "(rediss+cluster:// with TLS), not redis://; see docs/scaling.md"
+                )
             return
         raw: dict[str, Any] = await self.cluster.cluster_info(target_nodes=RedisCluster.PRIMARIES)
         # one primary: its reply itself; several: {node name: reply}
@@ -916,7 +1001,9 @@ class RedisStore:
         (each holds its own lease; a write without it revokes that shard's only)."""
         if layout.shards > 1:
             subs = [layout.shard(j) for j in range(layout.shards)]
-            got = await asyncio.gather(*(self.claim(sub, uid, token) for sub in subs))
+            got = await _all_parts(
+                layout, [(j, self.claim(sub, uid, token)) for j, sub in enumerate(subs)]
+            )
             ok = all(c == ClaimStatus.CLAIMED for c in got)
             return ClaimStatus.CLAIMED if ok else ClaimStatus.GONE
         return ClaimStatus(int(await self._run(self._claim, [layout.meta_key], [uid, token])))
@@ -1051,8 +1138,8 @@ class RedisStore:
             lo, hi = layout.shard_bounds(j)
             a, b = max(start, lo), min(stop, hi)
             if a < b:
-                calls.append(read(layout.shard(j), a - lo, b - lo))
-        return list(await asyncio.gather(*calls))
+                calls.append((j, read(layout.shard(j), a - lo, b - lo)))
+        return await _all_parts(layout, calls)
 
     async def _shard_scores(self, sub: RunLayout, lo: int, hi: int) -> np.ndarray:
         return (await self.current_scores(sub))[lo:hi]
@@ -1078,8 +1165,9 @@ class RedisStore:
             cmds += [["GET", k] for k in sub.score_keys]
             cmds += [["GET", k] for k in (sub.loss_keys if want_loss else ())]
             shard_cmds.append(cmds)
-        run_raw, *shard_raw = await asyncio.gather(
-            self._transaction(run_cmds), *(self._transaction(c) for c in shard_cmds)
+        run_raw, shard_raw = await asyncio.gather(
+            self._transaction(run_cmds),
+            _all_parts(layout, [(j, self._transaction(c)) for j, c in enumerate(shard_cmds)]),
         )
         uid_b, last_b = run_raw[0]
         nd = len(layout.drawn_keys)
@@ -1131,8 +1219,8 @@ class RedisStore:
                 log_base=base,
                 log_count=count,
             )
-            calls.append(self.compact(layout.shard(j), uid, part))
-        got = await asyncio.gather(*calls)
+            calls.append((j, self.compact(layout.shard(j), uid, part)))
+        got = await _all_parts(layout, calls)
         ok = all(c == CompactStatus.INSTALLED for c in got)
         return CompactStatus.INSTALLED if ok else CompactStatus.MOVED
 
@@ -1174,7 +1262,7 @@ class RedisStore:
 
         meta, got = await asyncio.gather(
             self.redis.hmget(layout.meta_key, ["uid", "last_epoch"]),
-            asyncio.gather(*(one(j, pos, reps) for j, pos, reps in parts)),
+            _all_parts(layout, [(j, one(j, pos, reps)) for j, pos, reps in parts]),
         )
         last = int(meta[1]) if meta[1] is not None else -1
         if (
@@ -1189,8 +1277,16 @@ class RedisStore:
                 hit = {
                     j for (j, _, reps), _ in zip(parts, got, strict=True) if set(reps) & set(dups)
                 }
-                cmds = [["HINCRBY", layout.shard(j).counters_key, "duplicates", 0] for j in hit]
-                await asyncio.gather(*(self._replicated(c) for c in cmds))
+                cmds = [
+                    (
+                        j,
+                        self._replicated(
+                            ["HINCRBY", layout.shard(j).counters_key, "duplicates", 0]
+                        ),
+                    )
+                    for j in sorted(hit)
+                ]
+                await _all_parts(layout, cmds)
             return Gathered(GatherStatus.DUPLICATE, last, None, None, dups)
         rec = np.zeros(idx.shape[0], dtype=layout.rec_dtype)
         for (_, pos, _), (g, _) in zip(parts, got, strict=True):
@@ -1273,7 +1369,7 @@ class RedisStore:
                 live = [r for r in live if r not in done]
             return Applied(ScatterStatus.DUPLICATE), done
 
-        got = await asyncio.gather(*(one(j, pos, reps) for j, pos, reps in parts))
+        got = await _all_parts(layout, [(j, one(j, pos, reps)) for j, pos, reps in parts])
         if any(a.status == ScatterStatus.GONE for a, _ in got):
             return Applied(ScatterStatus.GONE)
         bad = [a for a, _ in got if a.status == ScatterStatus.CONFLICT]

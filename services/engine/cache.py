@@ -82,6 +82,11 @@ class RecordCache:
         self.resets = resets
         self.last_epoch = -1
 
+    def forget(self, idx: np.ndarray) -> None:
+        """Forget the rows at ``idx`` (read from Redis next time). The lease stands: a row
+        read after this is the stored state, whoever wrote it under our token."""
+        self.known[idx] = False
+
     def get(self, idx: np.ndarray) -> np.ndarray:
         """A copy of the rows at ``idx`` (records)."""
         return self._words[idx].view(self._dtype).reshape(-1)
@@ -121,6 +126,18 @@ class CacheStage(RunStage):
         self._caches[st.run_id] = c
         self._cache_bytes += need
         return c
+
+    def _forget(self, cache: RecordCache | None) -> None:
+        """Start ``cache`` over (a new generation, whose lease is claimed anew): when the
+        lease was found revoked, and after a write whose outcome it did not see — an
+        error after the script was sent (503 NotReplicated, a timeout, a lost connection,
+        a cancelled request: the script may still land later, so the old token must not
+        vouch for anything). The next report claims the lease anew (or compares, while
+        another report holds rows) and reads its samples from Redis (docs/architecture.md,
+        "The write lease"). A
+        report merely found applied forgets its own rows instead (:meth:`RecordCache.forget`)."""
+        if cache is not None:
+            cache.clear(self.store.resets)
 
     async def _acquire(self, st: RunState, cache: RecordCache, idx: np.ndarray) -> None:
         """Mark ``idx`` busy in ``cache`` once no other report of this process is applying

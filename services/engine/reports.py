@@ -71,6 +71,32 @@ def report_groups(reps: Sequence[ReportArrays]) -> list[list[int]]:
     return groups
 
 
+def _samples_of(frames: Sequence[ReportArrays], which: Sequence[int]) -> np.ndarray:
+    """The sample indices of ``frames[k]`` for k in ``which``."""
+    if not which:
+        return np.empty(0, dtype=np.int64)
+    return np.concatenate([frames[k].indices for k in which])
+
+
+def _reject_unscorable(
+    frames: Sequence[ReportArrays], rec: np.ndarray, unscorable: np.ndarray
+) -> None:
+    """422 for a group with a sample whose new score is not a finite float32 (its outputs
+    moved by more than float32 holds over the learning-rate sum since its last visit):
+    nothing is written, so a visited sample never reads as unscored (issue 19)."""
+    row = int(np.flatnonzero(unscorable)[0])
+    sizes = [int(f.indices.shape[0]) for f in frames]
+    k = int(np.searchsorted(np.cumsum(sizes), row, side="right"))
+    f = frames[k]
+    i = row - sum(sizes[:k])
+    rho = f.lr_sum - float(rec["lr_sum"][row])
+    raise Unprocessable(
+        f"report {f.report_id!r}: the score of sample {int(f.indices[i])} (row {i}) is not "
+        f"finite in float32: its outputs changed by more than float32 arithmetic holds over "
+        f"the learning-rate sum since its last visit (rho = {rho:.3g}); nothing was written"
+    )
+
+
 class ReportStage(CacheStage):
     """The engine's report route."""
 
@@ -162,30 +188,41 @@ class ReportStage(CacheStage):
                 scored = int(upd.scored.sum())
                 skipped = int(upd.stale.sum())
                 first = int((write & (rec["visits"] == 0)).sum())
-                res = await self.store.scatter(
-                    st.layout,
-                    st.uid,
-                    [f.report_id for f in frames],
-                    now=time.time(),
-                    indices=idx,
-                    expected=rec,
-                    write=write,
-                    records=new,
-                    scores=upd.scores[write],
-                    losses=upd.loss[write],
-                    counters=(len(frames), int(idx.shape[0]), scored, skipped, first),
-                    token=token,
-                    sizes=sizes,
-                    scored=upd.scored,
-                )
+                try:
+                    res = await self.store.scatter(
+                        st.layout,
+                        st.uid,
+                        [f.report_id for f in frames],
+                        now=time.time(),
+                        indices=idx,
+                        expected=rec,
+                        write=write,
+                        records=new,
+                        scores=upd.scores[write],
+                        losses=upd.loss[write],
+                        counters=(len(frames), int(idx.shape[0]), scored, skipped, first),
+                        token=token,
+                        sizes=sizes,
+                        scored=upd.scored,
+                    )
+                except BaseException:
+                    # The script may have run (a 503 after WAIT, a timeout or a connection
+                    # lost after Redis applied it, a cancelled request): our copy of these
+                    # rows, and the lease it wrote under, vouch for nothing any more.
+                    self._forget(cache)
+                    raise
                 if res.status.applied:
                     revoked = token != "" and not res.leased
                     if cache is not None and cache.gen == gen:
                         if revoked:  # someone else wrote: this copy may be stale anywhere
-                            cache.clear(self.store.resets)
+                            self._forget(cache)
                         elif res.skipped is not None:  # a sharded run's parts applied before
+                            # by a call whose outcome this copy may never have seen (a
+                            # re-send after an error, the Redis client's own retry): those
+                            # rows are read again; the others are what was just written
                             keep = ~res.skipped[write]
                             cache.put(idx[write][keep], new[keep])
+                            cache.forget(idx[res.skipped])
                         else:
                             cache.put(idx[write], new)
                     if cache is not None:
@@ -205,6 +242,10 @@ class ReportStage(CacheStage):
                 if (
                     res.status == ScatterStatus.DUPLICATE
                 ):  # some were applied before (the script counted them)
+                    # by whom and when, this copy cannot tell (our own call whose reply was
+                    # lost and re-sent by the Redis client, say): their rows are read again
+                    if cache is not None and cache.gen == gen:
+                        cache.forget(_samples_of(frames, res.duplicates))
                     for d in res.duplicates:
                         acks[live[d]] = self._duplicate(frames[d])
                     gone = {live[d] for d in res.duplicates}
@@ -365,6 +406,9 @@ class ReportStage(CacheStage):
             rho_power=p.rho_power,
             inclusion=incl,
         )
+        unscorable = seen & ~upd.stale & ~upd.scored  # a result beyond float32
+        if unscorable.any():
+            _reject_unscorable(frames, rec, unscorable)
         write = ~upd.stale
         new = np.zeros(int(write.sum()), dtype=st.layout.rec_dtype)
         new["lr_sum"] = lrs if isinstance(lrs, float) else lrs[write]

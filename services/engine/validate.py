@@ -19,7 +19,23 @@ from docl.services.engine.runs import RunState
 from docl.services.errors import Unprocessable
 from docl.wire.encoding import ReportArrays
 
-__all__ = ["duplicate_positions", "validate_report", "validate_reports"]
+__all__ = [
+    "FLOAT16_MAX",
+    "MAX_OUTPUT_ABS",
+    "duplicate_positions",
+    "validate_report",
+    "validate_reports",
+]
+
+#: Largest |output| (and |regression target|) a report may carry: the score divides
+#: differences of outputs by learning-rate sums and multiplies them by residuals, and a
+#: result beyond float32 would be no score at all (issue 19: ±3.4e38 is finite float32
+#: but its arithmetic is not). Logits and regression outputs of a healthy model are
+#: many orders of magnitude below it.
+MAX_OUTPUT_ABS = 1e15
+#: A run that stores its outputs as float16 (``params.output_dtype``): its largest value.
+FLOAT16_MAX = 65504.0
+_RANGE_WHY = "a score computed from them could overflow float32 (docs/api.md, Limits)"
 
 
 def duplicate_positions(idx: np.ndarray) -> tuple[int, int, int] | None:
@@ -124,17 +140,27 @@ def _sample_problems(st: RunState, reps: Sequence[ReportArrays]) -> list[tuple[i
 
     found: list[tuple[int, str] | None] = []
     # targets: finite (regression) or class ids in [0, c)
-    if st.config.task == "regression":
-        if not np.isfinite(tgt).all():
-            found.append((at(~np.isfinite(tgt).all(axis=1))[0], "targets contain NaN or Inf"))
-    elif tgt.size and (int(tgt.min()) < 0 or int(tgt.max()) >= c):
+    reg = st.config.task == "regression"
+    tgt_ok = not reg or _within(tgt, MAX_OUTPUT_ABS)  # the usual case: two passes, no temporary
+    if reg and not tgt_ok and not np.isfinite(tgt).all():
+        found.append((at(~np.isfinite(tgt).all(axis=1))[0], "targets contain NaN or Inf"))
+    elif not reg and tgt.size and (int(tgt.min()) < 0 or int(tgt.max()) >= c):
         j, i = at((tgt < 0) | (tgt >= c))
         v = int(reps[j].targets[i])
         found.append((j, f"targets[{i}] = {v} is not a class id in [0, {c})"))
-    # outputs: finite
-    if not np.isfinite(out).all():
-        j, i = at(~np.isfinite(out).all(axis=1))
-        found.append((j, f"outputs contain NaN or Inf (first in row {i})"))
+    # outputs: finite, and within the range the score's arithmetic holds (and so must
+    # regression targets be)
+    lim = FLOAT16_MAX if st.layout.output_dtype == "float16" else MAX_OUTPUT_ABS
+    if not _within(out, lim):
+        if not np.isfinite(out).all():
+            j, i = at(~np.isfinite(out).all(axis=1))
+            found.append((j, f"outputs contain NaN or Inf (first in row {i})"))
+        if (bad := _beyond(out, lim)) is not None:
+            j, i = at(bad)
+            found.append((j, f"outputs beyond ±{lim:g} (first in row {i}): {_RANGE_WHY}"))
+    if not tgt_ok and (bad := _beyond(tgt, MAX_OUTPUT_ABS)) is not None:
+        j, i = at(bad)
+        found.append((j, f"targets beyond ±{MAX_OUTPUT_ABS:g} (first in row {i})"))
     # features (optional, each report its own width): finite
     for j, rep in enumerate(reps):
         if rep.features is not None and not np.isfinite(rep.features).all():
@@ -147,6 +173,20 @@ def _sample_problems(st: RunState, reps: Sequence[ReportArrays]) -> list[tuple[i
     # indices: no sample twice within one report
     found.append(_duplicate_problem(reps, idx, sizes, n))
     return found
+
+
+def _within(values: np.ndarray, lim: float) -> bool:
+    """Every value finite and within ±lim: two reductions, no temporary (min and max are
+    NaN when a value is, and ±inf when one is)."""
+    return not values.size or (-lim <= float(values.min()) and float(values.max()) <= lim)
+
+
+def _beyond(values: np.ndarray, lim: float) -> np.ndarray | None:
+    """The (rows,) mask of rows of ``values`` with a value beyond ±lim (NaN is not), or
+    None when there is none."""
+    with np.errstate(invalid="ignore"):
+        rows = (np.abs(values) > lim).reshape(values.shape[0], -1).any(axis=1)
+    return rows if rows.any() else None
 
 
 def _locate(sizes: list[int], row: int) -> tuple[int, int]:

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from fastapi import APIRouter, Response
 
 from docl.services import metrics
 from docl.services.deps import EngineDep
-from docl.services.errors import ServiceUnavailable
+from docl.services.errors import ServiceUnavailable, classify_store_error
 
+log = logging.getLogger("docl.services")
 router = APIRouter(tags=["health"])
 
 
@@ -37,11 +39,15 @@ _VERSION = _version()  # read once: importlib.metadata parses files on every cal
     responses={503: {"description": "Redis is not reachable"}},
 )
 async def readyz(engine: EngineDep) -> dict[str, Any]:
-    """200 when Redis answers PING, 503 (problem+json) otherwise."""
+    """200 when Redis answers PING, 503 (problem+json) otherwise. Open without a token,
+    so the answer says what failed, never where the store lives (the log has that)."""
     try:
         await engine.store.ping()
     except Exception as e:  # any failure to reach Redis means "not ready"
-        raise ServiceUnavailable(f"Redis is not reachable: {type(e).__name__}: {e}") from None
+        log.warning("/readyz: the score store is not ready: %s: %s", type(e).__name__, e)
+        got = classify_store_error(e)
+        what = got[2] if got is not None else f"{type(e).__name__} (see the server log)"
+        raise ServiceUnavailable(f"not ready: {what}") from None
     return {"status": "ready", "redis": "ok"}
 
 

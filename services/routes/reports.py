@@ -11,7 +11,6 @@ from concurrent.futures.process import BrokenProcessPool
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Request, Response
-from redis.exceptions import RedisError
 from starlette.types import Receive, Scope, Send
 
 from docl.services.deps import EngineDep
@@ -24,6 +23,7 @@ from docl.services.errors import (
     UnsupportedMediaType,
     problem_response,
     redis_error_response,
+    store_error_kinds,
     unexpected_response,
 )
 from docl.services.routes._common import RUN_ID_DOC, problems
@@ -217,6 +217,9 @@ def parse_reports(content_type: str, body: bytes) -> tuple[list[ReportArrays], b
 
 
 #: ``POST /v1/runs/{run}/reports`` as the gateway matches it (the run id alphabet of RunId).
+#: What a store call may raise for a Redis (Cluster) failure (errors.store_error_kinds).
+STORE_ERRORS = store_error_kinds()
+
 FAST_PATH = re.compile(r"^/v1/runs/([A-Za-z0-9][A-Za-z0-9_.\-]{0,63})/reports$")
 
 
@@ -254,7 +257,7 @@ async def report_asgi(
             instance=path,
             headers=dict(e.headers) if e.headers else None,
         )
-    except RedisError as e:  # the same mapping as every FastAPI route (errors.install)
+    except STORE_ERRORS as e:  # the same mapping as every FastAPI route (errors.install)
         response = redis_error_response(e, method="POST", path=path)
     except Exception as e:
         response = unexpected_response(e, method="POST", path=path)

@@ -9,19 +9,20 @@ twice, against the DESIGN §1 formula written out by hand.
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 import numpy as np
 import pytest
 
+from docl.lab.crash import Tally, stream_reports
 from docl.services.embedded import RedisClusterProcess, RedisProcess, ServerProcess
 from docl.services.scoring import score_report
 from docl.wire import encoding as wire
@@ -873,7 +874,14 @@ def test_redis_killed_with_aof_loses_no_acknowledged_report(
         redis.kill()  # SIGKILL: no shutdown save, only what appendfsync=always put on disk
         r = http.get(f"/v1/runs/{run_id}")
         assert r.status_code == 503 and r.json()["status"] == 503  # a problem, not a hang or a 500
-        assert http.get("/readyz").status_code == 503
+        ready = http.get("/readyz")
+        assert ready.status_code == 503
+        # what failed, for the client; where the store lives, for the server's log only
+        for answer in (r, ready):
+            assert "Retry-After" in answer.headers
+            assert str(redis.port) not in answer.text and "127.0.0.1" not in answer.text
+            assert "score store" in answer.json()["detail"], answer.text
+        assert str(redis.port) in server.log_text()
         redis.start()
         after = get_scores(http, run_id)
         for a, b in zip(before, after, strict=True):
@@ -1054,6 +1062,17 @@ def test_docl_serve_on_a_redis_cluster_spreads_runs_over_its_nodes(
         assert http.get("/readyz").status_code == 200
 
 
+def _serve_refused(redis_url: str) -> subprocess.CompletedProcess[str]:
+    """``docl serve --redis-url redis_url``, which must exit at start (not serve)."""
+    out = subprocess.run(
+        [sys.executable, "-c", "from docl.client.cli import main; main()", "serve",
+         "--port", "0", "--redis-url", redis_url],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert out.returncode != 0, out.stderr
+    return out
+
+
 def test_docl_serve_refuses_a_cluster_that_does_not_serve_every_slot() -> None:
     with RedisClusterProcess(primaries=2) as cluster:
         lo, _ = cluster.slot_ranges()[1]
@@ -1061,14 +1080,18 @@ def test_docl_serve_refuses_a_cluster_that_does_not_serve_every_slot() -> None:
         deadline = time.monotonic() + 10
         while cluster.info(1)["cluster_state"] != "fail" and time.monotonic() < deadline:
             time.sleep(0.02)
-        out = subprocess.run(
-            [sys.executable, "-c", "from docl.client.cli import main; main()", "serve",
-             "--port", "0", "--redis-url", cluster.url],
-            capture_output=True, text=True, timeout=60,
-        )  # fmt: skip
-    assert out.returncode != 0
+        out = _serve_refused(cluster.url)
     assert "ClusterStateError" in out.stderr and "cluster_state=fail" in out.stderr
     assert "slots assigned 16374/16384" in out.stderr
+
+
+def test_docl_serve_refuses_a_plain_redis_url_on_a_cluster_node(
+    redis_cluster: RedisClusterProcess,
+) -> None:
+    """``--redis-url redis://…`` of a Redis Cluster node: refused at start, naming the
+    scheme to use (it used to start, say ready and answer every create with a 500)."""
+    out = _serve_refused(redis_cluster.nodes[0].url)
+    assert "Redis Cluster (cluster_enabled:1)" in out.stderr and "redis+cluster://" in out.stderr
 
 
 def test_report_stream_survives_sigkill_of_the_runs_primary(
@@ -1110,13 +1133,6 @@ def test_report_stream_survives_sigkill_of_the_runs_primary(
               f"the kill, {len(sent.failed)} attempts failed")  # fmt: skip
 
 
-@dataclass
-class KilledStream:
-    failed: list[float] = field(default_factory=list)  # when each attempt that failed ended
-    resent: set[int] = field(default_factory=set)  # the reports sent more than once
-    killed_at: float = 0.0
-
-
 def stream_reports_through_a_kill(
     http: httpx.Client,
     run_id: str,
@@ -1125,42 +1141,21 @@ def stream_reports_through_a_kill(
     *,
     kill: Callable[[], None],
     after: int = 20,
-) -> KilledStream:
+) -> Tally:
     """Four senders report ``batches`` of epoch 0 (report k has id ``r{k}``, lr_sum 0.1·k);
     once ``after`` are acknowledged ``kill()`` runs, with the others in flight. Every
     sender re-sends its report with the same id (as the SDK's Reporter does) until it is
-    acknowledged, for at most 30 s; a failed attempt must be a 5xx or a dropped
-    connection, never a 4xx, and only a re-sent report may be a duplicate."""
-    lock = threading.Lock()
-    acked: list[float] = []
-    got = KilledStream()
-
-    def send(k: int) -> None:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                r = report(http, run_id, rid=f"r{k}", epoch=0, lr_sum=0.1 * k,
-                           idx=batches[k], out=outs[k], tgt=batches[k] % 4)  # fmt: skip
-                if r.status_code == 200:
-                    assert r.json()["duplicate"] is False or k in got.resent, r.text
-                    break
-                assert r.status_code >= 500, r.text  # Redis gone: a 5xx, never a 4xx
-                last = f"{r.status_code} {r.text}"
-            except httpx.TransportError as e:
-                last = repr(e)
-            with lock:
-                got.failed.append(time.monotonic())
-                got.resent.add(k)
-            assert time.monotonic() < deadline, f"no failover within 30 s: {last}"
-            time.sleep(0.05)
-        with lock:
-            acked.append(time.monotonic())
-            if len(acked) == after:  # the others' reports are in flight now
-                kill()
-                got.killed_at = time.monotonic()
-
-    with ThreadPoolExecutor(4) as pool:
-        list(pool.map(send, range(len(batches))))
+    acknowledged, for at most 30 s (``docl.lab.crash.stream_reports``). Every failed
+    attempt must be a 503 with Retry-After or a dropped connection (never a 4xx or a 500)
+    and only a re-sent report may be a duplicate."""
+    bodies = [
+        (f"r{k}", wire.encode_report(report_id=f"r{k}", epoch=0, lr_sum=0.1 * k, indices=b,
+                                     outputs=outs[k], targets=b % 4))
+        for k, b in enumerate(batches)
+    ]  # fmt: skip
+    got = stream_reports(http, run_id, bodies, Tally("kill"), kill=kill, after=after, timeout=30)
+    assert got.details == [], got.details[:5]
+    assert got.acked == len(batches)
     return got
 
 
@@ -1268,3 +1263,108 @@ def test_with_wait_on_a_stopped_replica_gives_503_and_the_resend_is_applied_once
     replica = _replica_reader(replicated_cluster, run_id)
     assert int(replica.hget(f"{{run:{run_id}}}:counters", "reports")) == 2
     replica.close()
+
+
+@pytest.mark.parametrize("refusal", ["wait", "timeout"])
+def test_a_report_refused_after_it_was_applied_leaves_no_stale_state(
+    server_factory: Callable[..., ServerProcess], run_id: str, refusal: str
+) -> None:
+    """Issue 19's reproducer: one report per epoch of all 64 samples; epoch 1's report is
+    applied by Redis but answered 503, its re-send is a duplicate, and epoch 2's report
+    must be computed from the stored rows (the 503'd write included), not from the record
+    cache's pre-report copy under a write lease that skips the compare: every sample ends
+    with exactly 3 visits (2 before the fix).
+
+    ``wait``: a primary + one replica (AOF always), WAIT 1 / 300 ms, the replica
+    SIGSTOPped under epoch 1's report ("not yet durable"). ``timeout``: one Redis,
+    DOCL_REDIS_TIMEOUT_S=1, Redis itself SIGSTOPped under the report: a 503 saying Redis
+    did not answer in time (not re-sent by the fast client: it used to be taken for a lost
+    connection); whether or not the command ran, the run ends with every visit once."""
+    import os
+    import signal
+
+    from docl.lab.crash import replicated_pair
+
+    with contextlib.ExitStack() as stack:
+        if refusal == "wait":
+            primary, stopped = stack.enter_context(
+                replicated_pair(appendonly=True, appendfsync="always")
+            )
+            env = {"DOCL_REDIS_WAIT_REPLICAS": "1", "DOCL_REDIS_WAIT_MS": "300"}
+        else:
+            primary = stopped = stack.enter_context(
+                RedisProcess(appendonly=True, appendfsync="always")
+            )
+            env = {"DOCL_REDIS_TIMEOUT_S": "1"}
+        assert stopped.pid is not None
+        server = server_factory(redis_url=primary.url, env=env)
+        rng = np.random.default_rng(19)
+        http = stack.enter_context(httpx.Client(base_url=server.url, timeout=30))
+        create(http, run_id, num_samples=64, epochs=3, params={"warmup_epochs": 3})
+
+        def send(e: int) -> httpx.Response:
+            idx = shard(http, run_id, e)
+            out = rng.normal(size=(idx.size, 4)).astype(np.float32)
+            return report(http, run_id, rid=f"e{e}", epoch=e, lr_sum=0.5 * (e + 1),
+                          idx=idx, out=out, tgt=idx % 4)  # fmt: skip
+
+        draw(http, run_id, 0)
+        assert send(0).status_code == 200
+        draw(http, run_id, 1)
+        idx1 = shard(http, run_id, 1)
+        out1 = rng.normal(size=(idx1.size, 4)).astype(np.float32)
+        body = {"rid": "e1", "epoch": 1, "lr_sum": 1.0, "idx": idx1, "out": out1,
+                "tgt": idx1 % 4}  # fmt: skip
+        os.kill(stopped.pid, signal.SIGSTOP)
+        try:
+            r = report(http, run_id, **body)
+            assert r.status_code == 503 and r.headers["Retry-After"] == "1", r.text
+            why = "not yet durable" if refusal == "wait" else "did not answer in time"
+            assert why in r.json()["detail"], r.text
+        finally:
+            os.kill(stopped.pid, signal.SIGCONT)
+        again = report(http, run_id, **body)
+        assert again.status_code == 200, again.text
+        # WAIT: applied, so a duplicate. A timeout: here the command given up on did not
+        # run (its connection was closed), and the re-send applied it: once either way.
+        assert again.json()["duplicate"] is (refusal == "wait"), again.text
+        draw(http, run_id, 2)
+        assert send(2).status_code == 200
+        _, visits, lrs = get_scores(http, run_id)
+        counters = http.get(f"/v1/runs/{run_id}").json()["counters"]
+    assert (visits == 3).all(), np.bincount(visits)  # none lost (2 before the fix)
+    assert (lrs == 1.5).all()
+    assert counters["reports"] == 3 and counters["duplicates"] == (refusal == "wait")
+
+
+def test_outputs_whose_score_would_overflow_float32_are_refused_and_change_nothing(
+    http: httpx.Client,
+    server_url: str,
+    store_url: str,
+    run_id: str,
+    run_snapshot: Callable[[str, str], dict[str, Any]],
+) -> None:
+    """±3.4e38 is finite float32 but its arithmetic is not: such outputs used to be
+    accepted and leave visited samples with NaN scores (read as "never scored"). Now
+    outputs beyond ±1e15 are a 422 naming the limit; a report whose score still comes out
+    non-finite (a learning-rate sum that advanced by 1e-30) is a 422 naming the sample;
+    neither writes anything; a visited sample's second visit is always scored."""
+    create(http, run_id, num_samples=8, epochs=2, params={"warmup_epochs": 2})
+    draw(http, run_id, 0)
+    idx = np.arange(8)
+    big = np.tile(np.array([3.4e38, -3.4e38, 0.0, 1.0], np.float32), (8, 1))
+    before = run_snapshot(store_url, run_id)
+    r = report(http, run_id, rid="huge", epoch=0, lr_sum=0.0, idx=idx, out=big, tgt=idx % 4)
+    assert r.status_code == 422 and "beyond ±1e+15" in r.json()["detail"], r.text
+    assert run_snapshot(store_url, run_id) == before
+    edge = np.tile(np.array([1e15, -1e15, 0.0, 1.0], np.float32), (8, 1))
+    ok = report(http, run_id, rid="a", epoch=0, lr_sum=0.0, idx=idx, out=edge, tgt=idx % 4)
+    assert ok.status_code == 200, ok.text
+    before = run_snapshot(store_url, run_id)
+    r = report(http, run_id, rid="b", epoch=0, lr_sum=1e-30, idx=idx, out=-edge, tgt=idx % 4)
+    assert r.status_code == 422 and "not finite in float32" in r.json()["detail"], r.text
+    assert run_snapshot(store_url, run_id) == before
+    r = report(http, run_id, rid="c", epoch=0, lr_sum=0.5, idx=idx, out=-edge, tgt=idx % 4)
+    assert r.status_code == 200 and r.json()["scored"] == 8, r.text
+    scores, visits, _ = get_scores(http, run_id)
+    assert (visits == 2).all() and np.isfinite(scores).all()

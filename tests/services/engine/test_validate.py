@@ -2,7 +2,8 @@
 
 The reference below walks every report and every row in Python, in the order
 the checks are documented (shapes, lr_sum, epoch, then targets, outputs,
-features, index range, repeated index); ``validate_reports`` must raise its
+range of outputs and regression targets (±1e15), features, index range, repeated
+index); ``validate_reports`` must raise its
 message for the first failing report, naming the report when there are several,
 whatever mix of defects a request carries.
 """
@@ -63,6 +64,12 @@ def _reference(st: RunState, rep: ReportArrays) -> str | None:
     for i in range(b):
         if not all(math.isfinite(float(x)) for x in rep.outputs[i]):
             return f"outputs contain NaN or Inf (first in row {i})"
+    for i in range(b):
+        if any(abs(float(x)) > 1e15 for x in rep.outputs[i]):
+            return f"outputs beyond ±1e+15 (first in row {i})"
+    for i in range(b if regression else 0):
+        if any(abs(float(x)) > 1e15 for x in rep.targets[i]):
+            return f"targets beyond ±1e+15 (first in row {i})"
     if rep.features is not None and not all(
         math.isfinite(float(x)) for row in rep.features for x in row
     ):
@@ -85,7 +92,8 @@ def _reference(st: RunState, rep: ReportArrays) -> str | None:
 
 DEFECTS = (
     "empty", "outputs_shape", "targets_shape", "lr_nan", "lr_neg", "epoch", "target_value",
-    "output_nan", "feature_inf", "index_low", "index_high", "duplicate", "collide",
+    "output_nan", "output_big", "target_big", "feature_inf", "index_low", "index_high",
+    "duplicate", "collide",
 )  # fmt: skip
 
 
@@ -120,6 +128,10 @@ def _report(rng: np.random.Generator, j: int, regression: bool, defect: str | No
             tgt[row] = C if rng.random() < 0.5 else -1
     elif defect == "output_nan":
         out[row, int(rng.integers(0, C))] = np.nan
+    elif defect == "output_big":  # finite float32 whose arithmetic overflows (issue 19)
+        out[row, int(rng.integers(0, C))] = np.float32(3.4e38) * rng.choice([-1, 1])
+    elif defect == "target_big" and regression:
+        tgt[row, int(rng.integers(0, C))] = -2e15
     elif defect == "feature_inf":
         feats = np.zeros((b, 2), np.float32)
         feats[row, 1] = -np.inf
@@ -162,7 +174,8 @@ def test_the_validator_raises_the_first_failing_reports_first_problem(task: str)
         assert msg in e.value.detail, (e.value.detail, want)
         outcomes.add(msg.split(" ")[0])
     # the draw reached every kind of outcome
-    assert len(outcomes) >= 9, outcomes
+    assert len(outcomes) >= 9 and "outputs" in outcomes, outcomes
+    assert task != "regression" or "targets" in outcomes, outcomes
 
 
 def test_one_report_and_a_request_of_one_say_the_same() -> None:
@@ -191,3 +204,15 @@ def test_the_same_sample_in_two_reports_is_fine_but_a_repeated_report_id_is_not(
     validate_reports(st, [rep("a"), rep("b")])
     with pytest.raises(Unprocessable, match="report_id 'a' appears twice in one request"):
         validate_reports(st, [rep("a"), rep("b"), rep("a")])
+
+
+def test_a_float16_run_refuses_outputs_its_stored_copy_would_turn_into_inf() -> None:
+    st = _state("classification")
+    half = RunLayout("r", N, C, "float16", 1 << 20, loss_column=False, exp3=False)
+    st16 = RunState(**{**st.__dict__, "layout": half})
+    out = np.zeros((2, C), np.float32)
+    out[1, 2] = 7e4  # float16's largest is 65504: stored, it would read back as inf
+    rep = ReportArrays("x", 0, 0.5, np.array([1, 2], np.int64), out, np.array([0, 1]), None)
+    validate_report(st, rep)  # a float32 run keeps it
+    with pytest.raises(Unprocessable, match=r"outputs beyond ±65504 \(first in row 1\)"):
+        validate_report(st16, rep)
