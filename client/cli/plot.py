@@ -145,6 +145,7 @@ def metrics(
     paths: Annotated[
         list[Path],
         typer.Argument(
+            metavar="PATH",
             help="metrics.jsonl files, or the --out directories of `docl train` runs.",
             show_default=False,
         ),

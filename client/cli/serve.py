@@ -78,13 +78,11 @@ def serve(
 ) -> None:
     """Run the docl score server.
 
+    \b
     Examples:
-
-        docl serve                           # embedded Redis, 127.0.0.1:8000
-
-        docl serve --data-dir ./docl-data    # embedded Redis that persists (AOF)
-
-        docl serve --host 0.0.0.0 --token "$(openssl rand -hex 32)" --workers 4
+      docl serve                           # embedded Redis, 127.0.0.1:8000
+      docl serve --data-dir ./docl-data    # embedded Redis that persists (AOF)
+      docl serve --host 0.0.0.0 --token "$(openssl rand -hex 32)" --workers 4
 
     Off loopback a token is required (or --insecure, for those who mean it).
     """

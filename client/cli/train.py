@@ -153,16 +153,13 @@ def train(
 ) -> None:
     """Train a model following the score server's curriculum.
 
+    \b
     Examples:
-
-        docl train --task mnist1d --method docl --out out/demo
-
-        docl train --task digits --method random --workers 0 --epochs 20
-
-        docl train --task synthetic --task-param noise=0.4 -p tau=0.5 -p gamma=0.8
-
-        docl train --task my_pkg.data:make_task --workers 4 --ray-address auto \\
-            --server http://scores.internal:8000
+      docl train --task mnist1d --method docl --out out/demo
+      docl train --task digits --method random --workers 0 --epochs 20
+      docl train --task synthetic --task-param noise=0.4 -p tau=0.5 -p gamma=0.8
+      docl train --task my_pkg.data:make_task --workers 4 --ray-address auto \\
+          --server http://scores.internal:8000
     """
     if server is not None and not local:
         from docl.worker.probe import probe_server
