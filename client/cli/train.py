@@ -141,6 +141,13 @@ def train(
             show_default=False,
         ),
     ] = None,
+    overwrite: Annotated[
+        bool,
+        typer.Option(
+            "--overwrite",
+            help="Replace the outputs of an earlier job in --out (refused without it).",
+        ),
+    ] = False,
     outage_tolerance: Annotated[
         float | None,
         typer.Option(
@@ -174,7 +181,7 @@ def train(
     if server is None and not local:
         need_extra("fastapi", "server")
     from docl.worker.tasks import TaskError
-    from docl.worker.train import TrainError, TrainSpec
+    from docl.worker.train import TrainError, TrainInterrupted, TrainSpec
     from docl.worker.train import train as run_training
 
     # typed as a dict of Any: TrainSpec keeps its own default when the option is absent
@@ -203,6 +210,7 @@ def train(
         local=local,
         eval_every=eval_every,
         progress=sys.stdout.isatty() if progress is None else progress,
+        overwrite=overwrite,
         **tolerance,
     )
     try:
@@ -210,6 +218,11 @@ def train(
     except (TrainError, TaskError) as e:
         typer.echo(f"docl train: {e}", err=True)
         raise typer.Exit(code=2) from e
+    except TrainInterrupted as e:
+        typer.echo(f"docl train: {e}", err=True)
+        raise typer.Exit(code=130) from None
+    for warning in result.get("warnings", ()):
+        typer.echo(f"docl train: warning: {warning}", err=True)  # again, beside the result
     acc = result.get("test_accuracy")
     line = f"test_accuracy {acc:.4f}" if acc is not None else "test_accuracy -"
     if "test_mse" in result:

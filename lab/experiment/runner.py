@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from docl.lab.experiment.report import write_json_atomic, write_outputs
-from docl.lab.experiment.summary import row_line
+from docl.lab.experiment.summary import no_selection_warning, row_line
 from docl.lab.experiment.tasks import (
     DEFAULT_METHODS,
     STUDY_METHODS,
@@ -181,6 +181,7 @@ def execute_job(job: Job, server: str, out: str, ray_address: str | None = None)
             threads=1,
             progress=False,
             checkpoint=job.ray,  # Ray hands the history back through the last checkpoint
+            overwrite=True,  # an interrupted run of this job left its partial outputs here
             eval_every=1,
         )
         if job.kind == "study":
@@ -321,6 +322,9 @@ def run_experiment(spec: ExperimentSpec, echo: Callable[[str], None] = print) ->
                 server_proc.close()
     done = [rows[j.key] for j in jobs if j.key in rows]
     summary = write_outputs(done, out, variants=[v.label for v in spec.variants])
+    warnings = {(r["task"], r["variant"]): no_selection_warning(r) for r in done}
+    for warning in dict.fromkeys(w for w in warnings.values() if w is not None):
+        echo(warning)
     wall = time.perf_counter() - t_start
     summary["wall_time"] = wall
     summary["failures"] = [(j.key, err) for j, err in failures]
@@ -364,6 +368,7 @@ def _run_pool(
         ) as pool,
     ):
         bar = progress.add_task("", total=len(todo))
+        warned: set[tuple[str, str]] = set()
 
         def finish(fut: Future[dict[str, Any]], job: Job) -> None:
             try:
@@ -374,6 +379,10 @@ def _run_pool(
             else:
                 rows[job.key] = row
                 progress.console.print(row_line(row), markup=False, highlight=False, soft_wrap=True)
+                warning = no_selection_warning(row)
+                if warning is not None and (job.task, job.variant) not in warned:
+                    warned.add((job.task, job.variant))  # once per task × variant
+                    progress.console.print(warning, markup=False, highlight=False, soft_wrap=True)
             progress.advance(bar)
 
         # Ray runs first, one at a time: each starts (and stops) its own local Ray.

@@ -195,3 +195,104 @@ def test_train_from_python_probes_the_server_too(tmp_path: Path) -> None:
     ):
         train(TrainSpec(task="digits", server="http://127.0.0.1:1", out=str(tmp_path / "o")))
     assert not (tmp_path / "o").exists()
+
+
+def test_a_budget_that_ends_in_the_warmup_warns_and_a_used_out_is_refused(
+    tmp_path: Path,
+) -> None:
+    """`--epochs 2` ends in DoCL's 5 warmup epochs: the run trains like random SGD, and the
+    command says so (on stderr, beside the result) instead of reporting "docl on digits"
+    silently. The same --out again is refused (its outputs would be overwritten without
+    a word) until --overwrite, which replaces them."""
+    out = tmp_path / "o"
+    args = ("train", "--task", "digits", "--method", "docl", "--workers", "0", "--epochs", "2",
+            "--no-progress", "--out", str(out))  # fmt: skip
+    r = _docl(*args)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "(docl on digits, seed 0)" in r.stdout
+    warned = [x for x in r.stderr.splitlines() if "before its first selection epoch" in x]
+    assert len(warned) == 2, r.stderr  # when it starts, and again beside the result
+    assert "all 2 epochs" in warned[0] and "Selection starts after" in warned[0]
+    assert json.loads((out / "result.json").read_text())["warnings"]
+    first = (out / "result.json").read_text()
+
+    again = _docl(*args)
+    assert again.returncode == 2, again.stderr
+    assert f"{out} holds the outputs of an earlier job" in again.stderr
+    assert "--overwrite" in again.stderr and len(again.stderr.strip().splitlines()) == 1
+    assert (out / "result.json").read_text() == first  # untouched
+
+    (out / "ray").mkdir()  # a Ray run's storage from before: replaced, not piled up
+    (out / "ray" / "old-run").mkdir()
+    over = _docl(*args, "--overwrite")
+    assert over.returncode == 0, over.stderr[-3000:]
+    assert json.loads((out / "result.json").read_text())["run_id"] != json.loads(first)["run_id"]
+    assert not (out / "ray").exists()
+
+
+def test_no_warning_where_selection_happens_or_the_method_is_uniform() -> None:
+    from docl.worker.tasks import get_task
+    from docl.worker.train import TrainSpec, build_run, no_selection_warning
+
+    data = get_task("digits")
+    for method, epochs, warns in [("docl", 5, True), ("docl", 6, False), ("random", 2, False),
+                                  ("infobatch", 3, True)]:  # fmt: skip
+        run = build_run(TrainSpec(task="digits", method=method, epochs=epochs), data)
+        assert (no_selection_warning(run) is not None) == warns, (method, epochs)
+    run = build_run(TrainSpec(task="digits", method="docl", budget_batches=100), data)
+    assert no_selection_warning(run) is not None
+
+
+def test_ctrl_c_says_what_was_kept_and_marks_the_partial_job(tmp_path: Path) -> None:
+    """SIGINT mid-run: exit 130, one line naming the epochs kept in metrics.jsonl, an
+    interrupted.json marker and no result.json (before: rc 130, a traceback, no word)."""
+    import os
+    import signal
+    import time
+
+    out = tmp_path / "o"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "from docl.client.cli import main; main()", "train",
+         "--task", "digits", "--method", "docl", "--workers", "0", "--epochs", "200",
+         "--no-progress", "--out", str(out)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line or line.startswith("epoch   1 "):
+                break
+        assert line.startswith("epoch   1 "), line
+        os.kill(proc.pid, signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, stderr[-3000:]
+    assert "Traceback" not in stderr, stderr
+    (said,) = [x for x in stderr.splitlines() if "interrupted after" in x]
+    marker = json.loads((out / "interrupted.json").read_text())
+    assert marker["interrupted"] is True and marker["epochs"] >= 1
+    kept = (out / "metrics.jsonl").read_text().splitlines()
+    assert len(kept) == marker["epochs"]
+    assert f"interrupted after {marker['epochs']} finished epoch(s)" in said
+    assert "--overwrite" in said and not (out / "result.json").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_a_ray_run_says_it_starts_ray_and_writes_no_ansi_escapes_to_a_pipe(
+    tmp_path: Path,
+) -> None:
+    """Through Ray the command printed nothing for the ~20 s of Ray's start-up, and the
+    workers' lines reached a log file with ANSI colour escapes around their prefix."""
+    out = tmp_path / "o"
+    r = _docl("train", "--task", "digits", "--method", "random", "--workers", "1",
+              "--epochs", "1", "--out", str(out))  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "docl train: starting a local Ray" in r.stderr.splitlines()[0], r.stderr
+    assert "(RayTrainWorker pid=" in r.stdout + r.stderr
+    assert "\x1b[" not in r.stdout + r.stderr
+    assert "Traceback" not in r.stderr, r.stderr
