@@ -266,7 +266,7 @@ def test_ctrl_c_says_what_was_kept_and_marks_the_partial_job(tmp_path: Path) -> 
                 break
         assert line.startswith("epoch   1 "), line
         os.kill(proc.pid, signal.SIGINT)
-        stdout, stderr = proc.communicate(timeout=60)
+        _, stderr = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()
