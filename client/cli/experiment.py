@@ -95,5 +95,7 @@ def experiment(
     except ex.ExperimentError as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(code=2) from None
+    if summary.get("interrupted"):
+        raise typer.Exit(code=130)
     if summary["failures"]:
         raise typer.Exit(code=1)

@@ -252,12 +252,20 @@ def write_json_atomic(path: Path, doc: Any) -> None:
 
 
 def write_outputs(
-    rows: Sequence[dict[str, Any]], out: Path, variants: Sequence[str] | None = None
+    rows: Sequence[dict[str, Any]],
+    out: Path,
+    variants: Sequence[str] | None = None,
+    note: str | None = None,
 ) -> dict[str, Any]:
-    """results.csv, results.md, curves.png and (with study runs) study.png."""
+    """results.csv, results.md (``note`` under its title), curves.png and (with study
+    runs) study.png."""
     summary = summarize(rows, variants)
     write_csv(rows, out / "results.csv")
-    (out / "results.md").write_text(render_markdown(summary))
+    md = render_markdown(summary)
+    if note:
+        title, _, rest = md.partition("\n")
+        md = f"{title}\n\n{note}\n{rest}"
+    (out / "results.md").write_text(md)
     plot_curves(summary, out / "curves.png")
     if summary["study"]:
         plot_study(summary["study"], out / "study.png")
