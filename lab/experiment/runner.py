@@ -310,7 +310,6 @@ def run_experiment(spec: ExperimentSpec, echo: Callable[[str], None] = print) ->
     spec.validate()
     t_start = time.perf_counter()
     out = Path(spec.out)
-    out.mkdir(parents=True, exist_ok=True)
     jobs = build_jobs(
         spec.tasks,
         spec.variants,
@@ -320,7 +319,8 @@ def run_experiment(spec: ExperimentSpec, echo: Callable[[str], None] = print) ->
         study_task=spec.study_task,
         study_seeds=spec.study_seeds,
         ray_runs=spec.ray_runs,
-    )
+    )  # first: a task that does not import fails here, before the out folder exists
+    out.mkdir(parents=True, exist_ok=True)
     rows: dict[str, dict[str, Any]] = {}
     for j in jobs:
         r = load_row(out, j)

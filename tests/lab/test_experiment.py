@@ -333,7 +333,10 @@ def test_cli_rejects_a_bad_variant_and_an_unknown_task(tmp_path: Path) -> None:
     r = runner.invoke(app, ["experiment", "--tasks", "cifar", "--out", str(tmp_path / "y")])
     assert r.exit_code == 2
     assert "unknown task(s) cifar" in r.output
-    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+    r = runner.invoke(app, ["experiment", "--tasks", "no_such_pkg.data:make", "--out",
+                            str(tmp_path / "z")])  # fmt: skip
+    assert r.exit_code == 2 and "no_such_pkg" in r.output, r.output
+    assert not any((tmp_path / d).exists() for d in "xyz")  # no empty out folder left
 
 
 # ---------------------------------------------------------------------------
