@@ -128,6 +128,15 @@ def serve(
         typer.echo(f"docl serve: {e}", err=True)
         raise typer.Exit(code=2) from None
 
+    busy = _address_in_use(settings.host, settings.port)
+    if busy is not None:  # uvicorn would log "startup complete" first, then fail
+        typer.echo(
+            f"docl serve: cannot listen on {settings.host}:{settings.port}: {busy} (another "
+            "docl serve?); give another --port, or stop what listens there",
+            err=True,
+        )
+        raise typer.Exit(code=2)
+
     if settings.workers == 1:
         from docl.services.app import create_app
 
@@ -174,6 +183,22 @@ def serve(
         if embedded is not None:
             embedded.stop()
         shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def _address_in_use(host: str, port: int) -> str | None:
+    """Why ``host:port`` cannot be bound (e.g. "address already in use"), or None."""
+    import socket
+
+    if port == 0:
+        return None
+    try:
+        family, kind, proto, _, addr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        with socket.socket(family, kind, proto) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
+            sock.bind(addr)
+    except OSError as e:
+        return e.strerror or str(e)
+    return None
 
 
 def is_loopback(host: str) -> bool:
