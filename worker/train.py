@@ -30,6 +30,7 @@ import secrets
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -377,18 +378,26 @@ def _run_job(spec: TrainSpec, job: Job, t_start: float) -> dict[str, Any]:
             ray_started = _connect_ray(spec)
             from docl.worker.launcher import RayLaunch, launch
 
-            outcome = launch(
-                cfg,
-                data,
-                RayLaunch(
-                    num_workers=spec.workers,
-                    use_gpu=spec.use_gpu,
-                    cpus_per_worker=float(spec.threads or 1),
-                    max_failures=spec.max_failures,
-                    storage_path=str(out / "ray"),
-                    name=job.run_id,
-                ),
-            )
+            with _noting_sigint() as sigint:
+                try:
+                    outcome = launch(
+                        cfg,
+                        data,
+                        RayLaunch(
+                            num_workers=spec.workers,
+                            use_gpu=spec.use_gpu,
+                            cpus_per_worker=float(spec.threads or 1),
+                            max_failures=spec.max_failures,
+                            storage_path=str(out / "ray"),
+                            name=job.run_id,
+                        ),
+                    )
+                except BaseException:
+                    if sigint.seen:  # Ray's abort on Ctrl-C ends in SystemExit or an error
+                        raise KeyboardInterrupt from None
+                    raise
+                if sigint.seen:  # aborted, yet returned: the history is partial
+                    raise KeyboardInterrupt
             history = outcome.history
             final = history[-1] if history else outcome.metrics
             attempts = outcome.attempts
@@ -514,6 +523,39 @@ def _check_early(spec: TrainSpec) -> None:
         RunParams(**{k: v for k, v in spec.params.items() if k in RunParams.model_fields})
     except ValidationError as e:
         raise TrainError(f"invalid run config: {_pydantic_message(e)}") from e
+
+
+@dataclass
+class _Sigint:
+    seen: bool = False
+
+
+@contextlib.contextmanager
+def _noting_sigint() -> Iterator[_Sigint]:
+    """Note a Ctrl-C while Ray Train runs. Its ``fit()`` installs its own SIGINT handler
+    (abort the run, then exit with status 1 and no word); the handler it installs is
+    wrapped so that the job knows it was interrupted and says so like the in-process
+    loop does."""
+    import signal
+
+    note = _Sigint()
+    install = signal.signal
+
+    def noting(sig: int, handler: Any) -> Any:
+        if sig == signal.SIGINT and callable(handler):
+            inner = handler
+
+            def handler(signum: int, frame: Any) -> Any:
+                note.seen = True
+                return inner(signum, frame)
+
+        return install(sig, handler)
+
+    signal.signal = noting  # type: ignore[assignment]
+    try:
+        yield note
+    finally:
+        signal.signal = install
 
 
 def _tree_cpu_seconds(pid: int | None) -> float | None:
