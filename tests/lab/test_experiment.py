@@ -498,37 +498,15 @@ def test_ctrl_c_keeps_the_finished_runs_and_says_a_rerun_resumes(tmp_path: Path)
     """Ctrl-C (SIGINT to the terminal's process group) after the first finished run:
     exit 130, results for the runs done marked partial, interrupted.json, and a line
     saying that the same command resumes (before: a traceback and no word)."""
-    import os
-    import signal
-    import subprocess
-    import sys
-    import time
+    from tests.cli_interrupt import interrupt_docl
 
     out = tmp_path / "exp"
-    proc = subprocess.Popen(
-        [sys.executable, "-c", "from docl.client.cli import main; main()", "experiment",
-         "--quick", "--tasks", "digits", "--methods", "random,docl", "--seeds", "3",
-         "--study", "none", "--jobs", "1", "--ray-runs", "0", "--no-progress",
-         "--out", str(out)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+    rc, output, _ = interrupt_docl(
+        "experiment", "--quick", "--tasks", "digits", "--methods", "random,docl", "--seeds",
+        "3", "--study", "none", "--jobs", "1", "--ray-runs", "0", "--no-progress", "--out",
+        str(out), when=lambda line: line.startswith("digits "),  # a finished run's row line
     )  # fmt: skip
-    lines: list[str] = []
-    try:
-        assert proc.stdout is not None
-        deadline = time.monotonic() + 240
-        while time.monotonic() < deadline:
-            line = proc.stdout.readline()
-            lines.append(line)
-            if not line or line.startswith("digits "):  # a finished run's row line
-                break
-        assert lines[-1].startswith("digits "), "".join(lines)
-        os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
-        rest, _ = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-    output = "".join(lines) + rest
-    assert proc.returncode == 130, output[-3000:]
+    assert rc == 130, output[-3000:]
     assert "Traceback" not in output, output[-3000:]
     marker = json.loads((out / "interrupted.json").read_text())
     assert marker["runs"] == 6 and 1 <= marker["runs_done"] < 6

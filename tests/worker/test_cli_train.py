@@ -246,33 +246,16 @@ def test_no_warning_where_selection_happens_or_the_method_is_uniform() -> None:
 def test_ctrl_c_says_what_was_kept_and_marks_the_partial_job(tmp_path: Path) -> None:
     """SIGINT mid-run: exit 130, one line naming the epochs kept in metrics.jsonl, an
     interrupted.json marker and no result.json (before: rc 130, a traceback, no word)."""
-    import os
-    import signal
-    import time
+    from tests.cli_interrupt import interrupt_docl
 
     out = tmp_path / "o"
-    proc = subprocess.Popen(
-        [sys.executable, "-c", "from docl.client.cli import main; main()", "train",
-         "--task", "digits", "--method", "docl", "--workers", "0", "--epochs", "200",
-         "--no-progress", "--out", str(out)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    rc, output, _ = interrupt_docl(
+        "train", "--task", "digits", "--method", "docl", "--workers", "0", "--epochs", "200",
+        "--no-progress", "--out", str(out), when=lambda line: line.startswith("epoch   1 "),
     )  # fmt: skip
-    try:
-        assert proc.stdout is not None
-        deadline = time.monotonic() + 240
-        while time.monotonic() < deadline:
-            line = proc.stdout.readline()
-            if not line or line.startswith("epoch   1 "):
-                break
-        assert line.startswith("epoch   1 "), line
-        os.kill(proc.pid, signal.SIGINT)
-        _, stderr = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 130, stderr[-3000:]
-    assert "Traceback" not in stderr, stderr
-    (said,) = [x for x in stderr.splitlines() if "interrupted after" in x]
+    assert rc == 130, output[-3000:]
+    assert "Traceback" not in output, output
+    (said,) = [x for x in output.splitlines() if "interrupted after" in x]
     marker = json.loads((out / "interrupted.json").read_text())
     assert marker["interrupted"] is True and marker["epochs"] >= 1
     kept = (out / "metrics.jsonl").read_text().splitlines()
@@ -290,37 +273,18 @@ def test_a_ray_run_says_it_starts_ray_writes_no_ansi_escapes_and_stops_on_ctrl_c
     workers' lines reached a pipe with ANSI colour escapes around their prefix; and
     Ctrl-C (SIGINT to the process group, as a terminal sends it) ended with status 1
     and no word, Ray Train's own handler having aborted the run."""
-    import os
-    import signal
-    import time
+    from tests.cli_interrupt import interrupt_docl
 
     out = tmp_path / "o"
-    proc = subprocess.Popen(
-        [sys.executable, "-c", "from docl.client.cli import main; main()", "train",
-         "--task", "digits", "--method", "docl", "--workers", "1", "--epochs", "300",
-         "--no-progress", "--out", str(out)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+    rc, output, lines = interrupt_docl(
+        "train", "--task", "digits", "--method", "docl", "--workers", "1", "--epochs", "300",
+        "--no-progress", "--out", str(out), when=lambda line: "epoch   2 " in line,
     )  # fmt: skip
-    lines: list[str] = []
-    try:
-        assert proc.stdout is not None
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
-            lines.append(proc.stdout.readline())
-            if not lines[-1] or "epoch   2 " in lines[-1]:
-                break
-        assert "epoch   2 " in lines[-1], "".join(lines)
-        os.killpg(proc.pid, signal.SIGINT)
-        rest, _ = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-    output = "".join(lines) + rest
     assert lines[0].startswith("docl train: starting a local Ray"), output[-3000:]
     assert "(RayTrainWorker pid=" in output
     assert "\x1b[" not in output
     assert "Traceback" not in output, output[-3000:]
-    assert proc.returncode == 130, output[-3000:]
+    assert rc == 130, output[-3000:]
     assert "docl train: interrupted after " in output and "--overwrite" in output
     marker = json.loads((out / "interrupted.json").read_text())
     assert marker["epochs"] >= 2 and not (out / "result.json").exists()
