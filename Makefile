@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml
 	@echo "== installed; .venv/bin/docl is ready"
 
 demo: $(STAMP)
-	$(BIN)/docl train --task mnist1d --method docl --out out/demo
+	$(BIN)/docl train --task mnist1d --method docl --out out/demo --overwrite
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -46,7 +46,10 @@ Outages. When the score server (or its Redis) is down, the reporter buffers
 and retries on its own; the draw and the index fetch wait for the server to
 come back for up to ``outage_tolerance`` seconds (default 120, or
 ``$DOCL_OUTAGE_TOLERANCE_S``), logging that they wait, then raise
-(:func:`ride_out`).
+(:func:`ride_out`). A server that has never answered is not waited for: the
+first request of :meth:`~CurriculumSampler.connect` fails in seconds with one
+line (:func:`first_contact`): a wrong address is far likelier than an outage at
+that moment.
 
 This module needs torch (``pip install 'docl[worker]'`` or any torch);
 ``import docl.client`` does not import it.
@@ -81,6 +84,7 @@ __all__ = [
     "CurriculumSampler",
     "WithIndices",
     "default_outage_tolerance",
+    "first_contact",
     "ride_out",
 ]
 
@@ -183,6 +187,30 @@ def ride_out(
                     what,
                 )
             return result
+
+
+def first_contact(client: ScoreClient, call: Callable[[], T], *, tolerance: float, what: str) -> T:
+    """``call()`` as the first request to ``client``'s server. A server that never
+    answered is a typo or one that was not started, not an outage: no connection fails
+    at once (after the client's own few retries, seconds) with one line saying so. A
+    server that answers with 5xx or 429 is up but busy or restarting: that is ridden
+    out (:func:`ride_out`), as every later outage is."""
+    retries, client.retries = client.retries, min(client.retries, 1)  # one retry: seconds
+    try:
+        return call()
+    except TransportError as e:
+        cause = str(e).rsplit(": ", 1)[-1]  # the last reason, e.g. "Connection refused"
+        raise TransportError(
+            f"no score server answers at {client.base_url} ({cause}) while {what}; check the "
+            "address (server=… or $DOCL_SERVER) or start one with `docl serve` (an outage "
+            "of a server that did answer is waited out instead)"
+        ) from None
+    except Exception as e:
+        if not _outage(e):
+            raise
+    finally:
+        client.retries = retries
+    return ride_out(call, tolerance=tolerance, what=what)
 
 
 def _dist_rank_world() -> tuple[int, int]:
@@ -297,7 +325,8 @@ class _Curriculum:
                 if params is not None:
                     fields["params"] = params
                 fields = {k: v for k, v in fields.items() if v is not None}
-                ride_out(
+                first_contact(
+                    client,
                     lambda: client.create_run(**fields),
                     tolerance=tolerance,
                     what=f"creating run {run_id!r}",
@@ -308,7 +337,8 @@ class _Curriculum:
                         "num_outputs, epochs and params create a run: give num_samples too "
                         "(or none of them, to join a run that exists)"
                     )
-                ride_out(
+                first_contact(
+                    client,
                     lambda: client.get_run(run_id),
                     tolerance=tolerance,
                     what=f"looking up run {run_id!r}",

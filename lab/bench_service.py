@@ -510,7 +510,9 @@ def run_service_bench(
                 url = redis.unix_url  # as `docl serve` reaches its embedded Redis
             assert url is not None
             with ServerProcess(redis_url=url) as server:
-                echo(f"\n[{name}] redis {url}, server {server.url} (pid {server.pid})")
+                echo(
+                    f"\n[{name}] redis {_no_password(url)}, server {server.url} (pid {server.pid})"
+                )
                 reps: list[ReportResult] = []
                 if reports and batches and widths:
                     echo(
@@ -582,3 +584,17 @@ def run_service_bench(
     if bad:
         echo(f"\n{bad} report(s) failed or were miscounted: see above")
     return result
+
+
+def _no_password(url: str) -> str:
+    """``url`` with its password (if any) replaced by ``***``: the embedded Redis's is a
+    secret, and benchmark output gets pasted into issues."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    netloc = f"{user}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))

@@ -27,8 +27,10 @@ import json
 import os
 import re
 import secrets
+import sys
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -42,11 +44,29 @@ from docl.worker.probe import probe_server
 from docl.worker.session import LocalSession
 from docl.worker.tasks import TaskData, get_task
 
-__all__ = ["TrainError", "TrainSpec", "build_run", "train"]
+__all__ = [
+    "INTERRUPTED",
+    "OUTPUTS",
+    "TrainError",
+    "TrainInterrupted",
+    "TrainSpec",
+    "build_run",
+    "no_selection_warning",
+    "train",
+]
+
+#: What a job writes in its output folder (``--overwrite`` replaces exactly these).
+OUTPUTS = ("metrics.jsonl", "result.json", "server.log", "interrupted.json", "checkpoint", "ray")
+#: The marker of a job stopped by Ctrl-C (SIGINT): what it kept, and that it has no result.
+INTERRUPTED = "interrupted.json"
 
 
 class TrainError(ValueError):
     """The job cannot start as specified; the message says what to change."""
+
+
+class TrainInterrupted(KeyboardInterrupt):
+    """Ctrl-C (SIGINT) stopped the job; ``str()`` says what it kept and where."""
 
 
 @dataclass
@@ -79,6 +99,9 @@ class TrainSpec:
     # Seconds a worker waits for a score server (or its Redis) that is down before
     # failing; None: $DOCL_OUTAGE_TOLERANCE_S, else 120. Reports buffer meanwhile.
     outage_tolerance: float | None = None
+    # An `out` folder that holds an earlier job's outputs is refused unless this is set;
+    # then those outputs (metrics, result, checkpoints, Ray's storage) are replaced.
+    overwrite: bool = False
 
 
 def _pydantic_message(e: ValidationError) -> str:
@@ -154,6 +177,7 @@ def prepare_job(spec: TrainSpec) -> Job:
     run = build_run(spec, data)
     assert run.run_id is not None  # build_run names every run
     out = Path(spec.out or Path("out") / run.run_id)
+    _claim_out(out, spec.overwrite)
     out.mkdir(parents=True, exist_ok=True)
     metrics_path = out / "metrics.jsonl"
     metrics_path.write_text("")
@@ -165,6 +189,88 @@ def prepare_job(spec: TrainSpec) -> Job:
     return Job(data, run, run.run_id, out, metrics_path, weight_decay)
 
 
+def _claim_out(out: Path, overwrite: bool) -> None:
+    """Refuse an output folder holding an earlier job's outputs (its metrics would be
+    overwritten without a word), or with ``overwrite`` remove exactly those outputs."""
+    used = [name for name in OUTPUTS if (out / name).exists()]
+    if not used:
+        return
+    if not overwrite:
+        raise TrainError(
+            f"{out} holds the outputs of an earlier job ({', '.join(used)}); give another "
+            "--out, or --overwrite to replace them"
+        )
+    import shutil
+
+    for name in used:
+        path = out / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+
+
+def no_selection_warning(run: RunCreate) -> str | None:
+    """One sentence when ``run``'s method selects samples but its plan — cut by
+    ``epochs`` or ``budget_batches`` — ends before the first selection epoch: such a
+    run trains every sample uniformly, exactly like random SGD, and its accuracy says
+    nothing about the method. None otherwise (and for uniform methods)."""
+    from docl.services import methods
+    from docl.services.plan import build_plan
+
+    try:
+        if methods.get_method(run.method).uniform:
+            return None
+    except ValueError:  # a method only a remote server knows
+        return None
+    plan = build_plan(run)
+    if not plan or any(e.phase == "select" for e in plan):
+        return None
+    warm = run.params.warmup_epochs
+    uncut = run.model_copy(
+        update={
+            "epochs": warm + 1,
+            "params": run.params.model_copy(update={"budget_batches": None}),
+        }
+    )
+    first = sum(e.steps for e in build_plan(uncut) if e.phase != "select")
+    return (
+        f"the plan ends before its first selection epoch: all {len(plan)} epochs "
+        f"({sum(e.steps for e in plan)} batches) are warmup on every sample, so this run "
+        f"trains like random SGD and says nothing about {run.method!r}. Selection starts "
+        f"after {first} batches ({warm} warmup epochs): give more --epochs or "
+        "--budget-batches, or fewer warmup epochs (-p warmup_epochs=N)"
+    )
+
+
+def _say(line: str) -> None:
+    """A progress line of the job on stderr (stdout keeps the epoch lines and the result)."""
+    print(f"docl train: {line}", file=sys.stderr, flush=True)
+
+
+def _interrupted(out: Path, run_id: str, metrics_path: Path) -> TrainInterrupted:
+    """Write ``OUT/interrupted.json`` (the partial-result marker) and say what was kept."""
+    epochs: list[dict[str, Any]] = []
+    with contextlib.suppress(OSError, ValueError):
+        epochs = [json.loads(x) for x in metrics_path.read_text().splitlines() if x.strip()]
+    last = epochs[-1] if epochs else {}
+    marker = {
+        "interrupted": True,
+        "run_id": run_id,
+        "epochs": len(epochs),
+        "batches": last.get("batches", 0),
+        "test_accuracy": last.get("test_accuracy"),
+        "metrics": metrics_path.name,
+    }
+    with contextlib.suppress(OSError):
+        (out / INTERRUPTED).write_text(json.dumps(marker, indent=2) + "\n")
+    return TrainInterrupted(
+        f"interrupted after {len(epochs)} finished epoch(s), {marker['batches']} batches: "
+        f"{metrics_path} keeps them and {out / INTERRUPTED} marks the job as partial (no "
+        "result.json). Run the command again with --overwrite to start over"
+    )
+
+
 def train(spec: TrainSpec) -> dict[str, Any]:
     """Run one training job (see the module docs); return what ``result.json`` holds."""
     t_start = time.perf_counter()
@@ -174,6 +280,22 @@ def train(spec: TrainSpec) -> dict[str, Any]:
         if problem is not None:
             raise TrainError(problem)
     job = prepare_job(spec)
+    run, out, metrics_path = job.run, job.out, job.metrics_path
+    warning = no_selection_warning(run)
+    if warning is not None:
+        _say(f"warning: {warning}")
+    try:
+        result = _run_job(spec, job, t_start)
+    except KeyboardInterrupt:
+        raise _interrupted(out, job.run_id, metrics_path) from None
+    if warning is not None:
+        result["warnings"] = [warning]
+    (out / "result.json").write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def _run_job(spec: TrainSpec, job: Job, t_start: float) -> dict[str, Any]:
+    """Steps 2–5 of the module docs for a prepared job; returns the result."""
     data, run, out, metrics_path = job.data, job.run, job.out, job.metrics_path
     weight_decay = job.weight_decay
 
@@ -256,18 +378,26 @@ def train(spec: TrainSpec) -> dict[str, Any]:
             ray_started = _connect_ray(spec)
             from docl.worker.launcher import RayLaunch, launch
 
-            outcome = launch(
-                cfg,
-                data,
-                RayLaunch(
-                    num_workers=spec.workers,
-                    use_gpu=spec.use_gpu,
-                    cpus_per_worker=float(spec.threads or 1),
-                    max_failures=spec.max_failures,
-                    storage_path=str(out / "ray"),
-                    name=job.run_id,
-                ),
-            )
+            with _noting_sigint() as sigint:
+                try:
+                    outcome = launch(
+                        cfg,
+                        data,
+                        RayLaunch(
+                            num_workers=spec.workers,
+                            use_gpu=spec.use_gpu,
+                            cpus_per_worker=float(spec.threads or 1),
+                            max_failures=spec.max_failures,
+                            storage_path=str(out / "ray"),
+                            name=job.run_id,
+                        ),
+                    )
+                except BaseException:
+                    if sigint.seen:  # Ray's abort on Ctrl-C ends in SystemExit or an error
+                        raise KeyboardInterrupt from None
+                    raise
+                if sigint.seen:  # aborted, yet returned: the history is partial
+                    raise KeyboardInterrupt
             history = outcome.history
             final = history[-1] if history else outcome.metrics
             attempts = outcome.attempts
@@ -323,7 +453,6 @@ def train(spec: TrainSpec) -> dict[str, Any]:
         result["test_mse"] = final["test_mse"]
     if "val_accuracy" in final:
         result["val_accuracy"] = final["val_accuracy"]
-    (out / "result.json").write_text(json.dumps(result, indent=2) + "\n")
     return result
 
 
@@ -396,6 +525,39 @@ def _check_early(spec: TrainSpec) -> None:
         raise TrainError(f"invalid run config: {_pydantic_message(e)}") from e
 
 
+@dataclass
+class _Sigint:
+    seen: bool = False
+
+
+@contextlib.contextmanager
+def _noting_sigint() -> Iterator[_Sigint]:
+    """Note a Ctrl-C while Ray Train runs. Its ``fit()`` installs its own SIGINT handler
+    (abort the run, then exit with status 1 and no word); the handler it installs is
+    wrapped so that the job knows it was interrupted and says so like the in-process
+    loop does."""
+    import signal
+
+    note = _Sigint()
+    install = signal.signal
+
+    def noting(sig: int, handler: Any) -> Any:
+        if sig == signal.SIGINT and callable(handler):
+            inner = handler
+
+            def handler(signum: int, frame: Any) -> Any:
+                note.seen = True
+                return inner(signum, frame)
+
+        return install(sig, handler)
+
+    signal.signal = noting  # type: ignore[assignment]
+    try:
+        yield note
+    finally:
+        signal.signal = install
+
+
 def _tree_cpu_seconds(pid: int | None) -> float | None:
     """User + system CPU seconds of ``pid`` and its live descendants (Linux /proc),
     e.g. the score server and its embedded redis-server; None where /proc is missing."""
@@ -451,7 +613,12 @@ def _connect_ray(spec: TrainSpec) -> bool:
 
     if ray.is_initialized():
         return False
+    if not sys.stdout.isatty():
+        # Ray colours the "(RayTrainWorker pid=…)" prefix of the workers' lines with ANSI
+        # escapes, which a log file or a pipe keeps as noise.
+        os.environ.setdefault("RAY_COLOR_PREFIX", "0")
     if spec.ray_address:
+        _say(f"connecting to Ray at {spec.ray_address}…")
         ray.init(address=spec.ray_address, log_to_driver=True)
     else:
         import logging
@@ -461,6 +628,9 @@ def _connect_ray(spec: TrainSpec) -> bool:
         for key, value in ray_quiet.ENV.items():
             os.environ.setdefault(key, value)
         cpus = max(os.cpu_count() or 1, spec.workers * int(spec.threads or 1))
+        _say(
+            f"starting a local Ray for {spec.workers} worker(s)… (10–30 s; --workers 0 trains without Ray)"
+        )
         ray.init(
             num_cpus=cpus,
             include_dashboard=False,

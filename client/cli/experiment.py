@@ -33,8 +33,7 @@ def experiment(
         str,
         typer.Option(
             help=f"Comma-separated methods ({method_names()}) or variants, e.g. "
-            "'random,random-subset,docl,infobatch,docl\\[tau=1,normalize=none],"
-            "infobatch\\[prune_ratio=0.3]'."
+            "random,docl,'docl[tau=1]' (quote a variant in the shell)."
         ),
     ] = "random,random-subset,spl,mcl,docl-nr,docl",
     variants: Annotated[
@@ -96,5 +95,7 @@ def experiment(
     except ex.ExperimentError as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(code=2) from None
+    if summary.get("interrupted"):
+        raise typer.Exit(code=130)
     if summary["failures"]:
         raise typer.Exit(code=1)

@@ -2,7 +2,7 @@
 
     docl plot scores RUN                               # score and visit histograms -> out/RUN/scores.png
     docl plot metrics out/*/metrics.jsonl              # test accuracy vs batches, one line per run -> out/metrics.png
-    docl plot metrics out/docl-* --label method        # one line per method (mean ± std over seeds)
+    docl plot metrics out/mnist1d-* --label method     # one line per task and method (mean ± std over seeds)
 
 matplotlib comes with the ``worker`` extra; it is imported only when a command runs.
 """
@@ -18,6 +18,7 @@ from typing import Annotated, Any
 import numpy as np
 import typer
 
+from docl.client import NotFoundError
 from docl.client.cli import app, need_extra
 from docl.client.cli.runs import RunArg, ServerOpt, TokenOpt, connect, fetch_scores
 
@@ -60,7 +61,11 @@ def scores(
 ) -> None:
     """Histogram of a run's per-sample scores (scored samples only) and of visits per sample."""
     with connect(server, token) as client:
-        run = client.get_run(run_id)
+        try:
+            run = client.get_run(run_id)
+        except NotFoundError:
+            typer.echo(_gone(run_id, client.base_url), err=True)
+            raise typer.Exit(1) from None
         table = fetch_scores(client, run_id)
     plt = _pyplot()
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
@@ -87,6 +92,28 @@ def scores(
     fig.savefig(target, dpi=120)
     plt.close(fig)
     typer.echo(f"wrote {target}")
+
+
+def _gone(run_id: str, server: str) -> str:
+    """Why ``run_id`` is not on ``server``: most often a run of ``docl train`` without
+    --server, whose own score server (with its runs) stopped with the job."""
+    line = f"error: run {run_id!r} does not exist on the score server at {server}"
+    result = Path("out") / run_id / "result.json"
+    try:
+        embedded = result.is_file() and json.loads(result.read_text()).get("server") is None
+    except (OSError, ValueError):
+        embedded = False
+    why = (
+        f"; {result} says it was trained without --server: that job's own score server, "
+        "and its runs, stopped with it"
+        if embedded
+        else "; a run of `docl train` without --server lives on that job's own server only "
+        "while the job runs"
+    )
+    return (
+        f"{line}{why}. To plot a run's scores, start `docl serve` and train with "
+        "--server http://127.0.0.1:8000 (docl runs list shows what a server holds)"
+    )
 
 
 def load_metrics(path: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
@@ -145,6 +172,7 @@ def metrics(
     paths: Annotated[
         list[Path],
         typer.Argument(
+            metavar="PATH",
             help="metrics.jsonl files, or the --out directories of `docl train` runs.",
             show_default=False,
         ),
@@ -155,8 +183,8 @@ def metrics(
         str | None,
         typer.Option(
             help="Group runs by this key (in result.json or the rows, e.g. 'method'): one "
-            "line per value, the mean ± std of runs that share x values (e.g. several "
-            "seeds). Default: one line per run, named task · method · seed.",
+            "line per task and value, the mean ± std of runs that share x values (e.g. "
+            "several seeds). Default: one line per run, named task · method · seed.",
             show_default=False,
         ),
     ] = None,
@@ -186,6 +214,9 @@ def metrics(
     tasks: list[str] = []
     for p in paths:
         file = p / "metrics.jsonl" if p.is_dir() else p
+        if p.is_dir() and not file.exists():  # e.g. out/RUN holding only scores.png
+            typer.echo(f"warning: skipped {p}: no metrics.jsonl in it", err=True)
+            continue
         try:
             rows, result = load_metrics(p)
             xy = _series(rows, x, y)
@@ -196,12 +227,14 @@ def metrics(
             typer.echo(f"warning: skipped {file}: {reason}", err=True)
             continue
         name = _run_name(file, rows, result)
+        task = result.get("task") or (rows[0].get("task") if rows else None)
         key = name if label is None else _group_label(file, rows, result, label)
+        if label is not None and label != "task" and task is not None:
+            key = f"{task} · {key}"  # one method on two tasks: two lines, never one average
         if label is None and key in groups:  # two runs with one name: tell them apart
             key = f"{name} ({file.parent.name})"
         groups[key].append(xy)
         files.append(file)
-        task = result.get("task") or (rows[0].get("task") if rows else None)
         if task is not None and str(task) not in tasks:
             tasks.append(str(task))
     if not groups:

@@ -62,7 +62,10 @@ TokenOpt = Annotated[
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 RunArg = Annotated[
-    str, typer.Argument(help="The run's id (see `docl runs list`).", show_default=False)
+    str,
+    typer.Argument(
+        metavar="RUN_ID", help="The run's id (see `docl runs list`).", show_default=False
+    ),
 ]
 
 

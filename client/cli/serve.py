@@ -78,13 +78,11 @@ def serve(
 ) -> None:
     """Run the docl score server.
 
+    \b
     Examples:
-
-        docl serve                           # embedded Redis, 127.0.0.1:8000
-
-        docl serve --data-dir ./docl-data    # embedded Redis that persists (AOF)
-
-        docl serve --host 0.0.0.0 --token "$(openssl rand -hex 32)" --workers 4
+      docl serve                           # embedded Redis, 127.0.0.1:8000
+      docl serve --data-dir ./docl-data    # embedded Redis that persists (AOF)
+      docl serve --host 0.0.0.0 --token "$(openssl rand -hex 32)" --workers 4
 
     Off loopback a token is required (or --insecure, for those who mean it).
     """
@@ -135,6 +133,15 @@ def serve(
     except ValueError as e:
         typer.echo(f"docl serve: {e}", err=True)
         raise typer.Exit(code=2) from None
+
+    busy = _address_in_use(settings.host, settings.port)
+    if busy is not None:  # uvicorn would log "startup complete" first, then fail
+        typer.echo(
+            f"docl serve: cannot listen on {settings.host}:{settings.port}: {busy} (another "
+            "docl serve?); give another --port, or stop what listens there",
+            err=True,
+        )
+        raise typer.Exit(code=2)
 
     from docl.services.connections import protocol_for
 
@@ -194,6 +201,22 @@ def _slow_client_bounds(settings: Any) -> dict[str, Any]:
         "timeout_graceful_shutdown": settings.shutdown_timeout_s,
         "ws": "none",  # no WebSocket route: an Upgrade stays plain HTTP, under the same bounds
     }
+
+
+def _address_in_use(host: str, port: int) -> str | None:
+    """Why ``host:port`` cannot be bound (e.g. "address already in use"), or None."""
+    import socket
+
+    if port == 0:
+        return None
+    try:
+        family, kind, proto, _, addr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        with socket.socket(family, kind, proto) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
+            sock.bind(addr)
+    except OSError as e:
+        return e.strerror or str(e)
+    return None
 
 
 def is_loopback(host: str) -> bool:

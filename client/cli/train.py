@@ -141,6 +141,13 @@ def train(
             show_default=False,
         ),
     ] = None,
+    overwrite: Annotated[
+        bool,
+        typer.Option(
+            "--overwrite",
+            help="Replace the outputs of an earlier job in --out (refused without it).",
+        ),
+    ] = False,
     outage_tolerance: Annotated[
         float | None,
         typer.Option(
@@ -153,16 +160,13 @@ def train(
 ) -> None:
     """Train a model following the score server's curriculum.
 
+    \b
     Examples:
-
-        docl train --task mnist1d --method docl --out out/demo
-
-        docl train --task digits --method random --workers 0 --epochs 20
-
-        docl train --task synthetic --task-param noise=0.4 -p tau=0.5 -p gamma=0.8
-
-        docl train --task my_pkg.data:make_task --workers 4 --ray-address auto \\
-            --server http://scores.internal:8000
+      docl train --task mnist1d --method docl --out out/demo
+      docl train --task digits --method random --workers 0 --epochs 20
+      docl train --task synthetic --task-param noise=0.4 -p tau=0.5 -p gamma=0.8
+      docl train --task my_pkg.data:make_task --workers 4 --ray-address auto \\
+          --server http://scores.internal:8000
     """
     if server is not None and not local:
         from docl.worker.probe import probe_server
@@ -177,7 +181,7 @@ def train(
     if server is None and not local:
         need_extra("fastapi", "server")
     from docl.worker.tasks import TaskError
-    from docl.worker.train import TrainError, TrainSpec
+    from docl.worker.train import TrainError, TrainInterrupted, TrainSpec
     from docl.worker.train import train as run_training
 
     # typed as a dict of Any: TrainSpec keeps its own default when the option is absent
@@ -206,6 +210,7 @@ def train(
         local=local,
         eval_every=eval_every,
         progress=sys.stdout.isatty() if progress is None else progress,
+        overwrite=overwrite,
         **tolerance,
     )
     try:
@@ -213,6 +218,11 @@ def train(
     except (TrainError, TaskError) as e:
         typer.echo(f"docl train: {e}", err=True)
         raise typer.Exit(code=2) from e
+    except TrainInterrupted as e:
+        typer.echo(f"docl train: {e}", err=True)
+        raise typer.Exit(code=130) from None
+    for warning in result.get("warnings", ()):
+        typer.echo(f"docl train: warning: {warning}", err=True)  # again, beside the result
     acc = result.get("test_accuracy")
     line = f"test_accuracy {acc:.4f}" if acc is not None else "test_accuracy -"
     if "test_mse" in result:

@@ -105,14 +105,21 @@ def render_markdown(summary: dict[str, Any]) -> str:
             lines.append(f"| {t} | (no 'docl' run) | | | | |")
             continue
         cells = [t]
+        docl = ts["variants"]["docl"]
         for base in CONTROLS:
             b = bar.get(base)
             if b is None:
                 cells += ["–", "–"]
             else:
+                if docl.get("selected") is False:
+                    passes = "no selection epoch"
+                elif docl["n"] < 2 or ts["variants"][base]["n"] < 2:
+                    passes = "2+ seeds needed"
+                else:
+                    passes = "yes" if b["passes"] else "**no**"
                 cells += [
                     f"{_gap(b['gap'], ts['metric'])} ({_gap(b['pooled_std'], ts['metric'], sign=False)})",
-                    "yes" if b["passes"] else "**no**",
+                    passes,
                 ]
         rr = bar.get("reach_ratio")
         cells.append("not reached" if rr is None else f"{rr:.2f}")
@@ -153,13 +160,17 @@ def render_markdown(summary: dict[str, Any]) -> str:
             vals = [metric_of(r, "test") for r in srows if r["variant"] == m]
             mean, std = mean_std(vals)
             lines.append(f"| {m} | {_cell(mean, std, 'accuracy', False)} | {len(vals)} |")
-    lines += ["", "## Wall time per run (s, mean over seeds)", "", "| variant | " + " | ".join(tasks) + " |",
-              "|---|" + "---|" * len(tasks)]  # fmt: skip
+    lines += ["", "## Wall time per run (s, mean over seeds)", "",
+              "In-process runs only: a run through Ray Train (`--ray-runs`) also pays Ray's "
+              "start-up, so it is left out of the mean; a cell of Ray runs only is marked "
+              "(Ray) and is not comparable with the others.", "",
+              "| variant | " + " | ".join(tasks) + " |", "|---|" + "---|" * len(tasks)]  # fmt: skip
     for v in summary["variants"]:
         cells = []
         for t in tasks:
             p = summary["tasks"][t]["variants"].get(v)
-            cells.append("" if p is None else f"{p['wall_mean']:.1f}")
+            ray = " (Ray)" if p is not None and p.get("wall_ray_only") else ""
+            cells.append("" if p is None else f"{p['wall_mean']:.1f}{ray}")
         lines.append(f"| {v} | " + " | ".join(cells) + " |")
     lines.append("")
     return "\n".join(lines)
@@ -212,7 +223,8 @@ def _pays_section(summary: dict[str, Any], tasks: list[str]) -> list[str]:
                 if "reach_ratio" not in p
                 else ("not reached" if reach is None else str(int(reach)))
             )
-            cells.append("**yes**" if p["verdict"]["pays"] else "no")
+            status = p["verdict"].get("status", "")
+            cells.append({"pays": "**yes**", "does not pay": "no"}.get(status, status))
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
         lines += [f"- {p['verdict']['sentence']}" for _, p in rows]
@@ -240,12 +252,20 @@ def write_json_atomic(path: Path, doc: Any) -> None:
 
 
 def write_outputs(
-    rows: Sequence[dict[str, Any]], out: Path, variants: Sequence[str] | None = None
+    rows: Sequence[dict[str, Any]],
+    out: Path,
+    variants: Sequence[str] | None = None,
+    note: str | None = None,
 ) -> dict[str, Any]:
-    """results.csv, results.md, curves.png and (with study runs) study.png."""
+    """results.csv, results.md (``note`` under its title), curves.png and (with study
+    runs) study.png."""
     summary = summarize(rows, variants)
     write_csv(rows, out / "results.csv")
-    (out / "results.md").write_text(render_markdown(summary))
+    md = render_markdown(summary)
+    if note:
+        title, _, rest = md.partition("\n")
+        md = f"{title}\n\n{note}\n{rest}"
+    (out / "results.md").write_text(md)
     plot_curves(summary, out / "curves.png")
     if summary["study"]:
         plot_study(summary["study"], out / "study.png")

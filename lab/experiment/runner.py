@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from docl.lab.experiment.report import write_json_atomic, write_outputs
-from docl.lab.experiment.summary import row_line
+from docl.lab.experiment.summary import no_selection_warning, row_line
 from docl.lab.experiment.tasks import (
     DEFAULT_METHODS,
     STUDY_METHODS,
@@ -30,7 +30,11 @@ from docl.lab.experiment.tasks import (
 )
 from docl.lab.experiment.variants import Variant, parse_variant
 
+#: The marker of an interrupted experiment in its output folder (removed once it completes).
+INTERRUPTED = "interrupted.json"
+
 __all__ = [
+    "INTERRUPTED",
     "ExperimentSpec",
     "Job",
     "build_jobs",
@@ -112,8 +116,22 @@ def build_jobs(
     return jobs
 
 
+_in_job = False  # in a pool worker: True while execute_job runs
+
+
+def _worker_sigint(signum: int, frame: Any) -> None:
+    """Ctrl-C in a pool worker: stop the run it trains (KeyboardInterrupt, reported to
+    the parent like any failure); an idle worker waits quietly to be shut down (the
+    default handler printed a traceback from the pool's queue)."""
+    if _in_job:
+        raise KeyboardInterrupt
+
+
 def _worker_init() -> None:
     """Each worker process trains with one torch thread: ``jobs`` processes share the cores."""
+    import signal
+
+    signal.signal(signal.SIGINT, _worker_sigint)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     import torch
 
@@ -157,6 +175,15 @@ def execute_job(job: Job, server: str, out: str, ray_address: str | None = None)
 
     A Ray job joins the cluster at ``ray_address``, or starts (and stops) a local Ray.
     """
+    global _in_job
+    _in_job = True
+    try:
+        return _execute_job(job, server, out, ray_address)
+    finally:
+        _in_job = False
+
+
+def _execute_job(job: Job, server: str, out: str, ray_address: str | None) -> dict[str, Any]:
     from docl.client import ScoreClient
     from docl.worker.train import TrainSpec, train
 
@@ -181,6 +208,7 @@ def execute_job(job: Job, server: str, out: str, ray_address: str | None = None)
             threads=1,
             progress=False,
             checkpoint=job.ray,  # Ray hands the history back through the last checkpoint
+            overwrite=True,  # an interrupted run of this job left its partial outputs here
             eval_every=1,
         )
         if job.kind == "study":
@@ -282,7 +310,6 @@ def run_experiment(spec: ExperimentSpec, echo: Callable[[str], None] = print) ->
     spec.validate()
     t_start = time.perf_counter()
     out = Path(spec.out)
-    out.mkdir(parents=True, exist_ok=True)
     jobs = build_jobs(
         spec.tasks,
         spec.variants,
@@ -292,7 +319,8 @@ def run_experiment(spec: ExperimentSpec, echo: Callable[[str], None] = print) ->
         study_task=spec.study_task,
         study_seeds=spec.study_seeds,
         ray_runs=spec.ray_runs,
-    )
+    )  # first: a task that does not import fails here, before the out folder exists
+    out.mkdir(parents=True, exist_ok=True)
     rows: dict[str, dict[str, Any]] = {}
     for j in jobs:
         r = load_row(out, j)
@@ -304,6 +332,7 @@ def run_experiment(spec: ExperimentSpec, echo: Callable[[str], None] = print) ->
         f"{spec.jobs} at a time, results in {out}"
     )
     failures: list[tuple[Job, str]] = []
+    interrupted = False
     if todo:
         server_proc = None
         server = spec.server
@@ -314,13 +343,28 @@ def run_experiment(spec: ExperimentSpec, echo: Callable[[str], None] = print) ->
                 server_proc = ServerProcess().start()  # docl serve, embedded Redis, free port
                 server = server_proc.url
             _run_pool(todo, server, out, spec, rows, failures, echo)
+        except KeyboardInterrupt:  # Ctrl-C: keep what is done, say how to go on
+            interrupted = True
         finally:
             if server_proc is not None:
                 server_proc.stop()
                 (out / "server.log").write_text(server_proc.log_text())
                 server_proc.close()
     done = [rows[j.key] for j in jobs if j.key in rows]
-    summary = write_outputs(done, out, variants=[v.label for v in spec.variants])
+    marker = out / INTERRUPTED
+    note = None
+    if interrupted:
+        write_json_atomic(marker, {"interrupted": True, "runs_done": len(done), "runs": len(jobs)})
+        note = (
+            f"**Partial: {len(done)} of {len(jobs)} runs** (the experiment was interrupted; "
+            "run the same command again to finish it)."
+        )
+    else:
+        marker.unlink(missing_ok=True)
+    summary = write_outputs(done, out, variants=[v.label for v in spec.variants], note=note)
+    warnings = {(r["task"], r["variant"]): no_selection_warning(r) for r in done}
+    for warning in dict.fromkeys(w for w in warnings.values() if w is not None):
+        echo(warning)
     wall = time.perf_counter() - t_start
     summary["wall_time"] = wall
     summary["failures"] = [(j.key, err) for j, err in failures]
@@ -329,6 +373,13 @@ def run_experiment(spec: ExperimentSpec, echo: Callable[[str], None] = print) ->
     for j, err in failures:
         echo(f"FAILED {j.key}: {err}")
     echo(f"total wall time {wall:.1f} s ({len(todo)} runs trained now, {len(done)} in the results)")
+    summary["interrupted"] = interrupted
+    if interrupted:
+        echo(
+            f"interrupted: {len(done)} of {len(jobs)} runs are done and kept in {out / 'runs'} "
+            f"(the results above cover them; {marker} marks them partial). Run the same "
+            "`docl experiment` command again to resume: finished runs are not trained again."
+        )
     return summary
 
 
@@ -364,6 +415,7 @@ def _run_pool(
         ) as pool,
     ):
         bar = progress.add_task("", total=len(todo))
+        warned: set[tuple[str, str]] = set()
 
         def finish(fut: Future[dict[str, Any]], job: Job) -> None:
             try:
@@ -374,6 +426,10 @@ def _run_pool(
             else:
                 rows[job.key] = row
                 progress.console.print(row_line(row), markup=False, highlight=False, soft_wrap=True)
+                warning = no_selection_warning(row)
+                if warning is not None and (job.task, job.variant) not in warned:
+                    warned.add((job.task, job.variant))  # once per task × variant
+                    progress.console.print(warning, markup=False, highlight=False, soft_wrap=True)
             progress.advance(bar)
 
         # Ray runs first, one at a time: each starts (and stops) its own local Ray.
@@ -391,6 +447,10 @@ def _run_pool(
             progress.update(
                 bar, description=", ".join(j.key.split("__")[1] for j in pending.values())
             )
-            done, _ = wait(list(pending), return_when=FIRST_COMPLETED)
+            try:
+                done, _ = wait(list(pending), return_when=FIRST_COMPLETED)
+            except KeyboardInterrupt:
+                pool.shutdown(wait=False, cancel_futures=True)
+                raise
             for fut in done:
                 finish(fut, pending.pop(fut))

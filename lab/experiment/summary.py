@@ -15,7 +15,9 @@ __all__ = [
     "batches_to_reach",
     "mean_std",
     "metric_of",
+    "no_selection_warning",
     "row_line",
+    "selected",
     "summarize",
     "verdict",
     "versus",
@@ -29,6 +31,32 @@ def row_line(row: dict[str, Any]) -> str:
         f"{row['task']:<10} {row['variant']:<40} s{row['seed']} "
         f"{row['metric']} val {_fmt(val, row['metric'])} test {_fmt(test, row['metric'])} "
         f"batches {row['batches']} visited {row['visited']} {row['wall_time']:.0f}s {row['workers']}"
+    )
+
+
+def selected(rows: Sequence[dict[str, Any]]) -> bool | None:
+    """Did any of ``rows`` train a selection epoch? None when their histories do not say
+    (no ``phase``); False when the budget ended in the warmup: such a run trained every
+    sample uniformly, like random SGD, and says nothing about its method."""
+    phases = [h["phase"] for r in rows for h in r.get("history", ()) if "phase" in h]
+    return None if not phases else "select" in phases
+
+
+def no_selection_warning(row: dict[str, Any]) -> str | None:
+    """One line when ``row`` (a finished run of a selecting method) ended before its first
+    selection epoch; None otherwise (uniform methods, controls and studies included)."""
+    from docl.services.methods import registry
+
+    spec = registry().get(row.get("method", ""))
+    if spec is None or spec.uniform or row.get("kind", "benchmark") != "benchmark":
+        return None
+    if selected([row]) is not False:
+        return None
+    return (
+        f"warning: {row['task']} {row['variant']}: its {row['batches']} batches ended before "
+        "the first selection epoch (warmup on every sample only), so it trained like random "
+        f"SGD and gives no verdict on {row['variant']}; give a longer --budget-batches or "
+        "fewer warmup epochs (warmup_epochs=…)"
     )
 
 
@@ -109,6 +137,8 @@ def summarize(
             if not vr:
                 continue
             tm, ts = mean_std([metric_of(r, "test") for r in vr])
+            # Wall time of the in-process runs: a Ray Train run's includes Ray's start-up.
+            inproc = [r for r in vr if r.get("workers", "in-process") == "in-process"]
             vm, vs = mean_std([metric_of(r, "val") for r in vr])
             per[v] = {
                 "method": vr[0].get("method", v.split("[")[0]),
@@ -119,7 +149,10 @@ def summarize(
                 "val_mean": vm,
                 "val_std": vs,
                 "batches": int(np.mean([r["batches"] for r in vr])),
-                "wall_mean": float(np.mean([r["wall_time"] for r in vr])),
+                "wall_mean": float(np.mean([r["wall_time"] for r in inproc or vr])),
+                "wall_ray_only": not inproc,
+                "ray_runs": len(vr) - len(inproc),
+                "selected": selected(vr),
                 "curve": _mean_curve(vr, f"test_{metric}"),
             }
         best_test = _best([p["test_mean"] for p in per.values()], hib)
@@ -242,7 +275,14 @@ def verdict(variant: str, per: dict[str, Any], metric: str) -> dict[str, Any]:
         if at is not None:
             vs["random@same"] = {**versus(p["test_mean"], p["test_std"], at[0], at[1], hib),
                                  "mean": at[0], "std": at[1]}  # fmt: skip
-    pays = bool(vs) and all(c["passes"] for c in vs.values())
+    beats = bool(vs) and all(c["passes"] for c in vs.values())
+    if p.get("selected") is False:
+        status = "no selection epoch"
+    elif p["n"] < 2:
+        status = "2+ seeds needed"
+    else:
+        status = "pays" if beats else "does not pay"
+    pays = status == "pays"
     names = {"random": "random SGD", "random-subset": "random-subset",
              "random@same": f"random SGD after the same {p['batches']} batches",
              "control": f"its size-matched control {ctl}"}  # fmt: skip
@@ -254,11 +294,23 @@ def verdict(variant: str, per: dict[str, Any], metric: str) -> dict[str, Any]:
     budget = per["random"]["batches"] if "random" in per else p["batches"]
     used = f" after {p['batches']} of {budget} batches" if p["batches"] < budget else ""
     word = "accuracy" if metric == "accuracy" else "MSE"
-    if not vs:
+    if status == "no selection epoch":
+        sentence = (
+            f"{variant}: no verdict — its {p['batches']} batches ended before its first "
+            "selection epoch (warmup on every sample only), so it trained like random SGD; "
+            "give a longer --budget-batches or fewer warmup epochs."
+        )
+    elif not vs:
         sentence = f"{variant}: no random / random-subset runs to compare with."
     else:
+        head = (
+            f"{variant}: no verdict from one seed (2+ seeds needed: one seed has no spread "
+            "to judge a gap by);"
+            if status == "2+ seeds needed"
+            else f"{variant} {status} here:"
+        )
         sentence = (
-            f"{variant} {'pays' if pays else 'does not pay'} here: test {word} "
+            f"{head} test {word} "
             f"{_num(p['test_mean'], metric)} ± {_num(p['test_std'], metric)}{used} vs "
             + "; ".join(parts)
         )
@@ -272,6 +324,4 @@ def verdict(variant: str, per: dict[str, Any], metric: str) -> dict[str, Any]:
                 f"(random SGD: {own})"
             )
         sentence += "."
-        if p["n"] < 2:
-            sentence += " One seed: no spread to judge the gap by — not a verdict."
-    return {"vs": vs, "pays": pays, "sentence": sentence}
+    return {"vs": vs, "pays": pays, "status": status, "sentence": sentence}

@@ -184,7 +184,12 @@ def get_method(name: str) -> SelectionMethod:
     try:
         return _REGISTRY[name]
     except KeyError:
-        raise ValueError(f"unknown method {name!r}; known: {', '.join(_REGISTRY)}") from None
+        raise ValueError(
+            f"unknown method {name!r}; known: {', '.join(_REGISTRY)}. A plugin's method must be "
+            "loaded where the server runs: restart `docl serve` with "
+            "DOCL_METHODS=package.module:METHOD (or install its 'docl.methods' entry point); "
+            "see docs/methods.md"
+        ) from None
 
 
 def validate_method_params(name: str, raw: Mapping[str, Any] | None) -> dict[str, Any]:

@@ -238,3 +238,35 @@ def test_runs_list_follows_every_page(redis_factory: Any, server_factory: Any) -
     assert [x["run_id"] for x in json.loads(r.output)] == ids
     r = runner.invoke(app, ["runs", "list", "--server", url, "--page-size", "2"])
     assert r.exit_code == 0 and "5 run(s)" in r.output, r.output
+
+
+def test_plot_metrics_over_runs_of_two_tasks_and_a_scores_folder(
+    score_server: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """client.md's `docl plot metrics out/mnist1d-* … --label method`: one line per task
+    and method (`--label method` averaged two tasks into one line), and a folder that
+    `docl plot scores RUN` made (out/RUN/scores.png, no metrics.jsonl) is skipped with a
+    warning instead of failing the command. `docl plot scores` of a run that is not on
+    the server says why (a `docl train` run without --server: its server is gone)."""
+    pytest.importorskip("matplotlib")
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "out"
+    _train_out(out / "mnist1d-docl-s0-aa", "mnist1d", "docl", 0, [0.4, 0.7])
+    _train_out(out / "mnist1d-docl-s1-bb", "mnist1d", "docl", 1, [0.5, 0.8])
+    _train_out(out / "digits-docl-s0-cc", "digits", "docl", 0, [0.6, 0.9])
+    (out / "digits-docl-s0-cc" / "result.json").write_text(
+        json.dumps({"task": "digits", "method": "docl", "seed": 0, "server": None})
+    )
+    (out / "some-run").mkdir()
+    (out / "some-run" / "scores.png").write_bytes(b"\x89PNG")
+    dirs = sorted(str(p) for p in out.iterdir())
+    res = runner.invoke(app, ["plot", "metrics", *dirs, "--label", "method", "-o", "acc.png"])
+    assert res.exit_code == 0, res.output
+    assert "3 run(s), 2 line(s)" in res.stdout
+    assert [x.strip() for x in res.stdout.splitlines()[1:]] == ["digits · docl", "mnist1d · docl"]
+    assert f"warning: skipped {out / 'some-run'}: no metrics.jsonl in it" in res.stderr
+    res = runner.invoke(app, ["plot", "scores", "digits-docl-s0-cc", "--server", score_server])
+    assert res.exit_code == 1
+    assert "run 'digits-docl-s0-cc' does not exist on the score server" in res.stderr
+    assert "trained without --server: that job's own score server" in res.stderr
+    assert "start `docl serve` and train with --server" in res.stderr

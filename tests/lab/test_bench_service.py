@@ -19,6 +19,8 @@ def test_bench_service_quick_prints_the_tables(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
     text = proc.stdout
     assert "samples/s" in text and "limit/s" in text and "ratio" in text
+    (where,) = [line for line in text.splitlines() if line.startswith("[embedded] redis ")]
+    assert ":***@" in where, where  # the embedded Redis's password is not printed
     assert "numpy s" in text and "draw s" in text
     rows = [line.split() for line in text.splitlines() if line.startswith("embedded ")]
     assert len(rows) == 2  # one report row (B=256, c=10) and one draw row (n=100k)
@@ -38,3 +40,12 @@ def test_bench_service_quick_prints_the_tables(tmp_path: Path) -> None:
     assert b["read_s"] + b["compute_s"] < draw["service_s"]
     assert draw["math_ratio"] == b["math_s"] / draw["service_s"]
     assert 20 < b["server_peak_mib"] < 4096  # a Python process with numpy and the app loaded
+
+
+def test_a_redis_url_is_printed_without_its_password() -> None:
+    from docl.lab.bench_service import _no_password
+
+    assert _no_password("redis://:s3cret@127.0.0.1:6379/0") == "redis://:***@127.0.0.1:6379/0"
+    assert _no_password("redis://u:pw@h:1/0") == "redis://u:***@h:1/0"
+    assert _no_password("unix://:pw@/tmp/r.sock?db=0") == "unix://:***@/tmp/r.sock?db=0"
+    assert _no_password("redis://h:6379/0") == "redis://h:6379/0"

@@ -230,6 +230,52 @@ def test_pays_here_compares_each_method_with_every_control_like_numpy() -> None:
     )
 
 
+def test_one_seed_gives_numbers_but_no_verdict() -> None:
+    """With --seeds 1 there is no spread to judge a gap by: the report said **yes** and
+    "passes yes" at a pooled std of 0.00. Now: "2+ seeds needed", never yes."""
+    rows = [_row("t", "random", 0, [0.5, 0.6]), _row("t", "random-subset", 0, [0.5, 0.6]),
+            _row("t", "docl", 0, [0.8, 0.9])]  # fmt: skip
+    summ = summarize(rows)
+    v = summ["tasks"]["t"]["variants"]["docl"]["verdict"]
+    assert v["status"] == "2+ seeds needed" and v["pays"] is False
+    assert v["sentence"].startswith("docl: no verdict from one seed (2+ seeds needed")
+    assert "test accuracy 90.00 ± 0.00" in v["sentence"]  # the numbers are still there
+    md = render_markdown(summ)
+    assert "**yes**" not in md and "| yes |" not in md
+    assert md.count("2+ seeds needed") >= 3  # the pays column, both bar columns
+
+
+def test_a_budget_that_ends_in_the_warmup_gives_no_verdict_and_a_warning() -> None:
+    """`--budget-batches 300` spent in warmup concluded "docl does not pay here"."""
+    from docl.lab.experiment.summary import no_selection_warning
+
+    def warm(row: dict[str, Any], phase: str) -> dict[str, Any]:
+        return {**row, "history": [{**h, "phase": phase} for h in row["history"]]}
+
+    rows = [warm(_row("t", v, s, [0.5, 0.6 + 0.01 * s]), "warmup")
+            for v in ("random", "docl") for s in range(2)]  # fmt: skip
+    v = summarize(rows)["tasks"]["t"]["variants"]["docl"]["verdict"]
+    assert v["status"] == "no selection epoch" and not v["pays"]
+    assert "ended before its first selection epoch" in v["sentence"]
+    assert "no selection epoch" in render_markdown(summarize(rows))
+    assert no_selection_warning(rows[2]) is not None  # docl
+    assert no_selection_warning(rows[0]) is None  # random: uniform anyway
+    selecting = warm(rows[2], "select")
+    assert no_selection_warning(selecting) is None
+
+
+def test_wall_time_means_leave_ray_runs_out() -> None:
+    """A Ray Train run's wall time includes Ray's start-up: it is not averaged in."""
+    rows = [{**_row("t", "random", s, [0.5]), "wall_time": 10.0 + s} for s in range(2)]
+    rows[0]["workers"], rows[0]["wall_time"] = "ray:1", 60.0
+    rows.append({**_row("t", "docl", 0, [0.5]), "workers": "ray:1", "wall_time": 50.0})
+    per = summarize(rows)["tasks"]["t"]["variants"]
+    assert per["random"]["wall_mean"] == 11.0 and per["random"]["ray_runs"] == 1
+    assert per["docl"]["wall_ray_only"]
+    md = render_markdown(summarize(rows))
+    assert "| random | 11.0 |" in md and "| docl | 50.0 (Ray) |" in md
+
+
 def test_summary_of_mse_prefers_lower_and_signs_the_gap() -> None:
     rows = [_row("d", "random", s, [0.9, 0.5 + 0.01 * s], "mse") for s in range(2)]
     rows += [_row("d", "docl", s, [0.8, 0.4 + 0.01 * s], "mse") for s in range(2)]
@@ -287,7 +333,10 @@ def test_cli_rejects_a_bad_variant_and_an_unknown_task(tmp_path: Path) -> None:
     r = runner.invoke(app, ["experiment", "--tasks", "cifar", "--out", str(tmp_path / "y")])
     assert r.exit_code == 2
     assert "unknown task(s) cifar" in r.output
-    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+    r = runner.invoke(app, ["experiment", "--tasks", "no_such_pkg.data:make", "--out",
+                            str(tmp_path / "z")])  # fmt: skip
+    assert r.exit_code == 2 and "no_such_pkg" in r.output, r.output
+    assert not any((tmp_path / d).exists() for d in "xyz")  # no empty out folder left
 
 
 # ---------------------------------------------------------------------------
@@ -437,8 +486,33 @@ def test_experiment_on_a_task_defined_outside_the_repo(tmp_path: Path) -> None:
     assert batches["infobatch"] < 120  # its pruned epochs took fewer batches
     md = (out / "results.md").read_text()
     assert "### tests.worker.user_task:make_task" in md
-    for m in ("docl", "infobatch"):
-        assert any(line.startswith(f"- {m} ") and " here: test accuracy" in line
-                   for line in md.splitlines()), md  # fmt: skip
+    for m in ("docl", "infobatch"):  # one seed: the numbers, and no verdict
+        assert any(line.startswith(f"- {m}: no verdict from one seed (2+ seeds needed")
+                   and "test accuracy" in line for line in md.splitlines()), md  # fmt: skip
+    assert "**yes**" not in md
     assert "random SGD after the same" in md  # infobatch's budget-matched control
     _png_ok(out / "curves.png")
+
+
+@pytest.mark.slow
+def test_ctrl_c_keeps_the_finished_runs_and_says_a_rerun_resumes(tmp_path: Path) -> None:
+    """Ctrl-C (SIGINT to the terminal's process group) after the first finished run:
+    exit 130, results for the runs done marked partial, interrupted.json, and a line
+    saying that the same command resumes (before: a traceback and no word)."""
+    from tests.cli_interrupt import interrupt_docl
+
+    out = tmp_path / "exp"
+    rc, output, _ = interrupt_docl(
+        "experiment", "--quick", "--tasks", "digits", "--methods", "random,docl", "--seeds",
+        "3", "--study", "none", "--jobs", "1", "--ray-runs", "0", "--no-progress", "--out",
+        str(out), when=lambda line: line.startswith("digits "),  # a finished run's row line
+    )  # fmt: skip
+    assert rc == 130, output[-3000:]
+    assert "Traceback" not in output, output[-3000:]
+    marker = json.loads((out / "interrupted.json").read_text())
+    assert marker["runs"] == 6 and 1 <= marker["runs_done"] < 6
+    said = [x for x in output.splitlines() if x.startswith("interrupted: ")]
+    assert said and f"{marker['runs_done']} of 6 runs are done" in said[0], output[-3000:]
+    assert "Run the same `docl experiment` command again to resume" in said[0]
+    assert f"**Partial: {marker['runs_done']} of 6 runs**" in (out / "results.md").read_text()
+    assert len(list((out / "runs").glob("*/row.json"))) == marker["runs_done"]

@@ -195,3 +195,96 @@ def test_train_from_python_probes_the_server_too(tmp_path: Path) -> None:
     ):
         train(TrainSpec(task="digits", server="http://127.0.0.1:1", out=str(tmp_path / "o")))
     assert not (tmp_path / "o").exists()
+
+
+def test_a_budget_that_ends_in_the_warmup_warns_and_a_used_out_is_refused(
+    tmp_path: Path,
+) -> None:
+    """`--epochs 2` ends in DoCL's 5 warmup epochs: the run trains like random SGD, and the
+    command says so (on stderr, beside the result) instead of reporting "docl on digits"
+    silently. The same --out again is refused (its outputs would be overwritten without
+    a word) until --overwrite, which replaces them."""
+    out = tmp_path / "o"
+    args = ("train", "--task", "digits", "--method", "docl", "--workers", "0", "--epochs", "2",
+            "--no-progress", "--out", str(out))  # fmt: skip
+    r = _docl(*args)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "(docl on digits, seed 0)" in r.stdout
+    warned = [x for x in r.stderr.splitlines() if "before its first selection epoch" in x]
+    assert len(warned) == 2, r.stderr  # when it starts, and again beside the result
+    assert "all 2 epochs" in warned[0] and "Selection starts after" in warned[0]
+    assert json.loads((out / "result.json").read_text())["warnings"]
+    first = (out / "result.json").read_text()
+
+    again = _docl(*args)
+    assert again.returncode == 2, again.stderr
+    assert f"{out} holds the outputs of an earlier job" in again.stderr
+    assert "--overwrite" in again.stderr and len(again.stderr.strip().splitlines()) == 1
+    assert (out / "result.json").read_text() == first  # untouched
+
+    (out / "ray").mkdir()  # a Ray run's storage from before: replaced, not piled up
+    (out / "ray" / "old-run").mkdir()
+    over = _docl(*args, "--overwrite")
+    assert over.returncode == 0, over.stderr[-3000:]
+    assert json.loads((out / "result.json").read_text())["run_id"] != json.loads(first)["run_id"]
+    assert not (out / "ray").exists()
+
+
+def test_no_warning_where_selection_happens_or_the_method_is_uniform() -> None:
+    from docl.worker.tasks import get_task
+    from docl.worker.train import TrainSpec, build_run, no_selection_warning
+
+    data = get_task("digits")
+    for method, epochs, warns in [("docl", 5, True), ("docl", 6, False), ("random", 2, False),
+                                  ("infobatch", 3, True)]:  # fmt: skip
+        run = build_run(TrainSpec(task="digits", method=method, epochs=epochs), data)
+        assert (no_selection_warning(run) is not None) == warns, (method, epochs)
+    run = build_run(TrainSpec(task="digits", method="docl", budget_batches=100), data)
+    assert no_selection_warning(run) is not None
+
+
+def test_ctrl_c_says_what_was_kept_and_marks_the_partial_job(tmp_path: Path) -> None:
+    """SIGINT mid-run: exit 130, one line naming the epochs kept in metrics.jsonl, an
+    interrupted.json marker and no result.json (before: rc 130, a traceback, no word)."""
+    from tests.cli_interrupt import interrupt_docl
+
+    out = tmp_path / "o"
+    rc, output, _ = interrupt_docl(
+        "train", "--task", "digits", "--method", "docl", "--workers", "0", "--epochs", "200",
+        "--no-progress", "--out", str(out), when=lambda line: line.startswith("epoch   1 "),
+    )  # fmt: skip
+    assert rc == 130, output[-3000:]
+    assert "Traceback" not in output, output
+    (said,) = [x for x in output.splitlines() if "interrupted after" in x]
+    marker = json.loads((out / "interrupted.json").read_text())
+    assert marker["interrupted"] is True and marker["epochs"] >= 1
+    kept = (out / "metrics.jsonl").read_text().splitlines()
+    assert len(kept) == marker["epochs"]
+    assert f"interrupted after {marker['epochs']} finished epoch(s)" in said
+    assert "--overwrite" in said and not (out / "result.json").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_a_ray_run_says_it_starts_ray_writes_no_ansi_escapes_and_stops_on_ctrl_c(
+    tmp_path: Path,
+) -> None:
+    """Through Ray the command printed nothing for the ~20 s of Ray's start-up; the
+    workers' lines reached a pipe with ANSI colour escapes around their prefix; and
+    Ctrl-C (SIGINT to the process group, as a terminal sends it) ended with status 1
+    and no word, Ray Train's own handler having aborted the run."""
+    from tests.cli_interrupt import interrupt_docl
+
+    out = tmp_path / "o"
+    rc, output, lines = interrupt_docl(
+        "train", "--task", "digits", "--method", "docl", "--workers", "1", "--epochs", "300",
+        "--no-progress", "--out", str(out), when=lambda line: "epoch   2 " in line,
+    )  # fmt: skip
+    assert lines[0].startswith("docl train: starting a local Ray"), output[-3000:]
+    assert "(RayTrainWorker pid=" in output
+    assert "\x1b[" not in output
+    assert "Traceback" not in output, output[-3000:]
+    assert rc == 130, output[-3000:]
+    assert "docl train: interrupted after " in output and "--overwrite" in output
+    marker = json.loads((out / "interrupted.json").read_text())
+    assert marker["epochs"] >= 2 and not (out / "result.json").exists()

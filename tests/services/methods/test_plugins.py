@@ -68,6 +68,7 @@ def test_docl_methods_env_var_registers_the_method(
     r = httpx.post(f"{score_server}/v1/runs", json={
         "num_samples": 10, "num_outputs": 2, "epochs": 2, "method": "toy-parity"})  # fmt: skip
     assert r.status_code == 422 and "unknown method 'toy-parity'" in r.json()["detail"]
+    assert "restart `docl serve` with DOCL_METHODS=package.module:METHOD" in r.json()["detail"]
     server = server_factory(
         redis_url=redis_url,
         env={"PYTHONPATH": str(REPO), "DOCL_METHODS": "tests.services.methods.toy_method:TOY"},
