@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import math
 
+import httpx
 import numpy as np
 import pytest
 import scipy.stats
@@ -234,3 +235,37 @@ def test_a_step_level_method_needs_a_pool_ratio_and_no_weights() -> None:
     with pytest.raises(ValueError, match="no weights"):
         SelectionMethod(name="x", draw=uniform_epochs, params=get_method("loss-topk").params,
                         weights=True, step=lambda c: c.b)  # fmt: skip
+
+
+# ---------------------------------------------------------------------------
+# Through a real docl serve: the server knows both, their epochs are random SGD's
+# ---------------------------------------------------------------------------
+
+
+def test_the_server_runs_them_with_random_sgds_plan_and_draws(
+    http: httpx.Client, run_id: str
+) -> None:
+    base = {"num_samples": 300, "num_outputs": 3, "epochs": 6,
+            "params": {"batch_size": 32, "warmup_epochs": 1, "seed": 5}}  # fmt: skip
+    r = http.post("/v1/runs", json={**base, "run_id": f"{run_id}-bad", "method": "loss-topk",
+                                    "method_params": {"pool_ratio": 1}})  # fmt: skip
+    assert r.status_code == 422 and "pool_ratio" in r.json()["detail"], r.text
+    ids = {m: f"{run_id}-{m}" for m in ("random", "loss-topk", "pool-random")}
+    for method, rid in ids.items():
+        params = {} if method == "random" else {"pool_ratio": 3}
+        r = http.post("/v1/runs", json={**base, "run_id": rid, "method": method,
+                                        "method_params": params})  # fmt: skip
+        assert r.status_code == 201, r.text
+    plans = {m: http.get(f"/v1/runs/{rid}/plan").json()["epochs"] for m, rid in ids.items()}
+    assert plans["loss-topk"] == plans["random"] == plans["pool-random"]
+    for e in range(3):
+        idx = {}
+        for m, rid in ids.items():
+            assert http.post(f"/v1/runs/{rid}/epochs", json={"epoch": e}).status_code == 200
+            got = http.get(f"/v1/runs/{rid}/epochs/{e}/indices", params={"rank": 0, "world": 1})
+            idx[m] = got.json()["indices"]
+        assert idx["loss-topk"] == idx["random"] == idx["pool-random"]
+        assert sorted(idx["random"]) == list(range(300))
+    listed = {m["name"]: m for m in http.get("/v1/methods").json()["methods"]}
+    assert listed["loss-topk"]["size"] == "full" and listed["pool-random"]["uniform"]
+    assert set(listed["loss-topk"]["params"]["properties"]) == {"pool_ratio"}
