@@ -16,10 +16,10 @@ import torch
 
 from docl.client import ScoreClient, Shard
 from docl.wire.models import Epoch
-from docl.worker.loop import LoopConfig, train_loop
+from docl.worker.loop import InjectedFault, LoopConfig, train_loop
 from docl.worker.session import LocalSession
 from docl.worker.tasks import get_task
-from docl.worker.train import TrainError, TrainSpec, train
+from docl.worker.train import TrainError, TrainSpec, build_run, train
 from tests.worker.helpers import expected_visits_and_lr_sums
 
 # ---------------------------------------------------------------------------
@@ -148,6 +148,40 @@ def test_in_process_step_selection_reports_every_candidate(
     _check(worker_server, run_id, r, tmp_path, world=1)
     result = json.loads((tmp_path / "result.json").read_text())
     assert result["compute_samples"] == r["compute_samples"] > 0
+
+
+def test_a_crash_in_a_selection_epoch_replays_the_same_pools_and_counts_once(
+    worker_server: str, run_id: str, tmp_path: Path
+) -> None:
+    """Killed (an exception) before step 2 of selection epoch 2 and resumed from the
+    checkpoint of epoch 1: the replayed steps report the same pools under the same ids
+    (2 duplicates), the server holds exactly what one clean run implies, and the
+    sample-passes are counted once (the lost partial epoch is not counted)."""
+    data = get_task("digits")
+    spec = TrainSpec(task="digits", method="loss-topk", epochs=EPOCHS, run_id=run_id,
+                     params=PARAMS)  # fmt: skip
+    with ScoreClient(worker_server) as client:
+        client.create_run(build_run(spec, data))
+    fault = {"epoch": 2, "step": 2, "rank": 0, "marker": str(tmp_path / "fired"), "action": "raise"}
+    cfg = LoopConfig(run_id=run_id, server=worker_server, fault=fault)
+    ckpt = tmp_path / "ckpt"
+    with pytest.raises(InjectedFault):
+        train_loop(cfg, data, LocalSession(checkpoint_dir=ckpt, resume=True))
+    final = train_loop(cfg, data, LocalSession(checkpoint_dir=ckpt, resume=True))
+    assert [m["attempt"] for m in final["history"]] == [1, 1, 2, 2, 2]
+    passes: dict[str, int] = {}
+    with ScoreClient(worker_server) as client:
+        visits, lr_sums, total = expected_visits_and_lr_sums(
+            client, run_id, world=1, num_samples=data.num_samples, pool_ratio=3, passes=passes
+        )
+        got = client.scores(run_id)
+        run = client.get_run(run_id)
+    np.testing.assert_array_equal(got.visits, visits)
+    np.testing.assert_array_equal(got.lr_sums, lr_sums)
+    assert run.counters.duplicates == 2 and final["reporter"]["duplicates"] == 2
+    assert final["batches"] == total
+    assert final["forward_samples"] == passes["forward"]
+    assert final["backward_samples"] == passes["backward"]
 
 
 def test_docl_train_loss_topk_end_to_end(tmp_path: Path) -> None:
