@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["epoch_rng", "epoch_seed"]
+__all__ = ["epoch_rng", "epoch_seed", "step_rng"]
 
 
 def epoch_seed(run_seed: int, epoch: int) -> int:
@@ -27,3 +27,12 @@ def epoch_rng(run_seed: int, epoch: int) -> np.random.Generator:
     Independent streams per (run seed, epoch), so drawing epoch e again (the
     idempotent re-draw, another replica, the local loop) gives the same subset."""
     return np.random.default_rng(epoch_seed(run_seed, epoch))
+
+
+def step_rng(epoch_seed: int, rank: int, step: int) -> np.random.Generator:
+    """The Generator of one training step's selection (a step-level method's rule, e.g.
+    ``pool-random``): a pure function of (the epoch's seed, :func:`epoch_seed`, rank,
+    step), so a step replayed after a restart chooses the same samples. A stream of its
+    own: the trailing tag keeps it apart from every epoch's draw."""
+    seq = np.random.SeedSequence([int(epoch_seed), int(rank), int(step), 0x57E9])
+    return np.random.default_rng(seq)

@@ -12,6 +12,7 @@ like nanoGPT's, with the flow's stages as numbered banners:
     1. fetch the epoch   draw epoch e (idempotent: every rank asks for e by number)
                          and this rank's indices
     2. train             exactly ``epoch.steps`` mini-batches, step s at lr[s]
+                         (a step-level method: pick the batch from a pool first)
     3. report            indices, outputs of the forward pass, targets, lr_sum
                          (background thread: never blocks the step)
     4. end of epoch      flush the reporter, barrier, evaluate
@@ -49,6 +50,9 @@ from torch import nn
 
 from docl.client._client import Shard
 from docl.client.sampler import default_outage_tolerance, ride_out
+from docl.services.methods import select_step
+from docl.services.methods.pool import candidate_pools
+from docl.services.seeds import step_rng
 from docl.wire.models import Epoch, RunCreate
 from docl.worker.session import Session
 from docl.worker.tasks import TaskData
@@ -113,6 +117,10 @@ class LoopConfig:
 
 
 class EpochSource(Protocol):
+    """Where epochs come from. A source may also name the run's ``method`` and its
+    ``method_params`` (``ServerEpochs`` and ``LocalEpochs`` do): a step-level method
+    (``loss-topk``, ``pool-random``) then selects each step's batch from a pool."""
+
     num_epochs: int
     total_steps: int
 
@@ -143,6 +151,14 @@ class ServerEpochs:
         )
         self.num_epochs = int(plan.num_epochs)
         self.total_steps = int(plan.total_steps)
+        run = ride_out(
+            lambda: client.get_run(run_id),
+            tolerance=self.outage_tolerance,
+            what="reading the run",
+            logger=log,
+        )
+        self.method: str = run.method
+        self.method_params: dict[str, Any] = dict(run.method_params)
 
     def epoch(self, e: int) -> Epoch:
         epoch: Epoch = ride_out(
@@ -182,6 +198,8 @@ class LocalEpochs:
                 f"a local (server-less) run draws uniformly; method {run.method!r} needs the score server"
             )
         self.run = run
+        self.method = run.method
+        self.method_params = dict(run.method_params)
         self.plan = build_plan(run)
         self.num_epochs = len(self.plan)
         self.total_steps = int(sum(p.steps for p in self.plan))
@@ -345,6 +363,7 @@ def train_loop(
             source = LocalEpochs(RunCreate.model_validate(cfg.local_run))
         else:
             raise ValueError("LoopConfig needs a server URL or a local_run")
+    step = _StepLevel.of(source)  # a step-level method (loss-topk, pool-random), or None
     reporter = None
     if client is not None:
         from docl.client import Reporter
@@ -375,6 +394,10 @@ def train_loop(
     bar = session.progress(total=source.total_steps, initial=batches, desc=cfg.run_id)
     t0 = time.perf_counter() - wall_offset
     metrics: dict[str, Any] = history[-1] if history else {}
+    # Sample-passes so far, over all ranks: forward (a step-level epoch's pools
+    # included) and backward; compute = forward + backward (docs/training.md).
+    forward_total = int(metrics.get("forward_samples", 0))
+    backward_total = int(metrics.get("backward_samples", 0))
 
     try:
         for e in range(start_epoch, source.num_epochs):
@@ -394,12 +417,37 @@ def train_loop(
             loss_fn = l2_loss if epoch.loss == "l2" else task_loss
             lr_sum = float(epoch.lr_sum_start)  # Σ lr applied before the current step (float64)
             loss_sum = torch.zeros((), dtype=torch.float32, device=device)  # no sync per step
+            forward = backward = 0  # this rank's sample-passes in this epoch
+            # A step-level method's selection epoch: step s trains on the part-s-sized
+            # batch its rule picks from the pool of parts pools[s] (≈ m batches).
+            pools = None
+            if step is not None and epoch.phase == "select":
+                pools = candidate_pools(steps, step.ratio)
 
             # ---- 2. train: step s at the plan's learning rate lr[s] -------------
             net.train()
             for s in range(steps):
                 _maybe_fault(cfg, e, s, rank)
                 idx_t = parts_t[s]  # (b,)
+                rep_idx, rep_out = parts[s], None  # what step s reports (None: `out`)
+                if pools is not None and step is not None:
+                    # ---- 2a. select: the pool's fresh losses, without gradients ------
+                    cand = np.concatenate([parts[j] for j in pools[s]])  # (p,) ≈ m·b
+                    if cand.size:
+                        cand_t = torch.cat([parts_t[j] for j in pools[s]])
+                        with torch.no_grad():
+                            rep_out = model(x_train[cand_t])  # (p, c); not DDP: no collective
+                            fresh = per_sample_loss(rep_out, y_train[cand_t], task, epoch.loss)
+                        chosen = select_step(
+                            step.method,
+                            b=int(idx_t.numel()),
+                            values={"loss": fresh.float().cpu().numpy()},
+                            rng=step_rng(epoch.seed, rank, s),
+                            method_params=step.params,
+                        )
+                        idx_t = cand_t[torch.from_numpy(chosen).to(device)]  # (b,)
+                        rep_idx = cand
+                        forward += int(cand.size)
                 xb = x_train[idx_t]  # (b, *in)
                 yb = y_train[idx_t]  # (b,) or (b, c)
                 out = net(xb)  # (b, c) logits / predictions
@@ -413,13 +461,13 @@ def train_loop(
                     loss = loss_fn(out, yb, task)
 
                 # ---- 3. report: the forward pass's outputs, before this update --
-                if reporter is not None and idx_t.numel() > 0:
-                    idx = parts[s]
+                # (a selection step reports its whole pool: every candidate's output)
+                if reporter is not None and rep_idx.size > 0:
                     reporter.report(
                         epoch=e,
-                        indices=idx,
-                        outputs=out.detach(),
-                        targets=y_report[idx],
+                        indices=rep_idx,
+                        outputs=(out if rep_out is None else rep_out).detach(),
+                        targets=y_report[rep_idx],
                         lr_sum=lr_sum,
                         report_id=report_id(cfg.run_id, e, rank, s),
                     )
@@ -433,6 +481,8 @@ def train_loop(
                 lr_sum += lr
                 loss_sum += loss.detach()
                 batches += 1
+                forward += int(idx_t.numel())
+                backward += int(idx_t.numel())
                 if bar is not None:
                     bar.update(1)
 
@@ -441,6 +491,9 @@ def train_loop(
                 reporter.flush(cfg.flush_timeout)
             session.barrier()  # every rank's reports are in before anyone draws e + 1
             last = e == source.num_epochs - 1
+            passes = session.all_reduce_sum(torch.tensor([forward, backward], dtype=torch.float64))
+            forward_total += int(passes[0])
+            backward_total += int(passes[1])
             metrics = {
                 "epoch": e,
                 "episode": epoch.episode,
@@ -451,6 +504,9 @@ def train_loop(
                 "batches": batches,
                 "lr_sum": lr_sum,
                 "attempt": attempt,  # 1 + worker-group restarts before this epoch
+                "forward_samples": forward_total,  # sample-passes so far, all ranks
+                "backward_samples": backward_total,
+                "compute_samples": forward_total + backward_total,
                 "train_loss": float(session.all_reduce_sum(loss_sum.double().cpu().reshape(1))[0])
                 / max(1, steps * world),
             }
@@ -496,6 +552,30 @@ def train_loop(
         if client is not None:
             client.close()
     return {**metrics, "history": history}
+
+
+@dataclass(frozen=True)
+class _StepLevel:
+    """The run's step-level method: its name, its parameters and its pool ratio m."""
+
+    method: str
+    params: dict[str, Any]
+    ratio: int
+
+    @staticmethod
+    def of(source: EpochSource) -> _StepLevel | None:
+        from docl.services import methods
+
+        name = getattr(source, "method", None)
+        if name is None:
+            return None
+        spec = methods.registry().get(name)
+        if spec is None:  # a plugin's method: its entry point or $DOCL_METHODS
+            methods.load_plugins()
+            spec = methods.registry().get(name)
+        params = dict(getattr(source, "method_params", None) or {})
+        ratio = None if spec is None else spec.pool_ratio(params)
+        return None if ratio is None else _StepLevel(name, params, ratio)
 
 
 def _sum_counters(reporter: Any, session: Session) -> dict[str, int]:

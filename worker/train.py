@@ -433,6 +433,10 @@ def _run_job(spec: TrainSpec, job: Job, t_start: float) -> dict[str, Any]:
         "local": spec.local,
         "test_accuracy": final.get("test_accuracy"),
         "batches": final.get("batches", 0),
+        # sample-passes: a step-level method's pools count as forward passes
+        "forward_samples": final.get("forward_samples", 0),
+        "backward_samples": final.get("backward_samples", 0),
+        "compute_samples": final.get("compute_samples", 0),
         "epochs": len(history),
         "train_time": train_time,
         "train_cpu": train_cpu,

@@ -20,7 +20,12 @@ A method is everything the service needs to know about it, in one place:
   ``params.diversity``;
 * ``control`` — the name of its size-matched control, when the generic ones
   (``random``, ``random-subset``) do not match its sizes (``infobatch`` →
-  ``infobatch-random``); ``docl experiment`` compares the method with it.
+  ``infobatch-random``); ``docl experiment`` compares the method with it;
+* ``step`` — a step rule, for a method that selects **per step** from fresh values
+  (``loss-topk``, ``pool-random``): in its selection epochs each training step
+  forwards a candidate pool of ``pool_ratio`` (a field its ``params`` must have)
+  times the step's batch without gradients and trains on the batch the rule picks
+  from the pool's per-sample values (:class:`StepContext`, :func:`select_step`).
 
 Everything else — which Redis columns a run has, the CLI help, which methods the
 local baseline may run — is derived from the registry. The built-in methods live
@@ -63,6 +68,7 @@ __all__ = [
     "SelectionMethod",
     "Signal",
     "SizeSchedule",
+    "StepContext",
     "draw",
     "get_method",
     "import_module_here",
@@ -70,6 +76,7 @@ __all__ = [
     "method_names",
     "register_method",
     "registry",
+    "select_step",
     "validate_method_params",
 ]
 
@@ -117,6 +124,30 @@ DrawFn = Callable[[DrawContext], Draw]
 
 
 @dataclass(frozen=True)
+class StepContext:
+    """Everything a step rule may read: per-sample values over one step's candidate pool.
+
+    ``values`` maps a name to a (p,) array over the pool's p candidates, in pool order.
+    The worker loop passes ``"loss"``: each candidate's fresh per-sample loss (the
+    epoch's loss kind) from a forward pass without gradients at the step's parameters.
+    A rule that needs another value (e.g. an irreducible loss) names it and raises a
+    clear error when it is missing."""
+
+    b: int  # how many candidates to train on (0 <= b <= p)
+    values: Mapping[str, np.ndarray]
+    rng: np.random.Generator  # the step's Generator: the only source of randomness
+    params: BaseModel  # the method's own validated parameters
+
+    @property
+    def p(self) -> int:
+        return int(next(iter(self.values.values())).shape[0])
+
+
+#: A step rule: the b chosen positions into the pool (distinct int64 in [0, p)).
+StepFn = Callable[[StepContext], np.ndarray]
+
+
+@dataclass(frozen=True)
 class SelectionMethod:
     """One selection method (see the module docstring for each field)."""
 
@@ -131,6 +162,7 @@ class SelectionMethod:
     diversity: bool = False
     control: str | None = None  # the method's size-matched uniform control, if any
     summary: str = ""
+    step: StepFn | None = None  # a step rule: the method selects per step from a pool
 
     def __post_init__(self) -> None:
         if not _NAME.fullmatch(self.name):
@@ -144,6 +176,23 @@ class SelectionMethod:
             raise ValueError(f"size must be full, shrink, grow or drawn, got {self.size!r}")
         if not callable(self.draw):
             raise TypeError(f"method {self.name!r}: draw must be callable")
+        if self.step is not None:
+            if not callable(self.step):
+                raise TypeError(f"method {self.name!r}: step must be callable")
+            if "pool_ratio" not in self.params.model_fields:
+                raise ValueError(
+                    f"method {self.name!r} has a step rule: its params need a pool_ratio field"
+                )
+            if self.weights:
+                raise ValueError(f"method {self.name!r}: a step-level method has no weights")
+
+    def pool_ratio(self, method_params: Mapping[str, Any] | None = None) -> int | None:
+        """m, the candidates per trained sample of a step-level method (None: the
+        method trains every sample of its steps)."""
+        if self.step is None:
+            return None
+        params = self.params.model_validate(dict(method_params or {}))
+        return int(params.pool_ratio)  # type: ignore[attr-defined]
 
     @property
     def score_kind(self) -> Literal["docl", "docl-nr"]:
@@ -355,6 +404,49 @@ def draw(
     if d.weights is not None and d.weights.shape != (m,):
         raise ValueError(f"method {method!r}: weights must have shape ({m},)")
     return d
+
+
+def select_step(
+    method: str,
+    *,
+    b: int,
+    values: Mapping[str, np.ndarray],
+    rng: np.random.Generator,
+    method_params: Mapping[str, Any] | None = None,
+) -> np.ndarray:
+    """The positions (into the pool) of the b candidates one step of ``method`` trains on.
+
+    ``values`` holds the pool's named per-sample values, each a (p,) array (``"loss"``:
+    the fresh losses). A pure function of its inputs and ``rng``. Returns exactly
+    min(b, p) distinct int64 positions in [0, p)."""
+    spec = get_method(method)
+    if spec.step is None:
+        raise ValueError(f"method {method!r} does not select per step (it has no step rule)")
+    if not values:
+        raise ValueError("values must name at least one per-sample array (e.g. 'loss')")
+    arrays = {str(k): np.asarray(v) for k, v in values.items()}
+    shapes = {k: v.shape for k, v in arrays.items()}
+    first = next(iter(arrays.values()))
+    p = int(first.shape[0]) if first.ndim == 1 else -1
+    if any(len(sh) != 1 or sh[0] != p for sh in shapes.values()):
+        raise ValueError(f"values must be vectors over the same pool, got shapes {shapes}")
+    b = int(b)
+    if b < 0:
+        raise ValueError(f"b must be >= 0, got {b}")
+    params = spec.params.model_validate(dict(method_params or {}))
+    ctx = StepContext(b=min(b, p), values=arrays, rng=rng, params=params)
+    chosen = np.asarray(spec.step(ctx))
+    if chosen.shape != (ctx.b,) or not np.issubdtype(chosen.dtype, np.integer):
+        raise ValueError(
+            f"method {method!r}: its step rule must return {ctx.b} integer positions, "
+            f"got shape {chosen.shape} dtype {chosen.dtype}"
+        )
+    chosen = chosen.astype(np.int64, copy=False)
+    if chosen.size and (chosen.min() < 0 or chosen.max() >= p):
+        raise ValueError(f"method {method!r}: its step rule chose positions outside [0, {p})")
+    if np.unique(chosen).size != chosen.size:
+        raise ValueError(f"method {method!r}: its step rule chose a candidate twice")
+    return chosen
 
 
 def _load_builtins() -> frozenset[str]:

@@ -282,7 +282,14 @@ METHODS = {m: s for m, s in registry().items() if s.size != "drawn"}
 
 
 def test_registry_holds_the_builtin_methods_with_the_documented_schedules() -> None:
-    assert tuple(registry())[:11] == (*METHODS, "infobatch", "infobatch-random")
+    epoch_level = [m for m, s in METHODS.items() if s.step is None]
+    assert tuple(registry())[:13] == (
+        *epoch_level,
+        "infobatch",
+        "infobatch-random",
+        "loss-topk",
+        "pool-random",
+    )
     sizes = {m: s.size for m, s in METHODS.items()}
     assert sizes == {
         "random": "full",
@@ -294,6 +301,8 @@ def test_registry_holds_the_builtin_methods_with_the_documented_schedules() -> N
         "top": "shrink",
         "bottom": "shrink",
         "alternate": "shrink",
+        "loss-topk": "full",  # step-level: random SGD's epochs, selection per step
+        "pool-random": "full",
     }
     l2 = {m for m, s in METHODS.items() if s.l2_phases}
     assert l2 == {"docl-nr", "top", "bottom", "alternate"}  # docl: task loss (docs/results.md)
@@ -305,7 +314,12 @@ def test_registry_holds_the_builtin_methods_with_the_documented_schedules() -> N
         "infobatch",
         "infobatch-random",
     }
-    assert {m for m, s in registry().items() if s.uniform} == {"random", "random-subset"}
+    assert {m for m, s in registry().items() if s.uniform} == {
+        "random",
+        "random-subset",
+        "pool-random",
+    }
+    assert {m for m, s in registry().items() if s.step is not None} == {"loss-topk", "pool-random"}
     assert {m for m, s in registry().items() if s.weights} == {"infobatch"}
 
 

@@ -1,0 +1,250 @@
+"""Step-level selection in the worker loop (``loss-topk``, ``pool-random``): the trained
+batch, what the server holds after a run, the sample-pass counts, in-process, through the
+real CLI and through Ray Train."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from docl.client import ScoreClient, Shard
+from docl.wire.models import Epoch
+from docl.worker.loop import InjectedFault, LoopConfig, train_loop
+from docl.worker.session import LocalSession
+from docl.worker.tasks import get_task
+from docl.worker.train import TrainError, TrainSpec, build_run, train
+from tests.worker.helpers import expected_visits_and_lr_sums
+
+# ---------------------------------------------------------------------------
+# The loop trains on the rule's batch of the pool
+# ---------------------------------------------------------------------------
+
+
+class _OneSelectEpoch:
+    """One selection epoch of ``steps`` steps over a fixed permutation; only step 0 has
+    a learning rate, so the parameters after the epoch are those after step 0."""
+
+    def __init__(self, n: int, steps: int, lr: float, method: str, ratio: int) -> None:
+        self.n, self.steps, self.lr = n, steps, lr
+        self.num_epochs, self.total_steps = 1, steps
+        self.method, self.method_params = method, {"pool_ratio": ratio}
+        self.shard = np.random.default_rng(1).permutation(n).astype(np.int64)
+
+    def epoch(self, e: int) -> Epoch:
+        lrs = [self.lr] + [0.0] * (self.steps - 1)
+        return Epoch(epoch=0, episode=1, phase="select", loss="task", size=self.n,
+                     steps=self.steps, lr_start=self.lr, lr_end=0.0, lr_sum_start=0.0,
+                     batch_size=self.n // self.steps, lr=lrs, seed=0)  # fmt: skip
+
+    def indices(self, e: int, rank: int, world: int) -> Shard:
+        return Shard(self.shard, None)
+
+
+class _KeepState(LocalSession):
+    state: dict[str, Any] | None = None
+    metrics: dict[str, Any] | None = None
+
+    def save(self, metrics: dict[str, Any], state: dict[str, Any] | None) -> None:
+        self.metrics, self.state = metrics, state
+
+
+def test_a_selection_step_trains_on_the_highest_fresh_losses_of_its_pool() -> None:
+    """n = 80 in 4 steps of 20 at pool ratio 2: step 0's pool is parts 0 and 2 (40
+    candidates). One SGD step (no momentum, no weight decay) of the loop equals
+    θ − lr·∇ mean CE over the 20 highest losses of those 40 at θ, computed here with
+    numpy; the plain step (part 0) and a step on the pool's 20 lowest differ."""
+    data = get_task("tests.worker.user_task:make_task", n=107)  # 80 training samples
+    n, steps, lr = data.num_samples, 4, 0.5
+    assert n == 80
+    source = _OneSelectEpoch(n, steps, lr, "loss-topk", 2)
+    parts = np.array_split(source.shard, steps)
+    pool = np.concatenate([parts[0], parts[2]])
+
+    def manual(rows: np.ndarray) -> dict[str, torch.Tensor]:
+        model = data.make_model(0)
+        idx = torch.from_numpy(rows)
+        F = torch.nn.functional
+        F.cross_entropy(model(data.x_train[idx]), data.y_train[idx]).backward()
+        with torch.no_grad():
+            return {k: p - lr * p.grad for k, p in model.named_parameters()}  # type: ignore[operator]
+
+    with torch.no_grad():
+        logits = data.make_model(0)(data.x_train[torch.from_numpy(pool)]).double().numpy()
+    y = data.y_train[torch.from_numpy(pool)].numpy()
+    logp = logits - np.log(np.exp(logits).sum(1, keepdims=True))
+    ce = -logp[np.arange(pool.size), y]
+    top = pool[np.argsort(-ce, kind="stable")[:20]]
+    low = pool[np.argsort(ce, kind="stable")[:20]]
+
+    session = _KeepState(checkpoint_dir=None)
+    cfg = LoopConfig(run_id="topk", momentum=0.0, weight_decay=0.0, eval_every=0)
+    train_loop(cfg, data, session, source=source)
+    assert session.state is not None
+    got = session.state["model"]
+    want = manual(top)
+    for k, v in want.items():
+        torch.testing.assert_close(got[k], v, rtol=1e-5, atol=1e-6)
+    for other in (manual(parts[0]), manual(low)):
+        assert any(not torch.allclose(got[k], v, atol=1e-6) for k, v in other.items())
+    # 4 steps of 20: backward 80; forward 80 + 4 pools of 40
+    assert session.metrics is not None
+    m = session.metrics
+    assert (m["backward_samples"], m["forward_samples"], m["compute_samples"]) == (80, 240, 320)
+
+
+# ---------------------------------------------------------------------------
+# Against the real server: every candidate reported, the exact lr-sums, the counts
+# ---------------------------------------------------------------------------
+
+PARAMS = {"warmup_epochs": 1, "episode_epochs": 2, "batch_size": 64, "pool_ratio": 3}
+EPOCHS = 5  # warmup, select, select, refresh, select
+
+
+def _check(server: str, run_id: str, r: dict[str, Any], out: Path, world: int) -> np.ndarray:
+    passes: dict[str, int] = {}
+    with ScoreClient(server) as client:
+        visits, lr_sums, total = expected_visits_and_lr_sums(
+            client, run_id, world=world, num_samples=r["num_samples"], pool_ratio=3, passes=passes
+        )
+        got = client.scores(run_id)
+        run = client.get_run(run_id)
+    # Each selection step reported its whole pool with the lr-sum before the step.
+    np.testing.assert_array_equal(got.visits, visits)
+    np.testing.assert_array_equal(got.lr_sums, lr_sums)
+    assert run.counters.samples_reported == int(visits.sum()) and run.counters.duplicates == 0
+    # 3 selection epochs of 3 pools each + 2 plain epochs: every sample 11 times
+    np.testing.assert_array_equal(visits, np.full(r["num_samples"], 3 * 3 + 2))
+    # The budget counts backward batches (optimizer steps), as random SGD's would.
+    assert r["batches"] == total and r["reporter"]["sent"] == world * total
+    assert passes["backward"] == EPOCHS * r["num_samples"]
+    assert passes["forward"] == passes["backward"] + 3 * 3 * r["num_samples"]
+    assert r["backward_samples"] == passes["backward"]
+    assert r["forward_samples"] == passes["forward"]
+    assert r["compute_samples"] == passes["forward"] + passes["backward"]
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [m["phase"] for m in lines] == ["warmup", "select", "select", "refresh", "select"]
+    assert lines[-1]["forward_samples"] == r["forward_samples"]
+    assert [m["backward_samples"] for m in lines] == [
+        r["num_samples"] * (e + 1) for e in range(EPOCHS)
+    ]
+    return visits
+
+
+@pytest.mark.parametrize("method", ["loss-topk", "pool-random"])
+def test_in_process_step_selection_reports_every_candidate(
+    method: str, worker_server: str, run_id: str, tmp_path: Path
+) -> None:
+    r = train(
+        TrainSpec(task="digits", method=method, epochs=EPOCHS, server=worker_server,
+                  run_id=run_id, params=PARAMS, out=str(tmp_path), progress=False)
+    )  # fmt: skip
+    _check(worker_server, run_id, r, tmp_path, world=1)
+    result = json.loads((tmp_path / "result.json").read_text())
+    assert result["compute_samples"] == r["compute_samples"] > 0
+
+
+def test_a_crash_in_a_selection_epoch_replays_the_same_pools_and_counts_once(
+    worker_server: str, run_id: str, tmp_path: Path
+) -> None:
+    """Killed (an exception) before step 2 of selection epoch 2 and resumed from the
+    checkpoint of epoch 1: the replayed steps report the same pools under the same ids
+    (2 duplicates), the server holds exactly what one clean run implies, and the
+    sample-passes are counted once (the lost partial epoch is not counted)."""
+    data = get_task("digits")
+    spec = TrainSpec(task="digits", method="loss-topk", epochs=EPOCHS, run_id=run_id,
+                     params=PARAMS)  # fmt: skip
+    with ScoreClient(worker_server) as client:
+        client.create_run(build_run(spec, data))
+    fault = {"epoch": 2, "step": 2, "rank": 0, "marker": str(tmp_path / "fired"), "action": "raise"}
+    cfg = LoopConfig(run_id=run_id, server=worker_server, fault=fault)
+    ckpt = tmp_path / "ckpt"
+    with pytest.raises(InjectedFault):
+        train_loop(cfg, data, LocalSession(checkpoint_dir=ckpt, resume=True))
+    final = train_loop(cfg, data, LocalSession(checkpoint_dir=ckpt, resume=True))
+    assert [m["attempt"] for m in final["history"]] == [1, 1, 2, 2, 2]
+    passes: dict[str, int] = {}
+    with ScoreClient(worker_server) as client:
+        visits, lr_sums, total = expected_visits_and_lr_sums(
+            client, run_id, world=1, num_samples=data.num_samples, pool_ratio=3, passes=passes
+        )
+        got = client.scores(run_id)
+        run = client.get_run(run_id)
+    np.testing.assert_array_equal(got.visits, visits)
+    np.testing.assert_array_equal(got.lr_sums, lr_sums)
+    assert run.counters.duplicates == 2 and final["reporter"]["duplicates"] == 2
+    assert final["batches"] == total
+    assert final["forward_samples"] == passes["forward"]
+    assert final["backward_samples"] == passes["backward"]
+
+
+def test_docl_train_loss_topk_end_to_end(tmp_path: Path) -> None:
+    """The real command, its own server: result.json counts the pools' forward passes."""
+    out = tmp_path / "out"
+    r = subprocess.run(
+        [sys.executable, "-c", "from docl.client.cli import main; main()",
+         "train", "--task", "digits", "--method", "loss-topk", "--workers", "0",
+         "--epochs", "3", "-p", "warmup_epochs=1", "-p", "pool_ratio=2", "-p", "batch_size=64",
+         "--out", str(out), "--no-progress"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    result = json.loads((out / "result.json").read_text())
+    n = result["num_samples"]
+    assert result["method"] == "loss-topk" and 0.0 <= result["test_accuracy"] <= 1.0
+    assert result["batches"] == 3 * -(-n // 64)  # random SGD's steps: 3 full epochs
+    assert result["backward_samples"] == 3 * n
+    assert result["forward_samples"] == 3 * n + 2 * 2 * n  # 2 selection epochs, pools of 2
+    assert result["compute_samples"] == 3 * n + 3 * n + 4 * n
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [("1", "greater than or equal to 2"), ("17", "less than or equal to 16"),
+     ("2.5", "valid integer")],
+)  # fmt: skip
+def test_bad_pool_ratios_are_refused_before_anything_starts(
+    value: str, message: str, tmp_path: Path
+) -> None:
+    from typer.testing import CliRunner
+
+    from docl.client.cli import _register, app
+
+    _register()
+    r = CliRunner().invoke(
+        app,
+        ["train", "--workers", "0", "--task", "digits", "--method", "loss-topk",
+         "-p", f"pool_ratio={value}", "--out", str(tmp_path)],
+    )  # fmt: skip
+    assert r.exit_code == 2, r.output
+    assert "method_params for method 'loss-topk'" in r.output and message in r.output
+    assert not (tmp_path / "result.json").exists()
+    with pytest.raises(TrainError, match="pool_ratio"):
+        train(TrainSpec(task="digits", method="pool-random", params={"pool_ratio": 0}))
+    with pytest.raises(TrainError, match="unknown --param pool_ratio"):
+        train(TrainSpec(task="digits", method="random", params={"pool_ratio": 4}))
+
+
+# ---------------------------------------------------------------------------
+# Ray Train: each rank selects within its own pool, all take the same steps
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_two_ray_workers_select_per_step(
+    ray_cluster: str, worker_server: str, run_id: str, tmp_path: Path
+) -> None:
+    r = train(
+        TrainSpec(task="digits", method="loss-topk", epochs=EPOCHS, workers=2,
+                  server=worker_server, run_id=run_id, params=PARAMS, out=str(tmp_path),
+                  progress=False)
+    )  # fmt: skip
+    assert r["workers"] == 2 and r["attempts"] == 1
+    _check(worker_server, run_id, r, tmp_path, world=2)
