@@ -63,6 +63,9 @@ class TrainSpec:
     token: str | None = None
     ray_address: str | None = None  # None: start a local Ray (when workers >= 1)
     out: str | None = None  # None: out/<run_id>
+    # Ray Train's storage (checkpoints): a folder every Ray node mounts, or an
+    # s3://-style URI (a subfolder per run); None: OUT/ray.
+    storage: str | None = None
     run_id: str | None = None
     params: dict[str, Any] = field(default_factory=dict)  # RunParams or the method's fields
     task_params: dict[str, Any] = field(default_factory=dict)
@@ -254,20 +257,24 @@ def train(spec: TrainSpec) -> dict[str, Any]:
             history = final.pop("history")
         else:
             ray_started = _connect_ray(spec)
-            from docl.worker.launcher import RayLaunch, launch
+            from docl.worker.launcher import RayLaunch, StorageError, launch
 
-            outcome = launch(
-                cfg,
-                data,
-                RayLaunch(
-                    num_workers=spec.workers,
-                    use_gpu=spec.use_gpu,
-                    cpus_per_worker=float(spec.threads or 1),
-                    max_failures=spec.max_failures,
-                    storage_path=str(out / "ray"),
-                    name=job.run_id,
-                ),
-            )
+            storage = spec.storage or str(out / "ray")
+            try:
+                outcome = launch(
+                    cfg,
+                    data,
+                    RayLaunch(
+                        num_workers=spec.workers,
+                        use_gpu=spec.use_gpu,
+                        cpus_per_worker=float(spec.threads or 1),
+                        max_failures=spec.max_failures,
+                        storage_path=storage,
+                        name=job.run_id,
+                    ),
+                )
+            except StorageError as e:
+                raise TrainError(str(e)) from None
             history = outcome.history
             final = history[-1] if history else outcome.metrics
             attempts = outcome.attempts
