@@ -54,6 +54,7 @@ from tests.deploy.deploy_util import (
     compose_environment,
     env_without_ray,
     load_compose,
+    stream_reports,
 )
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
@@ -635,22 +636,7 @@ def test_compose_cluster_profile_natively(cluster_stack: NativeCompose) -> None:
             assert _cli(stack, node, "config", "get", key).split() == [key, want]
 
     base = f"http://127.0.0.1:{stack.ports[('score-server-cluster', 8000)]}"
-    token = stack.shell["DOCL_API_TOKEN"]
-    with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {token}"}, timeout=30) as c:
-        body = {"run_id": "compose-cluster", "num_samples": 64, "num_outputs": 4, "epochs": 1,
-                "params": {"warmup_epochs": 1, "batch_size": 16}}  # fmt: skip
-        assert c.post("/v1/runs", json=body).status_code == 201
-        c.post("/v1/runs/compose-cluster/epochs", json={"epoch": 0}).raise_for_status()
-        for k in range(4):
-            doc = {"report_id": f"r{k}", "epoch": 0, "lr_sum": 0.1,
-                   "indices": list(range(16 * k, 16 * k + 16)),
-                   "outputs": [[0.1, 0.2, 0.3, 0.4]] * 16, "targets": [1] * 16}  # fmt: skip
-            deadline = time.monotonic() + 30
-            while (r := c.post("/v1/runs/compose-cluster/reports", json=doc)).status_code == 503:
-                assert time.monotonic() < deadline, r.text  # replicas still syncing: re-send
-                time.sleep(0.5)
-            assert r.status_code == 200, r.text
-        stats = c.get("/v1/runs/compose-cluster/stats").raise_for_status().json()
+    stats = stream_reports(base, stack.shell["DOCL_API_TOKEN"], "compose-cluster")
     assert stats["counters"]["reports"] == 4 and stats["visits_total"] == 64, stats
 
     # A second `up`: the init script sees a serving cluster and changes nothing.
