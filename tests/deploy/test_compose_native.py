@@ -1,8 +1,9 @@
 """`docker compose up`, natively: every service of docker-compose.yml started from
 its own command, on loopback, with free ports.
 
-There is no Docker engine here, so the containers are replaced by processes
-and nothing else: the commands, environments, healthchecks and start order are
+No Docker engine is needed (tests/deploy/test_compose_docker.py runs the file
+on one where there is): the containers are replaced by processes and nothing
+else: the commands, environments, healthchecks and start order are
 read from docker-compose.yml and translated mechanically —
 
 - a service's hostname becomes 127.0.0.1 and each of its ports a free port
