@@ -187,7 +187,7 @@ def check_storage(storage: str, timeout_s: float = 60.0) -> None:
     if "://" not in storage and set(nodes) <= {here}:
         return
     hint = (
-        "every Ray node must reach Ray Train's storage, where docl keeps its checkpoints: "
+        "Every Ray node must reach Ray Train's storage, where docl keeps its checkpoints: "
         "give --storage (DOCL_STORAGE) a folder every node mounts at the same path (NFS, "
         "a shared volume, a ReadWriteMany claim) or a URI such as s3://bucket/prefix "
         "(docs/deploy.md, 'Storage')"
@@ -201,7 +201,7 @@ def check_storage(storage: str, timeout_s: float = 60.0) -> None:
             f.write(token.encode())
     except Exception as e:
         raise StorageError(
-            f"storage {storage}: the driver cannot write to it ({e}); {hint}"
+            f"storage {storage}: the driver cannot write to it ({e}). {hint}"
         ) from None
     try:
         check = ray.remote(num_cpus=0, max_retries=0)(_node_check)
