@@ -408,6 +408,18 @@ def dockerignore_patterns() -> list[str]:
     ]
 
 
+# Ray's internal servers: Compose leaves them at their defaults inside each
+# container; natively every Ray node on one host needs its own ports.
+RAY_INTERNAL_PORT_FLAGS = (
+    "--node-manager-port",
+    "--object-manager-port",
+    "--dashboard-agent-listen-port",
+    "--dashboard-agent-grpc-port",
+    "--runtime-env-agent-port",
+    "--metrics-export-port",
+)
+
+
 def env_without_ray() -> dict[str, str]:
     """This process's environment minus anything that would point a Ray command at
     some other cluster on this machine."""

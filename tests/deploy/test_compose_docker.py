@@ -21,6 +21,7 @@ images, a missing daemon, Compose v1 or image is a failure.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -189,14 +190,21 @@ def compose(request: pytest.FixtureRequest) -> list[str]:
     return _compose(str(request.param))
 
 
-@pytest.fixture
-def stack(compose: list[str]) -> Iterator[Stack]:
-    s = Stack(compose)
+@contextlib.contextmanager
+def _project(compose: list[str], profiles: list[str], what: str) -> Iterator[Stack]:
+    """A Stack, taken down with its volumes (and its timings printed) at the end."""
+    s = Stack(compose, profiles=profiles)
     try:
         yield s
     finally:
         s.down()
-        s.report("docker compose: default profile")
+        s.report(what)
+
+
+@pytest.fixture
+def stack(compose: list[str]) -> Iterator[Stack]:
+    with _project(compose, [], "docker compose: default profile") as s:
+        yield s
 
 
 def test_compose_up_trains_the_demo_on_separate_containers(stack: Stack) -> None:
@@ -242,12 +250,8 @@ def test_compose_up_trains_the_demo_on_separate_containers(stack: Stack) -> None
 
 @pytest.fixture
 def cluster_stack(compose: list[str]) -> Iterator[Stack]:
-    s = Stack(compose, profiles=["cluster"])
-    try:
+    with _project(compose, ["cluster"], "docker compose: cluster profile") as s:
         yield s
-    finally:
-        s.down()
-        s.report("docker compose: cluster profile")
 
 
 def test_compose_cluster_profile_streams_reports(cluster_stack: Stack) -> None:

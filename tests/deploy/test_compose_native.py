@@ -49,6 +49,7 @@ import psutil
 import pytest
 
 from tests.deploy.deploy_util import (
+    RAY_INTERNAL_PORT_FLAGS,
     REPO,
     VENV_BIN,
     command_argv,
@@ -63,16 +64,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
 # Listening options whose value is one of the service's own ports.
 _PORT_FLAGS = ("--port", "--dashboard-port", "--ray-client-server-port")
 _HOST_FLAGS = ("--host", "--dashboard-host")
-# Ray's internal servers: Compose leaves them at their defaults inside each
-# container; natively every node needs its own.
-_RAY_INTERNAL_PORT_FLAGS = (
-    "--node-manager-port",
-    "--object-manager-port",
-    "--dashboard-agent-listen-port",
-    "--dashboard-agent-grpc-port",
-    "--runtime-env-agent-port",
-    "--metrics-export-port",
-)
 _OBJECT_STORE_BYTES = 200 * 2**20
 
 
@@ -308,7 +299,7 @@ class NativeCompose:
         temp = self.root / "ray"
         temp.mkdir(exist_ok=True)
         args = [f"--temp-dir={temp}", f"--object-store-memory={_OBJECT_STORE_BYTES}"]
-        args += [f"{flag}={_free_port()}" for flag in _RAY_INTERNAL_PORT_FLAGS]
+        args += [f"{flag}={_free_port()}" for flag in RAY_INTERNAL_PORT_FLAGS]
         return args
 
     # -- running -----------------------------------------------------------------------

@@ -30,18 +30,9 @@ from pathlib import Path
 import pytest
 
 from docl.services.embedded import free_port
-from tests.deploy.deploy_util import VENV_BIN, env_without_ray
+from tests.deploy.deploy_util import RAY_INTERNAL_PORT_FLAGS, VENV_BIN, env_without_ray
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
-
-_INTERNAL_PORT_FLAGS = (
-    "--node-manager-port",
-    "--object-manager-port",
-    "--dashboard-agent-listen-port",
-    "--dashboard-agent-grpc-port",
-    "--runtime-env-agent-port",
-    "--metrics-export-port",
-)
 
 
 def _unshare() -> list[str]:
@@ -95,7 +86,7 @@ def two_nodes(tmp_path: Path) -> Iterator[Cluster]:
         _ray_start(
             [ray, "start", "--head", f"--port={port}", "--num-cpus=0", "--include-dashboard=false"]
             + common
-            + [f"{f}={free_port()}" for f in _INTERNAL_PORT_FLAGS],
+            + [f"{f}={free_port()}" for f in RAY_INTERNAL_PORT_FLAGS],
             env,
             tmp_path / "head.log",
         )
@@ -103,7 +94,7 @@ def two_nodes(tmp_path: Path) -> Iterator[Cluster]:
         node = " ".join(
             [ray, "start", f"--address=127.0.0.1:{port}", "--num-cpus=1"]
             + common
-            + [f"{f}={free_port()}" for f in _INTERNAL_PORT_FLAGS]
+            + [f"{f}={free_port()}" for f in RAY_INTERNAL_PORT_FLAGS]
         )
         _ray_start(
             [*prefix, "sh", "-c", f"mount -t tmpfs docl-test {unshared} && exec {node}"],
