@@ -6,8 +6,8 @@
 #     --build-arg BASE_IMAGE=docl-base:bookworm -t docl-redis:bookworm deploy/docker
 #
 # Like the official image: `redis-server` and `redis-cli` on PATH, data in /data
-# (a volume), an unprivileged user. Debian 12 ships Redis 7.0; docl needs >= 7.0
-# (deploy/redis/redis.conf and the Lua scripts use nothing newer).
+# (a volume), an unprivileged user. Debian 12 ships Redis 7.0.15; redis.conf runs
+# on Redis 6.2 and 7.x (docs/deploy.md, "Redis durability").
 ARG BASE_IMAGE=docl-base:bookworm
 FROM ${BASE_IMAGE}
 
