@@ -14,10 +14,10 @@
 #   deploy/docker/make-base-image.sh                 # both images (skips those that exist)
 #   DOCL_BASE_REBUILD=1 deploy/docker/make-base-image.sh   # rebuild both
 #
-# Then, from the repository root:
+# Then, from the repository root (deploy/docker/build-images.sh does both steps):
 #   docker build --network host -f deploy/docker/Dockerfile -t docl:0.1.0 \
 #     --build-arg BASE_IMAGE=docl-base:bookworm --build-arg TORCH_INDEX_URL=https://pypi.org/simple .
-#   BASE_IMAGE... REDIS_IMAGE=docl-redis:bookworm docker-compose up
+#   BASE_IMAGE=docl-base:bookworm REDIS_IMAGE=docl-redis:bookworm docker-compose up
 # (docs/deploy.md, "Without Docker Hub").
 #
 # Settings (environment):
