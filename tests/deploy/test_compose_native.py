@@ -573,6 +573,8 @@ def test_compose_stack_trains_the_demo_natively(stack: NativeCompose) -> None:
     # The demo's output landed in the head's `demo-out` volume.
     outputs = list((stack.root / "volumes" / "demo-out").rglob("*"))
     assert any(p.is_file() for p in outputs), "docl train --out wrote nothing"
+    # Its checkpoints in `ray-storage`, the volume every Ray node mounts (DOCL_STORAGE).
+    assert list((stack.root / "volumes" / "ray-storage").rglob("state.pt"))
 
 
 # -- the `cluster` profile ---------------------------------------------------------------
