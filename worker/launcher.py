@@ -10,6 +10,7 @@ the last completed epoch) — see docs/training.md, "Resume".
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +20,15 @@ from docl.worker.loop import LoopConfig, train_loop
 from docl.worker.session import RaySession
 from docl.worker.tasks import TaskData
 
-__all__ = ["RayLaunch", "RayOutcome", "launch", "ray_worker_entry"]
+__all__ = [
+    "RayLaunch",
+    "RayOutcome",
+    "StorageError",
+    "check_storage",
+    "launch",
+    "ray_worker_entry",
+    "resolve_storage",
+]
 
 # Ray Train v2's controller collects each ``ray.train.report`` on a poll of this
 # period, and a worker's second report blocks until the first was collected: the
@@ -47,6 +56,9 @@ class RayLaunch:
     use_gpu: bool = False
     cpus_per_worker: float = 1.0
     max_failures: int = 3
+    # Ray Train's storage: docl's checkpoints (model, optimizer, position) that a
+    # restarted worker group resumes from. Every Ray node must reach it: a local path
+    # that all nodes mount (NFS, a shared volume) or a URI pyarrow opens (s3://, gs://).
     storage_path: str = "out/ray"
     name: str = "docl"
     keep_checkpoints: int = 2
@@ -77,7 +89,8 @@ def launch(cfg: LoopConfig, data: TaskData, how: RayLaunch) -> RayOutcome:
     if not ray.is_initialized():
         raise RuntimeError("connect to Ray first (ray.init)")
     os.environ.setdefault(_POLL_ENV, DEFAULT_POLL_S)
-    storage = str(Path(how.storage_path).resolve())
+    storage = resolve_storage(how.storage_path)
+    check_storage(storage)
     trainer = TorchTrainer(
         ray_worker_entry,
         train_loop_config={"loop": cfg.to_dict(), "data": ray.put(data)},
@@ -115,3 +128,112 @@ def launch(cfg: LoopConfig, data: TaskData, how: RayLaunch) -> RayOutcome:
         checkpoint_path=ckpt_path,
         attempts=int(history[-1].get("attempt", 1)) if history else 1,
     )
+
+
+class StorageError(RuntimeError):
+    """Ray Train's storage is not reachable from every Ray node."""
+
+
+#: the folder under the storage where :func:`check_storage` leaves its markers
+_CHECK_DIR = ".docl-storage-check"
+
+
+def resolve_storage(path: str) -> str:
+    """A URI (``s3://bucket/prefix``) as given; a local path made absolute."""
+    return path if "://" in path else str(Path(path).resolve())
+
+
+def _node_check(storage: str, folder: str, token: str, node: str) -> str | None:
+    """On one Ray node: read the driver's marker, write this node's. None = fine."""
+    from pyarrow import fs
+
+    try:
+        filesystem, base = fs.FileSystem.from_uri(storage)
+    except Exception as e:  # anything pyarrow raises is the answer
+        return f"cannot open {storage}: {e}"
+    marker = f"{base}/{folder}/driver"
+    try:
+        with filesystem.open_input_stream(marker) as f:
+            seen = f.read().decode()
+    except Exception as e:
+        return f"cannot read {marker}, which the driver wrote ({type(e).__name__})"
+    if seen != token:
+        return f"reads another {marker} than the driver wrote (a different disk at that path)"
+    try:
+        with filesystem.open_output_stream(f"{base}/{folder}/{node}") as f:
+            f.write(token.encode())
+    except Exception as e:
+        return f"cannot write under {base}/{folder} ({type(e).__name__}: {e})"
+    return None
+
+
+def check_storage(storage: str, timeout_s: float = 60.0) -> None:
+    """Fail at start, not at the first checkpoint, when a Ray node cannot share ``storage``.
+
+    The driver writes a marker under the storage; a task pinned to each alive node
+    reads it back and writes one of its own, which the driver then reads. A local
+    path on a single-node cluster the driver runs on is shared by construction and
+    is not checked. Raises :class:`StorageError` naming the nodes that fail.
+    """
+    import uuid
+
+    import ray
+    from pyarrow import fs
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    nodes = {n["NodeID"]: n.get("NodeManagerAddress", "?") for n in ray.nodes() if n.get("Alive")}
+    client_mode = ray.util.client.ray.is_connected()
+    here = None if client_mode else ray.get_runtime_context().get_node_id()
+    if "://" not in storage and set(nodes) <= {here}:
+        return
+    hint = (
+        "Every Ray node must reach Ray Train's storage, where docl keeps its checkpoints: "
+        "give --storage (DOCL_STORAGE) a folder every node mounts at the same path (NFS, "
+        "a shared volume, a ReadWriteMany claim) or a URI such as s3://bucket/prefix "
+        "(docs/deploy.md, 'Storage')"
+    )
+    token = uuid.uuid4().hex
+    folder = f"{_CHECK_DIR}/{token}"
+    try:
+        filesystem, base = fs.FileSystem.from_uri(storage)
+        filesystem.create_dir(f"{base}/{folder}", recursive=True)
+        with filesystem.open_output_stream(f"{base}/{folder}/driver") as f:
+            f.write(token.encode())
+    except Exception as e:
+        raise StorageError(
+            f"storage {storage}: the driver cannot write to it ({e}). {hint}"
+        ) from None
+    try:
+        check = ray.remote(num_cpus=0, max_retries=0)(_node_check)
+        refs = {
+            node: check.options(
+                scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)
+            ).remote(storage, folder, token, node)
+            for node in nodes
+        }
+        ready, _ = ray.wait(list(refs.values()), num_returns=len(refs), timeout=timeout_s)
+        problems: list[str] = []
+        for node, ref in refs.items():
+            where = f"node {nodes[node]} ({node[:8]})"
+            if ref not in ready:
+                problems.append(f"{where} did not answer within {timeout_s:.0f} s")
+                continue
+            problem = ray.get(ref)
+            if problem is None:
+                try:
+                    filesystem.open_input_stream(f"{base}/{folder}/{node}").close()
+                except Exception:
+                    problem = (
+                        "writes where the driver does not see it (a different disk at that path)"
+                    )
+            if problem is not None:
+                problems.append(f"{where} {problem}")
+        if problems:
+            raise StorageError(
+                f"storage {storage} is not shared by every Ray node: "
+                + "; ".join(problems)
+                + f". {hint}"
+            )
+    finally:
+        with contextlib.suppress(Exception):
+            filesystem.delete_dir(f"{base}/{folder}")

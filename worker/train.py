@@ -83,6 +83,9 @@ class TrainSpec:
     token: str | None = None
     ray_address: str | None = None  # None: start a local Ray (when workers >= 1)
     out: str | None = None  # None: out/<run_id>
+    # Ray Train's storage (checkpoints): a folder every Ray node mounts, or an
+    # s3://-style URI (a subfolder per run); None: OUT/ray.
+    storage: str | None = None
     run_id: str | None = None
     params: dict[str, Any] = field(default_factory=dict)  # RunParams or the method's fields
     task_params: dict[str, Any] = field(default_factory=dict)
@@ -376,8 +379,9 @@ def _run_job(spec: TrainSpec, job: Job, t_start: float) -> dict[str, Any]:
             history = final.pop("history")
         else:
             ray_started = _connect_ray(spec)
-            from docl.worker.launcher import RayLaunch, launch
+            from docl.worker.launcher import RayLaunch, StorageError, launch
 
+            storage = spec.storage or str(out / "ray")
             with _noting_sigint() as sigint:
                 try:
                     outcome = launch(
@@ -388,10 +392,12 @@ def _run_job(spec: TrainSpec, job: Job, t_start: float) -> dict[str, Any]:
                             use_gpu=spec.use_gpu,
                             cpus_per_worker=float(spec.threads or 1),
                             max_failures=spec.max_failures,
-                            storage_path=str(out / "ray"),
+                            storage_path=storage,
                             name=job.run_id,
                         ),
                     )
+                except StorageError as e:
+                    raise TrainError(str(e)) from None
                 except BaseException:
                     if sigint.seen:  # Ray's abort on Ctrl-C ends in SystemExit or an error
                         raise KeyboardInterrupt from None

@@ -87,6 +87,15 @@ def train(
             help="Output directory: metrics.jsonl, result.json, checkpoints (default: out/RUN_ID)."
         ),
     ] = None,
+    storage: Annotated[
+        str | None,
+        typer.Option(
+            envvar="DOCL_STORAGE",
+            help="Ray Train's storage, where the checkpoints live: a folder every Ray node "
+            "mounts at the same path, or a URI such as s3://bucket/prefix (default: OUT/ray). "
+            "Checked on every node at start.",
+        ),
+    ] = None,
     param: Annotated[
         list[str] | None,
         typer.Option(
@@ -199,6 +208,7 @@ def train(
         token=token,
         ray_address=ray_address,
         out=str(out) if out else None,
+        storage=storage,
         run_id=run_id,
         params=parse_assignments(param, "--param"),
         task_params=parse_assignments(task_param, "--task-param"),

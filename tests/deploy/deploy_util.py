@@ -11,6 +11,7 @@ import json
 import os
 import re
 import shlex
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cache
@@ -35,8 +36,20 @@ VENV_BIN = REPO / ".venv" / "bin"
 
 
 def load_compose() -> dict[str, Any]:
+    """docker-compose.yml, with each service's ``image``, ``ports`` and build args at
+    their defaults (``${DOCL_PORT:-8000}`` -> ``8000``: what `up` runs with no
+    settings); commands and environments keep their variables, for
+    :func:`command_argv` and :func:`compose_environment` to fill in with a shell."""
     data = yaml.safe_load(COMPOSE_FILE.read_text())
     assert isinstance(data, dict), "docker-compose.yml is not a mapping"
+    for svc in (data.get("services") or {}).values():
+        if "image" in svc:
+            svc["image"] = interpolate(str(svc["image"]), {})
+        if "ports" in svc:
+            svc["ports"] = [interpolate(str(p), {}) for p in svc["ports"]]
+        args = (svc.get("build") or {}).get("args") or {}
+        for k, v in args.items():
+            args[k] = interpolate(str(v), {})
     return data
 
 
@@ -286,10 +299,16 @@ def settings_env_names() -> set[str]:
 
 
 def client_env_names() -> set[str]:
-    """``DOCL_*`` names the SDK reads (the training side is the server's client)."""
+    """``DOCL_*`` names the training side reads: the SDK's (it is the server's client)
+    and the options of ``docl train`` (the job's driver on a Ray head), such as
+    ``DOCL_STORAGE``."""
     from docl.client import _client
 
-    return {v for k, v in vars(_client).items() if k.startswith("ENV_") and isinstance(v, str)}
+    names = {v for k, v in vars(_client).items() if k.startswith("ENV_") and isinstance(v, str)}
+    for param in _docl_group().commands["train"].params:
+        envvar = getattr(param, "envvar", None)
+        names.update([envvar] if isinstance(envvar, str) else list(envvar or []))
+    return names
 
 
 # -- Dockerfile -------------------------------------------------------------------------
@@ -389,6 +408,18 @@ def dockerignore_patterns() -> list[str]:
     ]
 
 
+# Ray's internal servers: Compose leaves them at their defaults inside each
+# container; natively every Ray node on one host needs its own ports.
+RAY_INTERNAL_PORT_FLAGS = (
+    "--node-manager-port",
+    "--object-manager-port",
+    "--dashboard-agent-listen-port",
+    "--dashboard-agent-grpc-port",
+    "--runtime-env-agent-port",
+    "--metrics-export-port",
+)
+
+
 def env_without_ray() -> dict[str, str]:
     """This process's environment minus anything that would point a Ray command at
     some other cluster on this machine."""
@@ -406,3 +437,31 @@ def dockerfile_env(instructions: Sequence[Instruction]) -> dict[str, str]:
                     k, v = word.split("=", 1)
                     out[k] = v
     return out
+
+
+# -- a score server's report stream ----------------------------------------------------
+
+
+def stream_reports(base: str, token: str, run_id: str, reports: int = 4) -> dict[str, Any]:
+    """Create a 64-sample run on the server at ``base``, draw epoch 0 and send
+    ``reports`` reports of 16 samples each (re-sending on 503: a server with
+    ``DOCL_REDIS_WAIT_REPLICAS`` answers so while a replica catches up); the
+    run's stats afterwards."""
+    import httpx
+
+    with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {token}"}, timeout=30) as c:
+        body = {"run_id": run_id, "num_samples": 64, "num_outputs": 4, "epochs": 1,
+                "params": {"warmup_epochs": 1, "batch_size": 16}}  # fmt: skip
+        assert c.post("/v1/runs", json=body).status_code == 201
+        c.post(f"/v1/runs/{run_id}/epochs", json={"epoch": 0}).raise_for_status()
+        for k in range(reports):
+            doc = {"report_id": f"r{k}", "epoch": 0, "lr_sum": 0.1,
+                   "indices": list(range(16 * k, 16 * k + 16)),
+                   "outputs": [[0.1, 0.2, 0.3, 0.4]] * 16, "targets": [1] * 16}  # fmt: skip
+            deadline = time.monotonic() + 30
+            while (r := c.post(f"/v1/runs/{run_id}/reports", json=doc)).status_code == 503:
+                assert time.monotonic() < deadline, r.text  # replicas still syncing: re-send
+                time.sleep(0.5)
+            assert r.status_code == 200, r.text
+        stats: dict[str, Any] = c.get(f"/v1/runs/{run_id}/stats").raise_for_status().json()
+    return stats

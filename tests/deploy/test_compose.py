@@ -1,10 +1,11 @@
 """Static checks of docker-compose.yml.
 
-No Docker engine runs here, so the stack is checked for what would break it:
-each service's command parses with the real CLI it names (the image's console
+Checked without a Docker engine, for what would break the stack: each
+service's command parses with the real CLI it names (the image's console
 scripts), ports, probes and addresses line up across services, the env names
 are ones the code reads, and the Redis service gets the AOF config.
-tests/deploy/test_compose_native.py then runs the same commands natively.
+tests/deploy/test_compose_native.py then runs the same commands natively, and
+tests/deploy/test_compose_docker.py runs the file on a Docker daemon.
 """
 
 from __future__ import annotations

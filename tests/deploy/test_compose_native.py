@@ -1,8 +1,9 @@
 """`docker compose up`, natively: every service of docker-compose.yml started from
 its own command, on loopback, with free ports.
 
-There is no Docker engine here, so the containers are replaced by processes
-and nothing else: the commands, environments, healthchecks and start order are
+No Docker engine is needed (tests/deploy/test_compose_docker.py runs the file
+on one where there is): the containers are replaced by processes and nothing
+else: the commands, environments, healthchecks and start order are
 read from docker-compose.yml and translated mechanically —
 
 - a service's hostname becomes 127.0.0.1 and each of its ports a free port
@@ -48,12 +49,14 @@ import psutil
 import pytest
 
 from tests.deploy.deploy_util import (
+    RAY_INTERNAL_PORT_FLAGS,
     REPO,
     VENV_BIN,
     command_argv,
     compose_environment,
     env_without_ray,
     load_compose,
+    stream_reports,
 )
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray, pytest.mark.timeout(1200)]
@@ -61,16 +64,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.ray, pytest.mark.timeout(1200)]
 # Listening options whose value is one of the service's own ports.
 _PORT_FLAGS = ("--port", "--dashboard-port", "--ray-client-server-port")
 _HOST_FLAGS = ("--host", "--dashboard-host")
-# Ray's internal servers: Compose leaves them at their defaults inside each
-# container; natively every node needs its own.
-_RAY_INTERNAL_PORT_FLAGS = (
-    "--node-manager-port",
-    "--object-manager-port",
-    "--dashboard-agent-listen-port",
-    "--dashboard-agent-grpc-port",
-    "--runtime-env-agent-port",
-    "--metrics-export-port",
-)
 _OBJECT_STORE_BYTES = 200 * 2**20
 
 
@@ -306,7 +299,7 @@ class NativeCompose:
         temp = self.root / "ray"
         temp.mkdir(exist_ok=True)
         args = [f"--temp-dir={temp}", f"--object-store-memory={_OBJECT_STORE_BYTES}"]
-        args += [f"{flag}={_free_port()}" for flag in _RAY_INTERNAL_PORT_FLAGS]
+        args += [f"{flag}={_free_port()}" for flag in RAY_INTERNAL_PORT_FLAGS]
         return args
 
     # -- running -----------------------------------------------------------------------
@@ -580,6 +573,8 @@ def test_compose_stack_trains_the_demo_natively(stack: NativeCompose) -> None:
     # The demo's output landed in the head's `demo-out` volume.
     outputs = list((stack.root / "volumes" / "demo-out").rglob("*"))
     assert any(p.is_file() for p in outputs), "docl train --out wrote nothing"
+    # Its checkpoints in `ray-storage`, the volume every Ray node mounts (DOCL_STORAGE).
+    assert list((stack.root / "volumes" / "ray-storage").rglob("state.pt"))
 
 
 # -- the `cluster` profile ---------------------------------------------------------------
@@ -635,22 +630,7 @@ def test_compose_cluster_profile_natively(cluster_stack: NativeCompose) -> None:
             assert _cli(stack, node, "config", "get", key).split() == [key, want]
 
     base = f"http://127.0.0.1:{stack.ports[('score-server-cluster', 8000)]}"
-    token = stack.shell["DOCL_API_TOKEN"]
-    with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {token}"}, timeout=30) as c:
-        body = {"run_id": "compose-cluster", "num_samples": 64, "num_outputs": 4, "epochs": 1,
-                "params": {"warmup_epochs": 1, "batch_size": 16}}  # fmt: skip
-        assert c.post("/v1/runs", json=body).status_code == 201
-        c.post("/v1/runs/compose-cluster/epochs", json={"epoch": 0}).raise_for_status()
-        for k in range(4):
-            doc = {"report_id": f"r{k}", "epoch": 0, "lr_sum": 0.1,
-                   "indices": list(range(16 * k, 16 * k + 16)),
-                   "outputs": [[0.1, 0.2, 0.3, 0.4]] * 16, "targets": [1] * 16}  # fmt: skip
-            deadline = time.monotonic() + 30
-            while (r := c.post("/v1/runs/compose-cluster/reports", json=doc)).status_code == 503:
-                assert time.monotonic() < deadline, r.text  # replicas still syncing: re-send
-                time.sleep(0.5)
-            assert r.status_code == 200, r.text
-        stats = c.get("/v1/runs/compose-cluster/stats").raise_for_status().json()
+    stats = stream_reports(base, stack.shell["DOCL_API_TOKEN"], "compose-cluster")
     assert stats["counters"]["reports"] == 4 and stats["visits_total"] == 64, stats
 
     # A second `up`: the init script sees a serving cluster and changes nothing.

@@ -1,7 +1,8 @@
 """Static checks of deploy/docker/Dockerfile and .dockerignore.
 
-There is no Docker engine here or on CI, so the image is never built by the
-tests. What can be checked without building it is checked: the stages, every
+The tests do not build the image (.ci/run builds it before `make test`, and
+tests/deploy/test_compose_docker.py runs it); what can be checked without
+building it is checked here: the stages, every
 file COPY'd exists and reaches the build context, the user is not root, the
 CMD and HEALTHCHECK are exec form and name real commands and routes, and the
 pinned versions agree with the rest of the repository.

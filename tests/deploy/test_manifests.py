@@ -370,6 +370,33 @@ def test_ray_auth_is_configured_alike_on_every_ray_pod() -> None:
     assert len(seen) >= 3, seen  # head, workers, submitter
 
 
+def test_every_ray_node_mounts_the_shared_storage_docl_train_uses() -> None:
+    """Ray Train's storage is one ReadWriteMany claim, mounted at DOCL_STORAGE on
+    the head and on every worker group: nodes do not share a disk, and a path only
+    the head has makes a multi-node run fail (at start, by docl's own check)."""
+    cluster = next(d for d in DOCS if d["kind"] == "RayCluster")
+    spec = cluster["spec"]
+    templates = [("head", spec["headGroupSpec"]["template"])]
+    templates += [(g["groupName"], g["template"]) for g in spec["workerGroupSpecs"]]
+    claims = set()
+    for where, tpl in templates:
+        (c,) = [c for c in tpl["spec"]["containers"] if c["name"].startswith("ray-")]
+        path = _env_value(c, "DOCL_STORAGE")
+        assert path, f"{where}: no DOCL_STORAGE"
+        mounts = {m["mountPath"]: m["name"] for m in c.get("volumeMounts", [])}
+        assert path in mounts, f"{where}: DOCL_STORAGE={path} is not a mount"
+        volume = next(v for v in tpl["spec"]["volumes"] if v["name"] == mounts[path])
+        assert "persistentVolumeClaim" in volume, f"{where}: {volume} is not the shared claim"
+        claims.add(volume["persistentVolumeClaim"]["claimName"])
+    assert len(claims) == 1, f"one claim on every node, got {claims}"
+    pvc = manifest("PersistentVolumeClaim", claims.pop())
+    assert pvc["spec"]["accessModes"] == ["ReadWriteMany"], "mounted by many nodes at once"
+    # The job's driver writes under --out on the head, and its checkpoints under
+    # DOCL_STORAGE: no --storage in the entrypoint overrides it.
+    rayjob = next(d for d in DOCS if d["kind"] == "RayJob")
+    assert "--storage" not in rayjob["spec"]["entrypoint"]
+
+
 def test_the_dockerfile_installs_wget_for_kuberays_probes() -> None:
     text = DOCKERFILE.read_text()
     assert re.search(r"apt-get install[^\n]*\bwget\b", text), "KubeRay's Ray probes run wget"
