@@ -106,9 +106,13 @@ def test_get_runs_is_paginated_with_a_bounded_default_page(
             assert r.status_code == 422, (bad, r.text)
 
 
-def test_the_engine_keeps_a_bounded_number_of_run_states(redis_url: str) -> None:
+def test_the_engine_keeps_a_bounded_number_of_run_states(
+    redis_factory: Callable[..., RedisProcess],
+) -> None:
     """DOCL_RUN_CACHE_SIZE = 3: listing and reading 8 runs leaves at most 3 states in
     memory, the most recently used; an evicted run is read again from Redis."""
+
+    redis_url = redis_factory().url  # its own Redis: a listing sees only this test's runs
 
     async def main() -> None:
         store = RedisStore.from_url(redis_url)
@@ -136,9 +140,13 @@ def test_the_engine_keeps_a_bounded_number_of_run_states(redis_url: str) -> None
     _run(main())
 
 
-def test_the_run_cache_is_bounded_in_plan_bytes_too(redis_url: str) -> None:
+def test_the_run_cache_is_bounded_in_plan_bytes_too(
+    redis_factory: Callable[..., RedisProcess],
+) -> None:
     """DOCL_RUN_CACHE_BYTES: runs with 2,000-step plans (~16 kB of learning rates each)
     under a 40 kB cap: never more than two in memory, whatever DOCL_RUN_CACHE_SIZE."""
+
+    redis_url = redis_factory().url  # its own Redis: a listing sees only this test's runs
 
     async def main() -> None:
         store = RedisStore.from_url(redis_url)
