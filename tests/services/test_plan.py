@@ -351,7 +351,7 @@ def test_the_issues_plans_are_refused_at_once(body: dict[str, Any], setting: str
     limits = Settings().plan_limits
     # Warm up (imports, the method registry) so the clock below times the refusal alone:
     # under xdist on a loaded 2-core box the first call of a worker took 5 s.
-    plan_size(RunCreate.model_validate({"num_outputs": 2, "num_samples": 100}), limits)
+    plan_size(RunCreate.model_validate({"num_outputs": 2, "num_samples": 100, "epochs": 3}), limits)
     t0 = time.perf_counter()
     with pytest.raises(PlanTooLarge) as err:
         plan_size(run, limits)
