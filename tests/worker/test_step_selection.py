@@ -248,3 +248,127 @@ def test_two_ray_workers_select_per_step(
     )  # fmt: skip
     assert r["workers"] == 2 and r["attempts"] == 1
     _check(worker_server, run_id, r, tmp_path, world=2)
+
+
+# ---------------------------------------------------------------------------
+# rho-loss: the reducible loss, the IL model's training counted in the compute
+# ---------------------------------------------------------------------------
+
+
+def test_a_rho_loss_step_trains_on_the_highest_reducible_losses_of_its_pool() -> None:
+    """As above, with rho-loss: the IL model (two halves, 2 epochs) is trained by the
+    loop; its step equals an SGD step on the 20 highest (fresh CE − IL) of the pool,
+    computed here with numpy, and differs from loss-topk's step. The IL training's
+    sample-passes are in the counts."""
+    from docl.wire.models import RunParams
+    from docl.worker.irreducible import irreducible_losses
+
+    data = get_task("tests.worker.user_task:make_task", n=107)
+    n, steps, lr = data.num_samples, 4, 0.5
+    source = _OneSelectEpoch(n, steps, lr, "rho-loss", 2)
+    source.method_params = {"pool_ratio": 2, "il_epochs": 2}
+    source.run_params = RunParams(batch_size=16, lr_peak=0.3)  # type: ignore[attr-defined]
+    parts = np.array_split(source.shard, steps)
+    pool = np.concatenate([parts[0], parts[2]])
+    il = irreducible_losses(data, il="halves", seed=0, epochs=2, batch_size=16, lr=0.3,
+                            momentum=0.0, weight_decay=0.0).values["task"]  # fmt: skip
+
+    def manual(rows: np.ndarray) -> dict[str, torch.Tensor]:
+        model = data.make_model(0)
+        idx = torch.from_numpy(rows)
+        F = torch.nn.functional
+        F.cross_entropy(model(data.x_train[idx]), data.y_train[idx]).backward()
+        with torch.no_grad():
+            return {k: p - lr * p.grad for k, p in model.named_parameters()}  # type: ignore[operator]
+
+    with torch.no_grad():
+        logits = data.make_model(0)(data.x_train[torch.from_numpy(pool)]).double().numpy()
+    y = data.y_train[torch.from_numpy(pool)].numpy()
+    logp = logits - np.log(np.exp(logits).sum(1, keepdims=True))
+    ce = -logp[np.arange(pool.size), y]
+    rho = pool[np.argsort(-(ce - il[pool]), kind="stable")[:20]]
+    topk = pool[np.argsort(-ce, kind="stable")[:20]]
+    assert set(rho) != set(topk)
+
+    session = _KeepState(checkpoint_dir=None)
+    cfg = LoopConfig(run_id="rho", momentum=0.0, weight_decay=0.0, eval_every=0)
+    train_loop(cfg, data, session, source=source)
+    assert session.state is not None and session.metrics is not None
+    got = session.state["model"]
+    for k, v in manual(rho).items():
+        torch.testing.assert_close(got[k], v, rtol=1e-5, atol=1e-6)
+    assert any(not torch.allclose(got[k], v, atol=1e-6) for k, v in manual(topk).items())
+    np.testing.assert_array_equal(session.state["signals"]["irreducible_loss"]["task"], il)
+    # loop: backward 80, forward 80 + 4 pools of 40; IL: 2 epochs × 80 trained, 80 scored
+    m = session.metrics
+    assert (m["backward_samples"], m["forward_samples"]) == (80 + 160, 240 + 160 + 80)
+    assert m["compute_samples"] == 720 and m["signal_compute_samples"] == 400
+
+
+def _rho_counts(r: dict[str, Any], out: Path, *, epochs: int, selects: int, ratio: int,
+                il_epochs: int) -> None:  # fmt: skip
+    """The counts of a rho-loss run with il=halves: the loop's passes plus the IL
+    models' (il_epochs × n trained, n scored), paid once whatever the ranks."""
+    n = r["num_samples"]
+    il_f, il_b = il_epochs * n + n, il_epochs * n
+    assert r["backward_samples"] == epochs * n + il_b
+    assert r["forward_samples"] == epochs * n + selects * ratio * n + il_f
+    assert r["compute_samples"] == r["forward_samples"] + r["backward_samples"]
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert len(lines) == epochs and all(m["signal_compute_samples"] == il_f + il_b for m in lines)
+    assert lines[0]["backward_samples"] == n + il_b  # counted from the first epoch on
+
+
+def test_docl_train_rho_loss_end_to_end(tmp_path: Path) -> None:
+    """The real command, its own server, il=halves (the default)."""
+    out = tmp_path / "out"
+    r = subprocess.run(
+        [sys.executable, "-c", "from docl.client.cli import main; main()",
+         "train", "--task", "digits", "--method", "rho-loss", "--workers", "0",
+         "--epochs", "3", "-p", "warmup_epochs=1", "-p", "pool_ratio=2", "-p", "batch_size=64",
+         "-p", "il_epochs=2", "--out", str(out), "--no-progress"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    result = json.loads((out / "result.json").read_text())
+    assert result["method"] == "rho-loss" and 0.0 <= result["test_accuracy"] <= 1.0
+    assert result["batches"] == 3 * -(-result["num_samples"] // 64)  # random SGD's steps
+    _rho_counts(result, out, epochs=3, selects=2, ratio=2, il_epochs=2)
+    assert "irreducible loss (halves, 2 epochs)" in r.stdout + r.stderr
+
+
+def test_rho_loss_il_val_needs_a_validation_split(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="needs a validation split"):
+        train(TrainSpec(task="digits", method="rho-loss", epochs=2, workers=0,
+                        params={"il": "val", "warmup_epochs": 1}, out=str(tmp_path),
+                        progress=False))  # fmt: skip
+    r = train(TrainSpec(task="digits", method="rho-loss", epochs=2, workers=0,
+                        task_params={"validation": 0.15}, out=str(tmp_path / "v"),
+                        params={"il": "val", "il_epochs": 1, "warmup_epochs": 1,
+                                "batch_size": 64}, progress=False))  # fmt: skip
+    n, nv = r["num_samples"], 202
+    assert r["backward_samples"] == 2 * n + nv  # one model, one epoch on the val split
+    assert r["forward_samples"] == 2 * n + 4 * n + nv + n
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_two_ray_workers_run_rho_loss(
+    ray_cluster: str, worker_server: str, run_id: str, tmp_path: Path
+) -> None:
+    """Each rank trains one half's IL model; the IL is paid once in the counts, and
+    the server saw every candidate of every pool, as for loss-topk."""
+    params = {**PARAMS, "il_epochs": 2}
+    r = train(
+        TrainSpec(task="digits", method="rho-loss", epochs=EPOCHS, workers=2,
+                  server=worker_server, run_id=run_id, params=params, out=str(tmp_path),
+                  progress=False)
+    )  # fmt: skip
+    assert r["workers"] == 2 and r["attempts"] == 1
+    _rho_counts(r, tmp_path, epochs=EPOCHS, selects=3, ratio=3, il_epochs=2)
+    with ScoreClient(worker_server) as client:
+        visits, _, total = expected_visits_and_lr_sums(
+            client, run_id, world=2, num_samples=r["num_samples"], pool_ratio=3
+        )
+        np.testing.assert_array_equal(client.scores(run_id).visits, visits)
+    assert r["batches"] == total
