@@ -238,7 +238,7 @@ def summarize(
                 p["reach_batches"] = reach
                 p["reach_ratio"] = reach / base if reach is not None and base else None
         task_sum["bar"] = _bar(per, hib)
-        controls = {*CONTROLS, *(c for c in map(_control_of, per) if c)}
+        controls = {*CONTROLS, *(c for c in (_control_of(v, per) for v in per) if c)}
         for v, p in per.items():
             if v not in controls:
                 p["verdict"] = verdict(v, per, metric)
@@ -295,7 +295,7 @@ def judge(
                 vs["compute"] = {**versus(es["test_mean"], es["test_std"], m, sd, hib),
                                  "mean": m, "std": sd, "at": p["compute"],
                                  "capped": max(spent) < p["compute"]}  # fmt: skip
-        ctl = _control_of(variant)
+        ctl = _control_of(variant, per)
         ce = per.get(ctl, {}).get("early") if ctl is not None else None
         if ce is not None:
             vs["control"] = {**versus(es["test_mean"], es["test_std"], ce["test_mean"],
@@ -393,14 +393,32 @@ CONTROLS = ("random", "random-subset")
 
 def _control_of(variant: str, per: dict[str, Any] | None = None) -> str | None:
     """The label of ``variant``'s size-matched control (its method's registry entry names
-    one: infobatch → infobatch-random), with the variant's own parameters."""
+    one: infobatch → infobatch-random), with the variant's own parameters. When ``per``
+    has no such label, the control's variant in ``per`` whose parameters are the
+    variant's that the control accepts (``rho-loss[il=val,pool_ratio=3]`` →
+    ``pool-random[pool_ratio=3]``: the same pools, without the IL's parameter)."""
     from docl.services.methods import registry
+    from docl.wire.models import RunParams
 
     method = variant.split("[")[0]
     spec = registry().get(method)
     if spec is None or spec.control is None:
         return None
-    return spec.control + variant[len(method) :]
+    label = spec.control + variant[len(method) :]
+    ctl = registry().get(spec.control)
+    if per is None or label in per or ctl is None:
+        return label
+    from docl.lab.experiment.variants import parse_variant
+
+    accepts = set(RunParams.model_fields) | set(ctl.params.model_fields)
+    try:
+        own = {k: v for k, v in parse_variant(variant).params.items() if k in accepts}
+        for other in per:
+            if other.split("[")[0] == spec.control and parse_variant(other).params == own:
+                return other
+    except ValueError:
+        pass
+    return label
 
 
 def _curve_at(curve: dict[str, list[float]], batches: float) -> tuple[float, float] | None:
@@ -435,7 +453,7 @@ def verdict(variant: str, per: dict[str, Any], metric: str) -> dict[str, Any]:
             b = per[base]
             vs[base] = {**versus(p["test_mean"], p["test_std"], b["test_mean"], b["test_std"], hib),
                         "mean": b["test_mean"], "std": b["test_std"]}  # fmt: skip
-    ctl = _control_of(variant)
+    ctl = _control_of(variant, per)
     if ctl is not None and ctl in per:
         b = per[ctl]
         vs["control"] = {**versus(p["test_mean"], p["test_std"], b["test_mean"], b["test_std"], hib),

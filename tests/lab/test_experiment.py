@@ -645,6 +645,11 @@ def test_the_judge_reads_the_best_validation_epoch_and_equal_compute(tmp_path: P
     line = next(x for x in early.splitlines() if x.startswith("| loss-topk |"))
     assert "≤ +4.00" in line and "| 3.00 |" in line
     assert "at equal compute" in t["sentence"] and "a longer random run" in t["sentence"]
+    # a variant with a parameter its control does not take finds the control without it
+    rows += [{**r, "variant": "rho-loss[il=val]", "method": "rho-loss"}
+             for r in rows if r["variant"] == "loss-topk"]  # fmt: skip
+    per = summarize(rows)["tasks"]["t"]["variants"]
+    assert per["rho-loss[il=val]"]["judge"]["vs"]["control"]["label"] == "pool-random"
     # one seed: numbers, no verdict; no validation split: no early-stopping figure
     one = summarize([r for r in rows if r["seed"] == 0])["tasks"]["t"]["variants"]
     assert one["docl"]["judge"]["status"] == "2+ seeds needed"
@@ -657,3 +662,48 @@ def test_the_judge_reads_the_best_validation_epoch_and_equal_compute(tmp_path: P
     assert summarize(warm)["tasks"]["t"]["variants"]["docl"]["judge"]["status"] == (
         "no selection epoch"
     )
+
+
+@pytest.mark.slow
+def test_step_level_methods_on_a_task_defined_outside_the_repo(tmp_path: Path) -> None:
+    """``docl experiment --tasks pkg.mod:factory --methods random,rho-loss,loss-topk,
+    pool-random --seeds 2`` on a noisy user task with a validation split prints the
+    early-stopping comparison with batches and compute: the same backward batches for
+    all, the pools' forwards and the IL model's training in the compute."""
+    from docl.client.cli import _register, app
+
+    _register()
+    out = tmp_path / "steps"
+    r = CliRunner().invoke(app, [
+        "experiment", "--tasks", "tests.worker.user_task:make_noisy_task",
+        "--methods", "random,rho-loss,loss-topk,pool-random", "--seeds", "2",
+        "--study", "none", "--jobs", "2", "--no-progress", "--out", str(out),
+    ])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    with open(out / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 8 and all(x["es_test"] and x["es_batches"] for x in rows)
+    by = {(x["variant"], int(x["seed"])): x for x in rows}
+    n, epochs = 600 - 150 - 120, 5  # training samples; epochs of the plan
+    phases = [json.loads(x)["phase"] for x in
+              next(out.glob("runs/*/metrics.jsonl")).read_text().splitlines()]  # fmt: skip
+    selects = phases.count("select")  # the rest: the warmup and a refresh epoch
+    assert len(phases) == epochs and 0 < selects < epochs
+    for s in (0, 1):
+        assert len({int(by[v, s]["batches"]) for v in ("random", "rho-loss", "loss-topk",
+                                                       "pool-random")}) == 1  # fmt: skip
+        assert int(by["random", s]["compute_samples"]) == 2 * epochs * n
+        pool = 2 * epochs * n + selects * 4 * n  # a pool of 4 parts per selection step
+        assert int(by["pool-random", s]["compute_samples"]) == pool
+        assert int(by["loss-topk", s]["compute_samples"]) == pool
+        il = 10 * n * 2 + n  # halves: 10 epochs over both halves, forward and backward
+        assert int(by["rho-loss", s]["compute_samples"]) == pool + il
+    assert "early stopping on tests.worker.user_task:make_noisy_task" in r.output
+    for m in ("rho-loss", "loss-topk"):
+        said = next(x for x in r.output.splitlines() if x.strip().startswith(f"{m} "))
+        assert "at the best validation epoch" in said and "sample-passes" in said
+        assert "equal backward batches" in said and "equal compute" in said
+        assert "its control pool-random" in said
+    md = (out / "results.md").read_text()
+    assert "## Early stopping: test at the best validation epoch (the headline)" in md
+    assert "### tests.worker.user_task:make_noisy_task (accuracy, early stopping)" in md
