@@ -348,10 +348,16 @@ def _judge_sentence(
             f"{_num(c['pooled_std'], metric)}){note}"
         )
     compute = "" if p.get("compute") is None else f", {p['compute']:.3g} sample-passes"
+    caveat = (
+        " Caution: il=val trains the irreducible-loss model on the validation split, so "
+        "this run's validation metric (and the epoch early stopping keeps) is not held out."
+        if p.get("method") == "rho-loss" and "il=val" in variant.replace(" ", "")
+        else ""
+    )
     return (
         f"{head} test {word} at the best validation epoch {_num(es['test_mean'], metric)} ± "
         f"{_num(es['test_std'], metric)} (after {es['batches']:.0f} of {p['batches']} "
-        f"batches{compute})" + (" vs " + "; ".join(parts) if parts else "") + "."
+        f"batches{compute})" + (" vs " + "; ".join(parts) if parts else "") + "." + caveat
     )
 
 

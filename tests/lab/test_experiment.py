@@ -650,6 +650,11 @@ def test_the_judge_reads_the_best_validation_epoch_and_equal_compute(tmp_path: P
              for r in rows if r["variant"] == "loss-topk"]  # fmt: skip
     per = summarize(rows)["tasks"]["t"]["variants"]
     assert per["rho-loss[il=val]"]["judge"]["vs"]["control"]["label"] == "pool-random"
+    assert (
+        "validation metric (and the epoch early stopping keeps) is not held out"
+        in (per["rho-loss[il=val]"]["judge"]["sentence"])
+    )
+    assert "not held out" not in per["loss-topk"]["judge"]["sentence"]
     # one seed: numbers, no verdict; no validation split: no early-stopping figure
     one = summarize([r for r in rows if r["seed"] == 0])["tasks"]["t"]["variants"]
     assert one["docl"]["judge"]["status"] == "2+ seeds needed"

@@ -338,10 +338,11 @@ def test_docl_train_rho_loss_end_to_end(tmp_path: Path) -> None:
 
 
 def test_rho_loss_il_val_needs_a_validation_split(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="needs a validation split"):
+    with pytest.raises(TrainError, match="task 'digits' has none"):
         train(TrainSpec(task="digits", method="rho-loss", epochs=2, workers=0,
                         params={"il": "val", "warmup_epochs": 1}, out=str(tmp_path),
                         progress=False))  # fmt: skip
+    assert not (tmp_path / "metrics.jsonl").exists()
     r = train(TrainSpec(task="digits", method="rho-loss", epochs=2, workers=0,
                         task_params={"validation": 0.15}, out=str(tmp_path / "v"),
                         params={"il": "val", "il_epochs": 1, "warmup_epochs": 1,
