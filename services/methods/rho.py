@@ -48,7 +48,7 @@ class RhoParams(PoolParams):
         "'val' (one model on the task's validation split).",
     )
     il_epochs: int = Field(
-        10, ge=1, le=1000, description="epochs of the irreducible-loss model's training."
+        30, ge=1, le=1000, description="epochs of the irreducible-loss model's training."
     )
     il_lr: float | None = Field(
         None,

@@ -701,7 +701,7 @@ def test_step_level_methods_on_a_task_defined_outside_the_repo(tmp_path: Path) -
         pool = 2 * epochs * n + selects * 4 * n  # a pool of 4 parts per selection step
         assert int(by["pool-random", s]["compute_samples"]) == pool
         assert int(by["loss-topk", s]["compute_samples"]) == pool
-        il = 10 * n * 2 + n  # halves: 10 epochs over both halves, forward and backward
+        il = 30 * n * 2 + n  # halves: 30 epochs over both halves, forward and backward
         assert int(by["rho-loss", s]["compute_samples"]) == pool + il
     assert "early stopping on tests.worker.user_task:make_noisy_task" in r.output
     for m in ("rho-loss", "loss-topk"):

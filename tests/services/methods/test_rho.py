@@ -72,7 +72,7 @@ def test_rho_loss_is_registered_with_its_control_and_parameters() -> None:
     assert spec.control == "pool-random" and spec.step_signals == (IL_SIGNAL,)
     assert spec.pool_ratio({}) == 4 and spec.pool_ratio({"pool_ratio": 6, "il": "val"}) == 6
     p = spec.params.model_validate({})
-    assert (p.il, p.il_epochs, p.il_lr) == ("halves", 10, None)  # type: ignore[attr-defined]
+    assert (p.il, p.il_epochs, p.il_lr) == ("halves", 30, None)  # type: ignore[attr-defined]
     for bad in ({"il": "test"}, {"il_epochs": 0}, {"il_lr": -1.0}, {"pool_ratio": 1}):
         with pytest.raises(ValueError):
             validate_method_params("rho-loss", bad)
