@@ -30,7 +30,7 @@ import numpy as np
 from pydantic import Field
 
 from docl.services.methods import SelectionMethod, StepContext, register_method
-from docl.services.methods.pool import PoolParams, uniform_epochs
+from docl.services.methods.pool import PoolParams, top_b, uniform_epochs
 
 __all__ = ["IL_SIGNAL", "RHO_LOSS", "RhoParams", "reducible_loss", "rho_loss_rule"]
 
@@ -73,9 +73,7 @@ def reducible_loss(ctx: StepContext) -> np.ndarray:
 
 def rho_loss_rule(ctx: StepContext) -> np.ndarray:
     """The positions of the b highest reducible losses (ties: the earlier; NaN last)."""
-    red = reducible_loss(ctx)
-    key = np.where(np.isnan(red), -np.inf, red)
-    return np.argsort(-key, kind="stable")[: ctx.b].astype(np.int64)
+    return top_b(reducible_loss(ctx), ctx.b)
 
 
 RHO_LOSS = register_method(

@@ -18,7 +18,7 @@ from docl.client import ScoreClient, Shard
 from docl.wire.models import Epoch
 from docl.worker.loop import InjectedFault, LoopConfig, train_loop
 from docl.worker.session import LocalSession
-from docl.worker.tasks import get_task
+from docl.worker.tasks import TaskData, get_task
 from docl.worker.train import TrainError, TrainSpec, build_run, train
 from tests.worker.helpers import expected_visits_and_lr_sums
 
@@ -55,6 +55,25 @@ class _KeepState(LocalSession):
         self.metrics, self.state = metrics, state
 
 
+def _sgd_step(data: TaskData, rows: np.ndarray, lr: float) -> dict[str, torch.Tensor]:
+    """θ − lr·∇ mean CE over ``rows`` at the init θ of ``make_model(0)``."""
+    model = data.make_model(0)
+    idx = torch.from_numpy(rows)
+    F = torch.nn.functional
+    F.cross_entropy(model(data.x_train[idx]), data.y_train[idx]).backward()
+    with torch.no_grad():
+        return {k: p - lr * p.grad for k, p in model.named_parameters()}  # type: ignore[operator]
+
+
+def _pool_ce(data: TaskData, pool: np.ndarray) -> np.ndarray:
+    """The pool's cross-entropies at the init θ, computed with numpy from the logits."""
+    with torch.no_grad():
+        logits = data.make_model(0)(data.x_train[torch.from_numpy(pool)]).double().numpy()
+    y = data.y_train[torch.from_numpy(pool)].numpy()
+    logp = logits - np.log(np.exp(logits).sum(1, keepdims=True))
+    return -logp[np.arange(pool.size), y]
+
+
 def test_a_selection_step_trains_on_the_highest_fresh_losses_of_its_pool() -> None:
     """n = 80 in 4 steps of 20 at pool ratio 2: step 0's pool is parts 0 and 2 (40
     candidates). One SGD step (no momentum, no weight decay) of the loop equals
@@ -67,19 +86,7 @@ def test_a_selection_step_trains_on_the_highest_fresh_losses_of_its_pool() -> No
     parts = np.array_split(source.shard, steps)
     pool = np.concatenate([parts[0], parts[2]])
 
-    def manual(rows: np.ndarray) -> dict[str, torch.Tensor]:
-        model = data.make_model(0)
-        idx = torch.from_numpy(rows)
-        F = torch.nn.functional
-        F.cross_entropy(model(data.x_train[idx]), data.y_train[idx]).backward()
-        with torch.no_grad():
-            return {k: p - lr * p.grad for k, p in model.named_parameters()}  # type: ignore[operator]
-
-    with torch.no_grad():
-        logits = data.make_model(0)(data.x_train[torch.from_numpy(pool)]).double().numpy()
-    y = data.y_train[torch.from_numpy(pool)].numpy()
-    logp = logits - np.log(np.exp(logits).sum(1, keepdims=True))
-    ce = -logp[np.arange(pool.size), y]
+    ce = _pool_ce(data, pool)
     top = pool[np.argsort(-ce, kind="stable")[:20]]
     low = pool[np.argsort(ce, kind="stable")[:20]]
 
@@ -88,10 +95,10 @@ def test_a_selection_step_trains_on_the_highest_fresh_losses_of_its_pool() -> No
     train_loop(cfg, data, session, source=source)
     assert session.state is not None
     got = session.state["model"]
-    want = manual(top)
+    want = _sgd_step(data, top, lr)
     for k, v in want.items():
         torch.testing.assert_close(got[k], v, rtol=1e-5, atol=1e-6)
-    for other in (manual(parts[0]), manual(low)):
+    for other in (_sgd_step(data, parts[0], lr), _sgd_step(data, low, lr)):
         assert any(not torch.allclose(got[k], v, atol=1e-6) for k, v in other.items())
     # 4 steps of 20: backward 80; forward 80 + 4 pools of 40
     assert session.metrics is not None
@@ -273,19 +280,7 @@ def test_a_rho_loss_step_trains_on_the_highest_reducible_losses_of_its_pool() ->
     il = irreducible_losses(data, il="halves", seed=0, epochs=2, batch_size=16, lr=0.3,
                             momentum=0.0, weight_decay=0.0).values["task"]  # fmt: skip
 
-    def manual(rows: np.ndarray) -> dict[str, torch.Tensor]:
-        model = data.make_model(0)
-        idx = torch.from_numpy(rows)
-        F = torch.nn.functional
-        F.cross_entropy(model(data.x_train[idx]), data.y_train[idx]).backward()
-        with torch.no_grad():
-            return {k: p - lr * p.grad for k, p in model.named_parameters()}  # type: ignore[operator]
-
-    with torch.no_grad():
-        logits = data.make_model(0)(data.x_train[torch.from_numpy(pool)]).double().numpy()
-    y = data.y_train[torch.from_numpy(pool)].numpy()
-    logp = logits - np.log(np.exp(logits).sum(1, keepdims=True))
-    ce = -logp[np.arange(pool.size), y]
+    ce = _pool_ce(data, pool)
     rho = pool[np.argsort(-(ce - il[pool]), kind="stable")[:20]]
     topk = pool[np.argsort(-ce, kind="stable")[:20]]
     assert set(rho) != set(topk)
@@ -295,9 +290,11 @@ def test_a_rho_loss_step_trains_on_the_highest_reducible_losses_of_its_pool() ->
     train_loop(cfg, data, session, source=source)
     assert session.state is not None and session.metrics is not None
     got = session.state["model"]
-    for k, v in manual(rho).items():
+    for k, v in _sgd_step(data, rho, lr).items():
         torch.testing.assert_close(got[k], v, rtol=1e-5, atol=1e-6)
-    assert any(not torch.allclose(got[k], v, atol=1e-6) for k, v in manual(topk).items())
+    assert any(
+        not torch.allclose(got[k], v, atol=1e-6) for k, v in _sgd_step(data, topk, lr).items()
+    )
     np.testing.assert_array_equal(session.state["signals"]["irreducible_loss"]["task"], il)
     # loop: backward 80, forward 80 + 4 pools of 40; IL: 2 epochs × 80 trained, 80 scored
     m = session.metrics
