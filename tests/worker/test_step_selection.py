@@ -370,3 +370,36 @@ def test_two_ray_workers_run_rho_loss(
         )
         np.testing.assert_array_equal(client.scores(run_id).visits, visits)
     assert r["batches"] == total
+
+
+def test_a_rho_loss_run_resumes_with_its_irreducible_loss_from_the_checkpoint(
+    worker_server: str, run_id: str, tmp_path: Path
+) -> None:
+    """Killed in selection epoch 2 and resumed from epoch 1's checkpoint: the IL is read
+    back (the same values, not retrained) and counted once in the sample-passes."""
+    data = get_task("digits")
+    params = {**PARAMS, "il_epochs": 2}
+    spec = TrainSpec(task="digits", method="rho-loss", epochs=EPOCHS, run_id=run_id,
+                     params=params)  # fmt: skip
+    with ScoreClient(worker_server) as client:
+        client.create_run(build_run(spec, data))
+    fault = {"epoch": 2, "step": 2, "rank": 0, "marker": str(tmp_path / "fired"), "action": "raise"}
+    cfg = LoopConfig(run_id=run_id, server=worker_server, fault=fault)
+    ckpt = tmp_path / "ckpt"
+    with pytest.raises(InjectedFault):
+        train_loop(cfg, data, LocalSession(checkpoint_dir=ckpt, resume=True))
+    saved = torch.load(ckpt / "state.pt", weights_only=False)["signals"]
+    logs: list[str] = []
+
+    class _Logged(LocalSession):
+        def log(self, line: str) -> None:
+            logs.append(line)
+
+    final = train_loop(cfg, data, _Logged(checkpoint_dir=ckpt, resume=True))
+    assert not any("irreducible loss" in x for x in logs)  # not trained again
+    after = torch.load(ckpt / "state.pt", weights_only=False)["signals"]
+    np.testing.assert_array_equal(after["irreducible_loss"]["task"],
+                                  saved["irreducible_loss"]["task"])  # fmt: skip
+    n = data.num_samples
+    assert final["backward_samples"] == EPOCHS * n + 2 * n
+    assert final["forward_samples"] == EPOCHS * n + 3 * 3 * n + 2 * n + n
