@@ -53,7 +53,7 @@ from docl.client.sampler import default_outage_tolerance, ride_out
 from docl.services.methods import select_step
 from docl.services.methods.pool import candidate_pools
 from docl.services.seeds import step_rng
-from docl.wire.models import Epoch, RunCreate
+from docl.wire.models import Epoch, RunCreate, RunParams
 from docl.worker.session import Session
 from docl.worker.tasks import TaskData
 
@@ -159,6 +159,7 @@ class ServerEpochs:
         )
         self.method: str = run.method
         self.method_params: dict[str, Any] = dict(run.method_params)
+        self.run_params: RunParams = run.params
 
     def epoch(self, e: int) -> Epoch:
         epoch: Epoch = ride_out(
@@ -200,6 +201,7 @@ class LocalEpochs:
         self.run = run
         self.method = run.method
         self.method_params = dict(run.method_params)
+        self.run_params = run.params
         self.plan = build_plan(run)
         self.num_epochs = len(self.plan)
         self.total_steps = int(sum(p.steps for p in self.plan))
@@ -398,6 +400,19 @@ def train_loop(
     # included) and backward; compute = forward + backward (docs/training.md).
     forward_total = int(metrics.get("forward_samples", 0))
     backward_total = int(metrics.get("backward_samples", 0))
+    # A step rule's signals besides the fresh loss (rho-loss: the irreducible loss),
+    # per loss kind, over every training sample; trained once, kept in the checkpoint.
+    signals: dict[str, dict[str, np.ndarray]] = {}
+    signal_passes = int(metrics.get("signal_compute_samples", 0))
+    if step is not None and step.signals:
+        if state is not None and "signals" in state:
+            signals = state["signals"]
+        else:
+            signals, spent = _step_signals(cfg, data, session, source, step)
+            if state is None:  # sample-passes of the IL training: counted once
+                forward_total += spent[0]
+                backward_total += spent[1]
+                signal_passes = spent[0] + spent[1]
 
     try:
         for e in range(start_epoch, source.num_epochs):
@@ -438,10 +453,13 @@ def train_loop(
                         with torch.no_grad():
                             rep_out = model(x_train[cand_t])  # (p, c); not DDP: no collective
                             fresh = per_sample_loss(rep_out, y_train[cand_t], task, epoch.loss)
+                        values = {"loss": fresh.float().cpu().numpy()}
+                        for name, by_kind in signals.items():  # e.g. the irreducible loss
+                            values[name] = by_kind[epoch.loss][cand]
                         chosen = select_step(
                             step.method,
                             b=int(idx_t.numel()),
-                            values={"loss": fresh.float().cpu().numpy()},
+                            values=values,
                             rng=step_rng(epoch.seed, rank, s),
                             method_params=step.params,
                         )
@@ -510,6 +528,8 @@ def train_loop(
                 "train_loss": float(session.all_reduce_sum(loss_sum.double().cpu().reshape(1))[0])
                 / max(1, steps * world),
             }
+            if signals:  # of which the signals' (the IL model's) training and scoring
+                metrics["signal_compute_samples"] = signal_passes
             if last or (cfg.eval_every > 0 and (e + 1) % cfg.eval_every == 0):
                 ev = evaluate(model, data.x_test, data.y_test, task, session)
                 metrics["test_accuracy"] = ev["accuracy"]
@@ -543,6 +563,8 @@ def train_loop(
                     "wall_time": metrics["wall_time"],
                     "attempt": attempt,
                 }
+                if signals:
+                    ckpt["signals"] = signals
             session.save(metrics, ckpt)
     finally:
         if bar is not None:
@@ -556,11 +578,13 @@ def train_loop(
 
 @dataclass(frozen=True)
 class _StepLevel:
-    """The run's step-level method: its name, its parameters and its pool ratio m."""
+    """The run's step-level method: its name, its parameters, its pool ratio m and the
+    per-sample signals its rule reads besides the fresh loss."""
 
     method: str
     params: dict[str, Any]
     ratio: int
+    signals: tuple[str, ...] = ()
 
     @staticmethod
     def of(source: EpochSource) -> _StepLevel | None:
@@ -575,7 +599,54 @@ class _StepLevel:
             spec = methods.registry().get(name)
         params = dict(getattr(source, "method_params", None) or {})
         ratio = None if spec is None else spec.pool_ratio(params)
-        return None if ratio is None else _StepLevel(name, params, ratio)
+        if spec is None or ratio is None:
+            return None
+        return _StepLevel(name, params, ratio, tuple(spec.step_signals))
+
+
+def _step_signals(
+    cfg: LoopConfig, data: TaskData, session: Session, source: EpochSource, step: _StepLevel
+) -> tuple[dict[str, dict[str, np.ndarray]], tuple[int, int]]:
+    """The signals ``step``'s rule reads besides the fresh loss, each per loss kind over
+    every training sample, and the (forward, backward) sample-passes they cost, all
+    ranks. The worker computes the irreducible loss itself (``worker/irreducible.py``);
+    a signal column uploaded to the score server will replace this (issue 18, item 2)."""
+    from docl.services import methods
+    from docl.services.methods.rho import IL_SIGNAL
+    from docl.worker.irreducible import shared_irreducible
+
+    unknown = [s for s in step.signals if s != IL_SIGNAL]
+    if unknown:
+        raise ValueError(
+            f"method {step.method!r} reads the per-sample signals {unknown}, which the "
+            f"worker cannot compute (it computes only {IL_SIGNAL!r})"
+        )
+    params: Any = methods.get_method(step.method).params.model_validate(step.params)
+    run_params: RunParams | None = getattr(source, "run_params", None)
+    if run_params is None:
+        raise ValueError(f"method {step.method!r} needs the run's parameters from its source")
+    t0 = time.perf_counter()
+    il = shared_irreducible(
+        data,
+        rank=session.rank,
+        world=session.world,
+        all_reduce_sum=session.all_reduce_sum,
+        il=params.il,
+        seed=cfg.seed,
+        epochs=params.il_epochs,
+        batch_size=run_params.batch_size,
+        lr=params.il_lr if params.il_lr is not None else run_params.lr_peak,
+        momentum=cfg.momentum,
+        weight_decay=cfg.weight_decay,
+        device=session.device,
+    )
+    if session.rank == 0:
+        session.log(
+            f"irreducible loss ({params.il}, {params.il_epochs} epochs): "
+            f"{il.forward_samples + il.backward_samples} sample-passes, "
+            f"{time.perf_counter() - t0:.1f}s"
+        )
+    return {IL_SIGNAL: il.values}, (il.forward_samples, il.backward_samples)
 
 
 def _sum_counters(reporter: Any, session: Session) -> dict[str, int]:

@@ -19,8 +19,12 @@ Outputs in ``DIR`` (see docs/results.md for how to read them):
 * ``runs/<key>/`` — each run's ``metrics.jsonl``, ``result.json``, ``train.log``
   and ``row.json`` (written last: its presence marks the run as done, so an
   interrupted experiment resumes where it stopped);
-* ``results.csv`` — one row per run; ``results.md`` — mean ± std per task ×
-  variant; per method, its final test metric at the equal batch budget beside
+* ``results.csv`` — one row per run (early-stopped figures and sample-passes
+  included); ``results.md`` — mean ± std per task × variant; the headline: each
+  run's test metric at its best validation epoch (early stopping) beside the final
+  one, its backward batches and compute, against random SGD at equal batches and at
+  equal compute and against its control (:func:`~.summary.judge`); per method, its
+  final test metric at the equal batch budget beside
   random SGD and random-subset, the batches it needs to reach random SGD's final
   metric, and one sentence "pays here?" (the gap against the pooled std); the
   DoCL bar;

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from docl.lab.experiment.plots import plot_curves, plot_study
-from docl.lab.experiment.summary import CONTROLS, mean_std, metric_of, summarize
+from docl.lab.experiment.summary import CONTROLS, early_stop, mean_std, metric_of, summarize
 
 __all__ = ["CSV_COLUMNS", "render_markdown", "write_csv", "write_json_atomic", "write_outputs"]
 
@@ -19,6 +19,8 @@ __all__ = ["CSV_COLUMNS", "render_markdown", "write_csv", "write_json_atomic", "
 CSV_COLUMNS = (
     "task", "variant", "method", "seed", "kind", "metric", "budget", "batches", "epochs",
     "test", "val", "test_accuracy", "val_accuracy", "test_mse", "val_mse",
+    "es_test", "es_val", "es_epoch", "es_batches",
+    "forward_samples", "backward_samples", "compute_samples",
     "wall_time", "train_time", "workers", "visited", "visits_total", "samples_scored",
     "run_id", "params", "task_params",
 )  # fmt: skip
@@ -32,6 +34,10 @@ def write_csv(rows: Iterable[dict[str, Any]], path: Path) -> None:
             rec = {k: r.get(k) for k in CSV_COLUMNS}
             rec["test"] = metric_of(r, "test")
             rec["val"] = metric_of(r, "val")
+            es = early_stop(r.get("history", ()), r["metric"])  # the best validation epoch
+            if es is not None:
+                rec.update(es_test=es["test"], es_val=es["val"], es_epoch=es["epoch"],
+                           es_batches=es["batches"])  # fmt: skip
             rec["params"] = json.dumps(r.get("params", {}), sort_keys=True)
             rec["task_params"] = json.dumps(r.get("task_params", {}), sort_keys=True)
             w.writerow({k: ("" if v is None else v) for k, v in rec.items()})
@@ -85,6 +91,7 @@ def render_markdown(summary: dict[str, Any]) -> str:
                 )
             lines.append(f"| {v} | " + " | ".join(cells) + " |")
         lines.append("")
+    lines += _early_section(summary, tasks)
     lines += _pays_section(summary, tasks)
     lines += [
         "## The bar: DoCL against random SGD and random-subset",
@@ -176,11 +183,83 @@ def render_markdown(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _passes(v: float | None) -> str:
+    if v is None:
+        return "–"
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if v >= scale:
+            return f"{v / scale:.2f}{unit}"
+    return f"{v:.0f}"
+
+
+def _early_section(summary: dict[str, Any], tasks: list[str]) -> list[str]:
+    """The headline: per task, each variant's test metric at its best validation epoch
+    beside its final test metric, its batches and compute, and the early-stopping judge
+    against random SGD at equal batches and at equal compute and against its control."""
+    lines = [
+        "## Early stopping: test at the best validation epoch (the headline)",
+        "",
+        "What a practitioner keeps: each run's checkpoint at its best validation epoch "
+        "(ties: the earliest), and the test metric there; mean ± std over seeds. Beside it "
+        "the final test metric at the end of the budget, the batches at the best epoch, "
+        "the backward batches of the run and its compute in sample-passes (forward + "
+        "backward, summed over ranks: a pool method's candidate forwards and the "
+        "irreducible-loss model's training included), also as a multiple of random SGD's. "
+        "Each method against random SGD early-stopped at **equal backward batches** (the "
+        "same budget) and at **equal compute** (each random SGD run's curve read up to the "
+        "compute the method spent, early-stopped there; ≤ marks random SGD runs whose "
+        "whole budget spent less, where only a longer random run is a fair point), and "
+        "its size-matched control early-stopped. Gap (pooled std): > 0 = the method is "
+        "better. Pays = beats each by more than the pooled std, from 2+ seeds.",
+        "",
+    ]
+    for t in tasks:
+        ts = summary["tasks"][t]
+        per, m = ts["variants"], ts["metric"]
+        rc = per.get("random", {}).get("compute")
+        lines += [
+            f"### {t} ({m}, early stopping)",
+            "",
+            "| variant | test @ best val | best epoch at batch | final test | batches | compute "
+            "| × random | vs random SGD, equal batches | vs random SGD, equal compute "
+            "| vs control | pays? |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for v, p in per.items():
+            es, j = p.get("early"), p.get("judge", {})
+            vs = j.get("vs", {})
+            cells = [
+                v,
+                "–" if es is None else _cell(es["test_mean"], es["test_std"], m, False),
+                "–" if es is None else f"{es['batches']:.0f}",
+                _cell(p["test_mean"], p["test_std"], m, False),
+                str(p["batches"]),
+                _passes(p.get("compute")),
+                "–" if not rc or p.get("compute") is None else f"{p['compute'] / rc:.2f}",
+            ]
+            for k in ("batches", "compute", "control"):
+                c = vs.get(k)
+                mark = "≤ " if c is not None and c.get("capped") else ""
+                cells.append(
+                    "–" if c is None
+                    else f"{mark}{_gap(c['gap'], m)} ({_gap(c['pooled_std'], m, sign=False)})"
+                )  # fmt: skip
+            status = j.get("status", "")
+            cells.append(
+                {"pays": "**yes**", "does not pay": "no", "control": ""}.get(status, status)
+            )
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+        lines += [f"- {p['judge']['sentence']}" for p in per.values() if "judge" in p]
+        lines.append("")
+    return lines
+
+
 def _pays_section(summary: dict[str, Any], tasks: list[str]) -> list[str]:
     """Per task, each method beside the controls at the equal batch budget, and one
     sentence per method: does it pay here?"""
     lines = [
-        "## Does it pay here?",
+        "## Does it pay here? (final test at the budget)",
         "",
         "Each method's final test metric at the equal batch budget beside random SGD and "
         "random-subset (uniform subsets of DoCL's sizes, no selection); for a method that "

@@ -161,7 +161,8 @@ def _output_to(path: Path) -> Any:
 
 def _read_history(path: Path) -> list[dict[str, Any]]:
     keep = ("epoch", "phase", "size", "batches", "test_accuracy", "val_accuracy", "test_mse",
-            "val_mse", "train_loss", "wall_time")  # fmt: skip
+            "val_mse", "train_loss", "wall_time", "forward_samples", "backward_samples",
+            "compute_samples", "signal_compute_samples")  # fmt: skip
     out = []
     for line in path.read_text().splitlines():
         if line.strip():
@@ -231,6 +232,10 @@ def _execute_job(job: Job, server: str, out: str, ray_address: str | None) -> di
         "budget": job.budget,
         "batches": int(final.get("batches", 0)),
         "epochs": len(history),
+        # sample-passes, all ranks: pools' forwards and the IL model's training included
+        "forward_samples": final.get("forward_samples"),
+        "backward_samples": final.get("backward_samples"),
+        "compute_samples": final.get("compute_samples"),
         "test_accuracy": final.get("test_accuracy"),
         "val_accuracy": final.get("val_accuracy"),
         "test_mse": final.get("test_mse"),
@@ -362,6 +367,12 @@ def run_experiment(spec: ExperimentSpec, echo: Callable[[str], None] = print) ->
     else:
         marker.unlink(missing_ok=True)
     summary = write_outputs(done, out, variants=[v.label for v in spec.variants], note=note)
+    for t, ts in summary["tasks"].items():  # the headline: early stopping, batches, compute
+        judged = [p["judge"]["sentence"] for p in ts["variants"].values() if "judge" in p]
+        if judged:
+            echo(f"early stopping on {t} (test at the best validation epoch; results.md):")
+            for line in judged:
+                echo(f"  {line}")
     warnings = {(r["task"], r["variant"]): no_selection_warning(r) for r in done}
     for warning in dict.fromkeys(w for w in warnings.values() if w is not None):
         echo(warning)

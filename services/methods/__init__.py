@@ -25,7 +25,9 @@ A method is everything the service needs to know about it, in one place:
   (``loss-topk``, ``pool-random``): in its selection epochs each training step
   forwards a candidate pool of ``pool_ratio`` (a field its ``params`` must have)
   times the step's batch without gradients and trains on the batch the rule picks
-  from the pool's per-sample values (:class:`StepContext`, :func:`select_step`).
+  from the pool's per-sample values (:class:`StepContext`, :func:`select_step`);
+* ``step_signals`` — the per-sample signals its step rule reads besides the fresh
+  loss (``rho-loss``: ``"irreducible_loss"``), which the worker supplies.
 
 Everything else — which Redis columns a run has, the CLI help, which methods the
 local baseline may run — is derived from the registry. The built-in methods live
@@ -163,6 +165,9 @@ class SelectionMethod:
     control: str | None = None  # the method's size-matched uniform control, if any
     summary: str = ""
     step: StepFn | None = None  # a step rule: the method selects per step from a pool
+    #: per-sample signals a step rule reads besides the fresh ``"loss"`` (e.g.
+    #: ``"irreducible_loss"``): whoever runs the steps supplies each over the pool
+    step_signals: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not _NAME.fullmatch(self.name):
@@ -185,6 +190,8 @@ class SelectionMethod:
                 )
             if self.weights:
                 raise ValueError(f"method {self.name!r}: a step-level method has no weights")
+        elif self.step_signals:
+            raise ValueError(f"method {self.name!r}: step_signals need a step rule")
 
     def pool_ratio(self, method_params: Mapping[str, Any] | None = None) -> int | None:
         """m, the candidates per trained sample of a step-level method (None: the

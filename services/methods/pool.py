@@ -42,6 +42,7 @@ __all__ = [
     "candidate_pools",
     "loss_topk_rule",
     "pool_random_rule",
+    "top_b",
     "uniform_epochs",
 ]
 
@@ -88,11 +89,15 @@ def _loss(ctx: StepContext) -> np.ndarray:
     return np.asarray(loss, dtype=np.float64)
 
 
+def top_b(values: np.ndarray, b: int) -> np.ndarray:
+    """The positions of the b highest ``values`` (ties: the earlier position; NaN last)."""
+    key = np.where(np.isnan(values), -np.inf, values)
+    return np.argsort(-key, kind="stable")[:b].astype(np.int64)
+
+
 def loss_topk_rule(ctx: StepContext) -> np.ndarray:
     """The positions of the b highest losses (ties: the earlier position; NaN last)."""
-    loss = _loss(ctx)
-    key = np.where(np.isnan(loss), -np.inf, loss)
-    return np.argsort(-key, kind="stable")[: ctx.b].astype(np.int64)
+    return top_b(_loss(ctx), ctx.b)
 
 
 def pool_random_rule(ctx: StepContext) -> np.ndarray:

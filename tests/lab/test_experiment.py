@@ -516,3 +516,199 @@ def test_ctrl_c_keeps_the_finished_runs_and_says_a_rerun_resumes(tmp_path: Path)
     assert "Run the same `docl experiment` command again to resume" in said[0]
     assert f"**Partial: {marker['runs_done']} of 6 runs**" in (out / "results.md").read_text()
     assert len(list((out / "runs").glob("*/row.json"))) == marker["runs_done"]
+
+
+# ---------------------------------------------------------------------------
+# The early-stopping judge, from hand-made metrics.jsonl files
+# ---------------------------------------------------------------------------
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.sampled_from([0.1, 0.2, 0.3, 0.4]), st.floats(0, 1, allow_nan=False)),
+        min_size=1,
+        max_size=12,
+    ),
+    st.integers(0, 13),
+    st.booleans(),
+)
+def test_early_stop_is_the_first_best_validation_epoch(
+    points: list[tuple[float, float]], cap: int, hib: bool
+) -> None:
+    """Against numpy: the first argmax (MSE: argmin) of the validation metric among the
+    epochs whose compute is within the cap (epoch e has spent 100·(e+1) sample-passes)."""
+    from docl.lab.experiment.summary import early_stop
+
+    metric = "accuracy" if hib else "mse"
+    hist = [{"epoch": e, "batches": 10 * (e + 1), "compute_samples": 100 * (e + 1),
+             f"val_{metric}": v, f"test_{metric}": t} for e, (v, t) in enumerate(points)]  # fmt: skip
+    val = np.array([v for v, _ in points])[:cap]
+    got = early_stop(hist, metric, max_compute=100 * cap)
+    if val.size == 0:
+        assert got is None
+        return
+    e = int(np.argmax(val) if hib else np.argmin(val))
+    assert got is not None and got["epoch"] == e and got["test"] == points[e][1]
+    assert early_stop(hist, metric) == early_stop(hist, metric, max_compute=10**9)
+
+
+def _write_run(root: Path, name: str, val: list[float], test: list[float],
+               compute: list[int], phase: str = "select") -> list[dict[str, Any]]:  # fmt: skip
+    """A run's metrics.jsonl as the loop writes it, read back by the runner's reader."""
+    from docl.lab.experiment.runner import _read_history
+
+    path = root / name / "metrics.jsonl"
+    path.parent.mkdir(parents=True)
+    with open(path, "w") as f:
+        for e, (v, t, c) in enumerate(zip(val, test, compute, strict=True)):
+            line = {"epoch": e, "phase": phase, "size": 100, "batches": 10 * (e + 1),
+                    "val_accuracy": v, "test_accuracy": t, "compute_samples": c,
+                    "backward_samples": 100 * (e + 1), "forward_samples": c - 100 * (e + 1),
+                    "train_loss": 1.0, "wall_time": 1.0}  # fmt: skip
+            f.write(json.dumps(line) + "\n")
+    return _read_history(path)
+
+
+def _judge_row(variant: str, seed: int, history: list[dict[str, Any]]) -> dict[str, Any]:
+    last = history[-1]
+    return {"task": "t", "variant": variant, "method": variant.split("[")[0], "seed": seed,
+            "kind": "benchmark", "metric": "accuracy", "batches": last["batches"],
+            "test_accuracy": last["test_accuracy"], "val_accuracy": last["val_accuracy"],
+            "compute_samples": last["compute_samples"], "wall_time": 1.0,
+            "history": history}  # fmt: skip
+
+
+RANDOM_RUNS = {  # seed: (val, test); compute 1000·(e+1): 6000 in all
+    0: ([0.50, 0.60, 0.55, 0.58, 0.70, 0.65], [0.50, 0.61, 0.57, 0.59, 0.72, 0.66]),
+    1: ([0.52, 0.62, 0.62, 0.60, 0.68, 0.66], [0.51, 0.63, 0.60, 0.61, 0.70, 0.64]),
+}
+
+
+def test_the_judge_reads_the_best_validation_epoch_and_equal_compute(tmp_path: Path) -> None:
+    """Known by construction: random SGD early-stops at epoch 4 (test 0.72, 0.70: mean
+    0.71); read up to 3,500 sample-passes (epochs 0–2) it early-stops at epoch 1 (seed
+    1: a tie of 0.62 at epochs 1 and 2, the earlier wins): 0.61, 0.63. ``docl`` spent
+    3,500 (cheaper), best val at epochs 2 and 3: 0.80, 0.78. ``loss-topk`` spent 18,000,
+    three times random SGD's whole run: its equal-compute point is random SGD's whole
+    run, marked capped; its control pool-random early-stopped 0.70, 0.72."""
+    rows = []
+    for s, (val, test) in RANDOM_RUNS.items():
+        hist = _write_run(tmp_path, f"random{s}", val, test, [1000 * (e + 1) for e in range(6)])
+        rows.append(_judge_row("random", s, hist))
+    cheap = [600, 1200, 1800, 2400, 3000, 3500]
+    docl = {0: ([0.5, 0.6, 0.7, 0.6, 0.6, 0.6], [0.5, 0.6, 0.80, 0.6, 0.6, 0.55]),
+            1: ([0.5, 0.6, 0.65, 0.7, 0.6, 0.6], [0.5, 0.6, 0.6, 0.78, 0.6, 0.57])}  # fmt: skip
+    pool = [3000 * (e + 1) for e in range(6)]
+    topk = {0: ([0.5, 0.6, 0.6, 0.7, 0.6, 0.6], [0.5, 0.6, 0.6, 0.74, 0.6, 0.6]),
+            1: ([0.5, 0.7, 0.6, 0.6, 0.6, 0.6], [0.5, 0.76, 0.6, 0.6, 0.6, 0.6])}  # fmt: skip
+    ctl = {0: ([0.5, 0.7, 0.6, 0.6, 0.6, 0.6], [0.5, 0.70, 0.6, 0.6, 0.6, 0.6]),
+           1: ([0.5, 0.7, 0.6, 0.6, 0.6, 0.6], [0.5, 0.72, 0.6, 0.6, 0.6, 0.6])}  # fmt: skip
+    for variant, runs, compute in (("docl", docl, cheap), ("loss-topk", topk, pool),
+                                   ("pool-random", ctl, pool)):  # fmt: skip
+        for s, (val, test) in runs.items():
+            hist = _write_run(tmp_path, f"{variant}{s}", val, test, compute)
+            rows.append(_judge_row(variant, s, hist))
+
+    def pooled(a: list[float], b: list[float]) -> float:
+        return math.sqrt((np.std(a, ddof=1) ** 2 + np.std(b, ddof=1) ** 2) / 2)
+
+    summ = summarize(rows)
+    per = summ["tasks"]["t"]["variants"]
+    assert per["random"]["early"]["test_mean"] == pytest.approx(0.71)
+    assert per["random"]["early"]["epochs"] == [4, 4] and per["random"]["compute"] == 6000
+    d = per["docl"]
+    assert d["early"]["test_mean"] == pytest.approx(0.79) and d["early"]["epochs"] == [2, 3]
+    assert d["test_mean"] == pytest.approx(0.56)  # final at budget: memorized
+    vs = d["judge"]["vs"]
+    assert vs["batches"]["gap"] == pytest.approx(0.08)
+    assert vs["batches"]["pooled_std"] == pytest.approx(pooled([0.80, 0.78], [0.72, 0.70]))
+    assert vs["compute"]["mean"] == pytest.approx(0.62) and not vs["compute"]["capped"]
+    assert vs["compute"]["gap"] == pytest.approx(0.17)
+    assert vs["compute"]["pooled_std"] == pytest.approx(pooled([0.80, 0.78], [0.61, 0.63]))
+    assert "control" not in vs and d["judge"]["status"] == "pays"
+    t = per["loss-topk"]["judge"]
+    assert t["vs"]["compute"]["capped"] and t["vs"]["compute"]["mean"] == pytest.approx(0.71)
+    assert t["vs"]["control"]["gap"] == pytest.approx(0.04)
+    assert t["vs"]["control"]["label"] == "pool-random"
+    assert pooled([0.74, 0.76], [0.70, 0.72]) < 0.04 and t["status"] == "pays"
+    assert per["pool-random"]["judge"]["status"] == "control"
+    assert "judge" not in per["random"]
+    md = render_markdown(summ)
+    assert "## Early stopping: test at the best validation epoch (the headline)" in md
+    early = md.split("## Early stopping")[1].split("## Does it pay here?")[0]
+    line = next(x for x in early.splitlines() if x.startswith("| docl |"))
+    cells = [c.strip() for c in line.strip("|").split("|")]
+    assert cells[1:8] == ["79.00 ± 1.41", "35", "56.00 ± 1.41", "60", "3.50k", "0.58",
+                          f"+8.00 ({100 * pooled([0.80, 0.78], [0.72, 0.70]):.2f})"]  # fmt: skip
+    assert cells[-1] == "**yes**"
+    line = next(x for x in early.splitlines() if x.startswith("| loss-topk |"))
+    assert "≤ +4.00" in line and "| 3.00 |" in line
+    assert "at equal compute" in t["sentence"] and "a longer random run" in t["sentence"]
+    # a variant with a parameter its control does not take finds the control without it
+    rows += [{**r, "variant": "rho-loss[il=val]", "method": "rho-loss"}
+             for r in rows if r["variant"] == "loss-topk"]  # fmt: skip
+    per = summarize(rows)["tasks"]["t"]["variants"]
+    assert per["rho-loss[il=val]"]["judge"]["vs"]["control"]["label"] == "pool-random"
+    assert (
+        "validation metric (and the epoch early stopping keeps) is not held out"
+        in (per["rho-loss[il=val]"]["judge"]["sentence"])
+    )
+    assert "not held out" not in per["loss-topk"]["judge"]["sentence"]
+    # one seed: numbers, no verdict; no validation split: no early-stopping figure
+    one = summarize([r for r in rows if r["seed"] == 0])["tasks"]["t"]["variants"]
+    assert one["docl"]["judge"]["status"] == "2+ seeds needed"
+    noval = [{**r, "history": [{k: v for k, v in h.items() if k != "val_accuracy"}
+                               for h in r["history"]]} for r in rows]  # fmt: skip
+    nv = summarize(noval)["tasks"]["t"]["variants"]["docl"]["judge"]
+    assert nv["status"] == "no validation split" and not nv["pays"]
+    # a budget spent in the warmup: no verdict either
+    warm = [{**r, "history": [{**h, "phase": "warmup"} for h in r["history"]]} for r in rows]
+    assert summarize(warm)["tasks"]["t"]["variants"]["docl"]["judge"]["status"] == (
+        "no selection epoch"
+    )
+
+
+@pytest.mark.slow
+def test_step_level_methods_on_a_task_defined_outside_the_repo(tmp_path: Path) -> None:
+    """``docl experiment --tasks pkg.mod:factory --methods random,rho-loss,loss-topk,
+    pool-random --seeds 2`` on a noisy user task with a validation split prints the
+    early-stopping comparison with batches and compute: the same backward batches for
+    all, the pools' forwards and the IL model's training in the compute."""
+    from docl.client.cli import _register, app
+
+    _register()
+    out = tmp_path / "steps"
+    r = CliRunner().invoke(app, [
+        "experiment", "--tasks", "tests.worker.user_task:make_noisy_task",
+        "--methods", "random,rho-loss,loss-topk,pool-random", "--seeds", "2",
+        "--study", "none", "--jobs", "2", "--no-progress", "--out", str(out),
+    ])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    with open(out / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 8 and all(x["es_test"] and x["es_batches"] for x in rows)
+    by = {(x["variant"], int(x["seed"])): x for x in rows}
+    n, epochs = 600 - 150 - 120, 5  # training samples; epochs of the plan
+    phases = [json.loads(x)["phase"] for x in
+              next(out.glob("runs/*/metrics.jsonl")).read_text().splitlines()]  # fmt: skip
+    selects = phases.count("select")  # the rest: the warmup and a refresh epoch
+    assert len(phases) == epochs and 0 < selects < epochs
+    for s in (0, 1):
+        assert len({int(by[v, s]["batches"]) for v in ("random", "rho-loss", "loss-topk",
+                                                       "pool-random")}) == 1  # fmt: skip
+        assert int(by["random", s]["compute_samples"]) == 2 * epochs * n
+        pool = 2 * epochs * n + selects * 4 * n  # a pool of 4 parts per selection step
+        assert int(by["pool-random", s]["compute_samples"]) == pool
+        assert int(by["loss-topk", s]["compute_samples"]) == pool
+        il = 30 * n * 2 + n  # halves: 30 epochs over both halves, forward and backward
+        assert int(by["rho-loss", s]["compute_samples"]) == pool + il
+    assert "early stopping on tests.worker.user_task:make_noisy_task" in r.output
+    for m in ("rho-loss", "loss-topk"):
+        said = next(x for x in r.output.splitlines() if x.strip().startswith(f"{m} "))
+        assert "at the best validation epoch" in said and "sample-passes" in said
+        assert "equal backward batches" in said and "equal compute" in said
+        assert "its control pool-random" in said
+    md = (out / "results.md").read_text()
+    assert "## Early stopping: test at the best validation epoch (the headline)" in md
+    assert "### tests.worker.user_task:make_noisy_task (accuracy, early stopping)" in md

@@ -283,12 +283,13 @@ METHODS = {m: s for m, s in registry().items() if s.size != "drawn"}
 
 def test_registry_holds_the_builtin_methods_with_the_documented_schedules() -> None:
     epoch_level = [m for m, s in METHODS.items() if s.step is None]
-    assert tuple(registry())[:13] == (
+    assert tuple(registry())[:14] == (
         *epoch_level,
         "infobatch",
         "infobatch-random",
         "loss-topk",
         "pool-random",
+        "rho-loss",
     )
     sizes = {m: s.size for m, s in METHODS.items()}
     assert sizes == {
@@ -303,6 +304,7 @@ def test_registry_holds_the_builtin_methods_with_the_documented_schedules() -> N
         "alternate": "shrink",
         "loss-topk": "full",  # step-level: random SGD's epochs, selection per step
         "pool-random": "full",
+        "rho-loss": "full",
     }
     l2 = {m for m, s in METHODS.items() if s.l2_phases}
     assert l2 == {"docl-nr", "top", "bottom", "alternate"}  # docl: task loss (docs/results.md)
@@ -319,7 +321,11 @@ def test_registry_holds_the_builtin_methods_with_the_documented_schedules() -> N
         "random-subset",
         "pool-random",
     }
-    assert {m for m, s in registry().items() if s.step is not None} == {"loss-topk", "pool-random"}
+    assert {m for m, s in registry().items() if s.step is not None} == {
+        "loss-topk",
+        "pool-random",
+        "rho-loss",
+    }
     assert {m for m, s in registry().items() if s.weights} == {"infobatch"}
 
 

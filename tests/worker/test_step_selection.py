@@ -18,7 +18,7 @@ from docl.client import ScoreClient, Shard
 from docl.wire.models import Epoch
 from docl.worker.loop import InjectedFault, LoopConfig, train_loop
 from docl.worker.session import LocalSession
-from docl.worker.tasks import get_task
+from docl.worker.tasks import TaskData, get_task
 from docl.worker.train import TrainError, TrainSpec, build_run, train
 from tests.worker.helpers import expected_visits_and_lr_sums
 
@@ -55,6 +55,25 @@ class _KeepState(LocalSession):
         self.metrics, self.state = metrics, state
 
 
+def _sgd_step(data: TaskData, rows: np.ndarray, lr: float) -> dict[str, torch.Tensor]:
+    """θ − lr·∇ mean CE over ``rows`` at the init θ of ``make_model(0)``."""
+    model = data.make_model(0)
+    idx = torch.from_numpy(rows)
+    F = torch.nn.functional
+    F.cross_entropy(model(data.x_train[idx]), data.y_train[idx]).backward()
+    with torch.no_grad():
+        return {k: p - lr * p.grad for k, p in model.named_parameters()}  # type: ignore[operator]
+
+
+def _pool_ce(data: TaskData, pool: np.ndarray) -> np.ndarray:
+    """The pool's cross-entropies at the init θ, computed with numpy from the logits."""
+    with torch.no_grad():
+        logits = data.make_model(0)(data.x_train[torch.from_numpy(pool)]).double().numpy()
+    y = data.y_train[torch.from_numpy(pool)].numpy()
+    logp = logits - np.log(np.exp(logits).sum(1, keepdims=True))
+    return -logp[np.arange(pool.size), y]
+
+
 def test_a_selection_step_trains_on_the_highest_fresh_losses_of_its_pool() -> None:
     """n = 80 in 4 steps of 20 at pool ratio 2: step 0's pool is parts 0 and 2 (40
     candidates). One SGD step (no momentum, no weight decay) of the loop equals
@@ -67,19 +86,7 @@ def test_a_selection_step_trains_on_the_highest_fresh_losses_of_its_pool() -> No
     parts = np.array_split(source.shard, steps)
     pool = np.concatenate([parts[0], parts[2]])
 
-    def manual(rows: np.ndarray) -> dict[str, torch.Tensor]:
-        model = data.make_model(0)
-        idx = torch.from_numpy(rows)
-        F = torch.nn.functional
-        F.cross_entropy(model(data.x_train[idx]), data.y_train[idx]).backward()
-        with torch.no_grad():
-            return {k: p - lr * p.grad for k, p in model.named_parameters()}  # type: ignore[operator]
-
-    with torch.no_grad():
-        logits = data.make_model(0)(data.x_train[torch.from_numpy(pool)]).double().numpy()
-    y = data.y_train[torch.from_numpy(pool)].numpy()
-    logp = logits - np.log(np.exp(logits).sum(1, keepdims=True))
-    ce = -logp[np.arange(pool.size), y]
+    ce = _pool_ce(data, pool)
     top = pool[np.argsort(-ce, kind="stable")[:20]]
     low = pool[np.argsort(ce, kind="stable")[:20]]
 
@@ -88,10 +95,10 @@ def test_a_selection_step_trains_on_the_highest_fresh_losses_of_its_pool() -> No
     train_loop(cfg, data, session, source=source)
     assert session.state is not None
     got = session.state["model"]
-    want = manual(top)
+    want = _sgd_step(data, top, lr)
     for k, v in want.items():
         torch.testing.assert_close(got[k], v, rtol=1e-5, atol=1e-6)
-    for other in (manual(parts[0]), manual(low)):
+    for other in (_sgd_step(data, parts[0], lr), _sgd_step(data, low, lr)):
         assert any(not torch.allclose(got[k], v, atol=1e-6) for k, v in other.items())
     # 4 steps of 20: backward 80; forward 80 + 4 pools of 40
     assert session.metrics is not None
@@ -248,3 +255,151 @@ def test_two_ray_workers_select_per_step(
     )  # fmt: skip
     assert r["workers"] == 2 and r["attempts"] == 1
     _check(worker_server, run_id, r, tmp_path, world=2)
+
+
+# ---------------------------------------------------------------------------
+# rho-loss: the reducible loss, the IL model's training counted in the compute
+# ---------------------------------------------------------------------------
+
+
+def test_a_rho_loss_step_trains_on_the_highest_reducible_losses_of_its_pool() -> None:
+    """As above, with rho-loss: the IL model (two halves, 2 epochs) is trained by the
+    loop; its step equals an SGD step on the 20 highest (fresh CE − IL) of the pool,
+    computed here with numpy, and differs from loss-topk's step. The IL training's
+    sample-passes are in the counts."""
+    from docl.wire.models import RunParams
+    from docl.worker.irreducible import irreducible_losses
+
+    data = get_task("tests.worker.user_task:make_task", n=107)
+    n, steps, lr = data.num_samples, 4, 0.5
+    source = _OneSelectEpoch(n, steps, lr, "rho-loss", 2)
+    source.method_params = {"pool_ratio": 2, "il_epochs": 2}
+    source.run_params = RunParams(batch_size=16, lr_peak=0.3)  # type: ignore[attr-defined]
+    parts = np.array_split(source.shard, steps)
+    pool = np.concatenate([parts[0], parts[2]])
+    il = irreducible_losses(data, il="halves", seed=0, epochs=2, batch_size=16, lr=0.3,
+                            momentum=0.0, weight_decay=0.0).values["task"]  # fmt: skip
+
+    ce = _pool_ce(data, pool)
+    rho = pool[np.argsort(-(ce - il[pool]), kind="stable")[:20]]
+    topk = pool[np.argsort(-ce, kind="stable")[:20]]
+    assert set(rho) != set(topk)
+
+    session = _KeepState(checkpoint_dir=None)
+    cfg = LoopConfig(run_id="rho", momentum=0.0, weight_decay=0.0, eval_every=0)
+    train_loop(cfg, data, session, source=source)
+    assert session.state is not None and session.metrics is not None
+    got = session.state["model"]
+    for k, v in _sgd_step(data, rho, lr).items():
+        torch.testing.assert_close(got[k], v, rtol=1e-5, atol=1e-6)
+    assert any(
+        not torch.allclose(got[k], v, atol=1e-6) for k, v in _sgd_step(data, topk, lr).items()
+    )
+    np.testing.assert_array_equal(session.state["signals"]["irreducible_loss"]["task"], il)
+    # loop: backward 80, forward 80 + 4 pools of 40; IL: 2 epochs × 80 trained, 80 scored
+    m = session.metrics
+    assert (m["backward_samples"], m["forward_samples"]) == (80 + 160, 240 + 160 + 80)
+    assert m["compute_samples"] == 720 and m["signal_compute_samples"] == 400
+
+
+def _rho_counts(r: dict[str, Any], out: Path, *, epochs: int, selects: int, ratio: int,
+                il_epochs: int) -> None:  # fmt: skip
+    """The counts of a rho-loss run with il=halves: the loop's passes plus the IL
+    models' (il_epochs × n trained, n scored), paid once whatever the ranks."""
+    n = r["num_samples"]
+    il_f, il_b = il_epochs * n + n, il_epochs * n
+    assert r["backward_samples"] == epochs * n + il_b
+    assert r["forward_samples"] == epochs * n + selects * ratio * n + il_f
+    assert r["compute_samples"] == r["forward_samples"] + r["backward_samples"]
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert len(lines) == epochs and all(m["signal_compute_samples"] == il_f + il_b for m in lines)
+    assert lines[0]["backward_samples"] == n + il_b  # counted from the first epoch on
+
+
+def test_docl_train_rho_loss_end_to_end(tmp_path: Path) -> None:
+    """The real command, its own server, il=halves (the default)."""
+    out = tmp_path / "out"
+    r = subprocess.run(
+        [sys.executable, "-c", "from docl.client.cli import main; main()",
+         "train", "--task", "digits", "--method", "rho-loss", "--workers", "0",
+         "--epochs", "3", "-p", "warmup_epochs=1", "-p", "pool_ratio=2", "-p", "batch_size=64",
+         "-p", "il_epochs=2", "--out", str(out), "--no-progress"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    result = json.loads((out / "result.json").read_text())
+    assert result["method"] == "rho-loss" and 0.0 <= result["test_accuracy"] <= 1.0
+    assert result["batches"] == 3 * -(-result["num_samples"] // 64)  # random SGD's steps
+    _rho_counts(result, out, epochs=3, selects=2, ratio=2, il_epochs=2)
+    assert "irreducible loss (halves, 2 epochs)" in r.stdout + r.stderr
+
+
+def test_rho_loss_il_val_needs_a_validation_split(tmp_path: Path) -> None:
+    with pytest.raises(TrainError, match="task 'digits' has none"):
+        train(TrainSpec(task="digits", method="rho-loss", epochs=2, workers=0,
+                        params={"il": "val", "warmup_epochs": 1}, out=str(tmp_path),
+                        progress=False))  # fmt: skip
+    assert not (tmp_path / "metrics.jsonl").exists()
+    r = train(TrainSpec(task="digits", method="rho-loss", epochs=2, workers=0,
+                        task_params={"validation": 0.15}, out=str(tmp_path / "v"),
+                        params={"il": "val", "il_epochs": 1, "warmup_epochs": 1,
+                                "batch_size": 64}, progress=False))  # fmt: skip
+    n, nv = r["num_samples"], 202
+    assert r["backward_samples"] == 2 * n + nv  # one model, one epoch on the val split
+    assert r["forward_samples"] == 2 * n + 4 * n + nv + n
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_two_ray_workers_run_rho_loss(
+    ray_cluster: str, worker_server: str, run_id: str, tmp_path: Path
+) -> None:
+    """Each rank trains one half's IL model; the IL is paid once in the counts, and
+    the server saw every candidate of every pool, as for loss-topk."""
+    params = {**PARAMS, "il_epochs": 2}
+    r = train(
+        TrainSpec(task="digits", method="rho-loss", epochs=EPOCHS, workers=2,
+                  server=worker_server, run_id=run_id, params=params, out=str(tmp_path),
+                  progress=False)
+    )  # fmt: skip
+    assert r["workers"] == 2 and r["attempts"] == 1
+    _rho_counts(r, tmp_path, epochs=EPOCHS, selects=3, ratio=3, il_epochs=2)
+    with ScoreClient(worker_server) as client:
+        visits, _, total = expected_visits_and_lr_sums(
+            client, run_id, world=2, num_samples=r["num_samples"], pool_ratio=3
+        )
+        np.testing.assert_array_equal(client.scores(run_id).visits, visits)
+    assert r["batches"] == total
+
+
+def test_a_rho_loss_run_resumes_with_its_irreducible_loss_from_the_checkpoint(
+    worker_server: str, run_id: str, tmp_path: Path
+) -> None:
+    """Killed in selection epoch 2 and resumed from epoch 1's checkpoint: the IL is read
+    back (the same values, not retrained) and counted once in the sample-passes."""
+    data = get_task("digits")
+    params = {**PARAMS, "il_epochs": 2}
+    spec = TrainSpec(task="digits", method="rho-loss", epochs=EPOCHS, run_id=run_id,
+                     params=params)  # fmt: skip
+    with ScoreClient(worker_server) as client:
+        client.create_run(build_run(spec, data))
+    fault = {"epoch": 2, "step": 2, "rank": 0, "marker": str(tmp_path / "fired"), "action": "raise"}
+    cfg = LoopConfig(run_id=run_id, server=worker_server, fault=fault)
+    ckpt = tmp_path / "ckpt"
+    with pytest.raises(InjectedFault):
+        train_loop(cfg, data, LocalSession(checkpoint_dir=ckpt, resume=True))
+    saved = torch.load(ckpt / "state.pt", weights_only=False)["signals"]
+    logs: list[str] = []
+
+    class _Logged(LocalSession):
+        def log(self, line: str) -> None:
+            logs.append(line)
+
+    final = train_loop(cfg, data, _Logged(checkpoint_dir=ckpt, resume=True))
+    assert not any("irreducible loss" in x for x in logs)  # not trained again
+    after = torch.load(ckpt / "state.pt", weights_only=False)["signals"]
+    np.testing.assert_array_equal(after["irreducible_loss"]["task"],
+                                  saved["irreducible_loss"]["task"])  # fmt: skip
+    n = data.num_samples
+    assert final["backward_samples"] == EPOCHS * n + 2 * n
+    assert final["forward_samples"] == EPOCHS * n + 3 * 3 * n + 2 * n + n

@@ -1,0 +1,107 @@
+"""The irreducible-loss model of ``rho-loss`` (``worker/irreducible.py``): the two halves,
+each sample scored by the model that did not train on it (checked by memorization: a
+model that trained on a randomly labelled sample has a near-zero loss on it, the other
+half's model has not), the split over ranks, and the ``val`` variant."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from docl.worker.irreducible import halves, irreducible_losses, shared_irreducible, train_model
+from docl.worker.models import ModelSpec
+from docl.worker.tasks import TaskData
+
+
+def _random_labels(n: int = 64, val: int = 0) -> TaskData:
+    """Random labels on random inputs: nothing generalizes, a model only memorizes."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(n + val + 8, 8, generator=g)
+    y = torch.randint(0, 2, (n + val + 8,), generator=g)
+    return TaskData(
+        name="memorize",
+        task="classification",
+        num_outputs=2,
+        x_train=x[:n],
+        y_train=y[:n],
+        x_test=x[n : n + 8],
+        y_test=y[n : n + 8],
+        x_val=x[n + 8 :] if val else None,
+        y_val=y[n + 8 :] if val else None,
+        make_model=ModelSpec("mlp", {"in_features": 8, "hidden": (128,), "out_features": 2}).build,
+    )
+
+
+KW = {"seed": 5, "epochs": 150, "batch_size": 8, "lr": 0.2, "momentum": 0.9, "weight_decay": 0.0}
+
+
+@pytest.mark.parametrize("n", [0, 1, 7, 64])
+def test_halves_are_a_seeded_partition(n: int) -> None:
+    a, b = halves(n, seed=5)
+    assert (a.size, b.size) == (n // 2, n - n // 2)
+    np.testing.assert_array_equal(np.sort(np.concatenate([a, b])), np.arange(n))
+    np.testing.assert_array_equal(halves(n, seed=5)[0], a)
+    if n > 8:
+        assert not np.array_equal(halves(n, seed=6)[0], a)
+
+
+def test_two_halves_score_each_sample_with_the_model_that_did_not_train_on_it() -> None:
+    """Each half's model memorizes its own half (loss < 0.05 there) and knows nothing of
+    the other (random labels): had a sample been scored by the model that trained on
+    it, its IL would be near zero. The ILs of each half are far from zero on average,
+    and equal the other half's model's losses."""
+    data = _random_labels()
+    il = irreducible_losses(data, il="halves", **KW)  # type: ignore[arg-type]
+    ce = il.values["task"]
+    a, b = halves(data.num_samples, seed=5)
+    F = torch.nn.functional
+    for j, (own, other) in enumerate(((a, b), (b, a))):
+        model, _ = train_model(
+            data.make_model,
+            data.x_train[own],
+            data.y_train[own],
+            F.cross_entropy,
+            seed=5 * 1000 + 17 + j,
+            **{k: v for k, v in KW.items() if k != "seed"},  # type: ignore[arg-type]
+        )
+        with torch.no_grad():
+            on_own = F.cross_entropy(model(data.x_train[own]), data.y_train[own], reduction="none")
+            on_other = F.cross_entropy(
+                model(data.x_train[other]), data.y_train[other], reduction="none"
+            )
+        assert float(on_own.max()) < 0.05  # memorized: what a self-score would give
+        assert float(ce[own].mean()) > 0.3  # ... and what the IL of its own half is not
+        np.testing.assert_allclose(ce[other], on_other.double().numpy(), rtol=1e-5, atol=1e-6)
+    # the cost: each model trains epochs × its half and scores the other half
+    n = data.num_samples
+    assert (il.forward_samples, il.backward_samples) == (150 * n + n, 150 * n)
+    # the L2 kind is the same models' ½‖onehot − softmax‖²
+    assert np.all(il.values["l2"] > 0) and np.all(il.values["l2"] <= 1.0)
+
+
+def test_the_ranks_share_the_training_and_agree_with_one_process() -> None:
+    """Two ranks each train one half's model; the summed parts equal one process's."""
+    data = _random_labels(n=32)
+    kw = {**KW, "epochs": 3}
+    whole = irreducible_losses(data, il="halves", **kw)  # type: ignore[arg-type]
+    parts = [irreducible_losses(data, il="halves", parts=(r,), **kw) for r in (0, 1)]  # type: ignore[arg-type]
+    for k in ("task", "l2"):
+        np.testing.assert_allclose(parts[0].values[k] + parts[1].values[k], whole.values[k])
+        assert np.count_nonzero(parts[0].values[k]) == 16
+    assert parts[0].backward_samples + parts[1].backward_samples == whole.backward_samples
+    one = shared_irreducible(data, rank=0, world=1, all_reduce_sum=lambda t: t, il="halves", **kw)  # type: ignore[arg-type]
+    np.testing.assert_allclose(one.values["task"], whole.values["task"])
+    assert (one.forward_samples, one.backward_samples) == (
+        whole.forward_samples,
+        whole.backward_samples,
+    )
+
+
+def test_val_trains_one_model_on_the_validation_split() -> None:
+    data = _random_labels(n=32, val=40)
+    il = irreducible_losses(data, il="val", **{**KW, "epochs": 2})  # type: ignore[arg-type]
+    assert np.all(il.values["task"] > 0)
+    assert (il.forward_samples, il.backward_samples) == (2 * 40 + 32, 2 * 40)
+    with pytest.raises(ValueError, match="needs a validation split"):
+        irreducible_losses(_random_labels(), il="val", **KW)  # type: ignore[arg-type]
