@@ -405,7 +405,7 @@ async def _bench_draw(
         )  # fmt: skip
         seed = epoch_seed(st.config.params.seed, 0)
         t0 = time.perf_counter()
-        engine._draw_counted(st, st.plan[0], seed, snap, None)
+        engine.epochs.draw_counted(st, st.plan[0], seed, snap, None)
         math.append(time.perf_counter() - t0)
     limit: list[float] = []
     threads = sampling._POOL_SIZE

@@ -1,5 +1,5 @@
-"""Epochs: draw each epoch once (scores → sampling → optional diversity pruning),
-store it, re-read it, and serve each rank's shard of its indices."""
+"""Epochs (:class:`EpochDraws`): draw each epoch once (scores → sampling → optional
+diversity pruning), store it, re-read it, and serve each rank's shard of its indices."""
 
 from __future__ import annotations
 
@@ -11,14 +11,15 @@ from typing import Any
 import numpy as np
 
 from docl.services import diversity, methods, plan, sampling
-from docl.services.engine.runs import RunStage, RunState, _plan_row
+from docl.services.config import Settings
+from docl.services.engine.runs import RunRegistry, RunState, plan_row
 from docl.services.errors import Conflict, Gone, NotFound, ServiceUnavailable, Unprocessable
 from docl.services.layout import DRAWN_MAX
 from docl.services.seeds import epoch_seed
-from docl.services.storage import CommitStatus, DrawInputs
+from docl.services.storage import CommitStatus, DrawInputs, Store
 from docl.wire.models import Epoch
 
-__all__ = ["DrawStage"]
+__all__ = ["EpochDraws"]
 
 
 def _mask(n: int, idx: np.ndarray) -> np.ndarray:
@@ -35,15 +36,20 @@ def _stored_size(raw: str | None, spec: plan.EpochSpec) -> int:
     return int(json.loads(raw)["size"]) if raw is not None else int(spec.size)
 
 
-class DrawStage(RunStage):
-    """The engine's epoch routes."""
+class EpochDraws:
+    """The epoch routes: draws (committed once, first wins), epochs and index shards."""
+
+    def __init__(self, store: Store, settings: Settings, runs: RunRegistry) -> None:
+        self.store = store
+        self.settings = settings
+        self.runs = runs
 
     def _epoch_model(self, st: RunState, epoch: int, doc: dict[str, Any]) -> Epoch:
         """The drawn epoch: its plan row, or (a ``drawn``-size method's selection epoch
         that kept fewer samples than the plan reserved) the drawn size, its steps and
         the plan's learning rates resampled onto them (plan.drawn_epoch_lr)."""
         spec = st.plan[epoch]
-        row = _plan_row(spec)
+        row = plan_row(spec)
         lr = np.asarray(spec.lr, dtype=np.float64)
         size = int(doc.get("size", spec.size))
         bs = st.config.params.batch_size
@@ -69,11 +75,11 @@ class DrawStage(RunStage):
             )
 
     async def get_epoch(self, run_id: str, epoch: int) -> Epoch:
-        st = await self.state(run_id)
+        st = await self.runs.state(run_id)
         self._check_epoch_number(st, epoch)
         raw = await self.store.epoch_json(st.layout, epoch)
         if raw is None:
-            st = await self.state(run_id, fresh=True)  # maybe re-created meanwhile
+            st = await self.runs.state(run_id, fresh=True)  # maybe re-created meanwhile
             raw = await self.store.epoch_json(st.layout, epoch)
             if raw is None:
                 raise NotFound(f"epoch {epoch} of run {run_id!r} has not been drawn yet")
@@ -82,7 +88,7 @@ class DrawStage(RunStage):
     async def draw_epoch(self, run_id: str, epoch: int | None) -> Epoch:
         """Draw epoch ``epoch`` (default: the next one) once; later calls return the stored draw."""
         for _ in range(3):
-            st, meta = await self._checked_state(run_id)
+            st, meta = await self.runs.checked_state(run_id)
             last = int(meta.get("last_epoch", "-1"))
             e = last + 1 if epoch is None else epoch
             if epoch is None and e >= st.num_epochs:
@@ -104,7 +110,7 @@ class DrawStage(RunStage):
             # GONE: the run was re-created under us; OUT_OF_ORDER: someone drew e meanwhile
             # out of our snapshot's order; EXPIRED: our temporary keys expired. Look again.
             if status == CommitStatus.GONE:
-                self._runs.pop(run_id, None)
+                self.runs.forget(run_id)
         raise ServiceUnavailable(
             f"could not draw epoch {epoch} of run {run_id!r}: the run kept changing"
         )
@@ -129,7 +135,7 @@ class DrawStage(RunStage):
         # Every O(n) numpy step runs in a worker thread: the event loop keeps serving
         # reports meanwhile (numpy releases the GIL for most of it).
         indices, weights, drawn, incl_col, info = await asyncio.to_thread(
-            self._draw_counted, st, spec, seed, snap, records
+            self.draw_counted, st, spec, seed, snap, records
         )
         t_draw = time.perf_counter()
         drop = None
@@ -160,7 +166,7 @@ class DrawStage(RunStage):
         metrics.DRAW_SECONDS.labels(phase=spec.phase).observe(time.perf_counter() - t0)
         return status
 
-    def _draw_counted(
+    def draw_counted(
         self,
         st: RunState,
         spec: plan.EpochSpec,
@@ -274,11 +280,11 @@ class DrawStage(RunStage):
             raise Unprocessable(f"offset must be >= 0, got {offset}")
         if limit is not None and limit < 0:
             raise Unprocessable(f"limit must be >= 0, got {limit}")
-        st = await self.state(run_id)
+        st = await self.runs.state(run_id)
         self._check_epoch_number(st, epoch)
         raw = await self.store.epoch_json(st.layout, epoch)
         if raw is None:
-            st = await self.state(run_id, fresh=True)
+            st = await self.runs.state(run_id, fresh=True)
             raw = await self.store.epoch_json(st.layout, epoch)
             if raw is None:
                 raise NotFound(f"epoch {epoch} of run {run_id!r} has not been drawn yet")

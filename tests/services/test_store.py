@@ -14,6 +14,7 @@ import redis
 from docl.services.config import Settings
 from docl.services.embedded import RedisClusterProcess, RedisProcess
 from docl.services.engine import Engine
+from docl.services.engine.groups import score_group
 from docl.services.layout import CAS_BYTES, RECORD_HEAD, RunLayout
 from docl.services.storage import CommitStatus, CreateStatus, GatherStatus, ScatterStatus
 from docl.services.store import ClusterStateError, NotReplicated
@@ -475,7 +476,8 @@ def test_write_lease_skips_the_compare_until_another_writer_revokes_it(
             if rid == "r5":  # a's copy started over: one read per sample, no compare
                 assert (reads, writes) == (idx.size, idx.size)
             assert (await ref.apply_report(run_id + "-ref", _rep(rid, lr, idx, seed=k))) == ack
-        cache = a._caches[run_id]
+        cache = a.caches.get(run_id)
+        assert cache is not None
         assert cache.conflicts >= 1 and cache.gen >= 1  # the revoked copy started over
         lay = (await a.state(run_id)).layout
         got = await a.store.read_records(lay, 0, 64)
@@ -518,7 +520,7 @@ def test_a_group_is_scored_in_one_call_exactly_as_report_by_report(
     cfg = RunCreate(run_id="g", num_samples=n, num_outputs=c, task=task, method=method,
                     epochs=2, params={"exp3": exp3, "rho_power": 0.7})  # fmt: skip
     lay = _layout("g", n=n, c=c, exp3=exp3)
-    st = eng._build_state("g", "u", cfg, lay, 0.0)
+    st = eng.runs.build_state("g", "u", cfg, lay, 0.0)
     for seed in range(5):
         rng = np.random.default_rng(seed)
         idx = rng.permutation(n)[:300]
@@ -538,12 +540,12 @@ def test_a_group_is_scored_in_one_call_exactly_as_report_by_report(
                 outputs=rng.normal(size=(b, c)).astype(np.float32) * 3, targets=tgt,
             )))  # fmt: skip
             pos += b
-        upd, write, new = eng._score(st, frames, rec, incl)
+        upd, write, new = score_group(st, frames, rec, incl)
         pos = 0
         parts = []
         for f in frames:
             b = f.indices.shape[0]
-            one = eng._score(
+            one = score_group(
                 st, [f], rec[pos : pos + b], None if incl is None else incl[pos : pos + b]
             )
             parts.append(one)
