@@ -207,8 +207,8 @@ class EpochDraws:
         per-sample weights or None, info, the (n,) uint8 mask of drawn samples or None).
 
         The selection is counted before it is shuffled (``methods.draw(shuffle=False)``,
-        then ``shuffle_draw`` with the same Generator: the same draw): marking ~sorted
-        positions is several times faster than random ones at n = 10M."""
+        then ``shuffle_draw`` with the same Generator: what ``methods.draw`` would give):
+        marking ~sorted positions is several times faster than random ones at n = 10M."""
         n = st.config.num_samples
         p = st.config.params
         rng = np.random.default_rng(seed)
@@ -236,13 +236,12 @@ class EpochDraws:
             episode=int(spec.episode),
             epoch=int(spec.epoch),
             num_epochs=st.num_epochs,
-            shuffle=prune,
+            shuffle=False,
             method_params=st.config.method_params,
         )
-        hit = None
-        if not prune:
-            hit = _mask(n, d.indices)
-            d = sampling.shuffle_draw(d, rng)
+        # the engine always shuffles the drawn subset (no method shuffles itself)
+        hit = None if prune else _mask(n, d.indices)
+        d = sampling.shuffle_draw(d, rng)
         idx = np.asarray(d.indices, dtype=np.int64)
         incl = (
             np.asarray(d.inclusion, dtype=np.float32)
