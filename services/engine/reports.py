@@ -22,6 +22,7 @@ from docl.services.engine.groups import (
 from docl.services.engine.runs import RunRegistry, RunState
 from docl.services.engine.validate import validate_reports
 from docl.services.errors import Conflict, ServiceUnavailable, Unprocessable
+from docl.services.layout import ScatterCounts
 from docl.services.storage import Applied, GatherStatus, ScatterStatus, Store
 from docl.wire.encoding import ReportArrays
 from docl.wire.models import ReportAck
@@ -193,12 +194,12 @@ class ReportApplier:
                 records=scored.new,
                 scores=upd.scores[write],
                 losses=upd.loss[write],
-                counters=(
-                    len(a.frames),
-                    int(idx.shape[0]),
-                    int(upd.scored.sum()),
-                    int(upd.stale.sum()),
-                    int((write & (rows.rec["visits"] == 0)).sum()),
+                counters=ScatterCounts(
+                    reports=len(a.frames),
+                    samples_reported=int(idx.shape[0]),
+                    samples_scored=int(upd.scored.sum()),
+                    samples_skipped=int(upd.stale.sum()),
+                    visited=int((write & (rows.rec["visits"] == 0)).sum()),
                 ),
                 token=rows.token,
                 sizes=[int(f.indices.shape[0]) for f in a.frames],

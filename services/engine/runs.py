@@ -212,7 +212,7 @@ class RunRegistry:
             epochs_drawn=last + 1,
             last_epoch=last if last >= 0 else None,
             total_steps=int(sum(s.steps for s in st.plan)),
-            counters=RunCounters(**{k: counters[k] for k in RunCounters.model_fields}),
+            counters=RunCounters.model_validate(counters),
         )
 
     # -- runs -----------------------------------------------------------------------------------

@@ -92,5 +92,5 @@ def _stats(
         histogram=hist,
         selection=selection,
         epochs_drawn=int(meta.get("last_epoch", "-1")) + 1,
-        counters=RunCounters(**{k: counters[k] for k in RunCounters.model_fields}),
+        counters=RunCounters.model_validate(counters),
     )
