@@ -110,16 +110,16 @@ class DrawContext(Generic[P]):
     Arrays are (n,); NaN means "not known yet"."""
 
     k: int  # how many samples the plan asks for (a ``drawn`` method returns at most k)
-    scores: np.ndarray  # the score column (float32; NaN = never scored)
-    losses: np.ndarray  # each sample's last task loss (NaN = never visited / not kept)
-    rng: np.random.Generator  # the epoch's Generator: the only source of randomness
-    params: P  # the method's own validated parameters (``method_params``)
-    tau: float = DEFAULT_TAU  # run params the DoCL family reads
-    normalize: str = "std"
-    exp3: bool = False  # return inclusion probabilities
-    episode: int = 1
-    epoch: int = 0  # this epoch's number and the plan's length
-    num_epochs: int = 1
+    scores: np.ndarray  # the score column, float32 (NaN = never scored)
+    losses: np.ndarray  # each sample's last task loss (NaN = never visited, or not kept)
+    rng: np.random.Generator  # the epoch's Generator, seeded per (run, epoch): the only randomness
+    params: P  # the method's own validated parameters (``method_params``), a ``P``
+    tau: float = DEFAULT_TAU  # the run's Boltzmann temperature (RunParams.tau)
+    normalize: str = "std"  # the run's score standardization: "std" or "none"
+    exp3: bool = False  # the run asks for inclusion probabilities (fill Draw.inclusion)
+    episode: int = 1  # the plan's episode of this epoch (0 = warmup)
+    epoch: int = 0  # this epoch's number
+    num_epochs: int = 1  # the plan's length
 
     @property
     def n(self) -> int:
