@@ -367,6 +367,7 @@ async def _bench_draw(
     server_pid: int | None = None,
 ) -> DrawResult:
     from docl.services import sampling
+    from docl.services.engine.draws import StoredEpoch
     from docl.services.seeds import epoch_seed
     from docl.services.storage import DrawInputs
 
@@ -393,9 +394,10 @@ async def _bench_draw(
         peak.append(_peak_rss_mb(server_pid))
         r.raise_for_status()
         k = int(r.json()["size"])
-        timing = json.loads(await engine.store.epoch_json(st.layout, 0) or "{}").get("timing", {})
-        read.append(float(timing.get("read_s", "nan")))
-        compute.append(float(timing.get("draw_s", "nan")))
+        raw = await engine.store.epoch_json(st.layout, 0)
+        timing = None if raw is None else StoredEpoch.model_validate_json(raw).timing
+        read.append(float("nan") if timing is None else timing.read_s)
+        compute.append(float("nan") if timing is None else timing.draw_s)
         (await http.delete(f"/v1/runs/{rid}")).raise_for_status()
         # The same draw's math in this process, without Redis or HTTP: what the
         # server computes in its worker thread, from a snapshot already in memory.
@@ -405,7 +407,7 @@ async def _bench_draw(
         )  # fmt: skip
         seed = epoch_seed(st.config.params.seed, 0)
         t0 = time.perf_counter()
-        engine._draw_counted(st, st.plan[0], seed, snap, None)
+        engine.epochs.draw_counted(st, st.plan[0], seed, snap, None)
         math.append(time.perf_counter() - t0)
     limit: list[float] = []
     threads = sampling._POOL_SIZE

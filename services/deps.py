@@ -1,6 +1,6 @@
-"""Typed FastAPI dependencies: the engine, the store, the settings, and the bearer token.
+"""Typed FastAPI dependencies: the engine and the bearer token.
 
-    async def route(engine: EngineDep, settings: SettingsDep) -> ...
+    async def route(engine: EngineDep) -> ...
 
 Every dependency is ``async def`` on purpose: FastAPI runs a plain ``def``
 dependency in a worker thread, which costs more than the whole route.
@@ -18,34 +18,14 @@ from typing import Annotated
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from docl.services.config import Settings
 from docl.services.engine import Engine
-from docl.services.storage import Store
 
-__all__ = [
-    "EngineDep",
-    "SettingsDep",
-    "StoreDep",
-    "bearer",
-    "get_engine",
-    "get_settings",
-    "get_store",
-]
-
-
-async def get_settings(request: Request) -> Settings:
-    settings: Settings = request.app.state.settings
-    return settings
+__all__ = ["EngineDep", "bearer", "get_engine"]
 
 
 async def get_engine(request: Request) -> Engine:
     engine: Engine = request.app.state.engine
     return engine
-
-
-async def get_store(request: Request) -> Store:
-    engine: Engine = request.app.state.engine
-    return engine.store
 
 
 _scheme = HTTPBearer(
@@ -61,6 +41,4 @@ async def bearer(
     return None
 
 
-SettingsDep = Annotated[Settings, Depends(get_settings)]
 EngineDep = Annotated[Engine, Depends(get_engine)]
-StoreDep = Annotated[Store, Depends(get_store)]

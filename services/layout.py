@@ -30,9 +30,11 @@ from binascii import crc_hqx
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
+
+from docl.wire.models import RunCounters
 
 __all__ = [
     "CAS_BYTES",
@@ -42,6 +44,7 @@ __all__ = [
     "RECORD_HEAD",
     "RUNS_INDEX",
     "RunLayout",
+    "ScatterCounts",
     "fold_log",
     "run_prefix",
     "shard_prefix",
@@ -51,15 +54,25 @@ __all__ = [
 RECORD_HEAD = 24
 #: Bytes of the record head that the compare-and-set compares (lr_sum + visits).
 CAS_BYTES = 12
-#: The fields of a run's counters hash (see the layout above).
-COUNTER_FIELDS = (
-    "reports",
-    "duplicates",
-    "samples_reported",
-    "samples_scored",
-    "samples_skipped",
-    "visited",
-)
+#: The fields of a run's counters hash (see the layout above), in the one order every
+#: counter list follows: the wire's ``RunCounters``, then ``visited`` (served by /stats).
+COUNTER_FIELDS: tuple[str, ...] = (*RunCounters.model_fields, "visited")
+
+
+class ScatterCounts(NamedTuple):
+    """What one scatter adds to the counters: ``COUNTER_FIELDS`` but ``duplicates`` (the
+    script counts those itself), in that order — ``scatter.lua``'s counters argument
+    and its list of names (tests/services/test_storage.py checks the script's)."""
+
+    reports: int
+    samples_reported: int
+    samples_scored: int
+    samples_skipped: int
+    visited: int  # samples visited for the first time
+
+
+if ScatterCounts._fields != tuple(f for f in COUNTER_FIELDS if f != "duplicates"):
+    raise AssertionError("ScatterCounts must list COUNTER_FIELDS but duplicates, in order")
 #: The global set of run ids.
 RUNS_INDEX = "docl:runs"
 #: Selection counts saturate here (uint16).

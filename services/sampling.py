@@ -475,9 +475,10 @@ def inclusion_probabilities(
 
 @dataclass(frozen=True)
 class Draw:
-    """One epoch's draw, in training order. ``inclusion`` and ``weights`` follow their samples."""
+    """One epoch's draw. ``inclusion`` and ``weights`` follow their samples. A selection
+    method's draw returns it in any order; ``methods.draw`` shuffles it into training order."""
 
-    indices: np.ndarray  # (k,) int64, in training order (shuffled)
+    indices: np.ndarray  # (k,) int64, in training order once shuffled
     inclusion: np.ndarray | None  # (k,) float32 inclusion probabilities when Exp3 is on
     weights: np.ndarray | None = None  # (k,) float32 per-sample loss weights (None: all 1)
 

@@ -32,7 +32,7 @@ from typing import Protocol
 
 import numpy as np
 
-from docl.services.layout import RunLayout
+from docl.services.layout import RunLayout, ScatterCounts
 
 __all__ = [
     "Applied",
@@ -267,7 +267,7 @@ class Store(Protocol):
         records: np.ndarray,
         scores: np.ndarray,
         losses: np.ndarray,
-        counters: tuple[int, int, int, int, int],
+        counters: ScatterCounts,
         token: str = "",
         sizes: Sequence[int] | None = None,
         scored: np.ndarray | None = None,

@@ -17,6 +17,9 @@ client (``redis``, ``redis.asyncio``, ``hiredis``) is imported by ``store.py`` a
 its RESP client ``resp.py`` only (``redis.exceptions`` may be used for error
 mapping anywhere), and the engine goes through the ``storage.Store`` protocol,
 never ``store.py``. docs/architecture.md states the same rules.
+
+Within ``services/engine`` the modules import each other in one direction: no import
+cycle, not even one hidden under ``TYPE_CHECKING`` or inside a function.
 """
 
 from __future__ import annotations
@@ -131,6 +134,71 @@ def _tree() -> dict[str, str]:
         for p in (ROOT / folder).rglob("*.py")
         if "__pycache__" not in p.parts
     }
+
+
+#: packages whose modules may not import each other in a cycle
+ACYCLIC = ("docl.services.engine",)
+
+
+def import_cycle(sources: dict[str, str], package: str) -> list[str] | None:
+    """One import cycle among the modules of ``package`` in ``sources`` (path -> text), as
+    the modules in order, the first repeated at the end; None when there is none. Every
+    import counts (lazy ones, and ones under ``TYPE_CHECKING``)."""
+    modules = {_module_of(p): p for p in sources if _within(_module_of(p), package)}
+    graph: dict[str, set[str]] = {m: set() for m in modules}
+    for mod, path in modules.items():
+        for _, name in imports_of(path, sources[path]):
+            # `from a.b import c` reads as a.b.c: the longest prefix that is a module
+            target = max((m for m in modules if _within(name, m)), key=len, default=None)
+            if target is not None and target != mod:
+                graph[mod].add(target)
+    done: set[str] = set()
+
+    def visit(mod: str, stack: list[str]) -> list[str] | None:
+        if mod in stack:
+            return [*stack[stack.index(mod) :], mod]
+        if mod in done:
+            return None
+        for nxt in sorted(graph[mod]):
+            found = visit(nxt, [*stack, mod])
+            if found is not None:
+                return found
+        done.add(mod)
+        return None
+
+    for mod in sorted(graph):
+        found = visit(mod, [])
+        if found is not None:
+            return found
+    return None
+
+
+def test_the_engine_has_no_import_cycle() -> None:
+    tree = _tree()
+    for package in ACYCLIC:
+        assert import_cycle(tree, package) is None, package
+
+
+def test_an_import_cycle_is_caught_even_under_type_checking() -> None:
+    tree = {
+        "services/engine/__init__.py": "from docl.services.engine.runs import RunState\n",
+        "services/engine/runs.py": "import numpy\n",
+        "services/engine/cache.py": "from docl.services.engine.runs import RunState\n",
+        "services/engine/stats.py": "from docl.services.engine import Engine\n",
+    }
+    assert import_cycle(tree, "docl.services.engine") is None  # stats -> __init__ -> runs
+    tree["services/engine/runs.py"] = (
+        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n"
+        "    from docl.services.engine.cache import RecordCache\n"
+    )
+    assert import_cycle(tree, "docl.services.engine") == [
+        "docl.services.engine.runs",
+        "docl.services.engine.cache",
+        "docl.services.engine.runs",
+    ]
+    tree["services/engine/runs.py"] = "def f():\n    from .stats import x\n"
+    tree["services/engine/stats.py"] = "from .runs import RunState\n"
+    assert import_cycle(tree, "docl.services.engine") is not None
 
 
 def test_the_tree_follows_the_import_direction() -> None:

@@ -1,24 +1,25 @@
-"""Epochs: draw each epoch once (scores → sampling → optional diversity pruning),
-store it, re-read it, and serve each rank's shard of its indices."""
+"""Epochs (:class:`EpochDraws`): draw each epoch once (scores → sampling → optional
+diversity pruning), store it, re-read it, and serve each rank's shard of its indices."""
 
 from __future__ import annotations
 
 import asyncio
-import json
 import time
-from typing import Any
+from typing import NamedTuple
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
 
 from docl.services import diversity, methods, plan, sampling
-from docl.services.engine.runs import RunStage, RunState, _plan_row
+from docl.services.config import Settings
+from docl.services.engine.runs import RunRegistry, RunState, plan_row
 from docl.services.errors import Conflict, Gone, NotFound, ServiceUnavailable, Unprocessable
 from docl.services.layout import DRAWN_MAX
 from docl.services.seeds import epoch_seed
-from docl.services.storage import CommitStatus, DrawInputs
+from docl.services.storage import CommitStatus, DrawInputs, Store
 from docl.wire.models import Epoch
 
-__all__ = ["DrawStage"]
+__all__ = ["DrawTiming", "EpochDraws", "Pruned", "StoredEpoch"]
 
 
 def _mask(n: int, idx: np.ndarray) -> np.ndarray:
@@ -30,22 +31,63 @@ def _mask(n: int, idx: np.ndarray) -> np.ndarray:
     return hit
 
 
-def _stored_size(raw: str | None, spec: plan.EpochSpec) -> int:
-    """How many indices epoch ``spec.epoch`` stored (its JSON's size; the plan's when gone)."""
-    return int(json.loads(raw)["size"]) if raw is not None else int(spec.size)
+class DrawTiming(BaseModel):
+    """Seconds a draw spent reading its snapshot and computing (``docl bench service``)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    read_s: float
+    draw_s: float
 
 
-class DrawStage(RunStage):
-    """The engine's epoch routes."""
+class Pruned(NamedTuple):
+    """A draw pruned for diversity: how many samples the method drew, and the λ used."""
 
-    def _epoch_model(self, st: RunState, epoch: int, doc: dict[str, Any]) -> Epoch:
+    drawn: int
+    lam: float
+
+
+class StoredEpoch(BaseModel):
+    """A drawn epoch as the run's ``epochs`` hash keeps it (JSON, one per epoch); what
+    the wire sends is :class:`docl.wire.models.Epoch`, built from this and the plan.
+    Keys another version wrote are ignored; ``size`` is absent only in entries older
+    than the field (the plan's size then)."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore", populate_by_name=True)
+
+    epoch: int
+    seed: int
+    size: int | None = None
+    weighted: bool = False  # its indices carry per-sample loss weights
+    drawn_at: float = 0.0  # unix seconds
+    timing: DrawTiming | None = None
+    drawn: int | None = None  # diversity pruning: the samples drawn before it
+    lam: float | None = Field(None, alias="lambda")  # diversity pruning: its λ
+
+    def to_json(self) -> str:
+        return self.model_dump_json(by_alias=True, exclude_none=True)
+
+    def size_or(self, spec: plan.EpochSpec) -> int:
+        """How many indices the epoch stored (the plan's size for an entry without it)."""
+        return int(spec.size) if self.size is None else self.size
+
+
+class EpochDraws:
+    """The epoch routes: draws (committed once, first wins), epochs and index shards."""
+
+    def __init__(self, store: Store, settings: Settings, runs: RunRegistry) -> None:
+        self.store = store
+        self.settings = settings
+        self.runs = runs
+
+    def _epoch_model(self, st: RunState, epoch: int, doc: StoredEpoch) -> Epoch:
         """The drawn epoch: its plan row, or (a ``drawn``-size method's selection epoch
         that kept fewer samples than the plan reserved) the drawn size, its steps and
         the plan's learning rates resampled onto them (plan.drawn_epoch_lr)."""
         spec = st.plan[epoch]
-        row = _plan_row(spec)
+        row = plan_row(spec)
         lr = np.asarray(spec.lr, dtype=np.float64)
-        size = int(doc.get("size", spec.size))
+        size = doc.size_or(spec)
         bs = st.config.params.batch_size
         if size < spec.size and methods.get_method(st.config.method).size == "drawn":
             steps = max(1, -(-size // bs))
@@ -55,8 +97,8 @@ class DrawStage(RunStage):
             **row,
             batch_size=bs,
             lr=[float(x) for x in lr],
-            seed=int(doc["seed"]),
-            weighted=bool(doc.get("weighted", False)),
+            seed=doc.seed,
+            weighted=doc.weighted,
         )
 
     def _check_epoch_number(self, st: RunState, epoch: int) -> None:
@@ -68,21 +110,27 @@ class DrawStage(RunStage):
                 f"(0..{st.num_epochs - 1})"
             )
 
-    async def get_epoch(self, run_id: str, epoch: int) -> Epoch:
-        st = await self.state(run_id)
+    async def _stored(self, run_id: str, epoch: int) -> tuple[RunState, StoredEpoch]:
+        """The run's state and its stored epoch ``epoch`` (422 beyond the plan, 404 if
+        not drawn: looked up again on a fresh state, the run may have been re-created)."""
+        st = await self.runs.state(run_id)
         self._check_epoch_number(st, epoch)
         raw = await self.store.epoch_json(st.layout, epoch)
         if raw is None:
-            st = await self.state(run_id, fresh=True)  # maybe re-created meanwhile
+            st = await self.runs.state(run_id, fresh=True)  # maybe re-created meanwhile
             raw = await self.store.epoch_json(st.layout, epoch)
             if raw is None:
                 raise NotFound(f"epoch {epoch} of run {run_id!r} has not been drawn yet")
-        return self._epoch_model(st, epoch, json.loads(raw))
+        return st, StoredEpoch.model_validate_json(raw)
+
+    async def get_epoch(self, run_id: str, epoch: int) -> Epoch:
+        st, doc = await self._stored(run_id, epoch)
+        return self._epoch_model(st, epoch, doc)
 
     async def draw_epoch(self, run_id: str, epoch: int | None) -> Epoch:
         """Draw epoch ``epoch`` (default: the next one) once; later calls return the stored draw."""
         for _ in range(3):
-            st, meta = await self._checked_state(run_id)
+            st, meta = await self.runs.checked_state(run_id)
             last = int(meta.get("last_epoch", "-1"))
             e = last + 1 if epoch is None else epoch
             if epoch is None and e >= st.num_epochs:
@@ -104,7 +152,7 @@ class DrawStage(RunStage):
             # GONE: the run was re-created under us; OUT_OF_ORDER: someone drew e meanwhile
             # out of our snapshot's order; EXPIRED: our temporary keys expired. Look again.
             if status == CommitStatus.GONE:
-                self._runs.pop(run_id, None)
+                self.runs.forget(run_id)
         raise ServiceUnavailable(
             f"could not draw epoch {epoch} of run {run_id!r}: the run kept changing"
         )
@@ -128,8 +176,8 @@ class DrawStage(RunStage):
         seed = epoch_seed(p.seed, e)
         # Every O(n) numpy step runs in a worker thread: the event loop keeps serving
         # reports meanwhile (numpy releases the GIL for most of it).
-        indices, weights, drawn, incl_col, info = await asyncio.to_thread(
-            self._draw_counted, st, spec, seed, snap, records
+        indices, weights, drawn, incl_col, pruned = await asyncio.to_thread(
+            self.draw_counted, st, spec, seed, snap, records
         )
         t_draw = time.perf_counter()
         drop = None
@@ -137,21 +185,22 @@ class DrawStage(RunStage):
         if old >= 0:
             size = int(st.plan[old].size)
             if methods.get_method(st.config.method).size == "drawn":  # the draw chose it
-                size = _stored_size(await self.store.epoch_json(st.layout, old), st.plan[old])
+                raw = await self.store.epoch_json(st.layout, old)
+                if raw is not None:
+                    size = StoredEpoch.model_validate_json(raw).size_or(st.plan[old])
             drop = (old, size)
-        info["timing"] = {"read_s": round(t_read - t0, 4), "draw_s": round(t_draw - t_read, 4)}
-        doc = json.dumps(
-            {
-                "epoch": e,
-                "seed": seed,
-                "size": int(indices.shape[0]),
-                "weighted": weights is not None,
-                "drawn_at": time.time(),
-                **info,
-            }
+        doc = StoredEpoch(
+            epoch=e,
+            seed=seed,
+            size=int(indices.shape[0]),
+            weighted=weights is not None,
+            drawn_at=time.time(),
+            timing=DrawTiming(read_s=round(t_read - t0, 4), draw_s=round(t_draw - t_read, 4)),
+            drawn=None if pruned is None else pruned.drawn,
+            lam=None if pruned is None else pruned.lam,
         )
         status = await self.store.commit_epoch(
-            st.layout, st.uid, e, doc, indices, drawn, incl_col, drop, weights=weights
+            st.layout, st.uid, e, doc.to_json(), indices, drawn, incl_col, drop, weights=weights
         )
         if status.stored and snap.log_count:
             await self.store.compact(st.layout, st.uid, snap)
@@ -160,17 +209,17 @@ class DrawStage(RunStage):
         metrics.DRAW_SECONDS.labels(phase=spec.phase).observe(time.perf_counter() - t0)
         return status
 
-    def _draw_counted(
+    def draw_counted(
         self,
         st: RunState,
         spec: plan.EpochSpec,
         seed: int,
         snap: DrawInputs,
         records: np.ndarray | None,
-    ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, np.ndarray | None, dict[str, Any]]:
+    ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, np.ndarray | None, Pruned | None]:
         """The draw (indices, per-sample weights or None) plus the columns it updates:
-        selection counts and Exp3 inclusion."""
-        indices, inclusion, weights, info, hit = self._draw(
+        selection counts and Exp3 inclusion, and its diversity pruning (None: none)."""
+        indices, inclusion, weights, pruned, hit = self._draw(
             st, spec, seed, snap.scores, snap.losses, records
         )
         # Selection counts (uint16, saturating): one scatter of bytes into a mask and
@@ -186,7 +235,7 @@ class DrawStage(RunStage):
             base = snap.inclusion
             incl_col = base.copy() if base is not None else np.zeros(st.layout.num_samples, "<f4")
             incl_col[indices] = inclusion
-        return indices, weights, drawn, incl_col, info
+        return indices, weights, drawn, incl_col, pruned
 
     def _draw(
         self,
@@ -196,23 +245,24 @@ class DrawStage(RunStage):
         scores: np.ndarray | None,
         losses: np.ndarray | None,
         records: np.ndarray | None,
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, dict[str, Any], np.ndarray | None]:
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, Pruned | None, np.ndarray | None]:
         """The pure part of a draw: (indices in training order, inclusion probabilities,
-        per-sample weights or None, info, the (n,) uint8 mask of drawn samples or None).
+        per-sample weights or None, its diversity pruning or None, the (n,) uint8 mask of
+        drawn samples or None).
 
         The selection is counted before it is shuffled (``methods.draw(shuffle=False)``,
-        then ``shuffle_draw`` with the same Generator: the same draw): marking ~sorted
-        positions is several times faster than random ones at n = 10M."""
+        then ``shuffle_draw`` with the same Generator: what ``methods.draw`` would give):
+        marking ~sorted positions is several times faster than random ones at n = 10M."""
         n = st.config.num_samples
         p = st.config.params
         rng = np.random.default_rng(seed)
         size = int(spec.size)
-        info: dict[str, Any] = {}
+        pruned: Pruned | None = None
         if spec.phase != "select":
             sel = sampling.uniform_epoch(n, rng, size=size, shuffle=False)
             order = sampling.random_order(sel, rng)
             incl = np.full(order.shape[0], size / n, dtype=np.float32)
-            return np.ascontiguousarray(order, dtype=np.int64), incl, None, info, _mask(n, sel)
+            return np.ascontiguousarray(order, dtype=np.int64), incl, None, None, _mask(n, sel)
         k = int(spec.draw_size) if spec.draw_size > 0 else size
         # no score column (a method whose signal is not the score): a read-only NaN view
         sc = scores if scores is not None else np.broadcast_to(np.float32(np.nan), (n,))
@@ -230,13 +280,12 @@ class DrawStage(RunStage):
             episode=int(spec.episode),
             epoch=int(spec.epoch),
             num_epochs=st.num_epochs,
-            shuffle=prune,
+            shuffle=False,
             method_params=st.config.method_params,
         )
-        hit = None
-        if not prune:
-            hit = _mask(n, d.indices)
-            d = sampling.shuffle_draw(d, rng)
+        # the engine always shuffles the drawn subset (no method shuffles itself)
+        hit = None if prune else _mask(n, d.indices)
+        d = sampling.shuffle_draw(d, rng)
         idx = np.asarray(d.indices, dtype=np.int64)
         incl = (
             np.asarray(d.inclusion, dtype=np.float32)
@@ -257,9 +306,9 @@ class DrawStage(RunStage):
             keep[np.asarray(pos, dtype=np.int64)] = True
             idx, incl = idx[keep], incl[keep]  # keeps the drawn (shuffled) training order
             w = None if w is None else w[keep]
-            info = {"drawn": int(keep.shape[0]), "lambda": float(spec.lam)}
+            pruned = Pruned(int(keep.shape[0]), float(spec.lam))
         w = None if w is None else w[:size]
-        return idx[:size], incl[:size], w, info, hit if idx.shape[0] <= size else None
+        return idx[:size], incl[:size], w, pruned, hit if idx.shape[0] <= size else None
 
     async def indices(
         self, run_id: str, epoch: int, *, rank: int, world: int, offset: int, limit: int | None
@@ -274,24 +323,16 @@ class DrawStage(RunStage):
             raise Unprocessable(f"offset must be >= 0, got {offset}")
         if limit is not None and limit < 0:
             raise Unprocessable(f"limit must be >= 0, got {limit}")
-        st = await self.state(run_id)
-        self._check_epoch_number(st, epoch)
-        raw = await self.store.epoch_json(st.layout, epoch)
-        if raw is None:
-            st = await self.state(run_id, fresh=True)
-            raw = await self.store.epoch_json(st.layout, epoch)
-            if raw is None:
-                raise NotFound(f"epoch {epoch} of run {run_id!r} has not been drawn yet")
-        doc = json.loads(raw)
-        size = int(doc["size"])
+        st, doc = await self._stored(run_id, epoch)
+        size = doc.size_or(st.plan[epoch])
         lo, hi = rank * size // world, (rank + 1) * size // world
         start = min(hi, lo + offset)
         stop = hi if limit is None else min(hi, start + limit)
         data = await self.store.read_indices(st.layout, epoch, size, start, stop)
         weights = None
-        if data is not None and doc.get("weighted"):
+        if data is not None and doc.weighted:
             weights = await self.store.read_weights(st.layout, epoch, size, start, stop)
-        if data is None or (doc.get("weighted") and weights is None):
+        if data is None or (doc.weighted and weights is None):
             raise Gone(
                 f"the indices of epoch {epoch} were dropped (the server keeps the last "
                 f"{self.settings.keep_epochs} epochs' indices; DOCL_KEEP_EPOCHS)"

@@ -1,5 +1,5 @@
-"""Run lifecycle: each run's immutable state (config, layout, plan), create, read,
-list and delete, and the plan route.
+"""The run registry (:class:`RunRegistry`): each run's immutable state (config,
+layout, plan), create, read, list and delete, and the plan route.
 
 A small per-process cache keeps each run's config, layout and plan (all
 immutable for the life of a run), the ``DOCL_RUN_CACHE_SIZE`` most recently used
@@ -24,7 +24,7 @@ import time
 import uuid
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from docl.services import methods, plan, scoring
 from docl.services.config import Settings
@@ -33,10 +33,7 @@ from docl.services.layout import MAX_SHARDS, RunLayout
 from docl.services.storage import CreateStatus, Store
 from docl.wire.models import Plan, PlanEpoch, Run, RunCounters, RunCreate, RunList
 
-if TYPE_CHECKING:
-    from docl.services.engine.cache import RecordCache
-
-__all__ = ["QuotaExceeded", "RunCache", "RunStage", "RunState"]
+__all__ = ["QuotaExceeded", "RunCache", "RunRegistry", "RunState", "plan_row"]
 
 log = logging.getLogger("docl.services")
 
@@ -71,7 +68,7 @@ class RunState:
         return sum(int(s.lr.nbytes) + 200 for s in self.plan)
 
 
-def _plan_row(spec: plan.EpochSpec) -> dict[str, Any]:
+def plan_row(spec: plan.EpochSpec) -> dict[str, Any]:
     return plan.plan_epoch(spec).model_dump()
 
 
@@ -132,28 +129,31 @@ def run_footprint(layout: RunLayout, method: str, keep_epochs: int) -> int:
     return need
 
 
-class RunStage:
-    """The engine's run routes, and the run state every other stage starts from."""
+class RunRegistry:
+    """The runs of this server: their immutable state (cached per process), the run
+    routes, the quota. Owns :attr:`states` (the LRU of :class:`RunState` s) and the
+    runs' footprints; every other part of the engine starts from :meth:`state`."""
 
     def __init__(self, store: Store, settings: Settings) -> None:
         self.store = store
         self.settings = settings
-        self._runs = RunCache(settings.run_cache_size, settings.run_cache_bytes)
+        self.states = RunCache(settings.run_cache_size, settings.run_cache_bytes)
         # run id -> its estimated Redis bytes, for DOCL_MAX_TOTAL_BYTES (ids of the run
         # index only: pruned at every create, so bounded by DOCL_MAX_RUNS)
         self._footprints: dict[str, int] = {}
         self._create_lock = asyncio.Lock()  # quota check + create, one at a time per process
-        self._caches: dict[str, RecordCache] = {}
-        self._cache_bytes = 0
-        self._owner = uuid.uuid4().hex  # this process's part of every lease token
 
     # -- run state ---------------------------------------------------------------------------
+    def forget(self, run_id: str) -> None:
+        """Drop the run's cached state: the next :meth:`state` reads its meta again."""
+        self.states.pop(run_id, None)
+
     def _state_from_meta(self, run_id: str, meta: dict[str, str]) -> RunState:
         config = RunCreate.model_validate_json(meta["config"]).model_copy(update={"run_id": run_id})
         layout = RunLayout.from_json(run_id, meta["layout"])
-        return self._build_state(run_id, meta["uid"], config, layout, float(meta["created_at"]))
+        return self.build_state(run_id, meta["uid"], config, layout, float(meta["created_at"]))
 
-    def _build_state(
+    def build_state(
         self, run_id: str, uid: str, config: RunCreate, layout: RunLayout, created_at: float
     ) -> RunState:
         the_plan = plan.build_plan(config)
@@ -170,30 +170,30 @@ class RunStage:
     async def state(self, run_id: str, *, fresh: bool = False) -> RunState:
         """The run's cached state (``fresh``: re-read its meta from Redis). 404 if unknown."""
         if not fresh:
-            st = self._runs.get(run_id)
+            st = self.states.get(run_id)
             if st is not None:
                 return st
         meta = await self.store.run_meta(run_id)
         if meta is None:
-            self._runs.pop(run_id, None)
+            self.states.pop(run_id, None)
             raise NotFound(f"no run {run_id!r}")
-        cached = self._runs.get(run_id)
+        cached = self.states.get(run_id)
         if cached is not None and cached.uid == meta["uid"]:
             return cached
         st = await asyncio.to_thread(self._state_from_meta, run_id, meta)
-        self._runs[run_id] = st
+        self.states[run_id] = st
         return st
 
-    async def _checked_state(self, run_id: str) -> tuple[RunState, dict[str, str]]:
+    async def checked_state(self, run_id: str) -> tuple[RunState, dict[str, str]]:
         """State and meta read now (for routes that show the run's position)."""
         meta = await self.store.run_meta(run_id)
         if meta is None:
-            self._runs.pop(run_id, None)
+            self.states.pop(run_id, None)
             raise NotFound(f"no run {run_id!r}")
-        cached = self._runs.get(run_id)
+        cached = self.states.get(run_id)
         if cached is None or cached.uid != meta["uid"]:
             cached = await asyncio.to_thread(self._state_from_meta, run_id, meta)
-            self._runs[run_id] = cached
+            self.states[run_id] = cached
         return cached, meta
 
     def _run_model(self, st: RunState, meta: dict[str, str], counters: dict[str, int]) -> Run:
@@ -212,7 +212,7 @@ class RunStage:
             epochs_drawn=last + 1,
             last_epoch=last if last >= 0 else None,
             total_steps=int(sum(s.steps for s in st.plan)),
-            counters=RunCounters(**{k: counters[k] for k in RunCounters.model_fields}),
+            counters=RunCounters.model_validate(counters),
         )
 
     # -- runs -----------------------------------------------------------------------------------
@@ -246,7 +246,7 @@ class RunStage:
         uid = uuid.uuid4().hex
         try:  # sized from integers first (PlanTooLarge, a ValueError), then built
             await asyncio.to_thread(plan.plan_size, config, self.settings.plan_limits)
-            st = await asyncio.to_thread(self._build_state, run_id, uid, config, layout, created_at)
+            st = await asyncio.to_thread(self.build_state, run_id, uid, config, layout, created_at)
         except ValueError as e:
             raise Unprocessable(f"invalid run config: {e}") from None
         if st.num_epochs == 0:
@@ -264,8 +264,8 @@ class RunStage:
                 f"run_id (stored: {stored})"
             )
         if status == CreateStatus.CREATED:
-            self._runs[run_id] = st
-        st, meta = await self._checked_state(run_id)
+            self.states[run_id] = st
+        st, meta = await self.checked_state(run_id)
         counters = await self.store.counters(st.layout)
         return self._run_model(st, meta, counters), status == CreateStatus.CREATED
 
@@ -326,7 +326,7 @@ class RunStage:
         return m
 
     async def get_run(self, run_id: str) -> Run:
-        st, meta = await self._checked_state(run_id)
+        st, meta = await self.checked_state(run_id)
         return self._run_model(st, meta, await self.store.counters(st.layout))
 
     async def list_runs(self, *, after: str | None = None, limit: int = 100) -> RunList:
@@ -341,7 +341,7 @@ class RunStage:
             if meta is None:  # deleted meanwhile, or a half-deleted leftover: tidy the index
                 await self.store.forget_run_id(rid)
                 continue
-            cached = self._runs.get(rid)
+            cached = self.states.get(rid)
             if cached is None or cached.uid != meta["uid"]:
                 try:
                     cached = await asyncio.to_thread(self._state_from_meta, rid, meta)
@@ -350,29 +350,26 @@ class RunStage:
                         "run %r has a meta this server cannot read (%s): not listed", rid, e
                     )
                     continue
-                self._runs[rid] = cached
+                self.states[rid] = cached
             runs.append(self._run_model(cached, meta, counters))
         return RunList(runs=runs, next=ids[-1] if more and ids else None)
 
     async def delete_run(self, run_id: str) -> None:
         meta = await self.store.run_meta(run_id)
         if meta is None:
-            self._runs.pop(run_id, None)
+            self.states.pop(run_id, None)
             raise NotFound(f"no run {run_id!r}")
         layout = RunLayout.from_json(run_id, meta["layout"])
         await self.store.delete_run(layout)
-        self._runs.pop(run_id, None)
+        self.states.pop(run_id, None)
         self._footprints.pop(run_id, None)
-        c = self._caches.pop(run_id, None)
-        if c is not None:
-            self._cache_bytes -= c.nbytes
 
     # -- plan -----------------------------------------------------------------------------------
     async def get_plan(self, run_id: str) -> Plan:
-        st = (await self._checked_state(run_id))[0]
+        st = (await self.checked_state(run_id))[0]
         return Plan(
             run_id=st.run_id,
             num_epochs=st.num_epochs,
             total_steps=int(sum(s.steps for s in st.plan)),
-            epochs=[PlanEpoch(**_plan_row(s)) for s in st.plan],
+            epochs=[PlanEpoch(**plan_row(s)) for s in st.plan],
         )

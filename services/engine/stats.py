@@ -6,15 +6,22 @@ import asyncio
 
 import numpy as np
 
-from docl.services.engine.runs import RunStage, RunState
+from docl.services.config import Settings
+from docl.services.engine.runs import RunRegistry, RunState
 from docl.services.errors import Unprocessable
+from docl.services.storage import Store
 from docl.wire.models import Histogram, RunCounters, Stats
 
-__all__ = ["StatsStage"]
+__all__ = ["ScorePages"]
 
 
-class StatsStage(RunStage):
-    """The engine's scores and stats routes."""
+class ScorePages:
+    """The scores and stats routes: pages of the per-sample state, and summaries."""
+
+    def __init__(self, store: Store, settings: Settings, runs: RunRegistry) -> None:
+        self.store = store
+        self.settings = settings
+        self.runs = runs
 
     def page_limit(self, st: RunState) -> int:
         return max(1, self.settings.max_page_bytes // st.layout.rec_size)
@@ -23,7 +30,7 @@ class StatsStage(RunStage):
         self, run_id: str, offset: int, limit: int | None
     ) -> tuple[int, np.ndarray, np.ndarray, np.ndarray]:
         """(offset, scores float32, visits uint32, lr_sums float64) of samples [offset, offset+limit)."""
-        st = await self.state(run_id)
+        st = await self.runs.state(run_id)
         n = st.config.num_samples
         cap = self.page_limit(st)
         if offset < 0 or offset > n:
@@ -43,7 +50,7 @@ class StatsStage(RunStage):
         return offset, scores, rec["visits"].astype("<u4"), lrs
 
     async def stats(self, run_id: str) -> Stats:
-        st, meta = await self._checked_state(run_id)
+        st, meta = await self.runs.checked_state(run_id)
         n = st.config.num_samples
         sc = await self.store.current_scores(st.layout)
         drawn = await self.store.read_column(st.layout, "drawn", 0, n)
@@ -85,5 +92,5 @@ def _stats(
         histogram=hist,
         selection=selection,
         epochs_drawn=int(meta.get("last_epoch", "-1")) + 1,
-        counters=RunCounters(**{k: counters[k] for k in RunCounters.model_fields}),
+        counters=RunCounters.model_validate(counters),
     )

@@ -12,7 +12,10 @@ A method is everything the service needs to know about it, in one place:
   ``grow``; ``drawn``: the plan reserves the whole data set and the draw decides
   how many samples the epoch trains on);
 * ``draw`` — a pure function of a :class:`DrawContext` (numpy, seeded Generator)
-  returning a :class:`~docl.services.sampling.Draw`;
+  returning a :class:`~docl.services.sampling.Draw`: the selection, in any order
+  (:func:`draw` shuffles it into training order with the same Generator). The
+  method is generic over its params: ``SelectionMethod[P]``'s draw receives a
+  ``DrawContext[P]`` whose ``params`` is a ``P``;
 * ``weights`` — whether its draws carry per-sample loss weights;
 * ``uniform`` — a uniform control (its draws read no signal: the plain local
   loop can draw it without a server);
@@ -54,14 +57,16 @@ import sys
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from importlib.metadata import entry_points
-from typing import Any, Literal
+from typing import Any, Generic, Literal, TypeVar
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from docl.services.sampling import Draw
+from docl.services.sampling import Draw, shuffle_draw
+from docl.wire.models import RunParams
 
 __all__ = [
+    "DEFAULT_TAU",
     "ENTRY_POINT_GROUP",
     "ENV_VAR",
     "Draw",
@@ -92,6 +97,8 @@ ENV_VAR = "DOCL_METHODS"
 Signal = Literal["docl", "docl-nr", "loss", "none"]
 SizeSchedule = Literal["full", "shrink", "grow", "drawn"]
 _NAME = re.compile(r"[a-z0-9][a-z0-9_\-]{0,63}")  # as wire.models.Method
+#: The Boltzmann temperature when none is given: the run parameter's default.
+DEFAULT_TAU: float = RunParams.model_fields["tau"].default
 
 
 class NoParams(BaseModel):
@@ -100,29 +107,35 @@ class NoParams(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+#: A method's params model (``SelectionMethod.params``).
+P = TypeVar("P", bound=BaseModel)
+#: The default ``params`` (typed Any: a method without parameters is a SelectionMethod[NoParams]).
+_NO_PARAMS: Any = NoParams
+
+
 @dataclass(frozen=True)
-class DrawContext:
-    """Everything a draw may read. Arrays are (n,); NaN means "not known yet"."""
+class DrawContext(Generic[P]):
+    """Everything a draw may read (docs/methods.md has the table, field by field).
+    Arrays are (n,); NaN means "not known yet"."""
 
     k: int  # how many samples the plan asks for (a ``drawn`` method returns at most k)
-    scores: np.ndarray  # the score column (float32; NaN = never scored)
-    losses: np.ndarray  # each sample's last task loss (NaN = never visited / not kept)
-    rng: np.random.Generator  # the epoch's Generator: the only source of randomness
-    params: BaseModel  # the method's own validated parameters (``method_params``)
-    tau: float = 3.0  # run params the DoCL family reads
-    normalize: str = "std"
-    exp3: bool = False  # return inclusion probabilities
-    episode: int = 1
-    epoch: int = 0  # this epoch's number and the plan's length
-    num_epochs: int = 1
-    shuffle: bool = True  # False: the selection before its final shuffle (see draw below)
+    scores: np.ndarray  # the score column, float32 (NaN = never scored)
+    losses: np.ndarray  # each sample's last task loss (NaN = never visited, or not kept)
+    rng: np.random.Generator  # the epoch's Generator, seeded per (run, epoch): the only randomness
+    params: P  # the method's own validated parameters (``method_params``), a ``P``
+    tau: float = DEFAULT_TAU  # the run's Boltzmann temperature (RunParams.tau)
+    normalize: str = "std"  # the run's score standardization: "std" or "none"
+    exp3: bool = False  # the run asks for inclusion probabilities (fill Draw.inclusion)
+    episode: int = 1  # the plan's episode of this epoch (0 = warmup)
+    epoch: int = 0  # this epoch's number
+    num_epochs: int = 1  # the plan's length
 
     @property
     def n(self) -> int:
         return int(self.scores.shape[0])
 
 
-DrawFn = Callable[[DrawContext], Draw]
+DrawFn = Callable[[DrawContext[P]], Draw]
 
 
 @dataclass(frozen=True)
@@ -150,14 +163,15 @@ StepFn = Callable[[StepContext], np.ndarray]
 
 
 @dataclass(frozen=True)
-class SelectionMethod:
-    """One selection method (see the module docstring for each field)."""
+class SelectionMethod(Generic[P]):
+    """One selection method (see the module docstring for each field), generic over its
+    params model ``P``: the draw receives a ``DrawContext[P]``."""
 
     name: str
-    draw: DrawFn
+    draw: Callable[[DrawContext[P]], Draw]
     signal: Signal = "none"
     size: SizeSchedule = "shrink"
-    params: type[BaseModel] = NoParams
+    params: type[P] = _NO_PARAMS
     weights: bool = False
     uniform: bool = False
     l2_phases: bool = False
@@ -181,6 +195,8 @@ class SelectionMethod:
             raise ValueError(f"size must be full, shrink, grow or drawn, got {self.size!r}")
         if not callable(self.draw):
             raise TypeError(f"method {self.name!r}: draw must be callable")
+        if not (isinstance(self.params, type) and issubclass(self.params, BaseModel)):
+            raise TypeError(f"method {self.name!r}: params must be a pydantic model class")
         if self.step is not None:
             if not callable(self.step):
                 raise TypeError(f"method {self.name!r}: step must be callable")
@@ -212,10 +228,10 @@ class SelectionMethod:
         return self.signal == "loss"
 
 
-_REGISTRY: dict[str, SelectionMethod] = {}
+_REGISTRY: dict[str, SelectionMethod[Any]] = {}
 
 
-def register_method(method: SelectionMethod, *, replace: bool = False) -> SelectionMethod:
+def register_method(method: SelectionMethod[P], *, replace: bool = False) -> SelectionMethod[P]:
     """Add ``method`` to the registry (``replace``: over one of the same name)."""
     if not isinstance(method, SelectionMethod):
         raise TypeError(f"expected a SelectionMethod, got {type(method).__name__}")
@@ -226,7 +242,7 @@ def register_method(method: SelectionMethod, *, replace: bool = False) -> Select
     return method
 
 
-def registry() -> dict[str, SelectionMethod]:
+def registry() -> dict[str, SelectionMethod[Any]]:
     """Every registered method by name (a copy), built-ins first."""
     return dict(_REGISTRY)
 
@@ -235,7 +251,7 @@ def method_names() -> tuple[str, ...]:
     return tuple(_REGISTRY)
 
 
-def get_method(name: str) -> SelectionMethod:
+def get_method(name: str) -> SelectionMethod[Any]:
     """The registered method ``name``, or a ValueError naming the known ones."""
     try:
         return _REGISTRY[name]
@@ -268,7 +284,7 @@ def validate_method_params(name: str, raw: Mapping[str, Any] | None) -> dict[str
     return model.model_dump(mode="json")
 
 
-def _load_object(obj: Any, origin: str) -> list[SelectionMethod]:
+def _load_object(obj: Any, origin: str) -> list[SelectionMethod[Any]]:
     if isinstance(obj, SelectionMethod):
         return [obj]
     if obj is None:
@@ -276,7 +292,7 @@ def _load_object(obj: Any, origin: str) -> list[SelectionMethod]:
     if callable(obj) and not isinstance(obj, type):
         return _load_object(obj(), origin)
     if isinstance(obj, Iterable):
-        out: list[SelectionMethod] = []
+        out: list[SelectionMethod[Any]] = []
         for o in obj:
             out.extend(_load_object(o, origin))
         return out
@@ -326,7 +342,7 @@ def load_plugins(env: Mapping[str, str] | None = None) -> list[str]:
     fails to load raises (a server that silently lacks a method would 422 the
     runs that need it with a misleading message)."""
     env = os.environ if env is None else env
-    found: list[tuple[SelectionMethod, str]] = []
+    found: list[tuple[SelectionMethod[Any], str]] = []
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         origin = f"entry point {ep.name!r}"
         found += [(m, origin) for m in _load_object(_loaded(ep.load, origin), origin)]
@@ -352,7 +368,7 @@ def draw(
     scores: np.ndarray,
     losses: np.ndarray | None = None,
     rng: np.random.Generator,
-    tau: float = 0.1,
+    tau: float = DEFAULT_TAU,
     normalize: str = "std",
     exp3: bool = False,
     episode: int = 1,
@@ -364,10 +380,12 @@ def draw(
     """Draw a selection epoch with the named method (a pure function of its inputs and rng).
 
     n = len(scores). ``losses`` (n,) is the last task loss per sample (NaN = never
-    visited; None = all unknown). ``shuffle=False`` returns the selection before its
-    final shuffle; :func:`~docl.services.sampling.shuffle_draw` with the same
-    Generator then gives exactly the shuffled draw. A ``drawn``-size method returns
-    at most k samples; every other method exactly k.
+    visited; None = all unknown). The method's draw returns its selection in any
+    order; this shuffles it into training order (:func:`~docl.services.sampling.shuffle_draw`
+    with the same Generator, after the method's draw), so no method shuffles itself.
+    ``shuffle=False`` returns the selection before that shuffle: ``shuffle_draw`` with
+    the same Generator then gives exactly the shuffled draw. A ``drawn``-size method
+    returns at most k samples; every other method exactly k.
     """
     spec = get_method(method)
     s = np.asarray(scores)
@@ -398,7 +416,6 @@ def draw(
         episode=int(episode),
         epoch=int(epoch),
         num_epochs=int(num_epochs),
-        shuffle=bool(shuffle),
     )
     d = spec.draw(ctx)
     m = int(d.indices.shape[0])
@@ -410,7 +427,7 @@ def draw(
         raise ValueError(f"method {method!r} returned weights but does not declare weights=True")
     if d.weights is not None and d.weights.shape != (m,):
         raise ValueError(f"method {method!r}: weights must have shape ({m},)")
-    return d
+    return shuffle_draw(d, rng) if shuffle else d
 
 
 def select_step(

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from docl.services import sampling
 from docl.services.methods import (
     DrawContext,
+    NoParams,
     SelectionMethod,
     Signal,
     SizeSchedule,
@@ -17,10 +18,11 @@ from docl.services.sampling import Draw
 __all__ = ["BUILTIN"]
 
 
-def _adapt(fn: Callable[..., Draw]) -> Callable[[DrawContext], Draw]:
-    """A draw of sampling.py (keyword arguments) as a registry draw (one DrawContext)."""
+def _adapt(fn: Callable[..., Draw]) -> Callable[[DrawContext[NoParams]], Draw]:
+    """A draw of sampling.py (keyword arguments) as a registry draw (one DrawContext):
+    the selection unshuffled (``methods.draw`` shuffles it)."""
 
-    def draw(ctx: DrawContext) -> Draw:
+    def draw(ctx: DrawContext[NoParams]) -> Draw:
         return fn(
             k=ctx.k,
             scores=ctx.scores,
@@ -30,7 +32,7 @@ def _adapt(fn: Callable[..., Draw]) -> Callable[[DrawContext], Draw]:
             normalize=ctx.normalize,
             exp3=ctx.exp3,
             episode=ctx.episode,
-            shuffle=ctx.shuffle,
+            shuffle=False,
         )
 
     draw.__name__ = fn.__name__
@@ -47,7 +49,7 @@ def _method(
     l2_phases: bool = False,
     diversity: bool = False,
     uniform: bool = False,
-) -> SelectionMethod:
+) -> SelectionMethod[NoParams]:
     return SelectionMethod(
         name=name,
         draw=_adapt(fn),
@@ -63,7 +65,7 @@ def _method(
 # docl and its control random-subset train warmup/refresh with the task loss: the L2
 # phases cost 1-2 points of accuracy on every built-in task and made no draw better
 # (docs/results.md); params.l2_phases=true restores them.
-BUILTIN: tuple[SelectionMethod, ...] = (
+BUILTIN: tuple[SelectionMethod[NoParams], ...] = (
     _method("random", "full", "none", sampling.uniform_draw,
             "uniform, all samples every epoch (random SGD)", uniform=True),
     _method("random-subset", "shrink", "none", sampling.uniform_draw,

@@ -32,7 +32,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from docl.services.methods import DrawContext, SelectionMethod, register_method
-from docl.services.sampling import Draw, shuffle_draw, uniform_epoch
+from docl.services.sampling import Draw, uniform_epoch
 
 __all__ = [
     "INFOBATCH",
@@ -88,9 +88,8 @@ def prune_by_loss(
     return kept, w.astype(np.float32), below
 
 
-def infobatch_draw(ctx: DrawContext) -> Draw:
+def infobatch_draw(ctx: DrawContext[InfoBatchParams]) -> Draw:
     p = ctx.params
-    assert isinstance(p, InfoBatchParams)
     n, k = ctx.n, ctx.k
     if ctx.epoch >= annealing_start(ctx.num_epochs, p.delta):
         kept = np.arange(n, dtype=np.int64)
@@ -102,22 +101,20 @@ def infobatch_draw(ctx: DrawContext) -> Draw:
     if kept.shape[0] > k:  # the plan's budget cut this epoch short: a uniform k of the kept
         pick = np.sort(ctx.rng.choice(kept.shape[0], size=k, replace=False))
         kept, w, incl = kept[pick], w[pick], incl[pick]
-    d = Draw(kept, incl.astype(np.float32) if ctx.exp3 else None, w.astype(np.float32))
-    return shuffle_draw(d, ctx.rng) if ctx.shuffle else d
+    return Draw(kept, incl.astype(np.float32) if ctx.exp3 else None, w.astype(np.float32))
 
 
-def infobatch_random_draw(ctx: DrawContext) -> Draw:
+def infobatch_random_draw(ctx: DrawContext[InfoBatchParams]) -> Draw:
     """The size-matched control of ``infobatch``: as many samples as InfoBatch's pruning
     keeps this epoch (the same law, the same Generator), but drawn uniformly from all n,
     every weight 1 — the same batches, no selection."""
     p = ctx.params
-    assert isinstance(p, InfoBatchParams)
     n = ctx.n
     m = n
     if ctx.epoch < annealing_start(ctx.num_epochs, p.delta):
         m = int(prune_by_loss(ctx.losses, ctx.rng, p.prune_ratio)[0].shape[0])
     m = min(m, ctx.k)
-    idx = uniform_epoch(n, ctx.rng, size=m, shuffle=ctx.shuffle)
+    idx = uniform_epoch(n, ctx.rng, size=m, shuffle=False)
     return Draw(idx, np.full(m, m / n, np.float32) if ctx.exp3 and n else None)
 
 

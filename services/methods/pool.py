@@ -107,7 +107,7 @@ def pool_random_rule(ctx: StepContext) -> np.ndarray:
 
 def uniform_epochs(ctx: DrawContext) -> Draw:
     """The epoch's draw: random SGD's (uniform; with the same seed, the same indices)."""
-    return uniform_draw(k=ctx.k, scores=ctx.scores, rng=ctx.rng, exp3=ctx.exp3, shuffle=ctx.shuffle)
+    return uniform_draw(k=ctx.k, scores=ctx.scores, rng=ctx.rng, exp3=ctx.exp3, shuffle=False)
 
 
 LOSS_TOPK = register_method(

@@ -405,7 +405,7 @@ def test_unscored_samples_are_treated_optimistically() -> None:
         assert set(unscored.tolist()) <= got
     # Boltzmann: unscored samples get the largest standardized score, hence the
     # largest inclusion probability
-    d = draw_epoch("docl", k=k, scores=scores, rng=rng, exp3=True)
+    d = draw_epoch("docl", k=k, scores=scores, rng=rng, exp3=True, tau=0.1)
     logits = standardize(scores, "std") / 0.1
     pi = inclusion_probabilities(logits, k)
     assert np.allclose(pi[unscored], pi.max())

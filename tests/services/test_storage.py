@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from docl.services.layout import COUNTER_FIELDS, ScatterCounts
 from docl.services.storage import (
     ClaimStatus,
     CommitStatus,
@@ -18,6 +19,7 @@ from docl.services.storage import (
     GatherStatus,
     ScatterStatus,
 )
+from docl.wire.models import RunCounters
 
 LUA = Path(__file__).resolve().parents[2] / "services" / "lua"
 CONTRACTS: list[tuple[str, type[IntEnum]]] = [
@@ -54,3 +56,17 @@ def test_each_script_and_its_enum_agree(script: str, enum: type[IntEnum]) -> Non
     returned = _statuses_returned(code)
     assert returned, f"no status found in {script}.lua"
     assert returned <= {m.value for m in enum}, (script, returned)
+
+
+def test_the_counters_have_one_order_the_wire_the_hash_and_the_scatter_script() -> None:
+    """COUNTER_FIELDS is the wire's RunCounters then visited; what a scatter adds
+    (ScatterCounts) is that order less duplicates, and scatter.lua names its counters
+    argument's fields in the same order (header and code)."""
+    assert (*RunCounters.model_fields, "visited") == COUNTER_FIELDS
+    assert ScatterCounts._fields == tuple(f for f in COUNTER_FIELDS if f != "duplicates")
+    text = (LUA / "scatter.lua").read_text()
+    names = re.search(r"local names = \{([^}]*)\}", text)
+    assert names is not None
+    assert tuple(re.findall(r"'(\w+)'", names.group(1))) == ScatterCounts._fields
+    header = re.search(r'counter increments "([^"]*)"', text)
+    assert header is not None and tuple(header.group(1).split(",")) == ScatterCounts._fields

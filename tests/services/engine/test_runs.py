@@ -121,17 +121,17 @@ def test_the_engine_keeps_a_bounded_number_of_run_states(
         try:
             for rid in ids:
                 await engine.create_run(RunCreate.model_validate(_body(rid, 10)))
-                assert len(engine._runs) <= 3
+                assert len(engine.runs.states) <= 3
             page = await engine.list_runs(limit=1000)
             assert set(ids) <= {r.run_id for r in page.runs}
-            assert len(engine._runs) <= 3
+            assert len(engine.runs.states) <= 3
             assert (await engine.get_run(ids[0])).run_id == ids[0]  # evicted: re-read
-            assert ids[0] in engine._runs and len(engine._runs) <= 3
+            assert ids[0] in engine.runs.states and len(engine.runs.states) <= 3
             await engine.get_run(ids[1])
             await engine.get_run(ids[0])  # most recently used: stays
             await engine.get_run(ids[2])
             await engine.get_run(ids[3])
-            assert ids[0] in engine._runs and ids[1] not in engine._runs
+            assert ids[0] in engine.runs.states and ids[1] not in engine.runs.states
         finally:
             for rid in ids:
                 await engine.delete_run(rid)
@@ -157,9 +157,10 @@ def test_the_run_cache_is_bounded_in_plan_bytes_too(
             for rid in ids:
                 body = {**_body(rid, 2000), "epochs": 2, "params": {"batch_size": 2}}
                 await engine.create_run(RunCreate.model_validate(body))
-                assert engine._runs.nbytes <= 40_000 and 1 <= len(engine._runs) <= 2
-            await engine.list_runs(limit=1000)
-            assert engine._runs.nbytes <= 40_000 and len(engine._runs) <= 2
+                assert engine.runs.states.nbytes <= 40_000 and 1 <= len(engine.runs.states) <= 2
+            await engine.list_runs(limit=1000)  # other tests' runs too (one session's Redis)
+            assert engine.runs.states.nbytes <= 40_000
+            assert sum(rid in engine.runs.states for rid in ids) <= 2
         finally:
             for rid in ids:
                 await engine.delete_run(rid)

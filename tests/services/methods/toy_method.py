@@ -2,8 +2,9 @@
 
 Registered with the server through a real entry point (a ``docl.methods`` group in a
 ``*.dist-info/entry_points.txt`` on the server's PYTHONPATH; see test_plugins.py).
-It draws the samples of one parity first (``params.parity``), in a random order, and
-weights them ``params.weight`` — enough to see from outside that the server used it.
+It draws the samples of one parity first (``params.parity``) and weights them
+``params.weight`` — enough to see from outside that the server used it. Its draw
+returns them in selection order: the server shuffles every draw (the plugin does not).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from docl.services.methods import DrawContext, SelectionMethod
-from docl.services.sampling import Draw, shuffle_draw
+from docl.services.sampling import Draw
 
 
 class ParityParams(BaseModel):
@@ -21,15 +22,13 @@ class ParityParams(BaseModel):
     weight: float = Field(1.0, gt=0)
 
 
-def parity_draw(ctx: DrawContext) -> Draw:
+def parity_draw(ctx: DrawContext[ParityParams]) -> Draw:
     p = ctx.params
-    assert isinstance(p, ParityParams)
     idx = np.arange(ctx.n, dtype=np.int64)
     first = idx[idx % 2 == p.parity]
     rest = idx[idx % 2 != p.parity]
     sel = np.concatenate([first, rest])[: ctx.k]
-    d = Draw(sel, None, np.full(sel.shape[0], p.weight, np.float32))
-    return shuffle_draw(d, ctx.rng) if ctx.shuffle else d
+    return Draw(sel, None, np.full(sel.shape[0], p.weight, np.float32))
 
 
 TOY = SelectionMethod(
