@@ -62,7 +62,9 @@ from typing import Any
 
 import numpy as np
 
-from docl.client._client import ReportPoster, ScoreClient, _check_report_arrays
+from docl.client._arrays import check_report_arrays
+from docl.client._client import ScoreClient
+from docl.client._poster import ReportPoster
 from docl.client.errors import APIError, ServerError, TransportError
 from docl.wire import encoding as wire
 from docl.wire.models import ReportAck, ReportsAck
@@ -241,7 +243,7 @@ class Reporter:
         the server's to judge. Pass a deterministic ``report_id`` when a
         restarted worker may report the same batch again.
         """
-        idx, out, tgt, feat = _check_report_arrays(
+        idx, out, tgt, feat = check_report_arrays(
             epoch, indices, outputs, targets, lr_sum, features, copy=True
         )
         item = _Item(

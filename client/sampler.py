@@ -73,7 +73,8 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import Dataset, Sampler
 
-from docl.client._client import ScoreClient, to_numpy
+from docl.client._arrays import to_numpy
+from docl.client._client import ScoreClient
 from docl.client.errors import APIError, ServerError, TransportError
 from docl.client.reporter import LrSum, Reporter, track_lr
 from docl.wire.models import Epoch, RunParams

@@ -287,9 +287,9 @@ def settings_env_names() -> set[str]:
 
 def client_env_names() -> set[str]:
     """``DOCL_*`` names the SDK reads (the training side is the server's client)."""
-    from docl.client import _client
+    from docl.client import _requests
 
-    return {v for k, v in vars(_client).items() if k.startswith("ENV_") and isinstance(v, str)}
+    return {v for k, v in vars(_requests).items() if k.startswith("ENV_") and isinstance(v, str)}
 
 
 # -- Dockerfile -------------------------------------------------------------------------
