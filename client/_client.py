@@ -26,7 +26,6 @@ change together, method by method.
 from __future__ import annotations
 
 import asyncio
-import random
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -36,8 +35,6 @@ import numpy as np
 
 from docl.client._arrays import to_numpy
 from docl.client._requests import (
-    _RETRYABLE_EXC,
-    _RETRYABLE_STATUS,
     DEFAULT_SERVER,
     ScoreArrays,
     Shard,
@@ -59,6 +56,7 @@ from docl.wire.models import (
     RunList,
     Stats,
 )
+from docl.wire.retry import Retry
 
 __all__ = [
     "DEFAULT_SERVER",
@@ -86,8 +84,9 @@ class ScoreClient(_Base):
     ``token`` to ``$DOCL_API_TOKEN``. ``retries`` is how many times a request is
     repeated after a connection error, a timeout, a 5xx or a 429, waiting
     ``backoff·2^attempt`` seconds (jittered to between half and all of it, at
-    most ``max_backoff``). ``binary`` picks the binary encodings (reports,
-    indices, scores) over JSON; each call can override it. ``transport`` is
+    most ``max_backoff``); ``retry`` replaces the three with a policy of one's
+    own (:class:`docl.wire.retry.Retry`, e.g. with a ``deadline``). ``binary``
+    picks the binary encodings (reports, indices, scores) over JSON; each call can override it. ``transport`` is
     handed to httpx (tests inject ``httpx.MockTransport``). The client is
     thread-safe (one httpx connection pool) and should be closed, or used as a
     context manager.
@@ -102,6 +101,7 @@ class ScoreClient(_Base):
         retries: int = 5,
         backoff: float = 0.2,
         max_backoff: float = 10.0,
+        retry: Retry | None = None,
         transport: httpx.BaseTransport | None = None,
         binary: bool = True,
         headers: Mapping[str, str] | None = None,
@@ -113,6 +113,7 @@ class ScoreClient(_Base):
             retries=retries,
             backoff=backoff,
             max_backoff=max_backoff,
+            retry=retry,
             binary=binary,
             headers=headers,
         )
@@ -131,6 +132,7 @@ class ScoreClient(_Base):
         retries: int | None = None,
         backoff: float | None = None,
         max_backoff: float | None = None,
+        retry: Retry | None = None,
         binary: bool | None = None,
     ) -> ScoreClient:
         """A client with other retry or encoding options that shares this one's connections.
@@ -140,16 +142,15 @@ class ScoreClient(_Base):
         clone = object.__new__(type(self))
         clone.__dict__.update(self.__dict__)
         clone._owns_http = False
-        clone._rng = random.Random()
         clone.retry_count = 0
+        if retry is not None:
+            clone.retry = retry
         if retries is not None:
             if retries < 0:
                 raise ValueError("retries must be >= 0")
             clone.retries = retries
-        if backoff is not None:
-            clone.backoff = backoff
-        if max_backoff is not None:
-            clone.max_backoff = max_backoff
+        if retry is None:  # a fresh random source for the jitter: copies do not retry in step
+            clone.retry = clone._retry_with(backoff, max_backoff)
         if binary is not None:
             clone.binary = binary
         return clone
@@ -157,25 +158,23 @@ class ScoreClient(_Base):
     # -- plumbing --------------------------------------------------------------------
 
     def _send(self, call: _Call[T]) -> T:
-        attempt = 0
+        tries = self.retry.start()
         while True:
             try:
                 resp = self._http.request(call.method, call.path, **self._request_kwargs(call))
-            except _RETRYABLE_EXC as e:
-                if not self._retryable(call, attempt):
-                    raise self._transport_error(call, e, attempt + 1) from e
-                delay = self._delay(attempt, None)
             except httpx.HTTPError as e:
-                raise self._transport_error(call, e, attempt + 1) from e
+                failure = self._transport_error(call, e, tries.failures + 1)
+                delay = self._next_try(call, tries, failure, None)
+                if delay is None:
+                    raise failure from e
             else:
                 status = resp.status_code
                 if status < 400 or status in call.ok_statuses:
                     return call.parse(resp)
-                if status not in _RETRYABLE_STATUS or not self._retryable(call, attempt):
-                    raise _api_error(call, resp)
-                delay = self._delay(attempt, resp.headers.get("retry-after"))
-            attempt += 1
-            self.retry_count += 1
+                error = _api_error(call, resp)
+                delay = self._next_try(call, tries, error, resp.headers.get("retry-after"))
+                if delay is None:
+                    raise error
             self._sleep(delay)
 
     def close(self) -> None:
@@ -388,6 +387,7 @@ class AsyncScoreClient(_Base):
         retries: int = 5,
         backoff: float = 0.2,
         max_backoff: float = 10.0,
+        retry: Retry | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
         binary: bool = True,
         headers: Mapping[str, str] | None = None,
@@ -399,6 +399,7 @@ class AsyncScoreClient(_Base):
             retries=retries,
             backoff=backoff,
             max_backoff=max_backoff,
+            retry=retry,
             binary=binary,
             headers=headers,
         )
@@ -407,27 +408,25 @@ class AsyncScoreClient(_Base):
         )
 
     async def _send(self, call: _Call[T]) -> T:
-        attempt = 0
+        tries = self.retry.start()
         while True:
             try:
                 resp = await self._http.request(
                     call.method, call.path, **self._request_kwargs(call)
                 )
-            except _RETRYABLE_EXC as e:
-                if not self._retryable(call, attempt):
-                    raise self._transport_error(call, e, attempt + 1) from e
-                delay = self._delay(attempt, None)
             except httpx.HTTPError as e:
-                raise self._transport_error(call, e, attempt + 1) from e
+                failure = self._transport_error(call, e, tries.failures + 1)
+                delay = self._next_try(call, tries, failure, None)
+                if delay is None:
+                    raise failure from e
             else:
                 status = resp.status_code
                 if status < 400 or status in call.ok_statuses:
                     return call.parse(resp)
-                if status not in _RETRYABLE_STATUS or not self._retryable(call, attempt):
-                    raise _api_error(call, resp)
-                delay = self._delay(attempt, resp.headers.get("retry-after"))
-            attempt += 1
-            self.retry_count += 1
+                error = _api_error(call, resp)
+                delay = self._next_try(call, tries, error, resp.headers.get("retry-after"))
+                if delay is None:
+                    raise error
             await asyncio.sleep(delay)
 
     async def aclose(self) -> None:

@@ -12,6 +12,7 @@ hierarchy, and the configuration both clients share (``_Base``).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import random
@@ -25,7 +26,14 @@ import numpy as np
 import pydantic
 
 from docl.client._arrays import check_report_arrays
-from docl.client.errors import APIError, InvalidRequestError, TransportError, error_for_status
+from docl.client.errors import (
+    APIError,
+    DoclError,
+    InvalidRequestError,
+    TransportError,
+    error_for_status,
+    retryable,
+)
 from docl.wire import encoding as wire
 from docl.wire.models import (
     Epoch,
@@ -38,6 +46,7 @@ from docl.wire.models import (
     Scores,
     Stats,
 )
+from docl.wire.retry import Attempts, EqualJitterBackoff, ExponentialBackoff, Retry
 
 #: Where the clients connect when neither ``base_url`` nor ``DOCL_SERVER`` is given
 #: (the default of ``docl serve``).
@@ -47,15 +56,24 @@ ENV_TOKEN = "DOCL_API_TOKEN"
 
 T = TypeVar("T")
 
-# Transport failures worth another try. Other httpx.TransportErrors (an
-# unsupported scheme, a proxy misconfiguration, a protocol error of our own)
-# will fail the same way every time, so they are raised at once.
+# Transport failures that may fare better on another try (TransportError.retryable).
+# Other httpx.TransportErrors (an unsupported scheme, a proxy misconfiguration, a
+# protocol error of our own) will fail the same way every time.
 _RETRYABLE_EXC: tuple[type[Exception], ...] = (
     httpx.TimeoutException,
     httpx.NetworkError,
     httpx.RemoteProtocolError,
 )
-_RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})
+
+
+def request_policy(retries: int, backoff: float, max_backoff: float) -> Retry:
+    """The clients' retry policy from their ``retries``, ``backoff`` and ``max_backoff``:
+    try ``n`` (0, 1, …) waits uniform in [½, 1]·min(max_backoff, backoff·2ⁿ)."""
+    if backoff < 0 or max_backoff < 0:
+        raise ValueError("backoff and max_backoff must be >= 0")
+    return Retry(EqualJitterBackoff(backoff, max_backoff, rng=random.Random()), retries=retries)
+
+
 #: The keys of one report in :meth:`ScoreClient.report_many`.
 _REPORT_KEYS = frozenset(
     {"epoch", "indices", "outputs", "targets", "lr_sum", "features", "report_id"}
@@ -258,6 +276,7 @@ class _Base:
         retries: int,
         backoff: float,
         max_backoff: float,
+        retry: Retry | None,
         binary: bool,
         headers: Mapping[str, str] | None,
     ) -> None:
@@ -265,13 +284,10 @@ class _Base:
         if "://" not in url:
             url = "http://" + url
         self.base_url = url.rstrip("/")
-        if retries < 0:
-            raise ValueError("retries must be >= 0")
-        if backoff < 0 or max_backoff < 0:
-            raise ValueError("backoff and max_backoff must be >= 0")
-        self.retries = retries
-        self.backoff = backoff
-        self.max_backoff = max_backoff
+        if retry is None:
+            retry = request_policy(retries, backoff, max_backoff)
+        #: The retry policy of every request (docs/client.md, "Retries").
+        self.retry = retry
         self.binary = binary
         self.timeout = timeout
         self._token = token if token is not None else os.environ.get(ENV_TOKEN) or None
@@ -280,34 +296,69 @@ class _Base:
             self._headers["Authorization"] = f"Bearer {self._token}"
         if headers:
             self._headers.update(headers)
-        self._rng = random.Random()
         #: Requests repeated after a retryable failure, since this client was made.
         self.retry_count = 0
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.base_url!r})"
 
-    # -- the retry schedule ------------------------------------------------------
+    # -- the retry policy ----------------------------------------------------------
 
-    def _delay(self, attempt: int, retry_after: str | None) -> float:
-        """Exponential backoff with jitter: uniform in [½, 1]·min(max, backoff·2^attempt),
-        and at least the server's Retry-After (capped by max_backoff)."""
-        base = min(self.max_backoff, self.backoff * (2.0**attempt))
-        delay = base * (0.5 + 0.5 * self._rng.random())
-        if retry_after:
-            # An HTTP date (rare for 429/503) is ignored: our own delay stands.
-            with contextlib.suppress(ValueError):
-                delay = max(delay, min(float(retry_after), self.max_backoff))
-        return delay
+    @property
+    def retries(self) -> int | None:
+        """How many times a request is repeated (the policy's; None: no limit)."""
+        return self.retry.retries
 
-    def _retryable(self, call: _Call[Any], attempt: int) -> bool:
-        return call.retry and attempt < self.retries
+    @retries.setter
+    def retries(self, value: int | None) -> None:
+        self.retry = dataclasses.replace(self.retry, retries=value)
+
+    def _retry_with(self, backoff: float | None, max_backoff: float | None) -> Retry:
+        """The policy with another base or cap (a fresh random source for the jitter)."""
+        b = self.retry.backoff
+        if backoff is None and max_backoff is None and not isinstance(b, EqualJitterBackoff):
+            return self.retry
+        if not isinstance(b, ExponentialBackoff):
+            raise TypeError(f"backoff and max_backoff need an exponential backoff, not {b!r}")
+        changes: dict[str, Any] = {"base": b.base if backoff is None else backoff}
+        changes["cap"] = b.cap if max_backoff is None else max_backoff
+        if isinstance(b, EqualJitterBackoff):
+            changes["rng"] = random.Random()
+        return dataclasses.replace(self.retry, backoff=dataclasses.replace(b, **changes))
+
+    @property
+    def backoff(self) -> float:
+        """The first retry's wait, before jitter (the policy's backoff ``base``)."""
+        return float(getattr(self.retry.backoff, "base", self.retry.backoff.cap))
+
+    @property
+    def max_backoff(self) -> float:
+        """The longest wait between two tries (the policy's backoff ``cap``)."""
+        return self.retry.backoff.cap
 
     def _transport_error(self, call: _Call[Any], exc: Exception, attempts: int) -> TransportError:
         return TransportError(
             f"{call.method} {self.base_url}{call.path} failed after {attempts} attempt(s): "
-            f"{type(exc).__name__}: {exc}"
+            f"{type(exc).__name__}: {exc}",
+            retryable=isinstance(exc, _RETRYABLE_EXC),
         )
+
+    def _next_try(
+        self, call: _Call[Any], tries: Attempts, error: DoclError, retry_after: str | None
+    ) -> float | None:
+        """The wait before repeating ``call`` after ``error``, or None: raise it.
+        ``retry_after``: the answer's Retry-After (seconds; an HTTP date, rare for
+        429/503, is ignored: the policy's own wait stands)."""
+        if not (call.retry and retryable(error)):
+            return None
+        hint = None
+        if retry_after:
+            with contextlib.suppress(ValueError):
+                hint = float(retry_after)
+        delay = tries.next_delay(hint)
+        if delay is not None:
+            self.retry_count += 1
+        return delay
 
     def _request_kwargs(self, call: _Call[Any]) -> dict[str, Any]:
         kw: dict[str, Any] = {"params": call.params, "headers": call.headers}

@@ -52,7 +52,6 @@ import functools
 import itertools
 import logging
 import math
-import random
 import threading
 import time
 import uuid
@@ -65,9 +64,10 @@ import numpy as np
 from docl.client._arrays import check_report_arrays
 from docl.client._client import ScoreClient
 from docl.client._poster import ReportPoster
-from docl.client.errors import APIError, ServerError, TransportError
+from docl.client.errors import APIError, ServerError, retryable
 from docl.wire import encoding as wire
 from docl.wire.models import ReportAck, ReportsAck
+from docl.wire.retry import EqualJitterBackoff, Retry
 
 __all__ = ["LrSum", "Reporter", "ReporterCounters", "track_lr"]
 
@@ -175,6 +175,8 @@ class Reporter:
         self.max_queue = max_queue
         self.backoff = backoff
         self.max_backoff = max_backoff
+        #: The policy of every send: no limit, it is retried until close() gives up.
+        self.retry = Retry(EqualJitterBackoff(backoff, max_backoff))
         self.warn_interval = warn_interval
         self.exit_timeout = exit_timeout
         self._client = client.with_options(retries=0)
@@ -445,43 +447,15 @@ class Reporter:
         return acks
 
     def _deliver(self, poster: ReportPoster, batch: list[_Item]) -> None:
-        attempt = 0
+        tries = self.retry.start()
         while True:
             try:
                 acks = self._post(poster, batch)
-            except (TransportError, ServerError) as e:
-                failure: BaseException = e
-            except APIError as e:
-                if e.status != 429:
-                    if len(batch) > 1:
-                        # One bad report fails the whole request (nothing was written):
-                        # send them one by one, so only the bad ones are rejected.
-                        for item in batch:
-                            self._deliver(poster, [item])
-                        return
-                    item = batch[0]
-                    with self._lock:
-                        self._c["rejected"] += 1
-                    self.last_error = e
-                    log.error(
-                        "docl reporter: report %s (epoch %d, %d samples) rejected: %s",
-                        item.report_id,
-                        item.epoch,
-                        item.rows,
-                        e,
-                    )
+            except Exception as e:
+                if not retryable(e):
+                    self._refuse(poster, batch, e)
                     return
-                failure = e
-            except Exception as e:  # a bug must not kill the sender thread silently
-                with self._lock:
-                    self._c["rejected"] += len(batch)
-                self.last_error = e
-                log.exception(
-                    "docl reporter: %d report(s) from %s failed unexpectedly",
-                    len(batch),
-                    batch[0].report_id,
-                )
-                return
+                failure: BaseException = e
             else:
                 with self._lock:
                     self._c["sent"] += len(acks)
@@ -514,15 +488,46 @@ class Reporter:
                     failure,
                     self.max_queue,
                 )
-            if closed:
+            delay = tries.next_delay()
+            if closed or delay is None:
                 # close() gave up waiting: count these as abandoned.
                 with self._lock:
                     self._c["dropped"] += len(batch)
                 return
-            delay = min(self.max_backoff, self.backoff * 2.0**attempt)
-            attempt += 1
             # Wake early only when close() is called.
-            self._stop.wait(timeout=delay * (0.5 + 0.5 * _jitter()))
+            self._stop.wait(timeout=delay)
+
+    def _refuse(self, poster: ReportPoster, batch: list[_Item], e: Exception) -> None:
+        """A failure that another try would not mend: a 4xx rejects the reports, a bug
+        is logged (it must not kill the sender thread silently)."""
+        if isinstance(e, APIError):
+            if len(batch) > 1:
+                # One bad report fails the whole request (nothing was written):
+                # send them one by one, so only the bad ones are rejected.
+                for item in batch:
+                    self._deliver(poster, [item])
+                return
+            item = batch[0]
+            with self._lock:
+                self._c["rejected"] += 1
+            self.last_error = e
+            log.error(
+                "docl reporter: report %s (epoch %d, %d samples) rejected: %s",
+                item.report_id,
+                item.epoch,
+                item.rows,
+                e,
+            )
+            return
+        with self._lock:
+            self._c["rejected"] += len(batch)
+        self.last_error = e
+        log.error(
+            "docl reporter: %d report(s) from %s failed unexpectedly",
+            len(batch),
+            batch[0].report_id,
+            exc_info=e,
+        )
 
     def _warn_drop(self) -> None:
         now = time.monotonic()
@@ -547,10 +552,6 @@ def _close_at_exit(ref: weakref.ReferenceType[Reporter]) -> None:
     rep = ref()
     if rep is not None:
         rep.close(timeout=rep.exit_timeout)
-
-
-def _jitter() -> float:
-    return random.random()
 
 
 # ---------------------------------------------------------------------------

@@ -75,9 +75,10 @@ from torch.utils.data import Dataset, Sampler
 
 from docl.client._arrays import to_numpy
 from docl.client._client import ScoreClient
-from docl.client.errors import APIError, ServerError, TransportError
+from docl.client.errors import TransportError, retryable
 from docl.client.reporter import LrSum, Reporter, track_lr
 from docl.wire.models import Epoch, RunParams
+from docl.wire.retry import ExponentialBackoff, Retry
 
 __all__ = [
     "DEFAULT_OUTAGE_TOLERANCE",
@@ -86,6 +87,7 @@ __all__ = [
     "WithIndices",
     "default_outage_tolerance",
     "first_contact",
+    "outage_policy",
     "ride_out",
 ]
 
@@ -113,11 +115,10 @@ def default_outage_tolerance() -> float:
     return value
 
 
-def _outage(e: BaseException) -> bool:
-    """An error that a server or Redis restart explains: worth waiting for."""
-    if isinstance(e, TransportError | ServerError):
-        return True
-    return isinstance(e, APIError) and e.status == 429
+def outage_policy(tolerance: float, max_wait: float = 5.0) -> Retry:
+    """The ride-out's policy: waits of 0.25, 0.5, 1, … s up to ``max_wait``, no new try
+    once ``tolerance`` seconds have passed since the first."""
+    return Retry(ExponentialBackoff(0.25, max_wait), deadline=tolerance)
 
 
 def ride_out(
@@ -132,30 +133,30 @@ def ride_out(
 ) -> T:
     """Call ``call()`` until it succeeds or the score server stayed down ``tolerance`` s.
 
-    The clients already retry a few times (seconds); this rides out longer
-    outages — a restarted server or Redis — for the calls training cannot go on
-    without (the epoch draw, the indices). Only outage errors are waited for
-    (no connection, timeouts, 5xx, 429); any other error is raised at once. One
-    warning when the wait starts, one every ``log_every`` s while it lasts, one
-    when the server is back. After ``tolerance`` seconds the last error is
-    raised, with a note saying how long it waited. Safe because every request
-    it wraps is idempotent (a draw is by epoch number).
+    This rides out outages — a restarted server or Redis — for the calls training
+    cannot go on without (the epoch draw, the indices), under :func:`outage_policy`.
+    It is their one retry loop: give it calls that do not retry by themselves (a
+    client's ``with_options(retries=0)``), or the tolerance is overshot by a whole
+    retry schedule per try. Only failures worth another try are waited for
+    (:func:`docl.client.errors.retryable`: no connection, timeouts, 5xx, 429); any
+    other error is raised at once. One warning when the wait starts, one every
+    ``log_every`` s while it lasts, one when the server is back. After ``tolerance``
+    seconds the last error is raised, with a note saying how long it waited. Safe
+    because every request it wraps is idempotent (a draw is by epoch number).
     """
     lg = logger or log
-    start = time.monotonic()
-    last_log = start
-    delay = 0.25
-    failures = 0
+    tries = outage_policy(tolerance, max_wait).start()
+    last_log = tries.started
     while True:
         try:
             result = call()
         except Exception as e:
-            if not _outage(e):
+            if not retryable(e):
                 raise
-            now = time.monotonic()
-            waited = now - start
-            if waited >= tolerance:
-                if failures:
+            waited = tries.elapsed()
+            delay = tries.next_delay()
+            if delay is None:
+                if tries.failures > 1:
                     lg.error(
                         "docl: %s: the score server is still unreachable after %.0f s; giving up",
                         what,
@@ -166,7 +167,7 @@ def ride_out(
                     f"outage_tolerance is {tolerance:g} s"
                 )
                 raise
-            if failures == 0:
+            if tries.failures == 1:
                 lg.warning(
                     "docl: %s failed (%s); the score server or its Redis is down. "
                     "Waiting up to %.0f s for it to come back",
@@ -174,19 +175,13 @@ def ride_out(
                     e,
                     tolerance,
                 )
-            elif now - last_log >= log_every:
-                last_log = now
+            elif tries.started + waited - last_log >= log_every:
+                last_log = tries.started + waited
                 lg.warning("docl: %s: still waiting for the score server (%.0f s)", what, waited)
-            failures += 1
-            sleep(min(delay, max(0.0, tolerance - waited)))
-            delay = min(max_wait, delay * 2)
+            sleep(delay)
         else:
-            if failures:
-                lg.warning(
-                    "docl: score server back after %.1f s; %s done",
-                    time.monotonic() - start,
-                    what,
-                )
+            if tries.failures:
+                lg.warning("docl: score server back after %.1f s; %s done", tries.elapsed(), what)
             return result
 
 
@@ -195,23 +190,26 @@ def first_contact(client: ScoreClient, call: Callable[[], T], *, tolerance: floa
     answered is a typo or one that was not started, not an outage: no connection fails
     at once (after the client's own few retries, seconds) with one line saying so. A
     server that answers with 5xx or 429 is up but busy or restarting: that is ridden
-    out (:func:`ride_out`), as every later outage is."""
-    retries, client.retries = client.retries, min(client.retries, 1)  # one retry: seconds
+    out (:func:`ride_out`, with the client's own retries off), as every later outage is."""
+    retries = client.retries
+    client.retries = 1 if retries is None else min(retries, 1)  # one retry: seconds
     try:
-        return call()
-    except TransportError as e:
-        cause = str(e).rsplit(": ", 1)[-1]  # the last reason, e.g. "Connection refused"
-        raise TransportError(
-            f"no score server answers at {client.base_url} ({cause}) while {what}; check the "
-            "address (server=… or $DOCL_SERVER) or start one with `docl serve` (an outage "
-            "of a server that did answer is waited out instead)"
-        ) from None
-    except Exception as e:
-        if not _outage(e):
-            raise
+        try:
+            return call()
+        except TransportError as e:
+            cause = str(e).rsplit(": ", 1)[-1]  # the last reason, e.g. "Connection refused"
+            raise TransportError(
+                f"no score server answers at {client.base_url} ({cause}) while {what}; check "
+                "the address (server=… or $DOCL_SERVER) or start one with `docl serve` (an "
+                "outage of a server that did answer is waited out instead)"
+            ) from None
+        except Exception as e:
+            if not retryable(e):
+                raise
+        client.retries = 0  # ride_out is the one retry loop from here
+        return ride_out(call, tolerance=tolerance, what=what)
     finally:
         client.retries = retries
-    return ride_out(call, tolerance=tolerance, what=what)
 
 
 def _dist_rank_world() -> tuple[int, int]:
@@ -272,6 +270,7 @@ class _Curriculum:
         self._cursor = 0  # rows of this epoch's order reported so far
         self._custom = False  # a report with indices off the cursor: custom batching
         self._owned: list[Any] = []  # what connect() made, closed by close()
+        self._once: tuple[ScoreClient, ScoreClient] | None = None  # (client, its no-retry copy)
 
     # -- building one from a server URL ------------------------------------------------
 
@@ -387,8 +386,13 @@ class _Curriculum:
         self._cursor = 0
         self._custom = False
 
-    def _ride_out(self, call: Callable[[], T], what: str) -> T:
-        return ride_out(call, tolerance=self.outage_tolerance, what=what)
+    def _ride_out(self, call: Callable[[ScoreClient], T], what: str) -> T:
+        """``call(client)`` under :func:`ride_out`, with a copy of :attr:`client` that
+        does not retry by itself (ride_out is the one retry loop)."""
+        if self._once is None or self._once[0] is not self.client:
+            self._once = (self.client, self.client.with_options(retries=0))
+        once = self._once[1]
+        return ride_out(lambda: call(once), tolerance=self.outage_tolerance, what=what)
 
     def _load(self) -> None:
         if self._current is not None and self._current.epoch == self.epoch:
@@ -400,11 +404,9 @@ class _Curriculum:
         if self.barrier and dist.is_available() and dist.is_initialized():
             dist.barrier()
         e = self.epoch
-        current = self._ride_out(
-            lambda: self.client.draw_epoch(self.run_id, e), f"drawing epoch {e}"
-        )
+        current = self._ride_out(lambda c: c.draw_epoch(self.run_id, e), f"drawing epoch {e}")
         shard = self._ride_out(
-            lambda: self.client.shard(self.run_id, e, rank=self.rank, world=self.world_size),
+            lambda c: c.shard(self.run_id, e, rank=self.rank, world=self.world_size),
             f"fetching the indices of epoch {e}",
         )
         self._shard, self._weights = shard.indices, shard.weights
@@ -428,7 +430,7 @@ class _Curriculum:
     def num_epochs(self) -> int:
         """Epochs in the run's plan (``for e in range(sampler.num_epochs)``)."""
         if self._num_epochs is None:
-            plan = self._ride_out(lambda: self.client.plan(self.run_id), "reading the plan")
+            plan = self._ride_out(lambda c: c.plan(self.run_id), "reading the plan")
             self._num_epochs = plan.num_epochs
         return self._num_epochs
 
@@ -659,14 +661,12 @@ class CurriculumSampler(_Curriculum, Sampler[int]):
             nxt = (self.rank + 1) % self.world_size
             e = self.epoch
             filler = self._ride_out(
-                lambda: self.client.shard(
-                    self.run_id, e, rank=nxt, world=self.world_size, limit=need
-                ),
+                lambda c: c.shard(self.run_id, e, rank=nxt, world=self.world_size, limit=need),
                 f"fetching the padding of epoch {e}",
             )
             if len(filler) < need:  # fewer samples than ranks: take the epoch's first
                 filler = self._ride_out(
-                    lambda: self.client.shard(self.run_id, e, rank=0, world=1, limit=need),
+                    lambda c: c.shard(self.run_id, e, rank=0, world=1, limit=need),
                     f"fetching the padding of epoch {e}",
                 )
             self._padding = (self.epoch, filler.indices, filler.weights)

@@ -318,7 +318,8 @@ def _run_job(spec: TrainSpec, job: Job, t_start: float) -> dict[str, Any]:
                 if spec.outage_tolerance is not None
                 else default_outage_tolerance()
             )
-            with ScoreClient(server, token=spec.token) as client:
+            # ride_out is the one retry loop: the client does not retry by itself
+            with ScoreClient(server, token=spec.token, retries=0) as client:
                 try:
                     ride_out(
                         lambda: client.create_run(run),

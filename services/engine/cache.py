@@ -11,8 +11,13 @@ import numpy as np
 from docl.services.engine.runs import RunStage, RunState
 from docl.services.layout import RunLayout
 from docl.services.storage import ClaimStatus
+from docl.wire.retry import ConstantBackoff
 
 __all__ = ["CacheStage", "RecordCache"]
+
+#: How often a report waits to see whether another report of this process has
+#: released its samples (rare: two reports of one sample at once; no limit).
+BUSY_BACKOFF = ConstantBackoff(0.0005)
 
 
 class RecordCache:
@@ -148,7 +153,7 @@ class CacheStage(RunStage):
             if self.store.resets != cache.resets:  # Redis restarted: trust no copy
                 cache.clear(self.store.resets)
             if cache.busy[idx].any() or cache.claiming:
-                await asyncio.sleep(0.0005)  # rare: two reports of one sample at once
+                await asyncio.sleep(BUSY_BACKOFF.compute(0))  # rare: two reports of one sample
                 continue
             if cache.claimed != cache.gen and not cache.known.any():
                 gen = cache.gen

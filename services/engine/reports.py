@@ -4,7 +4,6 @@ score them in numpy, and scatter the result (one atomic script per group)."""
 from __future__ import annotations
 
 import asyncio
-import random
 import time
 from collections.abc import Sequence
 
@@ -18,6 +17,7 @@ from docl.services.errors import Conflict, ServiceUnavailable, Unprocessable
 from docl.services.storage import GatherStatus, ScatterStatus
 from docl.wire.encoding import ReportArrays
 from docl.wire.models import ReportAck
+from docl.wire.retry import FullJitterBackoff
 
 __all__ = ["MAX_GROUP_REPORTS", "MAX_GROUP_SAMPLES", "ReportStage", "report_groups"]
 
@@ -32,6 +32,7 @@ MAX_REPORT_ATTEMPTS = 32
 #: re-colliding in lock step (full jitter, as for any optimistic compare-and-set).
 CONFLICT_BACKOFF_BASE_S = 0.0005
 CONFLICT_BACKOFF_CAP_S = 0.02
+CONFLICT_BACKOFF = FullJitterBackoff(CONFLICT_BACKOFF_BASE_S, CONFLICT_BACKOFF_CAP_S)
 
 #: Most samples one scatter script call writes: a script blocks Redis while it runs
 #: (~2-5 µs per sample here), so a large multi-report request is applied in pieces.
@@ -277,8 +278,7 @@ class ReportStage(CacheStage):
                             cache.put(idx[pos], res.current)
                 token = ""  # the retry compares (a new lease is claimed by later reports)
                 conflicts += 1
-                cap = min(CONFLICT_BACKOFF_CAP_S, CONFLICT_BACKOFF_BASE_S * 2**conflicts)
-                await asyncio.sleep(random.uniform(0.0, cap))
+                await asyncio.sleep(CONFLICT_BACKOFF.compute(conflicts))
             raise ServiceUnavailable(
                 f"report {reps[live[0]].report_id!r}: its samples kept being changed by "
                 "concurrent reports; retry"
