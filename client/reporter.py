@@ -20,13 +20,14 @@ for (~2k samples per request balanced the two on MNIST-1D: docs/training.md,
 "Overhead"). A batch the server rejects with a 4xx is re-sent report by
 report, so only the bad ones are rejected.
 
-Delivery. A report is sent until the server acknowledges it. Connection
-errors, timeouts, 5xx and 429 answers are retried forever with exponential
-backoff (while the server is down the queue simply fills up); each retry keeps
-the report's ``report_id``, so a report that reached the server before a
-connection broke is recognised as a duplicate and applied once. A 4xx answer
-(e.g. 422, a malformed report) is final: the report is counted in
-``rejected``, logged, and not sent again.
+Delivery. A report is sent until the server acknowledges it. What the SDK
+retries (:func:`docl.client.errors.retryable`: connection errors, timeouts, 429,
+500, 502, 503, 504) is retried forever under :attr:`Reporter.retry` (jittered
+exponential backoff; while the server is down the queue simply fills up); each
+retry keeps the report's ``report_id``, so a report that reached the server
+before a connection broke is recognised as a duplicate and applied once. Any
+other answer (e.g. a 422, a malformed report) is final: the report is counted
+in ``rejected``, logged, and not sent again.
 
 Overflow. When ``max_queue`` reports are waiting, a new report pushes out the
 OLDEST waiting one (counted in ``dropped``, with a warning). Why the oldest: the
