@@ -166,6 +166,7 @@ def test_the_tree_follows_the_import_direction() -> None:
         ("client/_arrays.py", "import docl.worker.loop\n"),
         ("client/_poster.py", "def f():\n    from docl.lab import bench_service\n"),
         ("wire/retry.py", "from docl.client.errors import retryable\n"),
+        ("client/outage.py", "from docl.worker.loop import ServerEpochs\n"),
         ("client/reporter.py", "from docl.worker.loop import train_loop\n"),
         ("worker/loop.py", "from docl.services.engine import Engine\n"),
         ("worker/train.py", "from docl.services.store import RedisStore\n"),

@@ -1,6 +1,6 @@
-"""The samplers' outage ride-out without a server: its waits are the outage policy's,
-it is the one retry loop (the calls it wraps do not retry), and it gives up at the
-tolerance. Against a real server that restarts: tests/client/test_sampler_server.py."""
+"""The outage ride-out (docl.client.outage) without a server: its waits are the
+outage policy's, it is the one retry loop (the calls it wraps do not retry), and it
+gives up at the tolerance. Against a real server that restarts: tests/client/test_sampler_server.py."""
 
 from __future__ import annotations
 
@@ -8,10 +8,8 @@ import time
 
 import pytest
 
-pytest.importorskip("torch")
-
 from docl.client.errors import NotFoundError, ServerError, TransportError
-from docl.client.sampler import outage_policy, ride_out
+from docl.client.outage import outage_policy, ride_out
 
 
 def test_ride_out_waits_as_the_outage_policy_says_then_returns() -> None:
@@ -50,3 +48,12 @@ def test_ride_out_gives_up_at_the_tolerance_with_a_note() -> None:
         ride_out(call, tolerance=0.6, what="drawing epoch 3")
     assert 0.6 <= time.monotonic() - t0 < 3.0
     assert any("outage_tolerance is 0.6 s" in note for note in err.value.__notes__)
+
+
+def test_the_sampler_module_still_offers_the_ride_out() -> None:
+    pytest.importorskip("torch")
+    import docl.client.outage as outage
+    import docl.client.sampler as sampler
+
+    for name in ("default_outage_tolerance", "first_contact", "outage_policy", "ride_out"):
+        assert getattr(sampler, name) is getattr(outage, name) and name in sampler.__all__
