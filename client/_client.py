@@ -137,7 +137,9 @@ class ScoreClient(_Base):
     ) -> ScoreClient:
         """A client with other retry or encoding options that shares this one's connections.
 
-        Closing the copy leaves the shared connection pool open; close the original.
+        ``retry`` replaces the policy; ``retries``, ``backoff`` and ``max_backoff``
+        then change it (the last two need an exponential backoff). Closing the copy
+        leaves the shared connection pool open; close the original.
         """
         clone = object.__new__(type(self))
         clone.__dict__.update(self.__dict__)
@@ -149,8 +151,8 @@ class ScoreClient(_Base):
             if retries < 0:
                 raise ValueError("retries must be >= 0")
             clone.retries = retries
-        if retry is None:  # a fresh random source for the jitter: copies do not retry in step
-            clone.retry = clone._retry_with(backoff, max_backoff)
+        # a fresh random source for the jitter: copies do not retry in step
+        clone.retry = clone._retry_with(backoff, max_backoff)
         if binary is not None:
             clone.binary = binary
         return clone
