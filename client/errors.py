@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from pydantic import ValidationError as PydanticValidationError
 
 __all__ = [
+    "RETRYABLE_STATUSES",
     "APIError",
     "AuthenticationError",
     "BadRequestError",
@@ -40,11 +41,29 @@ __all__ = [
     "ValidationError",
     "WireError",
     "error_for_status",
+    "retryable",
 ]
 
 
 class TransportError(DoclError):
-    """The server could not be reached, or the connection broke, after all retries."""
+    """The server could not be reached, or the connection broke, after all retries.
+
+    ``retryable``: whether another try may fare better (no connection, a timeout, a
+    connection that broke); False for a failure that repeats every time (an
+    unsupported URL scheme, a proxy misconfiguration)."""
+
+    def __init__(self, message: str, *, retryable: bool = True) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild_transport_error, (type(self), str(self), self.retryable))
+
+
+def _rebuild_transport_error(
+    cls: type[TransportError], message: str, retryable: bool
+) -> TransportError:
+    return cls(message, retryable=retryable)
 
 
 class InvalidRequestError(DoclError, ValueError):
@@ -139,3 +158,20 @@ def error_for_status(
     """The exception class for an HTTP status (5xx -> ServerError, other 4xx -> APIError)."""
     cls = _BY_STATUS.get(status) or (ServerError if status >= 500 else APIError)
     return cls(status, detail, title=title, type=type)
+
+
+#: HTTP statuses worth another try: too many requests (429), and a server, a proxy
+#: or the server's Redis that is down, restarting or overloaded (500, 502, 503, 504).
+#: Every other status repeats itself (501, 505…, and every other 4xx).
+RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
+
+
+def retryable(e: BaseException) -> bool:
+    """The SDK's one definition of a failure worth another try: a
+    :class:`TransportError` that may fare better next time (no connection, a timeout,
+    a broken connection) or an answer whose status is in :data:`RETRYABLE_STATUSES`.
+    The clients' request retries, the Reporter's sends and the samplers' outage
+    ride-out all ask it; everything else (a 4xx, a bug) is raised at once."""
+    if isinstance(e, APIError):
+        return e.status in RETRYABLE_STATUSES
+    return isinstance(e, TransportError) and e.retryable

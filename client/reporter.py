@@ -20,13 +20,14 @@ for (~2k samples per request balanced the two on MNIST-1D: docs/training.md,
 "Overhead"). A batch the server rejects with a 4xx is re-sent report by
 report, so only the bad ones are rejected.
 
-Delivery. A report is sent until the server acknowledges it. Connection
-errors, timeouts, 5xx and 429 answers are retried forever with exponential
-backoff (while the server is down the queue simply fills up); each retry keeps
-the report's ``report_id``, so a report that reached the server before a
-connection broke is recognised as a duplicate and applied once. A 4xx answer
-(e.g. 422, a malformed report) is final: the report is counted in
-``rejected``, logged, and not sent again.
+Delivery. A report is sent until the server acknowledges it. What the SDK
+retries (:func:`docl.client.errors.retryable`: connection errors, timeouts, 429,
+500, 502, 503, 504) is retried forever under :attr:`Reporter.retry` (jittered
+exponential backoff; while the server is down the queue simply fills up); each
+retry keeps the report's ``report_id``, so a report that reached the server
+before a connection broke is recognised as a duplicate and applied once. Any
+other answer (e.g. a 422, a malformed report) is final: the report is counted
+in ``rejected``, logged, and not sent again.
 
 Overflow. When ``max_queue`` reports are waiting, a new report pushes out the
 OLDEST waiting one (counted in ``dropped``, with a warning). Why the oldest: the
@@ -52,7 +53,6 @@ import functools
 import itertools
 import logging
 import math
-import random
 import threading
 import time
 import uuid
@@ -62,10 +62,13 @@ from typing import Any
 
 import numpy as np
 
-from docl.client._client import ReportPoster, ScoreClient, _check_report_arrays
-from docl.client.errors import APIError, ServerError, TransportError
+from docl.client._arrays import check_report_arrays
+from docl.client._client import ScoreClient
+from docl.client._poster import ReportPoster
+from docl.client.errors import APIError, ServerError, retryable
 from docl.wire import encoding as wire
 from docl.wire.models import ReportAck, ReportsAck
+from docl.wire.retry import EqualJitterBackoff, Retry
 
 __all__ = ["LrSum", "Reporter", "ReporterCounters", "track_lr"]
 
@@ -173,6 +176,8 @@ class Reporter:
         self.max_queue = max_queue
         self.backoff = backoff
         self.max_backoff = max_backoff
+        #: The policy of every send: no limit, it is retried until close() gives up.
+        self.retry = Retry(EqualJitterBackoff(backoff, max_backoff))
         self.warn_interval = warn_interval
         self.exit_timeout = exit_timeout
         self._client = client.with_options(retries=0)
@@ -241,7 +246,7 @@ class Reporter:
         the server's to judge. Pass a deterministic ``report_id`` when a
         restarted worker may report the same batch again.
         """
-        idx, out, tgt, feat = _check_report_arrays(
+        idx, out, tgt, feat = check_report_arrays(
             epoch, indices, outputs, targets, lr_sum, features, copy=True
         )
         item = _Item(
@@ -443,43 +448,15 @@ class Reporter:
         return acks
 
     def _deliver(self, poster: ReportPoster, batch: list[_Item]) -> None:
-        attempt = 0
+        tries = self.retry.start()
         while True:
             try:
                 acks = self._post(poster, batch)
-            except (TransportError, ServerError) as e:
-                failure: BaseException = e
-            except APIError as e:
-                if e.status != 429:
-                    if len(batch) > 1:
-                        # One bad report fails the whole request (nothing was written):
-                        # send them one by one, so only the bad ones are rejected.
-                        for item in batch:
-                            self._deliver(poster, [item])
-                        return
-                    item = batch[0]
-                    with self._lock:
-                        self._c["rejected"] += 1
-                    self.last_error = e
-                    log.error(
-                        "docl reporter: report %s (epoch %d, %d samples) rejected: %s",
-                        item.report_id,
-                        item.epoch,
-                        item.rows,
-                        e,
-                    )
+            except Exception as e:
+                if not retryable(e):
+                    self._refuse(poster, batch, e)
                     return
-                failure = e
-            except Exception as e:  # a bug must not kill the sender thread silently
-                with self._lock:
-                    self._c["rejected"] += len(batch)
-                self.last_error = e
-                log.exception(
-                    "docl reporter: %d report(s) from %s failed unexpectedly",
-                    len(batch),
-                    batch[0].report_id,
-                )
-                return
+                failure: BaseException = e
             else:
                 with self._lock:
                     self._c["sent"] += len(acks)
@@ -512,15 +489,46 @@ class Reporter:
                     failure,
                     self.max_queue,
                 )
-            if closed:
+            delay = tries.next_delay()
+            if closed or delay is None:
                 # close() gave up waiting: count these as abandoned.
                 with self._lock:
                     self._c["dropped"] += len(batch)
                 return
-            delay = min(self.max_backoff, self.backoff * 2.0**attempt)
-            attempt += 1
             # Wake early only when close() is called.
-            self._stop.wait(timeout=delay * (0.5 + 0.5 * _jitter()))
+            self._stop.wait(timeout=delay)
+
+    def _refuse(self, poster: ReportPoster, batch: list[_Item], e: Exception) -> None:
+        """A failure that another try would not mend: a 4xx rejects the reports, a bug
+        is logged (it must not kill the sender thread silently)."""
+        if isinstance(e, APIError):
+            if len(batch) > 1:
+                # One bad report fails the whole request (nothing was written):
+                # send them one by one, so only the bad ones are rejected.
+                for item in batch:
+                    self._deliver(poster, [item])
+                return
+            item = batch[0]
+            with self._lock:
+                self._c["rejected"] += 1
+            self.last_error = e
+            log.error(
+                "docl reporter: report %s (epoch %d, %d samples) rejected: %s",
+                item.report_id,
+                item.epoch,
+                item.rows,
+                e,
+            )
+            return
+        with self._lock:
+            self._c["rejected"] += len(batch)
+        self.last_error = e
+        log.error(
+            "docl reporter: %d report(s) from %s failed unexpectedly",
+            len(batch),
+            batch[0].report_id,
+            exc_info=e,
+        )
 
     def _warn_drop(self) -> None:
         now = time.monotonic()
@@ -545,10 +553,6 @@ def _close_at_exit(ref: weakref.ReferenceType[Reporter]) -> None:
     rep = ref()
     if rep is not None:
         rep.close(timeout=rep.exit_timeout)
-
-
-def _jitter() -> float:
-    return random.random()
 
 
 # ---------------------------------------------------------------------------

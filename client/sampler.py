@@ -46,25 +46,24 @@ Outages. When the score server (or its Redis) is down, the reporter buffers
 and retries on its own; the draw and the index fetch wait for the server to
 come back for up to ``outage_tolerance`` seconds (default 120, or
 ``$DOCL_OUTAGE_TOLERANCE_S``), logging that they wait, then raise
-(:func:`ride_out`). A server that has never answered is not waited for: the
-first request of :meth:`~CurriculumSampler.connect` fails in seconds with one
-line (:func:`first_contact`): a wrong address is far likelier than an outage at
-that moment.
+(:func:`~docl.client.outage.ride_out`, re-exported here). A server that has never
+answered is not waited for: the first request of
+:meth:`~CurriculumSampler.connect` fails in seconds with one line
+(:func:`first_contact`): a wrong address is far likelier than an outage at that
+moment.
 
 This module needs torch (``pip install 'docl[worker]'`` or any torch);
 ``import docl.client`` does not import it.
 
 Size: a little over the house's ~500 lines: the two samplers are thin subclasses
-of one ``_Curriculum`` base (the cursor, the epoch fetch, the outage ride-out), which
-is the bulk of the module and is read together with them.
+of one ``_Curriculum`` base (the cursor, the epoch fetch), which is the bulk of the
+module and is read together with them. The outage ride-out is
+:mod:`docl.client.outage`.
 """
 
 from __future__ import annotations
 
-import logging
 import math
-import os
-import time
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
@@ -73,8 +72,15 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import Dataset, Sampler
 
-from docl.client._client import ScoreClient, to_numpy
-from docl.client.errors import APIError, ServerError, TransportError
+from docl.client._arrays import to_numpy
+from docl.client._client import ScoreClient
+from docl.client.outage import (
+    DEFAULT_OUTAGE_TOLERANCE,
+    default_outage_tolerance,
+    first_contact,
+    outage_policy,
+    ride_out,
+)
 from docl.client.reporter import LrSum, Reporter, track_lr
 from docl.wire.models import Epoch, RunParams
 
@@ -85,132 +91,12 @@ __all__ = [
     "WithIndices",
     "default_outage_tolerance",
     "first_contact",
+    "outage_policy",
     "ride_out",
 ]
 
-log = logging.getLogger("docl.sampler")
-
 T = TypeVar("T")
 S = TypeVar("S", bound="_Curriculum")
-
-#: Seconds a draw or index fetch waits for a score server that is down.
-DEFAULT_OUTAGE_TOLERANCE = 120.0
-ENV_OUTAGE_TOLERANCE = "DOCL_OUTAGE_TOLERANCE_S"
-
-
-def default_outage_tolerance() -> float:
-    """``$DOCL_OUTAGE_TOLERANCE_S`` when set (seconds), else 120."""
-    raw = os.environ.get(ENV_OUTAGE_TOLERANCE)
-    if raw is None or raw.strip() == "":
-        return DEFAULT_OUTAGE_TOLERANCE
-    try:
-        value = float(raw)
-    except ValueError as e:
-        raise ValueError(f"{ENV_OUTAGE_TOLERANCE} must be a number of seconds, got {raw!r}") from e
-    if not value >= 0:
-        raise ValueError(f"{ENV_OUTAGE_TOLERANCE} must be >= 0, got {raw!r}")
-    return value
-
-
-def _outage(e: BaseException) -> bool:
-    """An error that a server or Redis restart explains: worth waiting for."""
-    if isinstance(e, TransportError | ServerError):
-        return True
-    return isinstance(e, APIError) and e.status == 429
-
-
-def ride_out(
-    call: Callable[[], T],
-    *,
-    tolerance: float,
-    what: str,
-    logger: logging.Logger | None = None,
-    max_wait: float = 5.0,
-    log_every: float = 15.0,
-    sleep: Callable[[float], None] = time.sleep,
-) -> T:
-    """Call ``call()`` until it succeeds or the score server stayed down ``tolerance`` s.
-
-    The clients already retry a few times (seconds); this rides out longer
-    outages — a restarted server or Redis — for the calls training cannot go on
-    without (the epoch draw, the indices). Only outage errors are waited for
-    (no connection, timeouts, 5xx, 429); any other error is raised at once. One
-    warning when the wait starts, one every ``log_every`` s while it lasts, one
-    when the server is back. After ``tolerance`` seconds the last error is
-    raised, with a note saying how long it waited. Safe because every request
-    it wraps is idempotent (a draw is by epoch number).
-    """
-    lg = logger or log
-    start = time.monotonic()
-    last_log = start
-    delay = 0.25
-    failures = 0
-    while True:
-        try:
-            result = call()
-        except Exception as e:
-            if not _outage(e):
-                raise
-            now = time.monotonic()
-            waited = now - start
-            if waited >= tolerance:
-                if failures:
-                    lg.error(
-                        "docl: %s: the score server is still unreachable after %.0f s; giving up",
-                        what,
-                        waited,
-                    )
-                e.add_note(
-                    f"docl: waited {waited:.0f} s for the score server ({what}); "
-                    f"outage_tolerance is {tolerance:g} s"
-                )
-                raise
-            if failures == 0:
-                lg.warning(
-                    "docl: %s failed (%s); the score server or its Redis is down. "
-                    "Waiting up to %.0f s for it to come back",
-                    what,
-                    e,
-                    tolerance,
-                )
-            elif now - last_log >= log_every:
-                last_log = now
-                lg.warning("docl: %s: still waiting for the score server (%.0f s)", what, waited)
-            failures += 1
-            sleep(min(delay, max(0.0, tolerance - waited)))
-            delay = min(max_wait, delay * 2)
-        else:
-            if failures:
-                lg.warning(
-                    "docl: score server back after %.1f s; %s done",
-                    time.monotonic() - start,
-                    what,
-                )
-            return result
-
-
-def first_contact(client: ScoreClient, call: Callable[[], T], *, tolerance: float, what: str) -> T:
-    """``call()`` as the first request to ``client``'s server. A server that never
-    answered is a typo or one that was not started, not an outage: no connection fails
-    at once (after the client's own few retries, seconds) with one line saying so. A
-    server that answers with 5xx or 429 is up but busy or restarting: that is ridden
-    out (:func:`ride_out`), as every later outage is."""
-    retries, client.retries = client.retries, min(client.retries, 1)  # one retry: seconds
-    try:
-        return call()
-    except TransportError as e:
-        cause = str(e).rsplit(": ", 1)[-1]  # the last reason, e.g. "Connection refused"
-        raise TransportError(
-            f"no score server answers at {client.base_url} ({cause}) while {what}; check the "
-            "address (server=… or $DOCL_SERVER) or start one with `docl serve` (an outage "
-            "of a server that did answer is waited out instead)"
-        ) from None
-    except Exception as e:
-        if not _outage(e):
-            raise
-    finally:
-        client.retries = retries
-    return ride_out(call, tolerance=tolerance, what=what)
 
 
 def _dist_rank_world() -> tuple[int, int]:
@@ -271,6 +157,7 @@ class _Curriculum:
         self._cursor = 0  # rows of this epoch's order reported so far
         self._custom = False  # a report with indices off the cursor: custom batching
         self._owned: list[Any] = []  # what connect() made, closed by close()
+        self._once: tuple[ScoreClient, ScoreClient] | None = None  # (client, its no-retry copy)
 
     # -- building one from a server URL ------------------------------------------------
 
@@ -386,8 +273,13 @@ class _Curriculum:
         self._cursor = 0
         self._custom = False
 
-    def _ride_out(self, call: Callable[[], T], what: str) -> T:
-        return ride_out(call, tolerance=self.outage_tolerance, what=what)
+    def _ride_out(self, call: Callable[[ScoreClient], T], what: str) -> T:
+        """``call(client)`` under :func:`ride_out`, with a copy of :attr:`client` that
+        does not retry by itself (ride_out is the one retry loop)."""
+        if self._once is None or self._once[0] is not self.client:
+            self._once = (self.client, self.client.with_options(retries=0))
+        once = self._once[1]
+        return ride_out(lambda: call(once), tolerance=self.outage_tolerance, what=what)
 
     def _load(self) -> None:
         if self._current is not None and self._current.epoch == self.epoch:
@@ -399,11 +291,9 @@ class _Curriculum:
         if self.barrier and dist.is_available() and dist.is_initialized():
             dist.barrier()
         e = self.epoch
-        current = self._ride_out(
-            lambda: self.client.draw_epoch(self.run_id, e), f"drawing epoch {e}"
-        )
+        current = self._ride_out(lambda c: c.draw_epoch(self.run_id, e), f"drawing epoch {e}")
         shard = self._ride_out(
-            lambda: self.client.shard(self.run_id, e, rank=self.rank, world=self.world_size),
+            lambda c: c.shard(self.run_id, e, rank=self.rank, world=self.world_size),
             f"fetching the indices of epoch {e}",
         )
         self._shard, self._weights = shard.indices, shard.weights
@@ -427,7 +317,7 @@ class _Curriculum:
     def num_epochs(self) -> int:
         """Epochs in the run's plan (``for e in range(sampler.num_epochs)``)."""
         if self._num_epochs is None:
-            plan = self._ride_out(lambda: self.client.plan(self.run_id), "reading the plan")
+            plan = self._ride_out(lambda c: c.plan(self.run_id), "reading the plan")
             self._num_epochs = plan.num_epochs
         return self._num_epochs
 
@@ -658,14 +548,12 @@ class CurriculumSampler(_Curriculum, Sampler[int]):
             nxt = (self.rank + 1) % self.world_size
             e = self.epoch
             filler = self._ride_out(
-                lambda: self.client.shard(
-                    self.run_id, e, rank=nxt, world=self.world_size, limit=need
-                ),
+                lambda c: c.shard(self.run_id, e, rank=nxt, world=self.world_size, limit=need),
                 f"fetching the padding of epoch {e}",
             )
             if len(filler) < need:  # fewer samples than ranks: take the epoch's first
                 filler = self._ride_out(
-                    lambda: self.client.shard(self.run_id, e, rank=0, world=1, limit=need),
+                    lambda c: c.shard(self.run_id, e, rank=0, world=1, limit=need),
                     f"fetching the padding of epoch {e}",
                 )
             self._padding = (self.epoch, filler.indices, filler.weights)

@@ -230,6 +230,11 @@ def test_the_tree_follows_the_import_direction() -> None:
         ("services/app.py", "import redis.asyncio as aioredis\n"),
         ("services/plan.py", "from docl.services.resp import RespClient\n"),
         ("client/_client.py", "from docl.services import plan\n"),
+        ("client/_requests.py", "from docl.services.engine import Engine\n"),
+        ("client/_arrays.py", "import docl.worker.loop\n"),
+        ("client/_poster.py", "def f():\n    from docl.lab import bench_service\n"),
+        ("wire/retry.py", "from docl.client.errors import retryable\n"),
+        ("client/outage.py", "from docl.worker.loop import ServerEpochs\n"),
         ("client/reporter.py", "from docl.worker.loop import train_loop\n"),
         ("worker/loop.py", "from docl.services.engine import Engine\n"),
         ("worker/train.py", "from docl.services.store import RedisStore\n"),
@@ -251,6 +256,10 @@ def test_a_forbidden_import_is_caught(path: str, source: str) -> None:
         ("services/app.py", "from redis.exceptions import ConnectionError\n"),
         ("lab/bench_store.py", "from docl.services.resp import RespClient\n"),
         ("client/_client.py", "from docl.wire import encoding as wire\n"),
+        ("client/_requests.py", "from docl.client._arrays import check_report_arrays\n"),
+        ("client/_poster.py", "from docl.client._requests import _Call\n"),
+        ("client/reporter.py", "from docl.wire.retry import EqualJitterBackoff, Retry\n"),
+        ("services/engine/reports.py", "from docl.wire.retry import FullJitterBackoff\n"),
     ],
 )
 def test_an_allowed_import_passes(path: str, source: str) -> None:

@@ -134,11 +134,12 @@ class ServerEpochs:
 
     Every call waits out an outage of the server or its Redis for up to
     ``outage_tolerance`` seconds (:func:`~docl.client.sampler.ride_out`): the
-    requests are idempotent, so repeating them is safe.
+    requests are idempotent, so repeating them is safe. ride_out is their one retry
+    loop: they go through a copy of ``client`` that does not retry by itself.
     """
 
     def __init__(self, client: Any, run_id: str, *, outage_tolerance: float | None = None) -> None:
-        self.client = client
+        self.client = client = client.with_options(retries=0)
         self.run_id = run_id
         self.outage_tolerance = (
             default_outage_tolerance() if outage_tolerance is None else float(outage_tolerance)

@@ -308,7 +308,7 @@ def train(spec: TrainSpec) -> dict[str, Any]:
 
 def _run_job(spec: TrainSpec, job: Job, t_start: float) -> dict[str, Any]:
     """Steps 2–5 of the module docs for a prepared job; returns the result."""
-    data, run, out, metrics_path = job.data, job.run, job.out, job.metrics_path
+    data, run, out = job.data, job.run, job.out
     weight_decay = job.weight_decay
 
     server_proc = None
@@ -322,55 +322,9 @@ def _run_job(spec: TrainSpec, job: Job, t_start: float) -> dict[str, Any]:
                 spec = replace(spec, token=secrets.token_hex(16))
             server_proc, server = _start_server(spec)
         if server is not None:
-            from docl.client import ScoreClient
-            from docl.client.sampler import default_outage_tolerance, ride_out
+            _create_run_on(server, spec, job)
 
-            tolerance = (
-                spec.outage_tolerance
-                if spec.outage_tolerance is not None
-                else default_outage_tolerance()
-            )
-            with ScoreClient(server, token=spec.token) as client:
-                try:
-                    ride_out(
-                        lambda: client.create_run(run),
-                        tolerance=tolerance,
-                        what=f"creating run {job.run_id!r}",
-                    )
-                except APIError as e:
-                    if e.status >= 500:
-                        raise
-                    # The server's registry (plugins included) decides, e.g. an unknown
-                    # method: one line, as for the checks made here, and no empty folder.
-                    metrics_path.unlink(missing_ok=True)
-                    with contextlib.suppress(OSError):
-                        out.rmdir()  # only when nothing else is in it
-                    hint = (
-                        " (give it with --token or DOCL_API_TOKEN)"
-                        if e.status in (401, 403)
-                        else ""
-                    )
-                    raise TrainError(
-                        f"the score server at {server} refused run {job.run_id!r}: {e.detail}{hint}"
-                    ) from None
-
-        cfg = LoopConfig(
-            run_id=job.run_id,
-            server=server,
-            token=spec.token,
-            local_run=run.model_dump(mode="json") if spec.local else None,
-            seed=spec.seed,
-            momentum=spec.momentum,
-            weight_decay=weight_decay,
-            threads=spec.threads or 1,
-            eval_every=spec.eval_every,
-            progress=spec.progress,
-            metrics_path=str(metrics_path.resolve()),
-            checkpoint=spec.checkpoint,
-            fault=spec.fault,
-        )
-        if spec.outage_tolerance is not None:
-            cfg.outage_tolerance = spec.outage_tolerance
+        cfg = _loop_config(spec, job, server)
         server_pid = server_proc.pid if server_proc is not None else None
         server_cpu0 = _tree_cpu_seconds(server_pid)
         t_train, cpu_train = time.perf_counter(), time.process_time()
@@ -388,36 +342,7 @@ def _run_job(spec: TrainSpec, job: Job, t_start: float) -> dict[str, Any]:
             history = final.pop("history")
         else:
             ray_started = _connect_ray(spec)
-            from docl.worker.launcher import RayLaunch, StorageError, launch
-
-            storage = spec.storage or str(out / "ray")
-            with _noting_sigint() as sigint:
-                try:
-                    outcome = launch(
-                        cfg,
-                        data,
-                        RayLaunch(
-                            num_workers=spec.workers,
-                            use_gpu=spec.use_gpu,
-                            cpus_per_worker=float(spec.threads or 1),
-                            max_failures=spec.max_failures,
-                            storage_path=storage,
-                            name=job.run_id,
-                        ),
-                    )
-                except StorageError as e:
-                    raise TrainError(str(e)) from None
-                except BaseException:
-                    if sigint.seen:  # Ray's abort on Ctrl-C ends in SystemExit or an error
-                        raise KeyboardInterrupt from None
-                    raise
-                if sigint.seen:  # aborted, yet returned: the history is partial
-                    raise KeyboardInterrupt
-            history = outcome.history
-            final = history[-1] if history else outcome.metrics
-            attempts = outcome.attempts
-            # Authoritative copy: one line per epoch, whatever restarts replayed.
-            metrics_path.write_text("".join(json.dumps(m) + "\n" for m in history))
+            history, final, attempts = _train_on_ray(spec, job, cfg)
         train_time = time.perf_counter() - t_train
         # CPU of this process (all its threads: torch, the reporter's senders);
         # Ray workers are other processes, so only the in-process path has it.
@@ -473,6 +398,101 @@ def _run_job(spec: TrainSpec, job: Job, t_start: float) -> dict[str, Any]:
     if "val_accuracy" in final:
         result["val_accuracy"] = final["val_accuracy"]
     return result
+
+
+def _create_run_on(server: str, spec: TrainSpec, job: Job) -> None:
+    """Create the job's run on ``server``, riding out an outage (a 5xx raises after the
+    tolerance); a refusal (4xx: e.g. an unknown method, a bad token) is one TrainError
+    line, and the job's empty folder is removed."""
+    from docl.client import ScoreClient
+    from docl.client.sampler import default_outage_tolerance, ride_out
+
+    run, out, metrics_path = job.run, job.out, job.metrics_path
+
+    tolerance = (
+        spec.outage_tolerance if spec.outage_tolerance is not None else default_outage_tolerance()
+    )
+    # ride_out is the one retry loop: the client does not retry by itself
+    with ScoreClient(server, token=spec.token, retries=0) as client:
+        try:
+            ride_out(
+                lambda: client.create_run(run),
+                tolerance=tolerance,
+                what=f"creating run {job.run_id!r}",
+            )
+        except APIError as e:
+            if e.status >= 500:
+                raise
+            # The server's registry (plugins included) decides, e.g. an unknown
+            # method: one line, as for the checks made here, and no empty folder.
+            metrics_path.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                out.rmdir()  # only when nothing else is in it
+            hint = " (give it with --token or DOCL_API_TOKEN)" if e.status in (401, 403) else ""
+            raise TrainError(
+                f"the score server at {server} refused run {job.run_id!r}: {e.detail}{hint}"
+            ) from None
+
+
+def _loop_config(spec: TrainSpec, job: Job, server: str | None) -> LoopConfig:
+    """What every worker's loop is told: the run, the server, the knobs of the spec."""
+    run, metrics_path = job.run, job.metrics_path
+    cfg = LoopConfig(
+        run_id=job.run_id,
+        server=server,
+        token=spec.token,
+        local_run=run.model_dump(mode="json") if spec.local else None,
+        seed=spec.seed,
+        momentum=spec.momentum,
+        weight_decay=job.weight_decay,
+        threads=spec.threads or 1,
+        eval_every=spec.eval_every,
+        progress=spec.progress,
+        metrics_path=str(metrics_path.resolve()),
+        checkpoint=spec.checkpoint,
+        fault=spec.fault,
+    )
+    if spec.outage_tolerance is not None:
+        cfg.outage_tolerance = spec.outage_tolerance
+    return cfg
+
+
+def _train_on_ray(
+    spec: TrainSpec, job: Job, cfg: LoopConfig
+) -> tuple[list[dict[str, Any]], dict[str, Any], int]:
+    """Train through ``spec.workers`` Ray Train workers: (history, final metrics,
+    attempts); a Ctrl-C is a KeyboardInterrupt, whatever Ray made of it."""
+    from docl.worker.launcher import RayLaunch, StorageError, launch
+
+    data, out, metrics_path = job.data, job.out, job.metrics_path
+    storage = spec.storage or str(out / "ray")
+
+    with _noting_sigint() as sigint:
+        try:
+            outcome = launch(
+                cfg,
+                data,
+                RayLaunch(
+                    num_workers=spec.workers,
+                    use_gpu=spec.use_gpu,
+                    cpus_per_worker=float(spec.threads or 1),
+                    max_failures=spec.max_failures,
+                    storage_path=storage,
+                    name=job.run_id,
+                ),
+            )
+        except StorageError as e:
+            raise TrainError(str(e)) from None
+        except BaseException:
+            if sigint.seen:  # Ray's abort on Ctrl-C ends in SystemExit or an error
+                raise KeyboardInterrupt from None
+            raise
+        if sigint.seen:  # aborted, yet returned: the history is partial
+            raise KeyboardInterrupt
+    history = outcome.history
+    # Authoritative copy: one line per epoch, whatever restarts replayed.
+    metrics_path.write_text("".join(json.dumps(m) + "\n" for m in history))
+    return history, history[-1] if history else outcome.metrics, outcome.attempts
 
 
 def _check_param_names(params: dict[str, Any], own: set[str]) -> None:

@@ -6,12 +6,15 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from docl.client.cli import app as _app
 from docl.client.cli._common import need_extra
+
+if TYPE_CHECKING:  # imported lazily: `docl --help` needs the base install only
+    from docl.services.config import Settings
 
 
 def _log_to_stderr(logger: str, level: str) -> None:
@@ -88,11 +91,6 @@ def serve(
     """
     need_extra("fastapi", "server")
     need_extra("uvicorn", "server")
-    import uvicorn
-    from pydantic import ValidationError
-
-    from docl.services.config import Settings
-
     overrides: dict[str, Any] = {
         k: v
         for k, v in {
@@ -107,8 +105,23 @@ def serve(
         }.items()
         if v is not None
     }
+    settings = _settings(overrides)
+    _preflight(settings)
+    if settings.workers == 1:
+        _serve_in_process(settings)
+    else:
+        _serve_workers(settings, overrides)
+
+
+def _settings(overrides: dict[str, Any]) -> Settings:
+    """The server's Settings from the options and the environment; a bad one is a
+    line per setting and exit code 2."""
+    from pydantic import ValidationError
+
+    from docl.services.config import Settings
+
     try:
-        settings = Settings(**overrides)
+        return Settings(**overrides)
     except ValidationError as e:  # one line per bad setting, named as the user gives it
         for err in e.errors():  # (no input value: it may be the token)
             name = "_".join(str(p) for p in err["loc"])
@@ -117,6 +130,11 @@ def serve(
                 err=True,
             )
         raise typer.Exit(code=2) from None
+
+
+def _preflight(settings: Settings) -> None:
+    """Refuse, with one line and exit code 2, what would fail (or be unsafe) once
+    uvicorn runs: no token off loopback, a broken plugin, a port in use."""
     if settings.api_token is None and not settings.insecure and not is_loopback(settings.host):
         typer.echo(
             f"docl serve: refusing to listen on {settings.host} without a token (anyone who "
@@ -143,25 +161,31 @@ def serve(
         )
         raise typer.Exit(code=2)
 
+
+def _serve_in_process(settings: Settings) -> None:
+    """One worker: the app in this process (its lifespan starts the embedded Redis)."""
+    import uvicorn
+
+    from docl.services.app import create_app
     from docl.services.connections import protocol_for
 
-    if settings.workers == 1:
-        from docl.services.app import create_app
+    _log_to_stderr("docl", settings.log_level)  # e.g. where the embedded Redis keeps its data
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        access_log=settings.log_level in ("debug", "trace"),
+        http=protocol_for(settings),
+        **_slow_client_bounds(settings),
+    )
 
-        _log_to_stderr("docl", settings.log_level)  # e.g. where the embedded Redis keeps its data
-        uvicorn.run(
-            create_app(settings),
-            host=settings.host,
-            port=settings.port,
-            log_level=settings.log_level,
-            access_log=settings.log_level in ("debug", "trace"),
-            http=protocol_for(settings),
-            **_slow_client_bounds(settings),
-        )
-        return
 
-    # Several workers: the embedded Redis (if any) is started once, here, and every
-    # worker process gets its URL through the environment (they re-read Settings).
+def _serve_workers(settings: Settings, overrides: dict[str, Any]) -> None:
+    """Several workers: the embedded Redis (if any) is started once, here, and every
+    worker process gets its URL through the environment (they re-read Settings)."""
+    import uvicorn
+
     from docl.services.embedded import RedisProcess, embedded_redis
 
     embedded: RedisProcess | None = None

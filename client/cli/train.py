@@ -177,18 +177,7 @@ def train(
       docl train --task my_pkg.data:make_task --workers 4 --ray-address auto \\
           --server http://scores.internal:8000
     """
-    if server is not None and not local:
-        from docl.worker.probe import probe_server
-
-        problem = probe_server(server, token)  # before torch and Ray: a typo fails in seconds
-        if problem is not None:
-            typer.echo(f"docl train: {problem}", err=True)
-            raise typer.Exit(code=2)
-    need_extra("torch", "worker")
-    if workers > 0:
-        need_extra("ray.train", "worker")
-    if server is None and not local:
-        need_extra("fastapi", "server")
+    _preflight(server, token, local=local, workers=workers)
     from docl.worker.tasks import TaskError
     from docl.worker.train import TrainError, TrainInterrupted, TrainSpec
     from docl.worker.train import train as run_training
@@ -233,11 +222,33 @@ def train(
         raise typer.Exit(code=130) from None
     for warning in result.get("warnings", ()):
         typer.echo(f"docl train: warning: {warning}", err=True)  # again, beside the result
+    typer.echo(_summary(result))
+
+
+def _preflight(server: str | None, token: str | None, *, local: bool, workers: int) -> None:
+    """Fail in seconds, before torch and Ray are imported: a --server that does not
+    answer as a docl server (a typo), or an extra the job needs and lacks."""
+    if server is not None and not local:
+        from docl.worker.probe import probe_server
+
+        problem = probe_server(server, token)  # before torch and Ray: a typo fails in seconds
+        if problem is not None:
+            typer.echo(f"docl train: {problem}", err=True)
+            raise typer.Exit(code=2)
+    need_extra("torch", "worker")
+    if workers > 0:
+        need_extra("ray.train", "worker")
+    if server is None and not local:
+        need_extra("fastapi", "server")
+
+
+def _summary(result: dict[str, Any]) -> str:
+    """The job's one closing line: accuracy (and MSE), batches, wall time, where it went."""
     acc = result.get("test_accuracy")
     line = f"test_accuracy {acc:.4f}" if acc is not None else "test_accuracy -"
     if "test_mse" in result:
         line += f"  test_mse {result['test_mse']:.4f}"
-    typer.echo(
+    return (
         f"{line}  batches {result['batches']}  wall {result['wall_time']:.1f}s  "
         f"({result['method']} on {result['task']}, seed {result['seed']}) -> {result['out']}"
     )

@@ -15,12 +15,13 @@ from docl.services.config import Settings
 from docl.services.engine.runs import RunState
 from docl.services.layout import RunLayout
 from docl.services.storage import ClaimStatus, Store
+from docl.wire.retry import ConstantBackoff
 
 __all__ = ["RecordCache", "RecordCaches", "Rows"]
 
 #: How long a report waits before looking again when another report of this process is
-#: applying one of its samples, or the cache's lease claim is in flight (rare).
-BUSY_WAIT_S = 0.0005
+#: applying one of its samples, or the cache's lease claim is in flight (rare; no limit).
+BUSY_BACKOFF = ConstantBackoff(0.0005)
 
 
 class RecordCache:
@@ -190,7 +191,7 @@ class RecordCaches:
             if self.store.resets != cache.resets:  # Redis restarted: trust no copy
                 cache.clear(self.store.resets)
             if cache.busy[idx].any() or cache.claiming:
-                await asyncio.sleep(BUSY_WAIT_S)  # rare: two reports of one sample at once
+                await asyncio.sleep(BUSY_BACKOFF.compute(0))  # rare: two reports of one sample
                 continue
             if cache.claimed != cache.gen and not cache.known.any():
                 gen = cache.gen

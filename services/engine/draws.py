@@ -21,6 +21,11 @@ from docl.wire.models import Epoch
 
 __all__ = ["DrawTiming", "EpochDraws", "Pruned", "StoredEpoch"]
 
+#: Tries of a draw whose commit found the run changed (re-created, drawn meanwhile,
+#: its temporary keys expired), each from a fresh look at the run; no wait between
+#: them (nothing to wait for: the next look sees the change), then a 503.
+DRAW_ATTEMPTS = 3
+
 
 def _mask(n: int, idx: np.ndarray) -> np.ndarray:
     """(n,) uint8: 1 at ``idx``."""
@@ -129,7 +134,7 @@ class EpochDraws:
 
     async def draw_epoch(self, run_id: str, epoch: int | None) -> Epoch:
         """Draw epoch ``epoch`` (default: the next one) once; later calls return the stored draw."""
-        for _ in range(3):
+        for _ in range(DRAW_ATTEMPTS):
             st, meta = await self.runs.checked_state(run_id)
             last = int(meta.get("last_epoch", "-1"))
             e = last + 1 if epoch is None else epoch

@@ -5,7 +5,6 @@ scatter the result (one atomic script per group), and act on its outcome."""
 from __future__ import annotations
 
 import asyncio
-import random
 import time
 from collections.abc import Sequence
 
@@ -26,6 +25,7 @@ from docl.services.layout import ScatterCounts
 from docl.services.storage import Applied, GatherStatus, ScatterStatus, Store
 from docl.wire.encoding import ReportArrays
 from docl.wire.models import ReportAck
+from docl.wire.retry import FullJitterBackoff
 
 __all__ = ["MAX_REPORT_ATTEMPTS", "ReportApplier"]
 
@@ -40,6 +40,7 @@ MAX_REPORT_ATTEMPTS = 32
 #: re-colliding in lock step (full jitter, as for any optimistic compare-and-set).
 CONFLICT_BACKOFF_BASE_S = 0.0005
 CONFLICT_BACKOFF_CAP_S = 0.02
+CONFLICT_BACKOFF = FullJitterBackoff(CONFLICT_BACKOFF_BASE_S, CONFLICT_BACKOFF_CAP_S)
 
 
 class ReportApplier:
@@ -236,5 +237,4 @@ class ReportApplier:
         self.caches.conflicted(a.cache, rows, a.idx[pos], res.current)
         a.rows = Rows(rec, rows.inclusion, "", rows.gen)
         a.conflicts += 1
-        cap = min(CONFLICT_BACKOFF_CAP_S, CONFLICT_BACKOFF_BASE_S * 2**a.conflicts)
-        await asyncio.sleep(random.uniform(0.0, cap))
+        await asyncio.sleep(CONFLICT_BACKOFF.compute(a.conflicts))

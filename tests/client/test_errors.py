@@ -12,10 +12,11 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
-from docl.client import DoclError, InvalidRequestError, ScoreClient
-from docl.client.errors import APIError, error_for_status
+from docl.client import DoclError, InvalidRequestError, ScoreClient, TransportError
+from docl.client.errors import APIError, error_for_status, retryable
 
 
 def _docl_modules() -> list[str]:
@@ -119,3 +120,32 @@ def test_an_unknown_method_is_a_docl_error_whoever_refuses_it(score_server: str)
                          method="nosuchmethod")  # fmt: skip
         assert "method" in str(info.value)
         assert all(r.run_id != "t-unknown-method" for r in c.list_runs())
+
+
+@pytest.mark.parametrize(
+    ("error", "worth_another_try"),
+    [
+        (TransportError("refused"), True),
+        (TransportError("unsupported scheme", retryable=False), False),
+        *[(error_for_status(s, "x"), True) for s in (429, 500, 502, 503, 504)],
+        *[(error_for_status(s, "x"), False) for s in (400, 401, 404, 409, 413, 422, 501, 505)],
+        (ValueError("a bug"), False),
+    ],
+)
+def test_one_definition_of_retryable(error: BaseException, worth_another_try: bool) -> None:
+    assert retryable(error) is worth_another_try
+    if isinstance(error, TransportError):  # it crosses a Ray boundary as itself
+        assert pickle.loads(pickle.dumps(error)).retryable is worth_another_try
+
+
+def test_a_transport_failure_that_repeats_itself_is_not_retried() -> None:
+    calls = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(request)
+        raise httpx.UnsupportedProtocol("no such scheme")
+
+    c = ScoreClient("http://docl.test", transport=httpx.MockTransport(handler))
+    with c, pytest.raises(TransportError) as info:
+        c.health()
+    assert len(calls) == 1 and info.value.retryable is False

@@ -109,6 +109,28 @@ def test_a_4xx_is_rejected_once_and_not_retried(caplog: pytest.LogCaptureFixture
     client.close()
 
 
+def test_what_the_sdk_retries_the_reporter_retries_and_nothing_else() -> None:
+    """One definition of retryable (docl.client.errors.retryable): a 503 and a 429 are
+    sent again, with the same report_id; a 501 repeats itself and is rejected."""
+    answers = [503, 429, 200, 501]
+    seen: list[str] = []
+
+    def server(request: httpx.Request) -> httpx.Response:
+        seen.append(wire.decode_report(request.content).report_id)
+        status = answers.pop(0)
+        return httpx.Response(status, json=ACK if status == 200 else {"detail": "x"})
+
+    client = ScoreClient("http://docl.test", transport=httpx.MockTransport(server))
+    with Reporter(client, "r1", senders=1, backoff=0.001, max_backoff=0.002) as rep:
+        send(rep, "a")
+        assert rep.flush(timeout=10)
+        send(rep, "b")
+        assert rep.flush(timeout=10)
+        assert (rep.sent, rep.retried, rep.rejected) == (1, 2, 1)
+    assert seen == ["a", "a", "a", "b"]
+    client.close()
+
+
 def test_a_rejected_batch_is_resent_report_by_report(caplog: pytest.LogCaptureFixture) -> None:
     """One bad report in a coalesced request fails the request (nothing written); the
     reporter then sends each report alone, so only the bad one is rejected."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -32,6 +33,7 @@ from docl.client import (
     wire,
 )
 from docl.client.errors import APIError
+from docl.wire.retry import ConstantBackoff, ExponentialBackoff, Retry
 
 RUN = {
     "run_id": "r1",
@@ -435,3 +437,28 @@ def test_async_client_retries_and_maps_errors() -> None:
 
     asyncio.run(main())
     assert len(h.requests) == 3
+
+
+def test_a_policy_of_ones_own_replaces_retries_and_backoff() -> None:
+    h = Recorder(problem(503, "down"))
+    client, sleeps = make(h, retry=Retry(ConstantBackoff(0.125), retries=3))
+    with pytest.raises(ServerError):
+        client.get_run("r1")
+    assert sleeps == [0.125] * 3 and len(h.requests) == 4 and client.retry_count == 3
+    assert client.retries == 3 and client.max_backoff == 0.125
+    copy = client.with_options(retries=1)
+    assert copy.retry.backoff == ConstantBackoff(0.125) and copy.retries == 1
+    with pytest.raises(TypeError, match="exponential"):
+        client.with_options(backoff=0.5)
+
+
+def test_a_deadline_bounds_a_request_by_time() -> None:
+    h = Recorder(httpx.ConnectError("refused"))
+    client = ScoreClient(
+        "http://docl.test", transport=httpx.MockTransport(h),
+        retry=Retry(ExponentialBackoff(0.01, 0.04), deadline=0.2),
+    )  # fmt: skip
+    t0 = time.monotonic()
+    with pytest.raises(TransportError):
+        client.get_run("r1")
+    assert 0.2 <= time.monotonic() - t0 < 2.0 and len(h.requests) >= 5

@@ -302,9 +302,9 @@ def client_env_names() -> set[str]:
     """``DOCL_*`` names the training side reads: the SDK's (it is the server's client)
     and the options of ``docl train`` (the job's driver on a Ray head), such as
     ``DOCL_STORAGE``."""
-    from docl.client import _client
+    from docl.client import _requests
 
-    names = {v for k, v in vars(_client).items() if k.startswith("ENV_") and isinstance(v, str)}
+    names = {v for k, v in vars(_requests).items() if k.startswith("ENV_") and isinstance(v, str)}
     for param in _docl_group().commands["train"].params:
         envvar = getattr(param, "envvar", None)
         names.update([envvar] if isinstance(envvar, str) else list(envvar or []))
