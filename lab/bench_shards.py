@@ -38,7 +38,7 @@ def _run_bytes(cluster_url: str, run_id: str) -> list[int]:
     """Bytes of every key of the run (run and shard tags) on each primary."""
     from redis.cluster import RedisCluster
 
-    from docl.services.store import cluster_url as node_url
+    from docl.services.redis.connection import cluster_url as node_url
 
     url = node_url(cluster_url)
     assert url is not None, "a redis+cluster:// URL"
@@ -122,7 +122,7 @@ def _draw_row(shards: int, n: int, url: str) -> dict[str, float]:
     from docl.lab.bench_service import draw_run
     from docl.services.embedded import ServerProcess
     from docl.services.layout import RunLayout
-    from docl.services.store import RedisStore
+    from docl.services.redis.store import RedisStore
 
     env = _shard_env(n, shards)
     run_id = f"bench-shards-draw-{shards}-{int(time.time())}"

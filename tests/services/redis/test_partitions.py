@@ -116,7 +116,7 @@ def test_a_sharded_store_reads_back_its_columns_and_records_across_shards(
     them, and never-written records read as zeros."""
     import asyncio
 
-    from docl.services.store import RedisStore
+    from docl.services.redis.store import RedisStore
 
     lay = _layout("cols-" + str(np.random.default_rng().integers(1 << 30)), shard_samples=M)
     scores = np.random.default_rng(3).normal(size=N).astype(np.float32)
