@@ -1,11 +1,16 @@
-"""The seam between the engine and the storage of runs: the :class:`Store` protocol.
+"""The seam between the engine and the storage of runs: the :class:`Store` protocol and
+the store's error types.
 
 The engine (``services/engine/``) is typed against this protocol, never against
-the Redis implementation (``store.RedisStore``, which satisfies it: mypy checks
-the assignment at the bottom of ``store.py``). A second backend — e.g. a
-cluster-aware store for runs larger than one node (docs/scaling.md) — implements
-these methods and is handed to ``Engine(store, settings)``; the engine does not
-change.
+the Redis implementation (``services/redis/store.py``'s ``RedisStore``, which
+satisfies it: mypy checks the assignment at the bottom of that module, and which
+spreads a partitioned run over several nodes itself). A store raises the
+:class:`StoreError` subclasses below for a failure of the store (the Redis store
+translates redis-py's errors into them), so neither the engine nor the HTTP layer
+knows the backend's exceptions: ``errors.py`` answers them with a 503 or, for a
+:class:`StoreFault`, a 500. Another backend implements these methods and raises
+these errors; the methods still take a :class:`~docl.services.layout.RunLayout`,
+whose key names and partition fields are the Redis store's.
 
 Each atomic operation reports how it went with a named status. On Redis every
 one of them is one Lua script (``services/lua/<name>.lua``), whose header
@@ -251,10 +256,10 @@ class Applied:
     sent) whose stored state differs from what the caller computed from, and
     ``current`` their records as stored now (nothing was written). On DUPLICATE,
     ``duplicates`` are the 0-based positions of the reports already applied
-    (nothing was written but the duplicates counter). A sharded run's scatter may also
+    (nothing was written but the duplicates counter). A partitioned run's scatter may also
     be applied (LEASED/COMPARED) with ``duplicates`` set: those reports were applied
-    before on every shard they touch, the others now (see docs/architecture.md
-    "Sharded runs"); and its CONFLICT may follow parts applied on other shards, which a
+    before on every partition they touch, the others now (see docs/architecture.md
+    "Partitioned runs"); and its CONFLICT may follow parts applied on other partitions, which a
     re-send finds applied there.
     """
 
@@ -262,9 +267,9 @@ class Applied:
     conflicts: tuple[int, ...] = ()
     current: np.ndarray | None = None
     duplicates: tuple[int, ...] = ()
-    #: A sharded run only (see ``RedisStore.scatter``): positions (over all the samples sent)
-    #: left unwritten because their report's part on their shard was applied before (a
-    #: retry completing a partial apply). Their stored records are not the ones sent.
+    #: A partitioned run only (see ``RedisStore.scatter``): positions (over all the samples
+    #: sent) left unwritten because their report's part on their partition was applied
+    #: before (a retry completing a partial apply). Their stored records are not the ones sent.
     skipped: np.ndarray | None = None
 
     @property
@@ -285,14 +290,14 @@ class DrawInputs:
     inclusion: np.ndarray | None  # (n,) float32
     log_base: int = 0  # score-log entries trimmed before this snapshot
     log_count: int = 0  # score-log entries folded into `scores`/`losses` here
-    #: a sharded run: (log_base, log_count) of each shard's score log, in shard order
-    shard_logs: tuple[tuple[int, int], ...] = ()
+    #: a partitioned run: (log_base, log_count) of each partition's score log, in order
+    partition_logs: tuple[tuple[int, int], ...] = ()
 
 
 class Store(Protocol):
-    """What the engine needs from the storage of runs (``store.RedisStore`` on Redis).
+    """What the engine needs from the storage of runs (``RedisStore`` on Redis).
 
-    Every method is atomic where its docstring in ``store.py`` says so; a run's
+    Every method is atomic where its docstring in ``services/redis/slot.py`` says so; a run's
     incarnation is named by its ``uid`` and every mutating call checks it (GONE
     when the run was deleted or re-created).
     """

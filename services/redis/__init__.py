@@ -7,6 +7,8 @@ to Redis (docs/architecture.md, "The store").
     connection.py   routing: redis-py's (cluster) client, the hand-packed fast path per
                     node, the hand-over to redis-py, WAIT, MULTI/EXEC transactions
     slot.py         SlotStore: every store operation on the keys of one hash tag (slot)
+    parts.py        what a partitioned run's operations share (failed-partition naming,
+                    awaiting every part, duplicates across partitions)
     store.py        RedisStore, the engine's storage.Store: runs one slot through
                     SlotStore, and a partitioned run across its partitions' slots
 

@@ -2,7 +2,7 @@
 hash tag, hence one Redis Cluster slot.
 
 The layout it is handed is a whole run (``{run:<id>}``), a partitioned run's own keys,
-or one partition of it (``RunLayout.shard(j)``, its own hash tag): it does not know
+or one partition of it (``RunLayout.partition(j)``, its own hash tag): it does not know
 which. Spreading a partitioned run over its partitions is ``store.py``'s
 (:class:`~docl.services.redis.store.RedisStore`), which wraps this class.
 

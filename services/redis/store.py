@@ -4,7 +4,7 @@ It wraps the single-slot store (:class:`~docl.services.redis.slot.SlotStore`): a
 on one hash tag — every run, unless it is partitioned — is handed to it as it is; a
 partitioned run (``DOCL_PARTITION_SAMPLES``; docs/architecture.md "Partitioned runs")
 is spread over its partitions here, each partition an ordinary single-slot layout
-(``RunLayout.shard(j)``) with its own hash tag. What spans partitions is done here, not
+(``RunLayout.partition(j)``) with its own hash tag. What spans partitions is done here, not
 by Lua: every script keeps its single-slot contract.
 
 - create: the run's meta decides the uid (first wins), then every partition is made
@@ -32,10 +32,16 @@ import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 
 from docl.services import storage
-from docl.services.layout import RunLayout, fold_log
+from docl.services.layout import STORED_PARTITION_SAMPLES, RunLayout, fold_log
 from docl.services.redis.codec import column, text
 from docl.services.redis.connection import Connection
-from docl.services.redis.errors import translate, translating
+from docl.services.redis.errors import translating
+from docl.services.redis.parts import (
+    all_parts,
+    report_sizes,
+    sweep_pattern,
+    whole_duplicates,
+)
 from docl.services.redis.slot import SlotStore
 from docl.services.storage import (
     Applied,
@@ -46,69 +52,10 @@ from docl.services.storage import (
     DrawInputs,
     Gathered,
     GatherStatus,
-    NotReplicated,
-    PartitionUnavailable,
     ScatterStatus,
-    StoreError,
 )
 
 __all__ = ["RedisStore"]
-
-
-def _partition_error(layout: RunLayout, part: int, e: BaseException) -> BaseException:
-    """What a failed part of a partitioned run raises: NotReplicated naming the partition,
-    PartitionUnavailable for a store failure a partition is to blame for, anything else
-    (a bug, a cancellation, an error reply we did not expect) as it is."""
-    e = translate(e)
-    where = f"partition {part} of {layout.shards}"
-    if isinstance(e, NotReplicated):
-        return NotReplicated(e.acked, e.wanted, e.wait_ms, e.why, e.where or where)
-    if isinstance(e, PartitionUnavailable) or not isinstance(e, StoreError) or e.reason is None:
-        return e
-    return PartitionUnavailable(layout.run_id, part, layout.shards, e.reason, e.kind)
-
-
-async def _all_parts(layout: RunLayout, calls: Sequence[tuple[int, Awaitable[Any]]]) -> list[Any]:
-    """Await every partition part ``(partition, awaitable)`` to its end — none is left
-    running behind an error (a part still in flight could land after the caller gave up
-    and started over) — then raise the first failure as :func:`_partition_error` names it."""
-    got = await asyncio.gather(*(c for _, c in calls), return_exceptions=True)
-    for (j, _), g in zip(calls, got, strict=True):
-        if isinstance(g, BaseException):
-            raise _partition_error(layout, j, g) from g
-    return list(got)
-
-
-def _sizes(ids: Sequence[str], indices: np.ndarray, sizes: Sequence[int] | None) -> list[int]:
-    """Samples per report: ``sizes``, or all of them for one report."""
-    if sizes is not None:
-        return [int(z) for z in sizes]
-    if len(ids) != 1:
-        raise ValueError("a partitioned run's gather/scatter of several reports needs their sizes")
-    return [int(np.asarray(indices).shape[0])]
-
-
-def _whole_duplicates(
-    count: int, parts: Sequence[tuple[int, np.ndarray, list[int]]], applied: Sequence[set[int]]
-) -> tuple[int, ...]:
-    """Reports (of ``count``) whose marker every partition they touch has: ``applied[k]``
-    the reports found applied on the partition of ``parts[k]``."""
-    touched: dict[int, int] = {}
-    seen: dict[int, int] = {}
-    for (_, _, reps), done in zip(parts, applied, strict=True):
-        for r in reps:
-            touched[r] = touched.get(r, 0) + 1
-            seen[r] = seen.get(r, 0) + (r in done)
-    return tuple(r for r in range(count) if touched.get(r, 0) and seen[r] == touched[r])
-
-
-def _sweep_pattern(layout: RunLayout) -> str:
-    """SCAN pattern of every key of the run: ``{run:<id>}:*``, and of a partitioned run
-    also its partitions' ``{run:<id>:<j>.<salt>}:*`` (a run id has no ':' or '}', so no
-    other run's keys match)."""
-    if layout.shards > 1:
-        return f"{{run:{layout.run_id}[:}}]*"
-    return f"{layout.prefix}:*"
 
 
 @translating
@@ -211,7 +158,7 @@ class RedisStore:
     ) -> tuple[CreateStatus, str, str | None]:
         """Create the run once. Returns (CREATED | EXISTS with the same config | CONFLICT
         with another config, uid, stored config); see lua/create.lua."""
-        parted = layout.shards > 1
+        parted = layout.partitions > 1
         status, stored_uid, stored = await self.slot.create(
             layout, config_json, uid, created_at, columns=not parted
         )
@@ -231,14 +178,16 @@ class RedisStore:
         made again."""
 
         async def one(j: int) -> None:
-            sub = layout.shard(j)
+            sub = layout.partition(j)
+            # stored as each partition's "config": the name from before "partition", kept
+            # (a different mark would make a retried create remake existing partitions)
             mark = f'{{"shard_of":"{uid}"}}'
             status, _, _ = await self.slot.create(sub, mark, uid, created_at)
             if status == CreateStatus.CONFLICT:
                 await self.slot.unlink_static(sub)
                 await self.slot.create(sub, mark, uid, created_at)
 
-        await asyncio.gather(*(one(j) for j in range(layout.shards)))
+        await asyncio.gather(*(one(j) for j in range(layout.partitions)))
 
     async def run_meta(self, run_id: str) -> dict[str, str] | None:
         return await self.slot.run_meta(run_id)
@@ -250,7 +199,7 @@ class RedisStore:
         partitioned run, whose counters are spread over its partitions)."""
         out = await self.slot.run_metas(run_ids)
         for j, (m, _) in enumerate(out):
-            if m is not None and '"shard_samples"' in m.get("layout", ""):  # partitioned
+            if m is not None and f'"{STORED_PARTITION_SAMPLES}"' in m.get("layout", ""):
                 out[j] = (m, await self.counters(RunLayout.from_json(run_ids[j], m["layout"])))
         return out
 
@@ -260,7 +209,7 @@ class RedisStore:
     async def counters(self, layout: RunLayout) -> dict[str, int]:
         """Every counter of the run; of a partitioned run, the sums over its own counters
         hash and every partition's."""
-        if layout.shards == 1:
+        if layout.partitions == 1:
             return await self.slot.counters(layout)
         return await self.slot.counter_sums([layout, *self._partitions(layout)])
 
@@ -277,11 +226,11 @@ class RedisStore:
         deleted = 0
         for sub in self._partitions(layout):
             deleted += await self.slot.unlink_static(sub)
-        return deleted + await self.slot.delete_run(layout, sweep=_sweep_pattern(layout))
+        return deleted + await self.slot.delete_run(layout, sweep=sweep_pattern(layout))
 
     async def run_keys(self, layout: RunLayout) -> list[str]:
         """Every key of the run that exists (tests and tools use this)."""
-        return await self.slot.keys(_sweep_pattern(layout))
+        return await self.slot.keys(sweep_pattern(layout))
 
     # -- epochs ---------------------------------------------------------------------------
     async def draw_inputs(self, layout: RunLayout, *, losses: bool) -> DrawInputs:
@@ -292,7 +241,7 @@ class RedisStore:
         slice. That snapshot is consistent per partition, not across partitions: a report
         spanning partitions may be seen on one and not yet on another (as if it had
         arrived a moment later there)."""
-        if layout.shards == 1:
+        if layout.partitions == 1:
             return await self.slot.draw_inputs(layout, losses=losses)
         n = layout.num_samples
         run_cmds: list[list[Any]] = [["HMGET", layout.meta_key, "uid", "last_epoch"]]
@@ -312,7 +261,7 @@ class RedisStore:
         transaction = self.connection.transaction
         run_raw, part_raw = await asyncio.gather(
             transaction(run_cmds),
-            _all_parts(layout, [(j, transaction(c)) for j, c in enumerate(part_cmds)]),
+            all_parts(layout, [(j, transaction(c)) for j, c in enumerate(part_cmds)]),
         )
         uid_b, last_b = run_raw[0]
         nd = len(layout.drawn_keys)
@@ -323,7 +272,7 @@ class RedisStore:
         logs: list[tuple[int, int]] = []
         uid = text(uid_b) if uid_b is not None else None
         for j, (sub, raw) in enumerate(zip(subs, part_raw, strict=True)):
-            lo, hi = layout.shard_bounds(j)
+            lo, hi = layout.partition_bounds(j)
             s_uid, s_base = raw[0]
             if s_uid is None or text(s_uid) != uid:  # a partition missing or of another incarnation
                 uid = None
@@ -341,7 +290,7 @@ class RedisStore:
             drawn=drawn,
             inclusion=incl,
             log_count=sum(c for _, c in logs),
-            shard_logs=tuple(logs),
+            partition_logs=tuple(logs),
         )
 
     async def compact(self, layout: RunLayout, uid: str, snap: DrawInputs) -> CompactStatus:
@@ -350,13 +299,13 @@ class RedisStore:
         snapshot, concurrently (INSTALLED only if every one installed)."""
         if snap.log_count == 0 or snap.scores is None:
             return CompactStatus.INSTALLED
-        if layout.shards == 1:
+        if layout.partitions == 1:
             return await self.slot.compact(layout, uid, snap)
         calls = []
-        for j, (base, count) in enumerate(snap.shard_logs):
+        for j, (base, count) in enumerate(snap.partition_logs):
             if count == 0:
                 continue
-            lo, hi = layout.shard_bounds(j)
+            lo, hi = layout.partition_bounds(j)
             part = DrawInputs(
                 uid=snap.uid,
                 last_epoch=snap.last_epoch,
@@ -367,8 +316,8 @@ class RedisStore:
                 log_base=base,
                 log_count=count,
             )
-            calls.append((j, self.slot.compact(layout.shard(j), uid, part)))
-        got = await _all_parts(layout, calls)
+            calls.append((j, self.slot.compact(layout.partition(j), uid, part)))
+        got = await all_parts(layout, calls)
         ok = all(c == CompactStatus.INSTALLED for c in got)
         return CompactStatus.INSTALLED if ok else CompactStatus.MOVED
 
@@ -413,7 +362,9 @@ class RedisStore:
     # -- records and columns --------------------------------------------------------------
     def _partitions(self, layout: RunLayout) -> list[RunLayout]:
         """The layouts of a partitioned run's partitions (none for a run on one slot)."""
-        return [layout.shard(j) for j in range(layout.shards)] if layout.shards > 1 else []
+        return (
+            [layout.partition(j) for j in range(layout.partitions)] if layout.partitions > 1 else []
+        )
 
     async def _per_partition(
         self,
@@ -425,23 +376,23 @@ class RedisStore:
         """``await read(partition layout, lo, hi)`` for the partition-local pieces of
         [start, stop), concurrently, in order."""
         calls = []
-        for j in range(layout.shards):
-            lo, hi = layout.shard_bounds(j)
+        for j in range(layout.partitions):
+            lo, hi = layout.partition_bounds(j)
             a, b = max(start, lo), min(stop, hi)
             if a < b:
-                calls.append((j, read(layout.shard(j), a - lo, b - lo)))
-        return await _all_parts(layout, calls)
+                calls.append((j, read(layout.partition(j), a - lo, b - lo)))
+        return await all_parts(layout, calls)
 
     async def read_records(self, layout: RunLayout, start: int, stop: int) -> np.ndarray:
         """Records [start, stop) as a structured array (never-written ones are zeros)."""
-        if layout.shards == 1:
+        if layout.partitions == 1:
             return await self.slot.read_records(layout, start, stop)
         parts = await self._per_partition(layout, start, stop, self.slot.read_records)
         return np.concatenate(parts) if parts else np.empty(0, dtype=layout.rec_dtype)
 
     async def current_scores(self, layout: RunLayout) -> np.ndarray:
         """The whole score column with the score log folded in (what a draw would see)."""
-        if layout.shards == 1:
+        if layout.partitions == 1:
             return await self.slot.current_scores(layout)
 
         async def scores(sub: RunLayout, lo: int, hi: int) -> np.ndarray:
@@ -454,7 +405,7 @@ class RedisStore:
         """Values [start, stop) of a stored column: 'score', 'loss' (float32, WITHOUT the
         score log: see :meth:`current_scores`) or 'drawn' (uint16, which a partitioned
         run keeps on its own slot)."""
-        if layout.shards == 1 or name == "drawn":
+        if layout.partitions == 1 or name == "drawn":
             return await self.slot.read_column(layout, name, start, stop)
         if name not in ("score", "loss") or (name == "loss" and not layout.loss_column):
             raise KeyError(f"no column {name!r} in this run")
@@ -468,14 +419,14 @@ class RedisStore:
     async def write_column(self, layout: RunLayout, name: str, values: np.ndarray) -> None:
         """Overwrite a whole float32 column ('score' or 'loss'): ``SlotStore.write_column``,
         per partition for a partitioned run. For tools and the benchmark."""
-        if layout.shards == 1:
+        if layout.partitions == 1:
             await self.slot.write_column(layout, name, values)
             return
         data = np.ascontiguousarray(values, dtype="<f4")
         if data.shape != (layout.num_samples,):
             raise ValueError(f"{name} must have shape ({layout.num_samples},), got {data.shape}")
         for j, sub in enumerate(self._partitions(layout)):
-            lo, hi = layout.shard_bounds(j)
+            lo, hi = layout.partition_bounds(j)
             await self.slot.write_column(sub, name, data[lo:hi])
 
     # -- reports --------------------------------------------------------------------------
@@ -491,7 +442,7 @@ class RedisStore:
         """Read the records (and Exp3 inclusion) of these samples, unless one of the
         reports was already applied (``SlotStore.gather``). ``sizes``: samples per report
         (needed for a partitioned run with several reports; :meth:`_gather_parts`)."""
-        if layout.shards == 1:
+        if layout.partitions == 1:
             return await self.slot.gather(layout, uid, report_ids, indices)
         ids = [report_ids] if isinstance(report_ids, str) else list(report_ids)
         return await self._gather_parts(layout, uid, ids, indices, sizes)
@@ -509,13 +460,13 @@ class RedisStore:
         has its marker; a report applied on some of its partitions only (a partial apply:
         the process died between parts) is read whole, and the scatter applies the parts
         still missing."""
-        sizes = _sizes(ids, indices, sizes)
+        sizes = report_sizes(ids, indices, sizes)
         idx = np.asarray(indices, dtype=np.int64)
         parts, _homes = layout.split(idx, sizes)
 
         async def one(j: int, pos: np.ndarray, reps: list[int]) -> tuple[Gathered, set[int]]:
-            sub = layout.shard(j)
-            local = idx[pos] - layout.shard_bounds(j)[0]
+            sub = layout.partition(j)
+            local = idx[pos] - layout.partition_bounds(j)[0]
             g = await self.slot.gather(sub, uid, [ids[r] for r in reps], local)
             if g.status != GatherStatus.DUPLICATE:
                 return g, set()
@@ -524,7 +475,7 @@ class RedisStore:
 
         meta, got = await asyncio.gather(
             self.slot.meta_fields(layout, "uid", "last_epoch"),
-            _all_parts(layout, [(j, one(j, pos, reps)) for j, pos, reps in parts]),
+            all_parts(layout, [(j, one(j, pos, reps)) for j, pos, reps in parts]),
         )
         last = int(meta[1]) if meta[1] is not None else -1
         if (
@@ -533,7 +484,7 @@ class RedisStore:
             or any(g.status == GatherStatus.GONE for g, _ in got)
         ):
             return Gathered(GatherStatus.GONE, last, None, None)
-        dups = _whole_duplicates(len(ids), parts, [a for _, a in got])
+        dups = whole_duplicates(len(ids), parts, [a for _, a in got])
         if dups:
             if self.wait_replicas:  # what count_duplicate's WAIT does on one slot, per partition
                 hit = {
@@ -541,10 +492,10 @@ class RedisStore:
                 }
                 replicated = self.connection.replicated
                 cmds = [
-                    (j, replicated(["HINCRBY", layout.shard(j).counters_key, "duplicates", 0]))
+                    (j, replicated(["HINCRBY", layout.partition(j).counters_key, "duplicates", 0]))
                     for j in sorted(hit)
                 ]
-                await _all_parts(layout, cmds)
+                await all_parts(layout, cmds)
             return Gathered(GatherStatus.DUPLICATE, last, None, None, dups)
         rec = np.zeros(idx.shape[0], dtype=layout.rec_dtype)
         for (_, pos, _), (g, _) in zip(parts, got, strict=True):
@@ -557,11 +508,11 @@ class RedisStore:
         """Take the run's write lease for ``token`` (CLAIMED), or GONE: the run is gone or
         was re-created. See lua/claim.lua and lua/scatter.lua. A partitioned run: every
         partition (each holds its own lease; a write without it revokes that one's only)."""
-        if layout.shards == 1:
+        if layout.partitions == 1:
             return await self.slot.claim(layout, uid, token)
         subs = self._partitions(layout)
         calls = [(j, self.slot.claim(sub, uid, token)) for j, sub in enumerate(subs)]
-        got = await _all_parts(layout, calls)
+        got = await all_parts(layout, calls)
         ok = all(c == ClaimStatus.CLAIMED for c in got)
         return ClaimStatus.CLAIMED if ok else ClaimStatus.GONE
 
@@ -587,7 +538,7 @@ class RedisStore:
         docstring is the contract). A partitioned run is applied per partition, atomically
         on each: see :meth:`_scatter_parts` (``sizes``: samples per report; ``scored``: the
         (S,) mask of scored samples, for the per-partition counters)."""
-        if layout.shards == 1:
+        if layout.partitions == 1:
             return await self.slot.scatter(
                 layout,
                 uid,
@@ -633,7 +584,7 @@ class RedisStore:
         ``skipped`` the samples left unwritten as parts applied before. ``arrays``:
         :meth:`scatter`'s (indices, expected, write, records, scores, losses)."""
         indices, expected, write, records, scores, losses = arrays
-        sizes = _sizes(ids, indices, sizes)
+        sizes = report_sizes(ids, indices, sizes)
         idx = np.asarray(indices, dtype=np.int64)
         write = np.asarray(write, dtype=bool)
         sc_mask = np.zeros(idx.shape[0], bool) if scored is None else np.asarray(scored, bool)
@@ -643,8 +594,8 @@ class RedisStore:
         first = write & (expected["visits"] == 0)
 
         async def one(j: int, pos: np.ndarray, reps: list[int]) -> tuple[Applied, set[int]]:
-            sub = layout.shard(j)
-            lo = layout.shard_bounds(j)[0]
+            sub = layout.partition(j)
+            lo = layout.partition_bounds(j)[0]
             live, done = list(reps), set[int]()
             while live:
                 p = pos if len(live) == len(reps) else pos[np.isin(rep_of[pos], live)]
@@ -681,7 +632,7 @@ class RedisStore:
                 live = [r for r in live if r not in done]
             return Applied(ScatterStatus.DUPLICATE), done
 
-        got = await _all_parts(layout, [(j, one(j, pos, reps)) for j, pos, reps in parts])
+        got = await all_parts(layout, [(j, one(j, pos, reps)) for j, pos, reps in parts])
         if any(a.status == ScatterStatus.GONE for a, _ in got):
             return Applied(ScatterStatus.GONE)
         bad = [a for a, _ in got if a.status == ScatterStatus.CONFLICT]
@@ -690,7 +641,7 @@ class RedisStore:
             return Applied(
                 ScatterStatus.CONFLICT, tuple(c for a in bad for c in a.conflicts), current
             )
-        dups = _whole_duplicates(len(ids), parts, [d for _, d in got])
+        dups = whole_duplicates(len(ids), parts, [d for _, d in got])
         if dups:
             await self.slot.count_duplicate(layout, len(dups))
         if len(dups) == len(ids):

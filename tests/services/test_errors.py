@@ -137,3 +137,19 @@ def test_scrub_cuts_addresses_and_keeps_the_rest() -> None:
     assert scrub("see docs/scaling.md, DOCL_REDIS_WAIT_MS=300") == (
         "see docs/scaling.md, DOCL_REDIS_WAIT_MS=300"
     )
+
+
+def test_a_partition_503_counts_under_the_metric_and_its_deprecated_name() -> None:
+    from docl.services import metrics
+
+    def count(name: str) -> float:
+        for line in metrics.render()[0].decode().splitlines():
+            if line.startswith(f'{name}{{reason="failover"}}'):
+                return float(line.split()[-1])
+        return 0.0
+
+    before = (count("docl_partition_unavailable_total"), count("docl_shard_unavailable_total"))
+    err = PartitionUnavailable("r1", 3, 6, "failover", "ClusterDownError")
+    assert store_error_response(err, method="POST", path="/v1/runs/r1/reports").status_code == 503
+    after = (count("docl_partition_unavailable_total"), count("docl_shard_unavailable_total"))
+    assert (after[0] - before[0], after[1] - before[1]) == (1.0, 1.0)
