@@ -454,8 +454,8 @@ class RedisProcess(Started):
         """SIGKILL, as a crash or an OOM kill would: no final fsync, no shutdown save."""
         self._reap()
 
-    def stop(self, timeout: float = 10.0) -> None:
-        """Graceful shutdown (SIGTERM: Redis flushes its AOF), then remove a temporary data dir."""
+    def _terminate(self, timeout: float) -> None:
+        """SIGTERM (Redis flushes its AOF) and wait, SIGKILL after ``timeout``; reap it."""
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
@@ -463,6 +463,10 @@ class RedisProcess(Started):
             except subprocess.TimeoutExpired:
                 self.proc.kill()
         self._reap()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Graceful shutdown (SIGTERM: Redis flushes its AOF), then remove a temporary data dir."""
+        self._terminate(timeout)
         for tmp in (self._tmp, self._sock_tmp):
             if tmp is not None:
                 tmp.cleanup()
@@ -473,12 +477,7 @@ class RedisProcess(Started):
         if kill:
             self.kill()
         elif self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-            self._reap()
+            self._terminate(timeout)
         return self.start(timeout=timeout)
 
     def describe(self) -> str:
