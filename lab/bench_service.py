@@ -185,7 +185,8 @@ async def _bench_target(
     from docl.services import sampling
     from docl.services.config import Settings
     from docl.services.engine import Engine
-    from docl.services.store import RedisStore, cluster_url
+    from docl.services.redis.connection import cluster_url
+    from docl.services.redis.store import RedisStore
 
     store = RedisStore.from_url(redis_url, timeout_s=120)
     await store.load_scripts()

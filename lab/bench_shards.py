@@ -5,7 +5,7 @@
     python -m docl.lab.bench_shards --redis-url redis+cluster://:pw@host:port
 
 For each shard count (1 = unsharded: the same-run baseline) a real ``docl serve`` is
-started on the cluster with ``DOCL_SHARD_SAMPLES = ceil(n / shards)``; a run of n
+started on the cluster with ``DOCL_PARTITION_SAMPLES = ceil(n / shards)``; a run of n
 samples is created, its warm-up epoch drawn, every sample reported once (warm-up,
 untimed), then ``rounds`` timed passes report every sample again over HTTP (the load
 generator of ``docl bench service``: a separate process, ``clients`` keep-alive
@@ -15,7 +15,7 @@ USAGE`` of every key of the run, summed over the primaries) and the largest shar
 them on one primary (what sharding is for: a run bigger than one node), and the time
 of the next epoch's draw (``POST /epochs``), and with ``--draw-n N`` the draw of a
 selection epoch over N scores written straight into the run's shards (on a server with
-``DOCL_SHARD_SAMPLES = ceil(N / shards)``). Every row is checked: the run must count
+``DOCL_PARTITION_SAMPLES = ceil(N / shards)``). Every row is checked: the run must count
 ``rounds · n`` scored samples.
 """
 
@@ -38,7 +38,7 @@ def _run_bytes(cluster_url: str, run_id: str) -> list[int]:
     """Bytes of every key of the run (run and shard tags) on each primary."""
     from redis.cluster import RedisCluster
 
-    from docl.services.store import cluster_url as node_url
+    from docl.services.redis.connection import cluster_url as node_url
 
     url = node_url(cluster_url)
     assert url is not None, "a redis+cluster:// URL"
@@ -57,7 +57,7 @@ def _run_bytes(cluster_url: str, run_id: str) -> list[int]:
 
 def _shard_env(n: int, shards: int) -> dict[str, str]:
     """The server setting that cuts a run of n samples into ``shards`` shards (none: 1)."""
-    return {"DOCL_SHARD_SAMPLES": str(math.ceil(n / shards))} if shards > 1 else {}
+    return {"DOCL_PARTITION_SAMPLES": str(math.ceil(n / shards))} if shards > 1 else {}
 
 
 def _row(shards: int, num_samples: int, url: str, *, width: int, batch: int, clients: int,
@@ -114,7 +114,7 @@ def _row(shards: int, num_samples: int, url: str, *, width: int, batch: int, cli
 
 def _draw_row(shards: int, n: int, url: str) -> dict[str, float]:
     """A selection epoch's ``POST /epochs`` over n scores written straight into the run's
-    columns (its shards'), on a server with ``DOCL_SHARD_SAMPLES = ceil(n / shards)``."""
+    columns (its shards'), on a server with ``DOCL_PARTITION_SAMPLES = ceil(n / shards)``."""
     import asyncio
 
     import httpx
@@ -122,7 +122,7 @@ def _draw_row(shards: int, n: int, url: str) -> dict[str, float]:
     from docl.lab.bench_service import draw_run
     from docl.services.embedded import ServerProcess
     from docl.services.layout import RunLayout
-    from docl.services.store import RedisStore
+    from docl.services.redis.store import RedisStore
 
     env = _shard_env(n, shards)
     run_id = f"bench-shards-draw-{shards}-{int(time.time())}"

@@ -1,12 +1,12 @@
 """``docl bench store``: the report write path's atomicity options on one Redis.
 
 The Lua compare-and-set the store uses (``lua/scatter.lua`` through
-:class:`~docl.services.store.RedisStore`) beside two MULTI/EXEC + WATCH
+:class:`~docl.services.redis.store.RedisStore`) beside two MULTI/EXEC + WATCH
 alternatives. The alternatives under comparison talk to Redis directly, through
 the same minimal RESP client as the store's hot path
-(:class:`docl.services.resp.RespClient`), so that the figures compare the
+(:class:`docl.services.redis.resp.RespClient`), so that the figures compare the
 atomicity schemes, not two clients. They are benchmark code, not a second store:
-``docl.services.store`` stays the one module of the server that talks to Redis.
+``docl.services.redis`` stays the one package of the server that talks to Redis.
 """
 
 from __future__ import annotations
@@ -56,8 +56,8 @@ async def _store_variant(
     import redis.asyncio as aioredis
 
     from docl.services.layout import RunLayout
-    from docl.services.resp import RespClient
-    from docl.services.store import RedisStore
+    from docl.services.redis.resp import RespClient
+    from docl.services.redis.store import RedisStore
 
     lay = RunLayout(f"sb-{variant}-{int(shared)}", n, width, "float32", 64 << 20, False, False)
     store = RedisStore.from_url(url)

@@ -15,7 +15,7 @@ in flight:
 * ``single``: the one Redis (with ``wait``: the primary, whose replica stays up) is
   killed and started again from its AOF ``restart_s`` later;
 * ``cluster``: 3 primaries + 3 replicas (node timeout 1 s); the primary owning the run
-  (``sharded``: owning shard 0) is killed, its replica takes over, and the killed node
+  (``partitioned``: owning partition 0) is killed, its replica takes over, and the killed node
   is started again ``restart_s`` later (it rejoins as a replica: with WAIT on, the
   promoted primary has a replica to acknowledge again).
 
@@ -64,7 +64,7 @@ class Scenario:
     name: str
     cluster: bool
     wait: bool
-    sharded: bool = False
+    partitioned: bool = False
 
 
 SCENARIOS = (
@@ -72,8 +72,8 @@ SCENARIOS = (
     Scenario("single Redis + replica, WAIT 1", cluster=False, wait=True),
     Scenario("3+3 cluster, WAIT off", cluster=True, wait=False),
     Scenario("3+3 cluster, WAIT 1", cluster=True, wait=True),
-    Scenario("3+3 cluster, sharded, WAIT off", cluster=True, wait=False, sharded=True),
-    Scenario("3+3 cluster, sharded, WAIT 1", cluster=True, wait=True, sharded=True),
+    Scenario("3+3 cluster, partitioned, WAIT off", cluster=True, wait=False, partitioned=True),
+    Scenario("3+3 cluster, partitioned, WAIT 1", cluster=True, wait=True, partitioned=True),
 )
 
 
@@ -93,8 +93,8 @@ class Tally:
     dropped: int = 0  # connections dropped without an answer (re-sent)
     counted: int = 0  # the run's `reports` counter at the end
     failed_over: bool = False  # a cluster: the killed primary came back as a replica
-    shard_503: int = 0  # 503s whose detail names the shard that failed (a sharded run)
-    shard_metric: float = 0.0  # docl_shard_unavailable_total at the end (every reason)
+    partition_503: int = 0  # 503s whose detail names the partition that failed
+    partition_metric: float = 0.0  # docl_partition_unavailable_total at the end (all)
     details: list[str] = field(default_factory=list)  # every unexpected answer
     failed: list[float] = field(default_factory=list)  # when each failed attempt ended
     resent: set[str] = field(default_factory=set)  # the reports sent more than once
@@ -210,7 +210,7 @@ def stream_reports(
                 with lock:
                     if ok_503:
                         tally.retry_503 += 1
-                        tally.shard_503 += " shard " in r.json().get("detail", "")
+                        tally.partition_503 += " partition " in r.json().get("detail", "")
                     elif r.status_code >= 500:
                         tally.bad_5xx += 1
                     if not ok_503:
@@ -264,8 +264,8 @@ def run_scenario(
     env: dict[str, str] = {}
     if sc.wait:
         env |= {"DOCL_REDIS_WAIT_REPLICAS": "1", "DOCL_REDIS_WAIT_MS": str(WAIT_MS)}
-    if sc.sharded:
-        env["DOCL_SHARD_SAMPLES"] = str(n // 6)
+    if sc.partitioned:
+        env["DOCL_PARTITION_SAMPLES"] = str(n // 6)
     durable: dict[str, Any] = {"appendonly": True, "appendfsync": "always"}
     with contextlib.ExitStack() as stack:
         victim: RedisProcess
@@ -277,9 +277,9 @@ def run_scenario(
             lay = RunLayout(
                 run_id=run_id, num_samples=n, num_outputs=4, output_dtype="float32",
                 chunk_bytes=1 << 26, loss_column=False, exp3=False,
-                shard_samples=n // 6 if sc.sharded else 0,
+                partition_samples=n // 6 if sc.partitioned else 0,
             )  # fmt: skip
-            key = lay.shard(0).meta_key if sc.sharded else lay.meta_key
+            key = lay.partition(0).meta_key if sc.partitioned else lay.meta_key
             victim = cluster.nodes[cluster.node_of_key(key)]
         elif sc.wait:
             victim, _ = stack.enter_context(replicated_pair(**durable))
@@ -343,8 +343,8 @@ def run_scenario(
         run = _until_ok(lambda: http.get(f"/v1/runs/{run_id}"), "run").json()
         tally.counted = int(run["counters"]["reports"])
         for line in http.get("/metrics").text.splitlines():
-            if line.startswith("docl_shard_unavailable_total{"):
-                tally.shard_metric += float(line.split()[-1])
+            if line.startswith("docl_partition_unavailable_total{"):
+                tally.partition_metric += float(line.split()[-1])
         if sc.cluster:
             tally.failed_over = b"role:slave" in victim.command("INFO", "replication")
     return tally

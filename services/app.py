@@ -33,10 +33,11 @@ from docl.services.deps import bearer
 from docl.services.embedded import RedisProcess, embedded_redis
 from docl.services.engine import Engine
 from docl.services.errors import PayloadTooLarge, ProblemError, problem_response
+from docl.services.redis.store import RedisStore
 from docl.services.routes import epochs, health, index, plan, reports, runs, scores, stats
 from docl.services.routes import methods as method_routes
 from docl.services.routes._common import complete_openapi
-from docl.services.store import ClusterStateError, RedisStore
+from docl.services.storage import ClusterStateError
 from docl.wire.encoding import REPORT_CONTENT_TYPE, REPORTS_CONTENT_TYPE
 
 __all__ = ["GatewayMiddleware", "RequestTimeout", "create_app"]

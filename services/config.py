@@ -8,18 +8,24 @@ directory.
 
 from __future__ import annotations
 
+import logging
+import os
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from docl.services.plan import PlanLimits
 
 __all__ = ["Settings"]
 
+log = logging.getLogger("docl.services")
+
 MiB = 1 << 20
 GiB = 1 << 30
+#: Deprecated names of ``partition_samples`` (before "partition"), still read.
+_OLD_PARTITION_SAMPLES = ("DOCL_SHARD_SAMPLES", "shard_samples")
 
 
 class Settings(BaseSettings):
@@ -195,13 +201,17 @@ class Settings(BaseSettings):
         le=512 * MiB,
         description="Largest Redis string of a per-sample column (records, scores, indices).",
     )
-    shard_samples: int = Field(
+    partition_samples: int = Field(
         0,
         ge=0,
-        description="Samples per shard of a run created from now on (0 = no sharding). A run "
-        "with more samples is cut into shards of this many, each under its own hash tag, so a "
-        'Redis Cluster spreads its per-sample data over its nodes (docs/scaling.md "Sharded '
-        'runs"). Stored with the run: changing it does not move existing runs.',
+        validation_alias=AliasChoices(
+            "DOCL_PARTITION_SAMPLES", "partition_samples", *_OLD_PARTITION_SAMPLES
+        ),
+        description="Samples per Redis partition of a run created from now on (0 = none). A "
+        "run with more samples is cut into partitions of this many, each under its own hash "
+        "tag, so a Redis Cluster spreads its per-sample data over its nodes (docs/scaling.md "
+        '"Partitioned runs"). Stored with the run: changing it does not move existing runs. '
+        "Its old name, DOCL_SHARD_SAMPLES, still works (deprecated: a warning in the log).",
     )
     max_run_bytes: int = Field(
         16 * GiB,
@@ -242,6 +252,20 @@ class Settings(BaseSettings):
     max_page_bytes: int = Field(
         64 * MiB, ge=1024, description="Largest slice of per-sample records one /scores page reads."
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _old_names(cls, data: Any) -> Any:
+        """Log a deprecation line when ``partition_samples`` comes by its old name
+        (``DOCL_SHARD_SAMPLES`` in the environment, ``shard_samples=`` as an argument)."""
+        env = {k.upper() for k in os.environ}
+        given = isinstance(data, dict) and "shard_samples" in data
+        if given or "DOCL_SHARD_SAMPLES" in env:
+            log.warning(
+                "DOCL_SHARD_SAMPLES is deprecated: it is DOCL_PARTITION_SAMPLES now "
+                "(the same setting; the old name goes in a later release)"
+            )
+        return data
 
     @field_validator("api_token")
     @classmethod

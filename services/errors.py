@@ -5,7 +5,9 @@ middleware); :func:`install` registers handlers that render them, FastAPI's
 request-validation errors (422 with a readable ``detail`` naming each bad field)
 and Starlette's own HTTP errors (404 unknown path, 405, ...) the same way. An
 unexpected exception becomes a 500 problem (logged with its traceback); every
-Redis (Cluster) failure a 503 with ``Retry-After`` (:func:`classify_store_error`).
+failure of the store (storage's :class:`~docl.services.storage.StoreError`: the Redis
+store translates redis-py's errors into it) a 503 with ``Retry-After``
+(:func:`classify_store_error`).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from docl.services.storage import NotReplicated, PartitionUnavailable, StoreError
 from docl.wire.models import Problem
 
 __all__ = [
@@ -39,9 +42,8 @@ __all__ = [
     "format_validation_errors",
     "install",
     "problem_response",
-    "redis_error_response",
-    "scrub",
     "store_error_kinds",
+    "store_error_response",
     "unexpected_response",
 ]
 
@@ -148,128 +150,60 @@ def format_validation_errors(errors: Sequence[Any], *, limit: int = 5) -> str:
     return "; ".join(lines) or "invalid request"
 
 
-#: Redis up but refusing writes, as the raw reply says it (the store's own RESP client, or
-#: a write inside a script); redis-py turns OOM and READONLY into classes and drops the code.
-_REFUSED = re.compile(r"(?:^|[-:\s])(?:OOM|MISCONF|READONLY)\b")
-#: Replies of a Redis (Cluster) that is failing over, resharding or still loading, as the
-#: fast client passes them on (a plain ResponseError): the same call succeeds shortly.
-_IN_TRANSIT = re.compile(r"^(?:CLUSTERDOWN|TRYAGAIN|MOVED|ASK|MASTERDOWN|LOADING|BUSY)\b")
-#: Where the store lives, as error texts name it: ``host:port``, ``[v6]:port``, a socket
-#: path. Kept in the server's log, cut from what clients read (issue 19).
-_WHERE = re.compile(
-    r"\[[0-9A-Fa-f:.]+\](?::\d{1,5})?"  # [v6]:port
-    r"|\b\d{1,3}(?:\.\d{1,3}){3}(?::\d{1,5})?\b"  # v4[:port]
-    r"|\b[A-Za-z0-9][A-Za-z0-9.-]*:\d{2,5}\b"  # host:port
-    r"|(?:unix://)?/\S*?\.sock\b"  # a socket path
-)
-
-
-def scrub(text: str) -> str:
-    """``text`` without the store's addresses (host:port, socket paths): what a client may
-    read of an error from Redis."""
-    return _WHERE.sub("<redis>", text)
-
-
 def store_error_kinds() -> tuple[type[Exception], ...]:
-    """Every exception class a call to the store may raise for a Redis (Cluster) failure:
-    redis-py's errors, its cluster client's errors (which are not RedisErrors) and the
-    store's :class:`~docl.services.store.ClusterStateError`. Each maps to an answer in
-    :func:`redis_error_response`."""
-    from redis.exceptions import RedisClusterException, RedisError
-
-    from docl.services.store import ClusterStateError
-
-    return (RedisError, RedisClusterException, ClusterStateError)
+    """Every exception class a call to the store raises for a failure of the store:
+    storage's :class:`~docl.services.storage.StoreError` (the Redis store translates
+    redis-py's and its cluster client's errors into it). Each maps to an answer in
+    :func:`store_error_response`."""
+    return (StoreError,)
 
 
 def classify_store_error(exc: BaseException) -> tuple[int, int, str] | None:
     """(HTTP status, Retry-After seconds, what failed, for the client) of a store error,
-    or None for a bug of ours (a 500). The one mapping (issue 19: never a 500 for Redis
-    being away, failing over or refusing writes; the text names what failed, never where
-    the store lives):
+    or None for a bug of ours (a 500). The one mapping (issue 19: never a 500 for the
+    store being away, failing over or refusing writes; the text names what failed, never
+    where the store lives), on storage's error types:
 
-    * a report applied but not on enough replicas in time (``DOCL_REDIS_WAIT_REPLICAS``,
-      :class:`~docl.services.store.NotReplicated`): 503, Retry-After 1;
-    * a shard of a sharded run unreachable (:class:`~docl.services.store.ShardUnavailable`):
-      503, Retry-After 1, naming the shard;
-    * the connection lost or refused, a timeout, Redis still loading: 503, Retry-After 1;
-    * a Redis Cluster failing over or not serving every slot (``CLUSTERDOWN``,
-      ``MASTERDOWN``, ``TRYAGAIN``, redirections that did not settle, unreachable nodes,
-      a slot not covered, ``cluster_state`` not ok): 503, Retry-After 1;
-    * Redis up but refusing writes (``OOM``, ``MISCONF``: a failing disk, ``READONLY``:
-      a replica): 503, Retry-After 5;
-    * anything else: None (a 500, logged).
+    * :class:`~docl.services.storage.NotReplicated` (a report applied but not on enough
+      replicas in time, ``DOCL_REDIS_WAIT_REPLICAS``): 503, Retry-After 1;
+    * :class:`~docl.services.storage.PartitionUnavailable` (a partition of a partitioned
+      run unreachable): 503, Retry-After 1, naming the partition;
+    * :class:`~docl.services.storage.StoreUnavailable` (the connection lost or refused, a
+      timeout, the store still loading) and :class:`~docl.services.storage.StoreFailover`
+      (a Redis Cluster failing over or not serving every slot, ``cluster_state`` not ok):
+      503, Retry-After 1;
+    * :class:`~docl.services.storage.StoreRefused` (up but refusing writes: ``OOM``,
+      ``MISCONF``, ``READONLY``): 503, Retry-After 5;
+    * :class:`~docl.services.storage.StoreFault` and anything else: None (a 500, logged).
+
+    Which redis-py error is which of these is ``services/redis/errors.py``'s.
     """
-    from redis.exceptions import (
-        AskError,
-        BusyLoadingError,
-        ClusterDownError,
-        ClusterError,
-        CrossSlotTransactionError,
-        InvalidPipelineStack,
-        OutOfMemoryError,
-        ReadOnlyError,
-        RedisClusterException,
-        TryAgainError,
-    )
-    from redis.exceptions import ConnectionError as RedisConnectionError
-    from redis.exceptions import TimeoutError as RedisTimeoutError
-
-    from docl.services.store import ClusterStateError, NotReplicated, ShardUnavailable
-
-    text = str(exc)
-    if isinstance(exc, NotReplicated):
-        return 503, 1, f"not yet durable: {text}"
-    if isinstance(exc, ShardUnavailable):
-        return 503, 1, text
-    if isinstance(exc, BusyLoadingError) or text.startswith(("LOADING", "BUSY")):
-        return 503, 1, "the score store (Redis) is loading its data or busy; retry shortly"
-    if isinstance(exc, RedisTimeoutError):
-        return 503, 1, "the score store (Redis) did not answer in time; retry shortly"
-    if isinstance(exc, RedisConnectionError):
-        return 503, 1, "the connection to the score store (Redis) failed; retry shortly"
-    bug = (CrossSlotTransactionError, InvalidPipelineStack)
-    if (
-        isinstance(exc, ClusterDownError | ClusterError | TryAgainError | AskError)
-        or (isinstance(exc, RedisClusterException) and not isinstance(exc, bug))
-        or isinstance(exc, ClusterStateError)
-        or _IN_TRANSIT.match(text)
-    ):
-        what = text.split(maxsplit=1)[0] if _IN_TRANSIT.match(text) else type(exc).__name__
-        return (
-            503,
-            1,
-            f"the score store (Redis Cluster) is failing over or not serving every slot "
-            f"({what}); retry shortly",
-        )
-    if isinstance(exc, OutOfMemoryError | ReadOnlyError) or _REFUSED.search(text):
-        return 503, 5, f"the score store (Redis) refuses writes ({scrub(text)}); retry later"
+    if isinstance(exc, StoreError) and exc.retry_after is not None:
+        return 503, exc.retry_after, exc.detail
     return None
 
 
-def redis_error_response(exc: BaseException, *, method: str, path: str) -> JSONResponse:
+def store_error_response(exc: BaseException, *, method: str, path: str) -> JSONResponse:
     """The one mapping of a store error to an HTTP answer (both report paths and every
     route): :func:`classify_store_error`'s, logged with the full text (addresses
     included); anything it does not know is a 500 (a bug of ours), logged with its
     traceback."""
     from docl.services import metrics
-    from docl.services.store import NotReplicated, ShardUnavailable
 
-    kind = type(exc).__name__
     got = classify_store_error(exc)
     if got is None:
-        log.error("redis error in %s %s", method, path, exc_info=exc)
-        return problem_response(
-            500, f"internal error: Redis said: {scrub(str(exc))}", instance=path
-        )
+        log.error("store error in %s %s", method, path, exc_info=exc)
+        detail = exc.detail if isinstance(exc, StoreError) else f"internal error: {exc}"
+        return problem_response(500, detail, instance=path)
+    assert isinstance(exc, StoreError)
     status, retry_after, detail = got
-    metrics.REDIS_ERRORS.labels(kind=kind).inc()
-    if isinstance(exc, ShardUnavailable):
-        metrics.SHARD_UNAVAILABLE.labels(reason=exc.reason).inc()
-    elif isinstance(exc, NotReplicated) and exc.where:  # a shard's replicas did not ack
-        metrics.SHARD_UNAVAILABLE.labels(reason="not_replicated").inc()
+    metrics.REDIS_ERRORS.labels(kind=exc.kind).inc()
+    if isinstance(exc, PartitionUnavailable) and exc.reason is not None:
+        metrics.partition_unavailable(exc.reason)
+    elif isinstance(exc, NotReplicated) and exc.where:  # a partition's replicas did not ack
+        metrics.partition_unavailable("not_replicated")
     level = logging.ERROR if retry_after > 1 else logging.WARNING
-    log.log(level, "redis error during %s %s: %s: %s", method, path, kind, exc)
+    log.log(level, "redis error during %s %s: %s: %s", method, path, exc.kind, exc)
     return problem_response(
         status, detail, instance=path, headers={"Retry-After": str(retry_after)}
     )
@@ -339,11 +273,11 @@ def install(app: FastAPI) -> None:
             422, format_validation_errors(exc.errors()), instance=request.url.path
         )
 
-    async def _redis(request: Request, exc: Exception) -> JSONResponse:
-        return redis_error_response(exc, method=request.method, path=request.url.path)
+    async def _store(request: Request, exc: Exception) -> JSONResponse:
+        return store_error_response(exc, method=request.method, path=request.url.path)
 
     for kind in store_error_kinds():
-        app.add_exception_handler(kind, _redis)
+        app.add_exception_handler(kind, _store)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -1,14 +1,15 @@
 """How a run's state is laid out: the fixed-width record, the columns, the key names.
 
 A pure function of the run's config (no I/O): the engine reads records in this
-format whatever the store behind it, and the store (``store.py``, the Redis
+format whatever the store behind it, and the store (``services/redis/``, the Redis
 implementation) cuts the columns into chunks and names the keys from it. Every
 key of a run shares the hash tag ``{run:<id>}`` (:func:`run_prefix`), so a Redis
-Cluster keeps a run on one slot, unless the run is sharded (``shard_samples`` > 0,
-``DOCL_SHARD_SAMPLES``): then its per-sample records, score/loss columns, score log,
-dedup markers and counters are cut into shards of ``shard_samples`` samples, each under
-its own hash tag (:meth:`RunLayout.shard`), whose slots are spread over the slot space
-(:func:`shard_prefix`). See docs/architecture.md "Sharded runs".
+Cluster keeps a run on one slot, unless the run is partitioned (``partition_samples`` > 0,
+``DOCL_PARTITION_SAMPLES``): then its per-sample records, score/loss columns, score log,
+dedup markers and counters are cut into partitions of ``partition_samples`` samples, each under
+its own hash tag (:meth:`RunLayout.partition`), whose slots are spread over the slot space
+(:func:`partition_prefix`). See docs/architecture.md "Partitioned runs" (called
+"sharded runs" before; the stored layout JSON keeps that name: ``"shard_samples"``).
 
 A record is ``RECORD_HEAD`` bytes of state followed by the stored output g_i:
 
@@ -40,14 +41,15 @@ __all__ = [
     "CAS_BYTES",
     "COUNTER_FIELDS",
     "DRAWN_MAX",
-    "MAX_SHARDS",
+    "MAX_PARTITIONS",
     "RECORD_HEAD",
     "RUNS_INDEX",
+    "STORED_PARTITION_SAMPLES",
     "RunLayout",
     "ScatterCounts",
     "fold_log",
+    "partition_prefix",
     "run_prefix",
-    "shard_prefix",
 ]
 
 #: Bytes of per-sample state before g_i in a record.
@@ -77,11 +79,14 @@ if ScatterCounts._fields != tuple(f for f in COUNTER_FIELDS if f != "duplicates"
 RUNS_INDEX = "docl:runs"
 #: Selection counts saturate here (uint16).
 DRAWN_MAX = 65535
-#: Most shards of one run (a run that would need more is refused: raise DOCL_SHARD_SAMPLES).
-MAX_SHARDS = 1024
+#: Most partitions of one run (a run that would need more is refused: raise DOCL_PARTITION_SAMPLES).
+MAX_PARTITIONS = 1024
+#: The key of ``partition_samples`` in a run's stored layout JSON: its name from before
+#: "partition" (runs stored then must read the same), so it stays.
+STORED_PARTITION_SAMPLES = "shard_samples"
 #: Redis Cluster's hash slots.
 _SLOTS = 16384
-#: Shard tags aim at this many equal slot ranges at most (so finding a tag stays cheap).
+#: Partition tags aim at this many equal slot ranges at most (so finding a tag stays cheap).
 _SLOT_BUCKETS = 64
 
 
@@ -95,20 +100,20 @@ def _slot(tag: str) -> int:
     return crc_hqx(tag.encode(), 0) % _SLOTS
 
 
-def shard_prefix(run_id: str, shard: int, shards: int) -> str:
-    """The hash-tagged prefix of shard ``shard`` of a run cut into ``shards`` shards:
-    ``{run:<id>:<shard>.<salt>}``, with the smallest salt that puts the tag's slot in
-    range ``shard mod B`` of the slot space cut into B = min(shards, 64) equal ranges.
-    So the shards of a run land on slots spread evenly over 0..16383, hence over the
+def partition_prefix(run_id: str, partition: int, partitions: int) -> str:
+    """The hash-tagged prefix of partition ``partition`` of a run cut into ``partitions`` partitions:
+    ``{run:<id>:<partition>.<salt>}``, with the smallest salt that puts the tag's slot in
+    range ``partition mod B`` of the slot space cut into B = min(partitions, 64) equal ranges.
+    So the partitions of a run land on slots spread evenly over 0..16383, hence over the
     primaries of a cluster (which own contiguous slot ranges). Deterministic: a pure
-    function of its arguments (nothing to store). Expected tries: B per shard."""
-    buckets = min(shards, _SLOT_BUCKETS)
-    lo = (shard % buckets) * _SLOTS // buckets
-    hi = (shard % buckets + 1) * _SLOTS // buckets
+    function of its arguments (nothing to store). Expected tries: B per partition."""
+    buckets = min(partitions, _SLOT_BUCKETS)
+    lo = (partition % buckets) * _SLOTS // buckets
+    hi = (partition % buckets + 1) * _SLOTS // buckets
     salt = 0
-    while not lo <= _slot(f"run:{run_id}:{shard}.{salt}") < hi:
+    while not lo <= _slot(f"run:{run_id}:{partition}.{salt}") < hi:
         salt += 1
-    return f"{{run:{run_id}:{shard}.{salt}}}"
+    return f"{{run:{run_id}:{partition}.{salt}}}"
 
 
 def _chunk_keys(prefix: str, name: str, total: int, per_chunk: int) -> tuple[str, ...]:
@@ -131,10 +136,10 @@ class RunLayout:
     chunk_bytes: int
     loss_column: bool
     exp3: bool
-    #: samples per shard (0 = not sharded: every key under ``{run:<id>}``, as before shards)
-    shard_samples: int = 0
-    #: None: the run; (j, S): the sub-layout of shard j of the run's S shards (:meth:`shard`)
-    shard_of: tuple[int, int] | None = None
+    #: samples per partition (0 = not partitioned: every key under ``{run:<id>}``)
+    partition_samples: int = 0
+    #: None: the run; (j, S): the sub-layout of partition j of the run's S partitions (:meth:`partition`)
+    partition_of: tuple[int, int] | None = None
 
     # -- sizes ----------------------------------------------------------------------------
     @property
@@ -174,33 +179,33 @@ class RunLayout:
         per_sample += 4 if self.exp3 else 0
         return n * per_sample
 
-    # -- shards ---------------------------------------------------------------------------
+    # -- partitions ---------------------------------------------------------------------------
     @property
-    def shards(self) -> int:
-        """How many shards the run's per-sample data is cut into (1: not sharded)."""
-        if self.shard_samples <= 0 or self.shard_of is not None:
+    def partitions(self) -> int:
+        """How many partitions the run's per-sample data is cut into (1: not partitioned)."""
+        if self.partition_samples <= 0 or self.partition_of is not None:
             return 1
-        return max(1, math.ceil(self.num_samples / self.shard_samples))
+        return max(1, math.ceil(self.num_samples / self.partition_samples))
 
-    def shard_bounds(self, j: int) -> tuple[int, int]:
-        """The run's samples [lo, hi) that shard ``j`` holds."""
-        m = self.shard_samples
+    def partition_bounds(self, j: int) -> tuple[int, int]:
+        """The run's samples [lo, hi) that partition ``j`` holds."""
+        m = self.partition_samples
         return j * m, min(self.num_samples, (j + 1) * m)
 
-    def shard(self, j: int) -> RunLayout:
-        """The layout of shard ``j`` of a sharded run: its samples renumbered from 0, its
-        keys under the shard's own hash tag (:func:`shard_prefix`). A shard holds the
+    def partition(self, j: int) -> RunLayout:
+        """The layout of partition ``j`` of a partitioned run: its samples renumbered from 0, its
+        keys under the partition's own hash tag (:func:`partition_prefix`). A partition holds the
         records, score (loss) column, score log, meta (uid, writer lease, log_base), dedup
         markers and counters of its samples; the run keeps meta, epochs, epoch indices and
         weights, and the selection-count and Exp3 inclusion columns (written with the epoch
         by one first-wins script)."""
-        return self._shard_layouts[j]
+        return self._partition_layouts[j]
 
     @cached_property
-    def _shard_layouts(self) -> tuple[RunLayout, ...]:
+    def _partition_layouts(self) -> tuple[RunLayout, ...]:
         out = []
-        for j in range(self.shards):
-            lo, hi = self.shard_bounds(j)
+        for j in range(self.partitions):
+            lo, hi = self.partition_bounds(j)
             out.append(
                 RunLayout(
                     run_id=self.run_id,
@@ -210,7 +215,7 @@ class RunLayout:
                     chunk_bytes=self.chunk_bytes,
                     loss_column=self.loss_column,
                     exp3=False,  # the inclusion column stays with the run
-                    shard_of=(j, self.shards),
+                    partition_of=(j, self.partitions),
                 )
             )
         return tuple(out)
@@ -219,17 +224,17 @@ class RunLayout:
         self, indices: np.ndarray, sizes: Sequence[int]
     ) -> tuple[list[tuple[int, np.ndarray, list[int]]], np.ndarray]:
         """Cut a request's samples (``indices``: reports one after the other, ``sizes``
-        samples each) into shard parts. Returns ([(shard j, positions in ``indices`` of
-        its samples in order, positions of the reports with samples there), ...] in shard
-        order, and each report's home shard: the shard of its first sample (-1 for a
-        report without samples here, which touches no shard)."""
+        samples each) into partition parts. Returns ([(partition j, positions in ``indices`` of
+        its samples in order, positions of the reports with samples there), ...] in partition
+        order, and each report's home partition: the partition of its first sample (-1 for a
+        report without samples here, which touches no partition)."""
         idx = np.asarray(indices, dtype=np.int64)
-        owner = idx // self.shard_samples
+        owner = idx // self.partition_samples
         starts = np.cumsum([0, *sizes[:-1]], dtype=np.int64)
         homes = np.array(
             [int(owner[s]) if z else -1 for s, z in zip(starts, sizes, strict=True)], np.int64
         )
-        order = np.argsort(owner, kind="stable")  # positions grouped by shard, in order
+        order = np.argsort(owner, kind="stable")  # positions grouped by partition, in order
         cuts = np.flatnonzero(np.diff(owner[order])) + 1
         rep_of = None if len(sizes) == 1 else np.repeat(np.arange(len(sizes)), sizes)
         parts = []
@@ -254,8 +259,8 @@ class RunLayout:
     # -- keys -----------------------------------------------------------------------------
     @cached_property
     def prefix(self) -> str:
-        if self.shard_of is not None:
-            return shard_prefix(self.run_id, *self.shard_of)
+        if self.partition_of is not None:
+            return partition_prefix(self.run_id, *self.partition_of)
         return run_prefix(self.run_id)
 
     @property
@@ -344,8 +349,8 @@ class RunLayout:
             "rec_size": self.rec_size,
             "record_head": RECORD_HEAD,
         }
-        if self.shards > 1:  # absent = not sharded: an unsharded run's JSON is as before shards
-            doc["shard_samples"] = self.shard_samples
+        if self.partitions > 1:  # absent: not partitioned (its JSON as before partitions)
+            doc[STORED_PARTITION_SAMPLES] = self.partition_samples
         return json.dumps(doc, sort_keys=True)
 
     @classmethod
@@ -359,7 +364,7 @@ class RunLayout:
             chunk_bytes=int(d["chunk_bytes"]),
             loss_column=bool(d["loss_column"]),
             exp3=bool(d["exp3"]),
-            shard_samples=int(d.get("shard_samples", 0)),
+            partition_samples=int(d.get(STORED_PARTITION_SAMPLES, 0)),
         )
 
 

@@ -13,11 +13,14 @@ Names (all prefixed ``docl_``):
   ``samples_scored_total``, ``report_conflicts_total`` (compare-and-set retries)
 - ``draw_seconds{phase}``: time to draw and store an epoch
 - ``redis_errors_total{kind}``: Redis (Cluster) failures answered 503, by exception class
-- ``shard_unavailable_total{reason}``: requests to a sharded run answered 503 because one
-  shard's node was unreachable, failing over or refusing writes (``unreachable`` |
-  ``failover`` | ``refused``) or, with ``DOCL_REDIS_WAIT_REPLICAS``, its replicas did not
-  acknowledge in time (``not_replicated``: e.g. its replica was just promoted and has no
-  replica of its own yet); the 503 names the shard
+  (redis-py's, or ``NotReplicated``, ``PartitionUnavailable``, ``ClusterStateError``)
+- ``partition_unavailable_total{reason}``: requests to a partitioned run answered 503
+  because one partition's node was unreachable, failing over or refusing writes
+  (``unreachable`` | ``failover`` | ``refused``) or, with ``DOCL_REDIS_WAIT_REPLICAS``, its
+  replicas did not acknowledge in time (``not_replicated``: e.g. its replica was just
+  promoted and has no replica of its own yet); the 503 names the partition.
+  ``shard_unavailable_total{reason}``, its name before partitions were called so, is
+  still exported with the same counts (deprecated: it goes in a later release).
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ __all__ = [
     "DRAW_SECONDS",
     "HTTP_REQUESTS",
     "HTTP_SECONDS",
+    "PARTITION_UNAVAILABLE",
     "REDIS_ERRORS",
     "REPORTS",
     "REPORTS_COMPLETED",
@@ -45,6 +49,7 @@ __all__ = [
     "SAMPLES_REPORTED",
     "SAMPLES_SCORED",
     "SHARD_UNAVAILABLE",
+    "partition_unavailable",
     "render",
 ]
 
@@ -86,8 +91,9 @@ DRAW_SECONDS = Histogram(
 )
 REPORTS_COMPLETED = Counter(
     "docl_reports_completed_total",
-    "Requests to a sharded run whose reports were found applied on some of their shards "
-    "(a partial apply: a process or node died between shard parts) and completed on the rest.",
+    "Requests to a partitioned run whose reports were found applied on some of their "
+    "partitions (a partial apply: a process or node died between partition parts) and "
+    "completed on the rest.",
 )
 REDIS_ERRORS = Counter(
     "docl_redis_errors_total",
@@ -95,13 +101,26 @@ REDIS_ERRORS = Counter(
     "writes, reports not acknowledged by enough replicas.",
     ["kind"],
 )
-SHARD_UNAVAILABLE = Counter(
-    "docl_shard_unavailable_total",
-    "Requests to a sharded run answered 503 because one of its shards' Redis node was "
-    "unreachable, failing over, refusing writes or not acknowledged by enough replicas "
+PARTITION_UNAVAILABLE = Counter(
+    "docl_partition_unavailable_total",
+    "Requests to a partitioned run answered 503 because one of its partitions' Redis node "
+    "was unreachable, failing over, refusing writes or not acknowledged by enough replicas "
     "(DOCL_REDIS_WAIT_REPLICAS): the run stalls until it is back.",
     ["reason"],
 )
+#: Deprecated: docl_partition_unavailable_total's name before "partition" (same counts).
+SHARD_UNAVAILABLE = Counter(
+    "docl_shard_unavailable_total",
+    "Deprecated name of docl_partition_unavailable_total (the same counts).",
+    ["reason"],
+)
+
+
+def partition_unavailable(reason: str) -> None:
+    """Count a request to a partitioned run answered 503 for ``reason`` (under the
+    metric's name and its deprecated one)."""
+    PARTITION_UNAVAILABLE.labels(reason=reason).inc()
+    SHARD_UNAVAILABLE.labels(reason=reason).inc()
 
 
 def render() -> tuple[bytes, str]:

@@ -1,11 +1,16 @@
-"""The seam between the engine and the storage of runs: the :class:`Store` protocol.
+"""The seam between the engine and the storage of runs: the :class:`Store` protocol and
+the store's error types.
 
 The engine (``services/engine/``) is typed against this protocol, never against
-the Redis implementation (``store.RedisStore``, which satisfies it: mypy checks
-the assignment at the bottom of ``store.py``). A second backend — e.g. a
-cluster-aware store for runs larger than one node (docs/scaling.md) — implements
-these methods and is handed to ``Engine(store, settings)``; the engine does not
-change.
+the Redis implementation (``services/redis/store.py``'s ``RedisStore``, which
+satisfies it: mypy checks the assignment at the bottom of that module, and which
+spreads a partitioned run over several nodes itself). A store raises the
+:class:`StoreError` subclasses below for a failure of the store (the Redis store
+translates redis-py's errors into them), so neither the engine nor the HTTP layer
+knows the backend's exceptions: ``errors.py`` answers them with a 503 or, for a
+:class:`StoreFault`, a 500. Another backend implements these methods and raises
+these errors; the methods still take a :class:`~docl.services.layout.RunLayout`,
+whose key names and partition fields are the Redis store's.
 
 Each atomic operation reports how it went with a named status. On Redis every
 one of them is one Lua script (``services/lua/<name>.lua``), whose header
@@ -28,7 +33,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -37,15 +42,140 @@ from docl.services.layout import RunLayout, ScatterCounts
 __all__ = [
     "Applied",
     "ClaimStatus",
+    "ClusterStateError",
     "CommitStatus",
     "CompactStatus",
     "CreateStatus",
     "DrawInputs",
     "GatherStatus",
     "Gathered",
+    "NotReplicated",
+    "PartitionUnavailable",
     "ScatterStatus",
     "Store",
+    "StoreError",
+    "StoreFailover",
+    "StoreFault",
+    "StoreRefused",
+    "StoreUnavailable",
 ]
+
+
+class StoreError(Exception):
+    """A call to the store failed because of the store, not of the request.
+
+    ``str()`` is the full text, for the server's log (it may name where the store
+    lives); ``detail`` what a client may read (it never does); ``kind`` the name of the
+    backend's own failure (e.g. redis-py's exception class: the ``kind`` label of
+    ``docl_redis_errors_total``); ``reason`` what a partitioned run's layer names a
+    partition's failure (``unreachable``, ``failover``, ``refused``; None: none of
+    those). ``retry_after``: seconds a client should wait before retrying, None for a
+    failure that a retry does not cure (:class:`StoreFault`)."""
+
+    retry_after: int | None = 1
+
+    def __init__(
+        self, message: str, detail: str = "", kind: str = "", reason: str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.detail = detail or message
+        self.kind = kind or type(self).__name__
+        self.reason = reason
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # pickle (Ray, a process pool) rebuilds it from the fields, not from args
+        return type(self), (str(self), self.detail, self.kind, self.reason)
+
+
+class StoreUnavailable(StoreError):
+    """The store cannot answer now: the connection lost or refused, a timeout, the store
+    still loading or busy. The server answers 503 with ``Retry-After``."""
+
+
+class StoreFailover(StoreUnavailable):
+    """A clustered store is failing over or not serving every slot (a primary down, slots
+    moving or not covered): the same call succeeds shortly."""
+
+
+class ClusterStateError(StoreFailover):
+    """The Redis Cluster answers but is not serving (``cluster_state`` is not ``ok``:
+    slots not covered, a primary down without a replica), or a single-Redis URL names a
+    node of a cluster: at start-up, a configuration error."""
+
+    def __init__(
+        self, message: str, detail: str = "", kind: str = "", reason: str | None = None
+    ) -> None:
+        why = (
+            "the score store (Redis Cluster) is failing over or not serving every slot "
+            "(ClusterStateError); retry shortly"
+        )
+        super().__init__(message, detail or why, kind, reason)
+
+
+class StoreRefused(StoreUnavailable):
+    """The store is up but refuses writes (out of memory, a failing disk, a replica)."""
+
+    retry_after = 5
+
+
+class StoreFault(StoreError):
+    """The store answered an error we did not expect: a bug of ours (a 500)."""
+
+    retry_after = None
+
+
+class NotReplicated(StoreUnavailable):
+    """A write was applied on the primary but fewer replicas than ``wait_replicas``
+    acknowledged it within ``wait_ms`` (``WAIT``): it could still be lost in a failover.
+    The server answers 503; the client re-sends with the same report id (deduplicated).
+    ``where``: the partition whose primary it was, for a partitioned run."""
+
+    def __init__(
+        self, acked: int, wanted: int, wait_ms: int, why: str = "", where: str = ""
+    ) -> None:
+        what = why or f"only {acked} of {wanted} replica(s) acknowledged it within {wait_ms} ms"
+        primary = f"the primary of {where}" if where else "the primary"
+        text = (
+            f"the report was applied on {primary} but {what} (DOCL_REDIS_WAIT_REPLICAS="
+            f"{wanted}, DOCL_REDIS_WAIT_MS={wait_ms}); re-send it with the same report_id"
+        )
+        super().__init__(text, f"not yet durable: {text}", "NotReplicated")
+        self.acked, self.wanted, self.wait_ms, self.why = acked, wanted, wait_ms, why
+        self.where = where
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return type(self), (self.acked, self.wanted, self.wait_ms, self.why, self.where)
+
+
+class PartitionUnavailable(StoreUnavailable):
+    """A partition of a partitioned run could not be read or written: the Redis node
+    serving its slot is unreachable, failing over or refusing the call. A partitioned
+    run takes a report (or draws) only while every partition it touches is served, so
+    one down primary stalls it; the server answers 503 naming the partition (never its
+    address) and counts it in ``docl_partition_unavailable_total{reason}``. ``reason``:
+    ``unreachable``, ``failover`` (the cluster is moving the slot), ``refused`` (Redis
+    refuses writes) or ``error``; ``kind``: the failure behind it."""
+
+    def __init__(
+        self, run_id: str, partition: int, partitions: int, reason: str, kind: str
+    ) -> None:
+        text = (
+            f"partition {partition} of {partitions} of run {run_id!r} is unavailable "
+            f"({reason}: {kind}): a partitioned run waits for the Redis primary of every "
+            'partition a request touches (docs/scaling.md, "Failover"); retry shortly'
+        )
+        super().__init__(text, text, "PartitionUnavailable", reason)
+        self.run_id, self.partition, self.partitions = run_id, partition, partitions
+        self.cause_kind = kind
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return type(self), (
+            self.run_id,
+            self.partition,
+            self.partitions,
+            self.reason,
+            self.cause_kind,
+        )
 
 
 class CreateStatus(IntEnum):
@@ -126,10 +256,10 @@ class Applied:
     sent) whose stored state differs from what the caller computed from, and
     ``current`` their records as stored now (nothing was written). On DUPLICATE,
     ``duplicates`` are the 0-based positions of the reports already applied
-    (nothing was written but the duplicates counter). A sharded run's scatter may also
+    (nothing was written but the duplicates counter). A partitioned run's scatter may also
     be applied (LEASED/COMPARED) with ``duplicates`` set: those reports were applied
-    before on every shard they touch, the others now (see docs/architecture.md
-    "Sharded runs"); and its CONFLICT may follow parts applied on other shards, which a
+    before on every partition they touch, the others now (see docs/architecture.md
+    "Partitioned runs"); and its CONFLICT may follow parts applied on other partitions, which a
     re-send finds applied there.
     """
 
@@ -137,9 +267,9 @@ class Applied:
     conflicts: tuple[int, ...] = ()
     current: np.ndarray | None = None
     duplicates: tuple[int, ...] = ()
-    #: A sharded run only (see ``RedisStore.scatter``): positions (over all the samples sent)
-    #: left unwritten because their report's part on their shard was applied before (a
-    #: retry completing a partial apply). Their stored records are not the ones sent.
+    #: A partitioned run only (see ``RedisStore.scatter``): positions (over all the samples
+    #: sent) left unwritten because their report's part on their partition was applied
+    #: before (a retry completing a partial apply). Their stored records are not the ones sent.
     skipped: np.ndarray | None = None
 
     @property
@@ -160,14 +290,14 @@ class DrawInputs:
     inclusion: np.ndarray | None  # (n,) float32
     log_base: int = 0  # score-log entries trimmed before this snapshot
     log_count: int = 0  # score-log entries folded into `scores`/`losses` here
-    #: a sharded run: (log_base, log_count) of each shard's score log, in shard order
-    shard_logs: tuple[tuple[int, int], ...] = ()
+    #: a partitioned run: (log_base, log_count) of each partition's score log, in order
+    partition_logs: tuple[tuple[int, int], ...] = ()
 
 
 class Store(Protocol):
-    """What the engine needs from the storage of runs (``store.RedisStore`` on Redis).
+    """What the engine needs from the storage of runs (``RedisStore`` on Redis).
 
-    Every method is atomic where its docstring in ``store.py`` says so; a run's
+    Every method is atomic where its docstring in ``services/redis/slot.py`` says so; a run's
     incarnation is named by its ``uid`` and every mutating call checks it (GONE
     when the run was deleted or re-created).
     """

@@ -95,7 +95,7 @@ def _sync_client(url: str) -> Any:
     import redis
     from redis.cluster import RedisCluster
 
-    from docl.services.store import cluster_url
+    from docl.services.redis.connection import cluster_url
 
     node_url = cluster_url(url)
     if node_url is not None:

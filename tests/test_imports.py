@@ -12,11 +12,14 @@
     lab       benchmarks and harnesses       anything but the CLI
     cli       client/cli, the commands       anything (imports are lazy, per command)
 
-Every import counts, also one inside a function. Within services, the Redis
-client (``redis``, ``redis.asyncio``, ``hiredis``) is imported by ``store.py`` and
-its RESP client ``resp.py`` only (``redis.exceptions`` may be used for error
-mapping anywhere), and the engine goes through the ``storage.Store`` protocol,
-never ``store.py``. docs/architecture.md states the same rules.
+Every import counts, also one inside a function. Within services, ``redis``
+(redis-py, its exceptions included) and ``hiredis`` are imported by the Redis
+package ``services/redis/`` only, and there not by its pure ``codec.py`` (which
+the embedded process supervisors use, in the worker too); the store translates
+Redis' errors into storage's. The engine, the routes and ``errors.py`` go through
+``storage`` (the ``Store`` protocol, its error types), never the Redis package; the
+RESP client ``redis/resp.py`` is the Redis package's own; ``services/embedded/``
+takes only the codec from it. docs/architecture.md states the same rules.
 
 Within ``services/engine`` the modules import each other in one direction: no import
 cycle, not even one hidden under ``TYPE_CHECKING`` or inside a function.
@@ -34,8 +37,12 @@ FOLDERS = ("wire", "services", "worker", "client", "lab")
 
 #: services modules a worker may import (pure math, or a process launcher; see above)
 WORKER_MAY_USE = {"plan", "sampling", "scoring", "seeds", "methods", "embedded"}
-#: the only services modules that import a Redis client
-REDIS_MODULES = {"services/store.py", "services/resp.py"}
+#: the services package that talks to Redis: the only one that imports a Redis client
+REDIS_PACKAGE = "services/redis/"
+#: modules of it that import no Redis client (the embedded supervisors use the codec)
+PURE_REDIS_MODULES = {"services/redis/__init__.py", "services/redis/codec.py"}
+#: services code that sees storage only through ``storage`` (protocol, errors), never Redis
+STORAGE_ONLY = ("services/engine/", "services/routes/", "services/errors.py")
 #: files that break the direction today, and why; each entry is a debt with an owner
 PENDING: dict[str, str] = {}
 
@@ -85,9 +92,8 @@ def violation(path: str, module: str) -> str | None:
     """Why ``path`` may not import ``module`` (None: allowed)."""
     here = layer(path)
     if module.split(".")[0] in ("redis", "hiredis") and here == "services":
-        is_client = not module.startswith("redis.exceptions")
-        if is_client and path not in REDIS_MODULES:
-            return "only services/store.py (and its resp.py) import a Redis client"
+        if not path.startswith(REDIS_PACKAGE) or path in PURE_REDIS_MODULES:
+            return "only services/redis/ imports redis (it translates its errors into storage's)"
         return None
     if not module.startswith("docl.") or module.count(".") < 1:
         return None
@@ -95,10 +101,16 @@ def violation(path: str, module: str) -> str | None:
     target = "cli" if parts[1:3] == ["client", "cli"] else parts[1]
     if target not in (*FOLDERS, "cli"):
         return None
-    if path.startswith("services/engine/") and _within(module, "docl.services.store"):
-        return "the engine uses the storage.Store protocol, not the Redis store"
-    if here == "services" and _within(module, "docl.services.resp") and path not in REDIS_MODULES:
-        return "only services/store.py uses the RESP client"
+    redis_package = _within(module, "docl.services.redis")
+    if path.startswith(STORAGE_ONLY) and redis_package:
+        return "the engine, routes and errors.py use storage (Store, its errors), not Redis"
+    if here == "services" and redis_package and not path.startswith(REDIS_PACKAGE):
+        if _within(module, "docl.services.redis.resp"):
+            return "only services/redis/ uses the RESP client"
+        if path.startswith("services/embedded") and not _within(
+            module, "docl.services.redis.codec"
+        ):
+            return "the embedded supervisors take only the codec (no redis-py in the worker)"
     allowed = {
         "wire": {"wire"},
         "services": {"wire", "services"},
@@ -225,10 +237,18 @@ def test_the_tree_follows_the_import_direction() -> None:
         ("services/app.py", "import docl.worker.loop\n"),
         ("services/routes/runs.py", "def f():\n    from docl.client import ScoreClient\n"),
         ("services/errors.py", "from docl.client.models import Problem\n"),
-        ("services/engine/reports.py", "from docl.services.store import RedisStore\n"),
-        ("services/engine/runs.py", "from ..store import RedisStore\n"),
+        ("services/engine/reports.py", "from docl.services.redis.store import RedisStore\n"),
+        ("services/engine/runs.py", "from ..redis.store import RedisStore\n"),
+        ("services/engine/cache.py", "from redis.exceptions import ConnectionError\n"),
+        ("services/routes/reports.py", "from redis import exceptions\n"),
+        ("services/routes/health.py", "from docl.services.redis.errors import translate\n"),
+        ("services/errors.py", "from redis.exceptions import RedisError\n"),
+        ("services/errors.py", "from docl.services.redis.store import RedisStore\n"),
         ("services/app.py", "import redis.asyncio as aioredis\n"),
-        ("services/plan.py", "from docl.services.resp import RespClient\n"),
+        ("services/app.py", "from redis.exceptions import ConnectionError\n"),
+        ("services/redis/codec.py", "import hiredis\n"),
+        ("services/embedded/server.py", "from docl.services.redis.store import RedisStore\n"),
+        ("services/plan.py", "from docl.services.redis.resp import RespClient\n"),
         ("client/_client.py", "from docl.services import plan\n"),
         ("client/_requests.py", "from docl.services.engine import Engine\n"),
         ("client/_arrays.py", "import docl.worker.loop\n"),
@@ -237,7 +257,7 @@ def test_the_tree_follows_the_import_direction() -> None:
         ("client/outage.py", "from docl.worker.loop import ServerEpochs\n"),
         ("client/reporter.py", "from docl.worker.loop import train_loop\n"),
         ("worker/loop.py", "from docl.services.engine import Engine\n"),
-        ("worker/train.py", "from docl.services.store import RedisStore\n"),
+        ("worker/train.py", "from docl.services.redis.store import RedisStore\n"),
         ("worker/train.py", "from docl.lab.study import train_with_study\n"),
         ("lab/bench_service.py", "from docl.client.cli import main\n"),
     ],
@@ -253,8 +273,14 @@ def test_a_forbidden_import_is_caught(path: str, source: str) -> None:
         ("worker/loop.py", "from docl.services.seeds import epoch_rng\n"),
         ("worker/train.py", "from docl.services.embedded import ServerProcess\n"),
         ("services/engine/runs.py", "from .validate import validate_reports\n"),
-        ("services/app.py", "from redis.exceptions import ConnectionError\n"),
-        ("lab/bench_store.py", "from docl.services.resp import RespClient\n"),
+        ("services/app.py", "from docl.services.redis.store import RedisStore\n"),
+        ("services/redis/connection.py", "from redis.exceptions import NoScriptError\n"),
+        ("services/redis/store.py", "from .slot import SlotStore\n"),
+        (
+            "services/embedded/redis_process.py",
+            "from docl.services.redis.codec import read_reply\n",
+        ),
+        ("lab/bench_store.py", "from docl.services.redis.resp import RespClient\n"),
         ("client/_client.py", "from docl.wire import encoding as wire\n"),
         ("client/_requests.py", "from docl.client._arrays import check_report_arrays\n"),
         ("client/_poster.py", "from docl.client._requests import _Call\n"),

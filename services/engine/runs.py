@@ -29,7 +29,7 @@ from typing import Any
 from docl.services import methods, plan, scoring
 from docl.services.config import Settings
 from docl.services.errors import Conflict, NotFound, ProblemError, Unprocessable
-from docl.services.layout import MAX_SHARDS, RunLayout
+from docl.services.layout import MAX_PARTITIONS, RunLayout
 from docl.services.storage import CreateStatus, Store
 from docl.wire.models import Plan, PlanEpoch, Run, RunCounters, RunCreate, RunList
 
@@ -232,7 +232,7 @@ class RunRegistry:
             chunk_bytes=self.settings.chunk_bytes,
             loss_column=methods.get_method(config.method).loss_column,
             exp3=config.params.exp3,
-            shard_samples=self._shard_samples(config.num_samples),
+            partition_samples=self._partition_samples(config.num_samples),
         )
         need = run_footprint(layout, config.method, self.settings.keep_epochs)
         if need > self.settings.max_run_bytes:
@@ -313,15 +313,15 @@ class RunRegistry:
             log.warning("run %r: cannot size its meta (%s); counted as 0 bytes", run_id, e)
             return 0
 
-    def _shard_samples(self, n: int) -> int:
-        """Samples per shard of a new run of n samples (0: not sharded, n fits one shard)."""
-        m = self.settings.shard_samples
+    def _partition_samples(self, n: int) -> int:
+        """Samples per partition of a new run of n samples (0: not partitioned, n fits one)."""
+        m = self.settings.partition_samples
         if m <= 0 or n <= m:
             return 0
-        if -(-n // m) > MAX_SHARDS:
+        if -(-n // m) > MAX_PARTITIONS:
             raise Unprocessable(
-                f"a run of {n} samples would need {-(-n // m)} shards of {m} samples, over "
-                f"{MAX_SHARDS}; this server's DOCL_SHARD_SAMPLES is too small for it"
+                f"a run of {n} samples would need {-(-n // m)} partitions of {m} samples, over "
+                f"{MAX_PARTITIONS}; this server's DOCL_PARTITION_SAMPLES is too small for it"
             )
         return m
 

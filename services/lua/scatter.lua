@@ -76,6 +76,7 @@ local idx = ARGV[5]
 local rs = tonumber(ARGV[6])
 local per = tonumber(ARGV[7])
 local mask = ARGV[10]
+local WRITE = string.byte('1') -- the mask's "write this sample" (codec.write_mask)
 local recs = ARGV[11]
 local n = #idx / 8
 local leased = ARGV[2] ~= '' and meta[2] == ARGV[2]
@@ -120,7 +121,7 @@ end
 -- pass 2: write the non-stale samples' records
 local w = 0
 for j = 1, n do
-  if string.byte(mask, j) == 49 then
+  if string.byte(mask, j) == WRITE then
     w = w + 1
     redis.call('SETRANGE', keys[j], offs[j], string.sub(recs, rs * w - rs + 1, rs * w))
   end

@@ -22,8 +22,8 @@ from docl.services.errors import (
     Unprocessable,
     UnsupportedMediaType,
     problem_response,
-    redis_error_response,
     store_error_kinds,
+    store_error_response,
     unexpected_response,
 )
 from docl.services.routes._common import RUN_ID_DOC, problems
@@ -217,7 +217,7 @@ def parse_reports(content_type: str, body: bytes) -> tuple[list[ReportArrays], b
 
 
 #: ``POST /v1/runs/{run}/reports`` as the gateway matches it (the run id alphabet of RunId).
-#: What a store call may raise for a Redis (Cluster) failure (errors.store_error_kinds).
+#: What a store call may raise for a failure of the store (errors.store_error_kinds).
 STORE_ERRORS = store_error_kinds()
 
 FAST_PATH = re.compile(r"^/v1/runs/([A-Za-z0-9][A-Za-z0-9_.\-]{0,63})/reports$")
@@ -258,7 +258,7 @@ async def report_asgi(
             headers=dict(e.headers) if e.headers else None,
         )
     except STORE_ERRORS as e:  # the same mapping as every FastAPI route (errors.install)
-        response = redis_error_response(e, method="POST", path=path)
+        response = store_error_response(e, method="POST", path=path)
     except Exception as e:
         response = unexpected_response(e, method="POST", path=path)
     await response(scope, receive, send)

@@ -13,7 +13,7 @@ import pytest
 import redis
 from redis.cluster import RedisCluster
 
-from docl.services.store import cluster_url
+from docl.services.redis.connection import cluster_url
 
 
 def _start(*args: str) -> tuple[subprocess.Popen[str], list[str]]:

@@ -1,8 +1,8 @@
 """Issue 19's crash scenarios (lab/crash.py) as tests: a report stream through a SIGKILL
-of Redis, on a primary + replica and on a real 3+3 cluster (unsharded and sharded), with
+of Redis, on a primary + replica and on a real 3+3 cluster (unpartitioned and partitioned), with
 WAIT on: nothing acknowledged is lost, nothing doubled, and every failure the senders saw
 was a 503 with Retry-After (never a 500). Before the fix the three scenarios lost 36-39
-sample-visits each and the sharded one answered 36 × 500 (CLUSTERDOWN);
+sample-visits each and the partitioned one answered 36 × 500 (CLUSTERDOWN);
 ``python -m docl.lab.crash`` prints the table, WAIT off included. Without WAIT a cluster
 failover may lose acknowledged reports by design (asynchronous replication,
 docs/scaling.md "Failover"), so those scenarios are not asserted here; the single-Redis
@@ -30,5 +30,5 @@ def test_a_report_stream_through_a_redis_sigkill_loses_and_doubles_nothing(sc: o
     assert t.retry_503 + t.dropped > 0  # the kill did interrupt the stream
     if sc.cluster:
         assert t.failed_over  # the replica took over: a real failover
-    if sc.sharded:  # the 503s of a stalled sharded run name the shard, and are counted
-        assert t.shard_503 > 0 and t.shard_metric > 0, t
+    if sc.partitioned:  # the 503s of a stalled partitioned run name the partition, counted
+        assert t.partition_503 > 0 and t.partition_metric > 0, t

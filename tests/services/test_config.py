@@ -81,3 +81,26 @@ def test_docl_serve_refuses_an_empty_token_on_a_public_address(
     assert len(lines) == 1, proc.stderr
     for word in ("DOCL_API_TOKEN", "empty or whitespace", "--token"):
         assert word in lines[0], lines[0]
+
+
+def test_partition_samples_is_read_by_its_name_and_by_its_deprecated_one(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from docl.services.config import Settings
+
+    monkeypatch.delenv("DOCL_PARTITION_SAMPLES", raising=False)
+    monkeypatch.delenv("DOCL_SHARD_SAMPLES", raising=False)
+    with caplog.at_level("WARNING", logger="docl.services"):
+        assert Settings().partition_samples == 0
+        monkeypatch.setenv("DOCL_PARTITION_SAMPLES", "80")
+        assert Settings().partition_samples == 80
+        assert Settings(partition_samples=7).partition_samples == 7
+        assert "deprecated" not in caplog.text
+        monkeypatch.delenv("DOCL_PARTITION_SAMPLES")
+        monkeypatch.setenv("DOCL_SHARD_SAMPLES", "90")
+        assert Settings().partition_samples == 90
+        assert "DOCL_SHARD_SAMPLES is deprecated: it is DOCL_PARTITION_SAMPLES now" in caplog.text
+        monkeypatch.delenv("DOCL_SHARD_SAMPLES")
+        caplog.clear()
+        assert Settings(shard_samples=5).partition_samples == 5  # type: ignore[call-arg]
+        assert "DOCL_SHARD_SAMPLES is deprecated" in caplog.text

@@ -18,7 +18,7 @@ import httpx
 from docl.services.config import Settings
 from docl.services.embedded import RedisProcess, ServerProcess
 from docl.services.engine import Engine
-from docl.services.store import RedisStore
+from docl.services.redis.store import RedisStore
 from docl.wire.models import RunCreate
 
 T = TypeVar("T")

@@ -1,4 +1,4 @@
-"""The store (services/store.py + its Lua scripts) against real redis-server processes."""
+"""The Redis store (services/redis/ + its Lua scripts) against real redis-server processes."""
 
 from __future__ import annotations
 
@@ -15,9 +15,16 @@ from docl.services.config import Settings
 from docl.services.embedded import RedisClusterProcess, RedisProcess
 from docl.services.engine import Engine
 from docl.services.layout import CAS_BYTES, RECORD_HEAD, RunLayout
-from docl.services.storage import CommitStatus, CreateStatus, GatherStatus, ScatterStatus
-from docl.services.store import ClusterStateError, NotReplicated
-from docl.services.store import RedisStore as Store
+from docl.services.redis.store import RedisStore as Store
+from docl.services.storage import (
+    ClusterStateError,
+    CommitStatus,
+    CreateStatus,
+    GatherStatus,
+    NotReplicated,
+    ScatterStatus,
+    StoreUnavailable,
+)
 from docl.wire import encoding as wire
 from docl.wire.models import RunCreate
 
@@ -312,7 +319,9 @@ def test_fast_client_survives_script_flush_and_a_redis_restart(
 
     async def scenario() -> None:
         store = Store.from_url(proc.unix_url)
-        assert store._fast is not None and store._fast.path is not None  # the Unix socket path
+        assert (
+            store.connection.fast is not None and store.connection.fast.path is not None
+        )  # the Unix socket path
         lay = _layout(run_id, n=10, c=1)
         _, uid, _ = await store.create_run(lay, "{}", "u", 0.0)
         await store.redis.script_flush()
@@ -323,7 +332,7 @@ def test_fast_client_survives_script_flush_and_a_redis_restart(
         g = await store.gather(lay, uid, "a", np.array([1, 2]))  # reconnects, reloads
         assert g.status == GatherStatus.OK and g.records is not None and g.records.shape == (2,)
         proc.kill()
-        with pytest.raises(redis.exceptions.ConnectionError):
+        with pytest.raises(StoreUnavailable):
             await store.gather(lay, uid, "a", np.array([1]))
         proc.start()
         await store.close()
@@ -406,7 +415,7 @@ def test_score_log_is_folded_into_draws_and_compacted(
 
 
 def test_fold_log_later_entries_win() -> None:
-    from docl.services.store import fold_log
+    from docl.services.layout import fold_log
 
     lay = _layout("r", n=200_000, c=1)
     rng = np.random.default_rng(0)
@@ -507,7 +516,7 @@ def test_cluster_runs_live_on_the_node_of_their_slot_and_the_hot_path_goes_there
     async def scenario() -> None:
         store = Store.from_url(redis_cluster.url)
         await store.load_scripts()
-        assert store.cluster is not None and store._fast is None
+        assert store.cluster is not None and store.connection.fast is None
         ids = redis_cluster.run_ids_on_every_node(run_id)
         stored: dict[str, int] = {}
         for node_index, rid in enumerate(ids):
@@ -519,7 +528,7 @@ def test_cluster_runs_live_on_the_node_of_their_slot_and_the_hot_path_goes_there
             assert where[node_index] >= 2 and sum(where) == where[node_index], where
             stored[rid] = where[node_index]
         # one hot-path client per node, each reached through the slot table
-        assert len(store._fast_nodes) == len(redis_cluster.nodes)
+        assert len(store.connection.fast_nodes) == len(redis_cluster.nodes)
         assert set(ids) <= set(await store.list_run_ids())
         for rid in ids:
             lay = _layout(rid, n=30, c=2)
@@ -571,7 +580,9 @@ def test_cluster_store_follows_a_slot_moved_to_another_node(run_id: str) -> None
             assert res.status == ScatterStatus.COMPARED
             dst = cluster.nodes[1 - src]
             g2 = await store.gather(lay, uid, "b", idx)  # straight to the new owner now
-            assert store._fast_nodes[f"{dst.host}:{dst.port}"]._idle  # its connection, used
+            assert store.connection.fast_nodes[
+                f"{dst.host}:{dst.port}"
+            ]._idle  # its connection, used
             assert g2.records is not None and (g2.records["visits"] == 1).all()
             assert (await store.counters(lay))["reports"] == 1
             assert len(dst.scan_keys(f"{lay.prefix}:*")) >= 4  # meta, score, counters, reports, rec

@@ -1,5 +1,6 @@
-"""The minimal RESP2 client of ``store.py``'s hot path (part of the store: only
-``store.py`` imports it; ``tests/test_imports.py`` checks that)."""
+"""The minimal RESP2 client of the store's hot path (part of the Redis package: only
+modules of ``services/redis/`` import it, ``connection.py`` to route calls through it;
+``tests/test_imports.py`` checks that). Commands are framed by ``codec.pack``."""
 
 from __future__ import annotations
 
@@ -12,7 +13,14 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from docl.services.redis.codec import Arg, pack
+
 __all__ = ["RespClient"]
+
+#: Bytes read from the socket per call: 1 MiB (a draw's snapshot is tens of MB).
+_READ_BYTES = 1 << 20
+#: asyncio's stream buffer limit (4 MiB).
+_STREAM_LIMIT = 1 << 22
 
 
 class RespClient:
@@ -48,36 +56,18 @@ class RespClient:
         self.resets = 0
         self._idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter, Any]] = []
 
-    @staticmethod
-    def pack(args: Sequence[bytes | str | int | float | memoryview]) -> list[bytes]:
-        parts: list[bytes] = [b"*%d\r\n" % len(args)]
-        for a in args:
-            if isinstance(a, bytes):
-                b = a
-            elif isinstance(a, str):
-                b = a.encode()
-            elif isinstance(a, memoryview | bytearray):
-                # big values (draws) are passed as views: written out without a copy
-                v = memoryview(a).cast("B")
-                parts += (b"$%d\r\n" % v.nbytes, v, b"\r\n")  # type: ignore[arg-type]
-                continue
-            else:
-                b = repr(a).encode()
-            if len(b) > 4096:
-                parts.append(b"$%d\r\n" % len(b))
-                parts.append(b)
-                parts.append(b"\r\n")
-            else:
-                parts.append(b"$%d\r\n%b\r\n" % (len(b), b))
-        return parts
+    #: RESP2 framing of a command (``codec.pack``).
+    pack = staticmethod(pack)
 
     async def _open(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, Any]:
         import hiredis
 
         if self.path is not None:
-            reader, writer = await asyncio.open_unix_connection(self.path, limit=1 << 22)
+            reader, writer = await asyncio.open_unix_connection(self.path, limit=_STREAM_LIMIT)
         else:
-            reader, writer = await asyncio.open_connection(self.host, self.port, limit=1 << 22)
+            reader, writer = await asyncio.open_connection(
+                self.host, self.port, limit=_STREAM_LIMIT
+            )
         conn = (reader, writer, hiredis.Reader())
         setup: list[list[bytes | str | int | float]] = []
         if self.password:
@@ -108,7 +98,7 @@ class RespClient:
             if reply is not False:
                 replies.append(reply)
                 continue
-            data = await reader.read(1 << 20)
+            data = await reader.read(_READ_BYTES)
             if not data:
                 raise ConnectionResetError("Redis closed the connection")
             parser.feed(data)
@@ -163,15 +153,13 @@ class RespClient:
                 raise NoScriptError(text)
             raise ResponseError(text)
 
-    async def call(self, args: Sequence[bytes | str | int | float | memoryview]) -> Any:
+    async def call(self, args: Sequence[Arg]) -> Any:
         """Send one command, return its reply (an error reply raises)."""
         (reply,) = await self._exchange(self.pack(args), 1)
         self._raise_for(reply)
         return reply
 
-    async def call_many(
-        self, commands: Sequence[Sequence[bytes | str | int | float | memoryview]]
-    ) -> list[Any]:
+    async def call_many(self, commands: Sequence[Sequence[Arg]]) -> list[Any]:
         """Pipeline several commands on one connection; an error reply raises."""
         replies = await self._exchange(
             [p for cmd in commands for p in self.pack(cmd)], len(commands)

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from docl.services.embedded import RedisClusterProcess, ServerProcess
-from docl.services.layout import MAX_SHARDS, RunLayout, run_prefix
+from docl.services.layout import MAX_PARTITIONS, RunLayout, run_prefix
 from docl.wire import encoding as wire
 from tests.services.test_server_e2e import (
     create,
@@ -35,7 +35,7 @@ N = 480
 M = 70  # samples per shard: 7 shards, the last one short (60 samples)
 
 
-def _layout(run_id: str, shard_samples: int = 0, **over: Any) -> RunLayout:
+def _layout(run_id: str, partition_samples: int = 0, **over: Any) -> RunLayout:
     base: dict[str, Any] = {
         "run_id": run_id,
         "num_samples": N,
@@ -44,7 +44,7 @@ def _layout(run_id: str, shard_samples: int = 0, **over: Any) -> RunLayout:
         "chunk_bytes": 256,  # several chunks per shard
         "loss_column": True,
         "exp3": True,
-        "shard_samples": shard_samples,
+        "partition_samples": partition_samples,
     }
     return RunLayout(**{**base, **over})
 
@@ -57,28 +57,28 @@ def test_an_unsharded_layout_is_byte_identical_to_the_layout_before_shards() -> 
     )
     lay = _layout("r1")
     assert lay.to_json() == old_json  # no shard field: stored runs read and compare as before
-    assert RunLayout.from_json("r1", old_json) == lay and lay.shards == 1
+    assert RunLayout.from_json("r1", old_json) == lay and lay.partitions == 1
     assert lay.meta_key == "{run:r1}:meta" and lay.scorelog_key == "{run:r1}:scorelog"
     assert lay.rec_keys[:2] == ("{run:r1}:rec:0", "{run:r1}:rec:1")
     assert len(lay.rec_keys) == -(-N // (256 // 40))
     assert all(k.startswith(run_prefix("r1") + ":") for k in lay.static_keys())
     # a run that fits one shard is not sharded either
-    assert _layout("r1", shard_samples=N).shards == 1
-    assert _layout("r1", shard_samples=N).to_json() == old_json
+    assert _layout("r1", partition_samples=N).partitions == 1
+    assert _layout("r1", partition_samples=N).to_json() == old_json
 
 
 def test_shards_cover_the_samples_and_their_tags_spread_over_the_cluster(
     redis_cluster: RedisClusterProcess,
 ) -> None:
-    lay = _layout("spread-me", shard_samples=M)
-    assert lay.shards == 7 and RunLayout.from_json("spread-me", lay.to_json()) == lay
-    bounds = [lay.shard_bounds(j) for j in range(lay.shards)]
+    lay = _layout("spread-me", partition_samples=M)
+    assert lay.partitions == 7 and RunLayout.from_json("spread-me", lay.to_json()) == lay
+    bounds = [lay.partition_bounds(j) for j in range(lay.partitions)]
     assert bounds[0] == (0, M) and bounds[-1] == (6 * M, N)
-    assert sum(lay.shard(j).num_samples for j in range(7)) == N
+    assert sum(lay.partition(j).num_samples for j in range(7)) == N
     slots, owners = [], []
-    for j in range(lay.shards):
-        sub = lay.shard(j)
-        assert sub.shards == 1 and not sub.exp3  # the inclusion column stays with the run
+    for j in range(lay.partitions):
+        sub = lay.partition(j)
+        assert sub.partitions == 1 and not sub.exp3  # the inclusion column stays with the run
         keys = [sub.meta_key, sub.reports_key, sub.counters_key, sub.scorelog_key]
         keys += [*sub.rec_keys, *sub.score_keys, *sub.loss_keys]
         # every key of a shard on one slot (its scripts stay single-slot) ...
@@ -94,7 +94,7 @@ def test_shards_cover_the_samples_and_their_tags_spread_over_the_cluster(
 
 
 def test_split_cuts_reports_into_shard_parts() -> None:
-    lay = _layout("r", shard_samples=M)
+    lay = _layout("r", partition_samples=M)
     idx = np.array([5, 75, 300, 6, 71, 479], dtype=np.int64)  # report 0: 3, report 1: 3
     parts, homes = lay.split(idx, [3, 3])
     assert [(j, pos.tolist(), reps) for j, pos, reps in parts] == [
@@ -116,9 +116,9 @@ def test_a_sharded_store_reads_back_its_columns_and_records_across_shards(
     them, and never-written records read as zeros."""
     import asyncio
 
-    from docl.services.store import RedisStore
+    from docl.services.redis.store import RedisStore
 
-    lay = _layout("cols-" + str(np.random.default_rng().integers(1 << 30)), shard_samples=M)
+    lay = _layout("cols-" + str(np.random.default_rng().integers(1 << 30)), partition_samples=M)
     scores = np.random.default_rng(3).normal(size=N).astype(np.float32)
     losses = scores * 2
 
@@ -131,10 +131,10 @@ def test_a_sharded_store_reads_back_its_columns_and_records_across_shards(
             again = await store.create_run(lay, '{"x":1}', "u2", 2.0)  # idempotent: EXISTS
             assert again[0].name == "EXISTS" and again[1] == "u1"
             # a create that died before shard 3 was made: the retry makes it (with the uid)
-            await store.redis.unlink(*lay.shard(3).static_keys())
+            await store.redis.unlink(*lay.partition(3).static_keys())
             assert (await store.draw_inputs(lay, losses=True)).uid is None  # seen as broken
             assert (await store.create_run(lay, '{"x":1}', "u3", 3.0))[0].name == "EXISTS"
-            assert await store.redis.hget(lay.shard(3).meta_key, "uid") == b"u1"
+            assert await store.redis.hget(lay.partition(3).meta_key, "uid") == b"u1"
             assert np.isnan(await store.read_column(lay, "score", 0, N)).all()  # NaN-filled
             await store.write_column(lay, "score", scores)
             await store.write_column(lay, "loss", losses)
@@ -144,7 +144,7 @@ def test_a_sharded_store_reads_back_its_columns_and_records_across_shards(
             )
             np.testing.assert_array_equal(await store.current_scores(lay), scores)
             snap = await store.draw_inputs(lay, losses=True)
-            assert snap.uid == "u1" and snap.last_epoch == -1 and len(snap.shard_logs) == 7
+            assert snap.uid == "u1" and snap.last_epoch == -1 and len(snap.partition_logs) == 7
             np.testing.assert_array_equal(snap.scores, scores)
             np.testing.assert_array_equal(snap.losses, losses)
             assert (snap.drawn == 0).all() and snap.inclusion is not None
@@ -166,7 +166,7 @@ def twin_servers(redis_cluster: RedisClusterProcess, redis_url: str) -> Iterator
     boundaries differ)."""
     chunks = {"DOCL_CHUNK_BYTES": "512"}
     sharded = ServerProcess(
-        redis_url=redis_cluster.url, env={"DOCL_SHARD_SAMPLES": str(M), **chunks}
+        redis_url=redis_cluster.url, env={"DOCL_PARTITION_SAMPLES": str(M), **chunks}
     )
     plain = ServerProcess(redis_url=redis_url, env=chunks)
     try:
@@ -268,8 +268,8 @@ def test_a_sharded_run_on_the_cluster_trains_exactly_like_an_unsharded_one(
     assert sharded["listed"] == sharded["run"]["counters"]  # GET /v1/runs sums the shards too
     # the run's per-sample records live on every primary, the run's meta on one
     lay = RunLayout.from_json(run_id, _meta_layout(redis_cluster, run_id))
-    assert lay.shards == 7
-    holders = {redis_cluster.node_of_key(lay.shard(j).rec_keys[0]) for j in range(7)}
+    assert lay.partitions == 7
+    holders = {redis_cluster.node_of_key(lay.partition(j).rec_keys[0]) for j in range(7)}
     assert holders == {0, 1, 2}
     for node in redis_cluster.nodes:  # no record chunk under the run's own tag
         assert node.scan_keys(f"{lay.prefix}:rec:*") == []
@@ -320,7 +320,7 @@ def test_a_report_applied_on_some_shards_is_completed_once_by_its_resend(
     exactly as the unsharded twin that got X once: visits, scores, counters."""
     sharded_url = twin_servers[0]
     if cache == "no-cache":
-        env = {"DOCL_SHARD_SAMPLES": str(M), "DOCL_RECORD_CACHE_BYTES": "0"}
+        env = {"DOCL_PARTITION_SAMPLES": str(M), "DOCL_RECORD_CACHE_BYTES": "0"}
         sharded_url = server_factory(redis_url=redis_cluster.url, env=env).url
     got = []
     for url in (sharded_url, twin_servers[1]):
@@ -357,30 +357,33 @@ def test_a_report_applied_on_some_shards_is_completed_once_by_its_resend(
 
 
 # -- 5. bad input ------------------------------------------------------------------------------------
-def test_a_negative_shard_size_stops_docl_serve_with_a_clear_message() -> None:
+@pytest.mark.parametrize("name", ["DOCL_PARTITION_SAMPLES", "DOCL_SHARD_SAMPLES"])
+def test_a_negative_partition_size_stops_docl_serve_with_a_clear_message(name: str) -> None:
     import os
     import subprocess
     import sys
 
-    env = {**os.environ, "DOCL_SHARD_SAMPLES": "-5"}
+    env = {**os.environ, name: "-5"}
     out = subprocess.run(
         [sys.executable, "-c", "from docl.client.cli import main; main()", "serve", "--port", "0"],
         capture_output=True, text=True, timeout=60, env=env,
     )  # fmt: skip
     assert out.returncode != 0
-    assert "shard_samples" in out.stderr and "greater than or equal to 0" in out.stderr
+    assert "partition_samples" in out.stderr.lower()
+    assert "greater than or equal to 0" in out.stderr
+    assert ("DOCL_SHARD_SAMPLES is deprecated" in out.stderr) == (name == "DOCL_SHARD_SAMPLES")
 
 
-def test_a_run_that_needs_too_many_shards_is_refused_and_nothing_is_written(
+def test_a_run_that_needs_too_many_partitions_is_refused_and_nothing_is_written(
     twin_servers: tuple[str, str], redis_cluster: RedisClusterProcess, run_id: str
 ) -> None:
-    n = M * MAX_SHARDS + 1
+    n = M * MAX_PARTITIONS + 1
     with httpx.Client(base_url=twin_servers[0], timeout=30) as http:
         r = http.post(
             "/v1/runs", json={"run_id": run_id, "num_samples": n, "num_outputs": 4, "epochs": 2}
         )
         assert r.status_code == 422, r.text
-        assert "1025 shards" in r.text and "DOCL_SHARD_SAMPLES" in r.text
+        assert "1025 partitions" in r.text and "DOCL_PARTITION_SAMPLES" in r.text
         assert http.get(f"/v1/runs/{run_id}").status_code == 404
     assert all(node.scan_keys(f"{{run:{run_id}[:}}]*") == [] for node in redis_cluster.nodes)
 
@@ -401,10 +404,10 @@ def test_a_sharded_report_stream_survives_sigkill_of_a_shards_primary(
     with RedisClusterProcess(
         primaries=3, replicas=1, appendonly=True, appendfsync="always", node_timeout_ms=1000
     ) as cluster:
-        server = server_factory(redis_url=cluster.url, env={"DOCL_SHARD_SAMPLES": "80"})
-        lay = _layout(run_id, shard_samples=80)
-        owner = cluster.node_of_key(lay.shard(0).meta_key)
-        assert {cluster.node_of_key(lay.shard(j).meta_key) for j in range(6)} == {0, 1, 2}
+        server = server_factory(redis_url=cluster.url, env={"DOCL_PARTITION_SAMPLES": "80"})
+        lay = _layout(run_id, partition_samples=80)
+        owner = cluster.node_of_key(lay.partition(0).meta_key)
+        assert {cluster.node_of_key(lay.partition(j).meta_key) for j in range(6)} == {0, 1, 2}
         replica = cluster.replicas[owner]
         rng = np.random.default_rng(13)
         with httpx.Client(base_url=server.url, timeout=30) as http:
@@ -448,7 +451,7 @@ def test_two_servers_racing_on_the_same_samples_of_a_sharded_run_count_every_wri
     happen per shard. Every report is applied once: the counters add up (visits =
     reported - skipped), and each touched sample ends with the largest lr_sum reported
     for it (the stale rule keeps the newest), which is known without the server."""
-    other = server_factory(redis_url=redis_cluster.url, env={"DOCL_SHARD_SAMPLES": str(M)})
+    other = server_factory(redis_url=redis_cluster.url, env={"DOCL_PARTITION_SAMPLES": str(M)})
     rng = np.random.default_rng(7)
     lrs = rng.permutation(160) * 0.01 + 0.01  # distinct lr_sums
     picks = [np.sort(rng.choice(3 * M, size=16, replace=False)) for _ in range(160)]
@@ -500,15 +503,15 @@ def test_with_wait_every_shard_of_an_acknowledged_report_is_on_its_replica(
         primaries=3, replicas=1, appendonly=True, appendfsync="always"
     ) as cluster:
         env = {
-            "DOCL_SHARD_SAMPLES": "80",
+            "DOCL_PARTITION_SAMPLES": "80",
             "DOCL_REDIS_WAIT_REPLICAS": "1",
             "DOCL_REDIS_WAIT_MS": "500",
         }
         server = server_factory(redis_url=cluster.url, env=env)
-        lay = _layout(run_id, shard_samples=80)
+        lay = _layout(run_id, partition_samples=80)
 
         def replica_of(j: int) -> Any:
-            proc = cluster.replicas[cluster.node_of_key(lay.shard(j).meta_key)]
+            proc = cluster.replicas[cluster.node_of_key(lay.partition(j).meta_key)]
             conn = redis.Redis(host=proc.host, port=proc.port, password=cluster.password,
                                single_connection_client=True)  # fmt: skip
             conn.execute_command("READONLY")
@@ -531,7 +534,10 @@ def test_with_wait_every_shard_of_an_acknowledged_report_is_on_its_replica(
                 r = send(k)
                 assert r.status_code == 200 and not r.json()["duplicate"], r.text
                 for j in sorted(set((batches[k] // 80).tolist())):
-                    assert readers[j].zscore(lay.shard(j).reports_key, f"w{k}") is not None, (k, j)
+                    assert readers[j].zscore(lay.partition(j).reports_key, f"w{k}") is not None, (
+                        k,
+                        j,
+                    )
             stopped = replica_of(0)[1]
             k = next(k for k in range(10, 20) if (batches[k] // 80 == 0).any())
             os.kill(stopped.pid, signal.SIGSTOP)
@@ -542,7 +548,7 @@ def test_with_wait_every_shard_of_an_acknowledged_report_is_on_its_replica(
                 os.kill(stopped.pid, signal.SIGCONT)
             again = send(k)
             assert again.status_code == 200 and again.json()["duplicate"], again.text
-            assert readers[0].zscore(lay.shard(0).reports_key, f"w{k}") is not None
+            assert readers[0].zscore(lay.partition(0).reports_key, f"w{k}") is not None
             c = http.get(f"/v1/runs/{run_id}").json()["counters"]
             _, visits, _ = get_scores(http, run_id)
         assert c["reports"] == 11 and c["duplicates"] == 1

