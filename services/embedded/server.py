@@ -16,6 +16,16 @@ from docl.services.embedded.common import Started, die_with_parent, free_port
 __all__ = ["ServerProcess"]
 
 
+#: Tries of a start on ports chosen by ServerProcess itself, when another process took one.
+PORT_ATTEMPTS = 3
+#: How docl serve (its pre-flight check) and uvicorn say that the port is taken.
+_PORT_IN_USE = ("cannot listen on", "address already in use")
+
+
+class PortTaken(RuntimeError):
+    """docl serve exited because another process holds its port."""
+
+
 class ServerProcess(Started):
     """A real score server: ``docl serve`` in a child process on a free port.
 
@@ -50,6 +60,7 @@ class ServerProcess(Started):
         self.log_level = log_level
         self.proc: subprocess.Popen[bytes] | None = None
         self._log = tempfile.NamedTemporaryFile(prefix="docl-server-", suffix=".log", delete=False)  # noqa: SIM115 - closed in close()
+        self._log_from = 0  # where the current start attempt's lines begin in the log
 
     @property
     def url(self) -> str:
@@ -85,24 +96,34 @@ class ServerProcess(Started):
         return argv
 
     def start(self, timeout: float = 60.0) -> ServerProcess:
-        """Start and wait until ``/readyz`` answers 200."""
+        """Start and wait until ``/readyz`` answers 200. On a port it chose itself, a start
+        that lost the port to another process (taken between the probe and uvicorn's bind:
+        Ray's workers and other test servers pick ports too) is tried again on another."""
         if self.proc is not None and self.proc.poll() is None:
             return self
-        if not self.port:
-            self.port = free_port(self.host)
-        env = {**os.environ, **self.env}
-        if self.redis_url is None and "DOCL_REDIS_URL" not in self.env:
-            env.pop("DOCL_REDIS_URL", None)  # an inherited URL would defeat "embedded"
-        self.proc = subprocess.Popen(
-            self._argv(),
-            stdin=subprocess.DEVNULL,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            env=env,
-            preexec_fn=die_with_parent,
-        )
-        self._wait_ready(timeout)
-        return self
+        chosen = not self.port
+        for attempt in range(PORT_ATTEMPTS):
+            if chosen:
+                self.port = free_port(self.host)
+            env = {**os.environ, **self.env}
+            if self.redis_url is None and "DOCL_REDIS_URL" not in self.env:
+                env.pop("DOCL_REDIS_URL", None)  # an inherited URL would defeat "embedded"
+            self._log_from = Path(self._log.name).stat().st_size  # this attempt's lines
+            self.proc = subprocess.Popen(
+                self._argv(),
+                stdin=subprocess.DEVNULL,
+                stdout=self._log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                preexec_fn=die_with_parent,
+            )
+            try:
+                self._wait_ready(timeout)
+                return self
+            except PortTaken:
+                if not chosen or attempt == PORT_ATTEMPTS - 1:
+                    raise
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def _wait_ready(self, timeout: float) -> None:
         import http.client
@@ -111,9 +132,10 @@ class ServerProcess(Started):
         while time.monotonic() < deadline:
             assert self.proc is not None
             if self.proc.poll() is not None:
-                raise RuntimeError(
-                    f"score server exited with code {self.proc.returncode}:\n{self.log_text()[-3000:]}"
-                )
+                text = self.log_text()[-3000:]
+                mine = self.log_text()[self._log_from :].lower()
+                kind = PortTaken if any(m in mine for m in _PORT_IN_USE) else RuntimeError
+                raise kind(f"score server exited with code {self.proc.returncode}:\n{text}")
             try:
                 conn = http.client.HTTPConnection(self.host, self.port, timeout=1.0)
                 conn.request("GET", "/readyz")
@@ -121,7 +143,8 @@ class ServerProcess(Started):
                 conn.close()
                 if ok:
                     return
-            except OSError:
+            except (OSError, http.client.HTTPException):
+                # not up yet, or another process answers on the port (ours then exits)
                 pass
             time.sleep(0.05)
         self.kill()
