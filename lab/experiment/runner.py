@@ -117,14 +117,19 @@ def build_jobs(
 
 
 _in_job = False  # in a pool worker: True while execute_job runs
+_interrupted = False  # in a pool worker: a Ctrl-C came while it was idle
 
 
 def _worker_sigint(signum: int, frame: Any) -> None:
     """Ctrl-C in a pool worker: stop the run it trains (KeyboardInterrupt, reported to
     the parent like any failure); an idle worker waits quietly to be shut down (the
-    default handler printed a traceback from the pool's queue)."""
+    default handler printed a traceback from the pool's queue), and refuses a job it is
+    handed afterwards: the parent may have submitted it in the same instant, and the
+    score server got the Ctrl-C too, so the run would only wait out its outage."""
+    global _interrupted
     if _in_job:
         raise KeyboardInterrupt
+    _interrupted = True
 
 
 def _worker_init() -> None:
@@ -179,6 +184,8 @@ def execute_job(job: Job, server: str, out: str, ray_address: str | None = None)
     global _in_job
     _in_job = True
     try:
+        if _interrupted:  # Ctrl-C while this worker was idle: no new run
+            raise KeyboardInterrupt
         return _execute_job(job, server, out, ray_address)
     finally:
         _in_job = False

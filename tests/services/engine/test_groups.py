@@ -11,7 +11,7 @@ from docl.services.engine import groups
 from docl.services.engine.groups import GroupAttempt, report_groups, score_group
 from docl.services.engine.runs import RunRegistry
 from docl.services.layout import RunLayout
-from docl.services.store import RedisStore
+from docl.services.redis.store import RedisStore
 from docl.wire import encoding as wire
 from docl.wire.models import ReportAck, RunCreate
 
