@@ -60,7 +60,7 @@ class ServerProcess(Started):
         self.log_level = log_level
         self.proc: subprocess.Popen[bytes] | None = None
         self._log = tempfile.NamedTemporaryFile(prefix="docl-server-", suffix=".log", delete=False)  # noqa: SIM115 - closed in close()
-        self._log_from = 0  # where the current start attempt's lines begin in the log
+        self._log_from = 0  # where the current start attempt's text begins in log_text()
 
     @property
     def url(self) -> str:
@@ -108,7 +108,7 @@ class ServerProcess(Started):
             env = {**os.environ, **self.env}
             if self.redis_url is None and "DOCL_REDIS_URL" not in self.env:
                 env.pop("DOCL_REDIS_URL", None)  # an inherited URL would defeat "embedded"
-            self._log_from = Path(self._log.name).stat().st_size  # this attempt's lines
+            self._log_from = len(self.log_text())  # this attempt's lines follow
             self.proc = subprocess.Popen(
                 self._argv(),
                 stdin=subprocess.DEVNULL,
