@@ -56,6 +56,7 @@ async def _store_variant(
     import redis.asyncio as aioredis
 
     from docl.services.layout import RunLayout
+    from docl.services.redis.keys import keys_of
     from docl.services.redis.resp import RespClient
     from docl.services.redis.store import RedisStore
 
@@ -63,7 +64,7 @@ async def _store_variant(
     store = RedisStore.from_url(url)
     plain = aioredis.Redis.from_url(url)
     await store.create_run(lay, "{}", "uid", 0.0)
-    await plain.hset(lay.meta_key, "last_epoch", 0)
+    await plain.hset(keys_of(lay).meta, "last_epoch", 0)
     rs = lay.rec_size
     rng = np.random.default_rng(0)
     shared_pool = rng.permutation(n)[: batch * 4]
@@ -110,10 +111,10 @@ async def _store_variant(
     async def multi_task(k: int, watch_records: bool) -> None:
         nonlocal aborted
         client = RespClient(url, timeout_s=60)
-        rec_key = lay.rec_keys[0]
-        score_key = lay.score_keys[0]
+        names = keys_of(lay)
+        rec_key, score_key = names.rec[0], names.score[0]
         for j, idx in enumerate(plans[k]):
-            marker = f"{lay.prefix}:rid:{k}-{j}"
+            marker = f"{names.prefix}:rid:{k}-{j}"
             while True:
                 watch = ["WATCH", marker, rec_key] if watch_records else ["WATCH", marker]
                 reads: list[list[Any]] = [watch, ["EXISTS", marker]] + [

@@ -43,6 +43,7 @@ import numpy as np
 
 from docl.services.embedded import RedisClusterProcess, RedisProcess, ServerProcess
 from docl.services.layout import RunLayout
+from docl.services.redis.keys import keys_of
 from docl.wire import encoding as wire
 
 __all__ = [
@@ -279,7 +280,7 @@ def run_scenario(
                 chunk_bytes=1 << 26, loss_column=False, exp3=False,
                 partition_samples=n // 6 if sc.partitioned else 0,
             )  # fmt: skip
-            key = lay.partition(0).meta_key if sc.partitioned else lay.meta_key
+            key = (keys_of(lay).partition(0) if sc.partitioned else keys_of(lay)).meta
             victim = cluster.nodes[cluster.node_of_key(key)]
         elif sc.wait:
             victim, _ = stack.enter_context(replicated_pair(**durable))

@@ -1,15 +1,14 @@
-"""How a run's state is laid out: the fixed-width record, the columns, the key names.
+"""The shape of a run's state: the fixed-width record, the columns, the partitions, the sizes.
 
 A pure function of the run's config (no I/O): the engine reads records in this
-format whatever the store behind it, and the store (``services/redis/``, the Redis
-implementation) cuts the columns into chunks and names the keys from it. Every
-key of a run shares the hash tag ``{run:<id>}`` (:func:`run_prefix`), so a Redis
-Cluster keeps a run on one slot, unless the run is partitioned (``partition_samples`` > 0,
+format whatever the store behind it, and the store cuts the columns into chunks of
+``chunk_bytes``. It names no storage key: the Redis store names its keys from a
+layout (``services/redis/keys.py``). A run may be partitioned (``partition_samples`` > 0,
 ``DOCL_PARTITION_SAMPLES``): then its per-sample records, score/loss columns, score log,
-dedup markers and counters are cut into partitions of ``partition_samples`` samples, each under
-its own hash tag (:meth:`RunLayout.partition`), whose slots are spread over the slot space
-(:func:`partition_prefix`). See docs/architecture.md "Partitioned runs" (called
-"sharded runs" before; the stored layout JSON keeps that name: ``"shard_samples"``).
+dedup markers and counters are cut into partitions of ``partition_samples`` samples, each
+a layout of its own (:meth:`RunLayout.partition`), which the Redis store puts under its
+own hash tag. See docs/architecture.md "Partitioned runs" (called "sharded runs" before;
+the stored layout JSON keeps that name: ``"shard_samples"``).
 
 A record is ``RECORD_HEAD`` bytes of state followed by the stored output g_i:
 
@@ -27,7 +26,6 @@ from __future__ import annotations
 
 import json
 import math
-from binascii import crc_hqx
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -43,21 +41,18 @@ __all__ = [
     "DRAWN_MAX",
     "MAX_PARTITIONS",
     "RECORD_HEAD",
-    "RUNS_INDEX",
     "STORED_PARTITION_SAMPLES",
     "RunLayout",
     "ScatterCounts",
     "fold_log",
-    "partition_prefix",
-    "run_prefix",
 ]
 
 #: Bytes of per-sample state before g_i in a record.
 RECORD_HEAD = 24
 #: Bytes of the record head that the compare-and-set compares (lr_sum + visits).
 CAS_BYTES = 12
-#: The fields of a run's counters hash (see the layout above), in the one order every
-#: counter list follows: the wire's ``RunCounters``, then ``visited`` (served by /stats).
+#: The fields of a run's stored counters, in the one order every counter list follows:
+#: the wire's ``RunCounters``, then ``visited`` (served by /stats).
 COUNTER_FIELDS: tuple[str, ...] = (*RunCounters.model_fields, "visited")
 
 
@@ -75,8 +70,6 @@ class ScatterCounts(NamedTuple):
 
 if ScatterCounts._fields != tuple(f for f in COUNTER_FIELDS if f != "duplicates"):
     raise AssertionError("ScatterCounts must list COUNTER_FIELDS but duplicates, in order")
-#: The global set of run ids.
-RUNS_INDEX = "docl:runs"
 #: Selection counts saturate here (uint16).
 DRAWN_MAX = 65535
 #: Most partitions of one run (a run that would need more is refused: raise DOCL_PARTITION_SAMPLES).
@@ -84,46 +77,12 @@ MAX_PARTITIONS = 1024
 #: The key of ``partition_samples`` in a run's stored layout JSON: its name from before
 #: "partition" (runs stored then must read the same), so it stays.
 STORED_PARTITION_SAMPLES = "shard_samples"
-#: Redis Cluster's hash slots.
-_SLOTS = 16384
-#: Partition tags aim at this many equal slot ranges at most (so finding a tag stays cheap).
-_SLOT_BUCKETS = 64
-
-
-def run_prefix(run_id: str) -> str:
-    """The hash-tagged prefix of every key of run ``run_id``."""
-    return f"{{run:{run_id}}}"
-
-
-def _slot(tag: str) -> int:
-    """Redis Cluster's hash slot of a hash tag (CRC16/XMODEM mod 16384, as redis-py's key_slot)."""
-    return crc_hqx(tag.encode(), 0) % _SLOTS
-
-
-def partition_prefix(run_id: str, partition: int, partitions: int) -> str:
-    """The hash-tagged prefix of partition ``partition`` of a run cut into ``partitions`` partitions:
-    ``{run:<id>:<partition>.<salt>}``, with the smallest salt that puts the tag's slot in
-    range ``partition mod B`` of the slot space cut into B = min(partitions, 64) equal ranges.
-    So the partitions of a run land on slots spread evenly over 0..16383, hence over the
-    primaries of a cluster (which own contiguous slot ranges). Deterministic: a pure
-    function of its arguments (nothing to store). Expected tries: B per partition."""
-    buckets = min(partitions, _SLOT_BUCKETS)
-    lo = (partition % buckets) * _SLOTS // buckets
-    hi = (partition % buckets + 1) * _SLOTS // buckets
-    salt = 0
-    while not lo <= _slot(f"run:{run_id}:{partition}.{salt}") < hi:
-        salt += 1
-    return f"{{run:{run_id}:{partition}.{salt}}}"
-
-
-def _chunk_keys(prefix: str, name: str, total: int, per_chunk: int) -> tuple[str, ...]:
-    count = max(1, math.ceil(total / per_chunk))
-    return tuple(f"{prefix}:{name}:{k}" for k in range(count))
 
 
 @dataclass(frozen=True)
 class RunLayout:
-    """Where and how a run's state is laid out in Redis: a pure function of its config.
+    """How a run's state is laid out (record format, columns, partitions, chunk sizes):
+    a pure function of its config.
 
     Stored in the run's meta at creation, so a later change of ``chunk_bytes``
     does not move an existing run's data.
@@ -193,8 +152,8 @@ class RunLayout:
         return j * m, min(self.num_samples, (j + 1) * m)
 
     def partition(self, j: int) -> RunLayout:
-        """The layout of partition ``j`` of a partitioned run: its samples renumbered from 0, its
-        keys under the partition's own hash tag (:func:`partition_prefix`). A partition holds the
+        """The layout of partition ``j`` of a partitioned run: its samples renumbered from 0
+        (the Redis store puts its keys under the partition's own hash tag). A partition holds the
         records, score (loss) column, score log, meta (uid, writer lease, log_base), dedup
         markers and counters of its samples; the run keeps meta, epochs, epoch indices and
         weights, and the selection-count and Exp3 inclusion columns (written with the epoch
@@ -256,33 +215,6 @@ class RunLayout:
             }
         )
 
-    # -- keys -----------------------------------------------------------------------------
-    @cached_property
-    def prefix(self) -> str:
-        if self.partition_of is not None:
-            return partition_prefix(self.run_id, *self.partition_of)
-        return run_prefix(self.run_id)
-
-    @property
-    def meta_key(self) -> str:
-        return f"{self.prefix}:meta"
-
-    @property
-    def counters_key(self) -> str:
-        return f"{self.prefix}:counters"
-
-    @property
-    def reports_key(self) -> str:
-        return f"{self.prefix}:reports"
-
-    @property
-    def epochs_key(self) -> str:
-        return f"{self.prefix}:epochs"
-
-    @property
-    def scorelog_key(self) -> str:
-        return f"{self.prefix}:scorelog"
-
     @cached_property
     def log_dtype(self) -> np.dtype[Any]:
         """One entry of the score log: (index uint32, score float32[, loss float32])."""
@@ -290,52 +222,6 @@ class RunLayout:
         if self.loss_column:
             fields.append(("l", "<f4"))
         return np.dtype(fields)
-
-    @cached_property
-    def rec_keys(self) -> tuple[str, ...]:
-        return _chunk_keys(self.prefix, "rec", self.num_samples, self.rec_per_chunk)
-
-    @cached_property
-    def score_keys(self) -> tuple[str, ...]:
-        return _chunk_keys(self.prefix, "score", self.num_samples, self.col_per_chunk)
-
-    @cached_property
-    def loss_keys(self) -> tuple[str, ...]:
-        if not self.loss_column:
-            return ()
-        return _chunk_keys(self.prefix, "loss", self.num_samples, self.col_per_chunk)
-
-    @cached_property
-    def drawn_keys(self) -> tuple[str, ...]:
-        return _chunk_keys(self.prefix, "drawn", self.num_samples, self.drawn_per_chunk)
-
-    @cached_property
-    def incl_keys(self) -> tuple[str, ...]:
-        if not self.exp3:
-            return ()
-        return _chunk_keys(self.prefix, "incl", self.num_samples, self.col_per_chunk)
-
-    def epoch_keys(self, epoch: int, size: int) -> tuple[str, ...]:
-        return _chunk_keys(self.prefix, f"epoch:{epoch}", size, self.idx_per_chunk)
-
-    def weight_keys(self, epoch: int, size: int) -> tuple[str, ...]:
-        """Chunks of epoch ``epoch``'s float32 weights (as many per chunk as its indices)."""
-        return _chunk_keys(self.prefix, f"weight:{epoch}", size, self.idx_per_chunk)
-
-    def static_keys(self) -> tuple[str, ...]:
-        """Every key of the run except the per-epoch index chunks."""
-        return (
-            self.meta_key,
-            self.counters_key,
-            self.reports_key,
-            self.epochs_key,
-            self.scorelog_key,
-            *self.rec_keys,
-            *self.score_keys,
-            *self.loss_keys,
-            *self.drawn_keys,
-            *self.incl_keys,
-        )
 
     # -- (de)serialisation -----------------------------------------------------------------
     def to_json(self) -> str:

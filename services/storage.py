@@ -9,8 +9,9 @@ spreads a partitioned run over several nodes itself). A store raises the
 translates redis-py's errors into them), so neither the engine nor the HTTP layer
 knows the backend's exceptions: ``errors.py`` answers them with a 503 or, for a
 :class:`StoreFault`, a 500. Another backend implements these methods and raises
-these errors; the methods still take a :class:`~docl.services.layout.RunLayout`,
-whose key names and partition fields are the Redis store's.
+these errors; the methods take a :class:`~docl.services.layout.RunLayout`, the run's
+shape (record format, columns, partitions, chunk sizes), which names no storage key:
+the Redis store derives its key names from it (``services/redis/keys.py``).
 
 Each atomic operation reports how it went with a named status. On Redis every
 one of them is one Lua script (``services/lua/<name>.lua``), whose header

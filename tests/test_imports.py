@@ -19,7 +19,10 @@ the embedded process supervisors use, in the worker too); the store translates
 Redis' errors into storage's. The engine, the routes and ``errors.py`` go through
 ``storage`` (the ``Store`` protocol, its error types), never the Redis package; the
 RESP client ``redis/resp.py`` is the Redis package's own; ``services/embedded/``
-takes only the codec from it. docs/architecture.md states the same rules.
+takes only the pure codec and key names (``redis/keys.py``) from it. Redis key names
+(the ``{run:<id>}`` hash tag, ``docl:runs``) are spelled only in ``services/redis/``:
+the run's layout (``layout.py``) and ``storage.py``, which the engine sees, name no key
+and do not import the Redis package. docs/architecture.md states the same rules.
 
 Within ``services/engine`` the modules import each other in one direction: no import
 cycle, not even one hidden under ``TYPE_CHECKING`` or inside a function.
@@ -28,6 +31,7 @@ cycle, not even one hidden under ``TYPE_CHECKING`` or inside a function.
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -39,10 +43,24 @@ FOLDERS = ("wire", "services", "worker", "client", "lab")
 WORKER_MAY_USE = {"plan", "sampling", "scoring", "seeds", "methods", "embedded"}
 #: the services package that talks to Redis: the only one that imports a Redis client
 REDIS_PACKAGE = "services/redis/"
-#: modules of it that import no Redis client (the embedded supervisors use the codec)
-PURE_REDIS_MODULES = {"services/redis/__init__.py", "services/redis/codec.py"}
+#: modules of it that import no Redis client (the embedded supervisors use codec and keys)
+PURE_REDIS_MODULES = {
+    "services/redis/__init__.py",
+    "services/redis/codec.py",
+    "services/redis/keys.py",
+}
+#: what of the Redis package the embedded process supervisors may import (pure modules)
+EMBEDDED_MAY_USE = ("docl.services.redis.codec", "docl.services.redis.keys")
 #: services code that sees storage only through ``storage`` (protocol, errors), never Redis
-STORAGE_ONLY = ("services/engine/", "services/routes/", "services/errors.py")
+STORAGE_ONLY = (
+    "services/engine/",
+    "services/routes/",
+    "services/errors.py",
+    "services/layout.py",
+    "services/storage.py",
+)
+#: a Redis key name in a string: a run's hash tag ``{run:`` or the run index ``docl:runs``
+KEY_NAME = re.compile(r"\{run:|docl:runs")
 #: files that break the direction today, and why; each entry is a debt with an owner
 PENDING: dict[str, str] = {}
 
@@ -103,14 +121,17 @@ def violation(path: str, module: str) -> str | None:
         return None
     redis_package = _within(module, "docl.services.redis")
     if path.startswith(STORAGE_ONLY) and redis_package:
-        return "the engine, routes and errors.py use storage (Store, its errors), not Redis"
+        return (
+            "the engine, routes, errors.py, layout.py and storage.py use storage "
+            "(Store, its errors, the layout), not Redis"
+        )
     if here == "services" and redis_package and not path.startswith(REDIS_PACKAGE):
         if _within(module, "docl.services.redis.resp"):
             return "only services/redis/ uses the RESP client"
-        if path.startswith("services/embedded") and not _within(
-            module, "docl.services.redis.codec"
+        if path.startswith("services/embedded") and not any(
+            _within(module, pure) for pure in EMBEDDED_MAY_USE
         ):
-            return "the embedded supervisors take only the codec (no redis-py in the worker)"
+            return "the embedded supervisors take only codec and keys (no redis-py in the worker)"
     allowed = {
         "wire": {"wire"},
         "services": {"wire", "services"},
@@ -137,6 +158,22 @@ def check(sources: dict[str, str]) -> list[str]:
             if why is not None:
                 found.append(f"{path}:{line}: {why}")
     return found
+
+
+def key_names(path: str, source: str) -> list[int]:
+    """Lines of ``source`` where a string (a docstring, an f-string's text) spells a Redis
+    key name, if ``path`` is services code outside the Redis package (which names them)."""
+    if not path.startswith("services/") or path.startswith(REDIS_PACKAGE):
+        return []
+    return sorted(
+        {
+            node.lineno
+            for node in ast.walk(ast.parse(source, filename=path))
+            if isinstance(node, ast.Constant)
+            and isinstance(node.value, str)
+            and KEY_NAME.search(node.value)
+        }
+    )
 
 
 def _tree() -> dict[str, str]:
@@ -229,6 +266,27 @@ def test_the_tree_follows_the_import_direction() -> None:
         ), f"{path} no longer needs its PENDING entry"
 
 
+def test_redis_key_names_are_spelled_only_in_the_redis_package() -> None:
+    tree = _tree()
+    names = tree["services/redis/keys.py"]
+    assert key_names("services/redis/keys.py", names) == []  # the package spells them ...
+    assert len(key_names("services/keys.py", names)) >= 3  # ... anywhere else they are seen
+    assert {p: key_names(p, t) for p, t in tree.items() if key_names(p, t)} == {}
+
+
+@pytest.mark.parametrize(
+    ("path", "source"),
+    [
+        ("services/engine/runs.py", 'def f(rid):\n    return f"{{run:{rid}}}:meta"\n'),
+        ("services/layout.py", 'RUNS_INDEX = "docl:runs"\n'),
+        ("services/storage.py", '"""Every key shares ``{run:<id>}``."""\n'),
+        ("services/embedded/cluster.py", 'PREFIX = "{run:"\n'),
+    ],
+)
+def test_a_key_name_outside_the_redis_package_is_caught(path: str, source: str) -> None:
+    assert len(key_names(path, source)) == 1
+
+
 @pytest.mark.parametrize(
     ("path", "source"),
     [
@@ -248,6 +306,10 @@ def test_the_tree_follows_the_import_direction() -> None:
         ("services/app.py", "from redis.exceptions import ConnectionError\n"),
         ("services/redis/codec.py", "import hiredis\n"),
         ("services/embedded/server.py", "from docl.services.redis.store import RedisStore\n"),
+        ("services/embedded/cluster.py", "from docl.services.redis.slot import SlotStore\n"),
+        ("services/layout.py", "from docl.services.redis.keys import run_prefix\n"),
+        ("services/storage.py", "from docl.services.redis.keys import RunKeys\n"),
+        ("services/redis/keys.py", "import redis\n"),
         ("services/plan.py", "from docl.services.redis.resp import RespClient\n"),
         ("client/_client.py", "from docl.services import plan\n"),
         ("client/_requests.py", "from docl.services.engine import Engine\n"),
@@ -280,6 +342,9 @@ def test_a_forbidden_import_is_caught(path: str, source: str) -> None:
             "services/embedded/redis_process.py",
             "from docl.services.redis.codec import read_reply\n",
         ),
+        ("services/embedded/cluster.py", "from docl.services.redis.keys import run_prefix\n"),
+        ("services/redis/slot.py", "from docl.services.redis.keys import keys_of\n"),
+        ("lab/crash.py", "from docl.services.redis.keys import keys_of\n"),
         ("lab/bench_store.py", "from docl.services.redis.resp import RespClient\n"),
         ("client/_client.py", "from docl.wire import encoding as wire\n"),
         ("client/_requests.py", "from docl.client._arrays import check_report_arrays\n"),

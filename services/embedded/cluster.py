@@ -177,7 +177,7 @@ class RedisClusterProcess(Started):
     def run_ids_on_every_node(self, stem: str, per_node: int = 1) -> list[str]:
         """``per_node`` run ids (``<stem>-<k>``) whose hash tag lands on each node, node by
         node: to spread runs over the cluster on purpose (tests, benchmarks)."""
-        from docl.services.layout import run_prefix
+        from docl.services.redis.keys import run_prefix
 
         found: list[list[str]] = [[] for _ in self.nodes]
         k = 0

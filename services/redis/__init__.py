@@ -2,6 +2,8 @@
 to Redis (docs/architecture.md, "The store").
 
     codec.py        pure: RESP framing, the chunked column codecs (no I/O, no client)
+    keys.py         pure: a run's key names (hash tags, chunk keys, the run index),
+                    derived from its layout (which names no key)
     resp.py         the hot path's minimal RESP2 client (hiredis parses the replies)
     errors.py       redis-py / RESP / cluster exceptions -> storage's error types
     connection.py   routing: redis-py's (cluster) client, the hand-packed fast path per
@@ -12,6 +14,6 @@ to Redis (docs/architecture.md, "The store").
     store.py        RedisStore, the engine's storage.Store: runs one slot through
                     SlotStore, and a partitioned run across its partitions' slots
 
-This ``__init__`` imports nothing: ``codec`` is used by the embedded process
-supervisors, which the worker imports without the server extra (no redis-py).
+This ``__init__`` imports nothing: ``codec`` and ``keys`` are used by the embedded
+process supervisors, which the worker imports without the server extra (no redis-py).
 """

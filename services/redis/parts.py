@@ -1,6 +1,6 @@
 """What a partitioned run's operations share (``store.py`` runs them): naming a failed
 partition, awaiting every part of a call, the sizes of a group's reports, the reports
-found applied on every partition they touch, the SCAN pattern of all a run's keys."""
+found applied on every partition they touch."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from docl.services.layout import RunLayout
 from docl.services.redis.errors import translate
 from docl.services.storage import NotReplicated, PartitionUnavailable, StoreError
 
-__all__ = ["all_parts", "partition_error", "report_sizes", "sweep_pattern", "whole_duplicates"]
+__all__ = ["all_parts", "partition_error", "report_sizes", "whole_duplicates"]
 
 
 def partition_error(layout: RunLayout, part: int, e: BaseException) -> BaseException:
@@ -62,12 +62,3 @@ def whole_duplicates(
             touched[r] = touched.get(r, 0) + 1
             seen[r] = seen.get(r, 0) + (r in done)
     return tuple(r for r in range(count) if touched.get(r, 0) and seen[r] == touched[r])
-
-
-def sweep_pattern(layout: RunLayout) -> str:
-    """SCAN pattern of every key of the run: ``{run:<id>}:*``, and of a partitioned run
-    also its partitions' ``{run:<id>:<j>.<salt>}:*`` (a run id has no ':' or '}', so no
-    other run's keys match)."""
-    if layout.partitions > 1:
-        return f"{{run:{layout.run_id}[:}}]*"
-    return f"{layout.prefix}:*"

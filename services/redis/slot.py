@@ -6,7 +6,8 @@ or one partition of it (``RunLayout.partition(j)``, its own hash tag): it does n
 which. Spreading a partitioned run over its partitions is ``store.py``'s
 (:class:`~docl.services.redis.store.RedisStore`), which wraps this class.
 
-Layout of a run (see docs/architecture.md "The store"):
+The keys of a run (named by ``keys.py`` from the layout; see docs/architecture.md
+"The store"):
 
     {run:<id>}:meta          hash    config (canonical JSON), uid, created_at, layout, last_epoch
     {run:<id>}:counters      hash    reports, duplicates, samples_reported, samples_scored,
@@ -37,13 +38,12 @@ sample's stored (lr_sum, visits) with what was read at gather time — a compare
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-from docl.services.layout import CAS_BYTES, RUNS_INDEX, RunLayout, fold_log, run_prefix
+from docl.services.layout import CAS_BYTES, RunLayout, fold_log
 from docl.services.redis.codec import (
     NAN32,
     chunk_views,
@@ -57,6 +57,7 @@ from docl.services.redis.codec import (
 )
 from docl.services.redis.connection import Connection
 from docl.services.redis.errors import translating
+from docl.services.redis.keys import RUNS_INDEX, keys_of, run_prefix, temporary_keys
 from docl.services.storage import (
     Applied,
     ClaimStatus,
@@ -69,8 +70,10 @@ from docl.services.storage import (
     ScatterStatus,
 )
 
-__all__ = ["SlotStore"]
+__all__ = ["DEDUP_TTL_S", "SlotStore"]
 
+#: How long a report's dedup marker is kept unless told (``DOCL_DEDUP_TTL_S``'s default).
+DEDUP_TTL_S = 7 * 24 * 3600.0
 #: Keys UNLINKed per call when a delete sweeps a run's keys.
 _UNLINK_BATCH = 1000
 
@@ -81,7 +84,7 @@ class SlotStore:
     itself: safe to share per process. ``dedup_ttl_s``: how long a report's dedup marker
     is kept (``DOCL_DEDUP_TTL_S``)."""
 
-    def __init__(self, conn: Connection, *, dedup_ttl_s: float = 7 * 86400.0) -> None:
+    def __init__(self, conn: Connection, *, dedup_ttl_s: float = DEDUP_TTL_S) -> None:
         self.conn = conn
         self.redis = conn.redis
         self.dedup_ttl_s = dedup_ttl_s
@@ -100,14 +103,15 @@ class SlotStore:
         CONFLICT with another config, uid, stored config). ``columns``: NaN-fill the
         score (loss) columns too (False: a partitioned run's own keys, whose columns live
         in its partitions)."""
+        names = keys_of(layout)
         n = layout.num_samples
         per = layout.col_per_chunk
-        col_keys = (*layout.score_keys, *layout.loss_keys) if columns else ()
+        col_keys = (*names.score, *names.loss) if columns else ()
         sizes = [hi - lo for _, lo, hi in ranges(0, n, per)]
         counts = sizes * (len(col_keys) // len(sizes))
         res = await self.conn.run(
             "create",
-            [layout.meta_key, *col_keys],
+            [names.meta, *col_keys],
             [config_json, uid, repr(created_at), layout.to_json(), NAN32, *counts],
         )
         stored = text(res[2]) if len(res) > 2 else None
@@ -142,17 +146,17 @@ class SlotStore:
 
     async def count_duplicate(self, layout: RunLayout, count: int = 1) -> None:
         # a write, so its WAIT also covers the earlier write of the report it duplicates
-        await self.conn.replicated(["HINCRBY", layout.counters_key, "duplicates", count])
+        await self.conn.replicated(["HINCRBY", keys_of(layout).counters, "duplicates", count])
 
     async def counters(self, layout: RunLayout) -> dict[str, int]:
         """Every counter of the layout's counters hash (see ``codec.counters_of``)."""
-        return counters_of(await self.redis.hgetall(layout.counters_key))
+        return counters_of(await self.redis.hgetall(keys_of(layout).counters))
 
     async def counter_sums(self, layouts: Sequence[RunLayout]) -> dict[str, int]:
         """The sums of several layouts' counters, read in one round trip."""
         pipe = self.redis.pipeline(transaction=False)
         for lay in layouts:
-            pipe.hgetall(lay.counters_key)
+            pipe.hgetall(keys_of(lay).counters)
         total: dict[str, int] = {}
         for raw in await pipe.execute():
             for k, v in counters_of(raw).items():
@@ -167,7 +171,7 @@ class SlotStore:
 
     async def unlink_static(self, layout: RunLayout) -> int:
         """UNLINK the layout's known keys (all but the per-epoch chunks); how many existed."""
-        return int(await self.redis.unlink(*layout.static_keys()))
+        return int(await self.redis.unlink(*keys_of(layout).static()))
 
     async def delete_run(self, layout: RunLayout, *, sweep: str | None = None) -> int:
         """Drop every key of the run: its known keys, then a SCAN sweep of ``sweep``
@@ -176,7 +180,7 @@ class SlotStore:
         # Epoch index chunks and anything a future layout adds: sweep the prefix.
         # The run id alphabet [A-Za-z0-9_.-] has no glob characters.
         batch: list[bytes] = []
-        async for key in self.conn.scan(sweep or f"{layout.prefix}:*"):
+        async for key in self.conn.scan(sweep or f"{keys_of(layout).prefix}:*"):
             batch.append(key)
             if len(batch) >= _UNLINK_BATCH:
                 deleted += int(await self.redis.unlink(*batch))
@@ -192,7 +196,7 @@ class SlotStore:
 
     async def meta_fields(self, layout: RunLayout, *fields: str) -> list[Any]:
         """Fields of the layout's meta hash (HMGET)."""
-        return list(await self.redis.hmget(layout.meta_key, list(fields)))
+        return list(await self.redis.hmget(keys_of(layout).meta, list(fields)))
 
     # -- epochs ---------------------------------------------------------------------------
     async def draw_inputs(self, layout: RunLayout, *, losses: bool) -> DrawInputs:
@@ -201,14 +205,15 @@ class SlotStore:
 
         The columns are read-only views of the replies (no copy) unless the log had to
         be folded into them."""
+        names = keys_of(layout)
         cmds: list[list[Any]] = [
-            ["HMGET", layout.meta_key, "uid", "last_epoch", "log_base"],
-            ["LRANGE", layout.scorelog_key, 0, -1],
+            ["HMGET", names.meta, "uid", "last_epoch", "log_base"],
+            ["LRANGE", names.scorelog, 0, -1],
         ]
-        cmds += [["GET", k] for k in layout.score_keys]
-        cmds += [["GET", k] for k in (layout.loss_keys if losses else ())]
-        cmds += [["GET", k] for k in layout.drawn_keys]
-        cmds += [["GET", k] for k in layout.incl_keys]
+        cmds += [["GET", k] for k in names.score]
+        cmds += [["GET", k] for k in (names.loss if losses else ())]
+        cmds += [["GET", k] for k in names.drawn]
+        cmds += [["GET", k] for k in names.incl]
         raw = await self.conn.transaction(cmds)
         uid_b, last_b, base_b = raw[0]
         log: list[bytes] = raw[1]
@@ -221,12 +226,12 @@ class SlotStore:
             pos += len(keys)
             return arr.copy() if writable and not arr.flags.writeable else arr
 
-        sc = read(layout.score_keys, "<f4", np.nan, bool(log))
+        sc = read(names.score, "<f4", np.nan, bool(log))
         ls = None
         if losses and layout.loss_column:
-            ls = read(layout.loss_keys, "<f4", np.nan, bool(log))
-        dr = read(layout.drawn_keys, "<u2", 0, False)
-        inc = read(layout.incl_keys, "<f4", 0.0, False) if layout.exp3 else None
+            ls = read(names.loss, "<f4", np.nan, bool(log))
+        dr = read(names.drawn, "<u2", 0, False)
+        inc = read(names.incl, "<f4", 0.0, False) if layout.exp3 else None
         fold_log(layout, log, sc, ls)
         return DrawInputs(
             uid=text(uid_b) if uid_b is not None else None,
@@ -244,17 +249,17 @@ class SlotStore:
         it folded in. Returns INSTALLED, or MOVED when another process compacted meanwhile
         (nothing changes then: its columns already hold these entries); see
         lua/compact.lua."""
+        names = keys_of(layout)
         if snap.log_count == 0 or snap.scores is None:
             return CompactStatus.INSTALLED
-        nonce = uuid.uuid4().hex[:12]
-        finals = list(layout.score_keys)
+        finals = list(names.score)
         values = chunk_views(snap.scores, "<f4", layout.col_per_chunk)
         if layout.loss_column and snap.losses is not None:
-            finals += layout.loss_keys
+            finals += names.loss
             values += chunk_views(snap.losses, "<f4", layout.col_per_chunk)
-        temps = [f"{k}:tmp:{nonce}" for k in finals]
+        temps = temporary_keys(finals)
         await self.conn.set_temporary(temps, values)
-        keys = [layout.meta_key, layout.scorelog_key, *finals, *temps]
+        keys = [names.meta, names.scorelog, *finals, *temps]
         args = [uid, snap.log_base, snap.log_count, len(finals)]
         return CompactStatus(int(await self.conn.run("compact", keys, args)))
 
@@ -280,49 +285,49 @@ class SlotStore:
         free and next in order and RENAMEs them into place, or deletes them. Passing
         100 MB through a script's ARGV would copy it three times inside Redis.
         """
-        nonce = uuid.uuid4().hex[:12]
+        names = keys_of(layout)
         idx_parts = chunk_views(indices, "<i8", layout.idx_per_chunk)
-        idx_keys = layout.epoch_keys(epoch, int(indices.shape[0]))
+        idx_keys = names.epoch(epoch, int(indices.shape[0]))
         drawn_parts = chunk_views(drawn, "<u2", layout.drawn_per_chunk)
         incl_parts: list[bytes | memoryview] = []
         if layout.exp3 and inclusion is not None:
             incl_parts = chunk_views(inclusion, "<f4", layout.col_per_chunk)
-        finals = [*idx_keys, *layout.drawn_keys, *layout.incl_keys[: len(incl_parts)]]
+        finals = [*idx_keys, *names.drawn, *names.incl[: len(incl_parts)]]
         values = [*idx_parts, *drawn_parts, *incl_parts]
         if weights is not None:  # beside the indices, chunked the same way
             if weights.shape != indices.shape:
                 raise ValueError(f"weights {weights.shape} must match indices {indices.shape}")
-            finals += layout.weight_keys(epoch, int(indices.shape[0]))
+            finals += names.weight(epoch, int(indices.shape[0]))
             values += chunk_views(weights, "<f4", layout.idx_per_chunk)
-        temps = [f"{k}:tmp:{nonce}" for k in finals]
+        temps = temporary_keys(finals)
         drop: tuple[str, ...] = ()
         if drop_epoch is not None:  # an old epoch's indices, and its weights if it had any
-            drop = (*layout.epoch_keys(*drop_epoch), *layout.weight_keys(*drop_epoch))
+            drop = (*names.epoch(*drop_epoch), *names.weight(*drop_epoch))
         await self.conn.set_temporary(temps, values)
-        keys = [layout.meta_key, layout.epochs_key, *finals, *temps, *drop]
+        keys = [names.meta, names.epochs, *finals, *temps, *drop]
         args: list[Any] = [uid, epoch, epoch_json, len(finals), len(drop)]
         return CommitStatus(int(await self.conn.run("commit_epoch", keys, args)))
 
     async def epoch_json(self, layout: RunLayout, epoch: int) -> str | None:
-        raw = await self.redis.hget(layout.epochs_key, str(epoch))
+        raw = await self.redis.hget(keys_of(layout).epochs, str(epoch))
         return text(raw) if raw is not None else None
 
     async def epochs_json(self, layout: RunLayout) -> dict[int, str]:
-        raw = await self.redis.hgetall(layout.epochs_key)
+        raw = await self.redis.hgetall(keys_of(layout).epochs)
         return {int(k): text(v) for k, v in raw.items()}
 
     async def read_indices(
         self, layout: RunLayout, epoch: int, size: int, start: int, stop: int
     ) -> bytes | None:
         """int64 bytes of epoch ``epoch``'s indices [start, stop); None when they were dropped."""
-        keys = layout.epoch_keys(epoch, size)
+        keys = keys_of(layout).epoch(epoch, size)
         return await self._read_slice(keys, layout.idx_per_chunk, 8, start, stop)
 
     async def read_weights(
         self, layout: RunLayout, epoch: int, size: int, start: int, stop: int
     ) -> bytes | None:
         """float32 bytes of epoch ``epoch``'s weights [start, stop); None when they were dropped."""
-        keys = layout.weight_keys(epoch, size)
+        keys = keys_of(layout).weight(epoch, size)
         return await self._read_slice(keys, layout.idx_per_chunk, 4, start, stop)
 
     async def _read_slice(
@@ -342,7 +347,7 @@ class SlotStore:
         rs = layout.rec_size
         pipe = self.redis.pipeline(transaction=False)
         pieces = ranges(start, stop, layout.rec_per_chunk)
-        keys = layout.rec_keys
+        keys = keys_of(layout).rec
         for k, lo, hi in pieces:
             pipe.getrange(keys[k], rs * lo, rs * hi - 1)
         raw = await pipe.execute()
@@ -354,9 +359,10 @@ class SlotStore:
 
     async def current_scores(self, layout: RunLayout) -> np.ndarray:
         """The whole score column with the score log folded in (what a draw would see)."""
+        names = keys_of(layout)
         pipe = self.redis.pipeline(transaction=True)
-        pipe.lrange(layout.scorelog_key, 0, -1)
-        for k in layout.score_keys:
+        pipe.lrange(names.scorelog, 0, -1)
+        for k in names.score:
             pipe.get(k)
         raw = await pipe.execute()
         n = layout.num_samples
@@ -369,12 +375,13 @@ class SlotStore:
     async def read_column(self, layout: RunLayout, name: str, start: int, stop: int) -> np.ndarray:
         """Values [start, stop) of a stored column: 'score', 'loss' (float32, WITHOUT the
         score log: see :meth:`current_scores`) or 'drawn' (uint16)."""
+        names = keys_of(layout)
         if name == "drawn":
-            keys, dtype, per, fill = layout.drawn_keys, "<u2", layout.drawn_per_chunk, 0.0
+            keys, dtype, per, fill = names.drawn, "<u2", layout.drawn_per_chunk, 0.0
         elif name == "score":
-            keys, dtype, per, fill = layout.score_keys, "<f4", layout.col_per_chunk, np.nan
+            keys, dtype, per, fill = names.score, "<f4", layout.col_per_chunk, np.nan
         elif name == "loss" and layout.loss_column:
-            keys, dtype, per, fill = layout.loss_keys, "<f4", layout.col_per_chunk, np.nan
+            keys, dtype, per, fill = names.loss, "<f4", layout.col_per_chunk, np.nan
         else:
             raise KeyError(f"no column {name!r} in this run")
         w = np.dtype(dtype).itemsize
@@ -395,7 +402,8 @@ class SlotStore:
         """Overwrite a whole float32 column ('score' or 'loss'). For tools and the benchmark
         (e.g. to time a draw over realistic scores without reporting n samples first);
         records are not touched, so the column and the records disagree afterwards."""
-        keys = {"score": layout.score_keys, "loss": layout.loss_keys}.get(name)
+        names = keys_of(layout)
+        keys = {"score": names.score, "loss": names.loss}.get(name)
         if not keys:
             raise KeyError(f"no float32 column {name!r} in this run")
         data = np.ascontiguousarray(values, dtype="<f4")
@@ -405,7 +413,7 @@ class SlotStore:
         pipe = self.redis.pipeline(transaction=True)
         for key, part in zip(keys, parts, strict=True):
             pipe.set(key, part)
-        pipe.delete(layout.scorelog_key)  # older log entries would override the new column
+        pipe.delete(names.scorelog)  # older log entries would override the new column
         await pipe.execute()
 
     async def read_inclusion(self, layout: RunLayout, idx: np.ndarray) -> np.ndarray:
@@ -414,7 +422,7 @@ class SlotStore:
         pipe = self.redis.pipeline(transaction=False)
         for i in idx.tolist():
             k = i // per
-            pipe.getrange(layout.incl_keys[k], 4 * (i - k * per), 4 * (i - k * per) + 3)
+            pipe.getrange(keys_of(layout).incl[k], 4 * (i - k * per), 4 * (i - k * per) + 3)
         raw = await pipe.execute() if idx.shape[0] else []
         return np.frombuffer(b"".join(r if len(r) == 4 else b"\0" * 4 for r in raw), "<f4")
 
@@ -424,17 +432,18 @@ class SlotStore:
     ) -> Gathered:
         """Read the records (and Exp3 inclusion) of these samples, unless one of the
         reports was already applied; see lua/gather.lua."""
+        names = keys_of(layout)
         ids = [report_ids] if isinstance(report_ids, str) else list(report_ids)
-        incl_keys = layout.incl_keys
+        incl_keys = names.incl
         res = await self.conn.run(
             "gather",
-            [layout.meta_key, layout.reports_key, *layout.rec_keys, *incl_keys],
+            [names.meta, names.reports, *names.rec, *incl_keys],
             [
                 uid,
                 f64_indices(indices),
                 layout.rec_size,
                 layout.rec_per_chunk,
-                len(layout.rec_keys),
+                len(names.rec),
                 len(incl_keys),
                 layout.col_per_chunk,
                 *ids,
@@ -452,10 +461,10 @@ class SlotStore:
     async def claim(self, layout: RunLayout, uid: str, token: str) -> ClaimStatus:
         """Take the layout's write lease for ``token`` (CLAIMED), or GONE: the run is gone
         or was re-created. See lua/claim.lua and lua/scatter.lua."""
-        return ClaimStatus(int(await self.conn.run("claim", [layout.meta_key], [uid, token])))
+        return ClaimStatus(int(await self.conn.run("claim", [keys_of(layout).meta], [uid, token])))
 
     async def last_epoch(self, layout: RunLayout) -> int:
-        raw = await self.redis.hget(layout.meta_key, "last_epoch")
+        raw = await self.redis.hget(keys_of(layout).meta, "last_epoch")
         return int(raw) if raw is not None else -1
 
     async def scatter(
@@ -493,6 +502,7 @@ class SlotStore:
         ``count_duplicates=False``: a duplicate adds nothing to the duplicates counter (a
         partition's part: the partitioned caller counts whole duplicates).
         """
+        names = keys_of(layout)
         ids = [report_id] if isinstance(report_id, str) else list(report_id)
         rs = layout.rec_size
         idx = np.asarray(indices)
@@ -507,11 +517,11 @@ class SlotStore:
         res = await self.conn.run_replicated(
             "scatter",
             [
-                layout.meta_key,
-                layout.reports_key,
-                layout.counters_key,
-                layout.scorelog_key,
-                *layout.rec_keys,
+                names.meta,
+                names.reports,
+                names.counters,
+                names.scorelog,
+                *names.rec,
             ],
             [
                 uid,

@@ -36,13 +36,13 @@ from docl.services.layout import STORED_PARTITION_SAMPLES, RunLayout, fold_log
 from docl.services.redis.codec import column, text
 from docl.services.redis.connection import Connection
 from docl.services.redis.errors import translating
+from docl.services.redis.keys import keys_of, sweep_pattern
 from docl.services.redis.parts import (
     all_parts,
     report_sizes,
-    sweep_pattern,
     whole_duplicates,
 )
-from docl.services.redis.slot import SlotStore
+from docl.services.redis.slot import DEDUP_TTL_S, SlotStore
 from docl.services.storage import (
     Applied,
     ClaimStatus,
@@ -69,7 +69,7 @@ class RedisStore:
         self,
         redis: aioredis.Redis | RedisCluster,
         *,
-        dedup_ttl_s: float = 7 * 86400.0,
+        dedup_ttl_s: float = DEDUP_TTL_S,
         fast_url: str | None = None,
         timeout_s: float = 30.0,
         wait_replicas: int = 0,
@@ -91,7 +91,7 @@ class RedisStore:
         *,
         timeout_s: float = 30.0,
         max_connections: int = 64,
-        dedup_ttl_s: float = 7 * 86400.0,
+        dedup_ttl_s: float = DEDUP_TTL_S,
         wait_replicas: int = 0,
         wait_ms: int = 1000,
     ) -> RedisStore:
@@ -244,19 +244,21 @@ class RedisStore:
         if layout.partitions == 1:
             return await self.slot.draw_inputs(layout, losses=losses)
         n = layout.num_samples
-        run_cmds: list[list[Any]] = [["HMGET", layout.meta_key, "uid", "last_epoch"]]
-        run_cmds += [["GET", k] for k in layout.drawn_keys]
-        run_cmds += [["GET", k] for k in layout.incl_keys]
+        names = keys_of(layout)
+        run_cmds: list[list[Any]] = [["HMGET", names.meta, "uid", "last_epoch"]]
+        run_cmds += [["GET", k] for k in names.drawn]
+        run_cmds += [["GET", k] for k in names.incl]
         want_loss = losses and layout.loss_column
         subs = self._partitions(layout)
         part_cmds = []
         for sub in subs:
+            sub_names = keys_of(sub)
             cmds: list[list[Any]] = [
-                ["HMGET", sub.meta_key, "uid", "log_base"],
-                ["LRANGE", sub.scorelog_key, 0, -1],
+                ["HMGET", sub_names.meta, "uid", "log_base"],
+                ["LRANGE", sub_names.scorelog, 0, -1],
             ]
-            cmds += [["GET", k] for k in sub.score_keys]
-            cmds += [["GET", k] for k in (sub.loss_keys if want_loss else ())]
+            cmds += [["GET", k] for k in sub_names.score]
+            cmds += [["GET", k] for k in (sub_names.loss if want_loss else ())]
             part_cmds.append(cmds)
         transaction = self.connection.transaction
         run_raw, part_raw = await asyncio.gather(
@@ -264,7 +266,7 @@ class RedisStore:
             all_parts(layout, [(j, transaction(c)) for j, c in enumerate(part_cmds)]),
         )
         uid_b, last_b = run_raw[0]
-        nd = len(layout.drawn_keys)
+        nd = len(names.drawn)
         drawn = column(run_raw[1 : 1 + nd], n, "<u2", 0)
         incl = column(run_raw[1 + nd :], n, "<f4", 0.0) if layout.exp3 else None
         sc = np.empty(n, dtype="<f4")
@@ -276,7 +278,7 @@ class RedisStore:
             s_uid, s_base = raw[0]
             if s_uid is None or text(s_uid) != uid:  # a partition missing or of another incarnation
                 uid = None
-            ns = len(sub.score_keys)
+            ns = len(keys_of(sub).score)
             sc[lo:hi] = column(raw[2 : 2 + ns], hi - lo, "<f4", np.nan)
             if ls is not None:
                 ls[lo:hi] = column(raw[2 + ns :], hi - lo, "<f4", np.nan)
@@ -492,7 +494,12 @@ class RedisStore:
                 }
                 replicated = self.connection.replicated
                 cmds = [
-                    (j, replicated(["HINCRBY", layout.partition(j).counters_key, "duplicates", 0]))
+                    (
+                        j,
+                        replicated(
+                            ["HINCRBY", keys_of(layout).partition(j).counters, "duplicates", 0]
+                        ),
+                    )
                     for j in sorted(hit)
                 ]
                 await all_parts(layout, cmds)

@@ -19,7 +19,8 @@ import numpy as np
 import pytest
 
 from docl.services.embedded import RedisClusterProcess, ServerProcess
-from docl.services.layout import MAX_PARTITIONS, RunLayout, run_prefix
+from docl.services.layout import MAX_PARTITIONS, RunLayout
+from docl.services.redis.keys import keys_of, run_prefix
 from docl.wire import encoding as wire
 from tests.services.test_server_e2e import (
     create,
@@ -58,10 +59,11 @@ def test_an_unsharded_layout_is_byte_identical_to_the_layout_before_shards() -> 
     lay = _layout("r1")
     assert lay.to_json() == old_json  # no shard field: stored runs read and compare as before
     assert RunLayout.from_json("r1", old_json) == lay and lay.partitions == 1
-    assert lay.meta_key == "{run:r1}:meta" and lay.scorelog_key == "{run:r1}:scorelog"
-    assert lay.rec_keys[:2] == ("{run:r1}:rec:0", "{run:r1}:rec:1")
-    assert len(lay.rec_keys) == -(-N // (256 // 40))
-    assert all(k.startswith(run_prefix("r1") + ":") for k in lay.static_keys())
+    names = keys_of(lay)
+    assert names.meta == "{run:r1}:meta" and names.scorelog == "{run:r1}:scorelog"
+    assert names.rec[:2] == ("{run:r1}:rec:0", "{run:r1}:rec:1")
+    assert len(names.rec) == -(-N // (256 // 40))
+    assert all(k.startswith(run_prefix("r1") + ":") for k in names.static())
     # a run that fits one shard is not sharded either
     assert _layout("r1", partition_samples=N).partitions == 1
     assert _layout("r1", partition_samples=N).to_json() == old_json
@@ -79,14 +81,15 @@ def test_shards_cover_the_samples_and_their_tags_spread_over_the_cluster(
     for j in range(lay.partitions):
         sub = lay.partition(j)
         assert sub.partitions == 1 and not sub.exp3  # the inclusion column stays with the run
-        keys = [sub.meta_key, sub.reports_key, sub.counters_key, sub.scorelog_key]
-        keys += [*sub.rec_keys, *sub.score_keys, *sub.loss_keys]
+        names = keys_of(sub)
+        keys = [names.meta, names.reports, names.counters, names.scorelog]
+        keys += [*names.rec, *names.score, *names.loss]
         # every key of a shard on one slot (its scripts stay single-slot) ...
         got = {int(redis_cluster.nodes[0].command("CLUSTER", "KEYSLOT", k)) for k in keys}
         assert len(got) == 1, got
         slots.append(got.pop())
-        owners.append(redis_cluster.node_of_key(sub.meta_key))
-        assert not sub.prefix.startswith(lay.prefix)  # ... not the run's
+        owners.append(redis_cluster.node_of_key(names.meta))
+        assert not names.prefix.startswith(keys_of(lay).prefix)  # ... not the run's
     assert len(set(slots)) == 7  # one slot per shard
     assert set(owners) == {0, 1, 2}, owners  # spread over the 3 primaries
     # spread evenly: the tags aim at 7 equal slot ranges, one each
@@ -131,10 +134,10 @@ def test_a_sharded_store_reads_back_its_columns_and_records_across_shards(
             again = await store.create_run(lay, '{"x":1}', "u2", 2.0)  # idempotent: EXISTS
             assert again[0].name == "EXISTS" and again[1] == "u1"
             # a create that died before shard 3 was made: the retry makes it (with the uid)
-            await store.redis.unlink(*lay.partition(3).static_keys())
+            await store.redis.unlink(*keys_of(lay).partition(3).static())
             assert (await store.draw_inputs(lay, losses=True)).uid is None  # seen as broken
             assert (await store.create_run(lay, '{"x":1}', "u3", 3.0))[0].name == "EXISTS"
-            assert await store.redis.hget(lay.partition(3).meta_key, "uid") == b"u1"
+            assert await store.redis.hget(keys_of(lay).partition(3).meta, "uid") == b"u1"
             assert np.isnan(await store.read_column(lay, "score", 0, N)).all()  # NaN-filled
             await store.write_column(lay, "score", scores)
             await store.write_column(lay, "loss", losses)
@@ -269,10 +272,10 @@ def test_a_sharded_run_on_the_cluster_trains_exactly_like_an_unsharded_one(
     # the run's per-sample records live on every primary, the run's meta on one
     lay = RunLayout.from_json(run_id, _meta_layout(redis_cluster, run_id))
     assert lay.partitions == 7
-    holders = {redis_cluster.node_of_key(lay.partition(j).rec_keys[0]) for j in range(7)}
+    holders = {redis_cluster.node_of_key(keys_of(lay).partition(j).rec[0]) for j in range(7)}
     assert holders == {0, 1, 2}
     for node in redis_cluster.nodes:  # no record chunk under the run's own tag
-        assert node.scan_keys(f"{lay.prefix}:rec:*") == []
+        assert node.scan_keys(f"{keys_of(lay).prefix}:rec:*") == []
 
 
 def _meta_layout(cluster: RedisClusterProcess, run_id: str) -> str:
@@ -406,8 +409,8 @@ def test_a_sharded_report_stream_survives_sigkill_of_a_shards_primary(
     ) as cluster:
         server = server_factory(redis_url=cluster.url, env={"DOCL_PARTITION_SAMPLES": "80"})
         lay = _layout(run_id, partition_samples=80)
-        owner = cluster.node_of_key(lay.partition(0).meta_key)
-        assert {cluster.node_of_key(lay.partition(j).meta_key) for j in range(6)} == {0, 1, 2}
+        owner = cluster.node_of_key(keys_of(lay).partition(0).meta)
+        assert {cluster.node_of_key(keys_of(lay).partition(j).meta) for j in range(6)} == {0, 1, 2}
         replica = cluster.replicas[owner]
         rng = np.random.default_rng(13)
         with httpx.Client(base_url=server.url, timeout=30) as http:
@@ -511,7 +514,7 @@ def test_with_wait_every_shard_of_an_acknowledged_report_is_on_its_replica(
         lay = _layout(run_id, partition_samples=80)
 
         def replica_of(j: int) -> Any:
-            proc = cluster.replicas[cluster.node_of_key(lay.partition(j).meta_key)]
+            proc = cluster.replicas[cluster.node_of_key(keys_of(lay).partition(j).meta)]
             conn = redis.Redis(host=proc.host, port=proc.port, password=cluster.password,
                                single_connection_client=True)  # fmt: skip
             conn.execute_command("READONLY")
@@ -534,7 +537,9 @@ def test_with_wait_every_shard_of_an_acknowledged_report_is_on_its_replica(
                 r = send(k)
                 assert r.status_code == 200 and not r.json()["duplicate"], r.text
                 for j in sorted(set((batches[k] // 80).tolist())):
-                    assert readers[j].zscore(lay.partition(j).reports_key, f"w{k}") is not None, (
+                    assert (
+                        readers[j].zscore(keys_of(lay).partition(j).reports, f"w{k}") is not None
+                    ), (
                         k,
                         j,
                     )
@@ -548,7 +553,7 @@ def test_with_wait_every_shard_of_an_acknowledged_report_is_on_its_replica(
                 os.kill(stopped.pid, signal.SIGCONT)
             again = send(k)
             assert again.status_code == 200 and again.json()["duplicate"], again.text
-            assert readers[0].zscore(lay.partition(0).reports_key, f"w{k}") is not None
+            assert readers[0].zscore(keys_of(lay).partition(0).reports, f"w{k}") is not None
             c = http.get(f"/v1/runs/{run_id}").json()["counters"]
             _, visits, _ = get_scores(http, run_id)
         assert c["reports"] == 11 and c["duplicates"] == 1

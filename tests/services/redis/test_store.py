@@ -15,6 +15,7 @@ from docl.services.config import Settings
 from docl.services.embedded import RedisClusterProcess, RedisProcess
 from docl.services.engine import Engine
 from docl.services.layout import CAS_BYTES, RECORD_HEAD, RunLayout
+from docl.services.redis.keys import keys_of
 from docl.services.redis.store import RedisStore as Store
 from docl.services.storage import (
     ClusterStateError,
@@ -52,11 +53,12 @@ def test_layout_sizes_keys_and_chunks() -> None:
     assert lay.rec_dtype.itemsize == lay.rec_size and lay.rec_dtype.fields is not None
     assert lay.rec_dtype.fields["g"][1] == RECORD_HEAD
     small = _layout("r", n=1000, c=3, chunk_bytes=400, loss_column=True, exp3=True)
-    assert small.rec_per_chunk == 10 and len(small.rec_keys) == 100
-    assert small.col_per_chunk == 100 and len(small.score_keys) == 10 == len(small.loss_keys)
-    assert len(small.drawn_keys) == 5 and len(small.incl_keys) == 10
-    assert len(small.epoch_keys(3, 1000)) == 20
-    every = [*small.static_keys(), *small.epoch_keys(0, 1000)]
+    names = keys_of(small)
+    assert small.rec_per_chunk == 10 and len(names.rec) == 100
+    assert small.col_per_chunk == 100 and len(names.score) == 10 == len(names.loss)
+    assert len(names.drawn) == 5 and len(names.incl) == 10
+    assert len(names.epoch(3, 1000)) == 20
+    every = [*names.static(), *names.epoch(0, 1000)]
     assert all(k.startswith("{run:r}:") for k in every)  # one hash tag: one cluster slot
     assert len(set(every)) == len(every)
     assert lay.memory_bytes(keep_epochs=4) == 1000 * (40 + 4 + 8 + 2 + 32)
@@ -122,7 +124,8 @@ def test_tiny_chunks_give_the_same_results_as_one_chunk(
     lay = RunLayout.from_json(
         run_id + "b", sync_redis(store_url).hget(f"{{run:{run_id}b}}:meta", "layout")
     )
-    assert len(lay.rec_keys) > 10 and len(lay.score_keys) > 3 and len(lay.epoch_keys(0, n)) > 5
+    names = keys_of(lay)
+    assert len(names.rec) > 10 and len(names.score) > 3 and len(names.epoch(0, n)) > 5
     for a, b in zip(one, many, strict=True):
         np.testing.assert_array_equal(a, b)
     assert one[1].sum() > n  # samples were visited several times
@@ -137,7 +140,7 @@ def test_scatter_compare_and_set_writes_nothing_on_conflict(
         status, uid, _ = await store.create_run(lay, '{"x":1}', "uid-1", 0.0)
         assert status == CreateStatus.CREATED
         r = sync_redis(store_url)
-        r.hset(lay.meta_key, "last_epoch", 0)
+        r.hset(keys_of(lay).meta, "last_epoch", 0)
         idx = np.array([4, 9, 30])
 
         async def write(rid: str, rows: np.ndarray, lr: float) -> Any:
@@ -157,12 +160,12 @@ def test_scatter_compare_and_set_writes_nothing_on_conflict(
         )
         assert (await write("a", g.records, 1.0)).status == ScatterStatus.COMPARED
         # "b" computed from the state before "a" wrote: a conflict on every sample
-        before = {k: r.dump(k) for k in r.scan_iter(match=f"{lay.prefix}:*")}
+        before = {k: r.dump(k) for k in r.scan_iter(match=f"{keys_of(lay).prefix}:*")}
         res = await write("b", g.records, 2.0)
         assert res.status == ScatterStatus.CONFLICT and res.conflicts == (0, 1, 2)
         assert res.current is not None and (res.current["visits"] == 1).all()
         assert (res.current["lr_sum"] == 1.0).all()
-        assert {k: r.dump(k) for k in r.scan_iter(match=f"{lay.prefix}:*")} == before
+        assert {k: r.dump(k) for k in r.scan_iter(match=f"{keys_of(lay).prefix}:*")} == before
         # recomputed from the current rows it goes through; a replay of "a" is a duplicate
         assert (await write("b", res.current, 2.0)).status == ScatterStatus.COMPARED
         assert (await write("a", res.current, 3.0)).status == ScatterStatus.DUPLICATE
@@ -203,7 +206,7 @@ def test_dedup_markers_expire_after_the_ttl(store_url: str, run_id: str) -> None
             await scatter("new", 120.0, rows) == ScatterStatus.COMPARED
         )  # trims markers older than 110
         rows["visits"], rows["lr_sum"] = 2, 120.0
-        members = await store.redis.zrange(lay.reports_key, 0, -1)
+        members = await store.redis.zrange(keys_of(lay).reports, 0, -1)
         assert members == [b"new"]
         await store.close()
 
@@ -393,7 +396,7 @@ def test_score_log_is_folded_into_draws_and_compacted(
         await engine.draw_epoch(run_id, 0)
         await report_all(0, 0.0)
         await report_all(0, 1.0)  # same epoch again, later lr: every sample scored
-        assert r.llen(lay.scorelog_key) == 8
+        assert r.llen(keys_of(lay).scorelog) == 8
         stored = await engine.store.read_column(lay, "score", 0, n)
         assert np.isnan(stored).all()  # the column itself has not been touched yet
         _, rec_scores, _, _ = await engine.scores(run_id, 0, None)
@@ -401,7 +404,7 @@ def test_score_log_is_folded_into_draws_and_compacted(
         stats = await engine.stats(run_id)
         assert stats.scored == n
         await engine.draw_epoch(run_id, 1)  # folds the log in and compacts it
-        assert r.llen(lay.scorelog_key) == 0 and r.hget(lay.meta_key, "log_base") == b"8"
+        assert r.llen(keys_of(lay).scorelog) == 0 and r.hget(keys_of(lay).meta, "log_base") == b"8"
         np.testing.assert_array_equal(
             await engine.store.read_column(lay, "score", 0, n), rec_scores
         )
@@ -524,7 +527,9 @@ def test_cluster_runs_live_on_the_node_of_their_slot_and_the_hot_path_goes_there
             _, uid, _ = await store.create_run(lay, "{}", "u", 0.0)
             g = await store.gather(lay, uid, "a", np.array([1, 2, 3]))
             assert g.status == GatherStatus.OK
-            where = [len(node.scan_keys(f"{lay.prefix}:*")) for node in redis_cluster.nodes]
+            where = [
+                len(node.scan_keys(f"{keys_of(lay).prefix}:*")) for node in redis_cluster.nodes
+            ]
             assert where[node_index] >= 2 and sum(where) == where[node_index], where
             stored[rid] = where[node_index]
         # one hot-path client per node, each reached through the slot table
@@ -533,7 +538,9 @@ def test_cluster_runs_live_on_the_node_of_their_slot_and_the_hot_path_goes_there
         for rid in ids:
             lay = _layout(rid, n=30, c=2)
             assert await store.delete_run(lay) == stored[rid]
-            assert all(node.scan_keys(f"{lay.prefix}:*") == [] for node in redis_cluster.nodes)
+            assert all(
+                node.scan_keys(f"{keys_of(lay).prefix}:*") == [] for node in redis_cluster.nodes
+            )
         await store.close()
 
     run(scenario())
@@ -566,10 +573,10 @@ def test_cluster_store_follows_a_slot_moved_to_another_node(run_id: str) -> None
             idx = np.array([3, 5])
             g = await store.gather(lay, uid, "a", idx)
             assert g.status == GatherStatus.OK and g.records is not None
-            slot = int(cluster.nodes[0].command("CLUSTER", "KEYSLOT", lay.meta_key))
-            src = cluster.node_of_key(lay.meta_key)
+            slot = int(cluster.nodes[0].command("CLUSTER", "KEYSLOT", keys_of(lay).meta))
+            src = cluster.node_of_key(keys_of(lay).meta)
             _move_slot(cluster, slot, src, 1 - src)
-            assert cluster.nodes[src].scan_keys(f"{lay.prefix}:*") == []
+            assert cluster.nodes[src].scan_keys(f"{keys_of(lay).prefix}:*") == []
             new = g.records.copy()
             new["visits"], new["lr_sum"] = 1, 2.0
             res = await store.scatter(
@@ -585,7 +592,9 @@ def test_cluster_store_follows_a_slot_moved_to_another_node(run_id: str) -> None
             ]._idle  # its connection, used
             assert g2.records is not None and (g2.records["visits"] == 1).all()
             assert (await store.counters(lay))["reports"] == 1
-            assert len(dst.scan_keys(f"{lay.prefix}:*")) >= 4  # meta, score, counters, reports, rec
+            assert (
+                len(dst.scan_keys(f"{keys_of(lay).prefix}:*")) >= 4
+            )  # meta, score, counters, reports, rec
             await store.close()
 
         run(scenario())
