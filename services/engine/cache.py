@@ -246,7 +246,7 @@ class RecordCaches:
         skipped: np.ndarray | None,
     ) -> None:
         """The scatter applied the group read as ``rows``: it wrote ``new``, the records of
-        ``idx[write]``; ``leased``: under the token sent; ``skipped`` (a sharded run): the
+        ``idx[write]``; ``leased``: under the token sent; ``skipped`` (a partitioned run): the
         samples of ``idx`` whose part had been applied before."""
         if cache is None:
             return
@@ -254,7 +254,7 @@ class RecordCaches:
         if cache.gen == rows.gen:
             if revoked:  # someone else wrote: this copy may be stale anywhere
                 self.restart(cache)
-            elif skipped is not None:  # a sharded run's parts applied before
+            elif skipped is not None:  # a partitioned run's parts applied before
                 # by a call whose outcome this copy may never have seen (a re-send after
                 # an error, the Redis client's own retry): those rows are read again; the
                 # others are what was just written

@@ -127,7 +127,7 @@ class GroupAttempt:
 
     def settle_applied(self, scored: np.ndarray, duplicates: Sequence[int]) -> None:
         """Acknowledge every report as applied (``scored``: the scored mask of ``idx``),
-        but those at ``duplicates`` (a sharded run's, applied before on every shard)."""
+        but those at ``duplicates`` (a partitioned run's, applied before on every partition)."""
         sizes = [int(f.indices.shape[0]) for f in self.frames]
         if len(self.frames) == 1:
             per_frame = [int(scored.sum())]

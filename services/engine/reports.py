@@ -151,7 +151,7 @@ class ReportApplier:
             if not missing.size and max_epoch <= a.cache.last_epoch:
                 a.rows = cached
                 return
-            if missing.size < idx.shape[0]:  # a sharded run: the sizes of what is read
+            if missing.size < idx.shape[0]:  # a partitioned run: the sizes of what is read
                 owner = np.repeat(np.arange(len(sizes)), sizes)[missing]
                 sizes = np.bincount(owner, minlength=len(sizes)).tolist()
             g = await self.store.gather(a.st.layout, a.st.uid, ids, idx[missing], sizes=sizes)

@@ -8,8 +8,9 @@
 -- or writes after this call returned, so while meta.writer holds the token, the copy
 -- and Redis agree.
 --
--- A sharded run (docs/architecture.md "Sharded runs"): run per shard, with the shard's
--- keys ({run:<id>:<j>.<salt>}:...); each shard has its own meta (uid, writer, log_base).
+-- A partitioned run (docs/architecture.md "Partitioned runs"): run per partition, with the
+-- partition's keys ({run:<id>:<j>.<salt>}:...); each partition has its own meta (uid,
+-- writer, log_base).
 --
 -- Returns a ClaimStatus (services/storage.py): 1 CLAIMED, or -1 GONE when the run does not
 -- exist or was re-created.

@@ -14,8 +14,9 @@
 -- ARGV[3]  C, log entries folded into the new columns
 -- ARGV[4]  F
 --
--- A sharded run (docs/architecture.md "Sharded runs"): run per shard, with the shard's
--- keys ({run:<id>:<j>.<salt>}:...); each shard has its own meta (uid, writer, log_base).
+-- A partitioned run (docs/architecture.md "Partitioned runs"): run per partition, with the
+-- partition's keys ({run:<id>:<j>.<salt>}:...); each partition has its own meta (uid,
+-- writer, log_base).
 --
 -- Returns a CompactStatus (services/storage.py):
 --         1 INSTALLED: the C oldest entries dropped, log_base = B + C;

@@ -13,13 +13,13 @@
 -- ARGV[7]  inclusion values per chunk
 -- ARGV[8 .. 7+F]  the report_ids of the request (F >= 0)
 --
--- A sharded run (docs/architecture.md "Sharded runs"): the caller runs this script once
--- per shard part, with that shard's keys ({run:<id>:<j>.<salt>}:...), shard-local
--- indices, and the ids of the reports with samples on that shard: the SAME report ids on
--- every shard, so each shard dedups its own part and a report is applied once on each
--- shard it touches. The caller counts a report as a duplicate only when every shard it
--- touches has its marker. A shard's meta has no epochs (last_epoch -1): the caller reads
--- the run's last_epoch from the run's meta.
+-- A partitioned run (docs/architecture.md "Partitioned runs"): the caller runs this script
+-- once per partition part, with that partition's keys ({run:<id>:<j>.<salt>}:...),
+-- partition-local indices, and the ids of the reports with samples on that partition: the
+-- SAME report ids on every partition, so each partition dedups its own part and a report is
+-- applied once on each partition it touches. The caller counts a report as a duplicate only
+-- when every partition it touches has its marker. A partition's meta has no epochs
+-- (last_epoch -1): the caller reads the run's last_epoch from the run's meta.
 --
 -- Returns {status, last_epoch, records, inclusion}, status a GatherStatus (services/storage.py):
 --   -1 GONE       the run does not exist, or was re-created (uid differs); nothing else returned

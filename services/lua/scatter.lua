@@ -21,17 +21,18 @@
 -- ARGV[12]  score-log entry: the W samples' (index, score[, loss]), appended as one item
 -- ARGV[13]  counter increments "reports,samples_reported,samples_scored,samples_skipped,visited"
 --           and optionally ",d": what each duplicate report adds to the duplicates counter
---           (default 1; a shard part of a sharded run sends 0: its caller counts a report
---           as a duplicate only when it was applied on every shard it touches; the counter
---           is still written, by 0, so that a WAIT after the call covers the earlier apply)
+--           (default 1; a partition part of a partitioned run sends 0: its caller counts a
+--           report as a duplicate only when it was applied on every partition it touches;
+--           the counter is still written, by 0, so that a WAIT after the call covers the
+--           earlier apply)
 -- ARGV[14 .. 13+F]  the F report_ids
 --
--- A sharded run (docs/architecture.md "Sharded runs"): the caller runs this script once
--- per shard part, with that shard's keys ({run:<id>:<j>.<salt>}:...), shard-local
--- indices, and the ids of the reports with samples on that shard: the SAME report ids on
--- every shard, so each shard dedups its own part and a report is applied once on each
--- shard it touches. The caller counts a report as a duplicate only when every shard it
--- touches has its marker.
+-- A partitioned run (docs/architecture.md "Partitioned runs"): the caller runs this script
+-- once per partition part, with that partition's keys ({run:<id>:<j>.<salt>}:...),
+-- partition-local indices, and the ids of the reports with samples on that partition: the
+-- SAME report ids on every partition, so each partition dedups its own part and a report is
+-- applied once on each partition it touches. The caller counts a report as a duplicate only
+-- when every partition it touches has its marker.
 --
 -- The write lease. A server process that keeps a copy of the run's records (its record
 -- cache) may claim the run by writing a token unique to it into meta.writer (see

@@ -41,7 +41,7 @@ def test_reports_are_grouped_in_order_without_a_sample_twice_and_within_the_caps
 
 def test_an_attempt_acknowledges_duplicates_then_the_applied_reports() -> None:
     """The attempt's live reports shrink as duplicates are found; the applied ones are
-    acknowledged with their own scored counts, a sharded run's whole duplicates as such."""
+    acknowledged with their own scored counts, a partitioned run's whole duplicates as such."""
     reps = [_rep("x", [9]), _rep("a", [1, 2]), _rep("b", [3]), _rep("c", [4, 5, 6])]
     acks: list[ReportAck | None] = [None] * 4
     st = RunRegistry(RedisStore.from_url("redis://127.0.0.1:1"), Settings()).build_state(

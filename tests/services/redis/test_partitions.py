@@ -1,10 +1,11 @@
-"""Sharded runs (issue 13): one run's per-sample data spread over slot-spread shards.
+"""Partitioned runs (issue 13, "sharded runs" then): one run's per-sample data spread over
+slot-spread partitions.
 
 Real parts only: a real 3-primary Redis Cluster (``redis_cluster``), real ``docl serve``
-processes over HTTP, a single redis-server for the unsharded twin. The strong check is
-independent of the sharding code: the same run, fed the same reports, draws the same
-epochs and ends with the same scores, visits and counters when it is sharded on the
-cluster as when it is unsharded on one Redis (the math must not depend on sharding).
+processes over HTTP, a single redis-server for the unpartitioned twin. The strong check is
+independent of the partitioning code: the same run, fed the same reports, draws the same
+epochs and ends with the same scores, visits and counters when it is partitioned on the
+cluster as when it is unpartitioned on one Redis (the math must not depend on partitioning).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from tests.services.test_server_e2e import (
 
 MANY = {"Content-Type": wire.REPORTS_CONTENT_TYPE}
 N = 480
-M = 70  # samples per shard: 7 shards, the last one short (60 samples)
+M = 70  # samples per partition: 7 partitions, the last one short (60 samples)
 
 
 def _layout(run_id: str, partition_samples: int = 0, **over: Any) -> RunLayout:
@@ -42,7 +43,7 @@ def _layout(run_id: str, partition_samples: int = 0, **over: Any) -> RunLayout:
         "num_samples": N,
         "num_outputs": 4,
         "output_dtype": "float32",
-        "chunk_bytes": 256,  # several chunks per shard
+        "chunk_bytes": 256,  # several chunks per partition
         "loss_column": True,
         "exp3": True,
         "partition_samples": partition_samples,
@@ -51,25 +52,25 @@ def _layout(run_id: str, partition_samples: int = 0, **over: Any) -> RunLayout:
 
 
 # -- 1. the layout ---------------------------------------------------------------------------
-def test_an_unsharded_layout_is_byte_identical_to_the_layout_before_shards() -> None:
+def test_an_unpartitioned_layout_is_byte_identical_to_the_layout_before_partitions() -> None:
     old_json = (
         '{"chunk_bytes": 256, "exp3": true, "loss_column": true, "num_outputs": 4, '
         '"num_samples": 480, "output_dtype": "float32", "rec_size": 40, "record_head": 24}'
     )
     lay = _layout("r1")
-    assert lay.to_json() == old_json  # no shard field: stored runs read and compare as before
+    assert lay.to_json() == old_json  # no partition field: stored runs read and compare as before
     assert RunLayout.from_json("r1", old_json) == lay and lay.partitions == 1
     names = keys_of(lay)
     assert names.meta == "{run:r1}:meta" and names.scorelog == "{run:r1}:scorelog"
     assert names.rec[:2] == ("{run:r1}:rec:0", "{run:r1}:rec:1")
     assert len(names.rec) == -(-N // (256 // 40))
     assert all(k.startswith(run_prefix("r1") + ":") for k in names.static())
-    # a run that fits one shard is not sharded either
+    # a run that fits one partition is not partitioned either
     assert _layout("r1", partition_samples=N).partitions == 1
     assert _layout("r1", partition_samples=N).to_json() == old_json
 
 
-def test_shards_cover_the_samples_and_their_tags_spread_over_the_cluster(
+def test_partitions_cover_the_samples_and_their_tags_spread_over_the_cluster(
     redis_cluster: RedisClusterProcess,
 ) -> None:
     lay = _layout("spread-me", partition_samples=M)
@@ -84,19 +85,19 @@ def test_shards_cover_the_samples_and_their_tags_spread_over_the_cluster(
         names = keys_of(sub)
         keys = [names.meta, names.reports, names.counters, names.scorelog]
         keys += [*names.rec, *names.score, *names.loss]
-        # every key of a shard on one slot (its scripts stay single-slot) ...
+        # every key of a partition on one slot (its scripts stay single-slot) ...
         got = {int(redis_cluster.nodes[0].command("CLUSTER", "KEYSLOT", k)) for k in keys}
         assert len(got) == 1, got
         slots.append(got.pop())
         owners.append(redis_cluster.node_of_key(names.meta))
         assert not names.prefix.startswith(keys_of(lay).prefix)  # ... not the run's
-    assert len(set(slots)) == 7  # one slot per shard
+    assert len(set(slots)) == 7  # one slot per partition
     assert set(owners) == {0, 1, 2}, owners  # spread over the 3 primaries
     # spread evenly: the tags aim at 7 equal slot ranges, one each
     assert [s * 7 // 16384 for s in slots] == list(range(7))
 
 
-def test_split_cuts_reports_into_shard_parts() -> None:
+def test_split_cuts_reports_into_partition_parts() -> None:
     lay = _layout("r", partition_samples=M)
     idx = np.array([5, 75, 300, 6, 71, 479], dtype=np.int64)  # report 0: 3, report 1: 3
     parts, homes = lay.split(idx, [3, 3])
@@ -111,11 +112,11 @@ def test_split_cuts_reports_into_shard_parts() -> None:
     assert homes.tolist() == [1, 0] and [j for j, _, _ in parts] == [0, 1, 4]
 
 
-def test_a_sharded_store_reads_back_its_columns_and_records_across_shards(
+def test_a_partitioned_store_reads_back_its_columns_and_records_across_partitions(
     redis_cluster: RedisClusterProcess,
 ) -> None:
-    """The store alone on the cluster: a sharded run's score/loss columns written whole
-    read back whole and in slices that cross shard boundaries, the draw snapshot sees
+    """The store alone on the cluster: a partitioned run's score/loss columns written whole
+    read back whole and in slices that cross partition boundaries, the draw snapshot sees
     them, and never-written records read as zeros."""
     import asyncio
 
@@ -133,7 +134,7 @@ def test_a_sharded_store_reads_back_its_columns_and_records_across_shards(
             assert status.name == "CREATED" and uid == "u1"
             again = await store.create_run(lay, '{"x":1}', "u2", 2.0)  # idempotent: EXISTS
             assert again[0].name == "EXISTS" and again[1] == "u1"
-            # a create that died before shard 3 was made: the retry makes it (with the uid)
+            # a create that died before partition 3 was made: the retry makes it (with the uid)
             await store.redis.unlink(*keys_of(lay).partition(3).static())
             assert (await store.draw_inputs(lay, losses=True)).uid is None  # seen as broken
             assert (await store.create_run(lay, '{"x":1}', "u3", 3.0))[0].name == "EXISTS"
@@ -161,23 +162,23 @@ def test_a_sharded_store_reads_back_its_columns_and_records_across_shards(
     asyncio.run(go())
 
 
-# -- servers -----------------------------------------------------------------------------------
+# -- servers ----------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def twin_servers(redis_cluster: RedisClusterProcess, redis_url: str) -> Iterator[tuple[str, str]]:
-    """(sharded on the cluster, unsharded on one Redis): two real ``docl serve``, with
-    512-byte chunks (a shard's records span 6 chunks, its scores 1: chunk and shard
+    """(partitioned on the cluster, unpartitioned on one Redis): two real ``docl serve``, with
+    512-byte chunks (a partition's records span 6 chunks, its scores 1: chunk and partition
     boundaries differ)."""
     chunks = {"DOCL_CHUNK_BYTES": "512"}
-    sharded = ServerProcess(
+    partitioned = ServerProcess(
         redis_url=redis_cluster.url, env={"DOCL_PARTITION_SAMPLES": str(M), **chunks}
     )
     plain = ServerProcess(redis_url=redis_url, env=chunks)
     try:
-        sharded.start()
+        partitioned.start()
         plain.start()
-        yield sharded.url, plain.url
+        yield partitioned.url, plain.url
     finally:
-        sharded.close()
+        partitioned.close()
         plain.close()
 
 
@@ -195,7 +196,7 @@ def _frame(rid: str, e: int, lr: float, idx: np.ndarray) -> bytes:
 
 def _train(http: httpx.Client, run_id: str, epochs: int) -> list[np.ndarray]:
     """Draw each epoch and report every drawn sample, in requests of 4 reports of 24
-    samples (shuffled indices: each report spans several shards)."""
+    samples (shuffled indices: each report spans several partitions)."""
     drawn = []
     lr = 0.0
     for e in range(epochs):
@@ -226,10 +227,10 @@ CONFIGS = {
 
 
 @pytest.mark.parametrize("config", list(CONFIGS))
-def test_a_sharded_run_on_the_cluster_trains_exactly_like_an_unsharded_one(
+def test_a_partitioned_run_on_the_cluster_trains_exactly_like_an_unpartitioned_one(
     twin_servers: tuple[str, str], redis_cluster: RedisClusterProcess, run_id: str, config: str
 ) -> None:
-    """The same run (seed, config, reports) sharded over the cluster and unsharded on one
+    """The same run (seed, config, reports) partitioned over the cluster and unpartitioned on one
     Redis: every epoch draws the same indices, and scores, visits, lr-sums and counters
     end equal, visits matching the draws exactly."""
     over = CONFIGS[config]
@@ -254,21 +255,23 @@ def test_a_sharded_run_on_the_cluster_trains_exactly_like_an_unsharded_one(
                     "listed": listed,
                 }
             )
-    sharded, plain = got
-    for a, b in zip(sharded["drawn"], plain["drawn"], strict=True):
+    partitioned, plain = got
+    for a, b in zip(partitioned["drawn"], plain["drawn"], strict=True):
         np.testing.assert_array_equal(a, b)  # the same draws, epoch after epoch
     expect = np.bincount(np.concatenate(plain["drawn"]), minlength=N)
-    np.testing.assert_array_equal(sharded["visits"], expect)  # each report applied once
+    np.testing.assert_array_equal(partitioned["visits"], expect)  # each report applied once
     np.testing.assert_array_equal(plain["visits"], expect)
-    np.testing.assert_array_equal(sharded["scores"], plain["scores"])  # NaN where unscored
-    np.testing.assert_array_equal(sharded["lrs"], plain["lrs"])
-    assert sharded["run"]["counters"] == plain["run"]["counters"]
-    c = sharded["run"]["counters"]
+    np.testing.assert_array_equal(partitioned["scores"], plain["scores"])  # NaN where unscored
+    np.testing.assert_array_equal(partitioned["lrs"], plain["lrs"])
+    assert partitioned["run"]["counters"] == plain["run"]["counters"]
+    c = partitioned["run"]["counters"]
     assert c["samples_reported"] == int(expect.sum()) and c["duplicates"] == 0
     assert c["reports"] == sum(max(1, d.size // 24) for d in plain["drawn"])
     for k in ("scored", "visited", "visits_total", "quantiles", "selection", "mean"):
-        assert sharded["stats"][k] == plain["stats"][k], k
-    assert sharded["listed"] == sharded["run"]["counters"]  # GET /v1/runs sums the shards too
+        assert partitioned["stats"][k] == plain["stats"][k], k
+    assert (
+        partitioned["listed"] == partitioned["run"]["counters"]
+    )  # GET /v1/runs sums the partitions too
     # the run's per-sample records live on every primary, the run's meta on one
     lay = RunLayout.from_json(run_id, _meta_layout(redis_cluster, run_id))
     assert lay.partitions == 7
@@ -284,7 +287,7 @@ def _meta_layout(cluster: RedisClusterProcess, run_id: str) -> str:
     return raw.decode() if isinstance(raw, bytes) else str(raw)
 
 
-def test_deleting_a_sharded_run_drops_every_shard(
+def test_deleting_a_partitioned_run_drops_every_partition(
     twin_servers: tuple[str, str], redis_cluster: RedisClusterProcess, run_id: str
 ) -> None:
     with httpx.Client(base_url=twin_servers[0], timeout=30) as http:
@@ -292,7 +295,7 @@ def test_deleting_a_sharded_run_drops_every_shard(
         _train(http, run_id, 1)
         pattern = f"*{run_id}*"  # not the store's own sweep pattern
         before = sum(len(n.scan_keys(pattern)) for n in redis_cluster.nodes)
-        assert before > 7 * 5  # every shard's meta, counters, markers, log, columns...
+        assert before > 7 * 5  # every partition's meta, counters, markers, log, columns...
         assert http.delete(f"/v1/runs/{run_id}").status_code == 204
         assert all(n.scan_keys(pattern) == [] for n in redis_cluster.nodes)
         assert http.get(f"/v1/runs/{run_id}").status_code == 404
@@ -301,7 +304,7 @@ def test_deleting_a_sharded_run_drops_every_shard(
         assert got["counters"]["samples_reported"] == 0 and got["last_epoch"] is None
 
 
-# -- 3. exactly once across shards ----------------------------------------------------------------
+# -- 3. exactly once across partitions --------------------------------------------------------
 def _post_many(http: httpx.Client, run_id: str, frames: list[bytes]) -> list[dict[str, Any]]:
     r = http.post(f"/v1/runs/{run_id}/reports", content=wire.encode_reports(frames), headers=MANY)
     assert r.status_code == 200, r.text
@@ -309,34 +312,34 @@ def _post_many(http: httpx.Client, run_id: str, frames: list[bytes]) -> list[dic
 
 
 @pytest.mark.parametrize("cache", ["record-cache", "no-cache"])
-def test_a_report_applied_on_some_shards_is_completed_once_by_its_resend(
+def test_a_report_applied_on_some_partitions_is_completed_once_by_its_resend(
     twin_servers: tuple[str, str],
     server_factory: Callable[..., ServerProcess],
     redis_cluster: RedisClusterProcess,
     run_id: str,
     cache: str,
 ) -> None:
-    """A partial apply (the process died between a report's shard parts) is made for
-    real: report X is first sent with only its samples of shard 0, under X's id, so
-    shard 0 holds X's marker and writes and the other shards do not. Sending X whole
+    """A partial apply (the process died between a report's partition parts) is made for
+    real: report X is first sent with only its samples of partition 0, under X's id, so
+    partition 0 holds X's marker and writes and the other partitions do not. Sending X whole
     then applies the missing parts only (ack: applied), again: a duplicate. The run ends
-    exactly as the unsharded twin that got X once: visits, scores, counters."""
-    sharded_url = twin_servers[0]
+    exactly as the unpartitioned twin that got X once: visits, scores, counters."""
+    partitioned_url = twin_servers[0]
     if cache == "no-cache":
         env = {"DOCL_PARTITION_SAMPLES": str(M), "DOCL_RECORD_CACHE_BYTES": "0"}
-        sharded_url = server_factory(redis_url=redis_cluster.url, env=env).url
+        partitioned_url = server_factory(redis_url=redis_cluster.url, env=env).url
     got = []
-    for url in (sharded_url, twin_servers[1]):
+    for url in (partitioned_url, twin_servers[1]):
         with httpx.Client(base_url=url, timeout=30) as http:
             create(http, run_id, num_samples=N, epochs=4)
             _train(http, run_id, 1)  # every sample seen once: the next visit is scored
             draw(http, run_id, 1)
             idx = shard(http, run_id, 1)
-            home = idx[idx < M][:6]  # X starts on shard 0 (its home) and spans shards
+            home = idx[idx < M][:6]  # X starts on partition 0 (its home) and spans partitions
             x_idx = np.concatenate([home, idx[idx >= M][:34]])
             y_idx, z_idx = idx[idx >= M][34:60], idx[idx >= M][60:90]
             x, y, z = (_frame(n, 1, 0.5, i) for n, i in (("X", x_idx), ("Y", y_idx), ("Z", z_idx)))
-            if url == sharded_url:  # X's part on shard 0 only, under X's id
+            if url == partitioned_url:  # X's part on partition 0 only, under X's id
                 ack = _post_many(http, run_id, [_frame("X", 1, 0.5, home)])
                 assert ack[0]["duplicate"] is False and ack[0]["accepted"] == 6
             acks = _post_many(http, run_id, [x, y])  # completes X, applies Y
@@ -359,7 +362,7 @@ def test_a_report_applied_on_some_shards_is_completed_once_by_its_resend(
     assert s_c["duplicates"] == 3  # X and Y, then X: each whole duplicate counted once
 
 
-# -- 5. bad input ------------------------------------------------------------------------------------
+# -- 5. bad input -----------------------------------------------------------------------------
 @pytest.mark.parametrize("name", ["DOCL_PARTITION_SAMPLES", "DOCL_SHARD_SAMPLES"])
 def test_a_negative_partition_size_stops_docl_serve_with_a_clear_message(name: str) -> None:
     import os
@@ -391,19 +394,19 @@ def test_a_run_that_needs_too_many_partitions_is_refused_and_nothing_is_written(
     assert all(node.scan_keys(f"{{run:{run_id}[:}}]*") == [] for node in redis_cluster.nodes)
 
 
-# -- 4. a node's primary SIGKILLed mid-stream -------------------------------------------------------
-def test_a_sharded_report_stream_survives_sigkill_of_a_shards_primary(
+# -- 4. a node's primary SIGKILLed mid-stream -------------------------------------------------
+def test_a_partitioned_report_stream_survives_sigkill_of_a_partitions_primary(
     server_factory: Callable[..., ServerProcess], run_id: str
 ) -> None:
     """As test_report_stream_survives_sigkill_of_the_runs_primary (test_server_e2e.py), but
-    the run is cut into 6 shards spread over the 3 primaries and every report spans
-    shards: the primary holding shard 0 is SIGKILLed with reports in flight, whose parts
-    on the other shards may be applied already; every sender re-sends its report with the
+    the run is cut into 6 partitions spread over the 3 primaries and every report spans
+    partitions: the primary holding partition 0 is SIGKILLed with reports in flight, whose parts
+    on the other partitions may be applied already; every sender re-sends its report with the
     same id until acknowledged. Then every sample is visited exactly once and each report
-    counted once. Checked by hand against two broken stores: with the per-shard dedup
+    counted once. Checked by hand against two broken stores: with the per-partition dedup
     disabled a re-sent part is applied again and its report counted twice (its samples'
     second write is stale, same lr_sum, so the counters catch it, not the visits); with a
-    report taken as a duplicate once ANY shard has its marker, samples lose their visit."""
+    report taken as a duplicate once ANY partition has its marker, samples lose their visit."""
     with RedisClusterProcess(
         primaries=3, replicas=1, appendonly=True, appendfsync="always", node_timeout_ms=1000
     ) as cluster:
@@ -417,7 +420,7 @@ def test_a_sharded_report_stream_survives_sigkill_of_a_shards_primary(
             create(http, run_id, num_samples=N, epochs=2)
             assert draw(http, run_id, 0)["size"] == N
             idx = shard(http, run_id, 0)
-            batches = np.array_split(idx, 60)  # shuffled: each spans ~5 of the 6 shards
+            batches = np.array_split(idx, 60)  # shuffled: each spans ~5 of the 6 partitions
             outs = [rng.normal(size=(b.size, 4)).astype(np.float32) for b in batches]
             sent = stream_reports_through_a_kill(
                 http, run_id, batches, outs, kill=cluster.nodes[owner].kill
@@ -431,7 +434,7 @@ def test_a_sharded_report_stream_survives_sigkill_of_a_shards_primary(
         assert got["counters"]["reports"] == len(batches)
         assert got["counters"]["samples_reported"] == N  # each sample counted once
         assert sent.failed  # the kill did interrupt the stream
-        print(f"sharded failover: {len(sent.failed)} attempts failed, {len(sent.resent)} "
+        print(f"partitioned failover: {len(sent.failed)} attempts failed, {len(sent.resent)} "
               f"reports re-sent, {completed:.0f} completed after a partial apply")  # fmt: skip
 
 
@@ -442,16 +445,16 @@ def _metric(text: str, name: str) -> float:
     return 0.0
 
 
-def test_two_servers_racing_on_the_same_samples_of_a_sharded_run_count_every_write_once(
+def test_two_servers_racing_on_the_same_samples_of_a_partitioned_run_count_every_write_once(
     twin_servers: tuple[str, str],
     server_factory: Callable[..., ServerProcess],
     redis_cluster: RedisClusterProcess,
     run_id: str,
 ) -> None:
     """Two server processes (each with its record cache and write lease) apply 160
-    overlapping reports, 16 samples each from the first 3 shards, concurrently: the
+    overlapping reports, 16 samples each from the first 3 partitions, concurrently: the
     compare-and-set conflicts, revoked leases and re-sends of parts already applied all
-    happen per shard. Every report is applied once: the counters add up (visits =
+    happen per partition. Every report is applied once: the counters add up (visits =
     reported - skipped), and each touched sample ends with the largest lr_sum reported
     for it (the stale rule keeps the newest), which is known without the server."""
     other = server_factory(redis_url=redis_cluster.url, env={"DOCL_PARTITION_SAMPLES": str(M)})
@@ -485,18 +488,18 @@ def test_two_servers_racing_on_the_same_samples_of_a_sharded_run_count_every_wri
     touched = ~np.isnan(newest)
     assert (visits[touched] >= 1).all() and (visits[~touched] == 0).all()
     np.testing.assert_array_equal(got_lr[touched], newest[touched])
-    assert visited == int(touched.sum())  # first visits counted once, on their shard
+    assert visited == int(touched.sum())  # first visits counted once, on their partition
 
 
-# -- durability: WAIT per shard (DOCL_REDIS_WAIT_REPLICAS) ------------------------------------------
-def test_with_wait_every_shard_of_an_acknowledged_report_is_on_its_replica(
+# -- durability: WAIT per partition (DOCL_REDIS_WAIT_REPLICAS) --------------------------------
+def test_with_wait_every_partition_of_an_acknowledged_report_is_on_its_replica(
     server_factory: Callable[..., ServerProcess], run_id: str
 ) -> None:
-    """DOCL_REDIS_WAIT_REPLICAS=1 on a sharded run (3 primaries + 3 replicas): right after
-    each 200, the replica of EVERY shard a report touched holds its marker. Then the
-    replica of shard 0's primary is SIGSTOPped: a report spanning shards is applied on the
+    """DOCL_REDIS_WAIT_REPLICAS=1 on a partitioned run (3 primaries + 3 replicas): right after
+    each 200, the replica of EVERY partition a report touched holds its marker. Then the
+    replica of partition 0's primary is SIGSTOPped: a report spanning partitions is applied on the
     primaries but answered 503; after SIGCONT its re-send is acknowledged as a duplicate,
-    counted once, and shard 0's replica holds it (the duplicate's WAIT covers it)."""
+    counted once, and partition 0's replica holds it (the duplicate's WAIT covers it)."""
     import os
     import signal
 

@@ -1,22 +1,25 @@
-"""Sharded vs unsharded runs on a Redis Cluster: bytes per sample and report throughput.
+"""Partitioned vs unpartitioned runs on a Redis Cluster: bytes per sample and report throughput.
 
-    python -m docl.lab.bench_shards                     # a local 3-primary cluster
-    python -m docl.lab.bench_shards --shards 1,3,6 --num-samples 200000 --width 10
-    python -m docl.lab.bench_shards --redis-url redis+cluster://:pw@host:port
+    python -m docl.lab.bench_partitions                     # a local 3-primary cluster
+    python -m docl.lab.bench_partitions --partitions 1,3,6 --num-samples 200000 --width 10
+    python -m docl.lab.bench_partitions --redis-url redis+cluster://:pw@host:port
 
-For each shard count (1 = unsharded: the same-run baseline) a real ``docl serve`` is
-started on the cluster with ``DOCL_PARTITION_SAMPLES = ceil(n / shards)``; a run of n
-samples is created, its warm-up epoch drawn, every sample reported once (warm-up,
+For each partition count (1 = unpartitioned: the same-run baseline) a real ``docl serve``
+is started on the cluster with ``DOCL_PARTITION_SAMPLES = ceil(n / partitions)``; a run of
+n samples is created, its warm-up epoch drawn, every sample reported once (warm-up,
 untimed), then ``rounds`` timed passes report every sample again over HTTP (the load
 generator of ``docl bench service``: a separate process, ``clients`` keep-alive
 connections, binary reports of ``batch`` samples) and the best pass is kept. Printed per
 row: scored samples/s, p50/p99 latency, the run's Redis bytes per sample (``MEMORY
 USAGE`` of every key of the run, summed over the primaries) and the largest share of
-them on one primary (what sharding is for: a run bigger than one node), and the time
-of the next epoch's draw (``POST /epochs``), and with ``--draw-n N`` the draw of a
-selection epoch over N scores written straight into the run's shards (on a server with
-``DOCL_PARTITION_SAMPLES = ceil(N / shards)``). Every row is checked: the run must count
-``rounds · n`` scored samples.
+them on one primary (what partitioning is for: a run bigger than one node), and the
+time of the next epoch's draw (``POST /epochs``), and with ``--draw-n N`` the draw of a
+selection epoch over N scores written straight into the run's partitions (on a server
+with ``DOCL_PARTITION_SAMPLES = ceil(N / partitions)``). Every row is checked: the run
+must count ``rounds · n`` scored samples.
+
+Called ``bench_shards`` with ``--shards`` before "shard" was kept for a rank's slice of
+an epoch; ``--shards`` still works (deprecated: one line on stderr).
 """
 
 from __future__ import annotations
@@ -33,21 +36,26 @@ from docl.lab.loadgen import http_pass
 
 __all__ = ["main", "run_bench"]
 
+#: The partition counts of a row each, when none are given.
+_DEFAULT_PARTITIONS = "1,3,6"
+
 
 def _run_bytes(cluster_url: str, run_id: str) -> list[int]:
-    """Bytes of every key of the run (run and shard tags) on each primary."""
+    """Bytes of every key of the run (run and partition tags) on each primary."""
     from redis.cluster import RedisCluster
 
     from docl.services.redis.connection import cluster_url as node_url
+    from docl.services.redis.keys import run_pattern
 
     url = node_url(cluster_url)
     assert url is not None, "a redis+cluster:// URL"
+    pattern = run_pattern(run_id)
     rc = RedisCluster.from_url(url)
     try:
         out = []
         for node in rc.get_primaries():
             total = 0
-            for key in rc.scan_iter(match=f"{{run:{run_id}[:}}]*", count=1000, target_nodes=node):
+            for key in rc.scan_iter(match=pattern, count=1000, target_nodes=node):
                 total += int(rc.memory_usage(key, samples=0, target_nodes=node) or 0)
             out.append(total)
         return out
@@ -55,12 +63,12 @@ def _run_bytes(cluster_url: str, run_id: str) -> list[int]:
         rc.close()
 
 
-def _shard_env(n: int, shards: int) -> dict[str, str]:
-    """The server setting that cuts a run of n samples into ``shards`` shards (none: 1)."""
-    return {"DOCL_PARTITION_SAMPLES": str(math.ceil(n / shards))} if shards > 1 else {}
+def _partition_env(n: int, partitions: int) -> dict[str, str]:
+    """The server setting that cuts a run of n samples into ``partitions`` partitions (none: 1)."""
+    return {"DOCL_PARTITION_SAMPLES": str(math.ceil(n / partitions))} if partitions > 1 else {}
 
 
-def _row(shards: int, num_samples: int, url: str, *, width: int, batch: int, clients: int,
+def _row(partitions: int, num_samples: int, url: str, *, width: int, batch: int, clients: int,
          rounds: int) -> dict[str, Any]:  # fmt: skip
     import httpx
 
@@ -68,8 +76,8 @@ def _row(shards: int, num_samples: int, url: str, *, width: int, batch: int, cli
     from docl.services.embedded import ServerProcess
 
     n = num_samples
-    env = _shard_env(n, shards)
-    run_id = f"bench-shards-{shards}-{int(time.time())}"
+    env = _partition_env(n, partitions)
+    run_id = f"bench-partitions-{partitions}-{int(time.time())}"
     with (
         ServerProcess(redis_url=url, env=env) as server,
         httpx.Client(base_url=server.url, timeout=600) as http,
@@ -101,7 +109,7 @@ def _row(shards: int, num_samples: int, url: str, *, width: int, batch: int, cli
         draw_s = time.perf_counter() - t0
         http.delete(f"/v1/runs/{run_id}").raise_for_status()
     return {
-        "shards": shards,
+        "partitions": partitions,
         "rate": idx.shape[0] / best[0],
         "p50_ms": 1e3 * float(np.percentile(best[1], 50)),
         "p99_ms": 1e3 * float(np.percentile(best[1], 99)),
@@ -112,9 +120,10 @@ def _row(shards: int, num_samples: int, url: str, *, width: int, batch: int, cli
     }
 
 
-def _draw_row(shards: int, n: int, url: str) -> dict[str, float]:
+def _draw_row(partitions: int, n: int, url: str) -> dict[str, float]:
     """A selection epoch's ``POST /epochs`` over n scores written straight into the run's
-    columns (its shards'), on a server with ``DOCL_PARTITION_SAMPLES = ceil(n / shards)``."""
+    columns (its partitions'), on a server with
+    ``DOCL_PARTITION_SAMPLES = ceil(n / partitions)``."""
     import asyncio
 
     import httpx
@@ -124,8 +133,8 @@ def _draw_row(shards: int, n: int, url: str) -> dict[str, float]:
     from docl.services.layout import RunLayout
     from docl.services.redis.store import RedisStore
 
-    env = _shard_env(n, shards)
-    run_id = f"bench-shards-draw-{shards}-{int(time.time())}"
+    env = _partition_env(n, partitions)
+    run_id = f"bench-partitions-draw-{partitions}-{int(time.time())}"
     scores = np.random.default_rng(5).normal(size=n).astype(np.float32)
 
     async def write_scores() -> None:
@@ -154,7 +163,7 @@ def _draw_row(shards: int, n: int, url: str) -> dict[str, float]:
 def run_bench(
     *,
     redis_url: str | None = None,
-    shards: list[int],
+    partitions: list[int],
     num_samples: int,
     width: int,
     batch: int,
@@ -171,22 +180,24 @@ def run_bench(
         cluster.start()
     url = redis_url if cluster is None else cluster.url
     assert url is not None
-    print(f"docl.lab.bench_shards: n = {num_samples:,}, c = {width}, batch = {batch}, "
-          f"clients = {clients}, best of {rounds} passes; cluster {url.split('@')[-1]}")  # fmt: skip
+    where = url.split("@")[-1]
+    print(f"docl.lab.bench_partitions: n = {num_samples:,}, c = {width}, batch = {batch}, "
+          f"clients = {clients}, best of {rounds} passes; cluster {where}")  # fmt: skip
     big = f"draw {draw_n:.0e} s" if draw_n else ""
-    print(f"{'shards':>6} {'samples/s':>10} {'p50 ms':>7} {'p99 ms':>7} {'B/sample':>9} "
-          f"{'top node':>8} {'draw s':>7} {'vs 1 shard':>10} {big:>12}")  # fmt: skip
+    print(f"{'partitions':>10} {'samples/s':>10} {'p50 ms':>7} {'p99 ms':>7} {'B/sample':>9} "
+          f"{'top node':>8} {'draw s':>7} {'vs 1 partition':>14} {big:>12}")  # fmt: skip
     rows: list[dict[str, Any]] = []
     try:
-        for s in shards:
+        for s in partitions:
             r = _row(s, num_samples, url, width=width, batch=batch, clients=clients, rounds=rounds)
             if draw_n:
                 r.update(_draw_row(s, draw_n, url))
             rows.append(r)
             base = rows[0]["rate"]
-            print(f"{r['shards']:>6} {r['rate']:>10,.0f} {r['p50_ms']:>7.2f} {r['p99_ms']:>7.2f} "
-                  f"{r['bytes_per_sample']:>9.1f} {r['max_node_share']:>8.0%} {r['draw_s']:>7.3f} "
-                  f"{r['rate'] / base:>9.2f}x"
+            print(f"{r['partitions']:>10} {r['rate']:>10,.0f} {r['p50_ms']:>7.2f} "
+                  f"{r['p99_ms']:>7.2f} {r['bytes_per_sample']:>9.1f} {r['max_node_share']:>8.0%} "
+                  f"{r['draw_s']:>7.3f} "
+                  f"{r['rate'] / base:>13.2f}x"
                   + (f" {r['draw_n_s']:>12.3f}" if draw_n else "")
                   + (f"  ! {r['errors']} errors" if r["errors"] else ""),
                   flush=True)  # fmt: skip
@@ -197,12 +208,15 @@ def run_bench(
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m docl.lab.bench_shards", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m docl.lab.bench_partitions", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     p.add_argument(
         "--redis-url", default=None, help="a redis+cluster:// URL (default: a local one)"
     )
-    p.add_argument("--shards", default="1,3,6", help="shard counts, comma-separated; 1 first")
+    p.add_argument(
+        "--partitions", default=None, help="partition counts, comma-separated; 1 first (1,3,6)"
+    )
+    p.add_argument("--shards", default=None, help=argparse.SUPPRESS)  # its old name
     p.add_argument("--num-samples", type=int, default=200_000)
     p.add_argument("--width", type=int, default=10, help="num_outputs c")
     p.add_argument("--batch", type=int, default=256)
@@ -211,10 +225,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--draw-n", type=int, default=0,
                    help="also time a selection draw over this many scores (0: no)")  # fmt: skip
     a = p.parse_args(argv)
-    shards = [int(s) for s in a.shards.split(",")]
-    if not shards or shards[0] != 1 or min(shards) < 1:
-        p.error("--shards must start with 1 (the unsharded baseline) and be >= 1")
-    rows = run_bench(redis_url=a.redis_url, shards=shards, num_samples=a.num_samples,
+    if a.shards is not None:
+        print("--shards is deprecated: it is --partitions now", file=sys.stderr)
+    counts = [int(s) for s in (a.partitions or a.shards or _DEFAULT_PARTITIONS).split(",")]
+    if not counts or counts[0] != 1 or min(counts) < 1:
+        p.error("--partitions must start with 1 (the unpartitioned baseline) and be >= 1")
+    rows = run_bench(redis_url=a.redis_url, partitions=counts, num_samples=a.num_samples,
                      width=a.width, batch=a.batch, clients=a.clients, rounds=a.rounds,
                      draw_n=a.draw_n)  # fmt: skip
     return 1 if any(r["errors"] for r in rows) else 0
