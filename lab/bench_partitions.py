@@ -38,6 +38,10 @@ __all__ = ["main", "run_bench"]
 
 #: The partition counts of a row each, when none are given.
 _DEFAULT_PARTITIONS = "1,3,6"
+#: Generous limits for the bench's own HTTP and Redis calls: a draw over 10⁸ scores on a
+#: loaded 2-core box takes seconds to tens of seconds, and a bench must not give up first.
+_HTTP_TIMEOUT_S = 600
+_STORE_TIMEOUT_S = 120
 
 
 def _run_bytes(cluster_url: str, run_id: str) -> list[int]:
@@ -80,7 +84,7 @@ def _row(partitions: int, num_samples: int, url: str, *, width: int, batch: int,
     run_id = f"bench-partitions-{partitions}-{int(time.time())}"
     with (
         ServerProcess(redis_url=url, env=env) as server,
-        httpx.Client(base_url=server.url, timeout=600) as http,
+        httpx.Client(base_url=server.url, timeout=_HTTP_TIMEOUT_S) as http,
     ):
         body = report_run(run_id, n, width, batch, epochs=3)  # epoch 1: the draw timed below
         http.post("/v1/runs", json=body).raise_for_status()
@@ -138,7 +142,7 @@ def _draw_row(partitions: int, n: int, url: str) -> dict[str, float]:
     scores = np.random.default_rng(5).normal(size=n).astype(np.float32)
 
     async def write_scores() -> None:
-        store = RedisStore.from_url(url, timeout_s=120)
+        store = RedisStore.from_url(url, timeout_s=_STORE_TIMEOUT_S)
         try:
             meta = await store.run_meta(run_id)
             assert meta is not None
@@ -148,7 +152,7 @@ def _draw_row(partitions: int, n: int, url: str) -> dict[str, float]:
 
     with (
         ServerProcess(redis_url=url, env=env) as server,
-        httpx.Client(base_url=server.url, timeout=600) as http,
+        httpx.Client(base_url=server.url, timeout=_HTTP_TIMEOUT_S) as http,
     ):
         http.post("/v1/runs", json=draw_run(run_id, n, 0.1)).raise_for_status()
         asyncio.run(write_scores())

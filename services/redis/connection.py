@@ -33,7 +33,15 @@ from docl.services.redis.errors import redirected
 from docl.services.redis.resp import RespClient
 from docl.services.storage import ClusterStateError, NotReplicated
 
-__all__ = ["CLUSTER_SCHEMES", "SCRIPTS", "Connection", "cluster_url"]
+__all__ = [
+    "CLUSTER_SCHEMES",
+    "MAX_CONNECTIONS",
+    "SCRIPTS",
+    "TIMEOUT_S",
+    "WAIT_MS",
+    "Connection",
+    "cluster_url",
+]
 
 #: URL schemes of a Redis Cluster -> the scheme redis-py's client takes for one of its nodes.
 CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
@@ -48,6 +56,12 @@ _RETRY_BASE_S, _RETRY_CAP_S, _RETRIES = 0.05, 1.0, 3
 _HEALTH_CHECK_S = 30
 #: A connection attempt gives up after this long (or the command timeout, if shorter).
 _CONNECT_TIMEOUT_S = 5.0
+#: Defaults of a store built without settings (tools, tests; the server passes
+#: DOCL_REDIS_TIMEOUT_S, DOCL_REDIS_MAX_CONNECTIONS and DOCL_REDIS_WAIT_MS): a command's
+#: timeout, pooled connections per node, how long a WAIT waits for its replicas.
+TIMEOUT_S = 30.0
+MAX_CONNECTIONS = 64
+WAIT_MS = 1000
 
 
 def cluster_url(url: str) -> str | None:
@@ -75,9 +89,9 @@ class Connection:
         redis: aioredis.Redis | RedisCluster,
         *,
         fast_url: str | None = None,
-        timeout_s: float = 30.0,
+        timeout_s: float = TIMEOUT_S,
         wait_replicas: int = 0,
-        wait_ms: int = 1000,
+        wait_ms: int = WAIT_MS,
     ) -> None:
         if wait_replicas < 0 or wait_ms < 1:
             raise ValueError("wait_replicas must be >= 0 and wait_ms >= 1 (WAIT 0 blocks forever)")
@@ -111,10 +125,10 @@ class Connection:
         cls,
         url: str,
         *,
-        timeout_s: float = 30.0,
-        max_connections: int = 64,
+        timeout_s: float = TIMEOUT_S,
+        max_connections: int = MAX_CONNECTIONS,
         wait_replicas: int = 0,
-        wait_ms: int = 1000,
+        wait_ms: int = WAIT_MS,
     ) -> Connection:
         """A connection to ``url``: ``redis://``, ``rediss://``, ``unix://`` (one Redis) or
         ``redis+cluster://`` / ``rediss+cluster://`` (a Redis Cluster: any node's

@@ -34,7 +34,7 @@ from redis.asyncio.cluster import RedisCluster
 from docl.services import storage
 from docl.services.layout import STORED_PARTITION_SAMPLES, RunLayout, fold_log
 from docl.services.redis.codec import column, text
-from docl.services.redis.connection import Connection
+from docl.services.redis.connection import MAX_CONNECTIONS, TIMEOUT_S, WAIT_MS, Connection
 from docl.services.redis.errors import translating
 from docl.services.redis.keys import keys_of, sweep_pattern
 from docl.services.redis.parts import (
@@ -71,9 +71,9 @@ class RedisStore:
         *,
         dedup_ttl_s: float = DEDUP_TTL_S,
         fast_url: str | None = None,
-        timeout_s: float = 30.0,
+        timeout_s: float = TIMEOUT_S,
         wait_replicas: int = 0,
-        wait_ms: int = 1000,
+        wait_ms: int = WAIT_MS,
     ) -> None:
         self.connection = Connection(
             redis,
@@ -89,11 +89,11 @@ class RedisStore:
         cls,
         url: str,
         *,
-        timeout_s: float = 30.0,
-        max_connections: int = 64,
+        timeout_s: float = TIMEOUT_S,
+        max_connections: int = MAX_CONNECTIONS,
         dedup_ttl_s: float = DEDUP_TTL_S,
         wait_replicas: int = 0,
-        wait_ms: int = 1000,
+        wait_ms: int = WAIT_MS,
     ) -> RedisStore:
         """A store on ``url``: ``redis://``, ``rediss://``, ``unix://`` (one Redis) or
         ``redis+cluster://`` / ``rediss+cluster://`` (a Redis Cluster: any node's
