@@ -40,6 +40,7 @@ import numpy as np
 from docl.services.layout import RunLayout, ScatterCounts
 
 __all__ = [
+    "SIGNAL_FIELD",
     "Applied",
     "ClaimStatus",
     "ClusterStateError",
@@ -59,6 +60,7 @@ __all__ = [
     "StoreFault",
     "StoreRefused",
     "StoreUnavailable",
+    "meta_signals",
 ]
 
 
@@ -236,6 +238,15 @@ class ClaimStatus(IntEnum):
 
     GONE = -1  # the run does not exist or was re-created
     CLAIMED = 1
+
+
+#: A run's meta (``Store.run_meta``) holds one field ``signal:<name>`` per signal column.
+SIGNAL_FIELD = "signal:"
+
+
+def meta_signals(meta: dict[str, str]) -> list[str]:
+    """The signal names a run's meta registers, sorted."""
+    return sorted(k[len(SIGNAL_FIELD) :] for k in meta if k.startswith(SIGNAL_FIELD))
 
 
 class SignalStatus(IntEnum):

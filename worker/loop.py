@@ -602,7 +602,7 @@ class _StepLevel:
         ratio = None if spec is None else spec.pool_ratio(params)
         if spec is None or ratio is None:
             return None
-        return _StepLevel(name, params, ratio, tuple(spec.step_signals))
+        return _StepLevel(name, params, ratio, tuple(spec.signals))
 
 
 def _step_signals(

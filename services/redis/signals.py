@@ -33,19 +33,9 @@ import numpy as np
 from docl.services.layout import RunLayout
 from docl.services.redis.codec import NAN32, ranges, text
 from docl.services.redis.connection import Connection
-from docl.services.storage import SignalStatus
+from docl.services.storage import SignalStatus, meta_signals
 
-__all__ = [
-    "SIGNAL_FIELD",
-    "read_signal",
-    "signal_keys",
-    "signal_names",
-    "signals_of_meta",
-    "write_signal",
-]
-
-#: The prefix of a signal's field in its run's meta hash.
-SIGNAL_FIELD = "signal:"
+__all__ = ["read_signal", "signal_keys", "signal_names", "write_signal"]
 
 
 def signal_keys(layout: RunLayout, uid: str, name: str) -> tuple[str, ...]:
@@ -56,15 +46,10 @@ def signal_keys(layout: RunLayout, uid: str, name: str) -> tuple[str, ...]:
     return tuple(f"{layout.prefix}:sig:{uid}:{name}:{k}" for k in range(count))
 
 
-def signals_of_meta(meta: dict[str, str]) -> list[str]:
-    """The signal names a run's meta hash (decoded) registers, sorted."""
-    return sorted(k[len(SIGNAL_FIELD) :] for k in meta if k.startswith(SIGNAL_FIELD))
-
-
 async def signal_names(conn: Connection, layout: RunLayout) -> list[str]:
     """The names of the run's signals (from its meta hash), sorted."""
     fields = await conn.redis.hkeys(layout.meta_key)
-    return signals_of_meta({text(f): "" for f in fields})
+    return meta_signals({text(f): "" for f in fields})
 
 
 async def write_signal(

@@ -69,7 +69,7 @@ def test_rho_loss_without_the_irreducible_loss_is_a_clear_error() -> None:
 
 def test_rho_loss_is_registered_with_its_control_and_parameters() -> None:
     spec = get_method("rho-loss")
-    assert spec.control == "pool-random" and spec.step_signals == (IL_SIGNAL,)
+    assert spec.control == "pool-random" and spec.signals == (IL_SIGNAL,)
     assert spec.pool_ratio({}) == 4 and spec.pool_ratio({"pool_ratio": 6, "il": "val"}) == 6
     p = spec.params.model_validate({})
     assert (p.il, p.il_epochs, p.il_lr) == ("halves", 30, None)  # type: ignore[attr-defined]
