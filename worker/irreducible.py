@@ -31,6 +31,7 @@ float32 values, read back or rounded, so a run behaves the same either way.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -249,7 +250,7 @@ def read_uploaded(
     for k in KINDS:
         name = IL_SIGNALS[k]
         col = ride_out(
-            lambda name=name: client.get_signal(run_id, name),
+            functools.partial(client.get_signal, run_id, name),
             tolerance=tolerance,
             what=f"reading the signal {name!r}",
         )
@@ -267,7 +268,7 @@ def upload(client: Any, run_id: str, values: dict[str, np.ndarray], *, tolerance
     for k in KINDS:
         name, col = IL_SIGNALS[k], np.asarray(values[k], dtype=np.float32)
         ride_out(
-            lambda name=name, col=col: client.put_signal(run_id, name, col),
+            functools.partial(client.put_signal, run_id, name, col),
             tolerance=tolerance,
             what=f"uploading the signal {name!r}",
         )
