@@ -54,6 +54,8 @@ from docl.wire.models import (
     Run,
     RunCreate,
     RunList,
+    SignalAck,
+    SignalList,
     Stats,
 )
 from docl.wire.retry import Retry
@@ -341,6 +343,35 @@ class ScoreClient(_Base):
         """Score quantiles, histogram, selection counts and counters of a run."""
         return self._send(self._c_stats(run_id))
 
+    # -- signals -------------------------------------------------------------------------
+
+    def put_signal(self, run_id: str, name: str, values: Any, *, start: int = 0) -> SignalAck:
+        """Upload ``values`` (a vector, sent as little-endian float32; NaN = unknown) as
+        samples [start, start + len(values)) of the run's signal column ``name``
+        (registered on its first upload). A DDP rank may upload its own contiguous
+        slice. Errors (:mod:`docl.client.errors`): ``ValidationError`` (422) for a bad
+        name, slice or an infinite value, ``ConflictError`` (409) for a new name past
+        ``DOCL_MAX_SIGNALS``, ``APIError`` 403 past ``DOCL_MAX_TOTAL_BYTES``,
+        ``NotFoundError`` (404) for an unknown run."""
+        return self._send(self._c_put_signal(run_id, name, values, start))
+
+    def get_signal(
+        self, run_id: str, name: str, *, start: int = 0, stop: int | None = None
+    ) -> np.ndarray:
+        """Samples [start, stop) (default: to the end) of signal ``name`` as float32
+        (NaN where nothing was uploaded), read page by page. ``NotFoundError`` for a
+        name the run does not keep."""
+        parts = []
+        pos: int | None = start
+        while pos is not None:
+            values, pos = self._send(self._c_get_signal(run_id, name, pos, stop))
+            parts.append(values)
+        return np.concatenate(parts) if len(parts) > 1 else parts[0]
+
+    def signals(self, run_id: str) -> SignalList:
+        """The run's signal column names, their length (n) and the server's limit."""
+        return self._send(self._c_signals(run_id))
+
     # -- service -------------------------------------------------------------------------
 
     def health(self) -> dict[str, Any]:
@@ -548,6 +579,25 @@ class AsyncScoreClient(_Base):
 
     async def stats(self, run_id: str) -> Stats:
         return await self._send(self._c_stats(run_id))
+
+    async def put_signal(self, run_id: str, name: str, values: Any, *, start: int = 0) -> SignalAck:
+        """See :meth:`ScoreClient.put_signal`."""
+        return await self._send(self._c_put_signal(run_id, name, values, start))
+
+    async def get_signal(
+        self, run_id: str, name: str, *, start: int = 0, stop: int | None = None
+    ) -> np.ndarray:
+        """See :meth:`ScoreClient.get_signal`."""
+        parts = []
+        pos: int | None = start
+        while pos is not None:
+            values, pos = await self._send(self._c_get_signal(run_id, name, pos, stop))
+            parts.append(values)
+        return np.concatenate(parts) if len(parts) > 1 else parts[0]
+
+    async def signals(self, run_id: str) -> SignalList:
+        """See :meth:`ScoreClient.signals`."""
+        return await self._send(self._c_signals(run_id))
 
     async def health(self) -> dict[str, Any]:
         return await self._send(self._c_health())

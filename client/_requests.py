@@ -44,6 +44,8 @@ from docl.wire.models import (
     RunCreate,
     RunList,
     Scores,
+    SignalAck,
+    SignalList,
     Stats,
 )
 from docl.wire.retry import Attempts, EqualJitterBackoff, ExponentialBackoff, Retry
@@ -256,6 +258,19 @@ def _parse_json(resp: httpx.Response) -> dict[str, Any]:
 
 def _parse_none(resp: httpx.Response) -> None:
     return None
+
+
+def _parse_signal(resp: httpx.Response) -> tuple[np.ndarray, int | None]:
+    """One page of a signal: a writable float32 copy, and where the next page starts."""
+    nxt = resp.headers.get("X-Docl-Next-Offset")
+    values = np.frombuffer(resp.content, dtype="<f4").astype(np.float32, copy=True)
+    return values, None if nxt is None else int(nxt)
+
+
+def _signal_name(name: str) -> str:
+    if not isinstance(name, str) or not name or "/" in name or "?" in name:
+        raise ValueError(f"a signal name must be a non-empty string without '/', got {name!r}")
+    return name
 
 
 def _run_path(run_id: str) -> str:
@@ -580,6 +595,39 @@ class _Base:
             params=params,
             headers={"Accept": accept},
         )
+
+    def _c_put_signal(self, run_id: str, name: str, values: Any, start: int) -> _Call[SignalAck]:
+        arr = np.asarray(values)
+        if arr.ndim != 1:
+            raise ValueError(f"values must be a vector of float32, got shape {arr.shape}")
+        if isinstance(start, bool) or not isinstance(start, int | np.integer) or start < 0:
+            raise ValueError(f"start must be a non-negative integer, got {start!r}")
+        data = np.ascontiguousarray(arr, dtype="<f4").tobytes()
+        return _Call(
+            "PUT",
+            f"{_run_path(run_id)}/signals/{_signal_name(name)}",
+            _model(SignalAck),
+            params={"start": int(start), "stop": int(start) + int(arr.shape[0])},
+            content=data,
+            headers={"Content-Type": wire.INDICES_CONTENT_TYPE},
+        )
+
+    def _c_get_signal(
+        self, run_id: str, name: str, start: int, stop: int | None
+    ) -> _Call[tuple[np.ndarray, int | None]]:
+        params: dict[str, Any] = {"start": int(start)}
+        if stop is not None:
+            params["stop"] = int(stop)
+        return _Call(
+            "GET",
+            f"{_run_path(run_id)}/signals/{_signal_name(name)}",
+            _parse_signal,
+            params=params,
+            headers={"Accept": wire.INDICES_CONTENT_TYPE},
+        )
+
+    def _c_signals(self, run_id: str) -> _Call[SignalList]:
+        return _Call("GET", f"{_run_path(run_id)}/signals", _model(SignalList))
 
     def _c_stats(self, run_id: str) -> _Call[Stats]:
         return _Call("GET", _run_path(run_id) + "/stats", _model(Stats))

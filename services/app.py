@@ -34,11 +34,21 @@ from docl.services.embedded import RedisProcess, embedded_redis
 from docl.services.engine import Engine
 from docl.services.errors import PayloadTooLarge, ProblemError, problem_response
 from docl.services.redis.store import RedisStore
-from docl.services.routes import epochs, health, index, plan, reports, runs, scores, stats
+from docl.services.routes import (
+    epochs,
+    health,
+    index,
+    plan,
+    reports,
+    runs,
+    scores,
+    signals,
+    stats,
+)
 from docl.services.routes import methods as method_routes
 from docl.services.routes._common import complete_openapi
 from docl.services.storage import ClusterStateError
-from docl.wire.encoding import REPORT_CONTENT_TYPE, REPORTS_CONTENT_TYPE
+from docl.wire.encoding import INDICES_CONTENT_TYPE, REPORT_CONTENT_TYPE, REPORTS_CONTENT_TYPE
 
 __all__ = ["GatewayMiddleware", "RequestTimeout", "create_app"]
 
@@ -220,7 +230,12 @@ class GatewayMiddleware:
         return wrapped
 
 
-_BINARY_TYPES = (REPORT_CONTENT_TYPE.encode(), REPORTS_CONTENT_TYPE.encode())
+#: Bodies that may use DOCL_MAX_BODY_BYTES: the binary reports and raw float32 (signals).
+_BINARY_TYPES = (
+    REPORT_CONTENT_TYPE.encode(),
+    REPORTS_CONTENT_TYPE.encode(),
+    INDICES_CONTENT_TYPE.encode(),
+)
 
 
 def _hint(setting: str) -> str:
@@ -309,6 +324,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 "description": "Report mini-batch outputs; scores update on arrival.",
             },
             {"name": "scores", "description": "Per-sample scores, visits, lr-sums."},
+            {
+                "name": "signals",
+                "description": "Named per-sample float32 columns a run keeps (e.g. an "
+                "irreducible loss), uploaded once and read by draws.",
+            },
             {"name": "stats", "description": "Aggregates for dashboards."},
             {"name": "health", "description": "Liveness, readiness, Prometheus metrics."},
         ],
@@ -316,7 +336,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     errors.install(app)
     v1 = APIRouter(prefix="/v1", dependencies=[Depends(bearer)])
-    for module in (runs, method_routes, plan, epochs, reports, scores, stats):
+    for module in (runs, method_routes, plan, epochs, reports, scores, signals, stats):
         v1.include_router(module.router)
     app.include_router(v1)
     app.include_router(health.router)

@@ -249,6 +249,14 @@ class Settings(BaseSettings):
         description="Per server process: keep copies of runs' per-sample records up to this many "
         "bytes, so a report needs no read from Redis (0 = off). Always checked against Redis.",
     )
+    max_signals: int = Field(
+        8,
+        ge=0,
+        le=64,
+        description="Most per-sample signal columns one run may keep (PUT /v1/runs/{run}/"
+        "signals/{name}; 409 for a new name past it). Each costs 4 bytes per sample of Redis "
+        "memory, counted in DOCL_MAX_TOTAL_BYTES and DOCL_MAX_RUN_BYTES.",
+    )
     max_page_bytes: int = Field(
         64 * MiB, ge=1024, description="Largest slice of per-sample records one /scores page reads."
     )

@@ -41,6 +41,7 @@ import numpy as np
 from docl.services.layout import RunLayout, ScatterCounts
 
 __all__ = [
+    "SIGNAL_FIELD",
     "Applied",
     "ClaimStatus",
     "ClusterStateError",
@@ -53,12 +54,14 @@ __all__ = [
     "NotReplicated",
     "PartitionUnavailable",
     "ScatterStatus",
+    "SignalStatus",
     "Store",
     "StoreError",
     "StoreFailover",
     "StoreFault",
     "StoreRefused",
     "StoreUnavailable",
+    "meta_signals",
 ]
 
 
@@ -238,6 +241,23 @@ class ClaimStatus(IntEnum):
     CLAIMED = 1
 
 
+#: A run's meta (``Store.run_meta``) holds one field ``signal:<name>`` per signal column.
+SIGNAL_FIELD = "signal:"
+
+
+def meta_signals(meta: dict[str, str]) -> list[str]:
+    """The signal names a run's meta registers, sorted."""
+    return sorted(k[len(SIGNAL_FIELD) :] for k in meta if k.startswith(SIGNAL_FIELD))
+
+
+class SignalStatus(IntEnum):
+    """signal.lua: registering a per-sample signal column and writing a slice of it."""
+
+    TOO_MANY = -2  # a new name, and the run keeps DOCL_MAX_SIGNALS signals: nothing written
+    GONE = -1  # the run does not exist or was re-created: nothing written
+    WRITTEN = 1
+
+
 @dataclass(frozen=True)
 class Gathered:
     """What ``gather`` read for one request."""
@@ -371,6 +391,35 @@ class Store(Protocol):
     async def read_column(
         self, layout: RunLayout, name: str, start: int, stop: int
     ) -> np.ndarray: ...
+
+    # -- per-sample signal columns (named float32 columns a client uploads; NaN = unknown)
+    async def write_signal(
+        self,
+        layout: RunLayout,
+        uid: str,
+        name: str,
+        start: int,
+        values: np.ndarray,
+        *,
+        max_signals: int,
+    ) -> tuple[SignalStatus, int]:
+        """Register signal ``name`` (unless the run keeps it already; TOO_MANY when that
+        would make more than ``max_signals``) and write ``values`` (float32) at samples
+        [start, start + len(values)). Returns the status and how many signals the run
+        keeps. Values never written read as NaN. A partitioned run: each partition its
+        slice; registration first, on the run's slot."""
+        ...
+
+    async def read_signal(
+        self, layout: RunLayout, uid: str, name: str, start: int, stop: int
+    ) -> np.ndarray:
+        """Values [start, stop) of signal ``name`` of incarnation ``uid`` (float32; NaN
+        where never written, and everywhere for a name never registered)."""
+        ...
+
+    async def signal_names(self, layout: RunLayout) -> list[str]:
+        """The names of the run's signals, sorted."""
+        ...
 
     # -- reports
     async def gather(

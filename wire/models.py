@@ -34,6 +34,8 @@ __all__ = [
     "RunList",
     "RunParams",
     "Scores",
+    "SignalAck",
+    "SignalList",
     "Stats",
     "Task",
 ]
@@ -391,6 +393,30 @@ class Scores(BaseModel):
     scores: list[float | None]
     visits: list[int]
     lr_sums: list[float | None]
+
+
+#: A per-sample signal column's name (``PUT /v1/runs/{run}/signals/{name}``).
+SIGNAL_NAME_PATTERN = r"^[a-z][a-z0-9_]{0,31}$"
+
+
+class SignalAck(BaseModel):
+    """``PUT /v1/runs/{run}/signals/{name}``: the slice written."""
+
+    run_id: str
+    name: str
+    start: int = Field(..., description="First sample written.")
+    stop: int = Field(..., description="One past the last sample written.")
+    signals: int = Field(..., description="Signal columns the run keeps now.")
+
+
+class SignalList(BaseModel):
+    """``GET /v1/runs/{run}/signals``: the run's signal columns (each of ``length`` =
+    num_samples float32 values; NaN where no upload wrote)."""
+
+    run_id: str
+    length: int = Field(..., description="Values per signal: the run's num_samples.")
+    signals: list[str] = Field(..., description="The names, sorted.")
+    max_signals: int = Field(..., description="Most signals a run may keep (DOCL_MAX_SIGNALS).")
 
 
 class Histogram(BaseModel):

@@ -19,15 +19,23 @@ ranks (``halves``: rank 0 trains model A, rank 1 model B when there are two or m
 ranks; ``val``: rank 0), each rank fills the entries its model scored and leaves the
 others at 0, and one all-reduce sums them: every rank ends with every sample's IL, the
 IL training is paid once (not once per rank), and it costs one (2n + 2,) float64
-all-reduce. This is the seam where a per-sample signal column on the score server will
-take over (issue 18, item 2): a rank would then read the column instead.
+all-reduce.
+
+With a score server (:func:`read_uploaded`, :func:`upload`): rank 0 uploads the IL as
+the run's signal columns (``IL_SIGNALS``: ``irreducible_loss`` for the task loss,
+``irreducible_loss_l2`` for the l2 kind; float32, what the server keeps), and a run that
+finds both complete there (a restart without its checkpoint, another launch on the same
+run) reads them back instead of training the IL model again. Every rank then uses the
+float32 values, read back or rounded, so a run behaves the same either way.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -35,7 +43,15 @@ from torch import nn
 
 from docl.worker.tasks import TaskData
 
-__all__ = ["ILResult", "halves", "irreducible_losses", "shared_irreducible", "train_model"]
+__all__ = [
+    "ILResult",
+    "halves",
+    "irreducible_losses",
+    "read_uploaded",
+    "shared_irreducible",
+    "train_model",
+    "upload",
+]
 
 #: Loss kinds the loop trains with; IL is kept in each (the rule subtracts like from like).
 KINDS = ("task", "l2")
@@ -213,3 +229,46 @@ def shared_irreducible(
     total = all_reduce_sum(flat).cpu()
     values = {k: total[i * n : (i + 1) * n].numpy().copy() for i, k in enumerate(KINDS)}
     return ILResult(values, int(total[-2]), int(total[-1]))
+
+
+def read_uploaded(
+    client: Any, run_id: str, n: int, *, tolerance: float
+) -> dict[str, np.ndarray] | None:
+    """Every sample's IL per loss kind as the run's signal columns hold it (float64 of
+    the stored float32), or None unless every kind's column is there and complete (no
+    NaN: a column some upload did not finish). ``client``: a ``ScoreClient``; each call
+    rides out a server outage of up to ``tolerance`` seconds."""
+    from docl.client.sampler import ride_out
+    from docl.services.methods.rho import IL_SIGNALS
+
+    listed = ride_out(
+        lambda: client.signals(run_id), tolerance=tolerance, what="listing the run's signals"
+    )
+    if not all(IL_SIGNALS[k] in listed.signals for k in KINDS):
+        return None
+    out = {}
+    for k in KINDS:
+        name = IL_SIGNALS[k]
+        col = ride_out(
+            functools.partial(client.get_signal, run_id, name),
+            tolerance=tolerance,
+            what=f"reading the signal {name!r}",
+        )
+        if col.shape != (n,) or np.isnan(col).any():
+            return None
+        out[k] = np.asarray(col, dtype=np.float64)
+    return out
+
+
+def upload(client: Any, run_id: str, values: dict[str, np.ndarray], *, tolerance: float) -> None:
+    """Upload the IL per loss kind as the run's signal columns (``IL_SIGNALS``)."""
+    from docl.client.sampler import ride_out
+    from docl.services.methods.rho import IL_SIGNALS
+
+    for k in KINDS:
+        name, col = IL_SIGNALS[k], np.asarray(values[k], dtype=np.float32)
+        ride_out(
+            functools.partial(client.put_signal, run_id, name, col),
+            tolerance=tolerance,
+            what=f"uploading the signal {name!r}",
+        )

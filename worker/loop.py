@@ -602,7 +602,7 @@ class _StepLevel:
         ratio = None if spec is None else spec.pool_ratio(params)
         if spec is None or ratio is None:
             return None
-        return _StepLevel(name, params, ratio, tuple(spec.step_signals))
+        return _StepLevel(name, params, ratio, tuple(spec.signals))
 
 
 def _step_signals(
@@ -610,11 +610,25 @@ def _step_signals(
 ) -> tuple[dict[str, dict[str, np.ndarray]], tuple[int, int]]:
     """The signals ``step``'s rule reads besides the fresh loss, each per loss kind over
     every training sample, and the (forward, backward) sample-passes they cost, all
-    ranks. The worker computes the irreducible loss itself (``worker/irreducible.py``);
-    a signal column uploaded to the score server will replace this (issue 18, item 2)."""
+    ranks. The worker computes the irreducible loss itself (``worker/irreducible.py``).
+    With a score server (a source with a ``client``), the run's signal columns come
+    first: when every rank finds the IL complete there, it is read back and nothing is
+    trained (0 sample-passes); otherwise rank 0 uploads what was trained."""
     from docl.services import methods
     from docl.services.methods.rho import IL_SIGNAL
-    from docl.worker.irreducible import shared_irreducible
+    from docl.worker.irreducible import read_uploaded, shared_irreducible, upload
+
+    client, run_id = getattr(source, "client", None), getattr(source, "run_id", None)
+    server = client is not None and isinstance(run_id, str)
+    tolerance = float(getattr(source, "outage_tolerance", 0.0) or 0.0)
+    if server:
+        stored = read_uploaded(client, str(run_id), data.num_samples, tolerance=tolerance)
+        # every rank must agree: shared_irreducible's all-reduce needs all of them
+        flag = torch.tensor([0.0 if stored is None else 1.0], dtype=torch.float64)
+        if stored is not None and int(session.all_reduce_sum(flag).item()) == session.world:
+            if session.rank == 0:
+                session.log("irreducible loss read back from the run's signal columns")
+            return {IL_SIGNAL: stored}, (0, 0)
 
     unknown = [s for s in step.signals if s != IL_SIGNAL]
     if unknown:
@@ -647,7 +661,12 @@ def _step_signals(
             f"{il.forward_samples + il.backward_samples} sample-passes, "
             f"{time.perf_counter() - t0:.1f}s"
         )
-    return {IL_SIGNAL: il.values}, (il.forward_samples, il.backward_samples)
+    values = il.values
+    if server:  # the server keeps float32: every rank uses what a read-back would give
+        values = {k: v.astype(np.float32).astype(np.float64) for k, v in values.items()}
+        if session.rank == 0:
+            upload(client, str(run_id), values, tolerance=tolerance)
+    return {IL_SIGNAL: values}, (il.forward_samples, il.backward_samples)
 
 
 def _sum_counters(reporter: Any, session: Session) -> dict[str, int]:

@@ -18,11 +18,13 @@ as the limit the server is compared with.
 - :mod:`.draws` — :class:`~.draws.EpochDraws`: draw each epoch once, re-read it,
   per-rank index shards;
 - :mod:`.stats` — :class:`~.stats.ScorePages`: score pages and statistics;
+- :mod:`.signals` — :class:`~.signals.SignalColumns`: per-sample signal columns
+  (upload, read, list; their bounds and quota);
 - :mod:`.validate` — the one report validator (one report or a request's many);
 - :mod:`.jsonreport` — a JSON report parsed into the binary decoder's arrays.
 
 The parts import each other in one direction only (``runs`` ← ``cache`` ←
-``groups`` ← ``reports``; ``draws`` and ``stats`` on ``runs``): no cycle
+``groups`` ← ``reports``; ``draws``, ``stats`` and ``signals`` on ``runs``): no cycle
 (tests/test_imports.py checks it).
 """
 
@@ -38,11 +40,22 @@ from docl.services.engine.draws import EpochDraws
 from docl.services.engine.jsonreport import report_arrays_from_json
 from docl.services.engine.reports import ReportApplier
 from docl.services.engine.runs import RunRegistry, RunState
+from docl.services.engine.signals import SignalColumns
 from docl.services.engine.stats import ScorePages
 from docl.services.seeds import epoch_seed
 from docl.services.storage import Store
 from docl.wire.encoding import ReportArrays
-from docl.wire.models import Epoch, Plan, ReportAck, Run, RunCreate, RunList, Stats
+from docl.wire.models import (
+    Epoch,
+    Plan,
+    ReportAck,
+    Run,
+    RunCreate,
+    RunList,
+    SignalAck,
+    SignalList,
+    Stats,
+)
 
 __all__ = ["Engine", "RunState", "epoch_seed", "report_arrays_from_json"]
 
@@ -58,6 +71,7 @@ class Engine:
         self.reports = ReportApplier(store, self.runs, self.caches)
         self.epochs = EpochDraws(store, settings, self.runs)
         self.pages = ScorePages(store, settings, self.runs)
+        self.signals = SignalColumns(store, settings, self.runs)
 
     # -- runs and the plan ----------------------------------------------------------------------
     async def state(self, run_id: str, *, fresh: bool = False) -> RunState:
@@ -121,3 +135,17 @@ class Engine:
 
     async def stats(self, run_id: str) -> Stats:
         return await self.pages.stats(run_id)
+
+    # -- signals --------------------------------------------------------------------------------
+    async def put_signal(self, run_id: str, name: str, start: int, values: np.ndarray) -> SignalAck:
+        """Write samples [start, start + len(values)) of signal ``name`` (SignalColumns.put)."""
+        return await self.signals.put(run_id, name, start, values)
+
+    async def get_signal(
+        self, run_id: str, name: str, start: int, stop: int | None
+    ) -> tuple[np.ndarray, int, int, int]:
+        """(values, start, stop, num_samples) of one page of signal ``name``."""
+        return await self.signals.get(run_id, name, start, stop)
+
+    async def list_signals(self, run_id: str) -> SignalList:
+        return await self.signals.list(run_id)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Mapping
 from typing import NamedTuple
 
 import numpy as np
@@ -177,12 +178,13 @@ class EpochDraws:
         records = None
         if select and spec.prune:
             records = await self.store.read_records(st.layout, 0, st.layout.num_samples)
+        signals = await self.draw_signals(st) if select else {}
         t_read = time.perf_counter()
         seed = epoch_seed(p.seed, e)
         # Every O(n) numpy step runs in a worker thread: the event loop keeps serving
         # reports meanwhile (numpy releases the GIL for most of it).
         indices, weights, drawn, incl_col, pruned = await asyncio.to_thread(
-            self.draw_counted, st, spec, seed, snap, records
+            self.draw_counted, st, spec, seed, snap, records, signals
         )
         t_draw = time.perf_counter()
         drop = None
@@ -214,6 +216,30 @@ class EpochDraws:
         metrics.DRAW_SECONDS.labels(phase=spec.phase).observe(time.perf_counter() - t0)
         return status
 
+    async def draw_signals(self, st: RunState) -> dict[str, np.ndarray]:
+        """The signal columns an epoch-level method declares (``SelectionMethod.signals``),
+        read whole for a selection draw; 409 naming the first one not uploaded. A
+        step-level method's signals are its step rule's (the worker supplies them): none
+        here. Read outside the draw's snapshot: a signal is uploaded once, before the
+        draws that need it."""
+        method = methods.get_method(st.config.method)
+        if method.step is not None or not method.signals:
+            return {}
+        have = set(await self.store.signal_names(st.layout))
+        for name in method.signals:
+            if name not in have:
+                raise Conflict(
+                    f"method {method.name!r} draws its selection epochs from the signal "
+                    f"{name!r}, which run {st.run_id!r} does not have yet: upload it first "
+                    f"(PUT /v1/runs/{st.run_id}/signals/{name}, {st.config.num_samples} "
+                    "little-endian float32; ScoreClient.put_signal)"
+                )
+        n = st.layout.num_samples
+        return {
+            name: await self.store.read_signal(st.layout, st.uid, name, 0, n)
+            for name in method.signals
+        }
+
     def draw_counted(
         self,
         st: RunState,
@@ -221,11 +247,13 @@ class EpochDraws:
         seed: int,
         snap: DrawInputs,
         records: np.ndarray | None,
+        signals: Mapping[str, np.ndarray] | None = None,
     ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, np.ndarray | None, Pruned | None]:
         """The draw (indices, per-sample weights or None) plus the columns it updates:
-        selection counts and Exp3 inclusion, and its diversity pruning (None: none)."""
+        selection counts and Exp3 inclusion, and its diversity pruning (None: none).
+        ``signals``: the method's declared signal columns (:meth:`draw_signals`)."""
         indices, inclusion, weights, pruned, hit = self._draw(
-            st, spec, seed, snap.scores, snap.losses, records
+            st, spec, seed, snap.scores, snap.losses, records, signals
         )
         # Selection counts (uint16, saturating): one scatter of bytes into a mask and
         # a sequential add is ~2x faster than drawn[indices] += 1 at n = 10M.
@@ -250,6 +278,7 @@ class EpochDraws:
         scores: np.ndarray | None,
         losses: np.ndarray | None,
         records: np.ndarray | None,
+        signals: Mapping[str, np.ndarray] | None = None,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, Pruned | None, np.ndarray | None]:
         """The pure part of a draw: (indices in training order, inclusion probabilities,
         per-sample weights or None, its diversity pruning or None, the (n,) uint8 mask of
@@ -287,6 +316,7 @@ class EpochDraws:
             num_epochs=st.num_epochs,
             shuffle=False,
             method_params=st.config.method_params,
+            signals=signals,
         )
         # the engine always shuffles the drawn subset (no method shuffles itself)
         hit = None if prune else _mask(n, d.indices)

@@ -30,7 +30,7 @@ from docl.services import methods, plan, scoring
 from docl.services.config import Settings
 from docl.services.errors import Conflict, NotFound, ProblemError, Unprocessable
 from docl.services.layout import MAX_PARTITIONS, RunLayout
-from docl.services.storage import CreateStatus, Store
+from docl.services.storage import CreateStatus, Store, meta_signals
 from docl.wire.models import Plan, PlanEpoch, Run, RunCounters, RunCreate, RunList
 
 __all__ = ["QuotaExceeded", "RunCache", "RunRegistry", "RunState", "plan_row"]
@@ -119,13 +119,16 @@ class RunCache:
         return run_id in self._d
 
 
-def run_footprint(layout: RunLayout, method: str, keep_epochs: int) -> int:
+def run_footprint(layout: RunLayout, method: str, keep_epochs: int, signals: int = 0) -> int:
     """Estimated Redis bytes of a run's per-sample state (what DOCL_MAX_RUN_BYTES and
     DOCL_MAX_TOTAL_BYTES count): the layout's columns, plus float32 weights beside the
-    kept index lists for a method that has them."""
+    kept index lists for a method that has them, plus one float32 column per signal:
+    the method's declared ones, or ``signals`` (those the run keeps) if more."""
+    spec = methods.get_method(method)
     need = layout.memory_bytes(keep_epochs)
-    if methods.get_method(method).weights:
+    if spec.weights:
         need += 4 * layout.num_samples * keep_epochs
+    need += 4 * layout.num_samples * max(len(spec.signals), signals)
     return need
 
 
@@ -283,15 +286,7 @@ class RunRegistry:
                 f"this server holds {len(ids)} runs, its limit (DOCL_MAX_RUNS = {cap}); "
                 "delete runs you no longer need (docl runs delete) to create new ones"
             )
-        known = set(ids)
-        for rid in [r for r in self._footprints if r not in known]:
-            del self._footprints[rid]
-        unknown = [r for r in ids if r not in self._footprints]
-        for i in range(0, len(unknown), 1000):
-            batch = unknown[i : i + 1000]
-            for rid, (meta, _c) in zip(batch, await self.store.run_metas(batch), strict=True):
-                self._footprints[rid] = self._meta_footprint(rid, meta)
-        total = sum(self._footprints.values())
+        total = await self._total_footprint(ids)
         most = self.settings.max_total_bytes
         if total + need > most:
             raise QuotaExceeded(
@@ -301,6 +296,47 @@ class RunRegistry:
                 "runs you no longer need, or create a smaller one"
             )
 
+    async def _total_footprint(self, ids: list[str]) -> int:
+        """The summed footprints of the runs ``ids`` (the run index): the known ones
+        from this process's table, the others sized from their meta (then kept)."""
+        known = set(ids)
+        for rid in [r for r in self._footprints if r not in known]:
+            del self._footprints[rid]
+        unknown = [r for r in ids if r not in self._footprints]
+        for i in range(0, len(unknown), 1000):
+            batch = unknown[i : i + 1000]
+            for rid, (meta, _c) in zip(batch, await self.store.run_metas(batch), strict=True):
+                self._footprints[rid] = self._meta_footprint(rid, meta)
+        return sum(self._footprints.values())
+
+    async def check_signal_quota(self, st: RunState, signals: int) -> int:
+        """The run's footprint keeping ``signals`` signal columns; 422 over
+        DOCL_MAX_RUN_BYTES, 403 when it would take all runs over DOCL_MAX_TOTAL_BYTES
+        (counted as a create counts them: ``run_footprint``)."""
+        keep = self.settings.keep_epochs
+        need = run_footprint(st.layout, st.config.method, keep, signals)
+        if need > self.settings.max_run_bytes:
+            raise Unprocessable(
+                f"run {st.run_id!r} with {signals} signal columns would need about "
+                f"{need / 2**30:.2f} GiB of Redis memory, over this server's limit of "
+                f"{self.settings.max_run_bytes / 2**30:.2f} GiB (DOCL_MAX_RUN_BYTES)"
+            )
+        ids = await self.store.list_run_ids()
+        others = await self._total_footprint(ids) - self._footprints.get(st.run_id, 0)
+        most = self.settings.max_total_bytes
+        if others + need > most:
+            raise QuotaExceeded(
+                f"a new signal column of run {st.run_id!r} ({4 * st.layout.num_samples} bytes) "
+                f"would take the server's runs to about {(others + need) / 2**30:.2f} GiB of "
+                f"Redis memory, over the limit of {most / 2**30:.2f} GiB for all runs together "
+                "(DOCL_MAX_TOTAL_BYTES); delete runs you no longer need"
+            )
+        return need
+
+    def set_footprint(self, run_id: str, need: int) -> None:
+        """Record a run's footprint after it grew (a new signal column)."""
+        self._footprints[run_id] = need
+
     def _meta_footprint(self, run_id: str, meta: dict[str, str] | None) -> int:
         """A stored run's footprint from its meta (0 when gone or unreadable)."""
         if meta is None:
@@ -308,7 +344,8 @@ class RunRegistry:
         try:
             layout = RunLayout.from_json(run_id, meta["layout"])
             method = str(json.loads(meta["config"]).get("method", "docl"))
-            return run_footprint(layout, method, self.settings.keep_epochs)
+            signals = len(meta_signals(meta))
+            return run_footprint(layout, method, self.settings.keep_epochs, signals)
         except (ValueError, KeyError, TypeError) as e:  # written by another version
             log.warning("run %r: cannot size its meta (%s); counted as 0 bytes", run_id, e)
             return 0

@@ -29,8 +29,13 @@ A method is everything the service needs to know about it, in one place:
   forwards a candidate pool of ``pool_ratio`` (a field its ``params`` must have)
   times the step's batch without gradients and trains on the batch the rule picks
   from the pool's per-sample values (:class:`StepContext`, :func:`select_step`);
-* ``step_signals`` — the per-sample signals its step rule reads besides the fresh
-  loss (``rho-loss``: ``"irreducible_loss"``), which the worker supplies.
+* ``signals`` — the named per-sample signal columns it reads besides the score and the
+  last loss (``rho-loss``: ``"irreducible_loss"``), each uploaded once to the run
+  (``PUT /v1/runs/{run}/signals/{name}``). One declaration for both kinds of method: an
+  epoch-level method's selection draws get them in ``DrawContext.signals`` (a draw
+  before one is uploaded is refused with 409); a step-level method's rule gets them in
+  ``StepContext.values`` over the pool, which the worker supplies (reading them from
+  the run, or computing and uploading them).
 
 Everything else — which Redis columns a run has, the CLI help, which methods the
 local baseline may run — is derived from the registry. The built-in methods live
@@ -55,7 +60,7 @@ import os
 import re
 import sys
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import Any, Generic, Literal, TypeVar
 
@@ -69,6 +74,7 @@ __all__ = [
     "DEFAULT_TAU",
     "ENTRY_POINT_GROUP",
     "ENV_VAR",
+    "SIGNAL_NAME",
     "Draw",
     "DrawContext",
     "NoParams",
@@ -97,6 +103,8 @@ ENV_VAR = "DOCL_METHODS"
 Signal = Literal["docl", "docl-nr", "loss", "none"]
 SizeSchedule = Literal["full", "shrink", "grow", "drawn"]
 _NAME = re.compile(r"[a-z0-9][a-z0-9_\-]{0,63}")  # as wire.models.Method
+#: A signal's name (as the signals route accepts it).
+SIGNAL_NAME = re.compile(r"[a-z][a-z0-9_]{0,31}")
 #: The Boltzmann temperature when none is given: the run parameter's default.
 DEFAULT_TAU: float = RunParams.model_fields["tau"].default
 
@@ -129,6 +137,9 @@ class DrawContext(Generic[P]):
     episode: int = 1  # the plan's episode of this epoch (0 = warmup)
     epoch: int = 0  # this epoch's number
     num_epochs: int = 1  # the plan's length
+    #: the method's declared signal columns (``SelectionMethod.signals``), each (n,)
+    #: float32 as uploaded (NaN = unknown); read-only. Empty for a method declaring none.
+    signals: Mapping[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def n(self) -> int:
@@ -179,9 +190,10 @@ class SelectionMethod(Generic[P]):
     control: str | None = None  # the method's size-matched uniform control, if any
     summary: str = ""
     step: StepFn | None = None  # a step rule: the method selects per step from a pool
-    #: per-sample signals a step rule reads besides the fresh ``"loss"`` (e.g.
-    #: ``"irreducible_loss"``): whoever runs the steps supplies each over the pool
-    step_signals: tuple[str, ...] = ()
+    #: the per-sample signal columns it reads (e.g. ``"irreducible_loss"``), uploaded to
+    #: the run: an epoch draw gets them in ``DrawContext.signals``, a step rule in
+    #: ``StepContext.values`` (whoever runs the steps supplies each over the pool)
+    signals: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not _NAME.fullmatch(self.name):
@@ -206,8 +218,12 @@ class SelectionMethod(Generic[P]):
                 )
             if self.weights:
                 raise ValueError(f"method {self.name!r}: a step-level method has no weights")
-        elif self.step_signals:
-            raise ValueError(f"method {self.name!r}: step_signals need a step rule")
+        bad = [s for s in self.signals if not SIGNAL_NAME.fullmatch(str(s))]
+        if bad or len(set(self.signals)) != len(self.signals):
+            raise ValueError(
+                f"method {self.name!r}: signals must be distinct names matching "
+                f"^[a-z][a-z0-9_]{{0,31}}$, got {list(self.signals)}"
+            )
 
     def pool_ratio(self, method_params: Mapping[str, Any] | None = None) -> int | None:
         """m, the candidates per trained sample of a step-level method (None: the
@@ -376,6 +392,7 @@ def draw(
     num_epochs: int = 1,
     shuffle: bool = True,
     method_params: Mapping[str, Any] | None = None,
+    signals: Mapping[str, np.ndarray] | None = None,
 ) -> Draw:
     """Draw a selection epoch with the named method (a pure function of its inputs and rng).
 
@@ -385,7 +402,9 @@ def draw(
     with the same Generator, after the method's draw), so no method shuffles itself.
     ``shuffle=False`` returns the selection before that shuffle: ``shuffle_draw`` with
     the same Generator then gives exactly the shuffled draw. A ``drawn``-size method
-    returns at most k samples; every other method exactly k.
+    returns at most k samples; every other method exactly k. ``signals``: the method's
+    declared signal columns by name, each (n,) (an epoch-level method declaring
+    signals needs every one; others are not passed on).
     """
     spec = get_method(method)
     s = np.asarray(scores)
@@ -404,6 +423,20 @@ def draw(
     if normalize not in ("std", "none"):
         raise ValueError(f"normalize must be 'std' or 'none', got {normalize!r}")
     params = spec.params.model_validate(dict(method_params or {}))
+    given = dict(signals or {})
+    cols: dict[str, np.ndarray] = {}
+    for name in spec.signals if spec.step is None else ():
+        if name not in given:
+            raise ValueError(
+                f"method {method!r} reads the signal {name!r}, which was not given "
+                f"(given: {sorted(given)})"
+            )
+        col = np.asarray(given[name], dtype=np.float32)
+        if col.shape != (n,):
+            raise ValueError(f"signal {name!r} must have shape ({n},), got {col.shape}")
+        col = col.view()  # read-only for the method, without a copy
+        col.flags.writeable = False
+        cols[name] = col
     ctx = DrawContext(
         k=k,
         scores=s,
@@ -416,6 +449,7 @@ def draw(
         episode=int(episode),
         epoch=int(epoch),
         num_epochs=int(num_epochs),
+        signals=cols,
     )
     d = spec.draw(ctx)
     m = int(d.indices.shape[0])

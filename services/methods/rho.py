@@ -20,6 +20,18 @@ learnt one a low fresh loss: both rank low. The IL model is trained by docl's wo
 Its epochs are random SGD's (the draw of ``random``), its control ``pool-random``
 (the same pools, the same forward cost, no selection). The rule is a pure function:
 ties go to the earlier pool position; a NaN reducible loss ranks last.
+
+The IL is the run's signal column ``irreducible_loss`` (``IL_SIGNAL``; the l2 loss
+kind's as ``irreducible_loss_l2``): the worker uploads it once to a run on a score
+server, and a resumed run or another rank reads it back instead of training again.
+
+``rho-epoch`` is the epoch-level variant on *stale* reducible losses: its selection
+epochs take the k samples of highest (last loss − IL), both read from the run (the loss
+column the reports keep; the uploaded IL signal); a sample never visited (or without
+an IL) counts as +inf, so it is taken first; ties at the cut are broken by the epoch's
+Generator (``sampling.extreme_k``). Its sizes and phases are ``docl``'s (``shrink``),
+its control ``random-subset``. It needs the IL uploaded before its first selection
+draw (409 naming the signal until then).
 """
 
 from __future__ import annotations
@@ -29,13 +41,31 @@ from typing import Literal
 import numpy as np
 from pydantic import Field
 
-from docl.services.methods import SelectionMethod, StepContext, register_method
+from docl.services.methods import (
+    DrawContext,
+    NoParams,
+    SelectionMethod,
+    StepContext,
+    register_method,
+)
 from docl.services.methods.pool import PoolParams, top_b, uniform_epochs
+from docl.services.sampling import Draw, extreme_k
 
-__all__ = ["IL_SIGNAL", "RHO_LOSS", "RhoParams", "reducible_loss", "rho_loss_rule"]
+__all__ = [
+    "IL_SIGNAL",
+    "IL_SIGNALS",
+    "RHO_EPOCH",
+    "RHO_LOSS",
+    "RhoParams",
+    "reducible_loss",
+    "rho_epoch_draw",
+    "rho_loss_rule",
+]
 
 #: The name of the per-sample signal the rule reads besides the fresh ``"loss"``.
 IL_SIGNAL = "irreducible_loss"
+#: The run's signal column of the IL in each loss kind the loop trains with.
+IL_SIGNALS = {"task": IL_SIGNAL, "l2": f"{IL_SIGNAL}_l2"}
 
 
 class RhoParams(PoolParams):
@@ -85,8 +115,30 @@ RHO_LOSS = register_method(
         params=RhoParams,
         control="pool-random",
         step=rho_loss_rule,
-        step_signals=(IL_SIGNAL,),
+        signals=(IL_SIGNAL,),
         summary="per step: the batch of highest reducible loss (fresh − irreducible) in a "
         "pool of m batches (RHO-LOSS)",
+    )
+)
+
+
+def rho_epoch_draw(ctx: DrawContext[NoParams]) -> Draw:
+    """The k samples of highest stale reducible loss: last loss − IL (NaN: +inf, first)."""
+    red = np.asarray(ctx.losses, dtype=np.float64) - np.asarray(
+        ctx.signals[IL_SIGNAL], dtype=np.float64
+    )
+    idx = extreme_k(red, ctx.k, ctx.rng, largest=True, nan_as=np.inf)
+    return Draw(idx, np.ones(idx.shape[0], np.float32) if ctx.exp3 else None)
+
+
+RHO_EPOCH = register_method(
+    SelectionMethod(
+        name="rho-epoch",
+        draw=rho_epoch_draw,
+        signal="loss",
+        size="shrink",
+        signals=(IL_SIGNAL,),
+        summary="per epoch: the k highest stale reducible losses (last loss − uploaded "
+        "irreducible loss); unvisited samples first",
     )
 )

@@ -46,7 +46,7 @@ __all__ = [
 #: URL schemes of a Redis Cluster -> the scheme redis-py's client takes for one of its nodes.
 CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
 #: The Lua scripts (``services/lua/<name>.lua``), one per atomic store operation.
-SCRIPTS = ("create", "gather", "scatter", "commit_epoch", "compact", "claim")
+SCRIPTS = ("create", "gather", "scatter", "commit_epoch", "compact", "claim", "signal")
 #: What a fast-path call may raise that :meth:`Connection.hand_over` may pass to redis-py.
 _FAST_PATH_ERRORS = (ResponseError, RedisConnectionError, RedisTimeoutError)
 #: redis-py's retry of a command after a connection error or timeout: 3 tries, backoff

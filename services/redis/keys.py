@@ -12,6 +12,7 @@ are what runs stored before were written under: keep them byte for byte.
     {run:<id>}:meta  :counters  :reports  :epochs  :scorelog      (one key each)
     {run:<id>}:rec:<k>  :score:<k>  :loss:<k>  :drawn:<k>  :incl:<k>  (column chunks)
     {run:<id>}:epoch:<e>:<k>  :weight:<e>:<k>                     (an epoch's chunks)
+    {run:<id>}:sig:<uid>:<name>:<k>                               (a signal's chunks)
     docl:runs                                                     (every run id)
 
 What each holds: ``slot.py``'s docstring and docs/architecture.md "The store".
@@ -158,6 +159,13 @@ class RunKeys:
     def weight(self, epoch: int, size: int) -> tuple[str, ...]:
         """Chunks of epoch ``epoch``'s float32 weights (as many per chunk as its indices)."""
         return _chunk_keys(self.prefix, f"weight:{epoch}", size, self.layout.idx_per_chunk)
+
+    def signal(self, uid: str, name: str) -> tuple[str, ...]:
+        """Chunks of signal ``name`` of incarnation ``uid`` (float32, chunked as the score
+        column; ``signals.py``): the uid in the name, so a re-created run never reads
+        the old incarnation's values."""
+        lay = self.layout
+        return _chunk_keys(self.prefix, f"sig:{uid}:{name}", lay.num_samples, lay.col_per_chunk)
 
     def static(self) -> tuple[str, ...]:
         """Every key of the layout except the per-epoch index and weight chunks."""

@@ -42,6 +42,7 @@ from docl.services.redis.parts import (
     report_sizes,
     whole_duplicates,
 )
+from docl.services.redis.signals import read_signal, signal_names, write_signal
 from docl.services.redis.slot import DEDUP_TTL_S, SlotStore
 from docl.services.storage import (
     Applied,
@@ -53,6 +54,7 @@ from docl.services.storage import (
     Gathered,
     GatherStatus,
     ScatterStatus,
+    SignalStatus,
 )
 
 __all__ = ["RedisStore"]
@@ -430,6 +432,66 @@ class RedisStore:
         for j, sub in enumerate(self._partitions(layout)):
             lo, hi = layout.partition_bounds(j)
             await self.slot.write_column(sub, name, data[lo:hi])
+
+    # -- signals --------------------------------------------------------------------------
+    async def write_signal(
+        self,
+        layout: RunLayout,
+        uid: str,
+        name: str,
+        start: int,
+        values: np.ndarray,
+        *,
+        max_signals: int,
+    ) -> tuple[SignalStatus, int]:
+        """Register signal ``name`` on the run's meta (at most ``max_signals``) and write
+        ``values`` at [start, start + len(values)): one signal.lua call on a run on one
+        slot. A partitioned run: the registration on the run's slot first, then each
+        partition's piece of the slice on its own slot, concurrently (a write that died
+        half-way leaves NaN, "unknown", where it did not reach: re-sending it completes it)."""
+        if max_signals < 1:
+            return SignalStatus.TOO_MANY, 0
+        conn = self.connection
+        if layout.partitions == 1:
+            return await write_signal(conn, layout, uid, name, start, values, register=max_signals)
+        data = np.ascontiguousarray(values, dtype="<f4").reshape(-1)
+        stop = start + int(data.shape[0])
+        if not 0 <= start <= stop <= layout.num_samples:
+            raise ValueError(f"slice [{start}, {stop}) is outside [0, {layout.num_samples})")
+        empty = np.empty(0, dtype="<f4")
+        status, count = await write_signal(conn, layout, uid, name, 0, empty, register=max_signals)
+        if status != SignalStatus.WRITTEN:
+            return status, count
+        calls = []
+        for j in range(layout.partitions):
+            lo, hi = layout.partition_bounds(j)
+            a, b = max(start, lo), min(stop, hi)
+            if a < b:
+                piece = data[a - start : b - start]
+                sub = layout.partition(j)
+                calls.append((j, write_signal(conn, sub, uid, name, a - lo, piece, register=0)))
+        got = await all_parts(layout, calls)
+        if any(st == SignalStatus.GONE for st, _ in got):
+            return SignalStatus.GONE, 0
+        return SignalStatus.WRITTEN, count
+
+    async def read_signal(
+        self, layout: RunLayout, uid: str, name: str, start: int, stop: int
+    ) -> np.ndarray:
+        """Values [start, stop) of signal ``name`` (float32, NaN where never written); a
+        partitioned run: each partition's piece, concurrently, concatenated."""
+        if layout.partitions == 1:
+            return await read_signal(self.connection, layout, uid, name, start, stop)
+
+        async def part(sub: RunLayout, lo: int, hi: int) -> np.ndarray:
+            return await read_signal(self.connection, sub, uid, name, lo, hi)
+
+        parts = await self._per_partition(layout, start, stop, part)
+        return np.concatenate(parts) if parts else np.empty(0, dtype="<f4")
+
+    async def signal_names(self, layout: RunLayout) -> list[str]:
+        """The run's signal names (registered on its own meta, partitioned or not)."""
+        return await signal_names(self.connection, layout)
 
     # -- reports --------------------------------------------------------------------------
     async def gather(

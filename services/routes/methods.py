@@ -19,6 +19,13 @@ class MethodInfo(BaseModel):
     size: str = Field(..., description="Subset-size schedule: full | shrink | grow | drawn.")
     weights: bool = Field(..., description="Its epochs carry per-sample loss weights.")
     uniform: bool = Field(..., description="A uniform control (draws read no signal).")
+    signals: list[str] = Field(
+        default_factory=list,
+        description="The per-sample signal columns it reads (uploaded to the run with "
+        "PUT /v1/runs/{run_id}/signals/{name}; an epoch-level method's selection draws "
+        "wait for them with 409).",
+    )
+    step: bool = Field(False, description="It selects per step from a candidate pool.")
     params: dict[str, Any] = Field(..., description="JSON schema of its method_params.")
 
 
@@ -38,6 +45,8 @@ async def list_methods() -> MethodList:
                 size=m.size,
                 weights=m.weights,
                 uniform=m.uniform,
+                signals=list(m.signals),
+                step=m.step is not None,
                 params=m.params.model_json_schema(),
             )
             for m in registry().values()

@@ -18,6 +18,7 @@ from docl.services.storage import (
     CreateStatus,
     GatherStatus,
     ScatterStatus,
+    SignalStatus,
 )
 from docl.wire.models import RunCounters
 
@@ -29,6 +30,7 @@ CONTRACTS: list[tuple[str, type[IntEnum]]] = [
     ("commit_epoch", CommitStatus),
     ("compact", CompactStatus),
     ("claim", ClaimStatus),
+    ("signal", SignalStatus),
 ]
 
 

@@ -105,3 +105,61 @@ def test_val_trains_one_model_on_the_validation_split() -> None:
     assert (il.forward_samples, il.backward_samples) == (2 * 40 + 32, 2 * 40)
     with pytest.raises(ValueError, match="needs a validation split"):
         irreducible_losses(_random_labels(), il="val", **KW)  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------------------
+# With a score server: the IL as the run's signal columns
+# ---------------------------------------------------------------------------
+
+
+def test_rho_loss_uploads_its_il_and_a_later_launch_reads_it_back(
+    worker_server: str, run_id: str
+) -> None:
+    """A real in-process run on a real server: rank 0 uploads the IL it trained; the
+    columns equal an independent training of the same IL models (float32, as kept);
+    a later launch on the run reads them back and trains nothing; a column an upload did
+    not complete (a NaN) makes it train and upload again."""
+    from docl.client import ScoreClient
+    from docl.services.methods.rho import IL_SIGNALS
+    from docl.worker.loop import LoopConfig, ServerEpochs, _step_signals, _StepLevel, train_loop
+    from docl.worker.session import LocalSession
+    from docl.worker.tasks import get_task
+    from docl.worker.train import TrainSpec, build_run
+
+    data = get_task("digits")
+    params = {"warmup_epochs": 1, "pool_ratio": 2, "batch_size": 64, "il_epochs": 1}
+    spec = TrainSpec(task="digits", method="rho-loss", epochs=2, run_id=run_id, params=params)
+    with ScoreClient(worker_server) as client:
+        run = client.create_run(build_run(spec, data))
+        assert client.signals(run_id).signals == []
+        cfg = LoopConfig(run_id=run_id, server=worker_server, eval_every=0)
+        first = train_loop(cfg, data, LocalSession(checkpoint_dir=None))
+        assert first["signal_compute_samples"] > 0
+        want = irreducible_losses(
+            data, il="halves", seed=cfg.seed, epochs=1, batch_size=64, lr=run.params.lr_peak,
+            momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+        ).values  # fmt: skip
+        assert client.signals(run_id).signals == sorted(IL_SIGNALS.values())
+        for kind, name in IL_SIGNALS.items():
+            got = client.get_signal(run_id, name)
+            np.testing.assert_array_equal(got, want[kind].astype(np.float32))
+
+        source = ServerEpochs(client, run_id)
+        step = _StepLevel.of(source)
+        assert step is not None
+        logs: list[str] = []
+
+        class _Logged(LocalSession):
+            def log(self, line: str) -> None:
+                logs.append(line)
+
+        values, spent = _step_signals(cfg, data, _Logged(checkpoint_dir=None), source, step)
+        assert spent == (0, 0) and any("read back" in x for x in logs)
+        for kind in IL_SIGNALS:
+            np.testing.assert_array_equal(
+                values["irreducible_loss"][kind], want[kind].astype(np.float32).astype(np.float64)
+            )
+        # an incomplete column: trained and uploaded again
+        client.put_signal(run_id, IL_SIGNALS["task"], [np.nan], start=3)
+        values, spent = _step_signals(cfg, data, _Logged(checkpoint_dir=None), source, step)
+        assert spent[0] > 0 and not np.isnan(client.get_signal(run_id, IL_SIGNALS["task"])).any()

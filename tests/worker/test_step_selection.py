@@ -369,6 +369,9 @@ def test_two_ray_workers_run_rho_loss(
             client, run_id, world=2, num_samples=r["num_samples"], pool_ratio=3
         )
         np.testing.assert_array_equal(client.scores(run_id).visits, visits)
+        # rank 0 uploaded the IL both ranks trained: complete columns on the run
+        assert client.signals(run_id).signals == ["irreducible_loss", "irreducible_loss_l2"]
+        assert not np.isnan(client.get_signal(run_id, "irreducible_loss")).any()
     assert r["batches"] == total
 
 
