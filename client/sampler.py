@@ -86,7 +86,6 @@ from docl.wire.models import Epoch, RunParams
 
 __all__ = [
     "DEFAULT_OUTAGE_TOLERANCE",
-    "CurriculumBatchSampler",
     "CurriculumSampler",
     "WithIndices",
     "default_outage_tolerance",
@@ -580,28 +579,6 @@ class CurriculumSampler(_Curriculum, Sampler[int]):
         return int(self._indices().shape[0])
 
 
-class CurriculumBatchSampler(_Curriculum, Sampler[list[int]]):
-    """This rank's share of each epoch as exactly ``current.steps`` mini-batches.
-
-    The share is split with ``numpy.array_split`` into ``steps`` batches of
-    near-equal size, so every rank takes the same number of optimizer steps
-    (what DDP needs) and step ``s`` is the plan's step ``s`` — use
-    ``lr_at(s)`` and ``lr_sum_at(s)`` for its learning rate and lr-sum. Pass
-    it as ``DataLoader(dataset, batch_sampler=sampler)``. :meth:`report`
-    works as with :class:`CurriculumSampler` (the cursor walks the shard).
-    """
-
-    def __iter__(self) -> Iterator[list[int]]:
-        steps = max(1, self.current.steps)
-        parts = np.array_split(self.shard, steps)
-        self._restart()
-        for part in parts:
-            yield part.tolist()
-
-    def __len__(self) -> int:
-        return max(1, self.current.steps)
-
-
 class WithIndices(Dataset[tuple[Any, ...]]):
     """Wrap a map-style dataset so each item is ``(index, *item)``.
 
@@ -621,3 +598,12 @@ class WithIndices(Dataset[tuple[Any, ...]]):
 
     def __len__(self) -> int:
         return len(self.dataset)  # type: ignore[arg-type]
+
+
+def __getattr__(name: str) -> Any:
+    # CurriculumBatchSampler lives in client/batch_sampler.py (it imports this module).
+    if name == "CurriculumBatchSampler":
+        from docl.client.batch_sampler import CurriculumBatchSampler
+
+        return CurriculumBatchSampler
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
