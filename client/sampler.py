@@ -55,10 +55,11 @@ moment.
 This module needs torch (``pip install 'docl[worker]'`` or any torch);
 ``import docl.client`` does not import it.
 
-Size: a little over the house's ~500 lines: the two samplers are thin subclasses
-of one ``_Curriculum`` base (the cursor, the epoch fetch), which is the bulk of the
-module and is read together with them. The outage ride-out is
-:mod:`docl.client.outage`.
+Size: a little over the house's ~500 lines: the samplers are thin subclasses of
+one ``_Curriculum`` base (the cursor, the epoch fetch), which is the bulk of the
+module and is read together with them. ``CurriculumBatchSampler`` and its
+step-level selection live in :mod:`docl.client.batch_sampler` (re-exported here);
+the outage ride-out is :mod:`docl.client.outage`.
 """
 
 from __future__ import annotations
