@@ -169,6 +169,7 @@ class CurriculumBatchSampler(_Curriculum, Sampler[list[int]]):
         pool's report). Without them, report the pool yourself: ``report(outputs=,
         targets=)`` of the whole pool (p rows), before or after this call.
         """
+        self._absorb = None  # a new step: the last step's trained rows are not reported now
         step = self.step_level
         if step is None:
             raise ValueError(
@@ -176,11 +177,7 @@ class CurriculumBatchSampler(_Curriculum, Sampler[list[int]]):
                 "of its steps; step-level methods: GET /v1/methods, step_level): train on the "
                 "whole batch, without select()"
             )
-        loss = to_numpy(
-            per_sample_loss.detach()
-            if isinstance(per_sample_loss, torch.Tensor)
-            else per_sample_loss
-        )
+        loss = to_numpy(per_sample_loss)  # (p,) on the host (a GPU tensor: one copy)
         device = per_sample_loss.device if isinstance(per_sample_loss, torch.Tensor) else None
         if loss.ndim != 1:
             raise ValueError(
@@ -216,10 +213,9 @@ class CurriculumBatchSampler(_Curriculum, Sampler[list[int]]):
             values[name] = self._signal(name)[cand]
         b = int(pools.parts[s].shape[0])
         chosen = choose(step, epoch_seed=self.current.seed, rank=self.rank, s=s, b=b, values=values)
+        if report:  # the pool, p rows at the cursor (a bad report raises: nothing counted)
+            self._absorb = (b, self.report(outputs=outputs, targets=targets, lr_sum=lr_sum))
         self._selected += 1
-        if report:
-            rid = self.report(outputs=outputs, targets=targets, lr_sum=lr_sum)  # the pool: p rows
-            self._absorb = (b, rid)
         return torch.as_tensor(chosen, dtype=torch.int64, device=device)
 
     def report(self, *, outputs: Any, targets: Any, indices: Any = None, **kwargs: Any) -> str:

@@ -247,6 +247,7 @@ def _set_up(cfg: LoopConfig, data: TaskData, session: Session, source: EpochSour
         reporter = Reporter(client, cfg.run_id, max_queue=cfg.max_queue, senders=cfg.senders)
 
     model = data.make_model(cfg.seed).to(device)  # the same seed: the same init on every rank
+    net = session.wrap(model)  # DDP when world > 1
     opt = torch.optim.SGD(
         model.parameters(), lr=0.0, momentum=cfg.momentum, weight_decay=cfg.weight_decay
     )
@@ -261,7 +262,7 @@ def _set_up(cfg: LoopConfig, data: TaskData, session: Session, source: EpochSour
         reporter=reporter,
         step=_StepLevel.of(source),
         model=model,
-        net=session.wrap(model),  # DDP when world > 1
+        net=net,
         opt=opt,
         x_train=data.x_train.to(device),
         y_train=data.y_train.to(device),

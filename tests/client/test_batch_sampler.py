@@ -220,6 +220,12 @@ def test_misuse_is_a_clear_error_and_sends_nothing(score_server: str, run_id: st
         with pytest.raises(ValueError, match="its 8 trained rows"):
             sampler.report(outputs=out, targets=yb)
         assert reporter.counters().queued == 1 and sampler.cursor == 24  # the pool, once
+        with pytest.raises(ValueError, match="whole pool"):  # outputs of another pool size
+            sampler.select(torch.zeros(24), outputs=out[:20], targets=yb[:20], lr_sum=0.0)
+        # the next step without a report of step 0's trained rows in between: step 1's pool
+        keep = sampler.select(torch.zeros(24), outputs=out, targets=yb, lr_sum=0.0)
+        assert keep.tolist() == list(range(8))  # all ties: the earlier positions
+        assert reporter.counters().queued == 2 and sampler.cursor == 48
         reporter.close(timeout=30)
 
         _create(client, f"{run_id}-rho", "rho-loss", n, 2, pool_ratio=M)
