@@ -242,3 +242,92 @@ def test_misuse_is_a_clear_error_and_sends_nothing(score_server: str, run_id: st
         pool = rho.pools().candidates[0]
         keep = rho.select(torch.zeros(24))  # reducible loss = 0 − (−i) = i: the 8 largest ids
         assert sorted(pool[keep.numpy()].tolist()) == sorted(pool)[-8:]
+
+
+# ---------------------------------------------------------------------------
+# The sampler loop and docl's worker loop, side by side: the same model at the end
+# ---------------------------------------------------------------------------
+
+
+def _sampler_loop(server: str, run_id: str, data: Any, il: np.ndarray | None) -> dict[str, Any]:
+    """The worker loop's training written as a plain loop over ``CurriculumBatchSampler``:
+    the same model and init, SGD (momentum 0.9, weight decay 5e-4), the plan's learning
+    rate and loss kind at every step."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from docl.worker.losses import l2_loss, per_sample_loss, task_loss
+
+    model = data.make_model(0)
+    opt = torch.optim.SGD(model.parameters(), lr=0.0, momentum=0.9, weight_decay=5e-4)
+    sampler = CurriculumBatchSampler.connect(server, run_id=run_id, optimizer=opt)
+    if il is not None:
+        sampler.set_signal("irreducible_loss", il)
+    loader = DataLoader(TensorDataset(data.x_train, data.y_train), batch_sampler=sampler)
+    for e in range(sampler.num_epochs):
+        sampler.set_epoch(e)
+        kind = sampler.current.loss
+        for s, (xb, yb) in enumerate(loader):
+            if sampler.selecting:
+                with torch.no_grad():
+                    pool_out = model(xb)
+                fresh = per_sample_loss(pool_out, yb, data.task, kind)
+                keep = sampler.select(fresh, outputs=pool_out, targets=yb)
+                xb, yb = xb[keep], yb[keep]
+            out = model(xb)
+            loss = (l2_loss if kind == "l2" else task_loss)(out, yb, data.task)
+            for group in opt.param_groups:
+                group["lr"] = sampler.lr_at(s)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            sampler.report(outputs=out, targets=yb)
+            opt.step()
+    assert sampler.close(timeout=60)
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+@pytest.mark.parametrize("method", ["loss-topk", "pool-random", "rho-loss"])
+def test_the_sampler_loop_trains_the_model_docl_s_worker_loop_trains(
+    score_server: str, run_id: str, method: str
+) -> None:
+    """Two runs of the same config (the same seed: the same epochs), one trained by
+    ``train_loop`` in-process, one by the plain loop above: every step selects the same
+    rows (else the weights part), so the final weights agree, and the server holds the
+    same visits and lr-sums for both (every pool reported alike)."""
+    from docl.worker.irreducible import shared_irreducible
+    from docl.worker.loop import LoopConfig, train_loop
+    from docl.worker.session import LocalSession
+    from docl.worker.tasks import get_task
+
+    class KeepState(LocalSession):
+        state: dict[str, Any] | None = None
+
+        def save(self, metrics: dict[str, Any], state: dict[str, Any] | None) -> None:
+            self.state = state
+
+    data = get_task("tests.worker.user_task:make_task", n=400)  # 300 training samples
+    extra = {"il_epochs": 2} if method == "rho-loss" else {}
+    ids = {"worker": f"{run_id}-w", "sampler": f"{run_id}-s"}
+    with ScoreClient(score_server) as client:
+        for rid in ids.values():
+            client.create_run(run_id=rid, num_samples=data.num_samples, num_outputs=2, method=method,
+                              epochs=3, params={**PARAMS, "batch_size": 16},
+                              method_params={"pool_ratio": M, **extra})  # fmt: skip
+        lr_peak = client.get_run(ids["sampler"]).params.lr_peak
+    session = KeepState()
+    train_loop(LoopConfig(run_id=ids["worker"], server=score_server, eval_every=0), data, session)
+    il = None
+    if method == "rho-loss":  # the worker's IL, computed as its loop does (world 1)
+        il = shared_irreducible(data, rank=0, world=1, all_reduce_sum=lambda t: t, il="halves",
+                                seed=0, epochs=2, batch_size=16, lr=lr_peak).values["task"]  # fmt: skip
+    got = _sampler_loop(score_server, ids["sampler"], data, il)
+    assert session.state is not None
+    want = session.state["model"]
+    assert set(got) == set(want)
+    for k in want:
+        torch.testing.assert_close(got[k], want[k], rtol=1e-6, atol=1e-7)
+    # (a sampler that trained the pool's first b rows instead fails the check above)
+    with ScoreClient(score_server) as client:
+        a, b = (client.scores(rid) for rid in ids.values())
+    np.testing.assert_array_equal(a.visits, b.visits)
+    np.testing.assert_array_equal(a.lr_sums, b.lr_sums)
+    assert np.array_equal(a.visits, np.full(data.num_samples, 1 + 2 * M))
