@@ -93,9 +93,11 @@ class EpochPools:
         return cls(parts, cands, starts, order)
 
     def step_at(self, offset: int) -> int | None:
-        """The step whose pool starts at ``offset`` of :attr:`order` (None: none does)."""
-        s = int(np.searchsorted(self.starts[:-1], offset))
-        if s < len(self.candidates) and int(self.starts[s]) == offset:
+        """The step whose (non-empty) pool starts at ``offset`` of :attr:`order` (None: none
+        does). Empty pools (a rank with fewer samples than steps) share their offset with
+        the next pool; the cursor can only stand before a non-empty one."""
+        s = int(np.searchsorted(self.starts[:-1], offset, side="right")) - 1
+        if s >= 0 and int(self.starts[s]) == offset and self.candidates[s].shape[0] > 0:
             return s
         return None
 
