@@ -63,7 +63,8 @@ def _quiet_httpx() -> None:
 _quiet_httpx()
 
 if TYPE_CHECKING:
-    from docl.client.sampler import CurriculumBatchSampler, CurriculumSampler, WithIndices
+    from docl.client.batch_sampler import CurriculumBatchSampler
+    from docl.client.sampler import CurriculumSampler, WithIndices
 
 __all__ = [
     "DEFAULT_SERVER",
@@ -106,6 +107,10 @@ _TORCH_NAMES = ("CurriculumBatchSampler", "CurriculumSampler", "WithIndices")
 
 def __getattr__(name: str) -> Any:
     # The samplers subclass torch classes: import torch only when they are asked for.
+    if name == "CurriculumBatchSampler":
+        from docl.client import batch_sampler
+
+        return batch_sampler.CurriculumBatchSampler
     if name in _TORCH_NAMES:
         from docl.client import sampler
 

@@ -55,10 +55,11 @@ moment.
 This module needs torch (``pip install 'docl[worker]'`` or any torch);
 ``import docl.client`` does not import it.
 
-Size: a little over the house's ~500 lines: the two samplers are thin subclasses
-of one ``_Curriculum`` base (the cursor, the epoch fetch), which is the bulk of the
-module and is read together with them. The outage ride-out is
-:mod:`docl.client.outage`.
+Size: a little over the house's ~500 lines: the samplers are thin subclasses of
+one ``_Curriculum`` base (the cursor, the epoch fetch), which is the bulk of the
+module and is read together with them. ``CurriculumBatchSampler`` and its
+step-level selection live in :mod:`docl.client.batch_sampler` (re-exported here);
+the outage ride-out is :mod:`docl.client.outage`.
 """
 
 from __future__ import annotations
@@ -86,7 +87,6 @@ from docl.wire.models import Epoch, RunParams
 
 __all__ = [
     "DEFAULT_OUTAGE_TOLERANCE",
-    "CurriculumBatchSampler",
     "CurriculumSampler",
     "WithIndices",
     "default_outage_tolerance",
@@ -580,28 +580,6 @@ class CurriculumSampler(_Curriculum, Sampler[int]):
         return int(self._indices().shape[0])
 
 
-class CurriculumBatchSampler(_Curriculum, Sampler[list[int]]):
-    """This rank's share of each epoch as exactly ``current.steps`` mini-batches.
-
-    The share is split with ``numpy.array_split`` into ``steps`` batches of
-    near-equal size, so every rank takes the same number of optimizer steps
-    (what DDP needs) and step ``s`` is the plan's step ``s`` — use
-    ``lr_at(s)`` and ``lr_sum_at(s)`` for its learning rate and lr-sum. Pass
-    it as ``DataLoader(dataset, batch_sampler=sampler)``. :meth:`report`
-    works as with :class:`CurriculumSampler` (the cursor walks the shard).
-    """
-
-    def __iter__(self) -> Iterator[list[int]]:
-        steps = max(1, self.current.steps)
-        parts = np.array_split(self.shard, steps)
-        self._restart()
-        for part in parts:
-            yield part.tolist()
-
-    def __len__(self) -> int:
-        return max(1, self.current.steps)
-
-
 class WithIndices(Dataset[tuple[Any, ...]]):
     """Wrap a map-style dataset so each item is ``(index, *item)``.
 
@@ -621,3 +599,12 @@ class WithIndices(Dataset[tuple[Any, ...]]):
 
     def __len__(self) -> int:
         return len(self.dataset)  # type: ignore[arg-type]
+
+
+def __getattr__(name: str) -> Any:
+    # CurriculumBatchSampler lives in client/batch_sampler.py (it imports this module).
+    if name == "CurriculumBatchSampler":
+        from docl.client.batch_sampler import CurriculumBatchSampler
+
+        return CurriculumBatchSampler
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

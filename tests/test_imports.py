@@ -2,7 +2,11 @@
 
     wire      the wire contract             imports no other docl package
     services  the score server              imports wire (and itself)
-    client    the SDK (client/cli aside)     imports wire (and itself)
+    client    the SDK (client/cli aside)     imports wire (and itself); client/step.py (the
+                                             plain-PyTorch sampler's step-level selection)
+                                             also the worker's pure selection math:
+                                             services.{methods, seeds}, so a plain loop
+                                             and the worker pick the same batches
     worker    training                       imports client, wire, and the server's pure
                                              math: services.{plan, sampling, scoring, seeds,
                                              methods (the selection-method registry)}
@@ -41,6 +45,9 @@ FOLDERS = ("wire", "services", "worker", "client", "lab")
 
 #: services modules a worker may import (pure math, or a process launcher; see above)
 WORKER_MAY_USE = {"plan", "sampling", "scoring", "seeds", "methods", "embedded"}
+#: the one client module that may use them too (the same pools and step rules as the worker)
+CLIENT_STEP = "client/step.py"
+CLIENT_MAY_USE = {"methods", "seeds"}
 #: the services package that talks to Redis: the only one that imports a Redis client
 REDIS_PACKAGE = "services/redis/"
 #: modules of it that import no Redis client (the embedded supervisors use codec and keys)
@@ -143,6 +150,8 @@ def violation(path: str, module: str) -> str | None:
     if target in allowed:
         return None
     if here == "worker" and target == "services" and parts[2:3] and parts[2] in WORKER_MAY_USE:
+        return None
+    if path == CLIENT_STEP and target == "services" and parts[2:3] and parts[2] in CLIENT_MAY_USE:
         return None
     return f"{here} may not import {module}"
 
@@ -318,6 +327,8 @@ def test_a_key_name_outside_the_redis_package_is_caught(path: str, source: str) 
         ("wire/retry.py", "from docl.client.errors import retryable\n"),
         ("client/outage.py", "from docl.worker.loop import ServerEpochs\n"),
         ("client/reporter.py", "from docl.worker.loop import train_loop\n"),
+        ("client/step.py", "from docl.services.engine import Engine\n"),
+        ("client/batch_sampler.py", "from docl.services.methods import select_step\n"),
         ("worker/loop.py", "from docl.services.engine import Engine\n"),
         ("worker/train.py", "from docl.services.redis.store import RedisStore\n"),
         ("worker/train.py", "from docl.lab.study import train_with_study\n"),
@@ -333,6 +344,7 @@ def test_a_forbidden_import_is_caught(path: str, source: str) -> None:
     [
         ("client/cli/serve.py", "def f():\n    from docl.services.app import create_app\n"),
         ("worker/loop.py", "from docl.services.seeds import epoch_rng\n"),
+        ("client/step.py", "from docl.services.methods.pool import candidate_pools\n"),
         ("worker/train.py", "from docl.services.embedded import ServerProcess\n"),
         ("services/engine/runs.py", "from .validate import validate_reports\n"),
         ("services/app.py", "from docl.services.redis.store import RedisStore\n"),

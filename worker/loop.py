@@ -5,18 +5,20 @@ rank of a ``TorchTrainer``), the in-process single worker (``docl train
 --workers 0``) and the plain local baseline (no server, no reports: the same
 loop fed by :class:`LocalEpochs`). What differs between the paths — rank and
 world size, DDP, barriers, checkpoints, progress — lives behind the small
-:class:`Session` interface (``worker/session.py``); the loop reads top to bottom
-like nanoGPT's, with the flow's stages as numbered banners:
+:class:`Session` interface (``worker/session.py``). :func:`train_loop` reads top
+to bottom like nanoGPT's loop, one call per phase; the phases follow it in the
+file, in the order they run:
 
-    0. set up            model, optimizer, resume from the last checkpoint
-    1. fetch the epoch   draw epoch e (idempotent: every rank asks for e by number)
-                         and this rank's indices
-    2. train             exactly ``epoch.steps`` mini-batches, step s at lr[s]
-                         (a step-level method: pick the batch from a pool first)
-    3. report            indices, outputs of the forward pass, targets, lr_sum
-                         (background thread: never blocks the step)
-    4. end of epoch      flush the reporter, barrier, evaluate
-    5. checkpoint        model, optimizer, position; metrics to the session
+    0. set up            model, optimizer, resume from the last checkpoint   _set_up
+    1. fetch the epoch   draw epoch e (idempotent: every rank asks for e by   _fetch_epoch
+                         number) and this rank's indices
+    2. train             exactly ``epoch.steps`` mini-batches, step s at      _train_step
+                         lr[s] (a step-level method: pick the batch from a    (2a: _select)
+                         pool first)
+    3. report            indices, outputs of the forward pass, targets,      _train_step
+                         lr_sum (background thread: never blocks the step)
+    4. end of epoch      flush the reporter, barrier, evaluate               _end_epoch
+    5. checkpoint        model, optimizer, position; metrics to the session  _checkpoint
 
 See docs/training.md for the semantics (lr_sum, resume, outputs, reliability).
 
@@ -26,9 +28,9 @@ end-of-epoch flush waits for them (up to ``flush_timeout``), and the epoch draw
 and index fetch wait for the server to come back (up to ``outage_tolerance``
 seconds, logging that they wait): training resumes where it was.
 
-Size: a little over the house's ~500 lines: the loop is meant to be read top to
-bottom in one file (the phases above); its epoch sources (:class:`ServerEpochs`,
-:class:`LocalEpochs`) and losses are its own inputs and stay beside it.
+The loop's inputs live beside it: its epoch sources in ``worker/epochs.py``
+(:class:`ServerEpochs`, :class:`LocalEpochs`), its losses and evaluation in
+``worker/losses.py``; both are re-exported here.
 """
 
 from __future__ import annotations
@@ -41,19 +43,19 @@ import signal
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from docl.client._client import Shard
-from docl.client.sampler import default_outage_tolerance, ride_out
+from docl.client.sampler import default_outage_tolerance
 from docl.services.methods import select_step
 from docl.services.methods.pool import candidate_pools
 from docl.services.seeds import step_rng
 from docl.wire.models import Epoch, RunCreate, RunParams
+from docl.worker.epochs import EpochSource, LocalEpochs, ServerEpochs
+from docl.worker.losses import evaluate, l2_loss, per_sample_loss, task_loss
 from docl.worker.session import Session
 from docl.worker.tasks import TaskData
 
@@ -111,205 +113,6 @@ class LoopConfig:
         return asdict(self)
 
 
-# ---------------------------------------------------------------------------
-# Where epochs come from: the score server, or a local plan (baseline)
-# ---------------------------------------------------------------------------
-
-
-class EpochSource(Protocol):
-    """Where epochs come from. A source may also name the run's ``method`` and its
-    ``method_params`` (``ServerEpochs`` and ``LocalEpochs`` do): a step-level method
-    (``loss-topk``, ``pool-random``) then selects each step's batch from a pool."""
-
-    num_epochs: int
-    total_steps: int
-
-    def epoch(self, e: int) -> Epoch: ...
-
-    def indices(self, e: int, rank: int, world: int) -> Shard: ...
-
-
-class ServerEpochs:
-    """Epochs as the score server draws them (``POST …/epochs {epoch: e}`` is idempotent).
-
-    Every call waits out an outage of the server or its Redis for up to
-    ``outage_tolerance`` seconds (:func:`~docl.client.sampler.ride_out`): the
-    requests are idempotent, so repeating them is safe. ride_out is their one retry
-    loop: they go through a copy of ``client`` that does not retry by itself.
-    """
-
-    def __init__(self, client: Any, run_id: str, *, outage_tolerance: float | None = None) -> None:
-        self.client = client = client.with_options(retries=0)
-        self.run_id = run_id
-        self.outage_tolerance = (
-            default_outage_tolerance() if outage_tolerance is None else float(outage_tolerance)
-        )
-        plan = ride_out(
-            lambda: client.plan(run_id),
-            tolerance=self.outage_tolerance,
-            what="reading the plan",
-            logger=log,
-        )
-        self.num_epochs = int(plan.num_epochs)
-        self.total_steps = int(plan.total_steps)
-        run = ride_out(
-            lambda: client.get_run(run_id),
-            tolerance=self.outage_tolerance,
-            what="reading the run",
-            logger=log,
-        )
-        self.method: str = run.method
-        self.method_params: dict[str, Any] = dict(run.method_params)
-        self.run_params: RunParams = run.params
-
-    def epoch(self, e: int) -> Epoch:
-        epoch: Epoch = ride_out(
-            lambda: self.client.draw_epoch(self.run_id, e),
-            tolerance=self.outage_tolerance,
-            what=f"drawing epoch {e}",
-            logger=log,
-        )
-        return epoch
-
-    def indices(self, e: int, rank: int, world: int) -> Shard:
-        shard: Shard = ride_out(
-            lambda: self.client.shard(self.run_id, e, rank=rank, world=world),
-            tolerance=self.outage_tolerance,
-            what=f"fetching rank {rank}'s indices of epoch {e}",
-            logger=log,
-        )
-        return shard
-
-
-class LocalEpochs:
-    """The same plan computed locally (``services.plan.build_plan``), drawn uniformly.
-
-    Only for uniform controls (the registry's ``uniform`` methods: ``random``,
-    ``random-subset``): this is the baseline that measures what the service costs,
-    not a curriculum. Each epoch's seed and draw are the server's
-    (``services.seeds.epoch_rng`` and ``sampling.uniform_epoch``), so a local run
-    trains on exactly the indices the score server would have sent.
-    """
-
-    def __init__(self, run: RunCreate) -> None:
-        from docl.services.methods import get_method
-        from docl.services.plan import build_plan
-
-        if not get_method(run.method).uniform:
-            raise ValueError(
-                f"a local (server-less) run draws uniformly; method {run.method!r} needs the score server"
-            )
-        self.run = run
-        self.method = run.method
-        self.method_params = dict(run.method_params)
-        self.run_params = run.params
-        self.plan = build_plan(run)
-        self.num_epochs = len(self.plan)
-        self.total_steps = int(sum(p.steps for p in self.plan))
-
-    def epoch(self, e: int) -> Epoch:
-        from docl.services.plan import plan_epoch
-        from docl.services.seeds import epoch_seed
-
-        p = self.plan[e]
-        return Epoch(
-            **plan_epoch(p).model_dump(),  # the same row the server's plan and epochs carry
-            batch_size=self.run.params.batch_size,
-            lr=[float(v) for v in p.lr],
-            seed=epoch_seed(self.run.params.seed, e),
-        )
-
-    def indices(self, e: int, rank: int, world: int) -> Shard:
-        from docl.services.sampling import uniform_epoch
-        from docl.services.seeds import epoch_rng
-
-        size = int(self.plan[e].size)
-        chosen = uniform_epoch(self.run.num_samples, epoch_rng(self.run.params.seed, e), size=size)
-        return Shard(chosen[rank * size // world : (rank + 1) * size // world], None)
-
-
-# ---------------------------------------------------------------------------
-# Losses and evaluation
-# ---------------------------------------------------------------------------
-
-
-def l2_loss(out: torch.Tensor, y: torch.Tensor, task: str) -> torch.Tensor:
-    """½‖onehot(y) − softmax(f)‖² (classification) or ½‖y − f‖² (regression), batch mean."""
-    if task == "classification":
-        resid = torch.softmax(out, dim=1)  # (B, c)
-        resid = resid - F.one_hot(y, out.shape[1]).to(out.dtype)  # (B, c)
-    else:
-        resid = out - y  # (B, c)
-    return 0.5 * resid.pow(2).sum(dim=1).mean()
-
-
-def per_sample_loss(out: torch.Tensor, y: torch.Tensor, task: str, kind: str) -> torch.Tensor:
-    """The (B,) per-sample loss ``kind`` ("l2" or "task") whose batch mean is
-    :func:`l2_loss` / :func:`task_loss` (for weighted epochs: mean(w_i · ℓ_i))."""
-    if kind == "task" and task == "classification":
-        return F.cross_entropy(out, y, reduction="none")
-    if task == "classification":
-        resid = torch.softmax(out, dim=1) - F.one_hot(y, out.shape[1]).to(out.dtype)
-    else:
-        resid = out - y
-    return 0.5 * resid.pow(2).sum(dim=1)
-
-
-def task_loss(out: torch.Tensor, y: torch.Tensor, task: str) -> torch.Tensor:
-    """Cross-entropy (classification) or ½‖y − f‖² (regression), batch mean.
-
-    For regression the task loss IS the L2 loss (Eq. 2), the same per-sample
-    loss the server stores; a mean over outputs instead would train the L2
-    phases at c/2 times the selection epochs' effective learning rate.
-    """
-    if task == "classification":
-        return F.cross_entropy(out, y)
-    return l2_loss(out, y, task)
-
-
-@torch.no_grad()
-def evaluate(
-    model: nn.Module,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    task: str,
-    session: Session,
-    *,
-    chunk: int = 8192,
-) -> dict[str, float]:
-    """Accuracy (and MSE for regression) on a split; ranks share it and all-reduce.
-
-    Classification: ``accuracy`` and mean cross-entropy ``loss``. Regression:
-    ``mse`` (mean over samples and outputs), ``loss`` = ½‖y − f‖² per sample,
-    and ``accuracy`` = agreement of argmaxes (the teacher's class).
-    """
-    was_training = model.training
-    model.eval()
-    rank, world = session.rank, session.world
-    xs, ys = x[rank::world], y[rank::world]  # this rank's share (n/world, ...)
-    sums = torch.zeros(4, dtype=torch.float64)  # correct, count, loss_sum, sq_err_sum
-    for i in range(0, xs.shape[0], chunk):
-        xb = xs[i : i + chunk].to(session.device)
-        yb = ys[i : i + chunk].to(session.device)
-        out = model(xb).float()  # (b, c)
-        if task == "classification":
-            sums[0] += (out.argmax(1) == yb).sum().item()
-            sums[2] += F.cross_entropy(out, yb, reduction="sum").item()
-        else:
-            sums[0] += (out.argmax(1) == yb.argmax(1)).sum().item()
-            sq = (out - yb).pow(2).sum().item()
-            sums[2] += 0.5 * sq
-            sums[3] += sq
-        sums[1] += xb.shape[0]
-    sums = session.all_reduce_sum(sums)
-    model.train(was_training)
-    count = max(1.0, float(sums[1]))
-    res = {"accuracy": float(sums[0]) / count, "loss": float(sums[2]) / count}
-    if task == "regression":
-        res["mse"] = float(sums[3]) / (count * y.shape[1])
-    return res
-
-
 def report_id(run_id: str, epoch: int, rank: int, step: int) -> str:
     """Deterministic per (run, epoch, rank, step): a replayed step after a restart
     sends the same id, so the server recognises it as a duplicate."""
@@ -350,11 +153,82 @@ def train_loop(
     """Train one worker (rank ``session.rank`` of ``session.world``) through the plan.
 
     Returns rank 0's last metrics (every rank returns its view). The same code
-    runs inside a Ray Train worker and in-process.
+    runs inside a Ray Train worker and in-process. Each phase is one function
+    below, in the order it runs; the loop's state between them is one
+    :class:`_Run` (the whole job) and one :class:`_Epoch` (the epoch in hand).
     """
-    # ---- 0. set up: threads, the plan, model, optimizer, resume ----------------
     torch.set_num_threads(max(1, cfg.threads))
-    rank, world, device = session.rank, session.world, session.device
+    run = _set_up(cfg, data, session, source)  # ---- 0. set up
+    try:
+        for e in range(run.start_epoch, run.source.num_epochs):
+            ep = _fetch_epoch(run, e)  # ---- 1. fetch the epoch and this rank's indices
+            run.net.train()
+            for s in range(ep.steps):  # ---- 2. train (2a select) and 3. report, step s
+                _maybe_fault(cfg, e, s, run.rank)
+                _train_step(run, ep, s)
+            run.metrics = _end_epoch(run, ep)  # ---- 4. flush, barrier, evaluate
+            _checkpoint(run, ep)  # ---- 5. model, optimizer, position
+    finally:
+        run.close()
+    return {**run.metrics, "history": run.history}
+
+
+@dataclass
+class _Run:
+    """The loop's state over the whole job: what set-up made, and the running counts a
+    checkpoint carries (so a resumed run continues them)."""
+
+    cfg: LoopConfig
+    data: TaskData
+    session: Session
+    source: EpochSource
+    client: Any  # the ScoreClient the loop made (None: a source was given, or no server)
+    reporter: Any  # the background Reporter (None: no score server, nothing reported)
+    step: _StepLevel | None  # a step-level method (loss-topk, pool-random, rho-loss)
+    model: nn.Module
+    net: nn.Module  # the model, wrapped in DDP when world > 1
+    opt: torch.optim.Optimizer
+    x_train: torch.Tensor  # (n, *in) on the device
+    y_train: torch.Tensor  # (n,) int64 or (n, c) float32 on the device
+    y_report: np.ndarray  # the targets as reported, indexed on the host
+    bar: Any  # the progress bar, or None
+    t0: float  # perf_counter at the start of training (resumes: minus the wall time so far)
+    start_epoch: int = 0
+    batches: int = 0  # optimizer steps so far, this rank
+    attempt: int = 1  # 1 + worker-group restarts
+    history: list[dict[str, Any]] = field(default_factory=list)
+    metrics: dict[str, Any] = field(default_factory=dict)  # the last epoch's
+    # Sample-passes so far, over all ranks: forward (a step-level epoch's pools
+    # included) and backward; compute = forward + backward (docs/training.md).
+    forward_total: int = 0
+    backward_total: int = 0
+    # A step rule's signals besides the fresh loss (rho-loss: the irreducible loss),
+    # per loss kind, over every training sample; computed once, kept in the checkpoint.
+    signals: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+    signal_passes: int = 0  # the sample-passes the signals cost (counted once)
+
+    @property
+    def rank(self) -> int:
+        return self.session.rank
+
+    @property
+    def world(self) -> int:
+        return self.session.world
+
+    def close(self) -> None:
+        """Close the bar, then the reporter (delivering what is queued), then the client."""
+        if self.bar is not None:
+            self.bar.close()
+        if self.reporter is not None:
+            self.reporter.close(timeout=self.cfg.flush_timeout)
+        if self.client is not None:
+            self.client.close()
+
+
+def _set_up(cfg: LoopConfig, data: TaskData, session: Session, source: EpochSource | None) -> _Run:
+    """Phase 0: the epoch source, reporter, model, optimizer; resume from the last
+    checkpoint; a step-level method's signals (trained once, or read back)."""
+    device = session.device
     client = None
     if source is None:
         if cfg.server is not None:
@@ -366,7 +240,6 @@ def train_loop(
             source = LocalEpochs(RunCreate.model_validate(cfg.local_run))
         else:
             raise ValueError("LoopConfig needs a server URL or a local_run")
-    step = _StepLevel.of(source)  # a step-level method (loss-topk, pool-random), or None
     reporter = None
     if client is not None:
         from docl.client import Reporter
@@ -378,203 +251,255 @@ def train_loop(
     opt = torch.optim.SGD(
         model.parameters(), lr=0.0, momentum=cfg.momentum, weight_decay=cfg.weight_decay
     )
-    start_epoch, batches, history, wall_offset, attempt = 0, 0, [], 0.0, 1
     state = session.load_checkpoint()
+    wall_offset = 0.0
+    run = _Run(
+        cfg=cfg,
+        data=data,
+        session=session,
+        source=source,
+        client=client,
+        reporter=reporter,
+        step=_StepLevel.of(source),
+        model=model,
+        net=net,
+        opt=opt,
+        x_train=data.x_train.to(device),
+        y_train=data.y_train.to(device),
+        y_report=data.y_train.numpy(),
+        bar=None,
+        t0=0.0,
+    )
     if state is not None:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
-        start_epoch = int(state["epoch"]) + 1
-        batches = int(state["batches"])
-        history = list(state["history"])
+        run.start_epoch = int(state["epoch"]) + 1
+        run.batches = int(state["batches"])
+        run.history = list(state["history"])
         wall_offset = float(state["wall_time"])
-        attempt = int(state.get("attempt", 1)) + 1
-        session.log(f"resumed from the checkpoint of epoch {state['epoch']} ({batches} batches)")
-
-    x_train = data.x_train.to(device)  # (n, *in)
-    y_train = data.y_train.to(device)  # (n,) int64 or (n, c) float32
-    y_report = data.y_train.numpy()  # targets as reported, indexed on the host
-    task = data.task
-    bar = session.progress(total=source.total_steps, initial=batches, desc=cfg.run_id)
-    t0 = time.perf_counter() - wall_offset
-    metrics: dict[str, Any] = history[-1] if history else {}
-    # Sample-passes so far, over all ranks: forward (a step-level epoch's pools
-    # included) and backward; compute = forward + backward (docs/training.md).
-    forward_total = int(metrics.get("forward_samples", 0))
-    backward_total = int(metrics.get("backward_samples", 0))
-    # A step rule's signals besides the fresh loss (rho-loss: the irreducible loss),
-    # per loss kind, over every training sample; trained once, kept in the checkpoint.
-    signals: dict[str, dict[str, np.ndarray]] = {}
-    signal_passes = int(metrics.get("signal_compute_samples", 0))
+        run.attempt = int(state.get("attempt", 1)) + 1
+        session.log(
+            f"resumed from the checkpoint of epoch {state['epoch']} ({run.batches} batches)"
+        )
+    run.bar = session.progress(total=source.total_steps, initial=run.batches, desc=cfg.run_id)
+    run.t0 = time.perf_counter() - wall_offset
+    run.metrics = run.history[-1] if run.history else {}
+    run.forward_total = int(run.metrics.get("forward_samples", 0))
+    run.backward_total = int(run.metrics.get("backward_samples", 0))
+    run.signal_passes = int(run.metrics.get("signal_compute_samples", 0))
+    step = run.step
     if step is not None and step.signals:
         if state is not None and "signals" in state:
-            signals = state["signals"]
+            run.signals = state["signals"]
         else:
-            signals, spent = _step_signals(cfg, data, session, source, step)
+            run.signals, spent = _step_signals(cfg, data, session, source, step)
             if state is None:  # sample-passes of the IL training: counted once
-                forward_total += spent[0]
-                backward_total += spent[1]
-                signal_passes = spent[0] + spent[1]
+                run.forward_total += spent[0]
+                run.backward_total += spent[1]
+                run.signal_passes = spent[0] + spent[1]
+    return run
 
-    try:
-        for e in range(start_epoch, source.num_epochs):
-            # ---- 1. fetch the epoch and this rank's indices --------------------
-            epoch = source.epoch(e)  # phase, loss, size, steps, lr[steps], lr_sum_start
-            got = source.indices(e, rank, world)  # (m,) int64, m ≈ size / world; weights
-            shard = got.indices
-            steps = epoch.steps
-            parts = np.array_split(shard, steps)  # steps × (≈ m / steps,): equal step counts
-            # A copy: the client's arrays may be read-only views of the response body.
-            shard_t = torch.tensor(shard, dtype=torch.int64, device=device)
-            parts_t = torch.tensor_split(shard_t, steps)  # the same split, as index tensors
-            w_parts = None  # a weighted epoch (e.g. infobatch): loss = mean(w_i · ℓ_i)
-            if got.weights is not None:
-                w_t = torch.tensor(got.weights, dtype=torch.float32, device=device)
-                w_parts = torch.tensor_split(w_t, steps)
-            loss_fn = l2_loss if epoch.loss == "l2" else task_loss
-            lr_sum = float(epoch.lr_sum_start)  # Σ lr applied before the current step (float64)
-            loss_sum = torch.zeros((), dtype=torch.float32, device=device)  # no sync per step
-            forward = backward = 0  # this rank's sample-passes in this epoch
-            # A step-level method's selection epoch: step s trains on the part-s-sized
-            # batch its rule picks from the pool of parts pools[s] (≈ m batches).
-            pools = None
-            if step is not None and epoch.phase == "select":
-                pools = candidate_pools(steps, step.ratio)
 
-            # ---- 2. train: step s at the plan's learning rate lr[s] -------------
-            net.train()
-            for s in range(steps):
-                _maybe_fault(cfg, e, s, rank)
-                idx_t = parts_t[s]  # (b,)
-                rep_idx, rep_out = parts[s], None  # what step s reports (None: `out`)
-                if pools is not None and step is not None:
-                    # ---- 2a. select: the pool's fresh losses, without gradients ------
-                    cand = np.concatenate([parts[j] for j in pools[s]])  # (p,) ≈ m·b
-                    if cand.size:
-                        cand_t = torch.cat([parts_t[j] for j in pools[s]])
-                        with torch.no_grad():
-                            rep_out = model(x_train[cand_t])  # (p, c); not DDP: no collective
-                            fresh = per_sample_loss(rep_out, y_train[cand_t], task, epoch.loss)
-                        values = {"loss": fresh.float().cpu().numpy()}
-                        for name, by_kind in signals.items():  # e.g. the irreducible loss
-                            values[name] = by_kind[epoch.loss][cand]
-                        chosen = select_step(
-                            step.method,
-                            b=int(idx_t.numel()),
-                            values=values,
-                            rng=step_rng(epoch.seed, rank, s),
-                            method_params=step.params,
-                        )
-                        idx_t = cand_t[torch.from_numpy(chosen).to(device)]  # (b,)
-                        rep_idx = cand
-                        forward += int(cand.size)
-                xb = x_train[idx_t]  # (b, *in)
-                yb = y_train[idx_t]  # (b,) or (b, c)
-                out = net(xb)  # (b, c) logits / predictions
-                # A rank with fewer samples than steps still joins DDP's all-reduce.
-                if idx_t.numel() == 0:
-                    loss = out.sum() * 0.0
-                elif w_parts is not None:
-                    per = per_sample_loss(out, yb, task, epoch.loss)  # (b,)
-                    loss = (w_parts[s].to(per.dtype) * per).mean()
-                else:
-                    loss = loss_fn(out, yb, task)
+@dataclass
+class _Epoch:
+    """One epoch in hand: the drawn :class:`Epoch`, this rank's indices split into the
+    plan's steps, and what the epoch has counted so far."""
 
-                # ---- 3. report: the forward pass's outputs, before this update --
-                # (a selection step reports its whole pool: every candidate's output)
-                if reporter is not None and rep_idx.size > 0:
-                    reporter.report(
-                        epoch=e,
-                        indices=rep_idx,
-                        outputs=(out if rep_out is None else rep_out).detach(),
-                        targets=y_report[rep_idx],
-                        lr_sum=lr_sum,
-                        report_id=report_id(cfg.run_id, e, rank, s),
-                    )
+    e: int
+    epoch: Epoch  # phase, loss, size, steps, lr[steps], lr_sum_start, seed
+    parts: list[np.ndarray]  # steps × (≈ m / steps,) int64: part s is step s's batch
+    parts_t: tuple[torch.Tensor, ...]  # the same split, as index tensors on the device
+    w_parts: tuple[torch.Tensor, ...] | None  # a weighted epoch's (≈ m / steps,) weights
+    pools: list[np.ndarray] | None  # a step-level selection epoch: the parts of each pool
+    lr_sum: float  # Σ lr applied before the current step (float64)
+    loss_sum: torch.Tensor  # () float32, the summed training loss: no sync per step
+    forward: int = 0  # this rank's sample-passes in this epoch
+    backward: int = 0
 
-                lr = float(epoch.lr[s])
-                for group in opt.param_groups:
-                    group["lr"] = lr
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                lr_sum += lr
-                loss_sum += loss.detach()
-                batches += 1
-                forward += int(idx_t.numel())
-                backward += int(idx_t.numel())
-                if bar is not None:
-                    bar.update(1)
+    @property
+    def steps(self) -> int:
+        return self.epoch.steps
 
-            # ---- 4. end of epoch: flush, barrier, evaluate ----------------------
-            if reporter is not None:
-                reporter.flush(cfg.flush_timeout)
-            session.barrier()  # every rank's reports are in before anyone draws e + 1
-            last = e == source.num_epochs - 1
-            passes = session.all_reduce_sum(torch.tensor([forward, backward], dtype=torch.float64))
-            forward_total += int(passes[0])
-            backward_total += int(passes[1])
-            metrics = {
-                "epoch": e,
-                "episode": epoch.episode,
-                "phase": epoch.phase,
-                "loss": epoch.loss,
-                "size": epoch.size,
-                "steps": steps,
-                "batches": batches,
-                "lr_sum": lr_sum,
-                "attempt": attempt,  # 1 + worker-group restarts before this epoch
-                "forward_samples": forward_total,  # sample-passes so far, all ranks
-                "backward_samples": backward_total,
-                "compute_samples": forward_total + backward_total,
-                "train_loss": float(session.all_reduce_sum(loss_sum.double().cpu().reshape(1))[0])
-                / max(1, steps * world),
-            }
-            if signals:  # of which the signals' (the IL model's) training and scoring
-                metrics["signal_compute_samples"] = signal_passes
-            if last or (cfg.eval_every > 0 and (e + 1) % cfg.eval_every == 0):
-                ev = evaluate(model, data.x_test, data.y_test, task, session)
-                metrics["test_accuracy"] = ev["accuracy"]
-                metrics["test_loss"] = ev["loss"]
-                if "mse" in ev:
-                    metrics["test_mse"] = ev["mse"]
-                if data.x_val is not None and data.y_val is not None:
-                    ev = evaluate(model, data.x_val, data.y_val, task, session)
-                    metrics["val_accuracy"] = ev["accuracy"]
-                    if "mse" in ev:
-                        metrics["val_mse"] = ev["mse"]
-            if reporter is not None:
-                metrics["reporter"] = _sum_counters(reporter, session)
-            metrics["wall_time"] = time.perf_counter() - t0
-            history.append(metrics)
-            if rank == 0:
-                session.log(_epoch_line(metrics))
-                if cfg.metrics_path:
-                    _append_line(cfg.metrics_path, metrics)
 
-            # ---- 5. checkpoint: model, optimizer, position ----------------------
-            ckpt = None
-            if cfg.checkpoint and rank == 0:
-                ckpt = {
-                    "model": model.state_dict(),
-                    "optimizer": opt.state_dict(),
-                    "epoch": e,
-                    "lr_sum": lr_sum,
-                    "batches": batches,
-                    "history": history,
-                    "wall_time": metrics["wall_time"],
-                    "attempt": attempt,
-                }
-                if signals:
-                    ckpt["signals"] = signals
-            session.save(metrics, ckpt)
-    finally:
-        if bar is not None:
-            bar.close()
-        if reporter is not None:
-            reporter.close(timeout=cfg.flush_timeout)
-        if client is not None:
-            client.close()
-    return {**metrics, "history": history}
+def _fetch_epoch(run: _Run, e: int) -> _Epoch:
+    """Phase 1: draw epoch ``e`` (idempotent: every rank asks for e by number) and fetch
+    this rank's indices, split into exactly ``epoch.steps`` parts so that every rank
+    takes the same number of steps (what DDP's all-reduce needs)."""
+    epoch = run.source.epoch(e)
+    got = run.source.indices(e, run.rank, run.world)  # (m,) int64, m ≈ size / world; weights
+    steps = epoch.steps
+    device = run.session.device
+    # A copy: the client's arrays may be read-only views of the response body.
+    shard_t = torch.tensor(got.indices, dtype=torch.int64, device=device)  # (m,)
+    w_parts = None  # a weighted epoch (e.g. infobatch): loss = mean(w_i · ℓ_i)
+    if got.weights is not None:
+        w_t = torch.tensor(got.weights, dtype=torch.float32, device=device)  # (m,)
+        w_parts = torch.tensor_split(w_t, steps)
+    # A step-level method's selection epoch: step s trains on the part-s-sized
+    # batch its rule picks from the pool of parts pools[s] (≈ m batches).
+    pools = None
+    if run.step is not None and epoch.phase == "select":
+        pools = candidate_pools(steps, run.step.ratio)
+    return _Epoch(
+        e=e,
+        epoch=epoch,
+        parts=np.array_split(got.indices, steps),
+        parts_t=torch.tensor_split(shard_t, steps),
+        w_parts=w_parts,
+        pools=pools,
+        lr_sum=float(epoch.lr_sum_start),
+        loss_sum=torch.zeros((), dtype=torch.float32, device=device),
+    )
+
+
+def _train_step(run: _Run, ep: _Epoch, s: int) -> None:
+    """Phases 2 and 3 for step s: (select,) forward, report, backward, update at lr[s]."""
+    task, epoch = run.data.task, ep.epoch
+    idx_t = ep.parts_t[s]  # (b,)
+    rep_idx, rep_out = ep.parts[s], None  # what step s reports (None: the step's `out`)
+    if ep.pools is not None:
+        idx_t, rep_idx, rep_out = _select(run, ep, s, idx_t)
+    xb = run.x_train[idx_t]  # (b, *in)
+    yb = run.y_train[idx_t]  # (b,) or (b, c)
+    out = run.net(xb)  # (b, c) logits / predictions
+    # A rank with fewer samples than steps still joins DDP's all-reduce.
+    if idx_t.numel() == 0:
+        loss = out.sum() * 0.0
+    elif ep.w_parts is not None:
+        per = per_sample_loss(out, yb, task, epoch.loss)  # (b,)
+        loss = (ep.w_parts[s].to(per.dtype) * per).mean()
+    else:
+        loss_fn = l2_loss if epoch.loss == "l2" else task_loss
+        loss = loss_fn(out, yb, task)
+
+    # ---- 3. report: the forward pass's outputs, before this update ----------
+    # (a selection step reports its whole pool: every candidate's output)
+    if run.reporter is not None and rep_idx.size > 0:
+        run.reporter.report(
+            epoch=ep.e,
+            indices=rep_idx,
+            outputs=(out if rep_out is None else rep_out).detach(),
+            targets=run.y_report[rep_idx],
+            lr_sum=ep.lr_sum,
+            report_id=report_id(run.cfg.run_id, ep.e, run.rank, s),
+        )
+
+    lr = float(epoch.lr[s])
+    for group in run.opt.param_groups:
+        group["lr"] = lr
+    run.opt.zero_grad(set_to_none=True)
+    loss.backward()
+    run.opt.step()
+    ep.lr_sum += lr
+    ep.loss_sum += loss.detach()
+    run.batches += 1
+    ep.forward += int(idx_t.numel())
+    ep.backward += int(idx_t.numel())
+    if run.bar is not None:
+        run.bar.update(1)
+
+
+def _select(
+    run: _Run, ep: _Epoch, s: int, part_t: torch.Tensor
+) -> tuple[torch.Tensor, np.ndarray, torch.Tensor | None]:
+    """Phase 2a: step s's pool forwarded without gradients, and the b = |part s| samples
+    the method's rule picks from the pool's fresh losses. Returns the chosen indices
+    (b,), what the step reports (the pool's indices (p,) and outputs (p, c)); an empty
+    pool changes nothing (its part is empty too)."""
+    assert ep.pools is not None and run.step is not None
+    cand = np.concatenate([ep.parts[j] for j in ep.pools[s]])  # (p,) ≈ m·b
+    if not cand.size:
+        return part_t, ep.parts[s], None
+    cand_t = torch.cat([ep.parts_t[j] for j in ep.pools[s]])  # (p,)
+    with torch.no_grad():
+        pool_out = run.model(run.x_train[cand_t])  # (p, c); not DDP: no collective
+        fresh = per_sample_loss(pool_out, run.y_train[cand_t], run.data.task, ep.epoch.loss)
+    values = {"loss": fresh.float().cpu().numpy()}  # (p,) each
+    for name, by_kind in run.signals.items():  # e.g. the irreducible loss
+        values[name] = by_kind[ep.epoch.loss][cand]
+    chosen = select_step(
+        run.step.method,
+        b=int(part_t.numel()),
+        values=values,
+        rng=step_rng(ep.epoch.seed, run.rank, s),
+        method_params=run.step.params,
+    )  # (b,) positions into the pool
+    ep.forward += int(cand.size)
+    return cand_t[torch.from_numpy(chosen).to(cand_t.device)], cand, pool_out
+
+
+def _end_epoch(run: _Run, ep: _Epoch) -> dict[str, Any]:
+    """Phase 4: flush this rank's reports, meet the other ranks (every report of epoch e
+    is in before anyone draws e + 1), sum the counts over ranks, evaluate; the epoch's
+    metrics, logged and appended to ``metrics_path`` by rank 0."""
+    cfg, session = run.cfg, run.session
+    if run.reporter is not None:
+        run.reporter.flush(cfg.flush_timeout)
+    session.barrier()
+    passes = session.all_reduce_sum(torch.tensor([ep.forward, ep.backward], dtype=torch.float64))
+    run.forward_total += int(passes[0])
+    run.backward_total += int(passes[1])
+    epoch = ep.epoch
+    loss_sum = session.all_reduce_sum(ep.loss_sum.double().cpu().reshape(1))  # (1,)
+    metrics: dict[str, Any] = {
+        "epoch": ep.e,
+        "episode": epoch.episode,
+        "phase": epoch.phase,
+        "loss": epoch.loss,
+        "size": epoch.size,
+        "steps": ep.steps,
+        "batches": run.batches,
+        "lr_sum": ep.lr_sum,
+        "attempt": run.attempt,  # 1 + worker-group restarts before this epoch
+        "forward_samples": run.forward_total,  # sample-passes so far, all ranks
+        "backward_samples": run.backward_total,
+        "compute_samples": run.forward_total + run.backward_total,
+        "train_loss": float(loss_sum[0]) / max(1, ep.steps * run.world),
+    }
+    if run.signals:  # of which the signals' (the IL model's) training and scoring
+        metrics["signal_compute_samples"] = run.signal_passes
+    last = ep.e == run.source.num_epochs - 1
+    if last or (cfg.eval_every > 0 and (ep.e + 1) % cfg.eval_every == 0):
+        data, task = run.data, run.data.task
+        ev = evaluate(run.model, data.x_test, data.y_test, task, session)
+        metrics["test_accuracy"] = ev["accuracy"]
+        metrics["test_loss"] = ev["loss"]
+        if "mse" in ev:
+            metrics["test_mse"] = ev["mse"]
+        if data.x_val is not None and data.y_val is not None:
+            ev = evaluate(run.model, data.x_val, data.y_val, task, session)
+            metrics["val_accuracy"] = ev["accuracy"]
+            if "mse" in ev:
+                metrics["val_mse"] = ev["mse"]
+    if run.reporter is not None:
+        metrics["reporter"] = _sum_counters(run.reporter, session)
+    metrics["wall_time"] = time.perf_counter() - run.t0
+    run.history.append(metrics)
+    if run.rank == 0:
+        session.log(_epoch_line(metrics))
+        if cfg.metrics_path:
+            _append_line(cfg.metrics_path, metrics)
+    return metrics
+
+
+def _checkpoint(run: _Run, ep: _Epoch) -> None:
+    """Phase 5: rank 0's model, optimizer and position (every rank hands its metrics to
+    the session; on Ray that report is the checkpoint a restarted group resumes from)."""
+    ckpt = None
+    if run.cfg.checkpoint and run.rank == 0:
+        ckpt = {
+            "model": run.model.state_dict(),
+            "optimizer": run.opt.state_dict(),
+            "epoch": ep.e,
+            "lr_sum": ep.lr_sum,
+            "batches": run.batches,
+            "history": run.history,
+            "wall_time": run.metrics["wall_time"],
+            "attempt": run.attempt,
+        }
+        if run.signals:
+            ckpt["signals"] = run.signals
+    run.session.save(run.metrics, ckpt)
 
 
 @dataclass(frozen=True)

@@ -7,9 +7,18 @@ from typing import Any
 from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
-from docl.services.methods import registry
+from docl.services.methods import SelectionMethod, registry
 
 router = APIRouter(tags=["methods"])
+
+
+def _default_pool_ratio(m: SelectionMethod[Any]) -> int | None:
+    """The default of a step-level method's ``pool_ratio`` field (None: not step-level,
+    or a plugin whose pool ratio has no default)."""
+    if m.step is None:
+        return None
+    default = m.params.model_fields["pool_ratio"].get_default(call_default_factory=True)
+    return default if isinstance(default, int) else None
 
 
 class MethodInfo(BaseModel):
@@ -27,6 +36,22 @@ class MethodInfo(BaseModel):
     )
     step: bool = Field(False, description="It selects per step from a candidate pool.")
     params: dict[str, Any] = Field(..., description="JSON schema of its method_params.")
+    step_level: bool = Field(
+        False,
+        description="It selects per step: in its selection epochs each step forwards a "
+        "candidate pool of pool_ratio times its batch without gradients and trains on the "
+        "batch its rule picks from the pool's fresh per-sample losses (docs/methods.md).",
+    )
+    pool_ratio: int | None = Field(
+        None,
+        description="A step-level method's default pool ratio m (its method_params field "
+        "pool_ratio); null for a method that trains every sample of its steps.",
+    )
+    step_signals: list[str] = Field(
+        default_factory=list,
+        description="The per-sample signals its step rule reads besides the fresh loss "
+        "(e.g. rho-loss: irreducible_loss); whoever runs the steps supplies them.",
+    )
 
 
 class MethodList(BaseModel):
@@ -48,6 +73,9 @@ async def list_methods() -> MethodList:
                 signals=list(m.signals),
                 step=m.step is not None,
                 params=m.params.model_json_schema(),
+                step_level=m.step is not None,
+                pool_ratio=_default_pool_ratio(m),
+                step_signals=list(m.step_signals),
             )
             for m in registry().values()
         ]

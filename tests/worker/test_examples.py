@@ -52,6 +52,25 @@ def test_each_example_is_its_plain_twin_plus_at_most_five_lines(name: str) -> No
     print(f"{name}: {len(changed)} changed lines, {len(removed)} removed")
 
 
+def test_the_step_level_example_is_plain_ddp_plus_its_marked_lines() -> None:
+    """examples/plain_ddp_step.py is examples/plain_ddp.py plus the step-level lines,
+    each marked ``# docl step``: the batch sampler in place of the per-sample one, the
+    method option, and the selection block. Nothing else changes."""
+    base = _code_lines(EXAMPLES / "plain_ddp.py")
+    step = _code_lines(EXAMPLES / "plain_ddp_step.py")
+    diff = list(difflib.unified_diff(base, step, lineterm="", n=0))
+    added = [d[1:] for d in diff if d.startswith("+") and not d.startswith("+++")]
+    removed = [d[1:].strip() for d in diff if d.startswith("-") and not d.startswith("---")]
+    assert 0 < len(added) <= 9, "\n".join(added)
+    assert all("# docl step" in line for line in added), "\n".join(added)
+    assert [line.split("(", 1)[0] for line in removed] == [
+        "from docl.client import CurriculumSampler  # docl",
+        "sampler = CurriculumSampler.connect",
+        "loader = DataLoader",
+    ]
+    print(f"plain_ddp_step.py: {len(added)} changed lines, {len(removed)} removed")
+
+
 def test_the_plain_twin_trains_without_docl(tmp_path: Path) -> None:
     r = subprocess.run(
         [sys.executable, str(EXAMPLES / "without_docl" / "plain_ddp.py"), "--samples", "600", "--epochs", "3"],
@@ -149,6 +168,33 @@ def test_plain_ddp_example_runs_twice_in_a_row_and_shows_progress(
         assert [line.split()[1] for line in epochs] == [str(e) for e in range(6)]  # progress
         assert "test_accuracy" in r.stdout
     assert len(_new_runs(score_server, before, "plain-ddp-")) == 2
+
+
+def test_the_step_level_example_selects_from_pools_and_reports_every_candidate(
+    worker_server: str, run_id: str, tmp_path: Path
+) -> None:
+    """``--method loss-topk``, one process: 5 warmup epochs, then 2 selection epochs whose
+    steps report their pools of 4 parts (every sample a candidate 4 times an epoch)."""
+    from tests.worker.helpers import expected_visits_and_lr_sums
+
+    n = 400
+    r = subprocess.run(
+        [sys.executable, str(EXAMPLES / "plain_ddp_step.py"), "--server", worker_server,
+         "--run-id", run_id, "--method", "loss-topk", "--samples", str(n), "--epochs", "7"],
+        capture_output=True, text=True, timeout=180, cwd=tmp_path,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert float(r.stdout.split("test_accuracy")[1].split()[0]) > 0.6
+    with ScoreClient(worker_server) as client:
+        assert [e.phase for e in client.plan(run_id).epochs] == ["warmup"] * 5 + ["select"] * 2
+        visits, _, steps = expected_visits_and_lr_sums(
+            client, run_id, world=1, num_samples=n, pool_ratio=4
+        )
+        np.testing.assert_array_equal(client.scores(run_id).visits, visits)
+        np.testing.assert_array_equal(visits, np.full(n, 5 + 2 * 4))
+        counters = client.get_run(run_id).counters
+        assert counters.samples_reported == int(visits.sum()) and counters.duplicates == 0
+        assert steps == 7 * 7  # ⌈400 / 64⌉ steps an epoch, as random SGD's
 
 
 def test_plain_ddp_example_with_torchrun_twice(worker_server: str, tmp_path: Path) -> None:

@@ -58,6 +58,32 @@ def test_methods_route_lists_the_registry(http: httpx.Client) -> None:
     assert not by_name["docl"]["weights"] and by_name["random"]["uniform"]
 
 
+def test_methods_route_says_which_methods_select_per_step(http: httpx.Client) -> None:
+    """``step_level``, the default ``pool_ratio`` and the ``step_signals`` each method's
+    step rule reads, over HTTP, against the registry's own objects (a step rule, the
+    pool_ratio field's default, the declared signals)."""
+    from docl.services.methods import _BUILTIN, registry
+
+    r = http.get("/v1/methods")
+    assert r.status_code == 200
+    by_name = {m["name"]: m for m in r.json()["methods"]}
+    assert set(by_name) >= _BUILTIN
+    for name in _BUILTIN:
+        spec, m = registry()[name], by_name[name]
+        assert m["step_level"] is (spec.step is not None), name
+        if spec.step is None:
+            assert (m["pool_ratio"], m["step_signals"]) == (None, []), name
+        else:
+            assert m["pool_ratio"] == spec.params().pool_ratio == spec.pool_ratio({}), name
+            assert m["step_signals"] == list(spec.step_signals), name
+            assert "pool_ratio" in m["params"]["properties"], name
+    step_level = {n for n, m in by_name.items() if m["step_level"]}
+    assert step_level == {"loss-topk", "pool-random", "rho-loss"}
+    assert by_name["rho-loss"]["step_signals"] == ["irreducible_loss"]
+    assert by_name["loss-topk"]["pool_ratio"] == 4 and by_name["loss-topk"]["step_signals"] == []
+    assert by_name["docl"]["pool_ratio"] is None and not by_name["docl"]["step_level"]
+
+
 def _report_losses(c: ScoreClient, run_id: str, epoch: int, idx: np.ndarray, a: np.ndarray) -> None:
     """Outputs [a_i, 0] with target 0: the server's cross-entropy is log(1 + e^{-a_i})."""
     out = np.stack([a[idx], np.zeros(idx.size)], axis=1).astype(np.float32)
