@@ -67,7 +67,7 @@ class StepLevel:
         ratio = spec.pool_ratio(params)
         if ratio is None:
             return None
-        return StepLevel(method, params, ratio, tuple(spec.step_signals))
+        return StepLevel(method, params, ratio, tuple(spec.signals))
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,6 @@ class MethodInfo(BaseModel):
         "PUT /v1/runs/{run_id}/signals/{name}; an epoch-level method's selection draws "
         "wait for them with 409).",
     )
-    step: bool = Field(False, description="It selects per step from a candidate pool.")
     params: dict[str, Any] = Field(..., description="JSON schema of its method_params.")
     step_level: bool = Field(
         False,
@@ -46,11 +45,6 @@ class MethodInfo(BaseModel):
         None,
         description="A step-level method's default pool ratio m (its method_params field "
         "pool_ratio); null for a method that trains every sample of its steps.",
-    )
-    step_signals: list[str] = Field(
-        default_factory=list,
-        description="The per-sample signals its step rule reads besides the fresh loss "
-        "(e.g. rho-loss: irreducible_loss); whoever runs the steps supplies them.",
     )
 
 
@@ -71,11 +65,9 @@ async def list_methods() -> MethodList:
                 weights=m.weights,
                 uniform=m.uniform,
                 signals=list(m.signals),
-                step=m.step is not None,
                 params=m.params.model_json_schema(),
                 step_level=m.step is not None,
                 pool_ratio=_default_pool_ratio(m),
-                step_signals=list(m.step_signals),
             )
             for m in registry().values()
         ]

@@ -59,7 +59,7 @@ def test_methods_route_lists_the_registry(http: httpx.Client) -> None:
 
 
 def test_methods_route_says_which_methods_select_per_step(http: httpx.Client) -> None:
-    """``step_level``, the default ``pool_ratio`` and the ``step_signals`` each method's
+    """``step_level``, the default ``pool_ratio`` and the ``signals`` each method's
     step rule reads, over HTTP, against the registry's own objects (a step rule, the
     pool_ratio field's default, the declared signals)."""
     from docl.services.methods import _BUILTIN, registry
@@ -71,17 +71,19 @@ def test_methods_route_says_which_methods_select_per_step(http: httpx.Client) ->
     for name in _BUILTIN:
         spec, m = registry()[name], by_name[name]
         assert m["step_level"] is (spec.step is not None), name
+        assert m["signals"] == list(spec.signals), name
         if spec.step is None:
-            assert (m["pool_ratio"], m["step_signals"]) == (None, []), name
+            assert m["pool_ratio"] is None, name
         else:
             assert m["pool_ratio"] == spec.params().pool_ratio == spec.pool_ratio({}), name
-            assert m["step_signals"] == list(spec.step_signals), name
             assert "pool_ratio" in m["params"]["properties"], name
     step_level = {n for n, m in by_name.items() if m["step_level"]}
     assert step_level == {"loss-topk", "pool-random", "rho-loss"}
-    assert by_name["rho-loss"]["step_signals"] == ["irreducible_loss"]
-    assert by_name["loss-topk"]["pool_ratio"] == 4 and by_name["loss-topk"]["step_signals"] == []
+    assert by_name["rho-loss"]["signals"] == ["irreducible_loss"]
+    assert by_name["loss-topk"]["pool_ratio"] == 4 and by_name["loss-topk"]["signals"] == []
     assert by_name["docl"]["pool_ratio"] is None and not by_name["docl"]["step_level"]
+    assert by_name["rho-epoch"]["signals"] == ["irreducible_loss"]  # epoch-level, reads a signal
+    assert not by_name["rho-epoch"]["step_level"]
 
 
 def _report_losses(c: ScoreClient, run_id: str, epoch: int, idx: np.ndarray, a: np.ndarray) -> None:

@@ -196,5 +196,7 @@ def test_an_epoch_method_waits_for_its_signal_with_409_then_draws(
     assert ep["phase"] == "select" and ep["size"] < N
     methods = {m["name"]: m for m in http.get("/v1/methods").json()["methods"]}
     assert methods["rho-epoch"]["signals"] == ["irreducible_loss"]
-    assert methods["rho-loss"]["signals"] == ["irreducible_loss"] and methods["rho-loss"]["step"]
-    assert methods["docl"]["signals"] == [] and not methods["docl"]["step"]
+    assert (
+        methods["rho-loss"]["signals"] == ["irreducible_loss"] and methods["rho-loss"]["step_level"]
+    )
+    assert methods["docl"]["signals"] == [] and not methods["docl"]["step_level"]
