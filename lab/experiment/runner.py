@@ -21,6 +21,7 @@ from docl.lab.experiment.report import write_json_atomic, write_outputs
 from docl.lab.experiment.summary import no_selection_warning, row_line
 from docl.lab.experiment.tasks import (
     DEFAULT_METHODS,
+    DEFAULT_TASKS,
     STUDY_METHODS,
     STUDY_PARAMS,
     TASKS,
@@ -282,7 +283,7 @@ class ExperimentSpec:
     """What ``docl experiment`` runs (see the CLI for each option's meaning)."""
 
     out: Path
-    tasks: list[str] = field(default_factory=lambda: list(TASKS))
+    tasks: list[str] = field(default_factory=lambda: list(DEFAULT_TASKS))
     variants: list[Variant] = field(
         default_factory=lambda: [parse_variant(m) for m in DEFAULT_METHODS]
     )
