@@ -203,7 +203,8 @@ def _execute_job(job: Job, server: str, out: str, ray_address: str | None) -> di
     study: list[dict[str, Any]] | None = None
     with _output_to(run_dir / "train.log"):
         spec = TrainSpec(
-            task=job.task,
+            # digits-noise40 trains the registered digits task with its task params
+            task=TASKS[job.task].train_task if job.task in TASKS else job.task,
             method=job.method,
             budget_batches=job.budget,
             seed=job.seed,

@@ -55,6 +55,14 @@ class TaskSetup:
         default_factory=lambda: {"warmup_epochs": 1, "episode_epochs": 1}
     )
     note: str = ""
+    #: the registered task (``docl train --task``) it builds, when not ``name``:
+    #: ``digits-noise40`` is ``digits`` with ``noise=0.4``
+    factory: str | None = None
+
+    @property
+    def train_task(self) -> str:
+        """What ``docl train --task`` is given for this setup."""
+        return self.factory or self.name
 
 
 TASKS: dict[str, TaskSetup] = {
@@ -88,6 +96,7 @@ TASKS: dict[str, TaskSetup] = {
             params={"lr_peak": 0.4},
             quick_task_params={"validation": 0.15, "noise": 0.2},
             quick_budget=40,
+            factory="digits",
             note="sklearn 8x8 digits, 20% symmetric label noise (train + val), MLP",
         ),
         TaskSetup(
@@ -97,6 +106,7 @@ TASKS: dict[str, TaskSetup] = {
             params={"lr_peak": 0.4},
             quick_task_params={"validation": 0.15, "noise": 0.4},
             quick_budget=40,
+            factory="digits",
             note="sklearn 8x8 digits, 40% symmetric label noise (train + val), MLP",
         ),
         TaskSetup(
@@ -107,6 +117,7 @@ TASKS: dict[str, TaskSetup] = {
             params={"lr_peak": 0.4},
             quick_task_params={"validation": 0.15, "duplicates": 0.5},
             quick_budget=40,
+            factory="digits",
             note="sklearn 8x8 digits + 50% near duplicates (±1/16 pixel jitter), MLP",
         ),
         TaskSetup(

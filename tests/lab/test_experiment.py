@@ -118,7 +118,7 @@ def test_noisy_and_redundant_digits_keep_digits_budget_rule(
     data = get_task("digits", **setup.task_params)
     # the same validation split and learning rate as digits, and its 50 epochs of
     # ⌈n / 64⌉ batches on the (possibly larger) training set
-    assert setup.params == base.params
+    assert setup.train_task == "digits" and setup.params == base.params
     assert data.x_val is not None and data.x_val.shape == clean.x_val.shape
     epochs = base.budget // math.ceil(clean.num_samples / 64)
     assert setup.budget == epochs * math.ceil(data.num_samples / 64)
