@@ -326,6 +326,15 @@ def test_registry_holds_the_builtin_methods_with_the_documented_schedules() -> N
         "pool-random",
         "rho-loss",
     }
+    # the plain local loop runs these (random SGD's epochs; tests/lab/test_overhead.py
+    # checks that a served loss-topk / rho-loss run trains the same model)
+    assert {m for m, s in registry().items() if s.local_ok} == {
+        "random",
+        "random-subset",
+        "pool-random",
+        "loss-topk",
+        "rho-loss",
+    }
     assert {m for m, s in registry().items() if s.weights} == {"infobatch"}
 
 
