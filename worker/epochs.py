@@ -89,9 +89,12 @@ class ServerEpochs:
 class LocalEpochs:
     """The same plan computed locally (``services.plan.build_plan``), drawn uniformly.
 
-    Only for uniform controls (the registry's ``uniform`` methods: ``random``,
-    ``random-subset``): this is the baseline that measures what the service costs,
-    not a curriculum. Each epoch's seed and draw are the server's
+    Only for methods whose epochs read nothing the server keeps (the registry's
+    ``local_ok``: the uniform controls ``random``, ``random-subset``, ``pool-random``,
+    and the step-level ``loss-topk`` and ``rho-loss``, whose epochs are random SGD's
+    and whose step rule, pools and irreducible-loss model run in the worker anyway):
+    this is the baseline that measures what the service costs, not a curriculum.
+    Each epoch's seed and draw are the server's
     (``services.seeds.epoch_rng`` and ``sampling.uniform_epoch``), so a local run
     trains on exactly the indices the score server would have sent.
     """
@@ -100,7 +103,7 @@ class LocalEpochs:
         from docl.services.methods import get_method
         from docl.services.plan import build_plan
 
-        if not get_method(run.method).uniform:
+        if not get_method(run.method).local_ok:
             raise ValueError(
                 f"a local (server-less) run draws uniformly; method {run.method!r} needs the score server"
             )

@@ -541,11 +541,11 @@ def _check_early(spec: TrainSpec) -> None:
             raise TrainError(
                 "--gpu with --workers 0 trains in this process, which sees no CUDA device"
             )
-    uniform = [m.name for m in methods.registry().values() if m.uniform]
-    if spec.local and spec.method not in uniform:
+    local_ok = [m.name for m in methods.registry().values() if m.local_ok]
+    if spec.local and spec.method not in local_ok:
         raise TrainError(
             f"--local trains without the score server, so it can only draw uniformly "
-            f"(methods {', '.join(uniform)}), not {spec.method!r}"
+            f"(methods {', '.join(local_ok)}), not {spec.method!r}"
         )
     own = _method_fields(spec.method)
     if own is None:  # only a remote --server knows it (checked above): it validates them

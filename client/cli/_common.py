@@ -21,7 +21,7 @@ def need_extra(module: str, extra: str) -> ModuleType:
         raise typer.Exit(code=3) from e
 
 
-def method_names(*, uniform_only: bool = False) -> str:
+def method_names(*, local_only: bool = False) -> str:
     """The selection methods of this machine's registry (built-ins, then plugins), for
     help strings. The client does not import the server's modules on import: this one
     is light (numpy + pydantic) and only read when the CLI builds its help."""
@@ -30,6 +30,6 @@ def method_names(*, uniform_only: bool = False) -> str:
 
         methods.load_plugins()
         ms = methods.registry().values()
-        return ", ".join(m.name for m in ms if m.uniform or not uniform_only)
+        return ", ".join(m.name for m in ms if m.local_ok or not local_only)
     except Exception:  # a broken plugin must not break `docl --help`
         return "see GET /v1/methods"

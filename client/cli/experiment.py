@@ -25,7 +25,8 @@ def experiment(
     tasks: Annotated[
         str,
         typer.Option(
-            help="Comma-separated tasks: mnist1d, digits, synthetic, distill, or your own "
+            help="Comma-separated tasks: mnist1d, digits, synthetic, distill; the noisy "
+            "and redundant digits-noise20, digits-noise40, digits-dup; or your own "
             "'package.module:factory' returning a TaskData (as in docl train)."
         ),
     ] = "mnist1d,digits,synthetic,distill",

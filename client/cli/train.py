@@ -132,7 +132,7 @@ def train(
         bool,
         typer.Option(
             "--local",
-            help=f"No server, no reports: the same loop with uniform draws ({method_names(uniform_only=True)}) "
+            help=f"No server, no reports: the same loop with uniform draws ({method_names(local_only=True)}) "
             "— the baseline that measures what the service costs.",
         ),
     ] = False,
@@ -263,7 +263,11 @@ from docl.client.cli.bench import bench_app  # noqa: E402
 def overhead(
     task: Annotated[str, typer.Option(help="Task to train.")] = "mnist1d",
     method: Annotated[
-        str, typer.Option(help=f"A uniform control: {method_names(uniform_only=True)}.")
+        str,
+        typer.Option(
+            help=f"A method whose epochs are uniform: {method_names(local_only=True)} (a "
+            "step-level one: the plain loop forwards the same pools)."
+        ),
     ] = "random",
     epochs: Annotated[int, typer.Option(min=1, help="Epochs per training.")] = 10,
     repeats: Annotated[int, typer.Option(min=1, help="Trainings per side (median).")] = 3,

@@ -59,6 +59,7 @@ from docl.lab.experiment.runner import (
 from docl.lab.experiment.summary import batches_to_reach, summarize
 from docl.lab.experiment.tasks import (
     DEFAULT_METHODS,
+    DEFAULT_TASKS,
     STUDY_METHODS,
     STUDY_PARAMS,
     TASKS,
@@ -71,6 +72,7 @@ from docl.lab.experiment.variants import Variant, parse_variant, parse_variants
 __all__ = [
     "CSV_COLUMNS",
     "DEFAULT_METHODS",
+    "DEFAULT_TASKS",
     "STUDY_METHODS",
     "STUDY_PARAMS",
     "TASKS",

@@ -9,6 +9,7 @@ from typing import Any
 
 __all__ = [
     "DEFAULT_METHODS",
+    "DEFAULT_TASKS",
     "STUDY_METHODS",
     "STUDY_PARAMS",
     "TASKS",
@@ -54,6 +55,14 @@ class TaskSetup:
         default_factory=lambda: {"warmup_epochs": 1, "episode_epochs": 1}
     )
     note: str = ""
+    #: the registered task (``docl train --task``) it builds, when not ``name``:
+    #: ``digits-noise40`` is ``digits`` with ``noise=0.4``
+    factory: str | None = None
+
+    @property
+    def train_task(self) -> str:
+        """What ``docl train --task`` is given for this setup."""
+        return self.factory or self.name
 
 
 TASKS: dict[str, TaskSetup] = {
@@ -76,6 +85,40 @@ TASKS: dict[str, TaskSetup] = {
             quick_task_params={"validation": 0.15},
             quick_budget=40,
             note="sklearn 8x8 digits, MLP",
+        ),
+        # Issue 18's tasks where selection is supposed to pay: the same data, model,
+        # learning rate and batch-budget rule as `digits` (50 epochs of ⌈n / 64⌉
+        # batches); data_seed 0, so every seed trains on the same noisy pool.
+        TaskSetup(
+            "digits-noise20",
+            {"validation": 0.15, "noise": 0.2},  # 20% of train+val labels flipped
+            budget=900,
+            params={"lr_peak": 0.4},
+            quick_task_params={"validation": 0.15, "noise": 0.2},
+            quick_budget=40,
+            factory="digits",
+            note="sklearn 8x8 digits, 20% symmetric label noise (train + val), MLP",
+        ),
+        TaskSetup(
+            "digits-noise40",
+            {"validation": 0.15, "noise": 0.4},  # 40% of train+val labels flipped
+            budget=900,
+            params={"lr_peak": 0.4},
+            quick_task_params={"validation": 0.15, "noise": 0.4},
+            quick_budget=40,
+            factory="digits",
+            note="sklearn 8x8 digits, 40% symmetric label noise (train + val), MLP",
+        ),
+        TaskSetup(
+            "digits-dup",
+            # 1,145 train + 572 near copies = 1,717 / 202 val / 450 test: 27 batches an epoch
+            {"validation": 0.15, "duplicates": 0.5},
+            budget=1350,
+            params={"lr_peak": 0.4},
+            quick_task_params={"validation": 0.15, "duplicates": 0.5},
+            quick_budget=40,
+            factory="digits",
+            note="sklearn 8x8 digits + 50% near duplicates (±1/16 pixel jitter), MLP",
         ),
         TaskSetup(
             "synthetic",
@@ -104,6 +147,10 @@ TASKS: dict[str, TaskSetup] = {
         ),
     )
 }
+
+
+#: The tasks run by default (rounds 1-3); the digits-noise* / digits-dup tasks are asked for.
+DEFAULT_TASKS = ("mnist1d", "digits", "synthetic", "distill")
 
 
 def is_user_task(name: str) -> bool:

@@ -19,6 +19,10 @@ A method is everything the service needs to know about it, in one place:
 * ``weights`` — whether its draws carry per-sample loss weights;
 * ``uniform`` — a uniform control (its draws read no signal: the plain local
   loop can draw it without a server);
+* ``random_epochs`` — its epochs are random SGD's draws whatever its step rule
+  does (``loss-topk``, ``rho-loss``: the rule and its signals run in the worker),
+  so the plain local loop can run it too (:attr:`SelectionMethod.local_ok`,
+  ``docl bench overhead``), pools and all, without being a uniform control;
 * ``l2_phases`` / ``diversity`` — its defaults for ``params.l2_phases`` and
   ``params.diversity``;
 * ``control`` — the name of its size-matched control, when the generic ones
@@ -189,6 +193,8 @@ class SelectionMethod(Generic[P]):
     diversity: bool = False
     control: str | None = None  # the method's size-matched uniform control, if any
     summary: str = ""
+    #: its epoch draws are random SGD's (not a control: its step rule selects)
+    random_epochs: bool = False
     step: StepFn | None = None  # a step rule: the method selects per step from a pool
     #: the per-sample signal columns it reads (e.g. ``"irreducible_loss"``), uploaded to
     #: the run: an epoch draw gets them in ``DrawContext.signals``, a step rule in
@@ -232,6 +238,13 @@ class SelectionMethod(Generic[P]):
             return None
         params = self.params.model_validate(dict(method_params or {}))
         return int(params.pool_ratio)  # type: ignore[attr-defined]
+
+    @property
+    def local_ok(self) -> bool:
+        """Whether the plain local loop (no server) can run it: its epochs read nothing
+        the server keeps (a uniform control, or random SGD's epochs and a step rule
+        that runs in the worker)."""
+        return self.uniform or self.random_epochs
 
     @property
     def score_kind(self) -> Literal["docl", "docl-nr"]:

@@ -118,6 +118,7 @@ LOSS_TOPK = register_method(
         size="full",
         params=PoolParams,
         control="pool-random",
+        random_epochs=True,
         step=loss_topk_rule,
         summary="per step: the batch of highest fresh losses in a pool of m batches",
     )

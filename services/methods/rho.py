@@ -114,6 +114,7 @@ RHO_LOSS = register_method(
         size="full",
         params=RhoParams,
         control="pool-random",
+        random_epochs=True,
         step=rho_loss_rule,
         signals=(IL_SIGNAL,),
         summary="per step: the batch of highest reducible loss (fresh − irreducible) in a "

@@ -23,6 +23,7 @@ from typer.testing import CliRunner
 
 from docl.lab.experiment import (
     CSV_COLUMNS,
+    DEFAULT_TASKS,
     STUDY_METHODS,
     TASKS,
     ExperimentError,
@@ -101,6 +102,32 @@ def test_jobs_share_the_task_schedule_and_the_variant_overrides_it() -> None:
     assert len({j.key for j in jobs}) == len(jobs)
     other = build_jobs(["digits"], variants, [0, 1], budget=7)
     assert {j.key for j in other}.isdisjoint(j.key for j in jobs)
+
+
+@pytest.mark.parametrize(
+    ("name", "flipped_share", "extra"),
+    [("digits-noise20", 0.2, 0.0), ("digits-noise40", 0.4, 0.0), ("digits-dup", 0.0, 0.5)],
+)
+def test_noisy_and_redundant_digits_keep_digits_budget_rule(
+    name: str, flipped_share: float, extra: float
+) -> None:
+    from docl.worker.tasks import get_task
+
+    base, setup = TASKS["digits"], TASKS[name]
+    clean = get_task("digits", **base.task_params)
+    data = get_task("digits", **setup.task_params)
+    # the same validation split and learning rate as digits, and its 50 epochs of
+    # ⌈n / 64⌉ batches on the (possibly larger) training set
+    assert setup.train_task == "digits" and setup.params == base.params
+    assert data.x_val is not None and data.x_val.shape == clean.x_val.shape
+    epochs = base.budget // math.ceil(clean.num_samples / 64)
+    assert setup.budget == epochs * math.ceil(data.num_samples / 64)
+    assert data.num_samples == clean.num_samples + round(extra * clean.num_samples)
+    n_labels = clean.num_samples + clean.x_val.shape[0]
+    assert abs(data.info["flipped"] - flipped_share * n_labels) <= 4 * math.sqrt(
+        n_labels * flipped_share * (1 - flipped_share)
+    )
+    assert name not in DEFAULT_TASKS  # asked for by name, not run by default
 
 
 # ---------------------------------------------------------------------------

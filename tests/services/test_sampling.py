@@ -282,14 +282,15 @@ METHODS = {m: s for m, s in registry().items() if s.size != "drawn"}
 
 
 def test_registry_holds_the_builtin_methods_with_the_documented_schedules() -> None:
-    epoch_level = [m for m, s in METHODS.items() if s.step is None]
-    assert tuple(registry())[:14] == (
+    epoch_level = [m for m, s in METHODS.items() if s.step is None and m != "rho-epoch"]
+    assert tuple(registry())[:15] == (
         *epoch_level,
         "infobatch",
         "infobatch-random",
         "loss-topk",
         "pool-random",
         "rho-loss",
+        "rho-epoch",  # epoch-level, registered with rho-loss (services/methods/rho.py)
     )
     sizes = {m: s.size for m, s in METHODS.items()}
     assert sizes == {
@@ -305,6 +306,7 @@ def test_registry_holds_the_builtin_methods_with_the_documented_schedules() -> N
         "loss-topk": "full",  # step-level: random SGD's epochs, selection per step
         "pool-random": "full",
         "rho-loss": "full",
+        "rho-epoch": "shrink",
     }
     l2 = {m for m, s in METHODS.items() if s.l2_phases}
     assert l2 == {"docl-nr", "top", "bottom", "alternate"}  # docl: task loss (docs/results.md)
@@ -315,6 +317,7 @@ def test_registry_holds_the_builtin_methods_with_the_documented_schedules() -> N
         "mcl",
         "infobatch",
         "infobatch-random",
+        "rho-epoch",  # its last losses, read from the loss column
     }
     assert {m for m, s in registry().items() if s.uniform} == {
         "random",
@@ -324,6 +327,15 @@ def test_registry_holds_the_builtin_methods_with_the_documented_schedules() -> N
     assert {m for m, s in registry().items() if s.step is not None} == {
         "loss-topk",
         "pool-random",
+        "rho-loss",
+    }
+    # the plain local loop runs these (random SGD's epochs; tests/lab/test_overhead.py
+    # checks that a served loss-topk / rho-loss run trains the same model)
+    assert {m for m, s in registry().items() if s.local_ok} == {
+        "random",
+        "random-subset",
+        "pool-random",
+        "loss-topk",
         "rho-loss",
     }
     assert {m for m, s in registry().items() if s.weights} == {"infobatch"}
@@ -337,12 +349,21 @@ def _state(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return scores, losses
 
 
+def _signals(method: str, n: int, seed: int) -> dict[str, np.ndarray]:
+    """The per-sample signal columns ``method`` declares (``rho-epoch``: the irreducible
+    loss), random: a draw that reads them must still draw k distinct samples."""
+    rng = np.random.default_rng(seed)
+    spec = registry()[method]
+    return {name: rng.exponential(size=n).astype(np.float32) for name in spec.signals}
+
+
 @pytest.mark.parametrize("method", list(METHODS))
 @pytest.mark.parametrize("exp3", [False, True])
 def test_every_method_draws_k_distinct_int64_deterministically(method: str, exp3: bool) -> None:
     scores, losses = _state(500, 1)
     for k in (0, 1, 137, 500):
         kw = {"k": k, "scores": scores, "losses": losses, "exp3": exp3, "episode": 2}
+        kw["signals"] = _signals(method, 500, 3)
         d = draw_epoch(method, rng=np.random.default_rng(9), **kw)  # type: ignore[arg-type]
         assert d.indices.dtype == np.int64 and d.indices.size == k
         assert np.unique(d.indices).size == k
@@ -361,8 +382,10 @@ def test_every_method_draws_k_distinct_int64_deterministically(method: str, exp3
 def test_every_method_returns_a_shuffled_training_order(method: str) -> None:
     """Deterministic selections too come back in a seed-dependent random order."""
     scores, losses = _state(400, 2)
-    a = draw_epoch(method, k=200, scores=scores, losses=losses, rng=np.random.default_rng(1))
-    b = draw_epoch(method, k=200, scores=scores, losses=losses, rng=np.random.default_rng(2))
+    sig = _signals(method, 400, 3)
+    kw = {"k": 200, "scores": scores, "losses": losses, "signals": sig}
+    a = draw_epoch(method, rng=np.random.default_rng(1), **kw)  # type: ignore[arg-type]
+    b = draw_epoch(method, rng=np.random.default_rng(2), **kw)  # type: ignore[arg-type]
     assert not np.array_equal(a.indices, b.indices)
     assert not np.all(np.diff(a.indices) > 0)  # not sorted
 
