@@ -13,7 +13,7 @@ import scipy.optimize
 import scipy.stats
 
 from docl.services import sampling
-from docl.services.methods import draw, method_names
+from docl.services.methods import draw, method_names, registry
 from docl.services.sampling import (
     _THRESHOLD_MIN,
     _top_k_by_threshold,
@@ -194,6 +194,8 @@ def test_unshuffled_draw_then_shuffle_is_the_shuffled_draw(method: str, exp3: bo
     losses = rng.exponential(size=300)
     for k in (0, 1, 120, 299, 300):
         kw = {"k": k, "scores": scores, "losses": losses, "exp3": exp3, "episode": 1}
+        # a method's declared signal columns (rho-epoch: the irreducible loss)
+        kw["signals"] = {s: rng.exponential(size=300) for s in registry()[method].signals}
         whole = draw(method, rng=np.random.default_rng(7), **kw)  # type: ignore[arg-type]
         g = np.random.default_rng(7)
         part = draw(method, rng=g, shuffle=False, **kw)  # type: ignore[arg-type]
