@@ -21,12 +21,14 @@ others at 0, and one all-reduce sums them: every rank ends with every sample's I
 IL training is paid once (not once per rank), and it costs one (2n + 2,) float64
 all-reduce.
 
-With a score server (:func:`read_uploaded`, :func:`upload`): rank 0 uploads the IL as
-the run's signal columns (``IL_SIGNALS``: ``irreducible_loss`` for the task loss,
-``irreducible_loss_l2`` for the l2 kind; float32, what the server keeps), and a run that
-finds both complete there (a restart without its checkpoint, another launch on the same
-run) reads them back instead of training the IL model again. Every rank then uses the
-float32 values, read back or rounded, so a run behaves the same either way.
+With a score server (:func:`upload`; ``worker/signals.py`` decides when): rank 0
+uploads the IL as the run's signal columns (``IL_SIGNALS``: ``irreducible_loss`` for the
+task loss, ``irreducible_loss_l2`` for the l2 kind; float32, what the server keeps), and
+a run that finds both complete there (a restart without its checkpoint, another launch
+on the same run) reads them back instead of training the IL model again. Every rank
+then uses the float32 values, read back or rounded, so a run behaves the same either
+way. This holds for every method that declares the IL signal: ``rho-loss`` (its step
+rule reads it) and ``rho-epoch`` (the server's epoch draws read it).
 """
 
 from __future__ import annotations
@@ -47,7 +49,6 @@ __all__ = [
     "ILResult",
     "halves",
     "irreducible_losses",
-    "read_uploaded",
     "shared_irreducible",
     "train_model",
     "upload",
@@ -153,8 +154,8 @@ def irreducible_losses(
     elif il == "val":
         if data.x_val is None or data.y_val is None:
             raise ValueError(
-                f"rho-loss with il=val needs a validation split, and task {data.name!r} has "
-                "none (give the task a validation split, or use -p il=halves)"
+                f"the irreducible loss with il=val needs a validation split, and task "
+                f"{data.name!r} has none (give the task a validation split, or use -p il=halves)"
             )
         jobs = [(None, np.arange(n))]
     else:
@@ -229,35 +230,6 @@ def shared_irreducible(
     total = all_reduce_sum(flat).cpu()
     values = {k: total[i * n : (i + 1) * n].numpy().copy() for i, k in enumerate(KINDS)}
     return ILResult(values, int(total[-2]), int(total[-1]))
-
-
-def read_uploaded(
-    client: Any, run_id: str, n: int, *, tolerance: float
-) -> dict[str, np.ndarray] | None:
-    """Every sample's IL per loss kind as the run's signal columns hold it (float64 of
-    the stored float32), or None unless every kind's column is there and complete (no
-    NaN: a column some upload did not finish). ``client``: a ``ScoreClient``; each call
-    rides out a server outage of up to ``tolerance`` seconds."""
-    from docl.client.sampler import ride_out
-    from docl.services.methods.rho import IL_SIGNALS
-
-    listed = ride_out(
-        lambda: client.signals(run_id), tolerance=tolerance, what="listing the run's signals"
-    )
-    if not all(IL_SIGNALS[k] in listed.signals for k in KINDS):
-        return None
-    out = {}
-    for k in KINDS:
-        name = IL_SIGNALS[k]
-        col = ride_out(
-            functools.partial(client.get_signal, run_id, name),
-            tolerance=tolerance,
-            what=f"reading the signal {name!r}",
-        )
-        if col.shape != (n,) or np.isnan(col).any():
-            return None
-        out[k] = np.asarray(col, dtype=np.float64)
-    return out
 
 
 def upload(client: Any, run_id: str, values: dict[str, np.ndarray], *, tolerance: float) -> None:

@@ -121,8 +121,9 @@ def test_rho_loss_uploads_its_il_and_a_later_launch_reads_it_back(
     not complete (a NaN) makes it train and upload again."""
     from docl.client import ScoreClient
     from docl.services.methods.rho import IL_SIGNALS
-    from docl.worker.loop import LoopConfig, ServerEpochs, _step_signals, _StepLevel, train_loop
+    from docl.worker.loop import LoopConfig, ServerEpochs, train_loop
     from docl.worker.session import LocalSession
+    from docl.worker.signals import supply
     from docl.worker.tasks import get_task
     from docl.worker.train import TrainSpec, build_run
 
@@ -141,25 +142,27 @@ def test_rho_loss_uploads_its_il_and_a_later_launch_reads_it_back(
         ).values  # fmt: skip
         assert client.signals(run_id).signals == sorted(IL_SIGNALS.values())
         for kind, name in IL_SIGNALS.items():
-            got = client.get_signal(run_id, name)
-            np.testing.assert_array_equal(got, want[kind].astype(np.float32))
+            col = client.get_signal(run_id, name)
+            np.testing.assert_array_equal(col, want[kind].astype(np.float32))
 
         source = ServerEpochs(client, run_id)
-        step = _StepLevel.of(source)
-        assert step is not None
+        kw = {"seed": cfg.seed, "momentum": cfg.momentum, "weight_decay": cfg.weight_decay}
         logs: list[str] = []
 
         class _Logged(LocalSession):
             def log(self, line: str) -> None:
                 logs.append(line)
 
-        values, spent = _step_signals(cfg, data, _Logged(checkpoint_dir=None), source, step)
+        got = supply(source, data, _Logged(checkpoint_dir=None), **kw)
+        spent = (got.forward_samples, got.backward_samples)
         assert spent == (0, 0) and any("read back" in x for x in logs)
         for kind in IL_SIGNALS:
             np.testing.assert_array_equal(
-                values["irreducible_loss"][kind], want[kind].astype(np.float32).astype(np.float64)
+                got.values["irreducible_loss"][kind],
+                want[kind].astype(np.float32).astype(np.float64),
             )
         # an incomplete column: trained and uploaded again
         client.put_signal(run_id, IL_SIGNALS["task"], [np.nan], start=3)
-        values, spent = _step_signals(cfg, data, _Logged(checkpoint_dir=None), source, step)
-        assert spent[0] > 0 and not np.isnan(client.get_signal(run_id, IL_SIGNALS["task"])).any()
+        got = supply(source, data, _Logged(checkpoint_dir=None), **kw)
+        assert got.forward_samples > 0
+        assert not np.isnan(client.get_signal(run_id, IL_SIGNALS["task"])).any()
