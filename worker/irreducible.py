@@ -47,6 +47,7 @@ from docl.worker.tasks import TaskData
 
 __all__ = [
     "ILResult",
+    "compute_irreducible",
     "halves",
     "irreducible_losses",
     "shared_irreducible",
@@ -190,6 +191,84 @@ def irreducible_losses(
         forward += trained + int(score_idx.size)
         backward += trained
     return ILResult(values, forward, backward)
+
+
+def compute_irreducible(
+    make_model: Callable[[int], nn.Module],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    task: str = "classification",
+    il: str = "halves",
+    x_val: torch.Tensor | None = None,
+    y_val: torch.Tensor | None = None,
+    seed: int = 0,
+    epochs: int = 30,
+    batch_size: int = 64,
+    lr: float = 0.1,
+    momentum: float = 0.9,
+    weight_decay: float = 5e-4,
+    device: torch.device | str = "cpu",
+) -> ILResult:
+    """The irreducible loss of every training sample, for your own model and data (a
+    plain PyTorch loop of ``rho-loss`` or ``rho-epoch``): what docl's worker computes.
+
+    ``make_model(seed)`` returns a fresh model (B, *in) -> (B, c); ``x`` (n, *in)
+    float32 and ``y`` — (n,) int64 class ids for ``task="classification"``, (n, c)
+    float32 for ``"regression"`` — are the training set in the run's sample order.
+    ``il="halves"`` trains two models, each on one half (a seeded split) and scoring
+    the other; ``il="val"`` trains one on ``x_val``/``y_val`` and scores every sample.
+    Plain SGD at ``batch_size`` with a cosine learning rate from ``lr`` to 0 over
+    ``epochs``. The global torch RNG is left as it was (each model is built under
+    ``torch.manual_seed`` of its own seed, so a factory that ignores ``seed`` is
+    reproducible too).
+
+    Returns :class:`ILResult`: ``values["task"]`` (n,) float64 is the column
+    ``irreducible_loss`` (``values["l2"]``: ``irreducible_loss_l2``). Upload it once,
+    before the first selection epoch::
+
+        il = compute_irreducible(make_model, x, y).values["task"]
+        client.put_signal(run_id, "irreducible_loss", il)   # rank 0 of a DDP job
+
+    (``CurriculumBatchSampler`` reads it from the run; ``sampler.set_signal`` gives it
+    to one process instead.)"""
+    if task not in ("classification", "regression"):
+        raise ValueError(f"task must be 'classification' or 'regression', got {task!r}")
+    if x.shape[0] != y.shape[0]:
+        raise ValueError(f"x and y must have one row per sample, got {x.shape[0]} and {y.shape[0]}")
+    if il == "val" and (x_val is None or y_val is None):
+        raise ValueError(
+            "il='val' trains on a validation split: give x_val and y_val, or use il='halves'"
+        )
+
+    def seeded(model_seed: int) -> nn.Module:
+        torch.manual_seed(model_seed)
+        return make_model(model_seed)
+
+    data = TaskData(
+        name="compute_irreducible",
+        task=task,  # type: ignore[arg-type]
+        num_outputs=int(y.shape[1]) if y.ndim > 1 else int(y.max()) + 1 if y.numel() else 1,
+        x_train=x,
+        y_train=y,
+        x_test=x[:0],
+        y_test=y[:0],
+        make_model=seeded,
+        x_val=x_val,
+        y_val=y_val,
+    )
+    with torch.random.fork_rng(devices=[]):
+        return irreducible_losses(
+            data,
+            il=il,
+            seed=seed,
+            epochs=epochs,
+            batch_size=batch_size,
+            lr=lr,
+            momentum=momentum,
+            weight_decay=weight_decay,
+            device=device,
+        )
 
 
 def shared_irreducible(

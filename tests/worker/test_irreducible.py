@@ -9,7 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from docl.worker.irreducible import halves, irreducible_losses, shared_irreducible, train_model
+from docl.worker.irreducible import (
+    compute_irreducible,
+    halves,
+    irreducible_losses,
+    shared_irreducible,
+    train_model,
+)
 from docl.worker.models import ModelSpec
 from docl.worker.tasks import TaskData
 
@@ -105,6 +111,38 @@ def test_val_trains_one_model_on_the_validation_split() -> None:
     assert (il.forward_samples, il.backward_samples) == (2 * 40 + 32, 2 * 40)
     with pytest.raises(ValueError, match="needs a validation split"):
         irreducible_losses(_random_labels(), il="val", **KW)  # type: ignore[arg-type]
+
+
+def test_the_plain_pytorch_helper_gives_the_workers_values_from_tensors() -> None:
+    """compute_irreducible (tensors and a model factory, no TaskData) gives what the
+    worker's irreducible_losses gives on the same data, both variants; a factory that
+    ignores its seed is reproducible all the same, and the caller's RNG is untouched."""
+    data = _random_labels(n=32, val=24)
+    kw = {**KW, "epochs": 3}
+    for il in ("halves", "val"):
+        want = irreducible_losses(data, il=il, **kw)  # type: ignore[arg-type]
+        got = compute_irreducible(data.make_model, data.x_train, data.y_train, il=il,
+                                  x_val=data.x_val, y_val=data.y_val, **kw)  # type: ignore[arg-type]  # fmt: skip
+        for k in ("task", "l2"):
+            np.testing.assert_array_equal(got.values[k], want.values[k])
+        assert (got.forward_samples, got.backward_samples) == (
+            want.forward_samples,
+            want.backward_samples,
+        )
+
+    def unseeded(seed: int) -> torch.nn.Module:  # draws its init from the global RNG
+        return torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 2))
+
+    torch.manual_seed(123)
+    state = torch.get_rng_state()
+    a = compute_irreducible(unseeded, data.x_train, data.y_train, **kw)  # type: ignore[arg-type]
+    assert torch.equal(torch.get_rng_state(), state)
+    b = compute_irreducible(unseeded, data.x_train, data.y_train, **kw)  # type: ignore[arg-type]
+    np.testing.assert_array_equal(a.values["task"], b.values["task"])
+    with pytest.raises(ValueError, match="give x_val and y_val"):
+        compute_irreducible(unseeded, data.x_train, data.y_train, il="val")
+    with pytest.raises(ValueError, match="one row per sample"):
+        compute_irreducible(unseeded, data.x_train, data.y_train[:-1])
 
 
 # ---------------------------------------------------------------------------
