@@ -52,9 +52,8 @@ import torch
 from torch import nn
 
 from docl.client.sampler import default_outage_tolerance
-from docl.services.methods import select_step
+from docl.client.step import StepLevel, choose
 from docl.services.methods.pool import candidate_pools
-from docl.services.seeds import step_rng
 from docl.wire.models import Epoch, RunCreate
 from docl.worker.epochs import EpochSource, LocalEpochs, ServerEpochs
 from docl.worker.losses import evaluate, l2_loss, per_sample_loss, task_loss
@@ -186,7 +185,7 @@ class _Run:
     source: EpochSource
     client: Any  # the ScoreClient the loop made (None: a source was given, or no server)
     reporter: Any  # the background Reporter (None: no score server, nothing reported)
-    step: _StepLevel | None  # a step-level method (loss-topk, pool-random, rho-loss)
+    step: StepLevel | None  # a step-level method (loss-topk, pool-random, rho-loss)
     model: nn.Module
     net: nn.Module  # the model, wrapped in DDP when world > 1
     opt: torch.optim.Optimizer
@@ -262,7 +261,7 @@ def _set_up(cfg: LoopConfig, data: TaskData, session: Session, source: EpochSour
         source=source,
         client=client,
         reporter=reporter,
-        step=_StepLevel.of(source),
+        step=_step_level(source),
         model=model,
         net=net,
         opt=opt,
@@ -413,13 +412,11 @@ def _select(
     values = {"loss": fresh.float().cpu().numpy()}  # (p,) each
     for name, by_kind in run.signals.items():  # e.g. the irreducible loss
         values[name] = by_kind[ep.epoch.loss][cand]
-    chosen = select_step(
-        run.step.method,
-        b=int(part_t.numel()),
-        values=values,
-        rng=step_rng(ep.epoch.seed, run.rank, s),
-        method_params=run.step.params,
-    )  # (b,) positions into the pool
+    # (b,) positions into the pool: the rule, parameters and step Generator a plain
+    # loop's CurriculumBatchSampler applies too (client/step.py)
+    chosen = choose(
+        run.step, epoch_seed=ep.epoch.seed, rank=run.rank, s=s, b=int(part_t.numel()), values=values
+    )
     ep.forward += int(cand.size)
     return cand_t[torch.from_numpy(chosen).to(cand_t.device)], cand, pool_out
 
@@ -498,32 +495,14 @@ def _checkpoint(run: _Run, ep: _Epoch) -> None:
     run.session.save(run.metrics, ckpt)
 
 
-@dataclass(frozen=True)
-class _StepLevel:
-    """The run's step-level method: its name, its parameters, its pool ratio m and the
-    per-sample signals its rule reads besides the fresh loss."""
-
-    method: str
-    params: dict[str, Any]
-    ratio: int
-    signals: tuple[str, ...] = ()
-
-    @staticmethod
-    def of(source: EpochSource) -> _StepLevel | None:
-        from docl.services import methods
-
-        name = getattr(source, "method", None)
-        if name is None:
-            return None
-        spec = methods.registry().get(name)
-        if spec is None:  # a plugin's method: its entry point or $DOCL_METHODS
-            methods.load_plugins()
-            spec = methods.registry().get(name)
-        params = dict(getattr(source, "method_params", None) or {})
-        ratio = None if spec is None else spec.pool_ratio(params)
-        if spec is None or ratio is None:
-            return None
-        return _StepLevel(name, params, ratio, tuple(spec.signals))
+def _step_level(source: EpochSource) -> StepLevel | None:
+    """The run's step-level method as its source names it (``method``,
+    ``method_params``): the client's :class:`~docl.client.step.StepLevel`, the one
+    definition a plain loop's sampler uses too; None for a source that names none."""
+    name = getattr(source, "method", None)
+    if name is None:
+        return None
+    return StepLevel.of(name, getattr(source, "method_params", None))
 
 
 def _signals(run: _Run) -> None:

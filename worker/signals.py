@@ -35,6 +35,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel
 
+from docl.client.step import registered
 from docl.services.methods.rho import IL_SIGNAL, IL_SIGNALS, ILParams
 from docl.worker.irreducible import KINDS, shared_irreducible, upload
 from docl.worker.session import Session
@@ -70,16 +71,9 @@ def declared(source: Any) -> Declared | None:
     """The run's method (``source.method``, ``source.method_params``) and the signals it
     declares; None when the source names no method or one this process does not know
     (a plugin's method is loaded from its entry point or ``$DOCL_METHODS`` first)."""
-    from docl.services import methods
-
     name = getattr(source, "method", None)
-    if name is None:
-        return None
-    spec = methods.registry().get(name)
-    if spec is None:
-        methods.load_plugins()
-        spec = methods.registry().get(name)
-    if spec is None:
+    spec = None if name is None else registered(name)
+    if name is None or spec is None:
         return None
     params = spec.params.model_validate(dict(getattr(source, "method_params", None) or {}))
     return Declared(name, params, tuple(spec.signals))
