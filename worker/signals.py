@@ -170,6 +170,9 @@ def supply(
             il = {k: v.astype(np.float32).astype(np.float64) for k, v in il.items()}
             if session.rank == 0:
                 upload(client, str(run_id), il, tolerance=tolerance)
+            # no rank draws an epoch before the upload is in (a plan without warmup
+            # epochs: an epoch-level method's first draw reads it)
+            session.barrier()
         values.update({IL_SIGNALS[k]: il[k] for k in KINDS})
     return RunSignals(_by_kind(values, decl.signals), *spent)
 
@@ -177,11 +180,12 @@ def supply(
 def _by_kind(
     columns: dict[str, np.ndarray], names: Sequence[str]
 ) -> dict[str, dict[str, np.ndarray]]:
-    """Each declared signal per loss kind: the IL in the kind it was scored in (both
-    columns), any other signal the same column in both kinds."""
+    """Each declared signal per loss kind: ``irreducible_loss`` in the epoch's kind
+    (its task and l2 columns), any other signal — ``irreducible_loss_l2`` named
+    explicitly too — the same column in both kinds."""
     out: dict[str, dict[str, np.ndarray]] = {}
     for name in names:
-        if name == IL_SIGNAL or name in COMPUTED:
+        if name == IL_SIGNAL:
             out[name] = {k: columns[IL_SIGNALS[k]] for k in KINDS}
         else:
             out[name] = {k: columns[name] for k in KINDS}

@@ -203,3 +203,44 @@ def test_an_unknown_declared_signal_is_named_with_its_route_then_read_back(
     local.inner = None  # type: ignore[assignment]
     with pytest.raises(ValueError, match="no score server to read them from"):
         supply(local, data, session, **kw)
+
+
+def test_without_a_server_the_il_is_computed_and_kept_per_loss_kind() -> None:
+    """A method declaring both IL columns, no score server (nothing read, nothing
+    uploaded): ``irreducible_loss`` follows the epoch's loss kind, an explicitly named
+    ``irreducible_loss_l2`` is the l2 column in both; the values are an independent
+    call's, and the cost is counted."""
+    from docl.services.methods.rho import ILParams
+    from docl.wire.models import RunParams
+
+    name = "t-reads-both-il"
+    register_method(
+        SelectionMethod(
+            name=name,
+            draw=lambda ctx: Draw(np.arange(ctx.k), None),
+            params=ILParams,
+            signals=(IL_SIGNAL, IL_SIGNALS["l2"]),
+        ),
+        replace=True,
+    )
+
+    class Source:
+        method, method_params = name, {"il_epochs": 2}
+        run_params = RunParams(batch_size=8, lr_peak=0.1)
+
+    try:
+        data = get_task("tests.worker.user_task:make_task", n=40)
+        got = supply(Source(), data, LocalSession(checkpoint_dir=None), seed=4, momentum=0.9,
+                     weight_decay=0.0)  # fmt: skip
+    finally:
+        from docl.services import methods
+
+        methods._REGISTRY.pop(name, None)
+    want = irreducible_losses(data, il="halves", seed=4, epochs=2, batch_size=8, lr=0.1,
+                              momentum=0.9, weight_decay=0.0)  # fmt: skip
+    assert not np.array_equal(want.values["task"], want.values["l2"])
+    for kind in ("task", "l2"):
+        np.testing.assert_array_equal(got.values[IL_SIGNAL][kind], want.values[kind])
+        np.testing.assert_array_equal(got.values[IL_SIGNALS["l2"]][kind], want.values["l2"])
+    n = data.num_samples
+    assert (got.forward_samples, got.backward_samples) == (2 * n + n, 2 * n)
