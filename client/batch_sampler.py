@@ -26,7 +26,10 @@ selection in your own loop")::
 
 Under DDP each rank selects within its own pool and every rank takes the epoch's
 ``steps`` steps (random SGD's). ``rho-loss`` also reads each sample's irreducible
-loss: :meth:`~CurriculumBatchSampler.set_signal` gives it.
+loss: the sampler reads the run's signal column ``irreducible_loss`` from the server
+(upload it once: ``docl.worker.irreducible.compute_irreducible`` and
+``ScoreClient.put_signal``), or :meth:`~CurriculumBatchSampler.set_signal` gives it to
+this process.
 """
 
 from __future__ import annotations
@@ -85,8 +88,9 @@ class CurriculumBatchSampler(_Curriculum, Sampler[list[int]]):
     def set_signal(self, name: str, values: Any) -> None:
         """Give the step rule a per-sample signal it reads besides the fresh loss:
         ``values`` (n,) over every sample of the run, e.g. ``rho-loss``'s
-        ``"irreducible_loss"`` (from ``docl.worker.irreducible.irreducible_losses`` or
-        your own holdout model, in the loss kind you select by). Kept in this process."""
+        ``"irreducible_loss"`` (from ``docl.worker.irreducible.compute_irreducible`` or
+        your own holdout model, in the loss kind you select by). Kept in this process,
+        in place of the run's signal column (which the sampler reads otherwise)."""
         step = self.step_level
         if step is None or name not in step.signals:
             reads = list(step.signals) if step is not None else []
@@ -104,16 +108,46 @@ class CurriculumBatchSampler(_Curriculum, Sampler[list[int]]):
         self._signals[name] = arr
 
     def _signal(self, name: str) -> np.ndarray:
-        # The seam for server-side signal columns (issue 18, item 2): when the run keeps
-        # one (GET /v1/runs/{id}/signals/{name}, SDK get_signal), read it here, once.
+        """The (n,) per-sample signal ``name`` the step rule reads: what :meth:`set_signal`
+        gave, else the run's signal column on the server (``get_signal``), read once and
+        kept. A column the server does not keep, or keeps incomplete (NaN: samples no
+        upload reached), is a clear error saying how to give it."""
         got = self._signals.get(name)
-        if got is None:
-            raise ValueError(
-                f"method {self.step_level.method if self.step_level else '?'!r} ranks by the "
-                f"per-sample signal {name!r}: call sampler.set_signal({name!r}, values) with "
-                "one value per sample before the first selection epoch"
+        if got is not None:
+            return got
+        from docl.client.errors import NotFoundError
+
+        try:
+            col: np.ndarray | None = self._ride_out(
+                lambda c: c.get_signal(self.run_id, name), f"reading the signal {name!r}"
             )
-        return got
+        except NotFoundError:
+            col = None
+        assert self._run is not None  # step_level read it
+        n = self._run[1]
+        if col is None or col.shape != (n,) or np.isnan(col).any():
+            step = self.step_level
+            state = (
+                "keeps no column"
+                if col is None
+                else f"keeps an incomplete column ({int(np.isnan(col).sum())} of {n} samples NaN)"
+            )
+            how = (
+                "compute it once (e.g. docl.worker.irreducible.compute_irreducible(make_model, "
+                "x, y).values['task']) and upload it before the first selection epoch with "
+                f"sampler.client.put_signal(run_id, {name!r}, values) (rank 0 of a DDP job)"
+                if name == "irreducible_loss"
+                else "upload it, one value per sample, before the first selection epoch with "
+                f"sampler.client.put_signal(run_id, {name!r}, values)"
+            )
+            raise ValueError(
+                f"method {step.method if step else '?'!r} ranks by the per-sample signal "
+                f"{name!r}, and run {self.run_id!r} {state} {name!r}: {how}, or give it to "
+                f"this process with sampler.set_signal({name!r}, values)"
+            )
+        arr = np.asarray(col, dtype=np.float64)  # as the worker: the stored float32 values
+        self._signals[name] = arr
+        return arr
 
     @property
     def selecting(self) -> bool:

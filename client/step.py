@@ -16,6 +16,10 @@ loop calls, so a plain loop and ``docl train`` select identically:
 These are the services' pure functions (numpy, pydantic; no server code), the one
 place the client imports from ``services`` (tests/test_imports.py allows exactly
 them for this module, as it does for the worker).
+
+The worker loop takes :class:`StepLevel`, :func:`choose` and :func:`registered` from
+here too (``worker/loop.py``, ``worker/signals.py``): one definition of "the run's
+step-level method" for both loops.
 """
 
 from __future__ import annotations
@@ -31,9 +35,19 @@ from docl.services import methods
 from docl.services.methods.pool import candidate_pools
 from docl.services.seeds import step_rng
 
-__all__ = ["EpochPools", "StepLevel", "choose"]
+__all__ = ["EpochPools", "StepLevel", "choose", "registered"]
 
 log = logging.getLogger("docl.client")
+
+
+def registered(method: str) -> methods.SelectionMethod[Any] | None:
+    """The registered method ``method``, loading the plugins (entry points,
+    ``$DOCL_METHODS``) once if it is not there yet; None when no plugin has it."""
+    spec = methods.registry().get(method)
+    if spec is None:
+        methods.load_plugins()
+        spec = methods.registry().get(method)
+    return spec
 
 
 @dataclass(frozen=True)
@@ -52,14 +66,11 @@ class StepLevel:
 
         A method this process does not know (a plugin loaded only where the server runs)
         is taken as not step-level, with a warning: its rule would have to run here."""
-        spec = methods.registry().get(method)
-        if spec is None:
-            methods.load_plugins()  # its entry point or $DOCL_METHODS, as the worker does
-            spec = methods.registry().get(method)
+        spec = registered(method)
         if spec is None:
             log.warning(
-                "method %r is not registered in this process: the sampler cannot select per "
-                "step for it; if it is step-level, load its plugin here (DOCL_METHODS=…)",
+                "method %r is not registered in this process: it cannot select per step "
+                "here; if it is step-level, load its plugin here (DOCL_METHODS=…)",
                 method,
             )
             return None

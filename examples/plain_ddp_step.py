@@ -1,6 +1,11 @@
 """The plain-DDP example with step-level selection: each step trains on the batch the
 method picks from a pool of candidates by their fresh losses (``loss-topk``,
 ``pool-random``, ``rho-loss``; docs/training.md, "Step-level selection in your own loop").
+``rho-loss`` ranks by fresh loss − irreducible loss (IL): rank 0 computes the IL once
+(``compute_irreducible``: two models, each trained on one half of the data, scoring the
+other half) and uploads it as the run's signal column before training; each rank's
+sampler reads it from the run at its first selection step (after the warmup epochs,
+whose all-reduces have waited for rank 0's upload).
 
 It is ``examples/plain_ddp.py`` plus the lines marked ``# docl step`` (``diff -u
 examples/plain_ddp.py examples/plain_ddp_step.py``, counted by
@@ -13,6 +18,7 @@ the worker does — so the step's ``report`` afterwards sends nothing. Under DDP
 rank selects within its own pool and every rank takes the plan's steps.
 
     python examples/plain_ddp_step.py --server http://127.0.0.1:8000 --method loss-topk
+    python examples/plain_ddp_step.py --server http://127.0.0.1:8000 --method rho-loss
     torchrun --standalone --nproc_per_node 2 examples/plain_ddp_step.py --server http://127.0.0.1:8000
 """
 
@@ -29,6 +35,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, TensorDataset
 
 from docl.client import CurriculumBatchSampler  # docl step
+from docl.worker.irreducible import compute_irreducible  # docl step: rho-loss's irreducible loss
 
 
 def make_data(
@@ -51,7 +58,7 @@ def main() -> None:
     )
     p.add_argument("--server", help="score server URL (default: $DOCL_SERVER)")  # docl
     p.add_argument("--run-id", default=f"plain-ddp-{os.environ.get('TORCHELASTIC_RUN_ID', os.urandom(4).hex())}", help="run on the server [new each time]")  # docl  # fmt: skip
-    p.add_argument("--method", default="loss-topk", choices=["loss-topk", "pool-random"], help="step-level method (pool-random: loss-topk's control)")  # docl step  # fmt: skip
+    p.add_argument("--method", default="loss-topk", choices=["loss-topk", "pool-random", "rho-loss"], help="step-level method (pool-random: the control of the other two)")  # docl step  # fmt: skip
     p.add_argument("--samples", type=int, default=2000)
     p.add_argument("--epochs", type=int, default=8)
     p.add_argument("--batch-size", type=int, default=64)
@@ -70,6 +77,8 @@ def main() -> None:
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
 
     sampler = CurriculumBatchSampler.connect(args.server, run_id=args.run_id, num_samples=len(dataset), num_outputs=4, epochs=args.epochs, method=args.method, params={"batch_size": args.batch_size}, optimizer=opt, rank=rank, world_size=world)  # docl step  # fmt: skip
+    if args.method == "rho-loss" and rank == 0:  # docl step: the IL once, uploaded for every rank
+        sampler.client.put_signal(sampler.run_id, "irreducible_loss", compute_irreducible(lambda seed: nn.Sequential(nn.Linear(2, 32), nn.ReLU(), nn.Linear(32, 4)), x, y, epochs=10, batch_size=args.batch_size, lr=0.05).values["task"])  # docl step  # fmt: skip
     loader = DataLoader(dataset, batch_sampler=sampler)  # docl step: a pool per selection step
 
     for epoch in range(args.epochs):

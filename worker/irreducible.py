@@ -21,12 +21,14 @@ others at 0, and one all-reduce sums them: every rank ends with every sample's I
 IL training is paid once (not once per rank), and it costs one (2n + 2,) float64
 all-reduce.
 
-With a score server (:func:`read_uploaded`, :func:`upload`): rank 0 uploads the IL as
-the run's signal columns (``IL_SIGNALS``: ``irreducible_loss`` for the task loss,
-``irreducible_loss_l2`` for the l2 kind; float32, what the server keeps), and a run that
-finds both complete there (a restart without its checkpoint, another launch on the same
-run) reads them back instead of training the IL model again. Every rank then uses the
-float32 values, read back or rounded, so a run behaves the same either way.
+With a score server (:func:`upload`; ``worker/signals.py`` decides when): rank 0
+uploads the IL as the run's signal columns (``IL_SIGNALS``: ``irreducible_loss`` for the
+task loss, ``irreducible_loss_l2`` for the l2 kind; float32, what the server keeps), and
+a run that finds both complete there (a restart without its checkpoint, another launch
+on the same run) reads them back instead of training the IL model again. Every rank
+then uses the float32 values, read back or rounded, so a run behaves the same either
+way. This holds for every method that declares the IL signal: ``rho-loss`` (its step
+rule reads it) and ``rho-epoch`` (the server's epoch draws read it).
 """
 
 from __future__ import annotations
@@ -45,9 +47,9 @@ from docl.worker.tasks import TaskData
 
 __all__ = [
     "ILResult",
+    "compute_irreducible",
     "halves",
     "irreducible_losses",
-    "read_uploaded",
     "shared_irreducible",
     "train_model",
     "upload",
@@ -153,8 +155,8 @@ def irreducible_losses(
     elif il == "val":
         if data.x_val is None or data.y_val is None:
             raise ValueError(
-                f"rho-loss with il=val needs a validation split, and task {data.name!r} has "
-                "none (give the task a validation split, or use -p il=halves)"
+                f"the irreducible loss with il=val needs a validation split, and task "
+                f"{data.name!r} has none (give the task a validation split, or use -p il=halves)"
             )
         jobs = [(None, np.arange(n))]
     else:
@@ -189,6 +191,84 @@ def irreducible_losses(
         forward += trained + int(score_idx.size)
         backward += trained
     return ILResult(values, forward, backward)
+
+
+def compute_irreducible(
+    make_model: Callable[[int], nn.Module],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    task: str = "classification",
+    il: str = "halves",
+    x_val: torch.Tensor | None = None,
+    y_val: torch.Tensor | None = None,
+    seed: int = 0,
+    epochs: int = 30,
+    batch_size: int = 64,
+    lr: float = 0.1,
+    momentum: float = 0.9,
+    weight_decay: float = 5e-4,
+    device: torch.device | str = "cpu",
+) -> ILResult:
+    """The irreducible loss of every training sample, for your own model and data (a
+    plain PyTorch loop of ``rho-loss`` or ``rho-epoch``): what docl's worker computes.
+
+    ``make_model(seed)`` returns a fresh model (B, *in) -> (B, c); ``x`` (n, *in)
+    float32 and ``y`` — (n,) int64 class ids for ``task="classification"``, (n, c)
+    float32 for ``"regression"`` — are the training set in the run's sample order.
+    ``il="halves"`` trains two models, each on one half (a seeded split) and scoring
+    the other; ``il="val"`` trains one on ``x_val``/``y_val`` and scores every sample.
+    Plain SGD at ``batch_size`` with a cosine learning rate from ``lr`` to 0 over
+    ``epochs``. The global torch RNG is left as it was (each model is built under
+    ``torch.manual_seed`` of its own seed, so a factory that ignores ``seed`` is
+    reproducible too).
+
+    Returns :class:`ILResult`: ``values["task"]`` (n,) float64 is the column
+    ``irreducible_loss`` (``values["l2"]``: ``irreducible_loss_l2``). Upload it once,
+    before the first selection epoch::
+
+        il = compute_irreducible(make_model, x, y).values["task"]
+        client.put_signal(run_id, "irreducible_loss", il)   # rank 0 of a DDP job
+
+    (``CurriculumBatchSampler`` reads it from the run; ``sampler.set_signal`` gives it
+    to one process instead.)"""
+    if task not in ("classification", "regression"):
+        raise ValueError(f"task must be 'classification' or 'regression', got {task!r}")
+    if x.shape[0] != y.shape[0]:
+        raise ValueError(f"x and y must have one row per sample, got {x.shape[0]} and {y.shape[0]}")
+    if il == "val" and (x_val is None or y_val is None):
+        raise ValueError(
+            "il='val' trains on a validation split: give x_val and y_val, or use il='halves'"
+        )
+
+    def seeded(model_seed: int) -> nn.Module:
+        torch.manual_seed(model_seed)
+        return make_model(model_seed)
+
+    data = TaskData(
+        name="compute_irreducible",
+        task=task,  # type: ignore[arg-type]
+        num_outputs=int(y.shape[1]) if y.ndim > 1 else int(y.max()) + 1 if y.numel() else 1,
+        x_train=x,
+        y_train=y,
+        x_test=x[:0],
+        y_test=y[:0],
+        make_model=seeded,
+        x_val=x_val,
+        y_val=y_val,
+    )
+    with torch.random.fork_rng(devices=[]):
+        return irreducible_losses(
+            data,
+            il=il,
+            seed=seed,
+            epochs=epochs,
+            batch_size=batch_size,
+            lr=lr,
+            momentum=momentum,
+            weight_decay=weight_decay,
+            device=device,
+        )
 
 
 def shared_irreducible(
@@ -229,35 +309,6 @@ def shared_irreducible(
     total = all_reduce_sum(flat).cpu()
     values = {k: total[i * n : (i + 1) * n].numpy().copy() for i, k in enumerate(KINDS)}
     return ILResult(values, int(total[-2]), int(total[-1]))
-
-
-def read_uploaded(
-    client: Any, run_id: str, n: int, *, tolerance: float
-) -> dict[str, np.ndarray] | None:
-    """Every sample's IL per loss kind as the run's signal columns hold it (float64 of
-    the stored float32), or None unless every kind's column is there and complete (no
-    NaN: a column some upload did not finish). ``client``: a ``ScoreClient``; each call
-    rides out a server outage of up to ``tolerance`` seconds."""
-    from docl.client.sampler import ride_out
-    from docl.services.methods.rho import IL_SIGNALS
-
-    listed = ride_out(
-        lambda: client.signals(run_id), tolerance=tolerance, what="listing the run's signals"
-    )
-    if not all(IL_SIGNALS[k] in listed.signals for k in KINDS):
-        return None
-    out = {}
-    for k in KINDS:
-        name = IL_SIGNALS[k]
-        col = ride_out(
-            functools.partial(client.get_signal, run_id, name),
-            tolerance=tolerance,
-            what=f"reading the signal {name!r}",
-        )
-        if col.shape != (n,) or np.isnan(col).any():
-            return None
-        out[k] = np.asarray(col, dtype=np.float64)
-    return out
 
 
 def upload(client: Any, run_id: str, values: dict[str, np.ndarray], *, tolerance: float) -> None:

@@ -10,6 +10,8 @@ to bottom like nanoGPT's loop, one call per phase; the phases follow it in the
 file, in the order they run:
 
     0. set up            model, optimizer, resume from the last checkpoint   _set_up
+                         the method's declared signals (the IL: read back     (0a: _signals)
+                         from the run, or trained and uploaded)
     1. fetch the epoch   draw epoch e (idempotent: every rank asks for e by   _fetch_epoch
                          number) and this rank's indices
     2. train             exactly ``epoch.steps`` mini-batches, step s at      _train_step
@@ -50,10 +52,9 @@ import torch
 from torch import nn
 
 from docl.client.sampler import default_outage_tolerance
-from docl.services.methods import select_step
+from docl.client.step import StepLevel, choose
 from docl.services.methods.pool import candidate_pools
-from docl.services.seeds import step_rng
-from docl.wire.models import Epoch, RunCreate, RunParams
+from docl.wire.models import Epoch, RunCreate
 from docl.worker.epochs import EpochSource, LocalEpochs, ServerEpochs
 from docl.worker.losses import evaluate, l2_loss, per_sample_loss, task_loss
 from docl.worker.session import Session
@@ -184,7 +185,7 @@ class _Run:
     source: EpochSource
     client: Any  # the ScoreClient the loop made (None: a source was given, or no server)
     reporter: Any  # the background Reporter (None: no score server, nothing reported)
-    step: _StepLevel | None  # a step-level method (loss-topk, pool-random, rho-loss)
+    step: StepLevel | None  # a step-level method (loss-topk, pool-random, rho-loss)
     model: nn.Module
     net: nn.Module  # the model, wrapped in DDP when world > 1
     opt: torch.optim.Optimizer
@@ -202,8 +203,8 @@ class _Run:
     # included) and backward; compute = forward + backward (docs/training.md).
     forward_total: int = 0
     backward_total: int = 0
-    # A step rule's signals besides the fresh loss (rho-loss: the irreducible loss),
-    # per loss kind, over every training sample; computed once, kept in the checkpoint.
+    # The method's declared signals (rho-loss, rho-epoch: the irreducible loss), per
+    # loss kind, over every training sample; computed once, kept in the checkpoint.
     signals: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
     signal_passes: int = 0  # the sample-passes the signals cost (counted once)
 
@@ -227,7 +228,7 @@ class _Run:
 
 def _set_up(cfg: LoopConfig, data: TaskData, session: Session, source: EpochSource | None) -> _Run:
     """Phase 0: the epoch source, reporter, model, optimizer; resume from the last
-    checkpoint; a step-level method's signals (trained once, or read back)."""
+    checkpoint; the method's declared signals (phase 0a: read back, or computed once)."""
     device = session.device
     client = None
     if source is None:
@@ -260,7 +261,7 @@ def _set_up(cfg: LoopConfig, data: TaskData, session: Session, source: EpochSour
         source=source,
         client=client,
         reporter=reporter,
-        step=_StepLevel.of(source),
+        step=_step_level(source),
         model=model,
         net=net,
         opt=opt,
@@ -287,16 +288,10 @@ def _set_up(cfg: LoopConfig, data: TaskData, session: Session, source: EpochSour
     run.forward_total = int(run.metrics.get("forward_samples", 0))
     run.backward_total = int(run.metrics.get("backward_samples", 0))
     run.signal_passes = int(run.metrics.get("signal_compute_samples", 0))
-    step = run.step
-    if step is not None and step.signals:
-        if state is not None and "signals" in state:
-            run.signals = state["signals"]
-        else:
-            run.signals, spent = _step_signals(cfg, data, session, source, step)
-            if state is None:  # sample-passes of the IL training: counted once
-                run.forward_total += spent[0]
-                run.backward_total += spent[1]
-                run.signal_passes = spent[0] + spent[1]
+    if state is not None and "signals" in state:
+        run.signals = state["signals"]
+    else:
+        _signals(run)  # ---- 0a. the signals the method declares (rho-loss, rho-epoch)
     return run
 
 
@@ -417,13 +412,11 @@ def _select(
     values = {"loss": fresh.float().cpu().numpy()}  # (p,) each
     for name, by_kind in run.signals.items():  # e.g. the irreducible loss
         values[name] = by_kind[ep.epoch.loss][cand]
-    chosen = select_step(
-        run.step.method,
-        b=int(part_t.numel()),
-        values=values,
-        rng=step_rng(ep.epoch.seed, run.rank, s),
-        method_params=run.step.params,
-    )  # (b,) positions into the pool
+    # (b,) positions into the pool: the rule, parameters and step Generator a plain
+    # loop's CurriculumBatchSampler applies too (client/step.py)
+    chosen = choose(
+        run.step, epoch_seed=ep.epoch.seed, rank=run.rank, s=s, b=int(part_t.numel()), values=values
+    )
     ep.forward += int(cand.size)
     return cand_t[torch.from_numpy(chosen).to(cand_t.device)], cand, pool_out
 
@@ -502,96 +495,38 @@ def _checkpoint(run: _Run, ep: _Epoch) -> None:
     run.session.save(run.metrics, ckpt)
 
 
-@dataclass(frozen=True)
-class _StepLevel:
-    """The run's step-level method: its name, its parameters, its pool ratio m and the
-    per-sample signals its rule reads besides the fresh loss."""
-
-    method: str
-    params: dict[str, Any]
-    ratio: int
-    signals: tuple[str, ...] = ()
-
-    @staticmethod
-    def of(source: EpochSource) -> _StepLevel | None:
-        from docl.services import methods
-
-        name = getattr(source, "method", None)
-        if name is None:
-            return None
-        spec = methods.registry().get(name)
-        if spec is None:  # a plugin's method: its entry point or $DOCL_METHODS
-            methods.load_plugins()
-            spec = methods.registry().get(name)
-        params = dict(getattr(source, "method_params", None) or {})
-        ratio = None if spec is None else spec.pool_ratio(params)
-        if spec is None or ratio is None:
-            return None
-        return _StepLevel(name, params, ratio, tuple(spec.signals))
+def _step_level(source: EpochSource) -> StepLevel | None:
+    """The run's step-level method as its source names it (``method``,
+    ``method_params``): the client's :class:`~docl.client.step.StepLevel`, the one
+    definition a plain loop's sampler uses too; None for a source that names none."""
+    name = getattr(source, "method", None)
+    if name is None:
+        return None
+    return StepLevel.of(name, getattr(source, "method_params", None))
 
 
-def _step_signals(
-    cfg: LoopConfig, data: TaskData, session: Session, source: EpochSource, step: _StepLevel
-) -> tuple[dict[str, dict[str, np.ndarray]], tuple[int, int]]:
-    """The signals ``step``'s rule reads besides the fresh loss, each per loss kind over
-    every training sample, and the (forward, backward) sample-passes they cost, all
-    ranks. The worker computes the irreducible loss itself (``worker/irreducible.py``).
-    With a score server (a source with a ``client``), the run's signal columns come
-    first: when every rank finds the IL complete there, it is read back and nothing is
-    trained (0 sample-passes); otherwise rank 0 uploads what was trained."""
-    from docl.services import methods
-    from docl.services.methods.rho import IL_SIGNAL
-    from docl.worker.irreducible import read_uploaded, shared_irreducible, upload
+def _signals(run: _Run) -> None:
+    """Phase 0a: every per-sample signal the run's method declares (``rho-loss``'s and
+    ``rho-epoch``'s irreducible loss), on every rank, before the first epoch: read back
+    from the run's signal columns, or computed with rank 0 uploading them
+    (``worker/signals.py``). Their sample-passes count once, from the first epoch on (a
+    run that resumes without its checkpoint's signals reads them back: 0 more)."""
+    from docl.worker.signals import supply
 
-    client, run_id = getattr(source, "client", None), getattr(source, "run_id", None)
-    server = client is not None and isinstance(run_id, str)
-    tolerance = float(getattr(source, "outage_tolerance", 0.0) or 0.0)
-    if server:
-        stored = read_uploaded(client, str(run_id), data.num_samples, tolerance=tolerance)
-        # every rank must agree: shared_irreducible's all-reduce needs all of them
-        flag = torch.tensor([0.0 if stored is None else 1.0], dtype=torch.float64)
-        if stored is not None and int(session.all_reduce_sum(flag).item()) == session.world:
-            if session.rank == 0:
-                session.log("irreducible loss read back from the run's signal columns")
-            return {IL_SIGNAL: stored}, (0, 0)
-
-    unknown = [s for s in step.signals if s != IL_SIGNAL]
-    if unknown:
-        raise ValueError(
-            f"method {step.method!r} reads the per-sample signals {unknown}, which the "
-            f"worker cannot compute (it computes only {IL_SIGNAL!r})"
-        )
-    params: Any = methods.get_method(step.method).params.model_validate(step.params)
-    run_params: RunParams | None = getattr(source, "run_params", None)
-    if run_params is None:
-        raise ValueError(f"method {step.method!r} needs the run's parameters from its source")
-    t0 = time.perf_counter()
-    il = shared_irreducible(
-        data,
-        rank=session.rank,
-        world=session.world,
-        all_reduce_sum=session.all_reduce_sum,
-        il=params.il,
+    cfg = run.cfg
+    got = supply(
+        run.source,
+        run.data,
+        run.session,
         seed=cfg.seed,
-        epochs=params.il_epochs,
-        batch_size=run_params.batch_size,
-        lr=params.il_lr if params.il_lr is not None else run_params.lr_peak,
         momentum=cfg.momentum,
         weight_decay=cfg.weight_decay,
-        device=session.device,
     )
-    if session.rank == 0:
-        session.log(
-            f"irreducible loss ({params.il}, {params.il_epochs} epochs): "
-            f"{il.forward_samples + il.backward_samples} sample-passes, "
-            f"{time.perf_counter() - t0:.1f}s"
-        )
-    values = il.values
-    if server:  # the server keeps float32: every rank uses what a read-back would give
-        values = {k: v.astype(np.float32).astype(np.float64) for k, v in values.items()}
-        if session.rank == 0:
-            upload(client, str(run_id), values, tolerance=tolerance)
-    return {IL_SIGNAL: values}, (il.forward_samples, il.backward_samples)
+    run.signals = got.values
+    if not run.history:  # a fresh run: what computing them cost
+        run.forward_total += got.forward_samples
+        run.backward_total += got.backward_samples
+        run.signal_passes = got.forward_samples + got.backward_samples
 
 
 def _sum_counters(reporter: Any, session: Session) -> dict[str, int]:

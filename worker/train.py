@@ -284,12 +284,12 @@ def train(spec: TrainSpec) -> dict[str, Any]:
             raise TrainError(problem)
     job = prepare_job(spec)
     run, out, metrics_path = job.run, job.out, job.metrics_path
-    if run.method == "rho-loss" and run.method_params.get("il") == "val" and job.data.x_val is None:
+    if run.method_params.get("il") == "val" and job.data.x_val is None:  # rho-loss, rho-epoch
         metrics_path.unlink(missing_ok=True)
         with contextlib.suppress(OSError):
             out.rmdir()  # only when nothing else is in it
         raise TrainError(
-            f"rho-loss with il=val trains its irreducible-loss model on the validation "
+            f"{run.method} with il=val trains its irreducible-loss model on the validation "
             f"split, and task {spec.task!r} has none: give the task a validation split, or "
             "use -p il=halves (the default)"
         )

@@ -351,7 +351,7 @@ def _judge_sentence(
     caveat = (
         " Caution: il=val trains the irreducible-loss model on the validation split, so "
         "this run's validation metric (and the epoch early stopping keeps) is not held out."
-        if p.get("method") == "rho-loss" and "il=val" in variant.replace(" ", "")
+        if p.get("method") in ("rho-loss", "rho-epoch") and "il=val" in variant.replace(" ", "")
         else ""
     )
     return (

@@ -31,7 +31,9 @@ column the reports keep; the uploaded IL signal); a sample never visited (or wit
 an IL) counts as +inf, so it is taken first; ties at the cut are broken by the epoch's
 Generator (``sampling.extreme_k``). Its sizes and phases are ``docl``'s (``shrink``),
 its control ``random-subset``. It needs the IL uploaded before its first selection
-draw (409 naming the signal until then).
+draw (409 naming the signal until then): docl's worker trains and uploads it before
+the first epoch, as for ``rho-loss`` (its ``method_params`` are :class:`ILParams`);
+a plain loop uploads its own (``docl.worker.irreducible.compute_irreducible``).
 """
 
 from __future__ import annotations
@@ -39,11 +41,10 @@ from __future__ import annotations
 from typing import Literal
 
 import numpy as np
-from pydantic import Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from docl.services.methods import (
     DrawContext,
-    NoParams,
     SelectionMethod,
     StepContext,
     register_method,
@@ -56,6 +57,7 @@ __all__ = [
     "IL_SIGNALS",
     "RHO_EPOCH",
     "RHO_LOSS",
+    "ILParams",
     "RhoParams",
     "reducible_loss",
     "rho_epoch_draw",
@@ -68,8 +70,13 @@ IL_SIGNAL = "irreducible_loss"
 IL_SIGNALS = {"task": IL_SIGNAL, "l2": f"{IL_SIGNAL}_l2"}
 
 
-class RhoParams(PoolParams):
-    """``method_params`` of ``rho-loss``: the pool ratio and how the IL model is trained."""
+class ILParams(BaseModel):
+    """How the worker trains the irreducible-loss model: ``method_params`` of
+    ``rho-epoch``, and part of ``rho-loss``'s (:class:`RhoParams`). The worker reads them
+    from any method that declares the IL signal; a method whose params lack them gets
+    these defaults."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
     il: Literal["halves", "val"] = Field(
         "halves",
@@ -87,6 +94,18 @@ class RhoParams(PoolParams):
         description="peak learning rate of the irreducible-loss model (cosine to 0); "
         "default: the run's largest learning rate.",
     )
+
+    @classmethod
+    def of(cls, params: BaseModel | None) -> ILParams:
+        """The IL fields of a method's validated ``params`` (defaults for those it lacks)."""
+        if params is None:
+            return cls()
+        given = {k: getattr(params, k) for k in cls.model_fields if hasattr(params, k)}
+        return cls.model_validate(given)
+
+
+class RhoParams(PoolParams, ILParams):
+    """``method_params`` of ``rho-loss``: the pool ratio and how the IL model is trained."""
 
 
 def reducible_loss(ctx: StepContext) -> np.ndarray:
@@ -123,7 +142,7 @@ RHO_LOSS = register_method(
 )
 
 
-def rho_epoch_draw(ctx: DrawContext[NoParams]) -> Draw:
+def rho_epoch_draw(ctx: DrawContext[ILParams]) -> Draw:
     """The k samples of highest stale reducible loss: last loss − IL (NaN: +inf, first)."""
     red = np.asarray(ctx.losses, dtype=np.float64) - np.asarray(
         ctx.signals[IL_SIGNAL], dtype=np.float64
@@ -138,6 +157,7 @@ RHO_EPOCH = register_method(
         draw=rho_epoch_draw,
         signal="loss",
         size="shrink",
+        params=ILParams,
         signals=(IL_SIGNAL,),
         summary="per epoch: the k highest stale reducible losses (last loss − uploaded "
         "irreducible loss); unvisited samples first",

@@ -244,6 +244,39 @@ def test_misuse_is_a_clear_error_and_sends_nothing(score_server: str, run_id: st
         assert sorted(pool[keep.numpy()].tolist()) == sorted(pool)[-8:]
 
 
+def test_the_sampler_reads_the_runs_signal_column_from_the_server(
+    score_server: str, run_id: str
+) -> None:
+    """Without set_signal, rho-loss's sampler reads ``irreducible_loss`` from the run:
+    none or an incomplete one is an error saying how to give it (and nothing is sent);
+    a complete one is read once, as float32 was stored, and ranks the pool."""
+    n = 48
+    with ScoreClient(score_server) as client:
+        _create(client, run_id, "rho-loss", n, 2, pool_ratio=M)
+        reporter = Reporter(client, run_id)
+        rho = CurriculumBatchSampler(client, run_id, reporter=reporter)
+        rho.set_epoch(0)
+        assert not rho.selecting  # epochs are drawn in order: the warmup first
+        rho.set_epoch(1)
+        pool = np.asarray(next(iter(rho)))
+        with pytest.raises(ValueError, match="keeps no column 'irreducible_loss'") as err:
+            rho.select(torch.zeros(24))
+        for hint in ("compute_irreducible", "put_signal(run_id, 'irreducible_loss'", "set_signal"):
+            assert hint in str(err.value)
+        il = -np.arange(n, dtype=np.float64) - 0.1  # not a float32: read back rounded
+        client.put_signal(run_id, "irreducible_loss", il[:30])
+        with pytest.raises(ValueError, match=r"incomplete column \(18 of 48 samples NaN\)"):
+            rho.select(torch.zeros(24), outputs=torch.zeros(24, 2), targets=torch.zeros(24))
+        assert rho.cursor == 0 and reporter.counters().queued == 0  # nothing sent
+        client.put_signal(run_id, "irreducible_loss", il[30:], start=30)
+        keep = rho.select(torch.zeros(24))  # reducible loss = 0 − IL = i + 0.1: the 8 largest
+        assert sorted(pool[keep.numpy()].tolist()) == sorted(pool.tolist())[-8:]
+        np.testing.assert_array_equal(rho._signal("irreducible_loss"), il.astype(np.float32))
+        client.put_signal(run_id, "irreducible_loss", np.zeros(n))  # read once: kept
+        np.testing.assert_array_equal(rho._signal("irreducible_loss"), il.astype(np.float32))
+        reporter.close(timeout=30)
+
+
 # ---------------------------------------------------------------------------
 # The sampler loop and docl's worker loop, side by side: the same model at the end
 # ---------------------------------------------------------------------------
@@ -293,7 +326,7 @@ def test_the_sampler_loop_trains_the_model_docl_s_worker_loop_trains(
     ``train_loop`` in-process, one by the plain loop above: every step selects the same
     rows (else the weights part), so the final weights agree, and the server holds the
     same visits and lr-sums for both (every pool reported alike)."""
-    from docl.worker.irreducible import shared_irreducible
+    from docl.worker.irreducible import compute_irreducible
     from docl.worker.loop import LoopConfig, train_loop
     from docl.worker.session import LocalSession
     from docl.worker.tasks import get_task
@@ -315,11 +348,16 @@ def test_the_sampler_loop_trains_the_model_docl_s_worker_loop_trains(
         lr_peak = client.get_run(ids["sampler"]).params.lr_peak
     session = KeepState()
     train_loop(LoopConfig(run_id=ids["worker"], server=score_server, eval_every=0), data, session)
-    il = None
-    if method == "rho-loss":  # the worker's IL, computed as its loop does (world 1)
-        il = shared_irreducible(data, rank=0, world=1, all_reduce_sum=lambda t: t, il="halves",
-                                seed=0, epochs=2, batch_size=16, lr=lr_peak).values["task"]  # fmt: skip
-    got = _sampler_loop(score_server, ids["sampler"], data, il)
+    if method == "rho-loss":  # the plain user's IL: the documented helper, uploaded once
+        il = compute_irreducible(data.make_model, data.x_train, data.y_train, seed=0, epochs=2,
+                                 batch_size=16, lr=lr_peak).values["task"]  # fmt: skip
+        with ScoreClient(score_server) as client:  # ... equal to what the worker uploaded
+            np.testing.assert_array_equal(
+                client.get_signal(ids["worker"], "irreducible_loss"), il.astype(np.float32)
+            )
+            client.put_signal(ids["sampler"], "irreducible_loss", il)
+    # the sampler reads the run's IL column itself (no set_signal)
+    got = _sampler_loop(score_server, ids["sampler"], data, None)
     assert session.state is not None
     want = session.state["model"]
     assert set(got) == set(want)

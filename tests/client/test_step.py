@@ -3,11 +3,14 @@ here (tests/worker/helpers.py's ``_pool_parts``), for any shard, step count and 
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from docl.client.step import EpochPools, StepLevel
+from docl.client.step import EpochPools, StepLevel, registered
 from tests.worker.helpers import _pool_parts
 
 
@@ -41,3 +44,24 @@ def test_step_level_knows_the_registry_s_step_methods() -> None:
     assert topk is not None and (topk.ratio, topk.signals) == (5, ())
     rho = StepLevel.of("rho-loss", {})
     assert rho is not None and (rho.ratio, rho.signals) == (4, ("irreducible_loss",))
+
+
+def test_a_plugin_method_is_found_through_docl_methods_and_an_unknown_one_warns(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``registered`` (what the worker loop and the sampler both use) loads the plugins
+    named in $DOCL_METHODS when a method is not registered yet; a method no plugin has
+    is not step-level here, with a warning naming it."""
+    from docl.services import methods
+
+    monkeypatch.setenv("DOCL_METHODS", "tests.services.methods.toy_method:TOY")
+    methods._REGISTRY.pop("toy-parity", None)
+    try:
+        spec = registered("toy-parity")
+        assert spec is not None and spec.name == "toy-parity"
+        assert StepLevel.of("toy-parity", {}) is None  # epoch-level: no pool ratio
+        with caplog.at_level(logging.WARNING, logger="docl.client"):
+            assert StepLevel.of("no-such-method", {}) is None
+        assert "'no-such-method' is not registered in this process" in caplog.text
+    finally:
+        methods._REGISTRY.pop("toy-parity", None)

@@ -682,6 +682,11 @@ def test_the_judge_reads_the_best_validation_epoch_and_equal_compute(tmp_path: P
         in (per["rho-loss[il=val]"]["judge"]["sentence"])
     )
     assert "not held out" not in per["loss-topk"]["judge"]["sentence"]
+    # rho-epoch trains the same IL model: the same caution
+    rows += [{**r, "variant": "rho-epoch[il=val]", "method": "rho-epoch"}
+             for r in rows if r["variant"] == "docl"]  # fmt: skip
+    per = summarize(rows)["tasks"]["t"]["variants"]
+    assert "is not held out" in per["rho-epoch[il=val]"]["judge"]["sentence"]
     # one seed: numbers, no verdict; no validation split: no early-stopping figure
     one = summarize([r for r in rows if r["seed"] == 0])["tasks"]["t"]["variants"]
     assert one["docl"]["judge"]["status"] == "2+ seeds needed"

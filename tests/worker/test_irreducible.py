@@ -9,7 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from docl.worker.irreducible import halves, irreducible_losses, shared_irreducible, train_model
+from docl.worker.irreducible import (
+    compute_irreducible,
+    halves,
+    irreducible_losses,
+    shared_irreducible,
+    train_model,
+)
 from docl.worker.models import ModelSpec
 from docl.worker.tasks import TaskData
 
@@ -107,6 +113,38 @@ def test_val_trains_one_model_on_the_validation_split() -> None:
         irreducible_losses(_random_labels(), il="val", **KW)  # type: ignore[arg-type]
 
 
+def test_the_plain_pytorch_helper_gives_the_workers_values_from_tensors() -> None:
+    """compute_irreducible (tensors and a model factory, no TaskData) gives what the
+    worker's irreducible_losses gives on the same data, both variants; a factory that
+    ignores its seed is reproducible all the same, and the caller's RNG is untouched."""
+    data = _random_labels(n=32, val=24)
+    kw = {**KW, "epochs": 3}
+    for il in ("halves", "val"):
+        want = irreducible_losses(data, il=il, **kw)  # type: ignore[arg-type]
+        got = compute_irreducible(data.make_model, data.x_train, data.y_train, il=il,
+                                  x_val=data.x_val, y_val=data.y_val, **kw)  # type: ignore[arg-type]  # fmt: skip
+        for k in ("task", "l2"):
+            np.testing.assert_array_equal(got.values[k], want.values[k])
+        assert (got.forward_samples, got.backward_samples) == (
+            want.forward_samples,
+            want.backward_samples,
+        )
+
+    def unseeded(seed: int) -> torch.nn.Module:  # draws its init from the global RNG
+        return torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 2))
+
+    torch.manual_seed(123)
+    state = torch.get_rng_state()
+    a = compute_irreducible(unseeded, data.x_train, data.y_train, **kw)  # type: ignore[arg-type]
+    assert torch.equal(torch.get_rng_state(), state)
+    b = compute_irreducible(unseeded, data.x_train, data.y_train, **kw)  # type: ignore[arg-type]
+    np.testing.assert_array_equal(a.values["task"], b.values["task"])
+    with pytest.raises(ValueError, match="give x_val and y_val"):
+        compute_irreducible(unseeded, data.x_train, data.y_train, il="val")
+    with pytest.raises(ValueError, match="one row per sample"):
+        compute_irreducible(unseeded, data.x_train, data.y_train[:-1])
+
+
 # ---------------------------------------------------------------------------
 # With a score server: the IL as the run's signal columns
 # ---------------------------------------------------------------------------
@@ -121,8 +159,9 @@ def test_rho_loss_uploads_its_il_and_a_later_launch_reads_it_back(
     not complete (a NaN) makes it train and upload again."""
     from docl.client import ScoreClient
     from docl.services.methods.rho import IL_SIGNALS
-    from docl.worker.loop import LoopConfig, ServerEpochs, _step_signals, _StepLevel, train_loop
+    from docl.worker.loop import LoopConfig, ServerEpochs, train_loop
     from docl.worker.session import LocalSession
+    from docl.worker.signals import supply
     from docl.worker.tasks import get_task
     from docl.worker.train import TrainSpec, build_run
 
@@ -141,25 +180,27 @@ def test_rho_loss_uploads_its_il_and_a_later_launch_reads_it_back(
         ).values  # fmt: skip
         assert client.signals(run_id).signals == sorted(IL_SIGNALS.values())
         for kind, name in IL_SIGNALS.items():
-            got = client.get_signal(run_id, name)
-            np.testing.assert_array_equal(got, want[kind].astype(np.float32))
+            col = client.get_signal(run_id, name)
+            np.testing.assert_array_equal(col, want[kind].astype(np.float32))
 
         source = ServerEpochs(client, run_id)
-        step = _StepLevel.of(source)
-        assert step is not None
+        kw = {"seed": cfg.seed, "momentum": cfg.momentum, "weight_decay": cfg.weight_decay}
         logs: list[str] = []
 
         class _Logged(LocalSession):
             def log(self, line: str) -> None:
                 logs.append(line)
 
-        values, spent = _step_signals(cfg, data, _Logged(checkpoint_dir=None), source, step)
+        got = supply(source, data, _Logged(checkpoint_dir=None), **kw)
+        spent = (got.forward_samples, got.backward_samples)
         assert spent == (0, 0) and any("read back" in x for x in logs)
         for kind in IL_SIGNALS:
             np.testing.assert_array_equal(
-                values["irreducible_loss"][kind], want[kind].astype(np.float32).astype(np.float64)
+                got.values["irreducible_loss"][kind],
+                want[kind].astype(np.float32).astype(np.float64),
             )
         # an incomplete column: trained and uploaded again
         client.put_signal(run_id, IL_SIGNALS["task"], [np.nan], start=3)
-        values, spent = _step_signals(cfg, data, _Logged(checkpoint_dir=None), source, step)
-        assert spent[0] > 0 and not np.isnan(client.get_signal(run_id, IL_SIGNALS["task"])).any()
+        got = supply(source, data, _Logged(checkpoint_dir=None), **kw)
+        assert got.forward_samples > 0
+        assert not np.isnan(client.get_signal(run_id, IL_SIGNALS["task"])).any()
