@@ -62,6 +62,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     silently ignored and the Ray tests were spread over both workers, each starting
     its own Ray. So the suffix is set here, on the structured id where pytest has one,
     and checked: a run whose ids did not change stops instead of going on ungrouped."""
+    if not config.pluginmanager.hasplugin("xdist"):
+        return  # `-p no:xdist`: no xdist_group marker to give (--strict-markers)
     loadgroup = bool(getattr(config.option, "loadgroup", False))  # set on xdist workers
     for item in items:
         if item.get_closest_marker("ray") or "ray_cluster" in getattr(item, "fixturenames", ()):
