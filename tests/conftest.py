@@ -48,6 +48,14 @@ import pytest
 from docl.services.embedded import RedisClusterProcess, RedisProcess, ServerProcess
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    # pytest-xdist's marker, declared here too so that `-p no:xdist` (--strict-markers)
+    # accepts the modules that carry it.
+    config.addinivalue_line(
+        "markers", "xdist_group(name): under --dist loadgroup, a group's tests share one worker"
+    )
+
+
 @pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Under pytest-xdist (``make test`` runs ``-n 2 --dist loadgroup``) every test that
@@ -62,14 +70,14 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     silently ignored and the Ray tests were spread over both workers, each starting
     its own Ray. So the suffix is set here, on the structured id where pytest has one,
     and checked: a run whose ids did not change stops instead of going on ungrouped."""
-    if not config.pluginmanager.hasplugin("xdist"):
-        return  # `-p no:xdist`: no xdist_group marker to give (--strict-markers)
     loadgroup = bool(getattr(config.option, "loadgroup", False))  # set on xdist workers
     for item in items:
         if item.get_closest_marker("ray") or "ray_cluster" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.xdist_group("ray"))
-            if loadgroup and not item.nodeid.endswith("@ray"):
-                _set_xdist_group(item, "ray")
+        groups = sorted({str(m.args[0] if m.args else m.kwargs.get("name", "default"))
+                         for m in item.iter_markers("xdist_group")})  # fmt: skip
+        if loadgroup and groups and "@" not in item.nodeid.rpartition("]")[2]:
+            _set_xdist_group(item, "_".join(groups))  # as xdist names a joined group
 
 
 def _set_xdist_group(item: pytest.Item, group: str) -> None:
