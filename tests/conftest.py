@@ -48,14 +48,51 @@ import pytest
 from docl.services.embedded import RedisClusterProcess, RedisProcess, ServerProcess
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    # pytest-xdist's marker, declared here too so that `-p no:xdist` (--strict-markers)
+    # accepts the modules that carry it.
+    config.addinivalue_line(
+        "markers", "xdist_group(name): under --dist loadgroup, a group's tests share one worker"
+    )
+
+
+@pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Under pytest-xdist (``make test`` runs ``-n 2 --dist loadgroup``) every test that
     starts or joins Ray goes to one worker: they share one local Ray session there
     (``ray_cluster``), and two Ray instances on a 2-core machine would only slow
-    each other down. A test is Ray's when it is marked ``ray`` or takes ``ray_cluster``."""
+    each other down. A test is Ray's when it is marked ``ray`` or takes ``ray_cluster``.
+
+    The group is given here, not left to xdist: xdist's own hook (which turns an
+    ``xdist_group`` mark into a ``@group`` suffix of the node id, the scheduler's
+    only input) runs before this one, and under pytest 9.2 its ``item._nodeid = ...``
+    no longer changes the id at all (pytest-dev/pytest-xdist#1386): the group was
+    silently ignored and the Ray tests were spread over both workers, each starting
+    its own Ray. So the suffix is set here, on the structured id where pytest has one,
+    and checked: a run whose ids did not change stops instead of going on ungrouped."""
+    loadgroup = bool(getattr(config.option, "loadgroup", False))  # set on xdist workers
     for item in items:
         if item.get_closest_marker("ray") or "ray_cluster" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.xdist_group("ray"))
+        groups = sorted({str(m.args[0] if m.args else m.kwargs.get("name", "default"))
+                         for m in item.iter_markers("xdist_group")})  # fmt: skip
+        if loadgroup and groups and "@" not in item.nodeid.rpartition("]")[2]:
+            _set_xdist_group(item, "_".join(groups))  # as xdist names a joined group
+
+
+def _set_xdist_group(item: pytest.Item, group: str) -> None:
+    new = f"{item.nodeid}@{group}"
+    if hasattr(item, "_id"):  # pytest >= 9.2: a structured NodeId
+        from _pytest.nodeid import NodeId
+
+        item._id = NodeId.parse(new)
+    else:
+        item._nodeid = new
+    if item.nodeid != new:
+        raise pytest.UsageError(
+            f"cannot put {item.nodeid} in xdist group {group!r}: this pytest keeps node "
+            "ids elsewhere (tests/conftest.py, pytest-dev/pytest-xdist#1386)"
+        )
 
 
 @pytest.fixture(scope="session")

@@ -32,7 +32,8 @@ import pytest
 from docl.services.embedded import free_port
 from tests.deploy.deploy_util import RAY_INTERNAL_PORT_FLAGS, VENV_BIN, env_without_ray
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
+# One xdist worker runs both tests, so that they share the module's cluster.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600), pytest.mark.xdist_group("launcher")]
 
 
 def _unshare() -> list[str]:
@@ -63,9 +64,12 @@ def _ray_start(args: list[str], env: dict[str, str], log: Path) -> None:
     assert r.returncode == 0, f"{' '.join(args[:4])} failed:\n{log.read_text()[-3000:]}"
 
 
-@pytest.fixture
-def two_nodes(tmp_path: Path) -> Iterator[Cluster]:
+@pytest.fixture(scope="module")
+def two_nodes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """One cluster for both tests (starting one costs ~10 s): each test runs its own job
+    with its own storage folder under ``unshared``/``shared``."""
     prefix = _unshare()
+    tmp_path = tmp_path_factory.mktemp("two-nodes")
     unshared, shared = tmp_path / "unshared", tmp_path / "shared"
     for d in (unshared, shared):
         d.mkdir()
@@ -148,28 +152,30 @@ def _train(
 def test_unshared_storage_fails_at_start_with_a_clear_message(
     two_nodes: Cluster, tmp_path: Path
 ) -> None:
-    r, _ = _train(two_nodes, two_nodes.unshared / "ray", tmp_path / "out")
+    r, _ = _train(two_nodes, two_nodes.unshared / tmp_path.name, tmp_path / "out")
     output = r.stdout + r.stderr
     assert r.returncode == 2, output[-4000:]
     message = [line for line in r.stderr.splitlines() if line.startswith("docl train:")]
     assert message, output[-4000:]
     text = message[-1]
-    assert f"storage {two_nodes.unshared / 'ray'} is not shared by every Ray node" in text, text
+    storage = two_nodes.unshared / tmp_path.name
+    assert f"storage {storage} is not shared by every Ray node" in text, text
     assert "cannot read" in text and "which the driver wrote" in text, text
     assert "--storage" in text and "docs/deploy.md" in text, text
     # At start: no training worker was started, no epoch trained.
     assert "epoch " not in output, output[-4000:]
     assert "Unable to set up cluster storage" not in output
     # The markers are gone from the driver's side.
-    assert not any((two_nodes.unshared / "ray" / ".docl-storage-check").glob("*"))
+    assert not any((storage / ".docl-storage-check").glob("*"))
 
 
 def test_shared_storage_trains(two_nodes: Cluster, tmp_path: Path) -> None:
-    r, _ = _train(two_nodes, two_nodes.shared / "ray", tmp_path / "out")
+    storage = two_nodes.shared / tmp_path.name
+    r, _ = _train(two_nodes, storage, tmp_path / "out")
     output = r.stdout + r.stderr
     assert r.returncode == 0, output[-4000:]
     metrics = (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(m)["epoch"] for m in metrics] == [0, 1], output[-4000:]
     # Ray Train kept the run's checkpoints in the storage given, not under --out.
-    assert list((two_nodes.shared / "ray").rglob("state.pt")), output[-4000:]
+    assert list(storage.rglob("state.pt")), output[-4000:]
     assert not (tmp_path / "out" / "ray").exists()
