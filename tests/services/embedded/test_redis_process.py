@@ -5,6 +5,7 @@ from __future__ import annotations
 import stat
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -189,13 +190,19 @@ def test_a_tcp_redis_process_needs_its_password_and_has_no_config_or_debug() -> 
         r.close()
 
 
-def test_a_sigkilled_servers_data_dir_is_removed_by_the_next_start() -> None:
-    server = ServerProcess()
+def test_a_sigkilled_servers_data_dir_is_removed_by_the_next_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Its own temporary directory: under xdist another test's start (any embedded Redis)
+    # sweeps the dead server's directory too, as it should, before this test looks.
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    server = ServerProcess(env={"TMPDIR": str(tmp_path)})
     try:
         server.start()
         child = _redis_child(server)
         data_dir = _data_dir(child)
         assert data_dir.name.startswith("docl-redis-") and data_dir.is_dir()
+        assert data_dir.parent == tmp_path
         server.kill()  # SIGKILL: no lifespan shutdown, no cleanup
         child.wait(timeout=15)  # its Redis follows (parent-death signal)
         assert data_dir.is_dir(), "left behind, as a crash leaves it"
