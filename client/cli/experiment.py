@@ -26,7 +26,8 @@ def experiment(
         str,
         typer.Option(
             help="Comma-separated tasks: mnist1d, digits, synthetic, distill; the noisy "
-            "and redundant digits-noise20, digits-noise40, digits-dup; or your own "
+            "and redundant digits-noise20, digits-noise40, digits-dup, mnist1d-noise40; "
+            "or your own "
             "'package.module:factory' returning a TaskData (as in docl train)."
         ),
     ] = "mnist1d,digits,synthetic,distill",

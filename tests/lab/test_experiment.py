@@ -130,6 +130,30 @@ def test_noisy_and_redundant_digits_keep_digits_budget_rule(
     assert name not in DEFAULT_TASKS  # asked for by name, not run by default
 
 
+def test_noisy_mnist1d_keeps_mnist1d_setup(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    from docl.worker.tasks import get_task
+
+    monkeypatch.setenv("DOCL_CACHE_DIR", str(tmp_path))  # not the user's ~/.cache
+
+    base, setup = TASKS["mnist1d"], TASKS["mnist1d-noise40"]
+    assert setup.train_task == "mnist1d"
+    assert setup.params == base.params and setup.budget == base.budget
+    assert setup.task_params == {**base.task_params, "noise": 0.4}
+    # the quick variant builds the same noisy task, smaller (the full one is
+    # checked in tests/worker/tasks/test_mnist1d.py)
+    clean = get_task("mnist1d", **base.quick_task_params)
+    data = get_task("mnist1d", **setup.quick_task_params)
+    n_labels = clean.num_samples + clean.x_val.shape[0]  # type: ignore[union-attr]
+    changed = int(
+        (torch.cat([data.y_train, data.y_val]) != torch.cat([clean.y_train, clean.y_val])).sum()
+    )  # type: ignore[list-item]
+    assert data.info["flipped"] == changed
+    assert abs(changed - 0.4 * n_labels) <= 4 * math.sqrt(n_labels * 0.4 * 0.6)
+    assert "mnist1d-noise40" not in DEFAULT_TASKS
+
+
 # ---------------------------------------------------------------------------
 # Summary math, against independent computations
 # ---------------------------------------------------------------------------

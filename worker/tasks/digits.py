@@ -6,7 +6,7 @@ the test split is a stratified quarter, chosen by ``data_seed``. A small MLP
 
 Two knobs make it a task where data selection is supposed to pay (issue 18):
 
-- ``noise``: symmetric label noise. Each label of the training pool is flipped, with
+- ``noise``: symmetric label noise (:mod:`.noise`, shared with ``mnist1d``). Each label of the training pool is flipped, with
   probability ``noise`` (seeded by ``data_seed``), to one of the 9 OTHER classes
   uniformly. It is applied before the validation split, so the validation labels
   are as noisy as a user's own held-out data would be; the test split stays clean.
@@ -28,6 +28,9 @@ import torch
 
 from docl.worker.models import ModelSpec
 from docl.worker.tasks import TaskData, TaskError, register_task, split_validation
+from docl.worker.tasks.noise import MAX_NOISE, check_noise, flip_labels, noisy_labels
+
+__all__ = ["JITTER", "MAX_DUPLICATES", "MAX_NOISE", "digits", "flip_labels", "near_duplicates"]
 
 
 @functools.lru_cache(maxsize=1)
@@ -43,21 +46,10 @@ def _arrays() -> tuple[np.ndarray, np.ndarray]:
     return x, y
 
 
-#: Largest label-noise fraction: at 0.9 a flipped label is as likely as the true one.
-MAX_NOISE = 0.9
 #: Largest redundancy: extra near copies up to 4x the training rows (bounds memory).
 MAX_DUPLICATES = 4.0
 #: The jitter of a near duplicate: one grey level of the original 0..16 pixels.
 JITTER = 1.0 / 16.0
-NUM_CLASSES = 10
-
-
-def flip_labels(y: np.ndarray, noise: float, rng: np.random.Generator) -> np.ndarray:
-    """``y`` with each label flipped with probability ``noise`` to a different class,
-    uniform over the other ``NUM_CLASSES - 1`` (never the same class)."""
-    flip = rng.random(y.shape[0]) < noise
-    shift = rng.integers(1, NUM_CLASSES, size=y.shape[0])
-    return np.where(flip, (y + shift) % NUM_CLASSES, y).astype(np.int64)
 
 
 def near_duplicates(
@@ -85,11 +77,7 @@ def digits(
 
     if not 0.0 < test_fraction < 1.0:
         raise TaskError(f"digits: test_fraction must be in (0, 1), got {test_fraction}")
-    if not 0.0 <= noise < MAX_NOISE:
-        raise TaskError(
-            f"digits: noise (the share of training labels flipped) must be in "
-            f"[0, {MAX_NOISE}), got {noise}"
-        )
+    check_noise("digits", noise)
     if not 0.0 <= duplicates <= MAX_DUPLICATES:
         raise TaskError(
             f"digits: duplicates (extra near copies per training sample) must be in "
@@ -100,11 +88,7 @@ def digits(
         x, y, test_size=test_fraction, random_state=data_seed, stratify=y
     )
     rng = np.random.default_rng(data_seed + 1)
-    flipped = 0
-    if noise > 0.0:
-        y_noisy = flip_labels(y_tr, noise, rng)
-        flipped = int((y_noisy != y_tr).sum())
-        y_tr = y_noisy
+    y_tr, flipped = noisy_labels(y_tr, noise, rng)
     xt, yt, xv, yv = split_validation(
         torch.from_numpy(x_tr), torch.from_numpy(y_tr), validation, data_seed
     )

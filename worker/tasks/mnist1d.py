@@ -9,6 +9,12 @@ parallel runs can share the cache. Set ``cache=False`` to always regenerate.
 
 A small 1D CNN (~6k parameters) learns it to ~90%+ in a few dozen epochs; the
 classic 4,000-sample set stays below that, which is why the default is larger.
+
+``noise`` adds symmetric label noise with exactly ``digits``' semantics (one shared
+function, :mod:`.noise`): each label of the training pool (train + validation) is
+flipped with probability ``noise``, seeded by ``data_seed``, to one of the 9 OTHER
+classes uniformly, before the validation split; the test split stays clean.
+``info["flipped"]`` counts the flipped labels (training + validation).
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import torch
 
 from docl.worker.models import ModelSpec
 from docl.worker.tasks import TaskData, TaskError, register_task, split_validation
+from docl.worker.tasks.noise import check_noise, noisy_labels
 
 
 def cache_dir() -> Path:
@@ -82,12 +89,17 @@ def mnist1d(
     validation: float = 0.0,
     channels: int = 25,
     cache: bool = True,
+    noise: float = 0.0,
 ) -> TaskData:
     if num_samples < 100:
         raise TaskError(f"mnist1d: num_samples must be >= 100, got {num_samples}")
+    check_noise("mnist1d", noise)
     a = load_arrays(num_samples, data_seed, cache=cache)
+    # Label noise before the validation split (validation is as noisy as training), the
+    # test split clean; a fresh array, so the cached clean labels are never changed.
+    y_pool, flipped = noisy_labels(a["y"], noise, np.random.default_rng(data_seed + 1))
     xt, yt, xv, yv = split_validation(
-        torch.from_numpy(a["x"]), torch.from_numpy(a["y"]), validation, data_seed
+        torch.from_numpy(a["x"]), torch.from_numpy(y_pool), validation, data_seed
     )
     length = int(a["x"].shape[1])
     return TaskData(
@@ -104,5 +116,10 @@ def mnist1d(
             "cnn1d", {"length": length, "out_features": 10, "channels": channels}
         ).build,
         defaults={"epochs": 30, "batch_size": 128, "lr_peak": 0.2, "weight_decay": 5e-4},
-        info={"data_seed": data_seed, "num_samples": num_samples},
+        info={
+            "data_seed": data_seed,
+            "num_samples": num_samples,
+            "noise": noise,
+            "flipped": flipped,
+        },
     )

@@ -130,3 +130,32 @@ def test_duplicates_above_one_reuse_sources_and_keep_noisy_labels() -> None:
 def test_bad_noise_or_duplicates_is_a_clear_error(params: dict[str, float], match: str) -> None:
     with pytest.raises(TaskError, match=match):
         get_task("digits", **params)
+
+
+@pytest.mark.parametrize("data_seed", [0, 5])
+def test_noise_is_the_documented_rule(data_seed: int) -> None:
+    """Recomputed independently (the rule digits had before the flip moved into the
+    shared :mod:`docl.worker.tasks.noise`): a uniform draw < noise per label of the
+    stratified training pool, then a shift in 1..9, from ``default_rng(data_seed + 1)``,
+    before the validation split. Pins the digits-noise* results across the move."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    from docl.worker.tasks import split_validation
+
+    p = 0.4
+    noisy = get_task("digits", data_seed=data_seed, validation=VAL, noise=p)
+    y = load_digits().target.astype(np.int64)
+    idx = np.arange(y.shape[0])
+    idx_tr, _ = train_test_split(idx, test_size=0.25, random_state=data_seed, stratify=y)
+    y_tr = y[idx_tr]
+    rng = np.random.default_rng(data_seed + 1)
+    u, shift = rng.random(y_tr.shape[0]), rng.integers(1, 10, size=y_tr.shape[0])
+    expected = np.array(
+        [(c + d) % 10 if v < p else c for c, v, d in zip(y_tr, u, shift, strict=True)]
+    )
+    _, yt, _, yv = split_validation(
+        torch.zeros(y_tr.shape[0], 1), torch.from_numpy(expected), VAL, data_seed
+    )
+    assert torch.equal(noisy.y_train, yt) and torch.equal(noisy.y_val, yv)
+    assert noisy.info["flipped"] == int((expected != y_tr).sum())
