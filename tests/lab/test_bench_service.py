@@ -30,7 +30,10 @@ def test_bench_service_quick_prints_the_tables(tmp_path: Path) -> None:
     result = json.loads(out_json.read_text())
     (rep,) = result["reports"]
     assert rep["service_rate"] > 0 and rep["limit_rate"] > 0 and rep["errors"] == 0
-    assert rep["frames"] == 1 and rep["redis_us"] > 0 and rep["server_us"] > 0
+    assert rep["frames"] == 1 and rep["redis_us"] > 0
+    # process CPU comes in 10 ms clock ticks: the quick pass's one frame may cost the
+    # server less than one (seen once in a loaded -n 3 run), never a negative amount
+    assert 0 <= rep["server_us"] < 1e6, rep
     assert rep["p50_ms"] <= rep["p99_ms"]
     (draw,) = result["draws"]
     assert draw["k"] == 90_000 and draw["service_s"] > 0 and draw["limit_s"] > 0
