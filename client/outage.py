@@ -68,6 +68,7 @@ def ride_out(
     max_wait: float = 5.0,
     log_every: float = 15.0,
     sleep: Callable[[float], None] = time.sleep,
+    gone: Callable[[], BaseException | None] | None = None,
 ) -> T:
     """Call ``call()`` until it succeeds or the score server stayed down ``tolerance`` s.
 
@@ -81,6 +82,11 @@ def ride_out(
     ``log_every`` s while it lasts, one when the server is back. After ``tolerance``
     seconds the last error is raised, with a note saying how long it waited. Safe
     because every request it wraps is idempotent (a draw is by epoch number).
+
+    ``gone``, when given, is asked after each failure whether the server can still come
+    back: an exception it returns (e.g. a KeyboardInterrupt when the server that the job
+    started itself has exited of the same Ctrl-C) is raised at once, from the failure,
+    instead of waiting out the tolerance for a server that no longer exists.
     """
     lg = logger or log
     tries = outage_policy(tolerance, max_wait).start()
@@ -91,6 +97,8 @@ def ride_out(
         except Exception as e:
             if not retryable(e):
                 raise
+            if gone is not None and (why := gone()) is not None:
+                raise why from e
             waited = tries.elapsed()
             delay = tries.next_delay()
             if delay is None:

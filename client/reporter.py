@@ -57,6 +57,7 @@ import threading
 import time
 import uuid
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -277,11 +278,20 @@ class Reporter:
             self._warn_drop()
         return item.report_id
 
-    def flush(self, timeout: float | None = None) -> bool:
+    def flush(
+        self,
+        timeout: float | None = None,
+        *,
+        check: Callable[[], None] | None = None,
+        check_every: float = 0.5,
+    ) -> bool:
         """Wait until every queued report was acknowledged (or rejected).
 
         Returns True when nothing is pending, False when ``timeout`` seconds
         passed first (the reports stay queued and keep being retried).
+        ``check``, when given, is called every ``check_every`` s while the wait
+        lasts (with the reporter's lock held: keep it cheap); what it raises ends
+        the wait, e.g. because the server the reports go to has exited for good.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._lock:
@@ -297,6 +307,11 @@ class Reporter:
                             len(self._queue) + self._inflight,
                         )
                         return False
+                    if check is not None:
+                        check()
+                        remaining = (
+                            check_every if remaining is None else min(remaining, check_every)
+                        )
                     self._done.wait(remaining)
             finally:
                 self._urgent -= 1

@@ -12,14 +12,22 @@ import time
 from collections.abc import Callable
 
 
+def _ignore_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def interrupt_docl(
-    *args: str, when: Callable[[str], bool], timeout: float = 300
+    *args: str, when: Callable[[str], bool], timeout: float = 300, ignore_sigint: bool = False
 ) -> tuple[int, str, list[str]]:
     """(exit status, all output, the lines read before the interrupt). Fails when no
-    line satisfies ``when`` within ``timeout`` s."""
+    line satisfies ``when`` within ``timeout`` s. ``ignore_sigint``: the command starts
+    with SIGINT ignored, as a job started in the background by a non-interactive shell
+    does (its Python then installs no KeyboardInterrupt handler; the children that
+    install their own handler, docl serve and redis-server, still stop)."""
     proc = subprocess.Popen(
         [sys.executable, "-c", "from docl.client.cli import main; main()", *args],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+        preexec_fn=_ignore_sigint if ignore_sigint else None,
     )  # fmt: skip
     lines: list[str] = []
     try:

@@ -10,6 +10,7 @@ re-exports them.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from docl.client._client import Shard
@@ -41,11 +42,21 @@ class ServerEpochs:
     ``outage_tolerance`` seconds (:func:`~docl.client.sampler.ride_out`): the
     requests are idempotent, so repeating them is safe. ride_out is their one retry
     loop: they go through a copy of ``client`` that does not retry by itself.
+    ``gone`` (see :func:`~docl.client.outage.ride_out`) ends a wait for a server that
+    cannot come back, e.g. the job's own server process that has exited.
     """
 
-    def __init__(self, client: Any, run_id: str, *, outage_tolerance: float | None = None) -> None:
+    def __init__(
+        self,
+        client: Any,
+        run_id: str,
+        *,
+        outage_tolerance: float | None = None,
+        gone: Callable[[], BaseException | None] | None = None,
+    ) -> None:
         self.client = client = client.with_options(retries=0)
         self.run_id = run_id
+        self.gone = gone
         self.outage_tolerance = (
             default_outage_tolerance() if outage_tolerance is None else float(outage_tolerance)
         )
@@ -54,6 +65,7 @@ class ServerEpochs:
             tolerance=self.outage_tolerance,
             what="reading the plan",
             logger=log,
+            gone=self.gone,
         )
         self.num_epochs = int(plan.num_epochs)
         self.total_steps = int(plan.total_steps)
@@ -62,6 +74,7 @@ class ServerEpochs:
             tolerance=self.outage_tolerance,
             what="reading the run",
             logger=log,
+            gone=self.gone,
         )
         self.method: str = run.method
         self.method_params: dict[str, Any] = dict(run.method_params)
@@ -73,6 +86,7 @@ class ServerEpochs:
             tolerance=self.outage_tolerance,
             what=f"drawing epoch {e}",
             logger=log,
+            gone=self.gone,
         )
         return epoch
 
@@ -82,6 +96,7 @@ class ServerEpochs:
             tolerance=self.outage_tolerance,
             what=f"fetching rank {rank}'s indices of epoch {e}",
             logger=log,
+            gone=self.gone,
         )
         return shard
 

@@ -43,6 +43,7 @@ import math
 import os
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -150,8 +151,16 @@ def train_loop(
     data: TaskData,
     session: Session,
     source: EpochSource | None = None,
+    *,
+    gone: Callable[[], BaseException | None] | None = None,
 ) -> dict[str, Any]:
     """Train one worker (rank ``session.rank`` of ``session.world``) through the plan.
+
+    ``gone``, when given, says whether the score server has gone for good (e.g. the
+    job's own server process has exited, as it does on the Ctrl-C that the whole
+    process group gets): the exception it returns ends the epoch draw's outage wait
+    and the end-of-epoch flush at once, instead of after ``outage_tolerance`` and
+    ``flush_timeout`` seconds.
 
     Returns rank 0's last metrics (every rank returns its view). The same code
     runs inside a Ray Train worker and in-process. Each phase is one function
@@ -159,7 +168,7 @@ def train_loop(
     :class:`_Run` (the whole job) and one :class:`_Epoch` (the epoch in hand).
     """
     torch.set_num_threads(max(1, cfg.threads))
-    run = _set_up(cfg, data, session, source)  # ---- 0. set up
+    run = _set_up(cfg, data, session, source, gone)  # ---- 0. set up
     try:
         for e in range(run.start_epoch, run.source.num_epochs):
             ep = _fetch_epoch(run, e)  # ---- 1. fetch the epoch and this rank's indices
@@ -207,6 +216,8 @@ class _Run:
     # loss kind, over every training sample; computed once, kept in the checkpoint.
     signals: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
     signal_passes: int = 0  # the sample-passes the signals cost (counted once)
+    # Says whether the score server has gone for good (train_loop's ``gone``).
+    gone: Callable[[], BaseException | None] | None = None
 
     @property
     def rank(self) -> int:
@@ -221,12 +232,20 @@ class _Run:
         if self.bar is not None:
             self.bar.close()
         if self.reporter is not None:
-            self.reporter.close(timeout=self.cfg.flush_timeout)
+            # Nothing can deliver to a server that has gone: do not wait for it.
+            gone = self.gone is not None and self.gone() is not None
+            self.reporter.close(timeout=0.0 if gone else self.cfg.flush_timeout)
         if self.client is not None:
             self.client.close()
 
 
-def _set_up(cfg: LoopConfig, data: TaskData, session: Session, source: EpochSource | None) -> _Run:
+def _set_up(
+    cfg: LoopConfig,
+    data: TaskData,
+    session: Session,
+    source: EpochSource | None,
+    gone: Callable[[], BaseException | None] | None = None,
+) -> _Run:
     """Phase 0: the epoch source, reporter, model, optimizer; resume from the last
     checkpoint; the method's declared signals (phase 0a: read back, or computed once)."""
     device = session.device
@@ -236,7 +255,9 @@ def _set_up(cfg: LoopConfig, data: TaskData, session: Session, source: EpochSour
             from docl.client import ScoreClient
 
             client = ScoreClient(cfg.server, token=cfg.token)
-            source = ServerEpochs(client, cfg.run_id, outage_tolerance=cfg.outage_tolerance)
+            source = ServerEpochs(
+                client, cfg.run_id, outage_tolerance=cfg.outage_tolerance, gone=gone
+            )
         elif cfg.local_run is not None:
             source = LocalEpochs(RunCreate.model_validate(cfg.local_run))
         else:
@@ -270,6 +291,7 @@ def _set_up(cfg: LoopConfig, data: TaskData, session: Session, source: EpochSour
         y_report=data.y_train.numpy(),
         bar=None,
         t0=0.0,
+        gone=gone,
     )
     if state is not None:
         model.load_state_dict(state["model"])
@@ -421,13 +443,26 @@ def _select(
     return cand_t[torch.from_numpy(chosen).to(cand_t.device)], cand, pool_out
 
 
+def _raise_if_gone(gone: Callable[[], BaseException | None] | None) -> Callable[[], None] | None:
+    """``gone`` as a check that raises what it returns (the reporter's flush ``check``)."""
+    if gone is None:
+        return None
+
+    def check() -> None:
+        why = gone()
+        if why is not None:
+            raise why
+
+    return check
+
+
 def _end_epoch(run: _Run, ep: _Epoch) -> dict[str, Any]:
     """Phase 4: flush this rank's reports, meet the other ranks (every report of epoch e
     is in before anyone draws e + 1), sum the counts over ranks, evaluate; the epoch's
     metrics, logged and appended to ``metrics_path`` by rank 0."""
     cfg, session = run.cfg, run.session
     if run.reporter is not None:
-        run.reporter.flush(cfg.flush_timeout)
+        run.reporter.flush(cfg.flush_timeout, check=_raise_if_gone(run.gone))
     session.barrier()
     passes = session.all_reduce_sum(torch.tensor([ep.forward, ep.backward], dtype=torch.float64))
     run.forward_total += int(passes[0])

@@ -30,7 +30,7 @@ import secrets
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -338,6 +338,7 @@ def _run_job(spec: TrainSpec, job: Job, t_start: float) -> dict[str, Any]:
                     checkpoint_dir=out / "checkpoint" if spec.checkpoint else None,
                     progress=spec.progress,
                 ),
+                gone=_server_gone(server_proc) if server_proc is not None else None,
             )
             history = final.pop("history")
         else:
@@ -644,6 +645,36 @@ def _start_server(spec: TrainSpec) -> tuple[Any, str]:
 
     proc = ServerProcess(host="0.0.0.0", env=env, log_level="info").start()
     return proc, f"http://{get_node_ip_address()}:{proc.port}"
+
+
+def _server_gone(server_proc: Any) -> Callable[[], BaseException | None]:
+    """Whether the job's own score server (a ServerProcess) has exited, as an exception
+    for the training loop to raise instead of waiting out an outage it cannot ride out.
+
+    The server and its Redis are in the job's process group: a Ctrl-C there stops them
+    (``docl serve`` then exits with status 0) even when this process missed it (its
+    SIGINT ignored, as a job started in the background by a non-interactive shell
+    inherits, or the interrupt lost), and nothing restarts them. Exit 0, or death by
+    SIGINT or SIGTERM, is such a stop: a KeyboardInterrupt, which the job reports as
+    interrupted (what it kept, exit 130). Any other exit is a TrainError.
+    """
+    import signal
+
+    stopped = {0, -signal.SIGINT, -signal.SIGTERM, 128 + signal.SIGINT}
+
+    def gone() -> BaseException | None:
+        proc = server_proc.proc
+        code = None if proc is None else proc.poll()
+        if code is None:
+            return None
+        if code in stopped:
+            return KeyboardInterrupt()
+        return TrainError(
+            f"the job's score server exited with status {code} during training; its "
+            "log is kept as server.log in the job's folder"
+        )
+
+    return gone
 
 
 def _connect_ray(spec: TrainSpec) -> bool:

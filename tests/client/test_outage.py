@@ -57,3 +57,34 @@ def test_the_sampler_module_still_offers_the_ride_out() -> None:
 
     for name in ("default_outage_tolerance", "first_contact", "outage_policy", "ride_out"):
         assert getattr(sampler, name) is getattr(outage, name) and name in sampler.__all__
+
+
+def test_ride_out_stops_waiting_when_gone_says_the_server_cannot_come_back() -> None:
+    sleeps: list[float] = []
+    asked: list[int] = []
+
+    def call() -> None:
+        raise TransportError("refused")
+
+    def gone() -> BaseException | None:
+        asked.append(len(sleeps))
+        return KeyboardInterrupt() if len(asked) == 3 else None
+
+    with pytest.raises(KeyboardInterrupt) as err:
+        ride_out(call, tolerance=600, what="drawing epoch 3", sleep=sleeps.append, gone=gone)
+    assert asked == [0, 1, 2]  # asked after each failure, before each wait
+    assert sleeps == pytest.approx([0.25, 0.5])
+    assert isinstance(err.value.__cause__, TransportError)
+
+
+def test_ride_out_does_not_ask_gone_about_a_call_that_succeeds_or_cannot_be_mended() -> None:
+    def gone() -> BaseException | None:
+        raise AssertionError("asked")
+
+    assert ride_out(lambda: 7, tolerance=600, what="drawing", gone=gone) == 7
+
+    def refused() -> None:
+        raise NotFoundError(404, "unknown run")
+
+    with pytest.raises(NotFoundError):
+        ride_out(refused, tolerance=600, what="drawing", gone=gone)

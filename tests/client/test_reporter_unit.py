@@ -6,6 +6,7 @@ tests/client/test_sdk_server.py.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 import time
@@ -221,6 +222,31 @@ def test_close_abandons_what_it_cannot_deliver_and_counts_it() -> None:
     assert c.dropped == 3 and c.pending == 0 and c.sent == 0 and c.retried >= 1
     with pytest.raises(RuntimeError, match="closed"):
         send(rep, "late")
+
+
+def test_flush_asks_check_while_it_waits_and_ends_on_what_it_raises() -> None:
+    def down(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("refused")
+
+    client = ScoreClient("http://docl.test", transport=httpx.MockTransport(down))
+    rep = Reporter(client, "r1", senders=1, backoff=0.01, max_backoff=0.05)
+    send(rep, "r0")
+    asked: list[float] = []
+
+    def check() -> None:
+        asked.append(time.monotonic())
+        if len(asked) == 4:
+            raise KeyboardInterrupt
+
+    t0 = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        rep.flush(60.0, check=check, check_every=0.05)
+    assert len(asked) == 4 and time.monotonic() - t0 < 5.0  # not the 60 s timeout
+    assert all(b - a >= 0.04 for a, b in itertools.pairwise(asked))
+    assert rep.counters().pending == 1  # the report is still queued, not lost
+    assert rep.close(timeout=0.0) is False
+    assert rep.flush(0.1, check=check) is True  # nothing pending: check not needed
+    assert len(asked) == 4
 
 
 # ---------------------------------------------------------------------------

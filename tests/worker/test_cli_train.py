@@ -6,6 +6,7 @@ import json
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -262,6 +263,36 @@ def test_ctrl_c_says_what_was_kept_and_marks_the_partial_job(tmp_path: Path) -> 
     assert len(kept) == marker["epochs"]
     assert f"interrupted after {marker['epochs']} finished epoch(s)" in said
     assert "--overwrite" in said and not (out / "result.json").exists()
+
+
+def test_ctrl_c_the_trainer_misses_still_stops_the_job_when_its_server_stopped(
+    tmp_path: Path,
+) -> None:
+    """The trainer process misses the Ctrl-C (here: SIGINT ignored, as a background job
+    of a script inherits it) while its own docl serve and Redis, in the same process
+    group, stop on it. Before, the job went on training, then waited out the outage
+    tolerance (120 s) for a server that no longer existed, or its end-of-epoch flush
+    (300 s); now it sees that its server has exited and stops as interrupted within
+    seconds: exit 130, the same line and marker as a Ctrl-C it got itself."""
+    from tests.cli_interrupt import interrupt_docl
+
+    out = tmp_path / "o"
+    t0 = time.monotonic()
+    rc, output, _ = interrupt_docl(
+        "train", "--task", "digits", "--method", "docl", "--workers", "0", "--epochs", "400",
+        "--no-progress", "--out", str(out), when=lambda line: line.startswith("epoch   1 "),
+        ignore_sigint=True,
+    )  # fmt: skip
+    took = time.monotonic() - t0
+    assert rc == 130, output[-3000:]
+    assert "Traceback" not in output, output
+    (said,) = [x for x in output.splitlines() if "interrupted after" in x]
+    marker = json.loads((out / "interrupted.json").read_text())
+    assert marker["interrupted"] is True and marker["epochs"] >= 1
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == marker["epochs"]
+    assert f"interrupted after {marker['epochs']} finished epoch(s)" in said
+    assert marker["epochs"] < 400 and not (out / "result.json").exists()
+    assert took < 60, f"{took:.0f} s: {output[-3000:]}"
 
 
 @pytest.mark.slow

@@ -24,6 +24,7 @@ The worker-kill case is tests/worker/test_ray_train.py.
 from __future__ import annotations
 
 import logging
+import signal
 import threading
 import time
 from collections.abc import Callable
@@ -39,7 +40,7 @@ from docl.services.embedded import RedisProcess, ServerProcess
 from docl.worker.loop import LoopConfig, train_loop
 from docl.worker.session import LocalSession
 from docl.worker.tasks import get_task
-from docl.worker.train import TrainSpec, build_run
+from docl.worker.train import TrainError, TrainSpec, _server_gone, build_run
 from tests.conftest import RestartLater
 from tests.worker.helpers import expected_visits_and_lr_sums
 
@@ -277,3 +278,64 @@ def test_appendfsync_everysec_keeps_every_report_acknowledged_before_the_window(
         f"everysec + SIGKILL of redis-server: {n_acked} reports acknowledged, "
         f"{lost} lost ({int(window.sum())} acknowledged in the last 2 s before the kill)"
     )
+
+
+@pytest.mark.parametrize(
+    ("how", "where", "raised"),
+    [
+        (signal.SIGINT, "end", KeyboardInterrupt),  # docl serve exits 0: a Ctrl-C
+        (signal.SIGKILL, "mid", TrainError),  # status -9: a crash, said as one
+    ],
+)
+def test_training_stops_at_once_when_the_jobs_own_server_has_exited(
+    server_factory: Callable[..., ServerProcess],
+    run_id: str,
+    tmp_path: Path,
+    how: int,
+    where: str,
+    raised: type[BaseException],
+) -> None:
+    """The job's own server (docl train's ServerProcess) exits for good: after an
+    epoch's flush (the next draw fails) or mid-epoch (the flush cannot deliver). With
+    ``gone`` the loop stops within seconds instead of waiting out the outage tolerance
+    and the flush timeout (120 s each here) for a server that cannot come back."""
+    server = server_factory(env=KEEP_EPOCHS)  # its own embedded Redis, as docl train's
+    data = get_task("digits")
+    run = build_run(
+        TrainSpec(task="digits", method="docl", epochs=6, run_id=run_id, params=SMALL), data
+    )
+    with ScoreClient(server.url) as client:
+        client.create_run(run)
+        steps = [p.steps for p in client.plan(run_id).epochs]
+    stopped_at: list[float] = []
+
+    def stop_server(at: str) -> None:
+        assert server.proc is not None
+        server.proc.send_signal(how)
+        server.proc.wait(timeout=30)  # gone before the loop's next request
+        stopped_at.append(time.monotonic())
+
+    session = FaultSession(
+        stop_server,
+        mid_batch=steps[0] + steps[1] // 2 if where == "mid" else -1,
+        end_epoch=1 if where == "end" else -1,
+    )
+    cfg = LoopConfig(
+        run_id=run_id,
+        server=server.url,
+        seed=0,
+        checkpoint=False,
+        metrics_path=str(tmp_path / "metrics.jsonl"),
+        outage_tolerance=120.0,
+        flush_timeout=120.0,
+    )
+    with pytest.raises(raised) as err:
+        train_loop(cfg, data, session, gone=_server_gone(server))
+    took = time.monotonic() - stopped_at[0]
+    assert took < 20, took
+    kept = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    # "end": stopped at epoch 1's barrier, so epoch 1 ends and epoch 2's draw fails;
+    # "mid": stopped in epoch 1, whose flush cannot deliver
+    assert len(kept) == (2 if where == "end" else 1)
+    if raised is TrainError:
+        assert "exited with status -9" in str(err.value)
