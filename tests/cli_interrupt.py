@@ -16,6 +16,11 @@ def _ignore_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
+def _default_sigint() -> None:
+    # a terminal's foreground job: SIGINT at its default, whatever this process has
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def interrupt_docl(
     *args: str, when: Callable[[str], bool], timeout: float = 300, ignore_sigint: bool = False
 ) -> tuple[int, str, list[str]]:
@@ -27,7 +32,7 @@ def interrupt_docl(
     proc = subprocess.Popen(
         [sys.executable, "-c", "from docl.client.cli import main; main()", *args],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
-        preexec_fn=_ignore_sigint if ignore_sigint else None,
+        preexec_fn=_ignore_sigint if ignore_sigint else _default_sigint,
     )  # fmt: skip
     lines: list[str] = []
     try:

@@ -36,9 +36,11 @@ Function-scoped:
 from __future__ import annotations
 
 import re
+import signal
 import threading
 import time
 import uuid
+import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -93,6 +95,21 @@ def _set_xdist_group(item: pytest.Item, group: str) -> None:
             f"cannot put {item.nodeid} in xdist group {group!r}: this pytest keeps node "
             "ids elsewhere (tests/conftest.py, pytest-dev/pytest-xdist#1386)"
         )
+
+
+@pytest.fixture(autouse=True)
+def _sigint_restored(request: pytest.FixtureRequest) -> Iterator[None]:
+    """A test that leaves this process's SIGINT handler changed (ignored, say) would hand
+    that to every command a later test starts: a child Python started with SIGINT
+    ignored installs no KeyboardInterrupt, and the Ctrl-C tests then wait out an
+    outage instead of seeing the interrupt (they failed that way in full xdist runs,
+    never alone). Put it back and name the test in a warning."""
+    before = signal.getsignal(signal.SIGINT)
+    yield
+    after = signal.getsignal(signal.SIGINT)
+    if after is not before:
+        signal.signal(signal.SIGINT, before)
+        warnings.warn(f"{request.node.nodeid} left SIGINT's handler as {after!r}", stacklevel=1)
 
 
 @pytest.fixture(scope="session")
