@@ -28,6 +28,7 @@ import os
 import re
 import secrets
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -575,7 +576,7 @@ def _noting_sigint() -> Iterator[_Sigint]:
     """Note a Ctrl-C while Ray Train runs. Its ``fit()`` installs its own SIGINT handler
     (abort the run, then exit with status 1 and no word); the handler it installs is
     wrapped so that the job knows it was interrupted and says so like the in-process
-    loop does."""
+    loop does. The caller's own SIGINT handler is back when the block ends."""
     import signal
 
     note = _Sigint()
@@ -591,11 +592,16 @@ def _noting_sigint() -> Iterator[_Sigint]:
 
         return install(sig, handler)
 
+    previous = signal.getsignal(signal.SIGINT)
     signal.signal = noting  # type: ignore[assignment]
     try:
         yield note
     finally:
         signal.signal = install
+        # Ray Train leaves its handler (wrapped above) installed after fit(): put back
+        # the caller's, so a Ctrl-C after train() returns is the caller's again.
+        if previous is not None and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, previous)
 
 
 def _tree_cpu_seconds(pid: int | None) -> float | None:

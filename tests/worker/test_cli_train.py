@@ -319,3 +319,22 @@ def test_a_ray_run_says_it_starts_ray_writes_no_ansi_escapes_and_stops_on_ctrl_c
     assert "docl train: interrupted after " in output and "--overwrite" in output
     marker = json.loads((out / "interrupted.json").read_text())
     assert marker["epochs"] >= 2 and not (out / "result.json").exists()
+
+
+def test_the_ray_sigint_wrapper_notes_a_ctrl_c_and_puts_the_callers_handler_back() -> None:
+    """Ray Train's fit() installs its own SIGINT handler and leaves it installed; the
+    full suite showed every in-process Ray run leaving it behind (a later Ctrl-C went
+    to a finished run's handler). Simulated here as fit() does it: signal.signal inside."""
+    import signal
+
+    from docl.worker.train import _noting_sigint
+
+    before = signal.getsignal(signal.SIGINT)
+    called: list[int] = []
+    with _noting_sigint() as note:
+        signal.signal(signal.SIGINT, lambda signum, frame: called.append(signum))
+        handler = signal.getsignal(signal.SIGINT)
+        assert callable(handler)
+        handler(signal.SIGINT, None)  # what a Ctrl-C during fit() runs
+    assert note.seen and called == [signal.SIGINT]
+    assert signal.getsignal(signal.SIGINT) is before
