@@ -21,7 +21,7 @@ from docl.services.errors import Conflict, NotFound, ServiceUnavailable, Unproce
 from docl.services.storage import SignalStatus, Store, meta_signals
 from docl.wire.models import SIGNAL_NAME_PATTERN, SignalAck, SignalList
 
-__all__ = ["SignalColumns", "check_signal_name"]
+__all__ = ["SignalColumns", "check_signal_name", "check_slice"]
 
 _NAME = re.compile(SIGNAL_NAME_PATTERN)
 #: Tries of a write that found the run re-created under it (each on a fresh state).

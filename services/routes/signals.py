@@ -18,6 +18,7 @@ import numpy as np
 from fastapi import APIRouter, Path, Query, Request, Response
 
 from docl.services.deps import EngineDep
+from docl.services.engine.signals import check_slice
 from docl.services.errors import ProblemError, Unprocessable, UnsupportedMediaType
 from docl.services.routes._common import RUN_ID_DOC, problems
 from docl.wire.encoding import INDICES_CONTENT_TYPE as OCTET_STREAM
@@ -67,12 +68,7 @@ async def put_signal(
     quota (403/422 as for a create). Nothing is written unless the whole body is valid."""
     st = await engine.state(run_id)  # 404 before a byte of the body is read
     n = st.config.num_samples
-    lo, hi = start, n if stop is None else stop
-    if not 0 <= lo <= hi <= n:
-        raise Unprocessable(
-            f"the slice [start, stop) = [{lo}, {hi}) is not within the run's {n} samples: "
-            f"need 0 <= start <= stop <= {n}"
-        )
+    lo, hi = check_slice(st, start, stop)
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype != OCTET_STREAM:
         raise UnsupportedMediaType(
