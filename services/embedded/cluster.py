@@ -4,6 +4,7 @@ attached, started and stopped as one."""
 
 from __future__ import annotations
 
+import random
 import secrets
 import socket
 import time
@@ -17,21 +18,52 @@ __all__ = ["RedisClusterProcess"]
 CLUSTER_BUS_OFFSET = 10000
 #: The highest port whose cluster bus port is still a port.
 _MAX_NODE_PORT = 65535 - CLUSTER_BUS_OFFSET
+#: The first port drawn for a node below the ephemeral range: above Ray's default
+#: worker ports (10002..19999), which Ray's workers bind while tests run beside.
+_FIRST_PORT = 20000
+
+
+def _ephemeral_low() -> int:
+    """The first port of the kernel's ephemeral range (Linux: 32768 by default): the
+    kernel never hands a port below it to an outgoing connection or a bind to port 0."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+def _bindable(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
 
 
 def _cluster_port(host: str, taken: set[int]) -> int:
     """A free port whose cluster bus port (port + 10000, Redis 6) is free too, neither of
-    them in ``taken`` (the pairs of the cluster's other nodes); adds both to ``taken``."""
-    for _ in range(100):
-        port = free_port(host)
+    them in ``taken`` (the pairs of the cluster's other nodes); adds both to ``taken``.
+
+    Both are drawn below the kernel's ephemeral range when it leaves room (ports 20000 ..
+    low - 10001, above Ray's default worker ports 10002..19999): a port there is never the local end of some other process's outgoing
+    connection (Ray's, a test client's), which is what took a bus port between the probe
+    and redis-server's bind when the pair came from the ephemeral range. A start can
+    still lose the race to another listener; :meth:`RedisClusterProcess.start` then
+    draws a new pair."""
+    low = _ephemeral_low()
+    rng = random.Random()
+    for attempt in range(200):
+        if attempt < 100 and low - CLUSTER_BUS_OFFSET > _FIRST_PORT:
+            port = rng.randrange(_FIRST_PORT, low - CLUSTER_BUS_OFFSET)
+        else:
+            port = free_port(host)
         bus = port + CLUSTER_BUS_OFFSET
         if port > _MAX_NODE_PORT or {port, bus} & taken:
             continue
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            try:
-                s.bind((host, bus))
-            except OSError:
-                continue
+        if not (_bindable(host, port) and _bindable(host, bus)):
+            continue
         taken |= {port, bus}
         return port
     raise RedisStartError("no free port pair (port, port + 10000) for a cluster node")
@@ -73,7 +105,9 @@ class RedisClusterProcess(Started):
         self.password = secrets.token_hex(16)
         timeout = str(node_timeout_ms)
         args = ("--cluster-enabled", "yes", "--cluster-node-timeout", timeout)
-        taken: set[int] = set()
+        self._host = host
+        self._taken: set[int] = set()
+        taken = self._taken
 
         def node() -> RedisProcess:
             p = RedisProcess(
@@ -114,7 +148,7 @@ class RedisClusterProcess(Started):
         on every node. Stops what it started when that fails."""
         try:
             for node in self.processes:
-                node.start()
+                self._start_node(node)
             for node, (lo, hi) in zip(self.nodes, self.slot_ranges(), strict=True):
                 node.command("CLUSTER", "ADDSLOTS", *range(lo, hi + 1))
             first = self.nodes[0]
@@ -129,6 +163,21 @@ class RedisClusterProcess(Started):
             self.stop()
             raise
         return self
+
+    def _start_node(self, node: RedisProcess, attempts: int = 5) -> None:
+        """Start one node; when its port or bus port was taken since it was chosen
+        (another process bound it first), draw a new pair and start again."""
+        for attempt in range(attempts):
+            try:
+                node.start()
+                return
+            except RedisStartError as e:
+                if "in use" not in str(e) or attempt == attempts - 1:
+                    raise
+            # A node that failed to listen may have written its nodes.conf: a new pair
+            # starts it as a new node.
+            (node.data_dir / "nodes.conf").unlink(missing_ok=True)
+            node.port = _cluster_port(self._host, self._taken)
 
     def info(self, node: int | RedisProcess = 0, section: str = "CLUSTER") -> dict[str, str]:
         """CLUSTER INFO (or ``INFO <section>`` for another section) of a node, as a dict:

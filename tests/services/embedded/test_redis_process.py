@@ -254,3 +254,26 @@ def test_past_the_embedded_maxmemory_writes_get_503_and_reads_still_work() -> No
         r = api.post("/v1/runs", json={"run_id": "oom-again", "num_samples": 1000,
                                        "num_outputs": 3, "epochs": 2})  # fmt: skip
         assert r.status_code == 201, r.text
+
+
+def test_a_cluster_bus_port_taken_after_it_was_chosen_is_replaced_by_a_new_pair() -> None:
+    """The CI failure of stop 18: a node's port pair is chosen when the cluster is built,
+    and another process bound the bus port (port + 10000) before redis-server did, which
+    then exited "address in use". The start draws a new pair and the cluster comes up."""
+    import socket
+
+    from docl.services.embedded import RedisClusterProcess
+    from docl.services.embedded.cluster import CLUSTER_BUS_OFFSET, _ephemeral_low
+
+    cluster = RedisClusterProcess(primaries=2)
+    chosen = cluster.nodes[1].port
+    # both ports of a pair come from below the ephemeral range, where no outgoing
+    # connection of another process can take them
+    assert all(n.port + CLUSTER_BUS_OFFSET < _ephemeral_low() for n in cluster.nodes)
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as squatter:
+        squatter.bind(("127.0.0.1", chosen + CLUSTER_BUS_OFFSET))
+        squatter.listen()
+        with cluster:
+            assert cluster.nodes[1].port != chosen
+            assert cluster.info(1)["cluster_state"] == "ok"
+            assert cluster.info(1)["cluster_known_nodes"] == "2"
