@@ -138,3 +138,46 @@ def test_a_tiny_model_learns_each_task(name: str, tmp_path: object) -> None:
         d = get_task(name, **SMALL[name], **LEARN_PARAMS.get(name, {}))
         zero_mse = d.y_test.pow(2).mean().item()  # the MSE of predicting 0 everywhere
         assert r["test_mse"] < 0.5 * zero_mse
+
+
+def test_digits_reads_the_bundled_csv_as_sklearn_loads_it() -> None:
+    """The task parses scikit-learn's digits.csv.gz itself (importing scikit-learn cost
+    ~1 s of CPU in every training process): the same pixels and labels as load_digits."""
+    import numpy as np
+    from sklearn.datasets import load_digits
+
+    from docl.worker.tasks import digits as module
+
+    x, y = module._arrays()
+    bunch = load_digits()
+    assert x.shape == (1797, 64) and x.dtype == np.float32
+    np.testing.assert_array_equal(x, (bunch.data / 16.0).astype(np.float32))
+    np.testing.assert_array_equal(y, bunch.target)
+
+
+@pytest.mark.parametrize("fraction", [0.25, 0.1, 0.33, 0.5, 0.9])
+def test_the_stratified_split_is_sklearns_train_test_split(fraction: float) -> None:
+    """Against the independent computation: scikit-learn's own stratified split, the
+    same rows in the same order, on the digits labels and on skewed random labels
+    (classes of 1-2 members, remainders tied) over many seeds."""
+    import numpy as np
+    from sklearn.model_selection import train_test_split
+
+    from docl.worker.tasks.digits import _arrays, stratified_split
+
+    labels = [_arrays()[1]]
+    gen = np.random.default_rng(0)
+    for _ in range(6):
+        k = int(gen.integers(2, 12))
+        p = gen.dirichlet(np.full(k, 0.7))
+        y = gen.choice(k, size=int(gen.integers(40, 300)), p=p)
+        labels.append(np.concatenate([y, np.arange(k), np.arange(k)]))  # each class >= 2
+    for y in labels:
+        rows = np.arange(y.shape[0])
+        for seed in range(12):
+            want_train, want_test = train_test_split(
+                rows, test_size=fraction, random_state=seed, stratify=y
+            )
+            train, test = stratified_split(y, fraction, seed)
+            np.testing.assert_array_equal(train, want_train)
+            np.testing.assert_array_equal(test, want_test)

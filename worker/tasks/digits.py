@@ -22,6 +22,10 @@ Two knobs make it a task where data selection is supposed to pay (issue 18):
 from __future__ import annotations
 
 import functools
+import gzip
+import importlib.util
+import math
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -30,20 +34,92 @@ from docl.worker.models import ModelSpec
 from docl.worker.tasks import TaskData, TaskError, register_task, split_validation
 from docl.worker.tasks.noise import MAX_NOISE, check_noise, flip_labels, noisy_labels
 
-__all__ = ["JITTER", "MAX_DUPLICATES", "MAX_NOISE", "digits", "flip_labels", "near_duplicates"]
+__all__ = [
+    "JITTER",
+    "MAX_DUPLICATES",
+    "MAX_NOISE",
+    "digits",
+    "flip_labels",
+    "near_duplicates",
+    "stratified_split",
+]
+
+
+def _bundled_csv() -> Path | None:
+    """scikit-learn's digits.csv.gz, found without importing scikit-learn (whose import
+    costs ~1 s of CPU in every process that loads the task: each `docl train`, each Ray
+    worker); None when the file is not where scikit-learn keeps it."""
+    spec = importlib.util.find_spec("sklearn")
+    for root in (spec.submodule_search_locations or []) if spec else []:
+        path = Path(root) / "datasets" / "data" / "digits.csv.gz"
+        if path.is_file():
+            return path
+    return None
 
 
 @functools.lru_cache(maxsize=1)
 def _arrays() -> tuple[np.ndarray, np.ndarray]:
-    # load_digits parses a compressed CSV (~1 s): once per process is enough.
-    from sklearn.datasets import load_digits
+    # The bundled CSV: 1,797 rows of 64 pixels (0..16) and the label; what
+    # sklearn.datasets.load_digits parses (tests/worker/test_tasks.py compares them).
+    path = _bundled_csv()
+    if path is not None:
+        with gzip.open(path, "rt") as f:
+            table = np.loadtxt(f, delimiter=",")
+        data, target = table[:, :-1], table[:, -1].astype(np.int64)
+    else:  # pragma: no cover - a scikit-learn that keeps it elsewhere
+        from sklearn.datasets import load_digits
 
-    bunch = load_digits()
-    x = (np.asarray(bunch.data, dtype=np.float32) / 16.0).astype(np.float32)  # (1797, 64)
-    y = np.asarray(bunch.target, dtype=np.int64)  # (1797,)
+        bunch = load_digits()
+        data, target = bunch.data, bunch.target
+    x = (np.asarray(data, dtype=np.float32) / 16.0).astype(np.float32)  # (1797, 64)
+    y = np.asarray(target, dtype=np.int64)  # (1797,)
     x.setflags(write=False)
     y.setflags(write=False)
     return x, y
+
+
+def _approximate_mode(counts: np.ndarray, draws: int, rng: np.random.RandomState) -> np.ndarray:
+    """How many of ``draws`` each class gets in proportion to ``counts``: the floors of
+    the exact shares, the rest one each to the classes with the largest remainders
+    (ties broken by ``rng``), as scikit-learn's stratified split allots them."""
+    exact = counts / counts.sum() * draws
+    taken = np.floor(exact)
+    left = int(draws - taken.sum())
+    if left > 0:
+        remainder = exact - taken
+        for value in np.sort(np.unique(remainder))[::-1]:
+            (tied,) = np.where(remainder == value)
+            now = min(len(tied), left)
+            taken[rng.choice(tied, size=now, replace=False)] += 1
+            left -= now
+            if left == 0:
+                break
+    return taken.astype(int)
+
+
+def stratified_split(
+    y: np.ndarray, test_fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(train, test)`` row indices of a seeded stratified split: the split
+    ``sklearn.model_selection.train_test_split(..., test_size=test_fraction,
+    random_state=seed, stratify=y)`` makes (StratifiedShuffleSplit's draws, in its
+    order), without importing scikit-learn; tests/worker/test_tasks.py holds them equal."""
+    n = y.shape[0]
+    n_test = math.ceil(test_fraction * n)
+    n_train = n - n_test
+    classes, inverse = np.unique(y, return_inverse=True)
+    counts = np.bincount(inverse)
+    members = np.split(np.argsort(inverse, kind="mergesort"), np.cumsum(counts)[:-1])
+    rng = np.random.RandomState(seed)
+    n_i = _approximate_mode(counts, n_train, rng)
+    t_i = _approximate_mode(counts - n_i, n_test, rng)
+    train: list[int] = []
+    test: list[int] = []
+    for k in range(classes.shape[0]):
+        rows = members[k].take(rng.permutation(counts[k]), mode="clip")
+        train.extend(rows[: n_i[k]])
+        test.extend(rows[n_i[k] : n_i[k] + t_i[k]])
+    return rng.permutation(train), rng.permutation(test)
 
 
 #: Largest redundancy: extra near copies up to 4x the training rows (bounds memory).
@@ -73,8 +149,6 @@ def digits(
     noise: float = 0.0,
     duplicates: float = 0.0,
 ) -> TaskData:
-    from sklearn.model_selection import train_test_split
-
     if not 0.0 < test_fraction < 1.0:
         raise TaskError(f"digits: test_fraction must be in (0, 1), got {test_fraction}")
     check_noise("digits", noise)
@@ -84,9 +158,8 @@ def digits(
             f"[0, {MAX_DUPLICATES}], got {duplicates}"
         )
     x, y = _arrays()
-    x_tr, x_te, y_tr, y_te = train_test_split(
-        x, y, test_size=test_fraction, random_state=data_seed, stratify=y
-    )
+    train, test = stratified_split(y, test_fraction, data_seed)
+    x_tr, x_te, y_tr, y_te = x[train], x[test], y[train], y[test]
     rng = np.random.default_rng(data_seed + 1)
     y_tr, flipped = noisy_labels(y_tr, noise, rng)
     xt, yt, xv, yv = split_validation(
