@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck pytest venv clean
+.PHONY: demo test lint typecheck pytest fuzz venv clean
 
 venv: $(STAMP)
 
@@ -36,6 +36,10 @@ pytest: $(STAMP)
 	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) --dist loadgroup
 
 test: lint typecheck pytest
+
+# The suite's fuzzer, longer: 500 cases per operation and mode (the suite runs 50).
+fuzz: $(STAMP)
+	DOCL_FUZZ_EXAMPLES=500 DOCL_FUZZ_SECONDS=1200 $(BIN)/python -m pytest -q -s tests/services/test_fuzz.py
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info
