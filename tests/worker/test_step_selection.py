@@ -239,25 +239,6 @@ def test_bad_pool_ratios_are_refused_before_anything_starts(
 
 
 # ---------------------------------------------------------------------------
-# Ray Train: each rank selects within its own pool, all take the same steps
-# ---------------------------------------------------------------------------
-
-
-@pytest.mark.ray
-@pytest.mark.slow
-def test_two_ray_workers_select_per_step(
-    ray_cluster: str, worker_server: str, run_id: str, tmp_path: Path
-) -> None:
-    r = train(
-        TrainSpec(task="digits", method="loss-topk", epochs=EPOCHS, workers=2,
-                  server=worker_server, run_id=run_id, params=PARAMS, out=str(tmp_path),
-                  progress=False)
-    )  # fmt: skip
-    assert r["workers"] == 2 and r["attempts"] == 1
-    _check(worker_server, run_id, r, tmp_path, world=2)
-
-
-# ---------------------------------------------------------------------------
 # rho-loss: the reducible loss, the IL model's training counted in the compute
 # ---------------------------------------------------------------------------
 
@@ -354,8 +335,11 @@ def test_rho_loss_il_val_needs_a_validation_split(tmp_path: Path) -> None:
 def test_two_ray_workers_run_rho_loss(
     ray_cluster: str, worker_server: str, run_id: str, tmp_path: Path
 ) -> None:
-    """Each rank trains one half's IL model; the IL is paid once in the counts, and
-    the server saw every candidate of every pool, as for loss-topk."""
+    """Ray Train's step-level path (the one Ray test of it: loss-topk and pool-random
+    differ from rho-loss only in their rule, tested in-process above): each rank
+    selects within its own pool and all take the same steps; each trains one half's
+    IL model, the IL is paid once in the counts; the server saw every candidate of
+    every pool with the lr-sum before its step, every sample 11 times."""
     params = {**PARAMS, "il_epochs": 2}
     r = train(
         TrainSpec(task="digits", method="rho-loss", epochs=EPOCHS, workers=2,
@@ -365,10 +349,17 @@ def test_two_ray_workers_run_rho_loss(
     assert r["workers"] == 2 and r["attempts"] == 1
     _rho_counts(r, tmp_path, epochs=EPOCHS, selects=3, ratio=3, il_epochs=2)
     with ScoreClient(worker_server) as client:
-        visits, _, total = expected_visits_and_lr_sums(
+        visits, lr_sums, total = expected_visits_and_lr_sums(
             client, run_id, world=2, num_samples=r["num_samples"], pool_ratio=3
         )
-        np.testing.assert_array_equal(client.scores(run_id).visits, visits)
+        got = client.scores(run_id)
+        counters = client.get_run(run_id).counters
+        np.testing.assert_array_equal(got.visits, visits)
+        np.testing.assert_array_equal(got.lr_sums, lr_sums)
+        assert counters.samples_reported == int(visits.sum()) and counters.duplicates == 0
+        # 3 selection epochs of 3 pools each + 2 plain epochs: every sample 11 times
+        np.testing.assert_array_equal(visits, np.full(r["num_samples"], 3 * 3 + 2))
+        assert r["reporter"]["sent"] == 2 * total
         # rank 0 uploaded the IL both ranks trained: complete columns on the run
         assert client.signals(run_id).signals == ["irreducible_loss", "irreducible_loss_l2"]
         assert not np.isnan(client.get_signal(run_id, "irreducible_loss")).any()
