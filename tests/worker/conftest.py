@@ -42,6 +42,10 @@ def task_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 def ray_cluster() -> Iterator[str]:
     ray = pytest.importorskip("ray")
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
+    # No idle workers started ahead of tasks: each imports Ray (~1 s of CPU) and most
+    # are never used by the tests' jobs.
+    os.environ.setdefault("RAY_enable_worker_prestart", "0")
+    os.environ.setdefault("RAY_prestart_worker_first_driver", "0")
     started = not ray.is_initialized()
     if started:
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=True)

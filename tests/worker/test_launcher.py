@@ -77,6 +77,10 @@ def two_nodes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     temp = Path(tempfile.mkdtemp(prefix="docl-ray-"))
     env = env_without_ray()
     env["RAY_USAGE_STATS_ENABLED"] = "0"
+    # No idle workers started ahead of tasks (each one imports Ray for ~1 s of CPU,
+    # half of them never used here).
+    env["RAY_enable_worker_prestart"] = "0"
+    env["RAY_prestart_worker_first_driver"] = "0"
     # Its own token (Ray's default for `ray start --head`), not ~/.ray/auth_token,
     # which other clusters on this machine may rewrite.
     env["RAY_AUTH_MODE"] = "token"
