@@ -13,8 +13,6 @@ import pytest
 
 from docl.worker import ray_quiet
 
-pytest.importorskip("ray.train")
-
 
 def test_the_cleaner_logger_is_the_one_ray_logs_its_warnings_to() -> None:
     mod = importlib.import_module(ray_quiet._CLEANER)
