@@ -379,3 +379,18 @@ def test_the_sdk_import_paths_re_export_the_wire_contract() -> None:
         assert shim.__all__ == real.__all__
         for name in real.__all__:
             assert getattr(shim, name) is getattr(real, name), name
+
+
+#: Issue 21's bound: a library module a newcomer can read in one sitting.
+MAX_MODULE_LINES = 700
+
+
+def test_no_library_module_is_over_700_lines() -> None:
+    sizes = {
+        str(path.relative_to(ROOT)): len(path.read_text().splitlines())
+        for package in ("wire", "client", "services", "worker", "lab")
+        for path in (ROOT / package).rglob("*.py")
+    }
+    assert len(sizes) > 50, sorted(sizes)  # the packages were found
+    over = {name: n for name, n in sizes.items() if n > MAX_MODULE_LINES}
+    assert not over, f"split these modules by job: {over}"

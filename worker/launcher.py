@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,9 +25,11 @@ from docl.worker.tasks import TaskData
 __all__ = [
     "RayLaunch",
     "RayOutcome",
+    "SigintNote",
     "StorageError",
     "check_storage",
     "launch",
+    "noting_sigint",
     "ray_worker_entry",
     "resolve_storage",
 ]
@@ -237,3 +241,41 @@ def check_storage(storage: str, timeout_s: float = 60.0) -> None:
     finally:
         with contextlib.suppress(Exception):
             filesystem.delete_dir(f"{base}/{folder}")
+
+
+@dataclass
+class SigintNote:
+    seen: bool = False
+
+
+@contextlib.contextmanager
+def noting_sigint() -> Iterator[SigintNote]:
+    """Note a Ctrl-C while Ray Train runs. Its ``fit()`` installs its own SIGINT handler
+    (abort the run, then exit with status 1 and no word); the handler it installs is
+    wrapped so that the job knows it was interrupted and says so like the in-process
+    loop does. The caller's own SIGINT handler is back when the block ends."""
+    import signal
+
+    note = SigintNote()
+    install = signal.signal
+
+    def noting(sig: int, handler: Any) -> Any:
+        if sig == signal.SIGINT and callable(handler):
+            inner = handler
+
+            def handler(signum: int, frame: Any) -> Any:
+                note.seen = True
+                return inner(signum, frame)
+
+        return install(sig, handler)
+
+    previous = signal.getsignal(signal.SIGINT)
+    signal.signal = noting  # type: ignore[assignment]
+    try:
+        yield note
+    finally:
+        signal.signal = install
+        # Ray Train leaves its handler (wrapped above) installed after fit(): put back
+        # the caller's, so a Ctrl-C after train() returns is the caller's again.
+        if previous is not None and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, previous)

@@ -28,10 +28,9 @@ import os
 import re
 import secrets
 import sys
-import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -464,12 +463,12 @@ def _train_on_ray(
 ) -> tuple[list[dict[str, Any]], dict[str, Any], int]:
     """Train through ``spec.workers`` Ray Train workers: (history, final metrics,
     attempts); a Ctrl-C is a KeyboardInterrupt, whatever Ray made of it."""
-    from docl.worker.launcher import RayLaunch, StorageError, launch
+    from docl.worker.launcher import RayLaunch, StorageError, launch, noting_sigint
 
     data, out, metrics_path = job.data, job.out, job.metrics_path
     storage = spec.storage or str(out / "ray")
 
-    with _noting_sigint() as sigint:
+    with noting_sigint() as sigint:
         try:
             outcome = launch(
                 cfg,
@@ -564,44 +563,6 @@ def _check_early(spec: TrainSpec) -> None:
         RunParams(**{k: v for k, v in spec.params.items() if k in RunParams.model_fields})
     except ValidationError as e:
         raise TrainError(f"invalid run config: {_pydantic_message(e)}") from e
-
-
-@dataclass
-class _Sigint:
-    seen: bool = False
-
-
-@contextlib.contextmanager
-def _noting_sigint() -> Iterator[_Sigint]:
-    """Note a Ctrl-C while Ray Train runs. Its ``fit()`` installs its own SIGINT handler
-    (abort the run, then exit with status 1 and no word); the handler it installs is
-    wrapped so that the job knows it was interrupted and says so like the in-process
-    loop does. The caller's own SIGINT handler is back when the block ends."""
-    import signal
-
-    note = _Sigint()
-    install = signal.signal
-
-    def noting(sig: int, handler: Any) -> Any:
-        if sig == signal.SIGINT and callable(handler):
-            inner = handler
-
-            def handler(signum: int, frame: Any) -> Any:
-                note.seen = True
-                return inner(signum, frame)
-
-        return install(sig, handler)
-
-    previous = signal.getsignal(signal.SIGINT)
-    signal.signal = noting  # type: ignore[assignment]
-    try:
-        yield note
-    finally:
-        signal.signal = install
-        # Ray Train leaves its handler (wrapped above) installed after fit(): put back
-        # the caller's, so a Ctrl-C after train() returns is the caller's again.
-        if previous is not None and threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGINT, previous)
 
 
 def _tree_cpu_seconds(pid: int | None) -> float | None:

@@ -10,9 +10,12 @@ from typing import Any
 
 import numpy as np
 
-from docl.services.layout import RunLayout
+from docl.services.layout import RunLayout, fold_log
+from docl.services.redis.codec import column, text
+from docl.services.redis.connection import Connection
 from docl.services.redis.errors import translate
-from docl.services.storage import NotReplicated, PartitionUnavailable, StoreError
+from docl.services.redis.keys import keys_of
+from docl.services.storage import DrawInputs, NotReplicated, PartitionUnavailable, StoreError
 
 __all__ = ["all_parts", "partition_error", "report_sizes", "whole_duplicates"]
 
@@ -62,3 +65,63 @@ def whole_duplicates(
             touched[r] = touched.get(r, 0) + 1
             seen[r] = seen.get(r, 0) + (r in done)
     return tuple(r for r in range(count) if touched.get(r, 0) and seen[r] == touched[r])
+
+
+async def partitioned_draw_inputs(
+    connection: Connection, layout: RunLayout, *, losses: bool
+) -> DrawInputs:
+    """``RedisStore.draw_inputs`` of a partitioned run: the run's meta and drawn/incl
+    columns in one MULTI, each partition's meta, score log and columns in one MULTI per
+    partition, all concurrently; the columns concatenated, each partition's log folded
+    into its slice (consistent per partition, not across partitions)."""
+    n = layout.num_samples
+    names = keys_of(layout)
+    run_cmds: list[list[Any]] = [["HMGET", names.meta, "uid", "last_epoch"]]
+    run_cmds += [["GET", k] for k in names.drawn]
+    run_cmds += [["GET", k] for k in names.incl]
+    want_loss = losses and layout.loss_column
+    subs = [layout.partition(j) for j in range(layout.partitions)]
+    part_cmds = []
+    for sub in subs:
+        sub_names = keys_of(sub)
+        cmds: list[list[Any]] = [
+            ["HMGET", sub_names.meta, "uid", "log_base"],
+            ["LRANGE", sub_names.scorelog, 0, -1],
+        ]
+        cmds += [["GET", k] for k in sub_names.score]
+        cmds += [["GET", k] for k in (sub_names.loss if want_loss else ())]
+        part_cmds.append(cmds)
+    transaction = connection.transaction
+    run_raw, part_raw = await asyncio.gather(
+        transaction(run_cmds),
+        all_parts(layout, [(j, transaction(c)) for j, c in enumerate(part_cmds)]),
+    )
+    uid_b, last_b = run_raw[0]
+    nd = len(names.drawn)
+    drawn = column(run_raw[1 : 1 + nd], n, "<u2", 0)
+    incl = column(run_raw[1 + nd :], n, "<f4", 0.0) if layout.exp3 else None
+    sc = np.empty(n, dtype="<f4")
+    ls = np.empty(n, dtype="<f4") if want_loss else None
+    logs: list[tuple[int, int]] = []
+    uid = text(uid_b) if uid_b is not None else None
+    for j, (sub, raw) in enumerate(zip(subs, part_raw, strict=True)):
+        lo, hi = layout.partition_bounds(j)
+        s_uid, s_base = raw[0]
+        if s_uid is None or text(s_uid) != uid:  # a partition missing or of another incarnation
+            uid = None
+        ns = len(keys_of(sub).score)
+        sc[lo:hi] = column(raw[2 : 2 + ns], hi - lo, "<f4", np.nan)
+        if ls is not None:
+            ls[lo:hi] = column(raw[2 + ns :], hi - lo, "<f4", np.nan)
+        fold_log(sub, raw[1], sc[lo:hi], None if ls is None else ls[lo:hi])
+        logs.append((int(s_base) if s_base is not None else 0, len(raw[1])))
+    return DrawInputs(
+        uid=uid,
+        last_epoch=int(last_b) if last_b is not None else -1,
+        scores=sc,
+        losses=ls,
+        drawn=drawn,
+        inclusion=incl,
+        log_count=sum(c for _, c in logs),
+        partition_logs=tuple(logs),
+    )

@@ -13,8 +13,9 @@ by Lua: every script keeps its single-slot contract.
   scattered per part, concurrently, with the same report ids as the markers on each
   partition; a report is a duplicate only when every partition it touches has its
   marker; a partial apply is completed by the re-send.
-- draws: one snapshot per partition, concatenated; the epoch is committed on the run's
-  slot, each partition's score log compacted on its own.
+- draws: one snapshot per partition (``parts.partitioned_draw_inputs``), concatenated;
+  the epoch is committed on the run's slot, each partition's score log compacted on
+  its own.
 - a failed partition part raises :class:`~docl.services.storage.PartitionUnavailable`
   naming it (after every other part ended: none is left running behind an error).
 
@@ -25,20 +26,20 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
 
 import numpy as np
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 
 from docl.services import storage
-from docl.services.layout import STORED_PARTITION_SAMPLES, RunLayout, fold_log
-from docl.services.redis.codec import column, text
+from docl.services.layout import STORED_PARTITION_SAMPLES, RunLayout
+from docl.services.redis.codec import text
 from docl.services.redis.connection import MAX_CONNECTIONS, TIMEOUT_S, WAIT_MS, Connection
 from docl.services.redis.errors import translating
 from docl.services.redis.keys import keys_of, sweep_pattern
 from docl.services.redis.parts import (
     all_parts,
+    partitioned_draw_inputs,
     report_sizes,
     whole_duplicates,
 )
@@ -245,57 +246,7 @@ class RedisStore:
         arrived a moment later there)."""
         if layout.partitions == 1:
             return await self.slot.draw_inputs(layout, losses=losses)
-        n = layout.num_samples
-        names = keys_of(layout)
-        run_cmds: list[list[Any]] = [["HMGET", names.meta, "uid", "last_epoch"]]
-        run_cmds += [["GET", k] for k in names.drawn]
-        run_cmds += [["GET", k] for k in names.incl]
-        want_loss = losses and layout.loss_column
-        subs = self._partitions(layout)
-        part_cmds = []
-        for sub in subs:
-            sub_names = keys_of(sub)
-            cmds: list[list[Any]] = [
-                ["HMGET", sub_names.meta, "uid", "log_base"],
-                ["LRANGE", sub_names.scorelog, 0, -1],
-            ]
-            cmds += [["GET", k] for k in sub_names.score]
-            cmds += [["GET", k] for k in (sub_names.loss if want_loss else ())]
-            part_cmds.append(cmds)
-        transaction = self.connection.transaction
-        run_raw, part_raw = await asyncio.gather(
-            transaction(run_cmds),
-            all_parts(layout, [(j, transaction(c)) for j, c in enumerate(part_cmds)]),
-        )
-        uid_b, last_b = run_raw[0]
-        nd = len(names.drawn)
-        drawn = column(run_raw[1 : 1 + nd], n, "<u2", 0)
-        incl = column(run_raw[1 + nd :], n, "<f4", 0.0) if layout.exp3 else None
-        sc = np.empty(n, dtype="<f4")
-        ls = np.empty(n, dtype="<f4") if want_loss else None
-        logs: list[tuple[int, int]] = []
-        uid = text(uid_b) if uid_b is not None else None
-        for j, (sub, raw) in enumerate(zip(subs, part_raw, strict=True)):
-            lo, hi = layout.partition_bounds(j)
-            s_uid, s_base = raw[0]
-            if s_uid is None or text(s_uid) != uid:  # a partition missing or of another incarnation
-                uid = None
-            ns = len(keys_of(sub).score)
-            sc[lo:hi] = column(raw[2 : 2 + ns], hi - lo, "<f4", np.nan)
-            if ls is not None:
-                ls[lo:hi] = column(raw[2 + ns :], hi - lo, "<f4", np.nan)
-            fold_log(sub, raw[1], sc[lo:hi], None if ls is None else ls[lo:hi])
-            logs.append((int(s_base) if s_base is not None else 0, len(raw[1])))
-        return DrawInputs(
-            uid=uid,
-            last_epoch=int(last_b) if last_b is not None else -1,
-            scores=sc,
-            losses=ls,
-            drawn=drawn,
-            inclusion=incl,
-            log_count=sum(c for _, c in logs),
-            partition_logs=tuple(logs),
-        )
+        return await partitioned_draw_inputs(self.connection, layout, losses=losses)
 
     async def compact(self, layout: RunLayout, uid: str, snap: DrawInputs) -> CompactStatus:
         """Fold a snapshot's score log into the columns (``SlotStore.compact``); a

@@ -327,11 +327,11 @@ def test_the_ray_sigint_wrapper_notes_a_ctrl_c_and_puts_the_callers_handler_back
     to a finished run's handler). Simulated here as fit() does it: signal.signal inside."""
     import signal
 
-    from docl.worker.train import _noting_sigint
+    from docl.worker.launcher import noting_sigint
 
     before = signal.getsignal(signal.SIGINT)
     called: list[int] = []
-    with _noting_sigint() as note:
+    with noting_sigint() as note:
         signal.signal(signal.SIGINT, lambda signum, frame: called.append(signum))
         handler = signal.getsignal(signal.SIGINT)
         assert callable(handler)
