@@ -5,7 +5,8 @@ fetches them, builds a :class:`~docl.worker.session.RaySession` (rank, DDP over
 the process group Ray Train sets up, checkpoints through ``ray.train.report``)
 and runs the loop. ``FailureConfig(max_failures)`` restarts a worker group that
 lost a worker; the restarted group resumes from the last checkpoint (the end of
-the last completed epoch) — see docs/training.md, "Resume".
+the last completed epoch) — see docs/training.md, "Resume". :func:`noting_sigint`
+tells the driver that Ray Train's own SIGINT handler saw a Ctrl-C.
 """
 
 from __future__ import annotations
