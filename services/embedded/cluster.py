@@ -46,12 +46,12 @@ def _cluster_port(host: str, taken: set[int]) -> int:
     """A free port whose cluster bus port (port + 10000, Redis 6) is free too, neither of
     them in ``taken`` (the pairs of the cluster's other nodes); adds both to ``taken``.
 
-    Both are drawn below the kernel's ephemeral range when it leaves room (ports 20000 ..
-    low - 10001, above Ray's default worker ports 10002..19999): a port there is never the local end of some other process's outgoing
-    connection (Ray's, a test client's), which is what took a bus port between the probe
-    and redis-server's bind when the pair came from the ephemeral range. A start can
-    still lose the race to another listener; :meth:`RedisClusterProcess.start` then
-    draws a new pair."""
+    Both are drawn below the kernel's ephemeral range when it leaves room (ports 20000
+    .. low - 10001, above Ray's default worker ports 10002..19999): a port there is
+    never the local end of another process's outgoing connection (Ray's, a test
+    client's), which is what took a bus port between the probe and redis-server's bind
+    when the pair came from the ephemeral range. A start can still lose the race to
+    another listener; :meth:`RedisClusterProcess.start` then draws a new pair."""
     low = _ephemeral_low()
     rng = random.Random()
     for attempt in range(200):

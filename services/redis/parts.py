@@ -17,7 +17,13 @@ from docl.services.redis.errors import translate
 from docl.services.redis.keys import keys_of
 from docl.services.storage import DrawInputs, NotReplicated, PartitionUnavailable, StoreError
 
-__all__ = ["all_parts", "partition_error", "report_sizes", "whole_duplicates"]
+__all__ = [
+    "all_parts",
+    "partition_error",
+    "partitioned_draw_inputs",
+    "report_sizes",
+    "whole_duplicates",
+]
 
 
 def partition_error(layout: RunLayout, part: int, e: BaseException) -> BaseException:
