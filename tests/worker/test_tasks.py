@@ -181,3 +181,23 @@ def test_the_stratified_split_is_sklearns_train_test_split(fraction: float) -> N
             train, test = stratified_split(y, fraction, seed)
             np.testing.assert_array_equal(train, want_train)
             np.testing.assert_array_equal(test, want_test)
+
+
+@pytest.mark.parametrize(
+    ("labels", "fraction", "message"),
+    [([0, 0, 0, 1, 1, 1, 2], 0.3, r"classes \[2\] have one member"),
+     ([0, 0, 1, 1, 2, 2, 3, 3], 0.25, "cannot hold each of the 4 classes")],
+)  # fmt: skip
+def test_a_stratified_split_scikit_learn_refuses_is_refused(
+    labels: list[int], fraction: float, message: str
+) -> None:
+    import numpy as np
+    from sklearn.model_selection import train_test_split
+
+    from docl.worker.tasks.digits import stratified_split
+
+    y = np.array(labels)
+    with pytest.raises(ValueError):  # the reference refuses it as well
+        train_test_split(np.arange(y.size), test_size=fraction, random_state=0, stratify=y)
+    with pytest.raises(ValueError, match=message):
+        stratified_split(y, fraction, 0)

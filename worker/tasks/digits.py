@@ -109,6 +109,16 @@ def stratified_split(
     n_train = n - n_test
     classes, inverse = np.unique(y, return_inverse=True)
     counts = np.bincount(inverse)
+    # scikit-learn refuses these splits too (a class that cannot be on both sides)
+    if counts.min() < 2:
+        raise ValueError(
+            f"stratified_split: classes {classes[counts < 2].tolist()} have one member"
+        )
+    if min(n_test, n_train) < classes.shape[0]:
+        raise ValueError(
+            f"stratified_split: {n_test} test and {n_train} training rows cannot hold "
+            f"each of the {classes.shape[0]} classes"
+        )
     members = np.split(np.argsort(inverse, kind="mergesort"), np.cumsum(counts)[:-1])
     rng = np.random.RandomState(seed)
     n_i = _approximate_mode(counts, n_train, rng)
